@@ -1,0 +1,125 @@
+"""Every setting of the server in one table: environment variable -> setting.
+
+`load_settings()` reads the environment once; `create_app(overrides)` lets tests and the CLI
+replace any value. Settings are documented in the README's configuration table; keep both in
+step.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from repo_server.errors import AppError
+
+
+class ConfigError(AppError):
+    code = "config_error"
+
+
+def _size(text: str) -> int:
+    """Parse `4294967296`, `512M`, `4G`, `1T` (binary units)."""
+    text = text.strip().upper().removesuffix("B").removesuffix("I")
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    if text and text[-1] in units:
+        return int(float(text[:-1]) * units[text[-1]])
+    return int(text)
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path = Path("nso-repo-data")
+    database_url: str = ""  # empty: SQLite file inside data_dir
+    storage: str = "local"  # "local" or "s3"
+    storage_dir: str = ""  # empty: data_dir/blobs
+    s3_endpoint_url: str = ""
+    s3_bucket: str = ""
+    s3_prefix: str = "blobs/"
+    s3_region: str = "us-east-1"
+    s3_access_key_id: str = ""
+    s3_secret_access_key: str = ""
+    s3_presign_expires: int = 300
+    s3_multipart_threshold: int = 64 << 20
+    max_upload_bytes: int = 4 << 30
+    tar_max_members: int = 10_000
+    tar_max_unpacked_bytes: int = 2 << 30
+    tar_max_ratio: int = 200
+    gc_protect_seconds: int = 24 * 3600
+    page_size_max: int = 500
+    log_level: str = "INFO"
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'nso-repo.db').resolve()}"
+
+    @property
+    def resolved_storage_dir(self) -> Path:
+        return Path(self.storage_dir) if self.storage_dir else self.data_dir / "blobs"
+
+    @property
+    def tmp_dir(self) -> Path:
+        """Uploads stream here first; on the data disk so the final move is a rename."""
+        return self.data_dir / "tmp"
+
+    def with_overrides(self, **overrides: Any) -> Settings:
+        known = {f.name for f in fields(self)}
+        unknown = set(overrides) - known
+        if unknown:
+            raise ConfigError(f"unknown settings: {', '.join(sorted(unknown))}")
+        if "data_dir" in overrides:
+            overrides["data_dir"] = Path(overrides["data_dir"])
+        return replace(self, **overrides).validated()
+
+    def validated(self) -> Settings:
+        if self.storage not in {"local", "s3"}:
+            raise ConfigError(
+                f"NSO_REPO_STORAGE={self.storage!r} is not a storage backend: use 'local' or 's3'"
+            )
+        if self.storage == "s3" and not self.s3_bucket:
+            raise ConfigError("NSO_REPO_STORAGE=s3 needs NSO_REPO_S3_BUCKET (and usually an endpoint)")
+        return self
+
+
+# environment variable -> (setting, parser)
+ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
+    "NSO_REPO_DATA_DIR": ("data_dir", Path),
+    "NSO_REPO_DATABASE_URL": ("database_url", str),
+    "NSO_REPO_STORAGE": ("storage", str),
+    "NSO_REPO_STORAGE_DIR": ("storage_dir", str),
+    "NSO_REPO_S3_ENDPOINT_URL": ("s3_endpoint_url", str),
+    "NSO_REPO_S3_BUCKET": ("s3_bucket", str),
+    "NSO_REPO_S3_PREFIX": ("s3_prefix", str),
+    "NSO_REPO_S3_REGION": ("s3_region", str),
+    "NSO_REPO_S3_ACCESS_KEY_ID": ("s3_access_key_id", str),
+    "NSO_REPO_S3_SECRET_ACCESS_KEY": ("s3_secret_access_key", str),
+    "NSO_REPO_S3_PRESIGN_EXPIRES": ("s3_presign_expires", int),
+    "NSO_REPO_S3_MULTIPART_THRESHOLD": ("s3_multipart_threshold", _size),
+    "NSO_REPO_MAX_UPLOAD_SIZE": ("max_upload_bytes", _size),
+    "NSO_REPO_TAR_MAX_MEMBERS": ("tar_max_members", int),
+    "NSO_REPO_TAR_MAX_UNPACKED_SIZE": ("tar_max_unpacked_bytes", _size),
+    "NSO_REPO_TAR_MAX_RATIO": ("tar_max_ratio", int),
+    "NSO_REPO_GC_PROTECT_SECONDS": ("gc_protect_seconds", int),
+    "NSO_REPO_LOG_LEVEL": ("log_level", str),
+}
+
+
+def load_settings(environ: Optional[dict[str, str]] = None) -> Settings:
+    environ = dict(os.environ if environ is None else environ)
+    values: dict[str, Any] = {}
+    for var, (name, parse) in ENVIRONMENT.items():
+        raw = environ.get(var)
+        if raw is None or raw == "":
+            continue
+        try:
+            values[name] = parse(raw)
+        except ValueError:
+            raise ConfigError(
+                f"{var}={raw!r} is not valid: expected {parse.__name__.lstrip('_')}; "
+                "fix the environment variable and start again"
+            ) from None
+    return Settings(**values).validated()
+
