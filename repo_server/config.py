@@ -80,7 +80,9 @@ class Settings:
                 f"NSO_REPO_STORAGE={self.storage!r} is not a storage backend: use 'local' or 's3'"
             )
         if self.storage == "s3" and not self.s3_bucket:
-            raise ConfigError("NSO_REPO_STORAGE=s3 needs NSO_REPO_S3_BUCKET (and usually an endpoint)")
+            raise ConfigError(
+                "NSO_REPO_STORAGE=s3 needs NSO_REPO_S3_BUCKET (and usually an endpoint)"
+            )
         return self
 
 
@@ -122,4 +124,3 @@ def load_settings(environ: Optional[dict[str, str]] = None) -> Settings:
                 "fix the environment variable and start again"
             ) from None
     return Settings(**values).validated()
-

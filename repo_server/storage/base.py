@@ -11,6 +11,7 @@ Nothing outside `repo_server/storage/` imports botocore.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -20,6 +21,8 @@ from typing import BinaryIO, Optional, Protocol
 
 @dataclass(frozen=True)
 class BlobInfo:
+    """One stored blob; `modified` is timezone-aware UTC."""
+
     digest: str
     size: int
     modified: datetime
@@ -56,7 +59,10 @@ class Storage(Protocol):
         ...
 
     def local_path(self, digest: str) -> Optional[Path]:
-        """The blob's file on local disk when the backend has one (for send_file), else None."""
+        """The blob's file on local disk when the backend has one (for send_file), else None.
+
+        Also None when the blob is absent; callers still check the file before sending it.
+        """
         ...
 
     def presigned_url(self, digest: str, method: str, expires: int) -> Optional[str]:
@@ -69,8 +75,20 @@ class Storage(Protocol):
         ...
 
 
+DIGEST_RE = re.compile(r"[0-9a-f]{64}")
+
+
+def is_digest(text: str) -> bool:
+    """True for a lowercase hex sha256 digest, the only shape a blob name may have."""
+    return DIGEST_RE.fullmatch(text) is not None
+
+
 def blob_key(digest: str) -> str:
-    """The relative key of a blob: `ab/cd/<digest>`."""
+    """The relative key of a blob: `ab/cd/<digest>`.
+
+    Raises ValueError for anything that is not a digest: the key becomes a path or an object
+    name, so a crafted value must never reach the filesystem or the bucket.
+    """
+    if not is_digest(digest):
+        raise ValueError(f"not a lowercase hex sha256 digest: {digest!r}")
     return f"{digest[:2]}/{digest[2:4]}/{digest}"
-
-

@@ -1,0 +1,113 @@
+"""The application factory (the flaskr pattern): `create_app(overrides=None)`."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Optional
+
+from flask import Flask, jsonify
+from flask_smorest import Api
+from werkzeug.exceptions import HTTPException
+
+from repo_server import __version__
+from repo_server.config import Settings, load_settings
+from repo_server.context import AppState, close_db_session
+from repo_server.db import make_engine, make_sessionmaker
+from repo_server.errors import AppError
+from repo_server.storage import make_storage
+
+log = logging.getLogger(__name__)
+
+# Werkzeug's own exceptions (404 route, 405 method, 413 too large...) mapped to stable codes.
+HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthenticated",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    411: "length_required",
+    412: "precondition_failed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    416: "range_not_satisfiable",
+    422: "validation_failed",
+}
+
+
+def create_app(
+    overrides: Optional[dict[str, Any]] = None, settings: Optional[Settings] = None
+) -> Flask:
+    settings = (settings or load_settings()).with_overrides(**(overrides or {}))
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings.tmp_dir.mkdir(parents=True, exist_ok=True)
+
+    app = Flask(__name__)
+    app.config.update(
+        API_TITLE="NSO artifact repository",
+        API_VERSION=__version__,
+        OPENAPI_VERSION="3.0.3",
+        OPENAPI_URL_PREFIX="/api",
+        OPENAPI_JSON_PATH="openapi.json",
+        # Uploads enforce their own limit while streaming; see catalog/receive.py.
+        MAX_CONTENT_LENGTH=None,
+        MAX_FORM_MEMORY_SIZE=1 << 20,
+        JSON_SORT_KEYS=False,
+    )
+    engine = make_engine(settings.resolved_database_url)
+    app.extensions["nso_repo"] = AppState(
+        settings=settings,
+        engine=engine,
+        sessions=make_sessionmaker(engine),
+        storage=make_storage(settings),
+    )
+    app.teardown_appcontext(close_db_session)
+
+    api = Api(
+        app,
+        spec_kwargs={
+            "info": {"description": "Catalog of NSO installers, packages, NEDs and patches."}
+        },
+    )
+    api.spec.components.security_scheme("bearerAuth", {"type": "http", "scheme": "bearer"})
+
+    from repo_server.auth.views import blp as auth_blp
+    from repo_server.catalog.blob_views import blp as blob_blp
+    from repo_server.catalog.views import blp as catalog_blp
+    from repo_server.health import blp as health_blp
+
+    for blueprint in (catalog_blp, blob_blp, auth_blp, health_blp):
+        api.register_blueprint(blueprint)
+
+    _register_error_handlers(app)
+    return app
+
+
+def _register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(AppError)
+    def _app_error(error: AppError) -> Any:
+        return jsonify(error.to_dict()), error.status
+
+    @app.errorhandler(HTTPException)
+    def _http_error(error: HTTPException) -> Any:
+        status = error.code or 500
+        code = HTTP_CODES.get(status, "http_error")
+        message = error.description or error.name
+        body: dict[str, Any] = {"code": code, "message": message}
+        # flask-smorest puts schema validation messages here.
+        messages = getattr(error, "data", {}).get("messages") if hasattr(error, "data") else None
+        if messages:
+            body["code"] = "validation_failed"
+            body["details"] = {"fields": messages}
+            body["message"] = "the request did not pass validation: see details.fields"
+        response = jsonify({"error": body})
+        response.status_code = status
+        if status == 405 and hasattr(error, "valid_methods") and error.valid_methods:
+            response.headers["Allow"] = ", ".join(error.valid_methods)
+        return response
+
+    @app.errorhandler(Exception)
+    def _unexpected(error: Exception) -> Any:
+        log.exception("unhandled error")
+        body = {"code": "internal_error", "message": "internal error: see the server log"}
+        return jsonify({"error": body}), 500

@@ -1,0 +1,18 @@
+"""Which role may do what. One table, read by `require()` and documented in docs/api.md."""
+
+from __future__ import annotations
+
+READ_ROLES = frozenset({"admin", "uploader", "operator", "viewer", "agent"})
+
+PERMISSIONS: dict[str, frozenset[str]] = {
+    "artifact:read": READ_ROLES,
+    "blob:read": READ_ROLES,
+    "artifact:upload": frozenset({"admin", "uploader"}),
+    "artifact:delete": frozenset({"admin"}),
+    "token:manage": frozenset({"admin"}),
+    "audit:read": frozenset({"admin", "operator"}),
+}
+
+
+def roles_for(permission: str) -> frozenset[str]:
+    return PERMISSIONS[permission]

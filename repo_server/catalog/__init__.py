@@ -1,0 +1,1 @@
+"""Catalog of NSO installers, packages, NEDs and patches."""

@@ -1,0 +1,61 @@
+"""Blob downloads by sha256: sent from local disk, or a 302 to a presigned S3 URL."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import redirect, request, send_file
+from flask.views import MethodView
+from flask_smorest import Blueprint
+
+from repo_server.catalog.receive import SHA256_RE
+from repo_server.catalog.schemas import BEARER
+from repo_server.catalog.views import catalog
+from repo_server.context import require, state
+from repo_server.errors import BadRequest, NotFound
+
+blp = Blueprint("blobs", __name__, url_prefix="/api/v1", description="Download blobs")
+
+# Blobs never change under their digest, so any cache may keep them; tokens make them private.
+CACHE_SECONDS = 365 * 24 * 3600
+
+
+@blp.route("/blobs/<string:sha256>")
+class BlobItem(MethodView):
+    @require("blob:read")
+    @blp.doc(
+        security=BEARER,
+        responses={
+            "200": {"description": "The bytes (local storage); Range, ETag, If-None-Match work"},
+            "206": {"description": "Partial content for a Range request"},
+            "302": {"description": "Redirect to a presigned URL (S3 storage)"},
+            "304": {"description": "Not modified (If-None-Match matched)"},
+        },
+    )
+    def get(self, sha256: str) -> Any:
+        """Download a blob by its sha256. HEAD is answered the same way without a body."""
+        if not SHA256_RE.match(sha256):
+            raise BadRequest(f"{sha256!r} is not a sha256 digest: use 64 lowercase hex characters")
+        app = state()
+        _blob, filename = catalog().blob_for_download(sha256)
+        url = app.storage.presigned_url(sha256, request.method, app.settings.s3_presign_expires)
+        if url is not None:
+            return redirect(url, code=302)
+        path = app.storage.local_path(sha256)
+        if path is None or not path.is_file():
+            raise NotFound(
+                f"blob {sha256} is catalogued but missing from storage: "
+                "restore it from backup or upload the artifact again"
+            )
+        response = send_file(
+            path,
+            mimetype="application/octet-stream",
+            as_attachment=True,
+            download_name=filename,
+            conditional=True,
+            etag=sha256,
+            max_age=CACHE_SECONDS,
+        )
+        response.headers["Cache-Control"] = f"private, max-age={CACHE_SECONDS}, immutable"
+        response.headers["X-Checksum-SHA256"] = sha256
+        return response

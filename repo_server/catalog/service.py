@@ -1,0 +1,291 @@
+"""Catalog operations: ingest an upload, query, soft-delete. Each call owns its transaction.
+
+Ingest order matters for the promise that a rejected upload leaves nothing behind: the file
+name is checked before a byte is read, the body is hashed into a temp file, the digest and
+content are validated, and only then is the blob moved into storage and the rows committed.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import IO, Any, Optional
+
+from sqlalchemy import func, or_, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from repo_server.auth.service import Principal, audit
+from repo_server.catalog.filenames import ParsedName, parse_filename
+from repo_server.catalog.inspect import ArchiveLimits, inspect_artifact
+from repo_server.catalog.models import Artifact, Blob
+from repo_server.catalog.receive import Received, receive
+from repo_server.catalog.versions import NsoVersion, package_version_key
+from repo_server.config import Settings
+from repo_server.db import utcnow
+from repo_server.errors import ArtifactExists, NameReserved, NotFound, ValidationFailed
+from repo_server.storage import Storage
+
+log = logging.getLogger(__name__)
+
+# What `ls packages` means: NEDs are packages too, whether tarball or signed.bin.
+KIND_ALIASES = {
+    "installers": ("installer",),
+    "packages": ("package", "ned"),
+    "neds": ("ned",),
+    "patches": ("patch",),
+}
+
+
+@dataclass
+class IngestResult:
+    artifact: Artifact
+    created: bool
+
+
+@dataclass
+class ArtifactQuery:
+    kinds: tuple[str, ...] = ()
+    name: Optional[str] = None
+    nso: Optional[str] = None
+    include_deleted: bool = False
+    page: int = 1
+    per_page: int = 50
+
+
+@dataclass
+class Page:
+    items: list[Artifact]
+    total: int
+    page: int
+    per_page: int
+
+
+class CatalogService:
+    def __init__(self, session: Session, storage: Storage, settings: Settings) -> None:
+        self.session = session
+        self.storage = storage
+        self.settings = settings
+
+    # -- ingest -----------------------------------------------------------------------
+
+    def ingest(
+        self,
+        filename: str,
+        stream: IO[bytes],
+        *,
+        who: Principal,
+        content_length: Optional[int] = None,
+        expected_sha256: Optional[str] = None,
+    ) -> IngestResult:
+        parsed = parse_filename(filename)
+        existing = self._by_filename(filename)
+        # Refuse before reading the body where the answer cannot depend on the bytes.
+        if existing is not None and existing.deleted:
+            raise self._reserved(existing)
+        if existing is not None and expected_sha256 and expected_sha256 != existing.sha256:
+            raise self._exists(existing)
+        # Do not hold a transaction (and a pooled connection's snapshot) open while a large
+        # body streams in; the name is looked up again once the bytes are here.
+        self.session.rollback()
+        received = receive(
+            stream,
+            self.settings.tmp_dir,
+            limit=self.settings.max_upload_bytes,
+            content_length=content_length,
+            expected_sha256=expected_sha256,
+        )
+        try:
+            existing = self._by_filename(filename)
+            return self._ingest_received(filename, parsed, received, existing, who)
+        finally:
+            received.discard()
+
+    def _ingest_received(
+        self,
+        filename: str,
+        parsed: ParsedName,
+        received: Received,
+        existing: Optional[Artifact],
+        who: Principal,
+    ) -> IngestResult:
+        if existing is not None:
+            if existing.sha256 == received.sha256:
+                return IngestResult(existing, created=False)
+            raise self._exists(existing)
+        meta = inspect_artifact(received.path, parsed, ArchiveLimits.from_settings(self.settings))
+        artifact = self._new_artifact(filename, parsed, received, meta, who)
+        blob = self.session.scalar(select(Blob).where(Blob.sha256 == received.sha256))
+        created_blob = self.storage.put_file(received.sha256, received.path)
+        try:
+            if blob is None:
+                blob = Blob(sha256=received.sha256, size=received.size)
+                self.session.add(blob)
+            artifact.blob = blob
+            self.session.add(artifact)
+            self.session.flush()
+            audit(
+                self.session,
+                who.actor,
+                "artifact.upload",
+                f"artifact:{filename}",
+                sha256=received.sha256,
+                size=received.size,
+                kind=parsed.kind,
+            )
+            self.session.commit()
+        except IntegrityError:
+            self.session.rollback()
+            self._forget_blob(received.sha256, created_blob)
+            # Lost a race with a concurrent upload of the same name: answer as if it came first.
+            winner = self._by_filename(filename)
+            if winner is None:
+                raise
+            if winner.deleted:
+                raise self._reserved(winner) from None
+            if winner.sha256 == received.sha256:
+                return IngestResult(winner, created=False)
+            raise self._exists(winner) from None
+        except BaseException:
+            self.session.rollback()
+            self._forget_blob(received.sha256, created_blob)
+            raise
+        log.info(
+            "stored %s (%s, %d bytes) for %s", filename, received.sha256, received.size, who.actor
+        )
+        return IngestResult(artifact, created=True)
+
+    def _new_artifact(
+        self,
+        filename: str,
+        parsed: ParsedName,
+        received: Received,
+        meta: dict[str, Any],
+        who: Principal,
+    ) -> Artifact:
+        meta = dict(meta)
+        name = str(meta.pop("name", None) or parsed.name or "nso")
+        version = str(meta.pop("version", None) or parsed.version or parsed.nso_version)
+        nso: NsoVersion = parsed.nso_version
+        # An installer's version is an NSO version; everything else has its own scheme.
+        version_key = nso.sort_key if parsed.kind == "installer" else package_version_key(version)
+        return Artifact(
+            filename=filename,
+            kind=parsed.kind,
+            name=name,
+            version=version,
+            version_key=version_key,
+            nso_version=str(nso),
+            nso_version_key=nso.sort_key,
+            nso_branch=nso.branch,
+            arch=parsed.arch,
+            sha256=received.sha256,
+            size=received.size,
+            meta=meta,
+            uploaded_by=who.actor,
+        )
+
+    def _forget_blob(self, digest: str, created: bool) -> None:
+        """Undo a blob this request put into storage, unless a committed row now needs it."""
+        if not created:
+            return
+        if self.session.scalar(select(Blob.id).where(Blob.sha256 == digest)) is None:
+            self.storage.delete(digest)
+
+    def _exists(self, artifact: Artifact) -> ArtifactExists:
+        return ArtifactExists(
+            f"{artifact.filename} is already published with other content "
+            f"(sha256 {artifact.sha256}); artifacts are immutable: publish the change "
+            "under a new version",
+            filename=artifact.filename,
+            sha256=artifact.sha256,
+        )
+
+    def _reserved(self, artifact: Artifact) -> NameReserved:
+        return NameReserved(
+            f"{artifact.filename} was deleted on {artifact.deleted_at:%Y-%m-%d} and its name "
+            "stays reserved so no host can get different bytes under it: publish a new version",
+            filename=artifact.filename,
+        )
+
+    # -- queries ----------------------------------------------------------------------
+
+    def _by_filename(self, filename: str) -> Optional[Artifact]:
+        return self.session.scalar(select(Artifact).where(Artifact.filename == filename))
+
+    def get(self, filename: str) -> Artifact:
+        artifact = self._by_filename(filename)
+        if artifact is None:
+            raise NotFound(
+                f"no artifact named {filename!r}: list them with GET /api/v1/artifacts "
+                "or 'nso-repo ls'"
+            )
+        return artifact
+
+    def list(self, query: ArtifactQuery) -> Page:
+        stmt = select(Artifact)
+        if query.kinds:
+            stmt = stmt.where(Artifact.kind.in_(query.kinds))
+        if query.name:
+            stmt = stmt.where(Artifact.name == query.name)
+        if query.nso:
+            stmt = stmt.where(self._nso_filter(query.nso))
+        if not query.include_deleted:
+            stmt = stmt.where(Artifact.deleted_at.is_(None))
+        total = self.session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
+        stmt = (
+            stmt.order_by(
+                Artifact.kind, Artifact.name, Artifact.version_key, Artifact.nso_version_key
+            )
+            .offset((query.page - 1) * query.per_page)
+            .limit(query.per_page)
+        )
+        return Page(list(self.session.scalars(stmt)), total, query.page, query.per_page)
+
+    @staticmethod
+    def _nso_filter(text: str) -> Any:
+        try:
+            wanted = NsoVersion.parse(text)
+        except ValueError as exc:
+            raise ValidationFailed(
+                f"--nso/nso={text!r} is not an NSO version ({exc}); use a form like 6.2 or 6.1.2",
+                field="nso",
+            ) from None
+        if len(wanted.release) <= 2:
+            return Artifact.nso_branch == wanted.branch
+        # A package built for the 6.2 branch serves 6.2.1 too.
+        return or_(Artifact.nso_version == str(wanted), Artifact.nso_version == wanted.branch)
+
+    def blob_for_download(self, digest: str) -> tuple[Blob, str]:
+        """The blob of a live artifact and one file name for it; deleted ones are not served."""
+        row = self.session.execute(
+            select(Blob, Artifact.filename)
+            .join(Artifact, Artifact.blob_id == Blob.id)
+            .where(Blob.sha256 == digest, Artifact.deleted_at.is_(None))
+            .order_by(Artifact.id)
+            .limit(1)
+        ).first()
+        if row is None:
+            raise NotFound(
+                f"no published artifact has sha256 {digest}: check the digest with "
+                "GET /api/v1/artifacts"
+            )
+        return row[0], row[1]
+
+    # -- delete -----------------------------------------------------------------------
+
+    def delete(self, filename: str, who: Principal) -> Artifact:
+        artifact = self.get(filename)
+        if artifact.deleted:
+            return artifact
+        artifact.deleted_at = utcnow()
+        artifact.deleted_by = who.actor
+        audit(
+            self.session,
+            who.actor,
+            "artifact.delete",
+            f"artifact:{filename}",
+            sha256=artifact.sha256,
+        )
+        self.session.commit()
+        return artifact

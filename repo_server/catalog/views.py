@@ -1,0 +1,136 @@
+"""Catalog HTTP API: thin views over CatalogService."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import request, url_for
+from flask.views import MethodView
+from flask_smorest import Blueprint
+from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
+
+from repo_server.catalog.receive import normalize_sha256
+from repo_server.catalog.schemas import (
+    BEARER,
+    MULTIPART_UPLOAD_DOC,
+    RAW_UPLOAD_DOC,
+    ArtifactPageSchema,
+    ArtifactQueryArgs,
+    ArtifactSchema,
+)
+from repo_server.catalog.service import KIND_ALIASES, ArtifactQuery, CatalogService, IngestResult
+from repo_server.context import db_session, principal, require, state
+from repo_server.errors import BadRequest, PayloadTooLarge, TruncatedBody, UnsupportedMediaType
+
+blp = Blueprint(
+    "artifacts", __name__, url_prefix="/api/v1", description="Installers, packages, NEDs, patches"
+)
+
+
+def catalog() -> CatalogService:
+    app = state()
+    return CatalogService(db_session(), app.storage, app.settings)
+
+
+def _kinds(values: list[str]) -> tuple[str, ...]:
+    kinds: list[str] = []
+    for value in values:
+        for part in value.split(","):
+            kinds.extend(KIND_ALIASES.get(part, (part,)))
+    return tuple(dict.fromkeys(k for k in kinds if k))
+
+
+def _created(result: IngestResult) -> Any:
+    location = url_for("artifacts.ArtifactItem", filename=result.artifact.filename)
+    if result.created:
+        return result.artifact, 201, {"Location": location}
+    return result.artifact, 200, {"Location": location}
+
+
+@blp.route("/artifacts")
+class Artifacts(MethodView):
+    @require("artifact:read")
+    @blp.doc(security=BEARER)
+    @blp.arguments(ArtifactQueryArgs, location="query", as_kwargs=True)
+    @blp.response(200, ArtifactPageSchema)
+    def get(self, **args: Any) -> Any:
+        """List artifacts, filtered and paginated, in version order."""
+        query = ArtifactQuery(
+            kinds=_kinds(args.get("kind", [])),
+            name=args.get("name"),
+            nso=args.get("nso"),
+            include_deleted=args["include_deleted"],
+            page=args["page"],
+            per_page=args["per_page"],
+        )
+        return catalog().list(query)
+
+    @require("artifact:upload")
+    @blp.doc(security=BEARER, **MULTIPART_UPLOAD_DOC)
+    @blp.response(201, ArtifactSchema, description="Stored")
+    @blp.alt_response(200, schema=ArtifactSchema, description="Same name, same bytes: no-op")
+    def post(self) -> Any:
+        """Upload an artifact as a multipart form (field `file`, optional `sha256`)."""
+        if not request.mimetype.startswith("multipart/form-data"):
+            raise UnsupportedMediaType(
+                "POST takes multipart/form-data with a 'file' field; "
+                "or PUT the raw bytes to /api/v1/artifacts/<filename>"
+            )
+        settings = state().settings
+        # Werkzeug spools the part to disk; cap the whole body so it cannot grow unbounded.
+        request.max_content_length = settings.max_upload_bytes + (1 << 20)
+        try:
+            upload = request.files.get("file")
+            sha256 = request.form.get("sha256")
+        except RequestEntityTooLarge:
+            raise PayloadTooLarge(
+                f"the upload passed the limit of {settings.max_upload_bytes} bytes "
+                "(NSO_REPO_MAX_UPLOAD_SIZE)",
+                limit=settings.max_upload_bytes,
+            ) from None
+        except (ClientDisconnected, ValueError):
+            raise TruncatedBody("the multipart body ended early: upload the file again") from None
+        if upload is None or not upload.filename:
+            raise BadRequest("the form has no 'file' field with a file name: send -F file=@FILE")
+        result = catalog().ingest(
+            upload.filename,
+            upload.stream,
+            who=principal(),
+            expected_sha256=normalize_sha256(sha256),
+        )
+        return _created(result)
+
+
+@blp.route("/artifacts/<string:filename>")
+class ArtifactItem(MethodView):
+    @require("artifact:read")
+    @blp.doc(security=BEARER)
+    @blp.response(200, ArtifactSchema)
+    def get(self, filename: str) -> Any:
+        """One artifact by file name (deleted ones included, marked as such)."""
+        return catalog().get(filename)
+
+    @require("artifact:upload")
+    @blp.doc(security=BEARER, **RAW_UPLOAD_DOC)
+    @blp.response(201, ArtifactSchema, description="Stored")
+    @blp.alt_response(200, schema=ArtifactSchema, description="Same name, same bytes: no-op")
+    def put(self, filename: str) -> Any:
+        """Upload an artifact: the body is the file's bytes; the kind comes from the name."""
+        expected = normalize_sha256(
+            request.headers.get("X-Checksum-SHA256") or request.args.get("sha256")
+        )
+        result = catalog().ingest(
+            filename,
+            request.stream,
+            who=principal(),
+            content_length=request.content_length,
+            expected_sha256=expected,
+        )
+        return _created(result)
+
+    @require("artifact:delete")
+    @blp.doc(security=BEARER)
+    @blp.response(200, ArtifactSchema)
+    def delete(self, filename: str) -> Any:
+        """Soft-delete: hidden from listings and downloads; the name stays reserved."""
+        return catalog().delete(filename, principal())

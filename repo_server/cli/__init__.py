@@ -1,0 +1,23 @@
+"""`nso-repo`: run the server, manage its database and tokens, and talk to it as a client."""
+
+from __future__ import annotations
+
+import click
+
+from repo_server import __version__
+from repo_server.cli.client_cmds import ls, rm, show, upload
+from repo_server.cli.server_cmds import db, gc, serve, token
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="nso-repo")
+def cli() -> None:
+    """NSO artifact repository and upgrade orchestrator."""
+
+
+for command in (serve, db, token, gc, upload, ls, show, rm):
+    cli.add_command(command)
+
+
+def main() -> None:
+    cli()

@@ -1,0 +1,3 @@
+from repo_server.cli import main
+
+main()

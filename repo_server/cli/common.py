@@ -1,0 +1,78 @@
+"""Options and error handling shared by the `nso-repo` commands."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from functools import wraps
+from typing import Any, Callable, Optional, TypeVar
+
+import click
+import requests
+
+from repo_server.client import ApiError, RepoClient
+from repo_server.errors import AppError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def data_dir_option(f: F) -> F:
+    """`--data-dir`: sets NSO_REPO_DATA_DIR for this process before settings are read."""
+
+    def remember(ctx: click.Context, _param: click.Parameter, value: Optional[str]) -> None:
+        if value:
+            os.environ["NSO_REPO_DATA_DIR"] = value
+
+    return click.option(
+        "--data-dir",
+        type=click.Path(file_okay=False),
+        expose_value=False,
+        callback=remember,
+        is_eager=True,
+        help="Data folder (default: $NSO_REPO_DATA_DIR or ./nso-repo-data).",
+    )(f)
+
+
+def client_options(f: F) -> F:
+    f = click.option("--token", envvar="NSO_REPO_TOKEN", help="API token ($NSO_REPO_TOKEN).")(f)
+    f = click.option(
+        "--url",
+        envvar="NSO_REPO_URL",
+        help="Server URL ($NSO_REPO_URL, default http://127.0.0.1:8420).",
+    )(f)
+    return f
+
+
+def make_client(url: Optional[str], token: Optional[str]) -> RepoClient:
+    return RepoClient(url, token)
+
+
+def handle_errors(f: F) -> F:
+    """Turn known failures into one clear line on stderr and exit status 1."""
+
+    @wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return f(*args, **kwargs)
+        except ApiError as exc:
+            fail(f"{exc.message} [{exc.code}]")
+        except AppError as exc:
+            fail(exc.message)
+        except requests.ConnectionError as exc:
+            url = getattr(exc.request, "url", "") or "the server"
+            fail(
+                f"cannot reach {url}: is the server running ('nso-repo serve')? "
+                "Set --url or NSO_REPO_URL to its address"
+            )
+
+    return wrapper  # type: ignore[return-value]
+
+
+def fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(1)
+
+
+def print_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True))

@@ -1,0 +1,196 @@
+"""Commands that run on the server host: serve, db, token, gc."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any, Optional
+
+import click
+
+from repo_server.cli.common import data_dir_option, handle_errors, print_json
+from repo_server.config import load_settings
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+# Roles are repeated here, not imported from the models, so that client commands such as
+# `nso-repo ls` start without loading SQLAlchemy and Alembic; a test keeps the two equal.
+ROLES = ("admin", "uploader", "operator", "viewer", "agent")
+
+
+@contextmanager
+def local_session() -> Iterator[Session]:
+    """A session on the configured database, migrated first so commands work on day one."""
+    from repo_server import migrate
+    from repo_server.db import make_engine, make_sessionmaker
+
+    settings = load_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    migrate.upgrade(settings.resolved_database_url)
+    engine = make_engine(settings.resolved_database_url)
+    try:
+        with make_sessionmaker(engine)() as session:
+            yield session
+    finally:
+        engine.dispose()
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8420, show_default=True, type=int, help="Port to listen on.")
+@click.option("--workers", type=int, help="Gunicorn worker processes (default 2).")
+@data_dir_option
+@handle_errors
+def serve(host: str, port: int, workers: Optional[int]) -> None:
+    """Run the server with gunicorn (SQLite and local disk unless configured otherwise).
+
+    On first start it migrates the database and prints an admin token once.
+    """
+    from gunicorn.app.base import BaseApplication
+
+    from repo_server import gunicorn_settings
+
+    load_settings()  # fail here, with a clear message, on a bad environment
+    options: dict[str, Any] = {
+        name: getattr(gunicorn_settings, name)
+        for name in (
+            "worker_class",
+            "threads",
+            "timeout",
+            "graceful_timeout",
+            "keepalive",
+            "accesslog",
+            "errorlog",
+            "loglevel",
+            "on_starting",
+        )
+    }
+    options["bind"] = f"{host}:{port}"
+    options["workers"] = workers or gunicorn_settings.workers
+
+    class Server(BaseApplication):
+        def load_config(self) -> None:
+            for key, value in options.items():
+                self.cfg.set(key, value)
+
+        def load(self) -> Any:
+            from repo_server.wsgi import app
+
+            return app
+
+    click.echo(f"nso-repo listening on http://{host}:{port} (data: {load_settings().data_dir})")
+    Server().run()
+
+
+@click.group()
+def db() -> None:
+    """Database maintenance."""
+
+
+@db.command("upgrade")
+@data_dir_option
+@handle_errors
+def db_upgrade() -> None:
+    """Apply pending migrations (serve does this on start too)."""
+    from repo_server import migrate
+
+    url = load_settings().resolved_database_url
+    migrate.upgrade(url)
+    click.echo(f"database at revision {migrate.current_revision(url)}")
+
+
+@click.group()
+def token() -> None:
+    """Create, list and revoke API tokens (on the server host, straight in the database)."""
+
+
+@token.command("create")
+@click.option("--role", required=True, type=click.Choice(ROLES), help="What the token may do.")
+@click.option("--name", required=True, help="Who or what uses it, e.g. 'ci' or 'alice'.")
+@data_dir_option
+@handle_errors
+def token_create(role: str, name: str) -> None:
+    """Create a token and print only the token, so scripts can capture it."""
+    from repo_server.auth import service as auth_service
+
+    with local_session() as session:
+        _token, secret = auth_service.create_token(
+            session, name=name, role=role, actor=f"cli:{os.environ.get('USER', 'root')}"
+        )
+    click.echo(secret)
+
+
+@token.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@data_dir_option
+@handle_errors
+def token_list(as_json: bool) -> None:
+    """List tokens (never their secrets)."""
+    from repo_server.auth import service as auth_service
+
+    with local_session() as session:
+        tokens = auth_service.list_tokens(session)
+    rows = [
+        {
+            "id": t.id,
+            "name": t.name,
+            "role": t.role,
+            "created_at": t.created_at.isoformat(),
+            "last_used_at": t.last_used_at.isoformat() if t.last_used_at else None,
+            "active": t.active,
+        }
+        for t in tokens
+    ]
+    if as_json:
+        print_json(rows)
+        return
+    for row in rows:
+        state = "active" if row["active"] else "revoked"
+        click.echo(f"{row['id']:>4}  {row['role']:<9} {row['name']:<24} {state}")
+
+
+@token.command("revoke")
+@click.argument("token_id", type=int)
+@data_dir_option
+@handle_errors
+def token_revoke(token_id: int) -> None:
+    """Revoke a token by id; it stops working at once."""
+    from repo_server.auth import service as auth_service
+
+    with local_session() as session:
+        revoked = auth_service.revoke_token(
+            session, token_id, actor=f"cli:{os.environ.get('USER', 'root')}"
+        )
+    click.echo(f"revoked token {revoked.id} ({revoked.name})")
+
+
+@click.command()
+@click.option("--dry-run", is_flag=True, help="Only say what would be removed.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@data_dir_option
+@handle_errors
+def gc(dry_run: bool, as_json: bool) -> None:
+    """Remove blobs no live artifact references, once past the protection window."""
+    from repo_server.catalog.gc import collect_garbage
+    from repo_server.storage import make_storage
+
+    settings = load_settings()
+    with local_session() as session:
+        report = collect_garbage(
+            session,
+            make_storage(settings),
+            protect_seconds=settings.gc_protect_seconds,
+            actor=f"cli:{os.environ.get('USER', 'root')}",
+            dry_run=dry_run,
+        )
+    if as_json:
+        print_json(asdict(report))
+        return
+    verb = "would remove" if dry_run else "removed"
+    click.echo(
+        f"{verb} {len(report.removed)} blobs and {len(report.orphans_removed)} orphan files, "
+        f"{report.bytes_freed} bytes; {report.kept_recent} kept inside the protection window"
+    )

@@ -1,0 +1,108 @@
+"""A small HTTP client for the server's API, used by the `nso-repo` client commands."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any, BinaryIO, Callable, Optional
+from urllib.parse import quote
+
+import requests
+
+DEFAULT_URL = "http://127.0.0.1:8420"
+CHUNK = 1 << 20
+
+
+class ApiError(Exception):
+    """An error answer from the server, carrying its stable code and message."""
+
+    def __init__(self, status: int, code: str, message: str, details: Any = None) -> None:
+        super().__init__(f"{message} [{code}, HTTP {status}]")
+        self.status = status
+        self.code = code
+        self.message = message
+        self.details = details
+
+
+class _ProgressReader:
+    """A file wrapper that reports bytes read, so requests can stream it with a length."""
+
+    def __init__(self, stream: BinaryIO, size: int, advance: Callable[[int], None]) -> None:
+        self._stream = stream
+        self._size = size
+        self._advance = advance
+
+    def __len__(self) -> int:
+        return self._size
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._stream.read(CHUNK if n is None or n < 0 else max(n, CHUNK))
+        self._advance(len(data))
+        return data
+
+
+def sha256_file(path: Path, advance: Optional[Callable[[int], None]] = None) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(CHUNK):
+            digest.update(chunk)
+            if advance:
+                advance(len(chunk))
+    return digest.hexdigest()
+
+
+class RepoClient:
+    def __init__(self, url: Optional[str] = None, token: Optional[str] = None) -> None:
+        self.url = (url or os.environ.get("NSO_REPO_URL") or DEFAULT_URL).rstrip("/")
+        self.token = token or os.environ.get("NSO_REPO_TOKEN")
+        self.http = requests.Session()
+        if self.token:
+            self.http.headers["Authorization"] = f"Bearer {self.token}"
+
+    def _check(self, response: requests.Response) -> Any:
+        if response.status_code < 400:
+            return response.json() if response.content else None
+        try:
+            error = response.json()["error"]
+            raise ApiError(
+                response.status_code, error["code"], error["message"], error.get("details")
+            )
+        except (ValueError, KeyError, TypeError):
+            raise ApiError(
+                response.status_code, "http_error", response.text[:200] or response.reason
+            ) from None
+
+    def upload(
+        self,
+        path: Path,
+        *,
+        sha256: str,
+        advance: Callable[[int], None] = lambda n: None,
+    ) -> tuple[int, dict[str, Any]]:
+        size = path.stat().st_size
+        with path.open("rb") as f:
+            response = self.http.put(
+                f"{self.url}/api/v1/artifacts/{quote(path.name)}",
+                data=_ProgressReader(f, size, advance),
+                headers={
+                    "Content-Type": "application/octet-stream",
+                    "X-Checksum-SHA256": sha256,
+                },
+                timeout=(10, 3600),
+            )
+        return response.status_code, self._check(response)
+
+    def list_artifacts(self, **params: Any) -> dict[str, Any]:
+        params = {k: v for k, v in params.items() if v is not None}
+        return self._check(self.http.get(f"{self.url}/api/v1/artifacts", params=params, timeout=30))
+
+    def get_artifact(self, filename: str) -> dict[str, Any]:
+        return self._check(
+            self.http.get(f"{self.url}/api/v1/artifacts/{quote(filename)}", timeout=30)
+        )
+
+    def delete_artifact(self, filename: str) -> dict[str, Any]:
+        return self._check(
+            self.http.delete(f"{self.url}/api/v1/artifacts/{quote(filename)}", timeout=30)
+        )

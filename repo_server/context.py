@@ -1,0 +1,70 @@
+"""Per-app and per-request state: settings, engine, storage, the request's DB session."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import wraps
+from typing import Any, Callable, TypeVar, cast
+
+from flask import current_app, g, request
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from repo_server.auth.roles import roles_for
+from repo_server.auth.service import Principal, authenticate
+from repo_server.config import Settings
+from repo_server.errors import Forbidden
+from repo_server.storage import Storage
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    storage: Storage
+
+
+def state() -> AppState:
+    return cast(AppState, current_app.extensions["nso_repo"])
+
+
+def db_session() -> Session:
+    """The request's session, opened on first use and closed at teardown."""
+    if "db_session" not in g:
+        g.db_session = state().sessions()
+    return cast(Session, g.db_session)
+
+
+def close_db_session(_exc: object = None) -> None:
+    session = g.pop("db_session", None)
+    if session is not None:
+        session.close()
+
+
+def principal() -> Principal:
+    return cast(Principal, g.principal)
+
+
+def require(permission: str) -> Callable[[F], F]:
+    """Authenticate the bearer token and check its role may `permission`."""
+    allowed = roles_for(permission)
+
+    def decorate(view: F) -> F:
+        @wraps(view)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            who = authenticate(db_session(), request.headers.get("Authorization"))
+            if who.role not in allowed:
+                raise Forbidden(
+                    f"role {who.role!r} may not {permission.replace(':', ' ')}; "
+                    f"it needs one of: {', '.join(sorted(allowed))}",
+                    required_roles=sorted(allowed),
+                )
+            g.principal = who
+            return view(*args, **kwargs)
+
+        return cast(F, wrapper)
+
+    return decorate

@@ -1,0 +1,200 @@
+"""`nso-repo` as a user runs it: real server processes (gunicorn), real HTTP, the CLI client."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.factories import make_installer, make_package, make_patch_bundle
+
+NSO_REPO = [sys.executable, "-m", "repo_server.cli"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Served:
+    def __init__(self, data_dir: Path, env: dict[str, str]) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = data_dir.parent / f"serve-{self.port}.log"
+        self.env = env
+        self.process = subprocess.Popen(
+            [
+                *NSO_REPO,
+                "serve",
+                "--port",
+                str(self.port),
+                "--data-dir",
+                str(data_dir),
+                "--workers",
+                "2",
+            ],
+            stdout=self.log.open("wb"),
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(f"{self.url}/api/v1/health", timeout=1).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass  # not listening yet, or busy starting
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.2)
+        raise RuntimeError(f"nso-repo serve did not start:\n{self.output()}")
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+@pytest.fixture
+def base_env(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NSO_REPO_")}
+    env["NSO_REPO_ACCESS_LOG"] = str(tmp_path / "access.log")
+    return env
+
+
+@pytest.fixture
+def served(tmp_path: Path, base_env: dict[str, str]) -> Iterator[Served]:
+    server = Served(tmp_path / "data", base_env)
+    yield server
+    server.stop()
+
+
+def run(*args: str, env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [*NSO_REPO, *args], capture_output=True, text=True, env=env, timeout=120
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"nso-repo {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def test_first_start_prints_admin_token_once(served: Served, tmp_path: Path, base_env) -> None:
+    tokens = re.findall(r"^\s+(nsr_\S+)$", served.output(), re.MULTILINE)
+    assert len(tokens) == 1
+    admin = {"Authorization": f"Bearer {tokens[0]}"}
+    assert requests.get(f"{served.url}/api/v1/tokens", headers=admin).status_code == 200
+    served.stop()
+    again = Served(tmp_path / "data", base_env)
+    try:
+        assert "nsr_" not in again.output()
+        assert requests.get(f"{again.url}/api/v1/tokens", headers=admin).status_code == 200
+    finally:
+        again.stop()
+
+
+def test_upload_ls_rm_gc_through_the_cli(served: Served, tmp_path: Path, base_env) -> None:
+    data_dir = str(tmp_path / "data")
+    created = run(
+        "token",
+        "create",
+        "--role",
+        "uploader",
+        "--name",
+        "ci",
+        "--data-dir",
+        data_dir,
+        env=base_env,
+    )
+    token = created.stdout.strip()
+    assert re.fullmatch(r"nsr_[A-Za-z0-9_-]{40,}", token), created.stdout
+    env = {**base_env, "NSO_REPO_URL": served.url, "NSO_REPO_TOKEN": token}
+
+    files = [
+        make_installer(tmp_path, "6.2"),
+        make_package(tmp_path, "router-nc", "1.0.2", "6.2"),
+        make_patch_bundle(tmp_path, "6.2", "PSIRT-9"),
+    ]
+    uploaded = json.loads(run("upload", "--json", *map(str, files), env=env).stdout)
+    assert [r["result"] for r in uploaded] == ["stored", "stored", "stored"]
+    again = json.loads(run("upload", "--json", str(files[1]), env=env).stdout)
+    assert again[0]["result"] == "unchanged"
+
+    packages = json.loads(run("ls", "packages", "--nso", "6.2", "--json", env=env).stdout)
+    assert [p["filename"] for p in packages] == [files[1].name]
+    table = run("ls", "installers", env=env).stdout
+    assert "6.2" in table and files[0].name in table
+
+    bad = tmp_path / "ncs-6.2-router-nc-9.9.tar.gz"
+    bad.write_bytes(b"not gzip")
+    failed = run("upload", str(bad), env=env, check=False)
+    assert failed.returncode == 1
+    assert "gzip" in failed.stderr
+
+    denied = run("rm", files[0].name, env=env, check=False)
+    assert denied.returncode == 1 and "admin" in denied.stderr
+    admin_token = run(
+        "token", "create", "--role", "admin", "--name", "ops", "--data-dir", data_dir, env=base_env
+    )
+    admin_env = {**env, "NSO_REPO_TOKEN": admin_token.stdout.strip()}
+    assert "deleted" in run("rm", files[0].name, env=admin_env).stdout
+    report = json.loads(
+        run("gc", "--dry-run", "--json", "--data-dir", data_dir, env=base_env).stdout
+    )
+    assert report["removed"] == []  # inside the 24 h protection window
+    past_window = {**base_env, "NSO_REPO_GC_PROTECT_SECONDS": "0"}
+    report = json.loads(run("gc", "--json", "--data-dir", data_dir, env=past_window).stdout)
+    assert len(report["removed"]) == 1
+
+    unreachable = run(
+        "ls", env={**env, "NSO_REPO_URL": f"http://127.0.0.1:{free_port()}"}, check=False
+    )
+    assert unreachable.returncode == 1 and "nso-repo serve" in unreachable.stderr
+
+
+def test_production_shape_postgresql_and_s3(
+    tmp_path: Path, base_env, postgres_server, s3_server
+) -> None:
+    """gunicorn with several workers, PostgreSQL for state and S3 for blobs, as the README says."""
+    bucket = s3_server.new_bucket()
+    env = {
+        **base_env,
+        "NSO_REPO_DATABASE_URL": postgres_server.create_database(),
+        "NSO_REPO_STORAGE": "s3",
+        "NSO_REPO_S3_ENDPOINT_URL": s3_server.endpoint_url,
+        "NSO_REPO_S3_BUCKET": bucket,
+        "NSO_REPO_S3_ACCESS_KEY_ID": s3_server.access_key,
+        "NSO_REPO_S3_SECRET_ACCESS_KEY": s3_server.secret_key,
+    }
+    server = Served(tmp_path / "data", env)
+    try:
+        token = re.findall(r"^\s+(nsr_\S+)$", server.output(), re.MULTILINE)[0]
+        client_env = {**env, "NSO_REPO_URL": server.url, "NSO_REPO_TOKEN": token}
+        path = make_package(tmp_path, "router-nc", "1.0.2", "6.2")
+        stored = json.loads(run("upload", "--json", str(path), env=client_env).stdout)[0][
+            "artifact"
+        ]
+        blob = requests.get(
+            f"{server.url}{stored['download_url']}", headers={"Authorization": f"Bearer {token}"}
+        )
+        assert blob.history and blob.history[0].status_code == 302
+        assert blob.content == path.read_bytes()
+        assert not any((tmp_path / "data").rglob(stored["sha256"]))  # bytes live in S3 only
+    finally:
+        server.stop()
