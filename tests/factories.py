@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 import struct
 import tarfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -45,6 +48,14 @@ def package_meta_xml(
     return "\n".join(parts).encode()
 
 
+@contextmanager
+def _tar_gz(path: Path) -> Iterator[tarfile.TarFile]:
+    """A gzip tarball with a fixed timestamp: the same content always gives the same bytes."""
+    with path.open("wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz:  # noqa: SIM117
+        with tarfile.open(fileobj=gz, mode="w") as tar:
+            yield tar
+
+
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     info = tarfile.TarInfo(name)
     info.size = len(data)
@@ -75,7 +86,7 @@ def make_package(
             **meta_options,  # type: ignore[arg-type]
         )
     )
-    with tarfile.open(path, "w:gz") as tar:
+    with _tar_gz(path) as tar:
         _add(tar, f"{name}/package-meta-data.xml", xml)
         _add(tar, f"{name}/load-dir/{name}.fxs", b"fxs compiled for " + nso.encode() + payload)
     return path
@@ -103,7 +114,7 @@ def make_patch_bundle(
     modules: tuple[str, ...] = ("ncs_fix",),
 ) -> Path:
     path = out_dir / f"nso-{nso}-patch-{patch_id}.tar.gz"
-    with tarfile.open(path, "w:gz") as tar:
+    with _tar_gz(path) as tar:
         for module in modules:
             _add(tar, f"{module}.beam", beam_bytes(module))
         _add(tar, "README", f"Emergency patch {patch_id} for NSO {nso}\n".encode())

@@ -112,3 +112,31 @@ def test_upload_writes_audit_event(live, tmp_path: Path) -> None:
     assert len(uploads) == 1
     assert uploads[0]["target"] == f"artifact:{path.name}"
     assert uploads[0]["actor"] == "uploader:test-uploader"
+
+
+def test_concurrent_uploads_of_one_name_store_one_artifact(live, app_state, tmp_path: Path) -> None:
+    """Racing uploads under one name: one wins (201); same bytes get 200, other bytes 409."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    builds = []
+    for i in range(6):
+        folder = tmp_path / f"b{i}"
+        folder.mkdir()
+        # Three identical builds and three with other bytes, all under the same file name.
+        builds.append(
+            make_package(folder, payload=b"same" if i % 2 == 0 else f"other {i}".encode())
+        )
+
+    def upload(path: Path) -> int:
+        return put_file(live.session("uploader"), live.url, path).status_code
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        statuses = list(pool.map(upload, builds))
+    assert statuses.count(201) == 1, statuses
+    winner = builds[statuses.index(201)]
+    same_as_winner = [b.read_bytes() == winner.read_bytes() for b in builds]
+    for status, same in zip(statuses, same_as_winner):
+        assert status in ((200, 201) if same else (409,)), statuses
+    state = snapshot(app_state)
+    assert state["artifacts"] == [winner.name]
+    assert state["stored"] == state["blobs"] == [hashlib.sha256(winner.read_bytes()).hexdigest()]
