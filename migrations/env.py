@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from alembic import context
 
-import repo_server.auth.models
-import repo_server.catalog.models  # noqa: F401 — register tables on Base.metadata
 from repo_server.db import Base, make_engine
+from repo_server.models import register_models
+
+register_models()
 
 target_metadata = Base.metadata
 config = context.config

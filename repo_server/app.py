@@ -14,6 +14,7 @@ from repo_server.config import Settings, load_settings
 from repo_server.context import AppState, close_db_session
 from repo_server.db import make_engine, make_sessionmaker
 from repo_server.errors import AppError
+from repo_server.models import register_models
 from repo_server.storage import make_storage
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,7 @@ def create_app(
         MAX_FORM_MEMORY_SIZE=1 << 20,
         JSON_SORT_KEYS=False,
     )
+    register_models()
     engine = make_engine(settings.resolved_database_url)
     app.extensions["nso_repo"] = AppState(
         settings=settings,
@@ -74,9 +76,11 @@ def create_app(
     from repo_server.auth.views import blp as auth_blp
     from repo_server.catalog.blob_views import blp as blob_blp
     from repo_server.catalog.views import blp as catalog_blp
+    from repo_server.fleet.views import blp as fleet_blp
     from repo_server.health import blp as health_blp
+    from repo_server.upgrades.views import blp as upgrades_blp
 
-    for blueprint in (catalog_blp, blob_blp, auth_blp, health_blp):
+    for blueprint in (catalog_blp, blob_blp, upgrades_blp, fleet_blp, auth_blp, health_blp):
         api.register_blueprint(blueprint)
 
     _register_error_handlers(app)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import wraps
-from typing import Any, Callable, TypeVar, cast
+from typing import Any, Callable, Optional, TypeVar, cast
 
 from flask import current_app, g, request
 from sqlalchemy import Engine
@@ -14,6 +14,7 @@ from repo_server.auth.roles import roles_for
 from repo_server.auth.service import Principal, authenticate
 from repo_server.config import Settings
 from repo_server.errors import Forbidden
+from repo_server.fleet.notify import Notifier, PostgresListener
 from repo_server.storage import Storage
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -25,6 +26,20 @@ class AppState:
     engine: Engine
     sessions: sessionmaker[Session]
     storage: Storage
+    notifier: Notifier = field(default_factory=Notifier)
+    listener: Optional[PostgresListener] = None
+
+    def start_listener(self) -> None:
+        """Relay NOTIFY from other processes (PostgreSQL only); started on first need."""
+        if self.listener is None and self.engine.dialect.name == "postgresql":
+            self.listener = PostgresListener(self.engine, self.notifier)
+            self.listener.start()
+
+    def close(self) -> None:
+        if self.listener is not None:
+            self.listener.stop()
+            self.listener.join(timeout=5)
+        self.engine.dispose()
 
 
 def state() -> AppState:

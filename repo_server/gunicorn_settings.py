@@ -7,6 +7,7 @@ threaded worker keeps one slow upload from blocking every other request.
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 bind = os.environ.get("NSO_REPO_BIND", "127.0.0.1:8420")
@@ -24,8 +25,51 @@ loglevel = os.environ.get("NSO_REPO_LOG_LEVEL", "info").lower()
 wsgi_app = "repo_server.wsgi:app"
 
 
+# glibc malloc (mallopt parameters). An upload streams through ~1 MiB bytes objects that
+# gunicorn and the app allocate and free in a request thread, i.e. in a non-main arena.
+# With the default dynamic thresholds glibc often hands the freed top of that arena back to
+# the kernel (madvise) and takes it again on the next read: 200k-800k page faults and
+# 2-3.5 s of extra kernel CPU per GiB uploaded, mostly in a fresh worker's first uploads
+# (bench/upload_download.py; measured with /proc/<pid>/stat minflt and perf). Fixed
+# thresholds keep those buffers in the heap; what is kept is bounded by what was in use.
+MALLOC_MMAP_THRESHOLD = 4 << 20  # allocations above this get their own mapping
+MALLOC_TRIM_THRESHOLD = 32 << 20  # free heap top kept before it is returned to the kernel
+
+
+def tune_malloc() -> bool:
+    """Set the thresholds above (glibc only; the workers inherit them when forked).
+
+    Skipped when the operator sets these thresholds through the environment
+    (MALLOC_TRIM_THRESHOLD_, MALLOC_MMAP_THRESHOLD_ or GLIBC_TUNABLES). True when applied.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    tunables = os.environ.get("GLIBC_TUNABLES", "")
+    if any(
+        os.environ.get(f"MALLOC_{name.upper()}_") or f"glibc.malloc.{name}" in tunables
+        for name in ("trim_threshold", "mmap_threshold")
+    ):
+        return False
+    import ctypes
+    import platform
+
+    if platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # from <malloc.h>
+    return bool(
+        mallopt(m_mmap_threshold, MALLOC_MMAP_THRESHOLD)
+        and mallopt(m_trim_threshold, MALLOC_TRIM_THRESHOLD)
+    )
+
+
 def on_starting(server: Any) -> None:
-    """Once, in the master, before workers fork: migrate and make the first admin token."""
+    """Once, in the master, before workers fork: migrate and make the first admin token;
+    tune malloc for streamed uploads."""
     from repo_server.bootstrap import prepare
 
+    tune_malloc()
     prepare()

@@ -79,7 +79,7 @@ def app_overrides(data_dir: Path, database_url: str) -> dict[str, Any]:
 def app(app_overrides: dict[str, Any]) -> Iterator[Any]:
     application = create_app(app_overrides)
     yield application
-    application.extensions["nso_repo"].engine.dispose()
+    application.extensions["nso_repo"].close()
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Optional
 
-from sqlalchemy import CheckConstraint, Index, String
+from sqlalchemy import CheckConstraint, ForeignKey, Index, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from repo_server.db import Base, utcnow
@@ -26,6 +26,10 @@ class ApiToken(Base):
     created_by: Mapped[str] = mapped_column(String(128))
     last_used_at: Mapped[Optional[datetime]] = mapped_column(default=None)
     revoked_at: Mapped[Optional[datetime]] = mapped_column(default=None)
+    # Set on the token an agent got at enrollment: it speaks for that node only.
+    node_id: Mapped[Optional[int]] = mapped_column(
+        ForeignKey("nodes.id", ondelete="CASCADE"), default=None
+    )
 
     __table_args__ = (
         CheckConstraint(

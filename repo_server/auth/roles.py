@@ -11,6 +11,13 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "artifact:delete": frozenset({"admin"}),
     "token:manage": frozenset({"admin"}),
     "audit:read": frozenset({"admin", "operator"}),
+    "release:read": READ_ROLES,
+    "release:manage": frozenset({"admin", "operator"}),
+    "node:read": frozenset({"admin", "operator", "viewer"}),
+    "node:manage": frozenset({"admin", "operator"}),
+    "job:read": frozenset({"admin", "operator", "viewer"}),
+    "job:manage": frozenset({"admin", "operator"}),
+    "agent": frozenset({"agent"}),
 }
 
 

@@ -29,6 +29,7 @@ class Principal:
     token_id: Optional[int]
     name: str
     role: str
+    node_id: Optional[int] = None
 
     @property
     def actor(self) -> str:
@@ -98,7 +99,7 @@ def authenticate(session: Session, header: Optional[str]) -> Principal:
     if token.last_used_at is None or (now - token.last_used_at).total_seconds() > 60:
         token.last_used_at = now
         session.commit()
-    return Principal(token_id=token.id, name=token.name, role=token.role)
+    return Principal(token_id=token.id, name=token.name, role=token.role, node_id=token.node_id)
 
 
 def list_audit(

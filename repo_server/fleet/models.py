@@ -1,0 +1,37 @@
+"""The fleet: nodes with their last reported inventory, and one-time enrollment tokens."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Optional
+
+from sqlalchemy import ForeignKey, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from repo_server.db import Base, utcnow
+
+
+class Node(Base):
+    __tablename__ = "nodes"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    hostname: Mapped[Optional[str]] = mapped_column(String(255), default=None)
+    agent_version: Mapped[Optional[str]] = mapped_column(String(64), default=None)
+    inventory: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_by: Mapped[str] = mapped_column(String(128))
+    enrolled_at: Mapped[Optional[datetime]] = mapped_column(default=None)
+    last_seen_at: Mapped[Optional[datetime]] = mapped_column(default=None)
+    inventory_at: Mapped[Optional[datetime]] = mapped_column(default=None)
+
+
+class EnrollmentToken(Base):
+    __tablename__ = "enrollment_tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    node_id: Mapped[int] = mapped_column(ForeignKey("nodes.id", ondelete="CASCADE"))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]
+    used_at: Mapped[Optional[datetime]] = mapped_column(default=None)

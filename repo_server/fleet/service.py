@@ -1,0 +1,160 @@
+"""Nodes: registration, one-time enrollment, heartbeat with inventory."""
+
+from __future__ import annotations
+
+import secrets
+from datetime import timedelta
+from typing import Any, Optional
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from repo_server.auth.models import ApiToken
+from repo_server.auth.service import TOKEN_PREFIX, Principal, audit, hash_token
+from repo_server.db import utcnow
+from repo_server.errors import AppError, Conflict, Forbidden, NotFound, ValidationFailed
+from repo_server.fleet.models import EnrollmentToken, Node
+
+ENROLLMENT_PREFIX = "nse_"
+ENROLLMENT_VALID = timedelta(hours=24)
+NODE_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+
+
+class EnrollmentRefused(AppError):
+    status = 401
+    code = "enrollment_refused"
+
+
+def _check_name(name: str) -> str:
+    name = name.strip()
+    if not name or len(name) > 128 or not set(name) <= NODE_NAME_CHARS:
+        raise ValidationFailed(
+            f"node name {name!r} is not valid: use 1 to 128 letters, digits, '-', '_' or '.'",
+            field="name",
+        )
+    return name
+
+
+def get_node(session: Session, name: str) -> Node:
+    node = session.scalar(select(Node).where(Node.name == name))
+    if node is None:
+        raise NotFound(f"no node named {name!r}: list nodes with 'nso-repo node ls'")
+    return node
+
+
+def list_nodes(session: Session) -> list[Node]:
+    return list(session.scalars(select(Node).order_by(Node.name)))
+
+
+def _new_enrollment(session: Session, node: Node) -> str:
+    secret = ENROLLMENT_PREFIX + secrets.token_urlsafe(32)
+    session.add(
+        EnrollmentToken(
+            node_id=node.id,
+            token_hash=hash_token(secret),
+            expires_at=utcnow() + ENROLLMENT_VALID,
+        )
+    )
+    return secret
+
+
+def add_node(session: Session, name: str, who: Principal) -> tuple[Node, str]:
+    """Register a node and return it with a one-time enrollment token for its agent."""
+    name = _check_name(name)
+    if session.scalar(select(Node.id).where(Node.name == name)):
+        raise Conflict(
+            f"node {name!r} exists: to enroll its agent again run 'nso-repo node enroll-token {name}'"
+        )
+    node = Node(name=name, created_by=who.actor)
+    session.add(node)
+    session.flush()
+    secret = _new_enrollment(session, node)
+    audit(session, who.actor, "node.add", f"node:{name}")
+    session.commit()
+    return node, secret
+
+
+def new_enrollment_token(session: Session, name: str, who: Principal) -> str:
+    node = get_node(session, name)
+    secret = _new_enrollment(session, node)
+    audit(session, who.actor, "node.enrollment_token", f"node:{name}")
+    session.commit()
+    return secret
+
+
+def enroll(
+    session: Session, secret: str, *, hostname: Optional[str], agent_version: Optional[str]
+) -> tuple[Node, str]:
+    """Exchange a one-time enrollment token for the node's own agent token."""
+    now = utcnow()
+    enrollment = session.scalar(
+        select(EnrollmentToken).where(EnrollmentToken.token_hash == hash_token(secret or ""))
+    )
+    if enrollment is None or enrollment.used_at is not None or enrollment.expires_at < now:
+        raise EnrollmentRefused(
+            "the enrollment token is unknown, used or expired: ask an operator for a new one "
+            "('nso-repo node enroll-token NODE')"
+        )
+    # Spend the token with a guarded UPDATE so two racing enrollments cannot both win.
+    spent = session.execute(
+        update(EnrollmentToken)
+        .where(EnrollmentToken.id == enrollment.id, EnrollmentToken.used_at.is_(None))
+        .values(used_at=now)
+    )
+    if spent.rowcount != 1:  # type: ignore[attr-defined]
+        session.rollback()
+        raise EnrollmentRefused("the enrollment token was just used: ask for a new one")
+    node = session.get(Node, enrollment.node_id)
+    assert node is not None
+    # A re-enrolled node (rebuilt host) must not leave its old agent token working.
+    session.execute(
+        update(ApiToken)
+        .where(ApiToken.node_id == node.id, ApiToken.revoked_at.is_(None))
+        .values(revoked_at=now)
+    )
+    node_secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    session.add(
+        ApiToken(
+            name=f"node:{node.name}",
+            role="agent",
+            token_hash=hash_token(node_secret),
+            created_by="enrollment",
+            node_id=node.id,
+        )
+    )
+    node.enrolled_at = now
+    node.last_seen_at = now
+    node.hostname = hostname
+    node.agent_version = agent_version
+    audit(session, f"agent:{node.name}", "node.enroll", f"node:{node.name}", hostname=hostname)
+    session.commit()
+    return node, node_secret
+
+
+def node_of(session: Session, who: Principal) -> Node:
+    """The node an agent token speaks for."""
+    if who.node_id is None:
+        raise Forbidden(
+            "this endpoint is for node agents: use the token the agent got at enrollment"
+        )
+    node = session.get(Node, who.node_id)
+    if node is None:
+        raise Forbidden("the node of this token no longer exists: enroll the agent again")
+    return node
+
+
+def touch(session: Session, node: Node) -> None:
+    node.last_seen_at = utcnow()
+
+
+def heartbeat(
+    session: Session, node: Node, inventory: dict[str, Any], agent_version: Optional[str]
+) -> Node:
+    now = utcnow()
+    node.inventory = inventory
+    node.inventory_at = now
+    node.last_seen_at = now
+    if agent_version:
+        node.agent_version = agent_version
+    session.commit()
+    return node

@@ -1,0 +1,135 @@
+"""Fleet API (operators) and the agent protocol endpoints (node agents)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from flask import Response
+from flask.views import MethodView
+from flask_smorest import Blueprint
+
+from repo_server.catalog.schemas import BEARER
+from repo_server.context import db_session, principal, require, state
+from repo_server.fleet import service
+from repo_server.fleet.schemas import (
+    EnrollAnswerSchema,
+    EnrollRequestSchema,
+    HeartbeatSchema,
+    NewNodeSchema,
+    NextArgs,
+    NodeNameSchema,
+    NodeSchema,
+    StepReportSchema,
+)
+from repo_server.upgrades.jobs import JobService, step_payload
+
+blp = Blueprint("fleet", __name__, url_prefix="/api/v1", description="Nodes and the agent protocol")
+
+
+@blp.route("/nodes")
+class Nodes(MethodView):
+    @require("node:read")
+    @blp.doc(security=BEARER)
+    @blp.response(200, NodeSchema(many=True))
+    def get(self) -> Any:
+        """Every node with its last inventory."""
+        return service.list_nodes(db_session())
+
+    @require("node:manage")
+    @blp.doc(security=BEARER)
+    @blp.arguments(NodeNameSchema)
+    @blp.response(201, NewNodeSchema)
+    def post(self, body: dict[str, Any]) -> Any:
+        """Register a node; the answer carries a one-time enrollment token for its agent."""
+        node, secret = service.add_node(db_session(), body["name"], principal())
+        return {"node": node, "enrollment_token": secret}
+
+
+@blp.route("/nodes/<string:name>")
+class NodeItem(MethodView):
+    @require("node:read")
+    @blp.doc(security=BEARER)
+    @blp.response(200, NodeSchema)
+    def get(self, name: str) -> Any:
+        """One node."""
+        return service.get_node(db_session(), name)
+
+
+@blp.route("/nodes/<string:name>/enrollment-token", methods=["POST"])
+@require("node:manage")
+@blp.doc(security=BEARER)
+@blp.response(201, NewNodeSchema)
+def enrollment_token(name: str) -> Any:
+    """A new one-time enrollment token for a node (a rebuilt host)."""
+    session = db_session()
+    secret = service.new_enrollment_token(session, name, principal())
+    return {"node": service.get_node(session, name), "enrollment_token": secret}
+
+
+@blp.route("/agent/enroll", methods=["POST"])
+@blp.arguments(EnrollRequestSchema)
+@blp.response(201, EnrollAnswerSchema)
+def enroll(body: dict[str, Any]) -> Any:
+    """Exchange a one-time enrollment token for the node's agent token. No bearer token."""
+    node, token = service.enroll(
+        db_session(),
+        body["enrollment_token"],
+        hostname=body.get("hostname"),
+        agent_version=body.get("agent_version"),
+    )
+    return {"node": node, "token": token}
+
+
+@blp.route("/agent/heartbeat", methods=["POST"])
+@require("agent")
+@blp.doc(security=BEARER)
+@blp.arguments(HeartbeatSchema)
+@blp.response(200, NodeSchema)
+def heartbeat(body: dict[str, Any]) -> Any:
+    """Report the node's inventory."""
+    session = db_session()
+    node = service.node_of(session, principal())
+    return service.heartbeat(session, node, body["inventory"], body.get("agent_version"))
+
+
+@blp.route("/agent/next")
+@require("agent")
+@blp.doc(
+    security=BEARER,
+    responses={"200": {"description": "A step to run"}, "204": {"description": "No work yet"}},
+)
+@blp.arguments(NextArgs, location="query")
+def next_step(args: dict[str, Any]) -> Any:
+    """Long-poll for the next step of this node's job (see docs/agent-protocol.md)."""
+    app = state()
+    app.start_listener()
+    session = db_session()
+    node = service.node_of(session, principal())
+    service.touch(session, node)
+    session.commit()
+    jobs = JobService(session, app.notifier)
+    deadline = time.monotonic() + args["wait"]
+    seen = app.notifier.counter(node.id)
+    step = jobs.claim_next(node)
+    # Sleep on the notifier, not on the database: one query per wake-up, none while idle.
+    while step is None and app.notifier.wait(node.id, seen, deadline - time.monotonic()):
+        seen = app.notifier.counter(node.id)
+        step = jobs.claim_next(node)
+    if step is None:
+        return Response(status=204)
+    return {"step": step_payload(step)}
+
+
+@blp.route("/agent/steps/<int:step_id>", methods=["POST"])
+@require("agent")
+@blp.doc(security=BEARER)
+@blp.arguments(StepReportSchema)
+@blp.response(200)
+def report_step(body: dict[str, Any], step_id: int) -> Any:
+    """Report a step's progress or result. Idempotent by report_id."""
+    app = state()
+    session = db_session()
+    node = service.node_of(session, principal())
+    service.touch(session, node)
+    return JobService(session, app.notifier).report(node, step_id, body)

@@ -1,0 +1,335 @@
+"""Jobs: start them from a plan, hand their steps to agents, advance them on reports.
+
+Every state change happens inside one transaction that first bumps the job's `revision`
+with an UPDATE: on PostgreSQL that row lock serialises concurrent reports and claims for
+one job across workers and replicas; on SQLite it takes the database's write lock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any, Optional
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from repo_server.auth.service import Principal, audit
+from repo_server.catalog.releases import get_release, list_releases
+from repo_server.db import utcnow
+from repo_server.errors import AppError, Conflict, NotFound, ValidationFailed
+from repo_server.fleet.models import Node
+from repo_server.fleet.notify import Notifier, announce
+from repo_server.fleet.service import get_node
+from repo_server.upgrades import plans, preflight
+from repo_server.upgrades.models import JOB_ACTIVE, Job, Step, StepReport
+
+FINISHED = ("succeeded", "failed", "skipped")
+REPORT_STATES = ("running", "succeeded", "failed")
+LOG_TAIL_MAX = 16_000
+
+
+class PreflightFailed(AppError):
+    status = 422
+    code = "preflight_failed"
+
+
+class StepFinished(Conflict):
+    code = "step_finished"
+
+
+def verdict_dict(verdict: preflight.Verdict) -> dict[str, Any]:
+    return {
+        "node": verdict.node,
+        "ok": verdict.ok,
+        "kind": verdict.kind,
+        "source_version": verdict.source_version,
+        "target_version": verdict.target_version,
+        "path": verdict.path,
+        "reasons": [asdict(r) for r in verdict.reasons],
+        "packages": [a.filename for a in verdict.packages],
+        "remove_ncs_conf": verdict.remove_ncs_conf,
+    }
+
+
+class JobService:
+    def __init__(self, session: Session, notifier: Notifier) -> None:
+        self.session = session
+        self.notifier = notifier
+
+    # -- planning ---------------------------------------------------------------------
+
+    def _active_job(self, node: Node) -> Optional[Job]:
+        return self.session.scalar(
+            select(Job).where(Job.node_id == node.id, Job.state.in_(JOB_ACTIVE)).order_by(Job.id)
+        )
+
+    def plan(
+        self, node_name: str, to: str, options: preflight.UpgradeOptions
+    ) -> tuple[preflight.Verdict, list[plans.StepSpec]]:
+        node = get_node(self.session, node_name)
+        release = get_release(self.session, to)
+        active = self._active_job(node)
+        verdict = preflight.check(
+            node, release, list_releases(self.session), options, active.id if active else None
+        )
+        return verdict, plans.upgrade_steps(verdict, release)
+
+    def start_upgrade(
+        self, node_name: str, to: str, options: preflight.UpgradeOptions, who: Principal
+    ) -> Job:
+        verdict, steps = self.plan(node_name, to, options)
+        if not verdict.ok:
+            self.session.rollback()
+            raise PreflightFailed(
+                f"preflight refused the upgrade of {node_name} to {to}: "
+                + "; ".join(f"{r.message} ({r.remedy})" for r in verdict.reasons),
+                reasons=[asdict(r) for r in verdict.reasons],
+                path=verdict.path,
+            )
+        node = get_node(self.session, node_name)
+        release = get_release(self.session, to)
+        job = Job(
+            node_id=node.id,
+            kind="upgrade",
+            source_version=verdict.source_version,
+            target_version=release.nso_version,
+            release_id=release.id,
+            options=asdict(options),
+            plan=verdict_dict(verdict),
+            created_by=who.actor,
+        )
+        job.steps = [
+            Step(seq=i, name=spec.name, params=spec.params, message=spec.title)
+            for i, spec in enumerate(steps, start=1)
+        ]
+        self.session.add(job)
+        self.session.flush()
+        audit(
+            self.session,
+            who.actor,
+            "job.create",
+            f"job:{job.id}",
+            node=node.name,
+            kind="upgrade",
+            source_version=verdict.source_version,
+            target_version=release.nso_version,
+        )
+        announce(self.session, self.notifier, node.id)
+        self.session.commit()
+        return job
+
+    def rollback(self, job_id: int, who: Principal) -> Job:
+        """Restore the backup a finished upgrade took: back to its source release and data."""
+        done = self.get(job_id)
+        if done.kind != "upgrade" or done.state != "succeeded":
+            raise Conflict(
+                f"job {job_id} is a {done.state} {done.kind}; only a succeeded upgrade can be "
+                "rolled back (a failed one was recovered already)"
+            )
+        if not done.context.get("backup_file"):
+            raise Conflict(f"job {job_id} recorded no backup: it cannot be rolled back")
+        node = self.session.get(Node, done.node_id)
+        assert node is not None
+        active = self._active_job(node)
+        if active is not None:
+            raise Conflict(f"job {active.id} is running on {node.name}: wait for it first")
+        later = self.session.scalar(
+            select(Job.id).where(Job.node_id == node.id, Job.id > done.id, Job.state == "succeeded")
+        )
+        if later is not None:
+            raise Conflict(
+                f"job {later} changed {node.name} after job {job_id}: roll that back first"
+            )
+        spec = plans.recover_step(done.context, done.source_version or "")
+        job = Job(
+            node_id=node.id,
+            kind="rollback",
+            source_version=done.target_version,
+            target_version=done.source_version,
+            options={"rollback_of": done.id},
+            context={
+                k: done.context[k]
+                for k in ("backup_file", "extra_dir", "fingerprint")
+                if k in done.context
+            },
+            plan={"rollback_of": done.id},
+            created_by=who.actor,
+        )
+        job.steps = [Step(seq=1, name=spec.name, params=spec.params, message=spec.title)]
+        self.session.add(job)
+        self.session.flush()
+        audit(
+            self.session, who.actor, "job.rollback", f"job:{job.id}", of_job=done.id, node=node.name
+        )
+        announce(self.session, self.notifier, node.id)
+        self.session.commit()
+        return job
+
+    # -- queries ----------------------------------------------------------------------
+
+    def get(self, job_id: int) -> Job:
+        job = self.session.get(Job, job_id)
+        if job is None:
+            raise NotFound(f"no job {job_id}: list jobs with 'nso-repo job ls'")
+        return job
+
+    def list(self, node_name: Optional[str] = None, limit: int = 50) -> list[Job]:
+        query = select(Job).order_by(Job.id.desc()).limit(limit)
+        if node_name:
+            query = query.where(Job.node_id == get_node(self.session, node_name).id)
+        return list(self.session.scalars(query))
+
+    # -- the agent's side -------------------------------------------------------------
+
+    def _lock(self, job: Job) -> None:
+        self.session.execute(update(Job).where(Job.id == job.id).values(revision=Job.revision + 1))
+        self.session.refresh(job)
+
+    def claim_next(self, node: Node) -> Optional[Step]:
+        """The step this node should run now, marked dispatched; None when there is none."""
+        job = self._active_job(node)
+        if job is None:
+            self.session.rollback()
+            return None
+        self._lock(job)
+        step = next((s for s in job.steps if s.state not in FINISHED), None)
+        if step is None or not job.active:
+            self.session.rollback()
+            return None
+        now = utcnow()
+        step.state = "dispatched" if step.state == "pending" else step.state
+        step.attempt += 1
+        step.started_at = step.started_at or now
+        if job.state == "queued":
+            job.state = "running"
+            job.started_at = now
+        self.session.commit()
+        return step
+
+    def report(self, node: Node, step_id: int, body: dict[str, Any]) -> dict[str, Any]:
+        report_id = str(body.get("report_id") or "")
+        if not 8 <= len(report_id) <= 64:
+            raise ValidationFailed(
+                "report_id must be a unique string of 8 to 64 characters", field="report_id"
+            )
+        seen = self.session.scalar(select(StepReport).where(StepReport.report_id == report_id))
+        if seen is not None:
+            if seen.step_id != step_id:
+                raise Conflict(f"report_id {report_id} was used for another step: make a new one")
+            return seen.answer
+        step = self.session.get(Step, step_id)
+        if step is None or step.job.node_id != node.id:
+            raise NotFound(f"no step {step_id} for node {node.name}")
+        job = step.job
+        self._lock(job)
+        state = body.get("state")
+        if state not in REPORT_STATES:
+            raise ValidationFailed(
+                f"state must be one of {', '.join(REPORT_STATES)}", field="state"
+            )
+        if step.state in FINISHED:
+            if step.state != state:
+                self.session.rollback()
+                raise StepFinished(
+                    f"step {step_id} ({step.name}) already {step.state}: ask for the next step",
+                    step_state=step.state,
+                )
+        else:
+            self._apply(job, step, state, body)
+        answer = {
+            "step": step_dict(step),
+            "job": {"id": job.id, "state": job.state, "outcome": job.outcome},
+        }
+        self.session.add(StepReport(report_id=report_id, step_id=step.id, answer=answer))
+        if state in ("succeeded", "failed"):
+            announce(self.session, self.notifier, node.id)
+        self.session.commit()
+        return answer
+
+    def _apply(self, job: Job, step: Step, state: str, body: dict[str, Any]) -> None:
+        now = utcnow()
+        step.progress = max(0, min(100, int(body.get("progress") or step.progress or 0)))
+        if body.get("message"):
+            step.message = str(body["message"])[:2000]
+        if body.get("log_tail") is not None:
+            step.log_tail = str(body["log_tail"])[-LOG_TAIL_MAX:]
+        if body.get("nso_seconds") is not None:
+            step.nso_seconds = float(body["nso_seconds"])
+        if state == "running":
+            step.state = "running"
+            return
+        step.finished_at = now
+        if state == "succeeded":
+            step.state = "succeeded"
+            step.progress = 100
+            step.result = dict(body.get("result") or {})
+            job.context = {**job.context, **step.result}
+            if all(s.state in FINISHED for s in job.steps):
+                self._finish(job, now)
+            return
+        step.state = "failed"
+        cause = f"{step.name} failed: {step.message or 'no message'}"
+        if step.name == "recover":
+            job.state = "failed"
+            job.outcome = "needs_attention"
+            job.error = (
+                f"{job.error + '; ' if job.error else ''}{cause}; the node needs an operator"
+            )
+            job.finished_at = now
+        elif job.kind == "upgrade" and self._after_stop(job, step):
+            job.error = cause
+            for later in job.steps:
+                if later.state == "pending":
+                    later.state = "skipped"
+            spec = plans.recover_step(job.context, job.source_version or "")
+            job.steps.append(
+                Step(seq=len(job.steps) + 1, name=spec.name, params=spec.params, message=spec.title)
+            )
+        else:
+            job.state = "failed"
+            job.outcome = "unchanged"
+            job.error = cause
+            job.finished_at = now
+
+    @staticmethod
+    def _after_stop(job: Job, step: Step) -> bool:
+        stop = next((s for s in job.steps if s.name == plans.FIRST_STEP_AFTER_STOP), None)
+        return stop is not None and step.seq >= stop.seq
+
+    @staticmethod
+    def _finish(job: Job, now: Any) -> None:
+        job.finished_at = now
+        if job.error:  # recovery ran: the node is back where it was, the upgrade did not happen
+            job.state = "failed"
+            job.outcome = "rolled_back"
+        else:
+            job.state = "succeeded"
+
+
+def step_dict(step: Step) -> dict[str, Any]:
+    return {
+        "id": step.id,
+        "job_id": step.job_id,
+        "seq": step.seq,
+        "name": step.name,
+        "state": step.state,
+        "attempt": step.attempt,
+        "progress": step.progress,
+        "message": step.message,
+    }
+
+
+def step_payload(step: Step) -> dict[str, Any]:
+    """What the agent gets from `next`: the step, its params and the job's context."""
+    job = step.job
+    return {
+        **step_dict(step),
+        "params": step.params,
+        "context": job.context,
+        "job": {
+            "id": job.id,
+            "kind": job.kind,
+            "source_version": job.source_version,
+            "target_version": job.target_version,
+        },
+    }

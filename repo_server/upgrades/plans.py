@@ -1,0 +1,92 @@
+"""Plans: the ordered steps of a change to one node, built from a passing preflight.
+
+Step names and parameters are the contract with the agent (docs/agent-protocol.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from repo_server.catalog.models import Artifact
+from repo_server.catalog.release_models import Release
+from repo_server.upgrades.preflight import Verdict
+
+# The 90 s systemd timeout is not a failure; NSO gets this long (nominal seconds) to start.
+START_TIMEOUT = 1800
+# Steps from here on run with NSO stopped: a failure there needs the guide's recovery.
+FIRST_STEP_AFTER_STOP = "stop"
+
+
+@dataclass
+class StepSpec:
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
+    title: str = ""
+
+
+def artifact_ref(artifact: Artifact) -> dict[str, Any]:
+    return {
+        "filename": artifact.filename,
+        "sha256": artifact.sha256,
+        "size": artifact.size,
+        "url": f"/api/v1/blobs/{artifact.sha256}",
+    }
+
+
+def upgrade_steps(verdict: Verdict, release: Release) -> list[StepSpec]:
+    """The guide's Single Instance Upgrade, with the installer and packages staged first."""
+    packages = [artifact_ref(a) for a in verdict.packages]
+    target = release.nso_version
+    steps = [
+        StepSpec(
+            "prestage",
+            {
+                "installer": artifact_ref(release.installer),
+                "packages": packages,
+                "target_version": target,
+            },
+            f"download and verify NSO {target} and {len(packages)} packages; install {target} beside the running release",
+        ),
+        StepSpec("backup", {}, "ncs-backup, plus a copy of the package files and links it skips"),
+        StepSpec("stop", {}, "stop NSO"),
+        StepSpec("compact", {}, "compact the CDB write log"),
+        StepSpec(
+            "switch_current", {"target_version": target}, f"point /opt/ncs/current at ncs-{target}"
+        ),
+    ]
+    if verdict.remove_ncs_conf:
+        steps.append(
+            StepSpec(
+                "ncs_conf",
+                {"remove_elements": verdict.remove_ncs_conf},
+                f"remove {', '.join(verdict.remove_ncs_conf)} from ncs.conf",
+            )
+        )
+    steps += [
+        StepSpec(
+            "relink_packages",
+            {"packages": packages},
+            "make /var/opt/ncs/packages hold exactly the target builds",
+        ),
+        StepSpec("start", {"start_timeout": START_TIMEOUT}, "start NSO with package reload"),
+        StepSpec(
+            "verify",
+            {"target_version": target, "packages": packages},
+            "check version, packages oper-status and data",
+        ),
+    ]
+    return steps
+
+
+def recover_step(job_context: dict[str, Any], source_version: str) -> StepSpec:
+    return StepSpec(
+        "recover",
+        {
+            "source_version": source_version,
+            "backup_file": job_context.get("backup_file"),
+            "extra_dir": job_context.get("extra_dir"),
+            "fingerprint": job_context.get("fingerprint"),
+        },
+        f"stop, point current back at ncs-{source_version}, restore the backup, start, verify",
+    )

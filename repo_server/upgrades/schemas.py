@@ -1,0 +1,109 @@
+"""Schemas of releases, plans and jobs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from marshmallow import Schema, fields, validate
+
+
+class ReleaseCreateSchema(Schema):
+    nso_version = fields.String(required=True)
+    installer = fields.String(required=True, metadata={"description": "Installer file name"})
+    packages = fields.List(fields.String(), load_default=list)
+    requirements = fields.Dict(
+        load_default=dict,
+        metadata={"description": "java, glibc, min_source_version, min_free_bytes"},
+    )
+    notes = fields.String(load_default="", metadata={"description": "CHANGES / release notes"})
+
+
+class ReleaseSchema(Schema):
+    id = fields.Integer()
+    nso_version = fields.String()
+    branch = fields.Method("_branch")
+    installer = fields.Function(lambda r: r.installer.filename)
+    packages = fields.Function(lambda r: [a.filename for a in r.packages])
+    package_names = fields.Function(lambda r: {a.name: a.version for a in r.packages})
+    requirements = fields.Dict()
+    notes = fields.String()
+    created_at = fields.DateTime()
+    created_by = fields.String()
+
+    def _branch(self, release: Any) -> str:
+        return ".".join(str(release.nso_version).split(".")[:2])
+
+
+class UpgradeArgs(Schema):
+    to = fields.String(required=True, metadata={"description": "Target NSO release"})
+    allow_extra_packages = fields.Boolean(load_default=False)
+    strip_removed_ncs_conf = fields.Boolean(load_default=False)
+
+
+class ReasonSchema(Schema):
+    code = fields.String()
+    message = fields.String()
+    remedy = fields.String()
+
+
+class PlanStepSchema(Schema):
+    seq = fields.Integer()
+    name = fields.String()
+    title = fields.String()
+    params = fields.Dict()
+
+
+class PlanSchema(Schema):
+    node = fields.String()
+    ok = fields.Boolean()
+    kind = fields.String(allow_none=True, metadata={"enum": ["maintenance", "major"]})
+    source_version = fields.String(allow_none=True)
+    target_version = fields.String()
+    path = fields.List(fields.String())
+    reasons = fields.List(fields.Nested(ReasonSchema))
+    packages = fields.List(fields.String())
+    remove_ncs_conf = fields.List(fields.String())
+    steps = fields.List(fields.Nested(PlanStepSchema))
+
+
+class StepSchema(Schema):
+    id = fields.Integer()
+    seq = fields.Integer()
+    name = fields.String()
+    state = fields.String()
+    attempt = fields.Integer()
+    progress = fields.Integer()
+    message = fields.String(allow_none=True)
+    log_tail = fields.String(allow_none=True)
+    result = fields.Dict()
+    started_at = fields.DateTime(allow_none=True)
+    finished_at = fields.DateTime(allow_none=True)
+    nso_seconds = fields.Float(allow_none=True)
+
+
+class JobSummarySchema(Schema):
+    id = fields.Integer()
+    node = fields.Function(lambda j: j.node_name)
+    kind = fields.String()
+    state = fields.String()
+    outcome = fields.String(allow_none=True)
+    source_version = fields.String(allow_none=True)
+    target_version = fields.String(allow_none=True)
+    options = fields.Dict()
+    plan = fields.Dict()
+    context = fields.Dict()
+    error = fields.String(allow_none=True)
+    created_at = fields.DateTime()
+    created_by = fields.String()
+    started_at = fields.DateTime(allow_none=True)
+    finished_at = fields.DateTime(allow_none=True)
+    url = fields.Function(lambda j: f"/api/v1/jobs/{j.id}")
+
+
+class JobSchema(JobSummarySchema):
+    steps = fields.List(fields.Nested(StepSchema))
+
+
+class JobListArgs(Schema):
+    node = fields.String()
+    limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=500))

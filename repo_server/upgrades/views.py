@@ -1,0 +1,120 @@
+"""Releases, plans, upgrades and jobs over HTTP: thin views over the services."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask.views import MethodView
+from flask_smorest import Blueprint
+
+from repo_server.catalog import releases
+from repo_server.catalog.schemas import BEARER
+from repo_server.context import db_session, principal, require, state
+from repo_server.upgrades.jobs import JobService, verdict_dict
+from repo_server.upgrades.preflight import UpgradeOptions
+from repo_server.upgrades.schemas import (
+    JobListArgs,
+    JobSchema,
+    JobSummarySchema,
+    PlanSchema,
+    ReleaseCreateSchema,
+    ReleaseSchema,
+    UpgradeArgs,
+)
+
+blp = Blueprint("upgrades", __name__, url_prefix="/api/v1", description="Releases and upgrades")
+
+
+def jobs() -> JobService:
+    return JobService(db_session(), state().notifier)
+
+
+def _options(args: dict[str, Any]) -> UpgradeOptions:
+    return UpgradeOptions(
+        allow_extra_packages=args["allow_extra_packages"],
+        strip_removed_ncs_conf=args["strip_removed_ncs_conf"],
+    )
+
+
+@blp.route("/releases")
+class Releases(MethodView):
+    @require("release:read")
+    @blp.doc(security=BEARER)
+    @blp.response(200, ReleaseSchema(many=True))
+    def get(self) -> Any:
+        """Every release manifest, oldest first."""
+        return releases.list_releases(db_session())
+
+    @require("release:manage")
+    @blp.doc(security=BEARER)
+    @blp.arguments(ReleaseCreateSchema)
+    @blp.response(201, ReleaseSchema)
+    def post(self, body: dict[str, Any]) -> Any:
+        """Define a release: NSO version, installer and the exact package set."""
+        return releases.create_release(db_session(), who=principal(), **body)
+
+
+@blp.route("/releases/<string:nso_version>")
+class ReleaseItem(MethodView):
+    @require("release:read")
+    @blp.doc(security=BEARER)
+    @blp.response(200, ReleaseSchema)
+    def get(self, nso_version: str) -> Any:
+        """One release manifest."""
+        return releases.get_release(db_session(), nso_version)
+
+
+@blp.route("/nodes/<string:name>/plan")
+@require("job:read")
+@blp.doc(security=BEARER)
+@blp.arguments(UpgradeArgs, location="query")
+@blp.response(200, PlanSchema)
+def plan(args: dict[str, Any], name: str) -> Any:
+    """What an upgrade of this node would do: the preflight verdict and the ordered steps."""
+    verdict, steps = jobs().plan(name, args["to"], _options(args))
+    answer = verdict_dict(verdict)
+    answer["steps"] = [
+        {"seq": i, "name": s.name, "title": s.title, "params": s.params}
+        for i, s in enumerate(steps, start=1)
+    ]
+    return answer
+
+
+@blp.route("/nodes/<string:name>/upgrade", methods=["POST"])
+@require("job:manage")
+@blp.doc(security=BEARER)
+@blp.arguments(UpgradeArgs)
+@blp.response(202, JobSchema)
+def upgrade(args: dict[str, Any], name: str) -> Any:
+    """Start an upgrade; 422 preflight_failed with every reason when it may not."""
+    job = jobs().start_upgrade(name, args["to"], _options(args), principal())
+    return job, 202, {"Location": f"/api/v1/jobs/{job.id}"}
+
+
+@blp.route("/jobs")
+@require("job:read")
+@blp.doc(security=BEARER)
+@blp.arguments(JobListArgs, location="query")
+@blp.response(200, JobSummarySchema(many=True))
+def list_jobs(args: dict[str, Any]) -> Any:
+    """Jobs, newest first."""
+    return jobs().list(args.get("node"), args["limit"])
+
+
+@blp.route("/jobs/<int:job_id>")
+@require("job:read")
+@blp.doc(security=BEARER)
+@blp.response(200, JobSchema)
+def get_job(job_id: int) -> Any:
+    """One job with its steps, their progress and log tails."""
+    return jobs().get(job_id)
+
+
+@blp.route("/jobs/<int:job_id>/rollback", methods=["POST"])
+@require("job:manage")
+@blp.doc(security=BEARER)
+@blp.response(202, JobSchema)
+def rollback(job_id: int) -> Any:
+    """Restore the backup a succeeded upgrade took: the node goes back to its old release."""
+    job = jobs().rollback(job_id, principal())
+    return job, 202, {"Location": f"/api/v1/jobs/{job.id}"}

@@ -1,0 +1,196 @@
+"""The agent protocol's server side: long-poll, idempotent reports, recovery, rollback."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+
+import pytest
+
+from repo_server.app import create_app
+from repo_server.auth.service import Principal
+from repo_server.upgrades.jobs import JobService
+from repo_server.upgrades.preflight import UpgradeOptions
+from tests.api.helpers import assert_error
+from tests.upgrades.conftest import healthy_inventory
+
+STEPS = [
+    "prestage",
+    "backup",
+    "stop",
+    "compact",
+    "switch_current",
+    "relink_packages",
+    "start",
+    "verify",
+]
+
+
+def _start(live, **options) -> dict:
+    answer = live.session("operator").post(
+        f"{live.url}/api/v1/nodes/edge-1/upgrade", json={"to": "6.2", **options}
+    )
+    assert answer.status_code == 202, answer.text
+    return answer.json()
+
+
+def _job(live, job_id: int) -> dict:
+    return live.session("viewer").get(f"{live.url}/api/v1/jobs/{job_id}").json()
+
+
+def test_upgrade_runs_every_step_in_order(live, enrolled, releases) -> None:
+    enrolled.heartbeat(healthy_inventory("6.1"))
+    assert enrolled.next() is None
+    job = _start(live)
+    assert job["state"] == "queued" and [s["name"] for s in job["steps"]] == STEPS
+    seen = []
+    while (step := enrolled.next()) is not None:
+        seen.append(step["name"])
+        assert step["job"]["target_version"] == "6.2"
+        assert (
+            enrolled.report(step["id"], "running", progress=50, log_tail="working").status_code
+            == 200
+        )
+        result = (
+            {"backup_file": "/var/opt/ncs/backups/x.backup.gz"} if step["name"] == "backup" else {}
+        )
+        done = enrolled.report(step["id"], "succeeded", result=result, nso_seconds=0.5)
+        assert done.status_code == 200, done.text
+        if step["name"] == "verify":
+            assert step["context"]["backup_file"] == "/var/opt/ncs/backups/x.backup.gz"
+    assert seen == STEPS
+    final = _job(live, job["id"])
+    assert final["state"] == "succeeded" and final["outcome"] is None
+    assert all(s["state"] == "succeeded" and s["progress"] == 100 for s in final["steps"])
+    assert final["context"]["backup_file"].endswith(".backup.gz")
+
+
+def test_reports_are_idempotent_and_finished_steps_refuse_other_outcomes(
+    live, enrolled, releases
+) -> None:
+    enrolled.heartbeat(healthy_inventory("6.1"))
+    job = _start(live)
+    step = enrolled.next()
+    report_id = uuid.uuid4().hex
+    first = enrolled.report(step["id"], "succeeded", report_id=report_id, result={"a": 1})
+    again = enrolled.report(step["id"], "succeeded", report_id=report_id, result={"a": 2})
+    assert first.json() == again.json()
+    assert _job(live, job["id"])["context"] == {"a": 1}
+    assert_error(enrolled.report(step["id"], "failed", message="late"), 409, "step_finished")
+    # The next step is handed out once the first is done; asking again re-hands the same step
+    # (an agent restarted mid-step resumes it) with a higher attempt number.
+    second = enrolled.next()
+    assert second["name"] == "backup" and second["attempt"] == 1
+    assert enrolled.next()["attempt"] == 2
+
+
+def test_failure_after_stop_appends_recover_and_ends_rolled_back(live, enrolled, releases) -> None:
+    enrolled.heartbeat(healthy_inventory("6.1"))
+    job = _start(live)
+    while (step := enrolled.next())["name"] != "start":
+        result = (
+            {"backup_file": "/b.backup.gz", "extra_dir": "/x"} if step["name"] == "backup" else {}
+        )
+        enrolled.report(step["id"], "succeeded", result=result)
+    enrolled.report(step["id"], "failed", message="Daemon died status=13", log_tail="...status=13")
+    recover = enrolled.next()
+    assert recover["name"] == "recover"
+    assert recover["params"] == {
+        "source_version": "6.1",
+        "backup_file": "/b.backup.gz",
+        "extra_dir": "/x",
+        "fingerprint": None,
+    }
+    enrolled.report(recover["id"], "succeeded")
+    final = _job(live, job["id"])
+    assert (final["state"], final["outcome"]) == ("failed", "rolled_back")
+    assert "status=13" in final["error"]
+    assert enrolled.next() is None
+
+
+def test_failure_before_stop_leaves_node_unchanged(live, enrolled, releases) -> None:
+    enrolled.heartbeat(healthy_inventory("6.1"))
+    job = _start(live)
+    step = enrolled.next()
+    enrolled.report(step["id"], "failed", message="sha256 mismatch for the installer")
+    final = _job(live, job["id"])
+    assert (final["state"], final["outcome"]) == ("failed", "unchanged")
+    assert [s["name"] for s in final["steps"]] == STEPS  # no recovery needed
+
+
+def test_failed_recovery_needs_attention(live, enrolled, releases) -> None:
+    enrolled.heartbeat(healthy_inventory("6.1"))
+    job = _start(live)
+    while (step := enrolled.next())["name"] != "compact":
+        enrolled.report(step["id"], "succeeded")
+    enrolled.report(step["id"], "failed", message="disk full")
+    enrolled.report(enrolled.next()["id"], "failed", message="restore failed")
+    final = _job(live, job["id"])
+    assert (final["state"], final["outcome"]) == ("failed", "needs_attention")
+    assert "operator" in final["error"]
+
+
+def test_one_job_at_a_time_and_rollback(live, enrolled, releases) -> None:
+    enrolled.heartbeat(healthy_inventory("6.1"))
+    job = _start(live)
+    refused = live.session("operator").post(
+        f"{live.url}/api/v1/nodes/edge-1/upgrade", json={"to": "6.2"}
+    )
+    assert "job_active" in [r["code"] for r in refused.json()["error"]["details"]["reasons"]]
+    while (step := enrolled.next()) is not None:
+        result = (
+            {"backup_file": "/b.gz", "extra_dir": "/x", "fingerprint": "f1"}
+            if step["name"] == "backup"
+            else {}
+        )
+        enrolled.report(step["id"], "succeeded", result=result)
+    rollback = live.session("operator").post(f"{live.url}/api/v1/jobs/{job['id']}/rollback")
+    assert rollback.status_code == 202, rollback.text
+    body = rollback.json()
+    assert (body["kind"], body["source_version"], body["target_version"]) == (
+        "rollback",
+        "6.2",
+        "6.1",
+    )
+    recover = enrolled.next()
+    assert recover["name"] == "recover" and recover["params"]["backup_file"] == "/b.gz"
+    enrolled.report(recover["id"], "succeeded")
+    assert _job(live, body["id"])["state"] == "succeeded"
+    assert_error(
+        live.session("operator").post(f"{live.url}/api/v1/jobs/{body['id']}/rollback"),
+        409,
+        "conflict",
+    )
+
+
+def test_long_poll_wakes_when_a_job_is_created(live, enrolled, releases) -> None:
+    enrolled.heartbeat(healthy_inventory("6.1"))
+    got: list = []
+    waiter = threading.Thread(target=lambda: got.append(enrolled.next(wait=30)))
+    waiter.start()
+    job = _start(live)
+    waiter.join(timeout=40)
+    # Had the poll not been woken it would have answered 204 (None) after 30 s.
+    assert got and got[0] is not None and got[0]["job_id"] == job["id"]
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_long_poll_is_woken_by_another_process_through_notify(
+    live, enrolled, releases, app_overrides
+) -> None:
+    """A job created by another server process (its own engine and notifier) wakes this one."""
+    enrolled.heartbeat(healthy_inventory("6.1"))
+    got: list = []
+    waiter = threading.Thread(target=lambda: got.append(enrolled.next(wait=30)))
+    waiter.start()
+    other = create_app(app_overrides)
+    try:
+        state = other.extensions["nso_repo"]
+        with state.sessions() as session:
+            JobService(session, state.notifier).start_upgrade(
+                "edge-1", "6.2", UpgradeOptions(), Principal(None, "other-process", "operator")
+            )
+    finally:
+        other.extensions["nso_repo"].close()
+    waiter.join(timeout=40)
+    assert got and got[0] is not None and got[0]["name"] == "prestage"
