@@ -93,6 +93,11 @@ class RepoClient:
             )
         return response.status_code, self._check(response)
 
+    def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        """Any API call; answers are JSON, errors raise ApiError."""
+        kwargs.setdefault("timeout", 60)
+        return self._check(self.http.request(method, f"{self.url}{path}", **kwargs))
+
     def list_artifacts(self, **params: Any) -> dict[str, Any]:
         params = {k: v for k, v in params.items() if v is not None}
         return self._check(self.http.get(f"{self.url}/api/v1/artifacts", params=params, timeout=30))

@@ -6,6 +6,7 @@ import click
 
 from repo_server import __version__
 from repo_server.cli.client_cmds import ls, rm, show, upload
+from repo_server.cli.fleet_cmds import job, node, release
 from repo_server.cli.server_cmds import db, gc, serve, token
 
 
@@ -15,7 +16,7 @@ def cli() -> None:
     """NSO artifact repository and upgrade orchestrator."""
 
 
-for command in (serve, db, token, gc, upload, ls, show, rm):
+for command in (serve, db, token, gc, upload, ls, show, rm, release, node, job):
     cli.add_command(command)
 
 

@@ -1,0 +1,297 @@
+"""Client commands for releases, nodes, plans, upgrades and jobs."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import click
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from repo_server.cli.common import client_options, fail, handle_errors, make_client, print_json
+
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+@click.group()
+def release() -> None:
+    """Release manifests: an NSO version, its installer and its exact package set."""
+
+
+@release.command("create")
+@click.argument("nso_version")
+@click.option("--installer", required=True, help="Installer file name in the catalog.")
+@click.option("--package", "packages", multiple=True, help="Package file name (repeat).")
+@click.option("--java", help="Minimum Java version on the host.")
+@click.option("--glibc", help="Minimum glibc version on the host.")
+@click.option("--min-source", help="Oldest NSO version that may upgrade straight to this one.")
+@click.option("--notes", type=click.Path(exists=True, dir_okay=False), help="CHANGES file.")
+@click.option("--json", "as_json", is_flag=True)
+@client_options
+@handle_errors
+def release_create(
+    nso_version: str,
+    installer: str,
+    packages: tuple[str, ...],
+    java: Optional[str],
+    glibc: Optional[str],
+    min_source: Optional[str],
+    notes: Optional[str],
+    as_json: bool,
+    url: Optional[str],
+    token: Optional[str],
+) -> None:
+    """Define release NSO_VERSION from files already uploaded."""
+    body = {
+        "nso_version": nso_version,
+        "installer": Path(installer).name,
+        "packages": [Path(p).name for p in packages],
+        "requirements": {"java": java, "glibc": glibc, "min_source_version": min_source},
+        "notes": Path(notes).read_text() if notes else "",
+    }
+    created = make_client(url, token).call("POST", "/api/v1/releases", json=body)
+    if as_json:
+        print_json(created)
+        return
+    click.echo(f"release {created['nso_version']}: {created['installer']}")
+    for filename in created["packages"]:
+        click.echo(f"  {filename}")
+
+
+@release.command("ls")
+@click.option("--json", "as_json", is_flag=True)
+@client_options
+@handle_errors
+def release_ls(as_json: bool, url: Optional[str], token: Optional[str]) -> None:
+    """List releases."""
+    releases = make_client(url, token).call("GET", "/api/v1/releases")
+    if as_json:
+        print_json(releases)
+        return
+    for item in releases:
+        click.echo(
+            f"{item['nso_version']:<12} {len(item['packages'])} packages  {item['installer']}"
+        )
+
+
+@click.group()
+def node() -> None:
+    """Nodes: register, inspect, plan and upgrade."""
+
+
+@node.command("add")
+@click.argument("name")
+@client_options
+@handle_errors
+def node_add(name: str, url: Optional[str], token: Optional[str]) -> None:
+    """Register NAME and print only its one-time enrollment token (for `nso-agent enroll`)."""
+    answer = make_client(url, token).call("POST", "/api/v1/nodes", json={"name": name})
+    click.echo(answer["enrollment_token"])
+
+
+@node.command("ls")
+@click.option("--json", "as_json", is_flag=True)
+@client_options
+@handle_errors
+def node_ls(as_json: bool, url: Optional[str], token: Optional[str]) -> None:
+    """List nodes with what they run."""
+    nodes = make_client(url, token).call("GET", "/api/v1/nodes")
+    if as_json:
+        print_json(nodes)
+        return
+    for item in nodes:
+        inv = item["inventory"]
+        click.echo(
+            f"{item['name']:<20} {inv.get('running_version') or '-':<10} "
+            f"{inv.get('status') or 'unknown':<8} last seen {item['last_seen_at'] or 'never'}"
+        )
+
+
+@node.command("plan")
+@click.argument("name")
+@click.option("--to", "target", required=True, help="Target NSO release.")
+@click.option("--allow-extra-packages", is_flag=True)
+@click.option("--strip-ncs-conf", is_flag=True, help="Remove ncs.conf elements the target dropped.")
+@click.option("--json", "as_json", is_flag=True)
+@client_options
+@handle_errors
+def node_plan(
+    name: str,
+    target: str,
+    allow_extra_packages: bool,
+    strip_ncs_conf: bool,
+    as_json: bool,
+    url: Optional[str],
+    token: Optional[str],
+) -> None:
+    """Show what upgrading NAME to --to would do: the verdict with reasons and the steps."""
+    plan = make_client(url, token).call(
+        "GET",
+        f"/api/v1/nodes/{name}/plan",
+        params={
+            "to": target,
+            "allow_extra_packages": str(allow_extra_packages).lower(),
+            "strip_removed_ncs_conf": str(strip_ncs_conf).lower(),
+        },
+    )
+    if as_json:
+        print_json(plan)
+        return
+    verdict = "may proceed" if plan["ok"] else "REFUSED"
+    click.echo(
+        f"{plan['node']}: {plan['source_version']} -> {plan['target_version']} "
+        f"({plan['kind'] or 'unknown'} upgrade): {verdict}"
+    )
+    for reason in plan["reasons"]:
+        click.echo(f"  - {reason['message']}\n    what to do: {reason['remedy']}")
+    click.echo("steps:")
+    for step in plan["steps"]:
+        click.echo(f"  {step['seq']:>2}. {step['name']:<16} {step['title']}")
+    if not plan["ok"]:
+        raise SystemExit(1)
+
+
+@node.command("upgrade")
+@click.argument("name")
+@click.option("--to", "target", required=True, help="Target NSO release.")
+@click.option("--allow-extra-packages", is_flag=True)
+@click.option("--strip-ncs-conf", is_flag=True)
+@click.option("--watch", is_flag=True, help="Follow the job until it ends.")
+@client_options
+@handle_errors
+def node_upgrade(
+    name: str,
+    target: str,
+    allow_extra_packages: bool,
+    strip_ncs_conf: bool,
+    watch: bool,
+    url: Optional[str],
+    token: Optional[str],
+) -> None:
+    """Start upgrading NAME; prints the job id (follow it with `nso-repo job watch ID`)."""
+    client = make_client(url, token)
+    job = client.call(
+        "POST",
+        f"/api/v1/nodes/{name}/upgrade",
+        json={
+            "to": target,
+            "allow_extra_packages": allow_extra_packages,
+            "strip_removed_ncs_conf": strip_ncs_conf,
+        },
+    )
+    click.echo(job["id"])
+    if watch:
+        _watch(client, job["id"])
+
+
+@click.group()
+def job() -> None:
+    """Jobs: list, show, watch, roll back."""
+
+
+@job.command("ls")
+@click.option("--node", "node_name")
+@click.option("--json", "as_json", is_flag=True)
+@client_options
+@handle_errors
+def job_ls(
+    node_name: Optional[str], as_json: bool, url: Optional[str], token: Optional[str]
+) -> None:
+    """Recent jobs, newest first."""
+    jobs = make_client(url, token).call("GET", "/api/v1/jobs", params={"node": node_name})
+    if as_json:
+        print_json(jobs)
+        return
+    for item in jobs:
+        click.echo(
+            f"{item['id']:>5} {item['node']:<16} {item['kind']:<8} {item['source_version']} -> "
+            f"{item['target_version']}  {item['state']}{' (' + item['outcome'] + ')' if item['outcome'] else ''}"
+        )
+
+
+@job.command("show")
+@click.argument("job_id", type=int)
+@client_options
+@handle_errors
+def job_show(job_id: int, url: Optional[str], token: Optional[str]) -> None:
+    """One job as JSON, with its steps and log tails."""
+    print_json(make_client(url, token).call("GET", f"/api/v1/jobs/{job_id}"))
+
+
+@job.command("watch")
+@click.argument("job_id", type=int)
+@click.option("--interval", default=1.0, show_default=True, help="Seconds between refreshes.")
+@client_options
+@handle_errors
+def job_watch(job_id: int, interval: float, url: Optional[str], token: Optional[str]) -> None:
+    """Follow a job: live per-step progress, log tail, final verdict. Exit 1 if it failed."""
+    _watch(make_client(url, token), job_id, interval)
+
+
+@job.command("rollback")
+@click.argument("job_id", type=int)
+@click.option("--watch", is_flag=True)
+@client_options
+@handle_errors
+def job_rollback(job_id: int, watch: bool, url: Optional[str], token: Optional[str]) -> None:
+    """Restore the backup a succeeded upgrade took; prints the rollback job's id."""
+    client = make_client(url, token)
+    created = client.call("POST", f"/api/v1/jobs/{job_id}/rollback")
+    click.echo(created["id"])
+    if watch:
+        _watch(client, created["id"])
+
+
+def _render(data: dict[str, Any]) -> Table:
+    title = (
+        f"job {data['id']} on {data['node']}: {data['kind']} {data['source_version']} -> "
+        f"{data['target_version']} — {data['state']}"
+        + (f" ({data['outcome']})" if data.get("outcome") else "")
+    )
+    table = Table(title=title, box=None, pad_edge=False)
+    for column in ("#", "STEP", "STATE", "%", "MESSAGE"):
+        table.add_column(column)
+    for step in data["steps"]:
+        table.add_row(
+            str(step["seq"]),
+            step["name"],
+            step["state"],
+            str(step["progress"]),
+            step["message"] or "",
+        )
+    running = [
+        s for s in data["steps"] if s["state"] in ("running", "dispatched") and s["log_tail"]
+    ]
+    if running:
+        tail = "\n".join(running[-1]["log_tail"].splitlines()[-5:])
+        table.caption = tail
+    return table
+
+
+def _watch(client: Any, job_id: int, interval: float = 1.0) -> None:
+    console = Console()
+    data = client.call("GET", f"/api/v1/jobs/{job_id}")
+    if console.is_terminal:
+        with Live(_render(data), console=console, refresh_per_second=4) as live:
+            while data["state"] not in TERMINAL:
+                time.sleep(interval)
+                data = client.call("GET", f"/api/v1/jobs/{job_id}")
+                live.update(_render(data))
+    else:
+        shown: dict[int, str] = {}
+        while True:
+            for step in data["steps"]:
+                if shown.get(step["seq"]) != step["state"]:
+                    shown[step["seq"]] = step["state"]
+                    click.echo(f"{step['seq']:>2} {step['name']:<16} {step['state']}")
+            if data["state"] in TERMINAL:
+                break
+            time.sleep(interval)
+            data = client.call("GET", f"/api/v1/jobs/{job_id}")
+    verdict = data["state"] + (f" ({data['outcome']})" if data.get("outcome") else "")
+    click.echo(f"job {job_id} {verdict}" + (f": {data['error']}" if data.get("error") else ""))
+    if data["state"] != "succeeded":
+        fail(f"job {job_id} did not succeed")

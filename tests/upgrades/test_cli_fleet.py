@@ -1,0 +1,86 @@
+"""`nso-repo release|node|job` against a live server, with a protocol-speaking agent."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.api.helpers import put_file
+from tests.factories import make_installer, make_package
+from tests.upgrades.conftest import Agent, healthy_inventory
+
+
+def nso_repo(live, role: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "NSO_REPO_URL": live.url, "NSO_REPO_TOKEN": live.tokens[role]}
+    return subprocess.run(
+        [sys.executable, "-m", "repo_server.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_release_node_plan_upgrade_watch(live, tmp_path: Path) -> None:
+    files = [make_installer(tmp_path, "6.2"), make_package(tmp_path, "router-nc", "1.0.2", "6.2")]
+    for path in files:
+        assert put_file(live.session("uploader"), live.url, path).status_code == 201
+    created = nso_repo(
+        live,
+        "operator",
+        "release",
+        "create",
+        "6.2",
+        "--installer",
+        str(files[0]),
+        "--package",
+        str(files[1]),
+        "--java",
+        "11",
+    )
+    assert created.returncode == 0, created.stderr
+    assert files[1].name in created.stdout
+
+    added = nso_repo(live, "operator", "node", "add", "edge-7")
+    enrollment = added.stdout.strip()
+    assert added.returncode == 0 and enrollment.startswith("nse_")
+    token = requests.post(
+        f"{live.url}/api/v1/agent/enroll", json={"enrollment_token": enrollment}
+    ).json()["token"]
+    agent = Agent(live.url, token)
+
+    inventory = healthy_inventory("6.1", {"router-nc": "1.0.2"})
+    inventory["crypto_keys"] = ["AESCFB128_KEY"]
+    agent.heartbeat(inventory)
+    refused = nso_repo(live, "viewer", "node", "plan", "edge-7", "--to", "6.2")
+    assert refused.returncode == 1
+    assert "REFUSED" in refused.stdout and "openssl rand -hex 32" in refused.stdout
+    assert "switch_current" in refused.stdout
+
+    agent.heartbeat(healthy_inventory("6.1", {"router-nc": "1.0.2"}))
+    assert "may proceed" in nso_repo(live, "viewer", "node", "plan", "edge-7", "--to", "6.2").stdout
+    started = nso_repo(live, "operator", "node", "upgrade", "edge-7", "--to", "6.2")
+    assert started.returncode == 0, started.stderr
+    job_id = started.stdout.strip()
+
+    def run_agent() -> None:
+        while (step := agent.next(wait=5)) is not None:
+            agent.report(step["id"], "succeeded")
+
+    worker = threading.Thread(target=run_agent)
+    worker.start()
+    watched = nso_repo(live, "viewer", "job", "watch", job_id, "--interval", "0.2")
+    worker.join(timeout=60)
+    assert watched.returncode == 0, watched.stdout + watched.stderr
+    assert f"job {job_id} succeeded" in watched.stdout
+    assert re.search(r"^\s*8 verify\s+succeeded$", watched.stdout, re.MULTILINE), watched.stdout
+    listed = nso_repo(live, "viewer", "job", "ls")
+    assert "edge-7" in listed.stdout and "succeeded" in listed.stdout
