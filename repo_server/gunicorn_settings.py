@@ -11,9 +11,19 @@ import sys
 from typing import Any
 
 bind = os.environ.get("NSO_REPO_BIND", "127.0.0.1:8420")
-workers = int(os.environ.get("NSO_REPO_WORKERS", "2"))
+
+
+def _default_workers() -> str:
+    # Agents long-poll and are woken in-process when the database is SQLite (one process
+    # only); PostgreSQL relays wake-ups between processes with LISTEN/NOTIFY.
+    url = os.environ.get("NSO_REPO_DATABASE_URL", "")
+    return "4" if url.startswith("postgresql") else "1"
+
+
+workers = int(os.environ.get("NSO_REPO_WORKERS") or _default_workers())
 worker_class = "gthread"
-threads = int(os.environ.get("NSO_REPO_THREADS", "8"))
+# Each waiting agent holds a thread for up to a minute: size this to the fleet.
+threads = int(os.environ.get("NSO_REPO_THREADS", "32"))
 timeout = int(os.environ.get("NSO_REPO_WORKER_TIMEOUT", "900"))
 graceful_timeout = 30
 keepalive = 5

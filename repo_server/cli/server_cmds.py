@@ -41,7 +41,9 @@ def local_session() -> Iterator[Session]:
 @click.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8420, show_default=True, type=int, help="Port to listen on.")
-@click.option("--workers", type=int, help="Gunicorn worker processes (default 2).")
+@click.option(
+    "--workers", type=int, help="Gunicorn worker processes (default 1 on SQLite, 4 on PostgreSQL)."
+)
 @data_dir_option
 @handle_errors
 def serve(host: str, port: int, workers: Optional[int]) -> None:
