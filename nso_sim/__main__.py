@@ -1,0 +1,3 @@
+from nso_sim.cli import main
+
+main()

@@ -1,0 +1,294 @@
+"""The configuration database: a small schema, a data tree, and its files in ``cdb/``.
+
+``A.cdb`` (invented format) is JSON lines: a snapshot first, then one line per committed
+transaction (the write log). ``ncs --cdb-compact`` folds the log into a new snapshot; a long
+log makes start-up slower, as on a real host.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from nso_sim.layout import write_bytes_atomic
+
+Tree = dict[str, Any]
+# ("set", path, value) | ("create", path, None) | ("delete", path, None)
+Op = tuple[str, list[str], Optional[str]]
+
+NCS_NS = "http://tail-f.com/ns/ncs"
+
+
+class Leaf:
+    pass
+
+
+class Free:
+    """Free-form leaf/value pairs: device config under a NED, a service instance's body."""
+
+
+@dataclass
+class Container:
+    children: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class List:
+    entry: Union[Container, Free]
+
+
+Schema = Union[Leaf, Free, Container, List]
+
+_DEVICE = Container(
+    {
+        "address": Leaf(),
+        "port": Leaf(),
+        "authgroup": Leaf(),
+        "description": Leaf(),
+        "device-type": Container(
+            {
+                "netconf": Container({"ned-id": Leaf()}),
+                "cli": Container({"ned-id": Leaf()}),
+                "generic": Container({"ned-id": Leaf()}),
+            }
+        ),
+        "state": Container({"admin-state": Leaf()}),
+        "config": Free(),
+    }
+)
+_HA = Container(
+    {
+        "ha-node": List(
+            Container({"address": Leaf(), "nominal-role": Leaf(), "failover-primary": Leaf()})
+        ),
+        "settings": Container(
+            {
+                "enable-failover": Leaf(),
+                "reconnect-interval": Leaf(),
+                "reconnect-attempts": Leaf(),
+                "start-up": Container({"assume-nominal-role": Leaf(), "join-ha": Leaf()}),
+            }
+        ),
+    }
+)
+BUILTIN_TOP = {"devices": Container({"device": List(_DEVICE)}), "high-availability": _HA}
+
+
+class SchemaError(Exception):
+    pass
+
+
+def top_schema(service_prefixes: list[str]) -> Container:
+    children: dict[str, Any] = dict(BUILTIN_TOP)
+    for prefix in service_prefixes:
+        children.setdefault(prefix, List(Free()))
+    return Container(children)
+
+
+def parse_set(tokens: list[str], schema: Container) -> list[Op]:
+    """``devices device r1 address 10.0.0.1 port 22`` -> create the entry, set two leaves."""
+    ops: list[Op] = []
+    node: Schema = schema
+    path: list[str] = []
+    i = 0
+    while i < len(tokens):
+        tok = tokens[i]
+        if isinstance(node, Free):
+            value = tokens[i + 1] if i + 1 < len(tokens) else ""
+            ops.append(("set", [*path, tok], value))
+            i += 2
+            continue
+        if not isinstance(node, Container):
+            raise SchemaError(f"syntax error: unexpected {tok!r}")
+        child = node.children.get(tok)
+        if child is None:
+            raise SchemaError(f"syntax error: unknown element: {tok}")
+        if isinstance(child, Leaf):
+            if i + 1 >= len(tokens):
+                raise SchemaError(f"syntax error: incomplete command, {tok} needs a value")
+            ops.append(("set", [*path, tok], tokens[i + 1]))
+            i += 2
+        elif isinstance(child, List):
+            if i + 1 >= len(tokens):
+                raise SchemaError(f"syntax error: incomplete command, {tok} needs a key")
+            path = [*path, tok, tokens[i + 1]]
+            ops.append(("create", list(path), None))
+            node = child.entry
+            i += 2
+        else:
+            path = [*path, tok]
+            node = child
+            i += 1
+    if not ops:
+        if not path:
+            raise SchemaError("syntax error: incomplete command")
+        ops.append(("create", path, None))
+    return ops
+
+
+def parse_path(tokens: list[str], schema: Container) -> list[str]:
+    """A path for ``no``/``show``: like parse_set but a trailing leaf needs no value."""
+    node: Schema = schema
+    path: list[str] = []
+    i = 0
+    while i < len(tokens):
+        tok = tokens[i]
+        if isinstance(node, Free):
+            return [*path, tok]
+        if not isinstance(node, Container):
+            raise SchemaError(f"syntax error: unexpected {tok!r}")
+        child = node.children.get(tok)
+        if child is None:
+            raise SchemaError(f"syntax error: unknown element: {tok}")
+        if isinstance(child, Leaf):
+            return [*path, tok]
+        if isinstance(child, List):
+            if i + 1 >= len(tokens):
+                return [*path, tok]
+            path, node, i = [*path, tok, tokens[i + 1]], child.entry, i + 2
+        else:
+            path, node, i = [*path, tok], child, i + 1
+    return path
+
+
+def apply_ops(tree: Tree, ops: list[Op]) -> None:
+    for kind, path, value in ops:
+        if kind == "delete":
+            parent = get(tree, path[:-1])
+            if isinstance(parent, dict):
+                parent.pop(path[-1], None)
+            continue
+        node = tree
+        last = len(path) if kind == "create" else len(path) - 1
+        for part in path[:last]:
+            nxt = node.get(part)
+            if not isinstance(nxt, dict):
+                nxt = node[part] = {}
+            node = nxt
+        if kind == "set":
+            node[path[-1]] = value
+
+
+def get(tree: Tree, path: list[str]) -> Any:
+    node: Any = tree
+    for part in path:
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def prune_to(tree: Tree, path: list[str]) -> Tree:
+    """A copy of the tree holding only ``path`` and what is below it."""
+    if not path:
+        return copy.deepcopy(tree)
+    value = get(tree, path)
+    if value is None:
+        return {}
+    out: Tree = {}
+    node = out
+    for part in path[:-1]:
+        node = node.setdefault(part, {})
+    node[path[-1]] = copy.deepcopy(value)
+    return out
+
+
+def render(tree: Tree, schema: Container) -> list[str]:
+    """C-style ``show running-config``: containers fold into the line, lists open a block."""
+    lines: list[str] = []
+    _render(tree, schema, 0, [], lines)
+    return lines
+
+
+def _render(data: Tree, schema: Schema, depth: int, words: list[str], out: list[str]) -> None:
+    pad = " " * depth
+    for name, value in data.items():
+        if isinstance(schema, Free):
+            if isinstance(value, dict):
+                continue
+            out.append(f"{pad}{' '.join([*words, name])} {_quote(value)}".rstrip())
+            continue
+        assert isinstance(schema, Container)
+        child = schema.children.get(name)
+        if child is None:
+            continue
+        if isinstance(child, Leaf):
+            out.append(f"{pad}{' '.join([*words, name])} {_quote(value)}".rstrip())
+        elif isinstance(child, List):
+            for key in sorted(value, key=_natural):
+                out.append(f"{pad}{' '.join([*words, name, key])}")
+                _render(value[key], child.entry, depth + 1, [], out)
+                out.append(f"{pad}!")
+        elif isinstance(child, Free):
+            out.append(f"{pad}{' '.join([*words, name])}")
+            _render(value, child, depth + 1, [], out)
+            out.append(f"{pad}!")
+        else:
+            _render(value, child, depth, [*words, name], out)
+
+
+def _quote(value: Any) -> str:
+    text = "" if value is None else str(value)
+    return f'"{text}"' if " " in text else text
+
+
+def _natural(key: str) -> tuple[Any, ...]:
+    import re
+
+    return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", key))
+
+
+def count_leaves(tree: Any) -> int:
+    if isinstance(tree, dict):
+        return sum(count_leaves(v) for v in tree.values()) or 1
+    return 1
+
+
+class CdbCorrupt(Exception):
+    pass
+
+
+class CdbStore:
+    """``cdb/A.cdb``: a snapshot line followed by the write log."""
+
+    def __init__(self, cdb_dir: Path) -> None:
+        self.path = cdb_dir / "A.cdb"
+
+    def exists(self) -> bool:
+        return self.path.exists()
+
+    def load(self) -> tuple[Tree, int, int]:
+        """(tree, txid, write-log length)."""
+        if not self.path.exists():
+            return {}, 0, 0
+        try:
+            lines = self.path.read_text().splitlines()
+            first = json.loads(lines[0])
+            tree: Tree = first["snapshot"]
+            txid: int = first["txid"]
+            for line in lines[1:]:
+                entry = json.loads(line)
+                apply_ops(tree, [(k, p, v) for k, p, v in entry["ops"]])
+                txid = entry["txid"]
+        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            raise CdbCorrupt(f"{self.path}: {exc}") from None
+        return tree, txid, len(lines) - 1
+
+    def write_snapshot(self, tree: Tree, txid: int) -> None:
+        line = json.dumps({"snapshot": tree, "txid": txid}, sort_keys=False)
+        write_bytes_atomic(self.path, (line + "\n").encode())
+
+    def append(self, ops: list[Op], txid: int) -> None:
+        if not self.path.exists():
+            self.write_snapshot({}, 0)
+        with self.path.open("a") as fh:
+            fh.write(json.dumps({"txid": txid, "ops": [list(op) for op in ops]}) + "\n")
+
+    def compact(self) -> tuple[int, int]:
+        """Fold the write log into the snapshot; returns (log entries folded, bytes after)."""
+        tree, txid, log_len = self.load()
+        self.write_snapshot(tree, txid)
+        return log_len, self.path.stat().st_size

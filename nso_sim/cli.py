@@ -1,0 +1,296 @@
+"""``nso-sim``: build NSO artifacts, create and drive simulated hosts, inject faults."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Optional
+
+import click
+
+from nso_sim import beam, faults, host, installer, package_build
+from nso_sim.layout import HostConfig, HostLayout
+
+
+@click.group()
+def main() -> None:
+    """A faithful stand-in for Cisco NSO System Installs (see docs/nso-sim.md)."""
+
+
+@main.command("make-installer")
+@click.argument("vsn")
+@click.option("--arch", default="x86_64", type=click.Choice(installer.ARCHES))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
+def make_installer(vsn: str, arch: str, out_dir: str) -> None:
+    """Write nso-VSN.linux.ARCH.installer.bin (self-extracting)."""
+    try:
+        click.echo(installer.build_installer(vsn, Path(out_dir), arch))
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@main.command("make-package")
+@click.argument("name")
+@click.argument("version")
+@click.option("--nso", required=True, help="release the package is compiled for (X.Y)")
+@click.option("--ned-id", help="make a NED package with this ned-id")
+@click.option("--namespace", help="YANG namespace URI of the package's module")
+@click.option("--prefix", help="module prefix, the top CLI keyword (default: NAME)")
+@click.option("--description")
+@click.option("--requires", multiple=True, metavar="NAME:MINVERSION")
+@click.option("--ncs-max-version")
+@click.option("--file-prefix", help="version in the file name prefix if not --nso")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
+def make_package(
+    name: str,
+    version: str,
+    nso: str,
+    ned_id: Optional[str],
+    namespace: Optional[str],
+    prefix: Optional[str],
+    description: Optional[str],
+    requires: tuple[str, ...],
+    ncs_max_version: Optional[str],
+    file_prefix: Optional[str],
+    out_dir: str,
+) -> None:
+    """Write ncs-NSO-NAME-VERSION.tar.gz with package-meta-data.xml and compiled fxs."""
+    reqs = []
+    for r in requires:
+        req_name, _, req_min = r.partition(":")
+        reqs.append((req_name, req_min or "0"))
+    if ned_id and not namespace:
+        namespace = f"http://tail-f.com/ned/{ned_id}"
+    try:
+        path = package_build.build_package(
+            name,
+            version,
+            nso,
+            Path(out_dir),
+            ned_id=ned_id,
+            namespace=namespace,
+            prefix=prefix,
+            description=description,
+            requires=reqs,
+            ncs_max_version=ncs_max_version,
+            file_prefix=file_prefix,
+        )
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(path)
+
+
+@main.command("make-patch")
+@click.argument("vsn")
+@click.argument("patch_id")
+@click.option("--module", "modules", multiple=True, required=True)
+@click.option("--beam-only", is_flag=True, help="write bare .beam files, no bundle")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
+def make_patch(
+    vsn: str, patch_id: str, modules: tuple[str, ...], beam_only: bool, out_dir: str
+) -> None:
+    """Write nso-VSN-patch-ID.tar.gz holding MODULE.beam files (or the bare files)."""
+    try:
+        for path in beam.make_patch(vsn, patch_id, list(modules), Path(out_dir), beam_only):
+            click.echo(path)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@main.group("host")
+def host_group() -> None:
+    """Create and drive simulated hosts."""
+
+
+_root = click.option("--root", required=True, type=click.Path(file_okay=False))
+
+
+@host_group.command("create")
+@_root
+@click.option("--version", "vsn", required=True)
+@click.option("--address", default="127.0.1.1", show_default=True)
+@click.option("--cli-port", default=2024, show_default=True, type=int)
+@click.option("--ipc-port", default=4569, show_default=True, type=int)
+@click.option("--ha-port", default=4570, show_default=True, type=int)
+@click.option("--ha-id", help="this node's HA id")
+@click.option("--ha-node", "ha_nodes", multiple=True, metavar="ID=ADDRESS:ROLE[:failover]")
+@click.option("--enable-failover/--no-enable-failover", default=True, show_default=True)
+@click.option(
+    "--start-up/--no-start-up",
+    default=True,
+    show_default=True,
+    help="ha settings start-up assume-nominal-role and join-ha",
+)
+@click.option("--package", "pkgs", multiple=True, type=click.Path(dir_okay=False, exists=True))
+@click.option("--user", "users", multiple=True, metavar="NAME:PASSWORD")
+@click.option("--authorized-key", "auth_keys", multiple=True, metavar="USER:PUBKEYFILE")
+@click.option(
+    "--crypto-keys",
+    type=click.Path(dir_okay=False, exists=True),
+    help="copy this ncs.crypto_keys (HA nodes must share keys)",
+)
+@click.option("--installer", "installer_file", type=click.Path(dir_okay=False, exists=True))
+@click.option("--devices", default=2, show_default=True, help="devices per NED package")
+@click.option("--services", default=3, show_default=True, help="instances per service package")
+@click.option(
+    "--time-scale",
+    type=float,
+    default=None,
+    help="multiplies simulated durations (default $NSO_SIM_TIME_SCALE or 1)",
+)
+@click.option("--installer-moves-current", is_flag=True)
+@click.option("--start", is_flag=True, help="start the daemon afterwards")
+def host_create(
+    root: str,
+    vsn: str,
+    address: str,
+    cli_port: int,
+    ipc_port: int,
+    ha_port: int,
+    ha_id: Optional[str],
+    ha_nodes: tuple[str, ...],
+    enable_failover: bool,
+    start_up: bool,
+    pkgs: tuple[str, ...],
+    users: tuple[str, ...],
+    auth_keys: tuple[str, ...],
+    crypto_keys: Optional[str],
+    installer_file: Optional[str],
+    devices: int,
+    services: int,
+    time_scale: Optional[float],
+    installer_moves_current: bool,
+    start: bool,
+) -> None:
+    """Install VSN under ROOT, write ncs.conf, keys and an initial CDB with data."""
+    try:
+        nodes = [host.HaNode.parse(s) for s in ha_nodes]
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    user_map = {}
+    for u in users:
+        name, sep, password = u.partition(":")
+        if not sep:
+            raise click.BadParameter(f"--user {u!r}: want NAME:PASSWORD")
+        user_map[name] = password
+    key_map: dict[str, list[str]] = {}
+    for k in auth_keys:
+        name, sep, path = k.partition(":")
+        if not sep:
+            raise click.BadParameter(f"--authorized-key {k!r}: want USER:FILE")
+        key_map.setdefault(name, []).append(Path(path).read_text())
+    scale = (
+        time_scale if time_scale is not None else float(os.environ.get("NSO_SIM_TIME_SCALE", "1"))
+    )
+    spec = host.HostSpec(
+        root=Path(root),
+        version=vsn,
+        address=address,
+        cli_port=cli_port,
+        ipc_port=ipc_port,
+        ha_port=ha_port,
+        ha_id=ha_id,
+        ha_nodes=nodes,
+        enable_failover=enable_failover,
+        start_up=start_up,
+        packages=[Path(p) for p in pkgs],
+        users=user_map,
+        authorized_keys=key_map,
+        crypto_keys=Path(crypto_keys) if crypto_keys else None,
+        installer=Path(installer_file) if installer_file else None,
+        devices_per_ned=devices,
+        services_per_package=services,
+        time_scale=scale,
+        installer_moves_current=installer_moves_current,
+    )
+    try:
+        layout = host.create_host(spec)
+    except (FileExistsError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"host created at {layout.root}")
+    if start:
+        raise SystemExit(host.run_init(layout, "start"))
+
+
+@host_group.command("start")
+@_root
+@click.option("--with-package-reload", is_flag=True)
+def host_start(root: str, with_package_reload: bool) -> None:
+    """Start the daemon through the host's init script."""
+    verb = "start-with-package-reload" if with_package_reload else "start"
+    try:
+        code = host.run_init(HostLayout.at(root), verb)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    raise SystemExit(code)
+
+
+@host_group.command("stop")
+@_root
+def host_stop(root: str) -> None:
+    """Stop the daemon through the host's init script."""
+    raise SystemExit(host.run_init(HostLayout.at(root), "stop"))
+
+
+@host_group.command("status")
+@_root
+def host_status(root: str) -> None:
+    """Show the installed releases, current, and the daemon's status."""
+    raise SystemExit(host.status(HostLayout.at(root)))
+
+
+@host_group.command("set")
+@_root
+@click.option("--installer-moves-current/--installer-keeps-current", default=None)
+@click.option("--time-scale", type=float)
+def host_set(
+    root: str, installer_moves_current: Optional[bool], time_scale: Optional[float]
+) -> None:
+    """Change a host's simulator knobs."""
+    layout = HostLayout.at(root)
+    config = HostConfig.load(layout)
+    if installer_moves_current is not None:
+        config.installer_moves_current = installer_moves_current
+    if time_scale is not None:
+        config.time_scale = time_scale
+    config.save(layout)
+
+
+@main.group("fault")
+def fault_group() -> None:
+    """Inject faults into a simulated host."""
+
+
+@fault_group.command("set")
+@_root
+@click.argument("name", type=click.Choice(sorted(faults.FAULTS)))
+@click.argument("value", required=False)
+@click.option("--once", is_flag=True, help="disarm after firing once")
+def fault_set(root: str, name: str, value: Optional[str], once: bool) -> None:
+    """Arm fault NAME (VALUE: an exit code, seconds or a message)."""
+    parsed: object = True
+    if value is not None:
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            parsed = value
+    faults.set_fault(HostLayout.at(root), name, parsed, once)
+
+
+@fault_group.command("clear")
+@_root
+@click.argument("name", required=False)
+def fault_clear(root: str, name: Optional[str]) -> None:
+    """Disarm fault NAME, or all faults."""
+    faults.clear_fault(HostLayout.at(root), name)
+
+
+@fault_group.command("list")
+@_root
+def fault_list(root: str) -> None:
+    """Show armed faults, then every known fault."""
+    armed = faults.list_faults(HostLayout.at(root))
+    for name, (what, value) in sorted(faults.FAULTS.items()):
+        mark = "ARMED " + json.dumps(armed[name]) if name in armed else "-"
+        click.echo(f"{name:15} {mark:30} {what} (value: {value})")

@@ -1,0 +1,522 @@
+"""The NSO CLI (C-style) shared by SSH sessions and ``ncs_cli``.
+
+Only the commands the upgrade procedures use are simulated; see docs/nso-sim.md for which
+output formats come from public sources and which are invented.
+"""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional
+
+from nso_sim import cdb, faults, packages
+from nso_sim.package_meta import PackageError, read_package
+
+if TYPE_CHECKING:
+    from nso_sim.daemon import Daemon
+
+RELOAD_BANNER = [
+    ">>> System upgrade is starting.",
+    ">>> Sessions in configure mode must exit to operational mode.",
+    ">>> No configuration changes can be performed until upgrade has completed.",
+]
+NO_ENTRIES = "% No entries found."
+
+
+class CliError(Exception):
+    pass
+
+
+@dataclass
+class Result:
+    output: str = ""
+    ok: bool = True
+    exit: bool = False
+
+
+def _lines(*lines: str) -> str:
+    return "\n".join(lines)
+
+
+def reload_blocks(names: list[str], failures: Optional[dict[str, str]] = None) -> list[str]:
+    out = []
+    for name in names:
+        out += ["reload-result {", f"    package {name}"]
+        if failures and name in failures:
+            out += ["    result false", f'    info "{failures[name]}"']
+        else:
+            out.append("    result true")
+        out.append("}")
+    return out
+
+
+class CliSession:
+    def __init__(self, daemon: Daemon, user: str, peer: str, via: str) -> None:
+        self.d = daemon
+        self.user = user
+        self.peer = peer
+        self.via = via
+        self.mode = "oper"
+        self.pending: list[cdb.Op] = []
+
+    def prompt(self) -> str:
+        return f"{self.user}@ncs(config)# " if self.mode == "config" else f"{self.user}@ncs# "
+
+    def close(self) -> None:
+        self.d.config_sessions.discard(self)
+
+    @property
+    def has_open_transaction(self) -> bool:
+        return self.mode == "config" and bool(self.pending)
+
+    def execute(self, line: str) -> Result:
+        from nso_sim.daemon import ReloadRefused, WriteRefused
+
+        line = line.strip()
+        if " | " in line:  # output pipes (| nomore, | tab) do not change what is shown here
+            line = line.split(" | ", 1)[0].strip()
+        if not line or line.startswith("!") or line.startswith("#"):
+            return Result()
+        try:
+            tokens = shlex.split(line)
+        except ValueError as exc:
+            return Result(f"syntax error: {exc}", ok=False)
+        try:
+            if self.mode == "config":
+                return self._config(tokens)
+            return self._oper(tokens)
+        except (CliError, WriteRefused, cdb.SchemaError) as exc:
+            return Result(str(exc), ok=False)
+        except ReloadRefused as exc:
+            return Result(_lines(*exc.lines), ok=False)
+        except faults.DiskFull as exc:
+            return Result(f"Error: {exc}", ok=False)
+        except Exception as exc:  # a session must survive a simulator bug
+            import traceback
+
+            self.d.log("ERROR", f"CLI command {line!r} failed: {traceback.format_exc()}")
+            return Result(f"Error: internal error: {exc}", ok=False)
+
+    # ----- operational mode -----
+    def _oper(self, tokens: list[str]) -> Result:
+        if tokens[0] == "request":  # J-style habit, used by Cisco's upgrade script
+            tokens = tokens[1:]
+            if not tokens:
+                raise CliError("syntax error: incomplete command")
+        head, rest = tokens[0], tokens[1:]
+        if head in ("exit", "quit", "logout"):
+            return Result(exit=True)
+        if head in ("config", "configure"):
+            self.mode = "config"
+            self.pending = []
+            self.d.config_sessions.add(self)
+            return Result("Entering configuration mode terminal")
+        if head == "show":
+            return self._show(rest)
+        if head == "high-availability":
+            return self._ha_action(rest)
+        if head == "software":
+            return self._software(rest)
+        if head == "packages":
+            return self._packages(rest)
+        if head == "ncs-state" and rest[:2] == ["patches", "load-modules"]:
+            return self._load_modules()
+        if head == "devices" and len(rest) >= 4 and rest[0] == "device" and rest[2] == "migrate":
+            return self._migrate(rest[1], rest[3:])
+        if head in ("switch", "screen-length", "screen-width", "terminal", "paginate"):
+            return Result()
+        raise CliError(f"syntax error: unknown command: {head}")
+
+    # ----- configuration mode -----
+    def _config(self, tokens: list[str]) -> Result:
+        head, rest = tokens[0], tokens[1:]
+        if head == "do":
+            return self._oper(rest)
+        if head in ("end", "exit"):
+            discarded = bool(self.pending)
+            self._leave_config()
+            return Result("Uncommitted changes discarded." if discarded else "")
+        if head == "abort":
+            self._leave_config()
+            return Result()
+        if head == "top":
+            return Result()
+        if head == "revert":
+            self.pending = []
+            return Result()
+        if head == "commit":
+            return self._commit(rest)
+        if head == "show":
+            if rest[:1] == ["configuration"]:
+                tree: cdb.Tree = {}
+                cdb.apply_ops(tree, self.pending)
+                lines = cdb.render(tree, self.d.schema())
+                return Result(_lines(*lines) if lines else NO_ENTRIES)
+            return self._show(rest)
+        if head == "no":
+            path = cdb.parse_path(rest, self.d.schema())
+            self.pending.append(("delete", path, None))
+            return Result()
+        self.pending += cdb.parse_set(tokens, self.d.schema())
+        return Result()
+
+    def _leave_config(self) -> None:
+        self.pending = []
+        self.mode = "oper"
+        self.d.config_sessions.discard(self)
+
+    def _commit(self, args: list[str]) -> Result:
+        if not self.pending:
+            return Result("% No modifications to commit.")
+        if "dry-run" in args:
+            tree: cdb.Tree = {}
+            cdb.apply_ops(tree, self.pending)
+            return Result(
+                _lines(
+                    "cli {",
+                    "    local-node {",
+                    "        data " + "\n             ".join(cdb.render(tree, self.d.schema())),
+                    "    }",
+                    "}",
+                )
+            )
+        queue = "commit-queue" in args and ("async" in args or "sync" in args)
+        queue_id = self.d.commit(self.pending, queue=queue)
+        self.pending = []
+        out = []
+        if queue_id is not None:
+            if "sync" in args:
+                self.d.wait_commit_queue_empty()
+            out.append(f"commit-queue-id {queue_id}")
+        out.append("Commit complete.")
+        if "and-quit" in args:
+            self._leave_config()
+        return Result(_lines(*out))
+
+    # ----- show -----
+    def _show(self, args: list[str]) -> Result:
+        if not args:
+            raise CliError("syntax error: incomplete command")
+        what, rest = args[0], args[1:]
+        if what in ("running-config", "full-configuration"):
+            schema = self.d.schema()
+            with self.d.lock:
+                path = cdb.parse_path(rest, schema) if rest else []
+                tree = cdb.prune_to(self.d.tree, path)
+            lines = cdb.render(tree, schema)
+            return Result(_lines(*lines) if lines else NO_ENTRIES)
+        if what == "high-availability":
+            return Result(_lines(*self.d.ha.show_lines(rest)))
+        if what == "ncs-state":
+            version = f"ncs-state version {self.d.version}"
+            if rest == ["version"]:
+                return Result(version)
+            if rest == ["patches"]:
+                return Result(_lines(*self._patch_lines()))
+            if not rest:
+                return Result(_lines(version, *self._patch_lines()))
+            raise CliError(f"syntax error: unknown element: {rest[0]}")
+        if what == "packages":
+            return self._show_packages(rest)
+        if what == "devices" and rest[:1] == ["commit-queue"]:
+            with self.d.lock:
+                items = list(self.d.commit_queue)
+            if not items:
+                return Result(NO_ENTRIES)
+            out = []
+            for i, item in enumerate(items):
+                out += [
+                    f"devices commit-queue queue-item {item['id']}",
+                    f" status {'executing' if i == 0 else 'waiting'}",
+                ]
+            return Result(_lines(*out))
+        raise CliError(f"syntax error: unknown element: {what}")
+
+    def _patch_lines(self) -> list[str]:
+        with self.d.lock:
+            patches = sorted(self.d.patches.values(), key=lambda p: p.module)
+        if not patches:
+            return [NO_ENTRIES]
+        rows = [("NAME", "VERSION", "PATCH-ID", "COMPILE TIME")] + [
+            (p.module, p.nso_version, p.patch_id, p.compile_time) for p in patches
+        ]
+        widths = [max(len(r[i]) for r in rows) for i in range(3)]
+        out = ["ncs-state patches"]
+        for r in rows:
+            out.append("  ".join(r[i].ljust(widths[i]) for i in range(3)) + "  " + r[3])
+        return out
+
+    def _show_packages(self, args: list[str]) -> Result:
+        pkgs = list(self.d.packages)
+        if args[:1] == ["package"] and len(args) >= 2:
+            pkgs = [p for p in pkgs if p.info.name == args[1]]
+            if not pkgs:
+                return Result(NO_ENTRIES)
+            if len(args) >= 3:
+                pkg, leaf = pkgs[0], args[2]
+                if leaf == "oper-status":
+                    if pkg.oper_status == "up":
+                        return Result("oper-status up")
+                    return Result(
+                        _lines(
+                            f"oper-status {pkg.oper_status}",
+                            f'oper-status error-info "{pkg.error_info}"',
+                        )
+                    )
+                if leaf == "package-version":
+                    return Result(f"package-version {pkg.info.version}")
+                raise CliError(f"syntax error: unknown element: {leaf}")
+        if not pkgs:
+            return Result(NO_ENTRIES)
+        out = []
+        for pkg in pkgs:
+            info = pkg.info
+            out += [
+                f"packages package {info.name}",
+                f" package-version {info.version}",
+                f' description "{info.description}"',
+            ]
+            if info.ncs_min_versions:
+                out.append(f" ncs-min-version [ {' '.join(info.ncs_min_versions)} ]")
+            out.append(f" directory ./state/packages-in-use.cur/{info.name}")
+            if info.ned_ids:
+                out.append(f" component {info.name} ned ned-id {' '.join(info.ned_ids)}")
+            else:
+                out.append(f" component {info.name} application")
+            out.append(f" oper-status {pkg.oper_status}")
+            if pkg.error_info:
+                out.append(f' oper-status error-info "{pkg.error_info}"')
+            out.append("!")
+        return Result(_lines(*out))
+
+    # ----- high availability -----
+    def _ha_action(self, args: list[str]) -> Result:
+        ha = self.d.ha
+        if args == ["enable"]:
+            return Result(ha.enable())
+        if args == ["disable"]:
+            return Result(ha.disable())
+        if args == ["be-primary"]:
+            return Result(ha.be_primary())
+        if len(args) == 3 and args[:2] == ["be-secondary-to", "node"]:
+            ok, out = ha.be_secondary_to(args[2])
+            return Result(out, ok=ok)
+        if len(args) == 3 and args[:2] == ["read-only", "mode"] and args[2] in ("true", "false"):
+            ha.set_read_only(args[2] == "true")
+            return Result()
+        raise CliError("syntax error: unknown high-availability action")
+
+    # ----- software packages -----
+    def _software(self, args: list[str]) -> Result:
+        if args[:1] != ["packages"] or len(args) < 2:
+            raise CliError("syntax error: incomplete command")
+        verb, rest = args[1], args[2:]
+        layout = self.d.layout
+        if verb == "list":
+            return Result(_lines(*self._software_list()))
+        if verb == "fetch" and len(rest) == 2 and rest[0] == "package-from-file":
+            src = layout.find_file(rest[1])
+            if not src.is_file():
+                raise CliError(f"Error: {rest[1]}: no such file")
+            faults.check_disk(layout, str(layout.package_store))
+            layout.package_store.mkdir(parents=True, exist_ok=True)
+            shutil.copy(src, layout.package_store / src.name)
+            return Result()
+        if verb == "install" and len(rest) >= 2 and rest[0] == "package":
+            return self._software_install(rest[1], "replace-existing" in rest[2:])
+        if verb == "deinstall" and len(rest) >= 2 and rest[0] == "package":
+            removed = [
+                e for e in self._load_dir_entries() if packages.package_matches(e.name, rest[1])
+            ]
+            if not removed:
+                raise CliError(f"Error: package {rest[1]} is not installed")
+            for entry in removed:
+                _remove_entry(entry)
+            return Result(_lines(*[f"deinstalled {_base(e.name)}" for e in removed]))
+        raise CliError(f"syntax error: unknown software packages command: {verb}")
+
+    def _load_dir_entries(self) -> list[Path]:
+        load_dir = self.d.layout.load_dir
+        if not load_dir.is_dir():
+            return []
+        return sorted(e for e in load_dir.iterdir() if packages.is_package_entry(e))
+
+    def _software_list(self) -> list[str]:
+        layout = self.d.layout
+        loaded = {p.source for p in self.d.packages}
+        in_load_dir = {e.name: e for e in self._load_dir_entries()}
+        load_targets = {e.resolve(): name for name, e in in_load_dir.items()}
+        names = set()
+        if layout.package_store.is_dir():
+            names = {p.name for p in layout.package_store.iterdir() if p.name.endswith(".tar.gz")}
+        out = []
+        for name in sorted(names | set(in_load_dir)):
+            link_name = in_load_dir.get(name) and name
+            link_name = link_name or load_targets.get((layout.package_store / name).resolve())
+            if link_name and link_name in loaded:
+                state = "loaded"
+            elif link_name:
+                state = "installed"
+            else:
+                state = "installable"
+            out += ["package {", f"  name {name}", f"  {state}", "}"]
+        return out
+
+    def _software_install(self, wanted: str, replace: bool) -> Result:
+        layout = self.d.layout
+        store = layout.package_store
+        matches = [
+            p for p in sorted(store.glob("*.tar.gz")) if packages.package_matches(p.name, wanted)
+        ]
+        if not matches:
+            raise CliError(f"Error: package {wanted} not found in {store}")
+        src = matches[-1]
+        try:
+            info = read_package(src)
+        except PackageError as exc:
+            raise CliError(f"Error: {exc}") from None
+        clashes = []
+        for entry in self._load_dir_entries():
+            try:
+                other = read_package(entry)
+            except PackageError:
+                continue
+            if other.name == info.name and entry.resolve() != src.resolve():
+                clashes.append(entry)
+        if clashes and not replace:
+            raise CliError(
+                f"Error: package {info.name} is already installed "
+                f"({', '.join(c.name for c in clashes)}); use replace-existing"
+            )
+        for entry in clashes:
+            _remove_entry(entry)
+        layout.load_dir.mkdir(parents=True, exist_ok=True)
+        link = layout.load_dir / src.name
+        if not (link.is_symlink() or link.exists()):
+            link.symlink_to(src)
+        return Result(f"installed {_base(src.name)}")
+
+    # ----- packages reload / ha sync -----
+    def _packages(self, args: list[str]) -> Result:
+        if args[:1] == ["reload"]:
+            return self._reload(args[1:])
+        if args[:2] == ["ha", "sync"]:
+            opts = [a for a in args[2:] if a not in ("{", "}")]
+            if not opts or opts[0] not in ("and-reload", "and-add"):
+                raise CliError("syntax error: packages ha sync needs and-reload or and-add")
+            ok, lines = self.d.ha.sync_packages(
+                add_only=opts[0] == "and-add",
+                wait_queue="wait-commit-queue-empty" in opts,
+            )
+            return Result(_lines(*lines), ok=ok)
+        raise CliError("syntax error: unknown packages command")
+
+    def _wait_open_transactions(self, nominal: float) -> bool:
+        deadline = time.monotonic() + self.d.config.scaled(nominal)
+        while True:
+            busy = [
+                s for s in list(self.d.config_sessions) if s is not self and s.has_open_transaction
+            ]
+            if not busy:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.02)
+
+    def _reload(self, args: list[str]) -> Result:
+        from nso_sim.daemon import RELOAD_OPEN_TX_WAIT, ReloadRefused
+
+        force = "force" in args
+        max_wait = RELOAD_OPEN_TX_WAIT
+        if "max-wait-time" in args:
+            max_wait = float(args[args.index("max-wait-time") + 1])
+        if "dry-run" in args:
+            found, _doomed = self.d.plan_reload(force)
+            return Result(_lines(*reload_blocks([i.name for _, i in found])))
+        if not self._wait_open_transactions(max_wait):
+            return Result(
+                _lines(
+                    "Error: open transactions did not finish within "
+                    f"{max_wait:g} seconds; the upgrade was not started"
+                ),
+                ok=False,
+            )
+        self.d.upgrading = True
+        try:
+            names = self.d.reload_packages(force)
+        except ReloadRefused as exc:
+            if exc.per_package:
+                return Result(
+                    _lines(
+                        *RELOAD_BANNER,
+                        ">>> System upgrade has been aborted.",
+                        *reload_blocks(sorted(exc.per_package), exc.per_package),
+                        *exc.lines,
+                    ),
+                    ok=False,
+                )
+            raise
+        finally:
+            self.d.upgrading = False
+        return Result(
+            _lines(
+                *RELOAD_BANNER,
+                ">>> System upgrade has completed successfully.",
+                *reload_blocks(names),
+            )
+        )
+
+    def _load_modules(self) -> Result:
+        results = self.d.load_patches()
+        if not results:
+            return Result("result ok\nno patch modules found")
+        out = ["result " + ("ok" if all(ok for _, ok, _ in results) else "error")]
+        for module, ok, msg in results:
+            out.append(
+                f"module {module} {'loaded' if ok else 'failed'}" + ("" if ok else f' "{msg}"')
+            )
+        return Result(_lines(*out), ok=all(ok for _, ok, _ in results))
+
+    # ----- NED migration -----
+    def _migrate(self, device: str, args: list[str]) -> Result:
+        if len(args) < 2 or args[0] != "new-ned-id":
+            raise CliError("syntax error: migrate needs new-ned-id")
+        new_id, dry_run = args[1], "dry-run" in args[2:]
+        with self.d.lock:
+            dev = cdb.get(self.d.tree, ["devices", "device", device])
+            if dev is None:
+                raise CliError(f"Error: device {device} does not exist")
+            loaded_ids = {n for i in self.d.package_infos() for n in i.ned_ids}
+            if new_id not in loaded_ids:
+                raise CliError(f"Error: ned-id {new_id} is not loaded")
+            old_id = packages.device_ned_id(dev)
+            kind = next(
+                (k for k in ("netconf", "cli", "generic") if (dev.get("device-type") or {}).get(k)),
+                "netconf",
+            )
+            out = [
+                "modified-path {",
+                f"    path /ncs:devices/device{{{device}}}/device-type/{kind}/ned-id",
+                f'    info "ned-id changed from {old_id} to {new_id}"',
+                "}",
+            ]
+            if not dry_run:
+                self.d.commit(
+                    [("set", ["devices", "device", device, "device-type", kind, "ned-id"], new_id)]
+                )
+        return Result(_lines(*out))
+
+
+def _base(name: str) -> str:
+    return name[: -len(".tar.gz")] if name.endswith(".tar.gz") else name
+
+
+def _remove_entry(entry: Path) -> None:
+    if entry.is_symlink() or entry.is_file():
+        entry.unlink()
+    else:
+        shutil.rmtree(entry)

@@ -1,0 +1,466 @@
+"""The simulated NSO daemon: one process per host, started by ``ncs``.
+
+Start-up follows the real phases (starting, phase0, phase1, started) and exits with the
+documented codes: 11/13/14 upgrade problems, 20 cannot bind, 21 bad ncs.conf, 22 bad install.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import traceback
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from nso_sim import beam, cdb, faults, ncsconf, packages
+from nso_sim.cdb import CdbStore, Op, Tree
+from nso_sim.ipc import Connection
+from nso_sim.layout import HostConfig, HostLayout, check_password, release_version
+from nso_sim.package_meta import PackageInfo
+
+EXIT_UPGRADE = 13
+EXIT_UPGRADE_CORRUPT = 14
+EXIT_BIND = 20
+EXIT_CONF = 21
+EXIT_INSTALL = 22
+
+# Nominal (unscaled) seconds; HostConfig.time_scale shrinks them for tests.
+START_BASE = 5.0
+START_PER_PACKAGE = 2.0
+RELOAD_PER_PACKAGE = 4.0
+START_PER_100_LEAVES = 1.0
+START_PER_LOG_ENTRY = 0.05
+RELOAD_OPEN_TX_WAIT = 10.0
+COMMIT_QUEUE_ITEM = 30.0  # pushing one item to the devices
+
+
+class StartupFailure(Exception):
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+class ReloadRefused(Exception):
+    """A reload that must not proceed; ``lines`` are what the CLI prints."""
+
+    def __init__(self, lines: list[str], per_package: Optional[dict[str, str]] = None) -> None:
+        super().__init__("\n".join(lines))
+        self.lines = lines
+        self.per_package = per_package or {}
+
+
+class WriteRefused(Exception):
+    pass
+
+
+class Daemon:
+    def __init__(
+        self, layout: HostLayout, reload_mode: Optional[str], conf_path: Optional[Path] = None
+    ) -> None:
+        self.layout = layout
+        self.conf_path = conf_path
+        self.config = HostConfig.load(layout)
+        self.reload_mode = reload_mode
+        self.state = "starting"
+        self.lock = threading.RLock()
+        self.stop_event = threading.Event()
+        self.started_event = threading.Event()
+        self.version = ""
+        self.conf: ncsconf.NcsConf
+        self.keys: dict[str, str] = {}
+        self.store: CdbStore
+        self.tree: Tree = {}
+        self.txid = 0
+        self.packages: list[packages.LoadedPackage] = []
+        self.patches: dict[str, beam.BeamInfo] = {}
+        self.read_only = False
+        self.upgrading = False
+        self.config_sessions: set[Any] = set()
+        self.commit_queue: list[dict[str, Any]] = []
+        self._queue_seq = int(time.time() * 1000)
+        self.commit_listeners: list[Callable[[list[Op], int], None]] = []
+        self.sockets: list[socket.socket] = []
+        self.ha: Any = None
+        self.ssh: Any = None
+
+    # ----- logging -----
+    def log(self, level: str, msg: str) -> None:
+        stamp = datetime.now().strftime("%d-%b-%Y::%H:%M:%S.%f")[:-3]
+        line = f"<{level}> {stamp} {self.config.address} ncs[{os.getpid()}]: - {msg}\n"
+        self.layout.log_dir.mkdir(parents=True, exist_ok=True)
+        with self.layout.ncs_log.open("a") as fh:
+            fh.write(line)
+
+    def sleep_nominal(self, seconds: float) -> None:
+        time.sleep(self.config.scaled(seconds))
+
+    # ----- start-up -----
+    def start(self) -> None:
+        release = self.layout.current_release()
+        if release is None or not (release / "VERSION").is_file():
+            raise StartupFailure(EXIT_INSTALL, f"{self.layout.current}: no installed release")
+        self.version = release_version(release)
+        self.log("INFO", f"Starting NCS vsn: {self.version}")
+        code = faults.fire(self.layout, "start-exit")
+        if code is not None:
+            self.sleep_nominal(START_BASE)
+            raise StartupFailure(int(code), "injected start-up failure (fault start-exit)")
+        try:
+            self.conf = ncsconf.load(self.layout, self.conf_path)
+            ncsconf.check_for_release(self.conf, self.version)
+            self.keys = ncsconf.check_crypto_keys(self.conf.crypto_keys, self.version)
+        except ncsconf.ConfError as exc:
+            raise StartupFailure(EXIT_CONF, f"Bad configuration: {exc}") from None
+
+        ipc_sock = self._bind(self.conf.ipc_address, self.conf.ipc_port, "IPC")
+        threading.Thread(target=self._ipc_loop, args=(ipc_sock,), daemon=True).start()
+        self.state = "phase0"
+
+        self.store = CdbStore(self.conf.cdb_dir)
+        try:
+            self.tree, self.txid, log_len = self.store.load()
+        except cdb.CdbCorrupt as exc:
+            raise StartupFailure(EXIT_UPGRADE_CORRUPT, f"CDB corrupt: {exc}") from None
+        self._load_packages_at_start()
+
+        extra = faults.fire(self.layout, "start-slow")
+        nominal = (
+            START_BASE
+            + START_PER_PACKAGE * len(self.packages)
+            + START_PER_100_LEAVES * cdb.count_leaves(self.tree) / 100
+            + START_PER_LOG_ENTRY * log_len
+            + (RELOAD_PER_PACKAGE * len(self.packages) if self.reload_mode else 0)
+            + (float(extra) if extra is not None else 0.0)
+        )
+        self.log("INFO", f"Start-up will take {nominal:.1f} nominal seconds")
+        self.sleep_nominal(nominal)
+        self.state = "phase1"
+
+        from nso_sim.cli_ssh import SshServer
+        from nso_sim.ha import HaManager
+
+        cli_sock = self._bind(self.conf.cli_address, self.conf.cli_port, "CLI SSH")
+        self.ssh = SshServer(self, cli_sock)
+        self.ssh.start()
+        ha_sock = None
+        if self.conf.ha_enabled:
+            ha_sock = self._bind(self.conf.ha_address, self.conf.ha_port, "HA")
+        self.ha = HaManager(self, ha_sock)
+        self.load_patches()
+        threading.Thread(target=self._commit_queue_loop, daemon=True).start()
+        self.state = "started"
+        self.started_event.set()
+        self.log("INFO", "Started")
+        self.ha.at_start_up()
+
+    def _bind(self, address: str, port: int, what: str) -> socket.socket:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((address, port))
+        except OSError as exc:
+            sock.close()
+            raise StartupFailure(
+                EXIT_BIND, f"Cannot bind to {what} address {address}:{port}: {exc.strerror}"
+            ) from None
+        sock.listen(64)
+        self.sockets.append(sock)
+        return sock
+
+    def _load_packages_at_start(self) -> None:
+        in_use = packages.read_in_use(self.layout)
+        # What was loaded last time is the "old" schema a reload is compared against.
+        self.packages = in_use or []
+        if self.reload_mode or in_use is None:
+            force = self.reload_mode == "force"
+            try:
+                self.reload_packages(force=force, at_start=True)
+            except ReloadRefused as exc:
+                raise StartupFailure(
+                    EXIT_UPGRADE,
+                    "NCS package upgrade failed with reason '"
+                    + " ".join(ln.removeprefix("Error: ") for ln in exc.lines)
+                    + "'",
+                ) from None
+            return
+        # Without reload NSO uses its private copy; a package compiled for another branch
+        # stays listed with oper-status file-load-error and its data untouched.
+        names = {p.info.name for p in in_use}
+        for pkg in in_use:
+            err = packages.load_error(pkg.info, self.version, names)
+            pkg.oper_status = "file-load-error" if err else "up"
+            pkg.error_info = err
+        self.packages = in_use
+
+    # ----- packages -----
+    def package_infos(self, only_up: bool = True) -> list[PackageInfo]:
+        return [p.info for p in self.packages if p.oper_status == "up" or not only_up]
+
+    def schema(self) -> cdb.Container:
+        return cdb.top_schema(packages.service_prefixes(self.package_infos(only_up=False)))
+
+    def plan_reload(self, force: bool) -> tuple[list[tuple[Path, PackageInfo]], list[str]]:
+        scan = packages.scan_load_path(self.conf.load_path)
+        infos = [info for _, info in scan.found]
+        errors = scan.errors + packages.check_set(infos, self.version)
+        if errors:
+            raise ReloadRefused(
+                [f"Error: {e}" for e in errors],
+                {e.split(": ", 1)[1].split(";", 1)[0]: e for e in errors},
+            )
+        doomed = packages.namespaces_to_delete(self.tree, self.package_infos(only_up=False), infos)
+        if doomed and not force:
+            raise ReloadRefused(
+                [
+                    "Error: The following namespaces will be deleted by upgrade:",
+                    *[f"{ns}" for ns in doomed],
+                    "If this is intended, proceed with 'force' parameter.",
+                ]
+            )
+        return scan.found, doomed
+
+    def reload_packages(self, force: bool, at_start: bool = False) -> list[str]:
+        """Load the load path's packages; returns the names loaded. Raises ReloadRefused."""
+        with self.lock:
+            found, doomed = self.plan_reload(force)
+            crash = faults.fire(self.layout, "reload-crash")
+            if crash is not None:
+                self.log("ERROR", "Daemon crashed during package reload (fault reload-crash)")
+                os._exit(int(crash) if not isinstance(crash, bool) else 70)
+            tree = copy.deepcopy(self.tree)
+            if doomed:
+                packages.delete_namespaces(tree, self.package_infos(only_up=False), doomed)
+                self.log("WARNING", f"Deleting data of namespaces {', '.join(doomed)} (force)")
+            self.packages = packages.write_in_use(self.layout, found)
+            if doomed or not self.store.exists():
+                self.txid += 1
+                self.tree = tree
+                self.store.write_snapshot(self.tree, self.txid)
+                if not at_start:
+                    self.notify_snapshot()
+            self.log("INFO", f"Packages loaded: {', '.join(p.info.name for p in self.packages)}")
+            return [p.info.name for p in self.packages]
+
+    def notify_snapshot(self) -> None:
+        if self.ha is not None:
+            self.ha.broadcast_snapshot()
+
+    # ----- configuration -----
+    def writable_check(self) -> None:
+        if self.upgrading:
+            raise WriteRefused("Aborted: system upgrade in progress")
+        if self.read_only or (self.ha is not None and self.ha.mode == "secondary"):
+            raise WriteRefused("Aborted: node is in read-only mode")
+
+    def commit(self, ops: list[Op], queue: bool = False) -> Optional[int]:
+        """Apply a transaction; returns the commit-queue id when queued."""
+        with self.lock:
+            self.writable_check()
+            faults.check_disk(self.layout, str(self.store.path))
+            self.txid += 1
+            cdb.apply_ops(self.tree, ops)
+            self.store.append(ops, self.txid)
+            for listener in list(self.commit_listeners):
+                listener(ops, self.txid)
+            if queue:
+                self._queue_seq += 1
+                self.commit_queue.append({"id": self._queue_seq, "since": time.monotonic()})
+                return self._queue_seq
+            return None
+
+    def replace_tree(self, tree: Tree, txid: int) -> None:
+        """A full copy from the HA primary."""
+        with self.lock:
+            self.tree, self.txid = tree, txid
+            self.store.write_snapshot(tree, txid)
+
+    def apply_remote(self, ops: list[Op], txid: int) -> None:
+        with self.lock:
+            cdb.apply_ops(self.tree, ops)
+            self.txid = txid
+            self.store.append(ops, txid)
+
+    def _commit_queue_loop(self) -> None:
+        while not self.stop_event.wait(0.05):
+            with self.lock:
+                if self.commit_queue:
+                    head = self.commit_queue[0]
+                    if time.monotonic() - head["since"] >= self.config.scaled(COMMIT_QUEUE_ITEM):
+                        self.commit_queue.pop(0)
+                        if self.commit_queue:
+                            self.commit_queue[0]["since"] = time.monotonic()
+
+    def wait_commit_queue_empty(self, timeout: float = 600.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                if not self.commit_queue:
+                    return True
+            time.sleep(0.02)
+        return False
+
+    # ----- patches -----
+    def patches_dir(self) -> Path:
+        release = self.layout.current_release()
+        base = release if release is not None else self.layout.current
+        return base / "lib" / "ncs" / "patches"
+
+    def load_patches(self) -> list[tuple[str, bool, str]]:
+        """Load every ``.beam`` in the patches folder: (module, loaded, message)."""
+        results = []
+        for path in sorted(self.patches_dir().glob("*.beam")):
+            try:
+                info = beam.parse_beam(path.read_bytes(), path.name)
+            except (beam.BeamError, ValueError) as exc:
+                results.append((path.stem, False, str(exc)))
+                continue
+            if info.nso_version not in ("?", self.version):
+                msg = f"built for NSO {info.nso_version}, running {self.version}"
+                results.append((info.module, False, msg))
+                continue
+            with self.lock:
+                self.patches[info.module] = info
+            results.append((info.module, True, "loaded"))
+            self.log("INFO", f"Loaded patch module {info.module} ({info.patch_id})")
+        return results
+
+    # ----- users -----
+    def check_password(self, user: str, password: str) -> bool:
+        stored = self.config.users.get(user)
+        return stored is not None and check_password(stored, password)
+
+    def authorized_keys(self, user: str) -> list[str]:
+        path = self.layout.homes_dir(user) / ".ssh" / "authorized_keys"
+        try:
+            return [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
+        except FileNotFoundError:
+            return []
+
+    # ----- IPC -----
+    def _ipc_loop(self, sock: socket.socket) -> None:
+        while not self.stop_event.is_set():
+            try:
+                conn, _ = sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._ipc_serve, args=(Connection(conn),), daemon=True).start()
+
+    def _ipc_serve(self, conn: Connection) -> None:
+        try:
+            msg = conn.recv()
+            if msg is None:
+                return
+            op = msg.get("op")
+            if op == "status":
+                conn.send(self.status())
+            elif op == "wait-started":
+                self.started_event.wait(float(msg.get("timeout", 5)))
+                conn.send(self.status())
+            elif op == "stop":
+                conn.send({"ok": True})
+                self.request_stop()
+            elif op == "reload-conf":
+                conn.send({"ok": True})
+            elif op == "cli":
+                self._ipc_cli(conn, msg.get("user", "admin"))
+            else:
+                conn.send({"error": f"unknown op {op}"})
+        except (OSError, ValueError):
+            pass
+        finally:
+            conn.close()
+
+    def _ipc_cli(self, conn: Connection, user: str) -> None:
+        from nso_sim.cli_commands import CliSession
+
+        if not self.started_event.is_set():
+            conn.send({"error": "NCS is not started"})
+            return
+        session = CliSession(self, user, "127.0.0.1", "console")
+        conn.send({"prompt": session.prompt()})
+        try:
+            while True:
+                msg = conn.recv()
+                if msg is None or "line" not in msg:
+                    return
+                result = session.execute(msg["line"])
+                conn.send(
+                    {
+                        "out": result.output,
+                        "ok": result.ok,
+                        "exit": result.exit,
+                        "prompt": session.prompt(),
+                    }
+                )
+                if result.exit:
+                    return
+        finally:
+            session.close()
+
+    def status(self) -> dict[str, Any]:
+        return {"status": self.state, "version": self.version, "pid": os.getpid()}
+
+    def request_stop(self) -> None:
+        self.stop_event.set()
+
+    def shutdown(self) -> None:
+        self.state = "stopping"
+        self.log("INFO", "Stopping")
+        if self.ha is not None:
+            self.ha.shutdown()
+        if self.ssh is not None:
+            self.ssh.shutdown()
+        for sock in self.sockets:
+            with contextlib.suppress(OSError):
+                sock.close()
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    p = argparse.ArgumentParser(prog="nso-sim-daemon")
+    p.add_argument("--root", required=True)
+    p.add_argument("--reload", choices=["true", "force"])
+    p.add_argument("--conf")
+    args = p.parse_args(argv)
+    layout = HostLayout.at(args.root)
+    daemon = Daemon(layout, args.reload, Path(args.conf) if args.conf else None)
+    layout.pid_file.write_text(f"{os.getpid()}\n")
+    # SIGTERM (kill, a service manager) stops cleanly, like ncs --stop.
+    signal.signal(signal.SIGTERM, lambda _sig, _frame: daemon.request_stop())
+    try:
+        daemon.start()
+    except StartupFailure as exc:
+        daemon.log("ERROR", exc.reason)
+        daemon.log("ERROR", f"Daemon died status={exc.code}")
+        print(exc.reason, file=sys.stderr)
+        print(f"Daemon died status={exc.code}", file=sys.stderr)
+        _remove_pid(layout)
+        os._exit(exc.code)
+    except Exception:
+        daemon.log("ERROR", "internal error: " + traceback.format_exc())
+        traceback.print_exc()
+        _remove_pid(layout)
+        os._exit(1)
+    daemon.stop_event.wait()
+    daemon.shutdown()
+    daemon.log("INFO", "Stopped")
+    _remove_pid(layout)
+    sys.stdout.flush()
+    os._exit(0)
+
+
+def _remove_pid(layout: HostLayout) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        layout.pid_file.unlink()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""Per-host fault injection, kept in ``<root>/.nso-sim/faults.json``.
+
+Each fault is ``{"value": ..., "once": bool}``. A ``once`` fault disarms itself the first
+time it fires, so a test can script "the first start fails, the retry works".
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Optional
+
+from nso_sim.layout import HostLayout, write_json_atomic
+
+# name -> (what it does, what its value means)
+FAULTS: dict[str, tuple[str, str]] = {
+    "installer-fail": ("the installer exits 1 before touching anything", "message printed"),
+    "start-exit": ("the daemon dies during start-up with this exit code", "exit code (int)"),
+    "start-slow": ("start-up takes this many extra nominal seconds", "seconds (float)"),
+    "reload-crash": ("the daemon dies in the middle of a package reload", "exit code (int)"),
+    "disk-full": ("writes by installer, ncs-backup and fetch fail with ENOSPC", "ignored"),
+    "backup-corrupt": ("ncs-backup writes a truncated file; restore of it fails", "ignored"),
+    "ha-link-down": ("the HA connections of this node drop and cannot be made", "ignored"),
+}
+
+
+def _read(layout: HostLayout) -> dict[str, Any]:
+    try:
+        data: dict[str, Any] = json.loads(layout.faults_file.read_text())
+        return data
+    except (FileNotFoundError, ValueError):
+        return {}
+
+
+def list_faults(layout: HostLayout) -> dict[str, Any]:
+    return _read(layout)
+
+
+def set_fault(layout: HostLayout, name: str, value: Any = True, once: bool = False) -> None:
+    if name not in FAULTS:
+        raise ValueError(f"unknown fault {name!r}; known: {', '.join(sorted(FAULTS))}")
+    data = _read(layout)
+    data[name] = {"value": value, "once": once}
+    write_json_atomic(layout.faults_file, data)
+
+
+def clear_fault(layout: HostLayout, name: Optional[str] = None) -> None:
+    data = _read(layout)
+    if name is None:
+        data = {}
+    else:
+        data.pop(name, None)
+    write_json_atomic(layout.faults_file, data)
+
+
+def active(layout: HostLayout, name: str) -> Optional[Any]:
+    """The fault's value if armed (without firing it), else None."""
+    entry = _read(layout).get(name)
+    return None if entry is None else entry.get("value", True)
+
+
+def fire(layout: HostLayout, name: str) -> Optional[Any]:
+    """Like ``active`` but disarms a ``once`` fault: call where the fault takes effect."""
+    data = _read(layout)
+    entry = data.get(name)
+    if entry is None:
+        return None
+    if entry.get("once"):
+        data.pop(name)
+        write_json_atomic(layout.faults_file, data)
+    return entry.get("value", True)
+
+
+class DiskFull(OSError):
+    def __init__(self, what: str) -> None:
+        super().__init__(28, f"No space left on device: {what}")
+
+
+def check_disk(layout: HostLayout, what: str) -> None:
+    if fire(layout, "disk-full") is not None:
+        raise DiskFull(what)

@@ -1,0 +1,607 @@
+"""Rule-based built-in HA between simulated hosts, over TCP (``/ncs-config/ha``).
+
+A secondary connects to the primary, proves it runs the same NSO version and holds the same
+crypto keys, receives a full copy of the database and then every committed change. With
+``enable-failover`` the failover-primary takes over when the primary goes away, keeping its
+read-only mode; a non-failover secondary that then joins it clears read-only mode, which is
+the hazard the upgrade guide works around. The wire format (JSON lines) is the simulator's own.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import itertools
+import shutil
+import socket
+import threading
+import time
+from typing import TYPE_CHECKING, Any, Callable, Optional
+
+from nso_sim import faults, ncsconf, packages
+from nso_sim.cdb import Op
+from nso_sim.ipc import Connection
+from nso_sim.package_meta import package_file_bytes
+
+if TYPE_CHECKING:
+    from nso_sim.daemon import Daemon
+
+CONNECT_TIMEOUT = 2.0
+RECONNECT_INTERVAL = 10.0  # nominal seconds, as ha settings reconnect-interval's default
+
+
+class _Link:
+    """One HA connection: a reader thread, request/reply matching, serialized sends."""
+
+    _ids = itertools.count(1)
+
+    def __init__(
+        self,
+        conn: Connection,
+        peer_id: str,
+        address: str,
+        on_message: Callable[[_Link, dict[str, Any]], None],
+        on_close: Callable[[_Link], None],
+    ) -> None:
+        self.conn = conn
+        self.peer_id = peer_id
+        self.address = address
+        self._on_message = on_message
+        self._on_close = on_close
+        self._send_lock = threading.Lock()
+        self._replies: dict[int, dict[str, Any]] = {}
+        self._cond = threading.Condition()
+        self.closed = False
+
+    def start(self) -> None:
+        threading.Thread(target=self._read_loop, daemon=True).start()
+
+    def send(self, msg: dict[str, Any]) -> bool:
+        try:
+            with self._send_lock:
+                self.conn.send(msg)
+            return True
+        except OSError:
+            self.close()
+            return False
+
+    def request(self, msg: dict[str, Any], timeout: float = 300.0) -> dict[str, Any]:
+        req = next(self._ids)
+        if not self.send({**msg, "req": req}):
+            return {"ok": False, "info": f"connection to {self.peer_id} lost"}
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while req not in self._replies:
+                left = deadline - time.monotonic()
+                if left <= 0 or self.closed:
+                    return {"ok": False, "info": f"no reply from {self.peer_id}"}
+                self._cond.wait(min(left, 0.1))
+            return self._replies.pop(req)
+
+    def _read_loop(self) -> None:
+        try:
+            while True:
+                msg = self.conn.recv()
+                if msg is None:
+                    break
+                if msg.get("type") == "reply":
+                    with self._cond:
+                        self._replies[msg["req"]] = msg
+                        self._cond.notify_all()
+                else:
+                    self._on_message(self, msg)
+        except (OSError, ValueError):
+            pass
+        self.close()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        with contextlib.suppress(OSError):
+            self.conn.sock.shutdown(socket.SHUT_RDWR)
+        with contextlib.suppress(OSError):
+            self.conn.sock.close()
+        with self._cond:
+            self._cond.notify_all()
+        self._on_close(self)
+
+
+class HaManager:
+    def __init__(self, daemon: Daemon, sock: Optional[socket.socket]) -> None:
+        self.d = daemon
+        self.lock = daemon.lock  # one lock for data and roles: no lock-order puzzles
+        self.sock = sock
+        self.enabled = False
+        self.mode = "none"
+        self.assigned_role = "none"
+        self.primary_id: Optional[str] = None
+        self.be_secondary_result: Optional[str] = None
+        self.promoted_by_failover = False
+        self.secondaries: dict[str, _Link] = {}
+        self.upstream: Optional[_Link] = None
+        self.generation = 0
+        self.token = ncsconf.ha_token(daemon.keys)
+        daemon.commit_listeners.append(self._on_commit)
+        if sock is not None:
+            threading.Thread(target=self._accept_loop, daemon=True).start()
+        threading.Thread(target=self._tick_loop, daemon=True).start()
+
+    # ----- configuration read from CDB -----
+    def nodes(self) -> dict[str, dict[str, Any]]:
+        ha = self.d.tree.get("high-availability") or {}
+        return dict(ha.get("ha-node") or {})
+
+    def setting(self, *path: str) -> Optional[str]:
+        node: Any = (self.d.tree.get("high-availability") or {}).get("settings") or {}
+        for part in path:
+            node = node.get(part) if isinstance(node, dict) else None
+        return node if isinstance(node, str) else None
+
+    def own_id(self) -> Optional[str]:
+        mine = {self.d.config.address}
+        if self.d.conf.ha_address not in ("0.0.0.0", ""):
+            mine.add(self.d.conf.ha_address)
+        for node_id, node in self.nodes().items():
+            if node.get("address") in mine:
+                return node_id
+        return self.d.config.ha_id
+
+    def _interval(self, nominal: float) -> float:
+        return min(1.0, max(0.05, self.d.config.scaled(nominal)))
+
+    # ----- start-up -----
+    def at_start_up(self) -> None:
+        if self.sock is None:
+            return
+        if "true" in (
+            self.setting("start-up", "join-ha"),
+            self.setting("start-up", "assume-nominal-role"),
+        ):
+            threading.Thread(target=self.enable, daemon=True).start()
+
+    def shutdown(self) -> None:
+        with self.lock:
+            self.generation += 1
+            self._drop_links()
+        if self.sock is not None:
+            with contextlib.suppress(OSError):
+                self.sock.close()
+
+    # ----- actions -----
+    def enable(self) -> str:
+        if self.sock is None:
+            return "Error: HA is not enabled in ncs.conf (/ncs-config/ha/enabled)"
+        with self.lock:
+            own = self.own_id()
+            if own is None or own not in self.nodes():
+                return "Error: no ha-node is configured with this node's address"
+            if self.enabled:
+                return "result enabled"
+            self.enabled = True
+            self.generation += 1
+            gen = self.generation
+            role = self.nodes()[own].get("nominal-role", "none")
+        self.d.log("INFO", f"HA enabled, nominal role {role}")
+        if role == "primary":
+            other = self._find_acting_primary(exclude=own)
+            if other is None or not self._join(other, gen)[0]:
+                with self.lock:
+                    if self.generation == gen:
+                        self._become_primary(failover=False)
+        elif role == "secondary" and not self._join_any(gen):
+            self._start_reconnect(gen)
+        return "result enabled"
+
+    def disable(self) -> str:
+        with self.lock:
+            self.enabled = False
+            self.generation += 1
+            self._drop_links()
+            self.mode = self.assigned_role = "none"
+            self.primary_id = None
+            self.promoted_by_failover = False
+            self.d.read_only = False  # current releases reset read-only when HA is disabled
+        self.d.log("INFO", "HA disabled")
+        return "result NSO Built-in HA disabled"
+
+    def be_primary(self) -> str:
+        with self.lock:
+            self.enabled = True
+            self.generation += 1
+            if self.upstream is not None:
+                self.upstream.close()
+            self._become_primary(failover=False)
+        return "result ok"
+
+    def be_secondary_to(self, node: str) -> tuple[bool, str]:
+        with self.lock:
+            self.enabled = True
+            self.generation += 1
+            gen = self.generation
+            self._drop_links()
+            self.mode = "none"
+        line = f"result Attempting to be secondary to node {node}"
+        ok, reason = self._join(node, gen)
+        if ok:
+            return True, line
+        return False, f'{line}\nbe-secondary-result "{reason}"'
+
+    def set_read_only(self, on: bool) -> None:
+        with self.lock:
+            self.d.read_only = on
+        self.d.log("INFO", f"read-only mode {'enabled' if on else 'disabled'}")
+
+    # ----- roles -----
+    def _become_primary(self, failover: bool) -> None:
+        self.mode = self.assigned_role = "primary"
+        self.primary_id = None
+        self.promoted_by_failover = failover
+        self.be_secondary_result = None
+        self.d.log("INFO", "HA: assumed primary role" + (" (failover)" if failover else ""))
+
+    def _drop_links(self) -> None:
+        links = list(self.secondaries.values())
+        self.secondaries.clear()
+        upstream, self.upstream = self.upstream, None
+        for link in links:
+            link.close()
+        if upstream is not None:
+            upstream.close()
+
+    def _address(self, node_id: str) -> Optional[str]:
+        node = self.nodes().get(node_id)
+        return None if node is None else node.get("address")
+
+    def _probe(self, node_id: str) -> Optional[str]:
+        address = self._address(node_id)
+        if address is None:
+            return None
+        try:
+            with socket.create_connection((address, self.d.conf.ha_port), CONNECT_TIMEOUT) as s:
+                s.settimeout(CONNECT_TIMEOUT)
+                conn = Connection(s)
+                conn.send({"type": "probe"})
+                reply = conn.recv() or {}
+                return str(reply.get("mode"))
+        except (OSError, ValueError):
+            return None
+
+    def _find_acting_primary(self, exclude: str) -> Optional[str]:
+        for node_id in self.nodes():
+            if node_id != exclude and self._probe(node_id) == "primary":
+                return node_id
+        return None
+
+    def _candidates(self) -> list[str]:
+        own = self.own_id()
+        nodes = self.nodes()
+        order = [n for n, v in nodes.items() if v.get("nominal-role") == "primary"]
+        order += [n for n, v in nodes.items() if v.get("failover-primary") == "true"]
+        return [n for n in dict.fromkeys(order) if n != own]
+
+    def _join_any(self, gen: int) -> bool:
+        return any(self._join(node, gen)[0] for node in self._candidates())
+
+    def _start_reconnect(self, gen: int) -> None:
+        def loop() -> None:
+            while True:
+                time.sleep(self._interval(RECONNECT_INTERVAL))
+                with self.lock:
+                    if self.generation != gen or not self.enabled or self.mode != "none":
+                        return
+                if self._join_any(gen):
+                    return
+
+        threading.Thread(target=loop, daemon=True).start()
+
+    def _join(self, node_id: str, gen: int) -> tuple[bool, str]:
+        """Connect to ``node_id`` as its secondary; (ok, be-secondary-result text)."""
+        fail = "error (25) - could not connect to primary"
+        address = self._address(node_id)
+        own = self.own_id()
+        if address is None or node_id == own or faults.active(self.d.layout, "ha-link-down"):
+            with self.lock:
+                self.be_secondary_result = fail
+            return False, fail
+        sock: Optional[socket.socket] = None
+        first: Optional[dict[str, Any]] = None
+        try:
+            sock = socket.create_connection((address, self.d.conf.ha_port), CONNECT_TIMEOUT)
+            sock.settimeout(30)
+            conn = Connection(sock)
+            conn.send(
+                {
+                    "type": "hello",
+                    "id": own,
+                    "version": self.d.version,
+                    "token": self.token,
+                    "address": self.d.config.address,
+                }
+            )
+            first = conn.recv()
+        except (OSError, ValueError):
+            first = None
+        if sock is None or first is None or first.get("type") != "snapshot":
+            reason = fail if first is None else f"error (26) - {first.get('reason')}"
+            if sock is not None:
+                sock.close()
+            with self.lock:
+                self.be_secondary_result = reason
+            self.d.log("WARNING", f"HA: cannot join {node_id}: {reason}")
+            return False, reason
+        sock.settimeout(None)
+        with self.lock:
+            if self.generation != gen:
+                sock.close()
+                return False, "error (27) - superseded by another HA action"
+            self.d.replace_tree(first["tree"], first["txid"])
+            # The Connection's buffered reader may already hold the next lines: reuse it.
+            link = _Link(conn, node_id, address, self._on_upstream_message, self._on_upstream_close)
+            self.upstream = link
+            self.mode = self.assigned_role = "secondary"
+            self.primary_id = node_id
+            self.promoted_by_failover = False
+            self.be_secondary_result = "initialized"
+            link.start()
+        self.d.log("INFO", f"HA: secondary to {node_id}")
+        return True, "initialized"
+
+    # ----- secondary side -----
+    def _on_upstream_message(self, link: _Link, msg: dict[str, Any]) -> None:
+        kind = msg.get("type")
+        if kind == "tx":
+            self.d.apply_remote([(k, p, v) for k, p, v in msg["ops"]], msg["txid"])
+        elif kind == "snapshot":
+            self.d.replace_tree(msg["tree"], msg["txid"])
+        elif kind == "load-path":
+            link.send({"type": "reply", "req": msg["req"], "load_path": self._load_path()})
+        elif kind == "sync-packages":
+            link.send({"type": "reply", "req": msg["req"], **self._receive_packages(msg)})
+        elif kind == "reload":
+            from nso_sim.daemon import ReloadRefused
+
+            try:
+                self.d.reload_packages(force=bool(msg.get("force")))
+                reply: dict[str, Any] = {"ok": True}
+            except ReloadRefused as exc:
+                reply = {"ok": False, "info": " ".join(exc.lines)}
+            link.send({"type": "reply", "req": msg["req"], **reply})
+
+    def _on_upstream_close(self, link: _Link) -> None:
+        with self.lock:
+            if self.upstream is not link:
+                return  # closed on purpose (disable, be-primary, ...)
+            self.upstream = None
+            self.mode = "none"
+            self.primary_id = None
+            gen = self.generation
+            if not self.enabled:
+                return
+            own = self.own_id()
+            failover = (
+                self.setting("enable-failover") == "true"
+                and own is not None
+                and self.nodes().get(own, {}).get("failover-primary") == "true"
+            )
+            self.d.log("WARNING", f"HA: lost connection to primary {link.peer_id}")
+            if failover:
+                self._become_primary(failover=True)
+                return
+        self._start_reconnect(gen)
+
+    def _load_path(self) -> list[str]:
+        root = str(self.d.layout.root)
+        return [
+            str(p)[len(root) :] if str(p).startswith(root) else str(p)
+            for p in self.d.conf.load_path
+        ]
+
+    def _receive_packages(self, msg: dict[str, Any]) -> dict[str, Any]:
+        load_dir = self.d.layout.load_dir
+        load_dir.mkdir(parents=True, exist_ok=True)
+        files: dict[str, str] = msg["files"]
+        for entry in load_dir.iterdir():
+            if packages.is_package_entry(entry) or entry.is_symlink():
+                if entry.is_symlink() or entry.is_file():
+                    entry.unlink()
+                else:
+                    shutil.rmtree(entry)
+        for name, data in files.items():
+            (load_dir / name).write_bytes(base64.b64decode(data))
+        return {"ok": True}
+
+    # ----- primary side -----
+    def _accept_loop(self) -> None:
+        assert self.sock is not None
+        while True:
+            try:
+                conn, addr = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._handshake, args=(conn, addr[0]), daemon=True).start()
+
+    def _handshake(self, sock: socket.socket, peer_addr: str) -> None:
+        sock.settimeout(30)
+        conn = Connection(sock)
+        try:
+            hello = conn.recv()
+        except (OSError, ValueError):
+            hello = None
+        if hello is None:
+            sock.close()
+            return
+        if hello.get("type") == "probe":
+            try:
+                conn.send({"type": "probe", "mode": self.mode, "id": self.own_id()})
+            finally:
+                sock.close()
+            return
+        with self.lock:
+            reason = None
+            if faults.active(self.d.layout, "ha-link-down"):
+                reason = "HA link is down"
+            elif not (self.enabled and self.mode == "primary"):
+                reason = "node is not primary"
+            elif hello.get("version") != self.d.version:
+                reason = (
+                    f"incompatible NSO version {hello.get('version')}, "
+                    f"primary runs {self.d.version}"
+                )
+            elif hello.get("token") != self.token:
+                reason = "Token mismatch, secondary is not allowed"
+            if reason is not None:
+                self.d.log("WARNING", f"HA: refused secondary {hello.get('id')}: {reason}")
+                try:
+                    conn.send({"type": "error", "reason": reason})
+                finally:
+                    sock.close()
+                return
+            node_id = str(hello.get("id"))
+            sock.settimeout(None)
+            conn.send(
+                {
+                    "type": "snapshot",
+                    "tree": self.d.tree,
+                    "txid": self.d.txid,
+                    "primary_id": self.own_id(),
+                }
+            )
+            old = self.secondaries.pop(node_id, None)
+            if old is not None:
+                old.close()
+            link = _Link(
+                conn,
+                node_id,
+                str(hello.get("address", peer_addr)),
+                lambda _link, _msg: None,
+                self._on_secondary_close,
+            )
+            self.secondaries[node_id] = link
+            if self.promoted_by_failover and self.d.read_only:
+                # A secondary joining the failover-primary clears read-only mode (upgrade guide).
+                self.d.read_only = False
+                self.d.log("WARNING", f"HA: read-only mode cleared as {node_id} joined")
+            link.start()
+        self.d.log("INFO", f"HA: secondary {node_id} connected")
+
+    def _on_secondary_close(self, link: _Link) -> None:
+        with self.lock:
+            if self.secondaries.get(link.peer_id) is link:
+                del self.secondaries[link.peer_id]
+        self.d.log("INFO", f"HA: secondary {link.peer_id} disconnected")
+
+    def _on_commit(self, ops: list[Op], txid: int) -> None:
+        if self.mode != "primary":
+            return
+        for link in list(self.secondaries.values()):
+            link.send({"type": "tx", "ops": [list(op) for op in ops], "txid": txid})
+
+    def broadcast_snapshot(self) -> None:
+        with self.lock:
+            if self.mode != "primary":
+                return
+            msg = {"type": "snapshot", "tree": self.d.tree, "txid": self.d.txid}
+            for link in list(self.secondaries.values()):
+                link.send(msg)
+
+    def _tick_loop(self) -> None:
+        while not self.d.stop_event.wait(self._interval(1.0)):
+            if faults.active(self.d.layout, "ha-link-down"):
+                with self.lock:
+                    links = list(self.secondaries.values())
+                    upstream = self.upstream
+                for link in links:
+                    link.close()
+                if upstream is not None:
+                    upstream.close()
+                continue
+            if self.mode == "primary":
+                for link in list(self.secondaries.values()):
+                    link.send({"type": "ping"})
+
+    # ----- packages ha sync -----
+    def sync_packages(self, add_only: bool, wait_queue: bool) -> tuple[bool, list[str]]:
+        from nso_sim.cli_commands import RELOAD_BANNER, reload_blocks
+        from nso_sim.daemon import ReloadRefused
+
+        if self.mode != "primary":
+            return False, ["Error: packages ha sync must run on the HA primary"]
+        if wait_queue:
+            self.d.wait_commit_queue_empty()
+        links = list(self.secondaries.values())
+        mine = self._load_path()
+        for link in links:
+            theirs = link.request({"type": "load-path"}).get("load_path")
+            if theirs != mine:
+                return False, [
+                    f"Error: load-path on node {link.peer_id} differs: {theirs} != {mine}",
+                    "The packages were not distributed.",
+                ]
+        previous = self.d.read_only
+        self.d.read_only = True
+        out = list(RELOAD_BANNER)
+        try:
+            old = {(i.name, i.version) for i in self.d.package_infos(only_up=False)}
+            found, _doomed = self.d.plan_reload(force=False)
+            if add_only and not old <= {(i.name, i.version) for _, i in found}:
+                raise ReloadRefused(["Error: and-add may only add packages; use and-reload"])
+            files = {}
+            for entry, _info in found:
+                name = entry.name if entry.name.endswith(".tar.gz") else entry.name + ".tar.gz"
+                files[name] = base64.b64encode(package_file_bytes(entry)).decode()
+            for link in links:
+                reply = link.request({"type": "sync-packages", "files": files})
+                out += [
+                    "sync-result {",
+                    f"    node {link.peer_id}",
+                    f"    result {str(reply.get('ok')).lower()}",
+                    "}",
+                ]
+                if not reply.get("ok"):
+                    raise ReloadRefused(
+                        [f"Error: sync to {link.peer_id} failed: {reply.get('info')}"]
+                    )
+            for link in links:
+                reply = link.request({"type": "reload", "force": False})
+                if not reply.get("ok"):
+                    raise ReloadRefused(
+                        [f"Error: reload on {link.peer_id} failed: {reply.get('info')}"]
+                    )
+            names = self.d.reload_packages(force=False)
+        except ReloadRefused as exc:
+            self.d.read_only = False  # upstream: the node is left read-write on error
+            return False, [*out, ">>> System upgrade has been aborted.", *exc.lines]
+        self.d.read_only = previous
+        self.broadcast_snapshot()
+        return True, [*out, ">>> System upgrade has completed successfully.", *reload_blocks(names)]
+
+    # ----- show -----
+    def show_lines(self, args: list[str]) -> list[str]:
+        with self.lock:
+            p = "high-availability"
+            lines = [f"{p} enabled" if self.enabled else f"{p} disabled"]
+            lines += [
+                f"{p} status mode {self.mode}",
+                f"{p} status current-id {self.own_id() or ''}".rstrip(),
+                f"{p} status assigned-role {self.assigned_role}",
+                f"{p} status read-only-mode {str(self.d.read_only).lower()}",
+            ]
+            if self.primary_id:
+                lines.append(f"{p} status primary-id {self.primary_id}")
+            if self.be_secondary_result:
+                lines.append(f'{p} status be-secondary-result "{self.be_secondary_result}"')
+            table = []
+            if self.mode == "primary" and self.secondaries:
+                rows = [("ID", "ADDRESS")] + [
+                    (n, link.address) for n, link in sorted(self.secondaries.items())
+                ]
+                width = max(len(r[0]) for r in rows)
+                table = [f"{p} status connected-secondary"] + [
+                    f"{r[0].ljust(width)}  {r[1]}" for r in rows
+                ]
+        want = " ".join([p, *args])
+        out = [ln for ln in lines if ln == want or ln.startswith(want + " ")]
+        if not args or args in (["status"], ["status", "connected-secondary"]):
+            out += table
+        return out

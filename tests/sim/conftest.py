@@ -1,0 +1,298 @@
+"""Fixtures for the simulator's tests: artifacts, hosts on their own loopback addresses and
+free ports, and clients that talk to them as an operator would (shell commands by path,
+the NSO CLI over real SSH). Every daemon a test starts is stopped at teardown."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import paramiko
+import pytest
+
+TIME_SCALE = 0.01
+REPO = Path(__file__).resolve().parents[2]
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+_WORKER_NO = int(_WORKER[2:]) if _WORKER[2:].isdigit() else 0
+_host_numbers = itertools.count(1)
+
+
+def next_address() -> str:
+    """A loopback address of its own per host: 127.<20+worker>.<n>.<m>."""
+    n = next(_host_numbers)
+    return f"127.{20 + _WORKER_NO}.{n // 250}.{n % 250 + 1}"
+
+
+def free_port(*addresses: str) -> int:
+    """A port that is free on every one of ``addresses`` right now."""
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind((addresses[0], 0))
+            port = s.getsockname()[1]
+        ok = True
+        for other in addresses[1:]:
+            with socket.socket() as s:
+                try:
+                    s.bind((other, port))
+                except OSError:
+                    ok = False
+        if ok:
+            return port
+    raise RuntimeError("no common free port")
+
+
+def sim(*args: str, check: bool = True, **kw: object) -> subprocess.CompletedProcess[str]:
+    """Run ``nso-sim`` (as ``python -m nso_sim`` so no install step is needed)."""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.run(
+        [sys.executable, "-m", "nso_sim", *args],
+        check=check,
+        capture_output=True,
+        text=True,
+        env=env,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def run(
+    *cmd: str | os.PathLike[str],
+    cwd: Optional[Path] = None,
+    env: Optional[dict[str, str]] = None,
+    input: Optional[str] = None,
+    timeout: float = 120,
+) -> subprocess.CompletedProcess[str]:
+    """Run a command as an operator types it: by path, with a clean environment."""
+    base = {"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", "/root")}
+    return subprocess.run(
+        [str(c) for c in cmd],
+        cwd=cwd,
+        env={**base, **(env or {})},
+        capture_output=True,
+        text=True,
+        input=input,
+        timeout=timeout,
+    )
+
+
+@dataclass
+class SimHost:
+    root: Path
+    address: str
+    cli_port: int
+    ipc_port: int
+    ha_port: int
+    clients: list[paramiko.SSHClient] = field(default_factory=list)
+
+    def path(self, host_path: str) -> Path:
+        """``/var/opt/ncs`` on the simulated host -> the real path under its root."""
+        return self.root / host_path.lstrip("/")
+
+    @property
+    def ncs(self) -> Path:
+        return self.path("/opt/ncs/current/bin/ncs")
+
+    @property
+    def init(self) -> Path:
+        return self.path("/etc/init.d/ncs")
+
+    def sh(self, *cmd: str | os.PathLike[str], **kw: object) -> subprocess.CompletedProcess[str]:
+        return run(*cmd, **kw)  # type: ignore[arg-type]
+
+    def start(self, verb: str = "start") -> subprocess.CompletedProcess[str]:
+        if not self.init.exists():  # NSO >= 6.4: systemd replaces the init script
+            return run(self.path("/usr/bin/systemctl"), verb, "ncs")
+        return run(self.init, verb)
+
+    def ssh(
+        self,
+        user: str = "admin",
+        password: Optional[str] = "admin",
+        pkey: Optional[paramiko.PKey] = None,
+    ) -> paramiko.SSHClient:
+        client = paramiko.SSHClient()
+        client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+        client.connect(
+            self.address,
+            self.cli_port,
+            username=user,
+            password=password,
+            pkey=pkey,
+            look_for_keys=False,
+            allow_agent=False,
+            timeout=10,
+        )
+        self.clients.append(client)
+        return client
+
+    def cli(self, command: str, client: Optional[paramiko.SSHClient] = None) -> tuple[str, int]:
+        """One ``ssh -p PORT host 'command'``: (output, exit status)."""
+        client = client or (self.clients[0] if self.clients else self.ssh())
+        _, out, _ = client.exec_command(command, timeout=120)
+        text = out.read().decode()
+        return text, out.channel.recv_exit_status()
+
+    def ncs_cli(self, *lines: str) -> subprocess.CompletedProcess[str]:
+        return run(
+            self.path("/opt/ncs/current/bin/ncs_cli"),
+            "-C",
+            "-u",
+            "admin",
+            input="".join(line + "\n" for line in lines),
+        )
+
+    def wait_for(self, command: str, expected: str, timeout: float = 20) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            out, _ = self.cli(command)
+            if expected in out or time.monotonic() > deadline:
+                return out
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        for client in self.clients:
+            client.close()
+        self.clients.clear()
+        if self.ncs.exists():
+            run(self.ncs, "--stop", timeout=60)
+        pid_file = self.path("/.nso-sim/ncs.pid")
+        try:
+            pid = int(pid_file.read_text())
+            os.kill(pid, signal.SIGKILL)
+        except (FileNotFoundError, ValueError, ProcessLookupError):
+            pass
+
+
+@dataclass
+class Artifacts:
+    dir: Path
+
+    def installer(self, vsn: str) -> Path:
+        path = self.dir / f"nso-{vsn}.linux.x86_64.installer.bin"
+        if not path.exists():
+            sim("make-installer", vsn, "--out", str(self.dir))
+        return path
+
+    def package(self, name: str, version: str, nso: str, *extra: str) -> Path:
+        sub = self.dir / ("-".join([nso, name, version, *extra]).replace("/", "_"))
+        path = sub / f"ncs-{nso}-{name}-{version}.tar.gz"
+        if not path.exists():
+            sim("make-package", name, version, "--nso", nso, "--out", str(sub), *extra)
+        return path
+
+    def ned(self, nso: str, version: str = "1.0", ned_id: str = "router-nc-1.0") -> Path:
+        return self.package("router-nc", version, nso, "--ned-id", ned_id)
+
+    def service(self, nso: str, version: str = "1.0", name: str = "l3vpn") -> Path:
+        return self.package(name, version, nso)
+
+
+@pytest.fixture
+def shell() -> object:
+    """``shell("cmd", ...)``: run a command by path with a clean environment."""
+    return run
+
+
+@pytest.fixture(scope="session")
+def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Artifacts:
+    return Artifacts(tmp_path_factory.mktemp("artifacts"))
+
+
+@pytest.fixture
+def make_host(tmp_path: Path, artifacts: Artifacts) -> Iterator[object]:
+    """Create hosts with ``nso-sim host create``; all are stopped at teardown."""
+    hosts: list[SimHost] = []
+    names = itertools.count(1)
+
+    def factory(
+        version: str = "6.1",
+        packages: Optional[list[Path]] = None,
+        start: bool = True,
+        address: Optional[str] = None,
+        ha_port: Optional[int] = None,
+        extra: tuple[str, ...] = (),
+    ) -> SimHost:
+        address = address or next_address()
+        root = tmp_path / f"host{next(names)}"
+        host = SimHost(
+            root, address, free_port(address), free_port(address), ha_port or free_port(address)
+        )
+        args = [
+            "host",
+            "create",
+            "--root",
+            str(root),
+            "--version",
+            version,
+            "--address",
+            address,
+            "--cli-port",
+            str(host.cli_port),
+            "--ipc-port",
+            str(host.ipc_port),
+            "--ha-port",
+            str(host.ha_port),
+            "--time-scale",
+            str(TIME_SCALE),
+            "--installer",
+            str(artifacts.installer(version)),
+        ]
+        if packages is None:
+            packages = [artifacts.ned(version), artifacts.service(version)]
+        for pkg in packages:
+            args += ["--package", str(pkg)]
+        sim(*args, *extra)
+        hosts.append(host)
+        if start:
+            result = host.start()
+            assert result.returncode == 0, result.stdout + result.stderr
+        return host
+
+    yield factory
+    for host in hosts:
+        host.stop()
+
+
+@pytest.fixture
+def make_cluster(make_host: object) -> object:
+    """``make_cluster(version, roles)``: HA nodes n1.. sharing keys and an HA port, started
+    in order. ``roles`` like ``["primary", "secondary:failover", "secondary"]``."""
+
+    def factory(
+        version: str = "6.1",
+        roles: tuple[str, ...] = ("primary", "secondary:failover"),
+        packages: Optional[list[Path]] = None,
+        keys_from: Optional[SimHost] = None,
+        versions: Optional[list[str]] = None,
+        start: bool = True,
+    ) -> list[SimHost]:
+        addresses = [next_address() for _ in roles]
+        ha_port = free_port(*addresses)
+        spec = [f"--ha-node=n{i}={a}:{r}" for i, (a, r) in enumerate(zip(addresses, roles), 1)]
+        hosts: list[SimHost] = []
+        for i, address in enumerate(addresses):
+            extra = [*spec, "--ha-id", f"n{i + 1}"]
+            source = keys_from or (hosts[0] if hosts else None)
+            if source is not None:
+                extra += ["--crypto-keys", str(source.path("/etc/ncs/ncs.crypto_keys"))]
+            vsn = versions[i] if versions else version
+            hosts.append(
+                make_host(
+                    vsn, packages, start=False, address=address, ha_port=ha_port, extra=tuple(extra)
+                )
+            )  # type: ignore[operator]
+        if start:
+            for host in hosts:
+                result = host.start()
+                assert result.returncode == 0, result.stderr
+        return hosts
+
+    return factory
