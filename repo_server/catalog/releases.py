@@ -28,7 +28,7 @@ def parse_version(text: str, field: str) -> NsoVersion:
         raise ValidationFailed(f"{field}: {exc}", field=field) from None
 
 
-def _live_artifact(session: Session, filename: str) -> Artifact:
+def live_artifact(session: Session, filename: str) -> Artifact:
     artifact = session.scalar(select(Artifact).where(Artifact.filename == filename))
     if artifact is None or artifact.deleted:
         raise ValidationFailed(
@@ -82,7 +82,7 @@ def create_release(
             nso_version=str(version),
         )
     problems: list[str] = []
-    installer_artifact = _live_artifact(session, installer)
+    installer_artifact = live_artifact(session, installer)
     if installer_artifact.kind != "installer":
         problems.append(f"{installer} is a {installer_artifact.kind}, not an installer")
     elif NsoVersion.parse(installer_artifact.nso_version) != version:
@@ -90,7 +90,7 @@ def create_release(
     chosen: list[Artifact] = []
     names: dict[str, str] = {}
     for filename in packages:
-        artifact = _live_artifact(session, filename)
+        artifact = live_artifact(session, filename)
         if artifact.kind not in ("package", "ned"):
             problems.append(f"{filename} is a {artifact.kind}, not a package")
             continue

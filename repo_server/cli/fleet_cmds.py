@@ -187,6 +187,33 @@ def node_upgrade(
         _watch(client, job["id"])
 
 
+@node.command("upgrade-packages")
+@click.argument("name")
+@click.option("--package", "packages", multiple=True, required=True, help="Package file (repeat).")
+@click.option("--allow-data-loss", is_flag=True, help="Reload with force if NSO would delete data.")
+@click.option("--watch", is_flag=True, help="Follow the job until it ends.")
+@client_options
+@handle_errors
+def node_upgrade_packages(
+    name: str,
+    packages: tuple[str, ...],
+    allow_data_loss: bool,
+    watch: bool,
+    url: Optional[str],
+    token: Optional[str],
+) -> None:
+    """Replace or add packages on NAME (built for the release it runs); prints the job id."""
+    client = make_client(url, token)
+    created = client.call(
+        "POST",
+        f"/api/v1/nodes/{name}/package-upgrade",
+        json={"packages": [Path(p).name for p in packages], "allow_data_loss": allow_data_loss},
+    )
+    click.echo(created["id"])
+    if watch:
+        _watch(client, created["id"])
+
+
 @click.group()
 def job() -> None:
     """Jobs: list, show, watch, roll back."""

@@ -14,7 +14,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from repo_server.auth.service import Principal, audit
-from repo_server.catalog.releases import get_release, list_releases
+from repo_server.catalog.releases import get_release, list_releases, live_artifact
 from repo_server.db import utcnow
 from repo_server.errors import AppError, Conflict, NotFound, ValidationFailed
 from repo_server.fleet.models import Node
@@ -78,25 +78,54 @@ class JobService:
         self, node_name: str, to: str, options: preflight.UpgradeOptions, who: Principal
     ) -> Job:
         verdict, steps = self.plan(node_name, to, options)
+        release = get_release(self.session, to)
+        return self._create(
+            "upgrade", verdict, steps, who, options=asdict(options), release_id=release.id
+        )
+
+    def plan_package_upgrade(
+        self, node_name: str, filenames: list[str], allow_data_loss: bool
+    ) -> tuple[preflight.Verdict, list[plans.StepSpec]]:
+        node = get_node(self.session, node_name)
+        artifacts = [live_artifact(self.session, name) for name in filenames]
+        active = self._active_job(node)
+        verdict = preflight.check_package_upgrade(node, artifacts, active.id if active else None)
+        return verdict, plans.package_upgrade_steps(artifacts, allow_data_loss)
+
+    def start_package_upgrade(
+        self, node_name: str, filenames: list[str], allow_data_loss: bool, who: Principal
+    ) -> Job:
+        verdict, steps = self.plan_package_upgrade(node_name, filenames, allow_data_loss)
+        return self._create(
+            "package_upgrade", verdict, steps, who, options={"allow_data_loss": allow_data_loss}
+        )
+
+    def _create(
+        self,
+        kind: str,
+        verdict: preflight.Verdict,
+        steps: list[plans.StepSpec],
+        who: Principal,
+        **fields: Any,
+    ) -> Job:
+        """Refuse with every reason, or queue the job and wake the node's agent."""
         if not verdict.ok:
             self.session.rollback()
             raise PreflightFailed(
-                f"preflight refused the upgrade of {node_name} to {to}: "
+                f"preflight refused the {kind.replace('_', ' ')} of {verdict.node}: "
                 + "; ".join(f"{r.message} ({r.remedy})" for r in verdict.reasons),
                 reasons=[asdict(r) for r in verdict.reasons],
                 path=verdict.path,
             )
-        node = get_node(self.session, node_name)
-        release = get_release(self.session, to)
+        node = get_node(self.session, verdict.node)
         job = Job(
             node_id=node.id,
-            kind="upgrade",
+            kind=kind,
             source_version=verdict.source_version,
-            target_version=release.nso_version,
-            release_id=release.id,
-            options=asdict(options),
+            target_version=verdict.target_version,
             plan=verdict_dict(verdict),
             created_by=who.actor,
+            **fields,
         )
         job.steps = [
             Step(seq=i, name=spec.name, params=spec.params, message=spec.title)
@@ -110,9 +139,9 @@ class JobService:
             "job.create",
             f"job:{job.id}",
             node=node.name,
-            kind="upgrade",
+            kind=kind,
             source_version=verdict.source_version,
-            target_version=release.nso_version,
+            target_version=verdict.target_version,
         )
         announce(self.session, self.notifier, node.id)
         self.session.commit()
@@ -269,19 +298,19 @@ class JobService:
             return
         step.state = "failed"
         cause = f"{step.name} failed: {step.message or 'no message'}"
-        if step.name == "recover":
+        if step.name.startswith("recover"):
             job.state = "failed"
             job.outcome = "needs_attention"
             job.error = (
                 f"{job.error + '; ' if job.error else ''}{cause}; the node needs an operator"
             )
             job.finished_at = now
-        elif job.kind == "upgrade" and self._after_stop(job, step):
+        elif self._past_no_return(job, step):
             job.error = cause
             for later in job.steps:
                 if later.state == "pending":
                     later.state = "skipped"
-            spec = plans.recover_step(job.context, job.source_version or "")
+            spec = plans.recovery_for(job.kind, job.context, job.source_version or "")
             job.steps.append(
                 Step(seq=len(job.steps) + 1, name=spec.name, params=spec.params, message=spec.title)
             )
@@ -292,9 +321,10 @@ class JobService:
             job.finished_at = now
 
     @staticmethod
-    def _after_stop(job: Job, step: Step) -> bool:
-        stop = next((s for s in job.steps if s.name == plans.FIRST_STEP_AFTER_STOP), None)
-        return stop is not None and step.seq >= stop.seq
+    def _past_no_return(job: Job, step: Step) -> bool:
+        name = plans.POINT_OF_NO_RETURN.get(job.kind)
+        marker = next((s for s in job.steps if s.name == name), None)
+        return marker is not None and step.seq >= marker.seq
 
     @staticmethod
     def _finish(job: Job, now: Any) -> None:

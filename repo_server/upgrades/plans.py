@@ -14,8 +14,8 @@ from repo_server.upgrades.preflight import Verdict
 
 # The 90 s systemd timeout is not a failure; NSO gets this long (nominal seconds) to start.
 START_TIMEOUT = 1800
-# Steps from here on run with NSO stopped: a failure there needs the guide's recovery.
-FIRST_STEP_AFTER_STOP = "stop"
+# From this step on a failure has changed the node: the job appends its recovery step.
+POINT_OF_NO_RETURN = {"upgrade": "stop", "package_upgrade": "install_packages"}
 
 
 @dataclass
@@ -90,3 +90,37 @@ def recover_step(job_context: dict[str, Any], source_version: str) -> StepSpec:
         },
         f"stop, point current back at ncs-{source_version}, restore the backup, start, verify",
     )
+
+
+def recovery_for(kind: str, job_context: dict[str, Any], source_version: str) -> StepSpec:
+    if kind == "package_upgrade":
+        return StepSpec(
+            "recover_packages",
+            {
+                "backup_file": job_context.get("backup_file"),
+                "extra_dir": job_context.get("extra_dir"),
+            },
+            "put the previous package links back and reload them",
+        )
+    return recover_step(job_context, source_version)
+
+
+def package_upgrade_steps(packages: list[Artifact], allow_data_loss: bool) -> list[StepSpec]:
+    """The guide's single-node Package Upgrade: stage, back up, install, reload, verify."""
+    refs = [{**artifact_ref(a), "name": a.name, "version": a.version} for a in packages]
+    names = ", ".join(f"{a.name} {a.version}" for a in packages)
+    return [
+        StepSpec("prestage_packages", {"packages": refs}, f"download and verify {names}"),
+        StepSpec("backup", {}, "ncs-backup, plus a copy of the package files and links it skips"),
+        StepSpec(
+            "install_packages",
+            {"packages": refs},
+            "software packages install package ... replace-existing",
+        ),
+        StepSpec(
+            "reload_packages",
+            {"allow_data_loss": allow_data_loss},
+            "packages reload (refused if NSO would delete data, unless allowed)",
+        ),
+        StepSpec("verify_packages", {"packages": refs}, "check versions and oper-status up"),
+    ]

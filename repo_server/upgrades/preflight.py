@@ -72,18 +72,10 @@ def platform_version(text: Any) -> Optional[Version]:
     return Version(match.group(0)) if match else None
 
 
-def check(
-    node: Node,
-    release: Release,
-    releases: list[Release],
-    options: UpgradeOptions,
-    active_job: Optional[int] = None,
-) -> Verdict:
-    inv: dict[str, Any] = node.inventory or {}
-    target = NsoVersion.parse(release.nso_version)
-    running = inv.get("running_version")
-    verdict = Verdict(node=node.name, source_version=running, target_version=str(target))
-
+def _check_node(
+    verdict: Verdict, node: Node, inv: dict[str, Any], active_job: Optional[int]
+) -> Optional[NsoVersion]:
+    """Rules every change to a node shares; returns the running version when known."""
     if active_job is not None:
         verdict.refuse(
             "job_active",
@@ -96,6 +88,7 @@ def check(
             f"{node.name} has not reported its inventory in the last 5 minutes",
             "check that nso-agent runs on the host ('nso-agent status') and can reach the server",
         )
+    running = inv.get("running_version")
     source = _loose_version(running) if running else None
     if inv.get("status") != "started" or source is None:
         verdict.refuse(
@@ -104,6 +97,23 @@ def check(
             "start NSO and check it is healthy before upgrading: an upgrade needs a backup of a live node",
         )
     _check_health(verdict, inv)
+    _check_ha(verdict, inv)
+    return source
+
+
+def check(
+    node: Node,
+    release: Release,
+    releases: list[Release],
+    options: UpgradeOptions,
+    active_job: Optional[int] = None,
+) -> Verdict:
+    inv: dict[str, Any] = node.inventory or {}
+    target = NsoVersion.parse(release.nso_version)
+    verdict = Verdict(
+        node=node.name, source_version=inv.get("running_version"), target_version=str(target)
+    )
+    source = _check_node(verdict, node, inv, active_job)
     if source is not None:
         _check_direction(verdict, source, target)
         _check_path(verdict, source, target, release, releases)
@@ -111,8 +121,57 @@ def check(
     _check_platform(verdict, inv, release)
     _check_ncs_conf(verdict, inv, source, target, options)
     _check_crypto(verdict, inv, target)
-    _check_ha(verdict, inv)
-    _check_disk(verdict, inv, release)
+    _check_disk(
+        verdict, inv, release.installer.size * 3 + sum(a.size for a in verdict.packages), release
+    )
+    return verdict
+
+
+def check_package_upgrade(
+    node: Node, artifacts: list[Artifact], active_job: Optional[int] = None
+) -> Verdict:
+    """A package-only upgrade: new builds for the running release, one per package."""
+    inv: dict[str, Any] = node.inventory or {}
+    running = inv.get("running_version")
+    verdict = Verdict(
+        node=node.name, source_version=running, target_version=running or "", kind="package"
+    )
+    source = _check_node(verdict, node, inv, active_job)
+    loaded = {p["name"]: str(p.get("version", "")) for p in inv.get("packages", [])}
+    seen: set[str] = set()
+    for artifact in artifacts:
+        if artifact.kind not in ("package", "ned"):
+            verdict.refuse(
+                "not_a_package",
+                f"{artifact.filename} is a {artifact.kind}",
+                "name package files only",
+            )
+            continue
+        if artifact.name in seen:
+            verdict.refuse(
+                "package_twice",
+                f"two builds of {artifact.name} were named",
+                "name one build per package",
+            )
+        seen.add(artifact.name)
+        built_for = NsoVersion.parse(artifact.nso_version)
+        if source is not None and not (
+            built_for == source
+            or (len(built_for.release) <= 2 and built_for.branch == source.branch)
+        ):
+            verdict.refuse(
+                "package_release",
+                f"{artifact.filename} is built for NSO {artifact.nso_version}; the node runs {source}",
+                f"use the ncs-{source.branch}- build: NSO refuses packages compiled for another release",
+            )
+        if loaded.get(artifact.name) == artifact.version:
+            verdict.refuse(
+                "package_same",
+                f"the node already runs {artifact.name} {artifact.version}",
+                "leave it out of the upgrade",
+            )
+    verdict.packages = list(artifacts)
+    _check_disk(verdict, inv, sum(a.size for a in artifacts), None)
     return verdict
 
 
@@ -266,11 +325,13 @@ def _check_ha(verdict: Verdict, inv: dict[str, Any]) -> None:
         )
 
 
-def _check_disk(verdict: Verdict, inv: dict[str, Any], release: Release) -> None:
+def _check_disk(
+    verdict: Verdict, inv: dict[str, Any], need_opt: int, release: Optional[Release]
+) -> None:
     free = inv.get("disk_free_bytes") or {}
     # The installer unpacks to several times its size; packages are kept beside the old ones.
-    need_opt = release.installer.size * 3 + sum(a.size for a in verdict.packages)
-    need_opt = max(need_opt, int(release.requirements.get("min_free_bytes", 0)))
+    if release is not None:
+        need_opt = max(need_opt, int(release.requirements.get("min_free_bytes", 0)))
     # A backup and a compaction can each need about the size of the CDB.
     need_var = 2 * int(inv.get("cdb_bytes", 0)) + 64 * MiB
     for path, need in (("/opt/ncs", need_opt), ("/var/opt/ncs", need_var)):

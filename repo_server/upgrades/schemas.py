@@ -40,6 +40,21 @@ class UpgradeArgs(Schema):
     strip_removed_ncs_conf = fields.Boolean(load_default=False)
 
 
+class PackageUpgradeArgs(Schema):
+    packages = fields.List(
+        fields.String(),
+        required=True,
+        validate=validate.Length(min=1),
+        metadata={
+            "description": "Package file names in the catalog, built for the running release"
+        },
+    )
+    allow_data_loss = fields.Boolean(
+        load_default=False,
+        metadata={"description": "Let `packages reload force` delete data NSO warns about"},
+    )
+
+
 class ReasonSchema(Schema):
     code = fields.String()
     message = fields.String()

@@ -16,6 +16,7 @@ from repo_server.upgrades.schemas import (
     JobListArgs,
     JobSchema,
     JobSummarySchema,
+    PackageUpgradeArgs,
     PlanSchema,
     ReleaseCreateSchema,
     ReleaseSchema,
@@ -88,6 +89,17 @@ def plan(args: dict[str, Any], name: str) -> Any:
 def upgrade(args: dict[str, Any], name: str) -> Any:
     """Start an upgrade; 422 preflight_failed with every reason when it may not."""
     job = jobs().start_upgrade(name, args["to"], _options(args), principal())
+    return job, 202, {"Location": f"/api/v1/jobs/{job.id}"}
+
+
+@blp.route("/nodes/<string:name>/package-upgrade", methods=["POST"])
+@require("job:manage")
+@blp.doc(security=BEARER)
+@blp.arguments(PackageUpgradeArgs)
+@blp.response(202, JobSchema)
+def package_upgrade(args: dict[str, Any], name: str) -> Any:
+    """Replace or add packages on a running node without an NSO upgrade."""
+    job = jobs().start_package_upgrade(name, args["packages"], args["allow_data_loss"], principal())
     return job, 202, {"Location": f"/api/v1/jobs/{job.id}"}
 
 

@@ -1,0 +1,76 @@
+"""Package-only upgrade of a single node: preflight, steps, recovery of the package links."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.api.helpers import assert_error, put_file
+from tests.factories import make_package
+from tests.upgrades.conftest import healthy_inventory
+
+
+def _publish(live, tmp_path: Path, *specs: tuple[str, str, str]) -> list[str]:
+    names = []
+    for name, version, nso in specs:
+        folder = tmp_path / f"{name}-{version}-{nso}"
+        folder.mkdir()
+        path = make_package(folder, name, version, nso)
+        assert put_file(live.session("uploader"), live.url, path).status_code == 201
+        names.append(path.name)
+    return names
+
+
+def _request(live, packages: list[str], **extra):
+    return live.session("operator").post(
+        f"{live.url}/api/v1/nodes/edge-1/package-upgrade", json={"packages": packages, **extra}
+    )
+
+
+def test_package_upgrade_steps_and_data_loss_flag(live, enrolled, tmp_path: Path) -> None:
+    enrolled.heartbeat(healthy_inventory("6.2", {"router-nc": "1.0.2"}))
+    (new_build,) = _publish(live, tmp_path, ("router-nc", "1.0.3", "6.2"))
+    answer = _request(live, [new_build])
+    assert answer.status_code == 202, answer.text
+    job = answer.json()
+    assert job["kind"] == "package_upgrade"
+    assert [s["name"] for s in job["steps"]] == [
+        "prestage_packages",
+        "backup",
+        "install_packages",
+        "reload_packages",
+        "verify_packages",
+    ]
+    first = enrolled.next()
+    assert first["params"]["packages"][0]["name"] == "router-nc"
+    assert first["params"]["packages"][0]["version"] == "1.0.3"
+    while (step := enrolled.next()) is not None and step["name"] != "reload_packages":
+        enrolled.report(
+            step["id"],
+            "succeeded",
+            result={"backup_file": "/b.gz"} if step["name"] == "backup" else {},
+        )
+    assert step is not None and step["params"] == {"allow_data_loss": False}
+    enrolled.report(
+        step["id"], "failed", message="Error: The following namespaces will be deleted by upgrade"
+    )
+    recover = enrolled.next()
+    assert recover["name"] == "recover_packages" and recover["params"]["backup_file"] == "/b.gz"
+    enrolled.report(recover["id"], "succeeded")
+    final = live.session("viewer").get(f"{live.url}/api/v1/jobs/{job['id']}").json()
+    assert (final["state"], final["outcome"]) == ("failed", "rolled_back")
+    assert "namespaces will be deleted" in final["error"]
+
+
+def test_package_upgrade_preflight(live, enrolled, tmp_path: Path) -> None:
+    enrolled.heartbeat(healthy_inventory("6.2", {"router-nc": "1.0.2"}))
+    wrong_release, same, twice = _publish(
+        live,
+        tmp_path,
+        ("router-nc", "1.0.3", "6.1"),
+        ("router-nc", "1.0.2", "6.2"),
+        ("router-nc", "1.0.4", "6.2"),
+    )
+    error = assert_error(_request(live, [wrong_release, same, twice]), 422, "preflight_failed")
+    codes = sorted(r["code"] for r in error["details"]["reasons"])
+    assert codes == ["package_release", "package_same", "package_twice", "package_twice"]
+    assert_error(_request(live, ["ncs-6.2-nothing-1.0.tar.gz"]), 422, "validation_failed")
