@@ -90,7 +90,7 @@ class PostgresServer:
         with psycopg.connect(
             host=self.host, port=self.port, user="postgres", dbname="postgres", autocommit=True
         ) as connection:
-            connection.execute(sql)  # type: ignore[arg-type]
+            connection.execute(sql)
 
     def create_database(self, name: Optional[str] = None) -> str:
         """Create a database (a unique name unless given) and return its URL."""
@@ -269,18 +269,21 @@ class S3Server:
     def client(self) -> Any:
         """A boto3 S3 client with the admin identity (tests only; the app uses S3Storage)."""
         if self._client is None:
-            import boto3
-            from botocore.config import Config
-
-            self._client = boto3.session.Session().client(
-                "s3",
-                endpoint_url=self.endpoint_url,
-                region_name=self.region,
-                aws_access_key_id=self.access_key,
-                aws_secret_access_key=self.secret_key,
-                config=Config(signature_version="s3v4", s3={"addressing_style": "path"}),
-            )
+            self._client = self._make_client()
         return self._client
+
+    def _make_client(self, **config: Any) -> Any:
+        import boto3
+        from botocore.config import Config
+
+        return boto3.session.Session().client(
+            "s3",
+            endpoint_url=self.endpoint_url,
+            region_name=self.region,
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
+            config=Config(signature_version="s3v4", s3={"addressing_style": "path"}, **config),
+        )
 
     def new_bucket(self) -> str:
         """Create a bucket with a unique name and return the name."""
@@ -354,6 +357,10 @@ def _wait_for_s3(server: S3Server, timeout: float) -> None:
 
     deadline = time.monotonic() + timeout
     last: Optional[BaseException] = None
+    # No botocore retries: its backoff on a refused connection would hide readiness for
+    # seconds; this loop polls instead.
+    client = server._make_client(retries={"max_attempts": 1}, connect_timeout=2, read_timeout=10)
+    bucket_made = False
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
             raise ServiceStartError(
@@ -361,17 +368,16 @@ def _wait_for_s3(server: S3Server, timeout: float) -> None:
                 f"of {server.log_path}:\n{log_tail(server.log_path)}"
             )
         try:
-            client = server.client()
-            client.create_bucket(Bucket="startup-probe")
+            if not bucket_made:
+                client.create_bucket(Bucket="startup-probe")
+                bucket_made = True
             client.put_object(Bucket="startup-probe", Key="probe", Body=b"ok")
             client.delete_object(Bucket="startup-probe", Key="probe")
             return
         except (BotoCoreError, ClientError) as exc:
-            if isinstance(exc, ClientError) and exc.response.get("Error", {}).get("Code") in {
-                "BucketAlreadyExists",
-                "BucketAlreadyOwnedByYou",
-            }:
-                continue
+            code = exc.response.get("Error", {}).get("Code") if isinstance(exc, ClientError) else ""
+            # A create that timed out on our side may still have happened on the server's.
+            bucket_made = bucket_made or code in {"BucketAlreadyExists", "BucketAlreadyOwnedByYou"}
             last = exc
             time.sleep(0.2)
     raise ServiceStartError(

@@ -58,6 +58,7 @@ class Served:
             if self.process.poll() is not None:
                 break
             time.sleep(0.2)
+        self.stop()  # never leave a half-started server behind
         raise RuntimeError(f"nso-repo serve did not start:\n{self.output()}")
 
     def output(self) -> str:
