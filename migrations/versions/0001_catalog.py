@@ -32,6 +32,7 @@ def upgrade() -> None:
         sa.Column("sha256", sa.String(64), nullable=False),
         sa.Column("size", sa.BigInteger(), nullable=False),
         sa.Column("created_at", UTCDateTime(), nullable=False),
+        sa.Column("last_used_at", UTCDateTime(), nullable=False),
         sa.PrimaryKeyConstraint("id", name="pk_blobs"),
         sa.UniqueConstraint("sha256", name="uq_blobs_sha256"),
         _sha256_check(),
@@ -60,7 +61,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name="pk_artifacts"),
         sa.UniqueConstraint("filename", name="uq_artifacts_filename"),
         sa.ForeignKeyConstraint(
-            ["blob_id"], ["blobs.id"], name="fk_artifacts_blob_id_blobs", ondelete="SET NULL"
+            ["blob_id"], ["blobs.id"], name="fk_artifacts_blob_id_blobs", ondelete="RESTRICT"
         ),
         sa.CheckConstraint(
             "kind IN ('installer', 'package', 'ned', 'patch')", name="kind_known"

@@ -20,6 +20,9 @@ class Blob(Base):
     sha256: Mapped[str] = mapped_column(String(64), unique=True)
     size: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Bumped under the row's lock by every upload that reuses the blob and every delete of
+    # an artifact naming it; gc only removes blobs untouched for the protection window.
+    last_used_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     __table_args__ = (
         # The digest is the storage key: a malformed one must never reach the backend.
@@ -51,8 +54,9 @@ class Artifact(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     size: Mapped[int] = mapped_column(BigInteger)
     # Kept while the artifact is live; `nso-repo gc` clears it when it removes the blob of a
-    # deleted artifact, while the row (and so the reserved name and digest) stays.
-    blob_id: Mapped[Optional[int]] = mapped_column(ForeignKey("blobs.id", ondelete="SET NULL"))
+    # deleted artifact, while the row (and so the reserved name and digest) stays. RESTRICT:
+    # a blob row can never vanish from under a live artifact, whatever races gc.
+    blob_id: Mapped[Optional[int]] = mapped_column(ForeignKey("blobs.id", ondelete="RESTRICT"))
     meta: Mapped[dict[str, Any]] = mapped_column(default=dict)
     uploaded_by: Mapped[str] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass
 from typing import IO, Any, Optional
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -110,50 +110,76 @@ class CatalogService:
         who: Principal,
     ) -> IngestResult:
         if existing is not None:
-            if existing.sha256 == received.sha256:
-                return IngestResult(existing, created=False)
-            raise self._exists(existing)
+            return self._answer_existing(existing, received.sha256)
         meta = inspect_artifact(received.path, parsed, ArchiveLimits.from_settings(self.settings))
-        artifact = self._new_artifact(filename, parsed, received, meta, who)
-        blob = self.session.scalar(select(Blob).where(Blob.sha256 == received.sha256))
-        created_blob = self.storage.put_file(received.sha256, received.path)
-        try:
-            if blob is None:
-                blob = Blob(sha256=received.sha256, size=received.size)
-                self.session.add(blob)
-            artifact.blob = blob
-            self.session.add(artifact)
-            self.session.flush()
-            audit(
-                self.session,
-                who.actor,
-                "artifact.upload",
-                f"artifact:{filename}",
-                sha256=received.sha256,
-                size=received.size,
-                kind=parsed.kind,
-            )
-            self.session.commit()
-        except IntegrityError:
-            self.session.rollback()
-            self._forget_blob(received.sha256, created_blob)
-            # Lost a race with a concurrent upload of the same name: answer as if it came first.
-            winner = self._by_filename(filename)
-            if winner is None:
+        # A lost race (same name, or a blob row gc removed meanwhile) is retried from the top;
+        # a file this request stored and could not commit is left for gc, never deleted here,
+        # because a concurrent upload of the same bytes may be about to rely on it.
+        for attempt in range(3):
+            try:
+                artifact = self._new_artifact(filename, parsed, received, meta, who)
+                artifact.blob = self._claim_blob(received)
+                self.session.add(artifact)
+                self.session.flush()
+                audit(
+                    self.session,
+                    who.actor,
+                    "artifact.upload",
+                    f"artifact:{filename}",
+                    sha256=received.sha256,
+                    size=received.size,
+                    kind=parsed.kind,
+                )
+                self.session.commit()
+            except IntegrityError:
+                self.session.rollback()
+                winner = self._by_filename(filename)
+                if winner is not None:
+                    return self._answer_existing(winner, received.sha256)
+                if attempt == 2:
+                    raise
+                continue
+            except BaseException:
+                self.session.rollback()
                 raise
-            if winner.deleted:
-                raise self._reserved(winner) from None
-            if winner.sha256 == received.sha256:
-                return IngestResult(winner, created=False)
-            raise self._exists(winner) from None
-        except BaseException:
-            self.session.rollback()
-            self._forget_blob(received.sha256, created_blob)
-            raise
-        log.info(
-            "stored %s (%s, %d bytes) for %s", filename, received.sha256, received.size, who.actor
+            log.info(
+                "stored %s (%s, %d bytes) for %s",
+                filename,
+                received.sha256,
+                received.size,
+                who.actor,
+            )
+            return IngestResult(artifact, created=True)
+        raise AssertionError("unreachable")
+
+    def _claim_blob(self, received: Received) -> Blob:
+        """The blob row for these bytes, locked for this transaction, with the file stored.
+
+        The UPDATE (or the INSERT of a new row) takes the row's lock before the file is
+        looked at, and gc deletes a row and its file under that same lock: so either gc
+        finishes first and this request stores the file again, or gc finds the row in use.
+        """
+        now = utcnow()
+        touched = self.session.execute(
+            update(Blob).where(Blob.sha256 == received.sha256).values(last_used_at=now)
         )
-        return IngestResult(artifact, created=True)
+        if touched.rowcount:  # type: ignore[attr-defined]
+            blob = self.session.scalar(select(Blob).where(Blob.sha256 == received.sha256))
+            assert blob is not None
+        else:
+            blob = Blob(sha256=received.sha256, size=received.size, last_used_at=now)
+            self.session.add(blob)
+            self.session.flush()
+        self.storage.put_file(received.sha256, received.path)
+        return blob
+
+    def _answer_existing(self, existing: Artifact, sha256: str) -> IngestResult:
+        """Same name again: 200 for the same bytes, 409 otherwise; deleted names stay taken."""
+        if existing.deleted:
+            raise self._reserved(existing)
+        if existing.sha256 == sha256:
+            return IngestResult(existing, created=False)
+        raise self._exists(existing)
 
     def _new_artifact(
         self,
@@ -184,13 +210,6 @@ class CatalogService:
             meta=meta,
             uploaded_by=who.actor,
         )
-
-    def _forget_blob(self, digest: str, created: bool) -> None:
-        """Undo a blob this request put into storage, unless a committed row now needs it."""
-        if not created:
-            return
-        if self.session.scalar(select(Blob.id).where(Blob.sha256 == digest)) is None:
-            self.storage.delete(digest)
 
     def _exists(self, artifact: Artifact) -> ArtifactExists:
         return ArtifactExists(
@@ -280,6 +299,11 @@ class CatalogService:
             return artifact
         artifact.deleted_at = utcnow()
         artifact.deleted_by = who.actor
+        # The protection window of gc starts again: a delete by mistake can still be undone
+        # from the database's backup while the bytes are kept.
+        self.session.execute(
+            update(Blob).where(Blob.id == artifact.blob_id).values(last_used_at=artifact.deleted_at)
+        )
         audit(
             self.session,
             who.actor,

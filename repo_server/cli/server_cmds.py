@@ -186,6 +186,7 @@ def gc(dry_run: bool, as_json: bool) -> None:
             make_storage(settings),
             protect_seconds=settings.gc_protect_seconds,
             actor=f"cli:{os.environ.get('USER', 'root')}",
+            tmp_dir=settings.tmp_dir,
             dry_run=dry_run,
         )
     if as_json:
@@ -193,6 +194,7 @@ def gc(dry_run: bool, as_json: bool) -> None:
         return
     verb = "would remove" if dry_run else "removed"
     click.echo(
-        f"{verb} {len(report.removed)} blobs and {len(report.orphans_removed)} orphan files, "
-        f"{report.bytes_freed} bytes; {report.kept_recent} kept inside the protection window"
+        f"{verb} {len(report.removed)} blobs, {len(report.orphans_removed)} orphan files and "
+        f"{report.temp_files_removed} stale upload temp files, {report.bytes_freed} bytes; "
+        f"{report.kept_recent} kept inside the protection window"
     )

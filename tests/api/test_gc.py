@@ -78,3 +78,34 @@ def test_gc_removes_only_unreferenced_old_blobs(
         live.session("admin").get(f"{live.url}/api/v1/audit", params={"action": "blob.gc"}).json()
     )
     assert events and events[0]["details"]["removed"] == [drop_sha]
+
+
+@pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
+def test_gc_steps_refuse_blobs_an_upload_claimed_meanwhile(live, app_state, tmp_path: Path) -> None:
+    """gc decides from a listing, then removes each blob under its row lock: an upload that
+    reused the bytes in between must win, whichever order the two commit in."""
+    from sqlalchemy import exists as sql_exists
+
+    from repo_server.catalog.gc import _remove_blob, _remove_orphan
+    from repo_server.catalog.models import Blob
+
+    first = make_installer(tmp_path, "6.2")
+    sha = put_file(live.session("uploader"), live.url, first).json()["sha256"]
+    live.session("admin").delete(f"{live.url}/api/v1/artifacts/{first.name}")
+    with app_state.sessions() as session:
+        blob = session.scalar(select(Blob).where(Blob.sha256 == sha))
+        assert blob is not None
+    # The listing said "unreferenced"; now the same bytes are published under a new name.
+    again = tmp_path / "nso-6.2.linux.x86_64.signed.bin"
+    again.write_bytes(first.read_bytes())
+    assert put_file(live.session("uploader"), live.url, again).status_code == 201
+    live_ref = sql_exists().where(Artifact.blob_id == Blob.id, Artifact.deleted_at.is_(None))
+    with app_state.sessions() as session:
+        far = utcnow() + timedelta(days=3)
+        assert _remove_blob(session, app_state.storage, blob, far, live_ref) is False
+        # A file whose digest has a row is no orphan, even if a listing said so.
+        assert _remove_orphan(session, app_state.storage, sha, blob.size) is False
+    assert app_state.storage.exists(sha)
+    assert (
+        live.session("viewer").get(f"{live.url}/api/v1/blobs/{sha}").content == first.read_bytes()
+    )

@@ -12,7 +12,9 @@ from tests.api.helpers import put_file
 
 
 def nso_sim(*args: str) -> None:
-    subprocess.run([sys.executable, "-m", "nso_sim", *args], check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        [sys.executable, "-m", "nso_sim", *args], check=True, capture_output=True, timeout=120
+    )
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -20,8 +22,20 @@ def test_simulator_artifacts_are_accepted(live, tmp_path: Path) -> None:
     out_dir = tmp_path / "artifacts"
     out = str(out_dir)
     nso_sim("make-installer", "6.2", "--out", out)
-    nso_sim("make-package", "router-nc", "1.0.2", "--nso", "6.2", "--ned-id", "router-nc-1.0", "--out", out)
-    nso_sim("make-package", "l3vpn", "2.1", "--nso", "6.2", "--requires", "router-nc:1.0", "--out", out)
+    nso_sim(
+        "make-package",
+        "router-nc",
+        "1.0.2",
+        "--nso",
+        "6.2",
+        "--ned-id",
+        "router-nc-1.0",
+        "--out",
+        out,
+    )
+    nso_sim(
+        "make-package", "l3vpn", "2.1", "--nso", "6.2", "--requires", "router-nc:1.0", "--out", out
+    )
     nso_sim("make-patch", "6.2", "PSIRT-42", "--module", "ncs_fix", "--out", out)
     uploader = live.session("uploader")
     kinds = {}
