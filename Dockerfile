@@ -24,6 +24,6 @@ RUN pip install -e '.[server]'
 USER nsorepo
 VOLUME ["/data"]
 EXPOSE 8420
-HEALTHCHECK --interval=30s --timeout=5s CMD python -c "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8420/api/v1/health').status != 200)"
+HEALTHCHECK --interval=30s --timeout=5s --start-period=60s CMD python -c "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8420/api/v1/health').status != 200)"
 # gunicorn's master migrates the database and prints the first admin token (docker logs).
 CMD ["gunicorn", "-c", "gunicorn.conf.py"]

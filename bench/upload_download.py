@@ -499,10 +499,9 @@ def measure(args: argparse.Namespace, work: Path, cleanup: list[Callable[[], Non
         wait_http(nginx, nginx_url, timeout=20, method="HEAD")
     console.print(f"nginx on 127.0.0.1:{nginx_port}, root {files}")
 
-    # -- upload vs sha256sum, interleaved. Every upload has its own name; by default the
-    # bytes are the same, so only run 1 stores a new blob (fsynced) and later runs find it
-    # stored already. --distinct-bytes stamps the run number into the file first, so every
-    # run stores (and fsyncs) a new blob.
+    # -- upload vs sha256sum, interleaved. Every upload has its own name. By default the run
+    # number is stamped into the file first, so every run stores (and fsyncs) a new blob;
+    # with --same-bytes only run 1 does and later runs find it stored already.
     sha_seconds: list[float] = []
     up_seconds: list[float] = []
     growth: list[float] = []
@@ -701,10 +700,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         "--interval", type=float, default=0.02, help="RSS sampling interval in s (default 0.02)"
     )
     parser.add_argument(
-        "--distinct-bytes",
-        action="store_true",
-        help="change the file before each run so that every upload stores a new blob "
-        "(default: same bytes under new names; only the first upload stores a blob)",
+        "--same-bytes",
+        dest="distinct_bytes",
+        action="store_false",
+        help="upload the same bytes under new names, so only the first upload stores (and "
+        "fsyncs) a blob (default: the file changes before each run and every upload stores "
+        "a new blob, the realistic case)",
     )
     parser.add_argument(
         "--tmp-dir", help="where to make the temporary folder (default: the system's temp dir)"

@@ -7,6 +7,7 @@ from typing import Any, Optional
 
 from flask import Flask, jsonify
 from flask_smorest import Api
+from marshmallow import Schema, fields
 from werkzeug.exceptions import HTTPException
 
 from repo_server import __version__
@@ -36,6 +37,29 @@ HTTP_CODES = {
 }
 
 
+class ErrorDetailSchema(Schema):
+    code = fields.String(required=True, metadata={"description": "Stable machine-readable code"})
+    message = fields.String(required=True, metadata={"description": "What was wrong, what to do"})
+    details = fields.Dict(metadata={"description": "Facts about this error, by code"})
+
+
+class ErrorSchema(Schema):
+    error = fields.Nested(ErrorDetailSchema, required=True)
+
+
+class RepoApi(Api):
+    """flask-smorest's Api with the server's own error shape in the OpenAPI document."""
+
+    ERROR_SCHEMA = ErrorSchema
+
+
+HTTP_ADVICE = {
+    404: "no such endpoint: see /api/openapi.json for the API's paths",
+    405: "this endpoint does not take that method: see the Allow header",
+    416: "the Range is outside the file: check its size with HEAD (Content-Length)",
+}
+
+
 def create_app(
     overrides: Optional[dict[str, Any]] = None, settings: Optional[Settings] = None
 ) -> Flask:
@@ -43,7 +67,10 @@ def create_app(
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     settings.tmp_dir.mkdir(parents=True, exist_ok=True)
 
-    app = Flask(__name__)
+    app = Flask(__name__, static_folder=None)
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     app.config.update(
         API_TITLE="NSO artifact repository",
         API_VERSION=__version__,
@@ -65,7 +92,7 @@ def create_app(
     )
     app.teardown_appcontext(close_db_session)
 
-    api = Api(
+    api = RepoApi(
         app,
         spec_kwargs={
             "info": {"description": "Catalog of NSO installers, packages, NEDs and patches."}
@@ -90,7 +117,11 @@ def create_app(
 def _register_error_handlers(app: Flask) -> None:
     @app.errorhandler(AppError)
     def _app_error(error: AppError) -> Any:
-        return jsonify(error.to_dict()), error.status
+        response = jsonify(error.to_dict())
+        response.status_code = error.status
+        if error.status == 401:
+            response.headers["WWW-Authenticate"] = 'Bearer realm="nso-repo"'
+        return response
 
     @app.errorhandler(HTTPException)
     def _http_error(error: HTTPException) -> Any:
@@ -104,10 +135,14 @@ def _register_error_handlers(app: Flask) -> None:
             body["code"] = "validation_failed"
             body["details"] = {"fields": messages}
             body["message"] = "the request did not pass validation: see details.fields"
+        if status in HTTP_ADVICE and not messages:
+            body["message"] = HTTP_ADVICE[status]
         response = jsonify({"error": body})
         response.status_code = status
-        if status == 405 and hasattr(error, "valid_methods") and error.valid_methods:
-            response.headers["Allow"] = ", ".join(error.valid_methods)
+        # Keep what werkzeug adds (Allow on 405, Content-Range on 416...), not its body type.
+        for name, value in error.get_headers():
+            if name.lower() not in ("content-type", "content-length"):
+                response.headers[name] = value
         return response
 
     @app.errorhandler(Exception)

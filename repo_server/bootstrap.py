@@ -10,7 +10,7 @@ import sys
 from typing import Optional, TextIO
 
 from repo_server import migrate
-from repo_server.auth.service import create_token, has_tokens
+from repo_server.auth.service import create_token, has_active_admin
 from repo_server.config import Settings, load_settings
 from repo_server.db import make_engine, make_sessionmaker
 
@@ -25,13 +25,15 @@ def prepare(settings: Optional[Settings] = None, out: TextIO = sys.stdout) -> Op
     engine = make_engine(url)
     try:
         with make_sessionmaker(engine)() as session:
-            if has_tokens(session):
+            # An admin must be able to get in: a first `token create --role viewer` on an
+            # empty folder, or revoking every admin token, must not lock everyone out.
+            if has_active_admin(session):
                 return None
             _token, secret = create_token(session, name="admin", role="admin", actor="bootstrap")
     finally:
         engine.dispose()
     out.write(
-        "\nFirst start: created an admin token. It is shown only this once; keep it safe:\n\n"
+        "\nNo active admin token: created one. It is shown only this once; keep it safe:\n\n"
         f"    {secret}\n\n"
         "Use it with: export NSO_REPO_TOKEN=<token>\n\n"
     )

@@ -47,7 +47,6 @@ class Settings:
     tar_max_unpacked_bytes: int = 2 << 30
     tar_max_ratio: int = 200
     gc_protect_seconds: int = 24 * 3600
-    page_size_max: int = 500
     log_level: str = "INFO"
 
     @property

@@ -102,6 +102,11 @@ class UnsupportedMediaType(AppError):
     code = "unsupported_media_type"
 
 
+class InsufficientStorage(AppError):
+    status = 507
+    code = "insufficient_storage"
+
+
 class StorageError(AppError):
     status = 503
     code = "storage_unavailable"

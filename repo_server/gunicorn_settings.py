@@ -33,6 +33,9 @@ accesslog = os.environ.get("NSO_REPO_ACCESS_LOG", "-")
 errorlog = "-"
 loglevel = os.environ.get("NSO_REPO_LOG_LEVEL", "info").lower()
 wsgi_app = "repo_server.wsgi:app"
+# gunicorn 23+ opens a control socket under $HOME; the server needs none, and in the
+# container $HOME is the data volume.
+control_socket_disable = True
 
 
 # glibc malloc (mallopt parameters). An upload streams through ~1 MiB bytes objects that

@@ -199,3 +199,27 @@ def test_production_shape_postgresql_and_s3(
         assert not any((tmp_path / "data").rglob(stored["sha256"]))  # bytes live in S3 only
     finally:
         server.stop()
+
+
+def test_broken_bodies_through_gunicorn_are_4xx(served: Served, tmp_path: Path) -> None:
+    """gunicorn reports a cut chunked body differently from the dev server: still a 400."""
+    token = re.findall(r"^\s+(nsr_\S+)$", served.output(), re.MULTILINE)[0]
+    name = "nso-6.2.linux.x86_64.installer.bin"
+    for body in (b"400\r\n#!/bin/sh\n", b"zz\r\nnot hex\r\n"):  # cut mid-chunk / bad size
+        with socket.create_connection(("127.0.0.1", served.port)) as sock:
+            sock.sendall(
+                (
+                    f"PUT /api/v1/artifacts/{name} HTTP/1.1\r\nHost: x\r\n"
+                    f"Authorization: Bearer {token}\r\nTransfer-Encoding: chunked\r\n"
+                    "Connection: close\r\n\r\n"
+                ).encode()
+                + body
+            )
+            sock.shutdown(socket.SHUT_WR)
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+        status = answer.split(b"\r\n", 1)[0]
+        assert status.split()[1] == b"400", answer[:400]
+        assert b"truncated_body" in answer
+    assert not list((tmp_path / "data" / "tmp").iterdir())

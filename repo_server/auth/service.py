@@ -76,8 +76,9 @@ def list_tokens(session: Session) -> list[ApiToken]:
     return list(session.scalars(select(ApiToken).order_by(ApiToken.id)))
 
 
-def has_tokens(session: Session) -> bool:
-    return session.scalar(select(ApiToken.id).limit(1)) is not None
+def has_active_admin(session: Session) -> bool:
+    query = select(ApiToken.id).where(ApiToken.role == "admin", ApiToken.revoked_at.is_(None))
+    return session.scalar(query.limit(1)) is not None
 
 
 def authenticate(session: Session, header: Optional[str]) -> Principal:

@@ -8,11 +8,11 @@ from flask import redirect, request, send_file
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
-from repo_server.catalog.receive import SHA256_RE
 from repo_server.catalog.schemas import BEARER
 from repo_server.catalog.views import catalog
 from repo_server.context import require, state
 from repo_server.errors import BadRequest, NotFound
+from repo_server.storage import is_digest
 
 blp = Blueprint("blobs", __name__, url_prefix="/api/v1", description="Download blobs")
 
@@ -34,7 +34,7 @@ class BlobItem(MethodView):
     )
     def get(self, sha256: str) -> Any:
         """Download a blob by its sha256. HEAD is answered the same way without a body."""
-        if not SHA256_RE.match(sha256):
+        if not is_digest(sha256):
             raise BadRequest(f"{sha256!r} is not a sha256 digest: use 64 lowercase hex characters")
         app = state()
         _blob, filename = catalog().blob_for_download(sha256)

@@ -7,10 +7,10 @@ the same disk as local storage, so storing it is a rename; it is removed on any 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import hmac
 import os
-import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,10 +18,16 @@ from typing import IO, Callable, Optional
 
 from werkzeug.exceptions import ClientDisconnected
 
-from repo_server.errors import BadRequest, ChecksumMismatch, PayloadTooLarge, TruncatedBody
+from repo_server.errors import (
+    BadRequest,
+    ChecksumMismatch,
+    InsufficientStorage,
+    PayloadTooLarge,
+    TruncatedBody,
+)
+from repo_server.storage.base import is_digest
 
 CHUNK = 1 << 20
-SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
 @dataclass
@@ -39,7 +45,7 @@ def normalize_sha256(value: Optional[str]) -> Optional[str]:
     if value is None or value == "":
         return None
     value = value.strip().lower()
-    if not SHA256_RE.match(value):
+    if not is_digest(value):
         raise BadRequest(
             "the sha256 the client sent is not 64 hexadecimal characters: "
             "send the output of 'sha256sum FILE' or leave it out",
@@ -95,11 +101,21 @@ def receive(
                 want = CHUNK if content_length is None else min(CHUNK, content_length - size)
                 try:
                     n = readinto(view[:want])
-                except ClientDisconnected:
+                except (ClientDisconnected, OSError, ValueError) as exc:
+                    # werkzeug says ClientDisconnected; gunicorn raises NoMoreData (OSError)
+                    # or a parse error (ValueError-like) for a broken chunked body.
                     raise TruncatedBody(
-                        f"the connection closed after {size} of {content_length} bytes: "
-                        "upload the file again"
+                        f"the request body ended or broke after {size} bytes"
+                        + (f" of {content_length}" if content_length is not None else "")
+                        + f" ({exc.__class__.__name__}): upload the file again"
                     ) from None
+                except Exception as exc:
+                    if exc.__class__.__module__.startswith("gunicorn."):
+                        raise TruncatedBody(
+                            f"the request body is malformed after {size} bytes "
+                            f"({exc.__class__.__name__}): upload the file again"
+                        ) from None
+                    raise
                 if not n:
                     break
                 size += n
@@ -109,7 +125,15 @@ def receive(
                         limit=limit,
                     )
                 digest.update(view[:n])
-                out.write(view[:n])
+                try:
+                    out.write(view[:n])
+                except OSError as exc:
+                    if exc.errno == errno.ENOSPC:
+                        raise InsufficientStorage(
+                            f"the server's disk is full ({tmp_dir}): ask an operator to free "
+                            "space ('nso-repo gc') and upload again"
+                        ) from None
+                    raise
         if content_length is not None and size != content_length:
             raise TruncatedBody(
                 f"received {size} bytes but Content-Length said {content_length}: "

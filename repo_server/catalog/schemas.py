@@ -48,8 +48,12 @@ class ArtifactPageSchema(Schema):
 
 class ArtifactQueryArgs(Schema):
     kind = fields.List(
-        fields.String(validate=validate.OneOf(KIND_CHOICES)),
-        metadata={"description": "Repeat or comma-separate; plural forms group NEDs in packages"},
+        fields.String(),
+        metadata={
+            "description": "Repeat or comma-separate: "
+            + ", ".join(KIND_CHOICES)
+            + "; plural forms group NEDs in packages"
+        },
     )
     name = fields.String()
     nso = fields.String(

@@ -272,8 +272,13 @@ class CatalogService:
             ) from None
         if len(wanted.release) <= 2:
             return Artifact.nso_branch == wanted.branch
-        # A package built for the 6.2 branch serves 6.2.1 too.
-        return or_(Artifact.nso_version == str(wanted), Artifact.nso_version == wanted.branch)
+        # Keys, not strings, so 6.1.2.0 finds 6.1.2. A build for the 6.2 branch serves 6.2.1.
+        branch = NsoVersion.parse(wanted.branch)
+        return or_(
+            Artifact.nso_version_key == wanted.sort_key,
+            Artifact.nso_version == wanted.branch,
+            Artifact.nso_version_key == branch.sort_key,
+        )
 
     def blob_for_download(self, digest: str) -> tuple[Blob, str]:
         """The blob of a live artifact and one file name for it; deleted ones are not served."""

@@ -12,6 +12,7 @@ from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 from repo_server.catalog.receive import normalize_sha256
 from repo_server.catalog.schemas import (
     BEARER,
+    KIND_CHOICES,
     MULTIPART_UPLOAD_DOC,
     RAW_UPLOAD_DOC,
     ArtifactPageSchema,
@@ -20,7 +21,13 @@ from repo_server.catalog.schemas import (
 )
 from repo_server.catalog.service import KIND_ALIASES, ArtifactQuery, CatalogService, IngestResult
 from repo_server.context import db_session, principal, require, state
-from repo_server.errors import BadRequest, PayloadTooLarge, TruncatedBody, UnsupportedMediaType
+from repo_server.errors import (
+    BadRequest,
+    PayloadTooLarge,
+    TruncatedBody,
+    UnsupportedMediaType,
+    ValidationFailed,
+)
 
 blp = Blueprint(
     "artifacts", __name__, url_prefix="/api/v1", description="Installers, packages, NEDs, patches"
@@ -35,9 +42,14 @@ def catalog() -> CatalogService:
 def _kinds(values: list[str]) -> tuple[str, ...]:
     kinds: list[str] = []
     for value in values:
-        for part in value.split(","):
+        for part in filter(None, (p.strip() for p in value.split(","))):
+            if part not in KIND_CHOICES:
+                raise ValidationFailed(
+                    f"kind={part!r} is not a kind: use {', '.join(KIND_CHOICES)}",
+                    fields={"kind": [f"unknown kind {part!r}"]},
+                )
             kinds.extend(KIND_ALIASES.get(part, (part,)))
-    return tuple(dict.fromkeys(k for k in kinds if k))
+    return tuple(dict.fromkeys(kinds))
 
 
 def _created(result: IngestResult) -> Any:

@@ -65,6 +65,15 @@ def handle_errors(f: F) -> F:
                 f"cannot reach {url}: is the server running ('nso-repo serve')? "
                 "Set --url or NSO_REPO_URL to its address"
             )
+        except OSError as exc:
+            fail(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "))
+        except Exception as exc:
+            # Database errors are reported in one line; importing SQLAlchemy here would slow
+            # every client command, so they are recognised by their module.
+            if not type(exc).__module__.startswith("sqlalchemy"):
+                raise
+            orig = getattr(exc, "orig", None) or exc
+            fail(f"database error: {orig}; check NSO_REPO_DATABASE_URL and the data folder")
 
     return wrapper  # type: ignore[return-value]
 

@@ -39,14 +39,14 @@ def local_session() -> Iterator[Session]:
 
 
 @click.command()
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", default=8420, show_default=True, type=int, help="Port to listen on.")
+@click.option("--host", help="Address to listen on (default: from NSO_REPO_BIND, 127.0.0.1).")
+@click.option("--port", type=int, help="Port to listen on (default: from NSO_REPO_BIND, 8420).")
 @click.option(
     "--workers", type=int, help="Gunicorn worker processes (default 1 on SQLite, 4 on PostgreSQL)."
 )
 @data_dir_option
 @handle_errors
-def serve(host: str, port: int, workers: Optional[int]) -> None:
+def serve(host: Optional[str], port: Optional[int], workers: Optional[int]) -> None:
     """Run the server with gunicorn (SQLite and local disk unless configured otherwise).
 
     On first start it migrates the database and prints an admin token once.
@@ -68,8 +68,12 @@ def serve(host: str, port: int, workers: Optional[int]) -> None:
             "errorlog",
             "loglevel",
             "on_starting",
+            "control_socket_disable",
         )
     }
+    bind_host, _, bind_port = gunicorn_settings.bind.rpartition(":")
+    host = host or bind_host or "127.0.0.1"
+    port = port or int(bind_port or 8420)
     options["bind"] = f"{host}:{port}"
     options["workers"] = workers or gunicorn_settings.workers
 
@@ -99,7 +103,9 @@ def db_upgrade() -> None:
     """Apply pending migrations (serve does this on start too)."""
     from repo_server import migrate
 
-    url = load_settings().resolved_database_url
+    settings = load_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    url = settings.resolved_database_url
     migrate.upgrade(url)
     click.echo(f"database at revision {migrate.current_revision(url)}")
 

@@ -109,8 +109,18 @@ BAD_PACKAGES: dict[str, tuple[Callable[[Path], Path], int, str]] = {
 @pytest.mark.parametrize("case", sorted(BAD_PACKAGES))
 def test_bad_package_is_rejected_and_leaves_nothing(case, live, app_state, tmp_path) -> None:
     build, status, code = BAD_PACKAGES[case]
+    # A catalog that holds something already: a rejection must not touch it either.
+    seeded = tmp_path / "seed"
+    seeded.mkdir()
+    assert (
+        put_file(
+            live.session("uploader"), live.url, make_package(seeded, "seed", "1.0")
+        ).status_code
+        == 201
+    )
     path = build(tmp_path)
     before = snapshot(app_state)
+    assert before["blobs"] and before["stored"]
     assert_error(put_file(live.session("uploader"), live.url, path), status, code)
     assert snapshot(app_state) == before
 

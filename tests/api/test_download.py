@@ -55,6 +55,8 @@ def test_local_download_full_range_etag_head(live, published) -> None:
 
     unsatisfiable = http.get(url, headers={"Range": f"bytes={len(data) + 10}-"})
     assert unsatisfiable.status_code == 416
+    assert unsatisfiable.headers["Content-Range"] == f"bytes */{len(data)}"
+    assert unsatisfiable.json()["error"]["code"] == "range_not_satisfiable"
 
 
 def test_download_needs_a_token_and_a_known_digest(live, published) -> None:

@@ -57,6 +57,11 @@ def test_filter_by_nso_and_name(live, tmp_path: Path) -> None:
     assert [i["version"] for i in router["items"]] == ["1.0.2", "1.0.10"]
     patches = http.get(f"{live.url}/api/v1/artifacts", params={"kind": "patches"}).json()
     assert [i["name"] for i in patches["items"]] == ["PSIRT-1"]
+    both = http.get(f"{live.url}/api/v1/artifacts", params={"kind": "patch,package", "nso": "6.2"})
+    assert both.status_code == 200, both.text
+    assert both.json()["total"] == 4
+    exact = http.get(f"{live.url}/api/v1/artifacts", params={"nso": "6.2.0.0"}).json()
+    assert exact["total"] == 4  # 6.2.0.0 is 6.2: builds for the 6.2 branch and the patch
 
 
 def test_pagination(live, tmp_path: Path) -> None:
