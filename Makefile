@@ -4,7 +4,12 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 WORKERS ?= auto
 
-.PHONY: run test lint format bench clean
+.PHONY: run test test-agent-py39 lint format bench clean
+
+# The agent runs on the Python of NSO hosts (RHEL 9: 3.9); its tests run there too, with
+# only the agent's own dependencies installed.
+PYTHON39 ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.9*/bin/python) $(shell command -v python3.9))
+VENV39 ?= .venv39
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +23,17 @@ run: $(BIN)/.installed
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest -n $(WORKERS) $(PYTEST_ARGS)
 
+$(VENV39)/.installed: pyproject.toml
+	@test -n "$(PYTHON39)" || { echo "Python 3.9 not found: set PYTHON39=/path/to/python3.9"; exit 1; }
+	$(PYTHON39) -m venv $(VENV39)
+	$(VENV39)/bin/pip install -q --upgrade pip
+	$(VENV39)/bin/pip install -q -e . pytest pytest-xdist
+	touch $@
+
+test-agent-py39: $(VENV39)/.installed
+	$(VENV39)/bin/python -m pytest -n $(WORKERS) --confcutdir=tests/agent \
+		--ignore=tests/agent/test_runner_server.py tests/agent $(PYTEST_ARGS)
+
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -28,4 +44,4 @@ format: $(BIN)/.installed
 	$(BIN)/ruff check --fix .
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(VENV39) .pytest_cache .mypy_cache .ruff_cache

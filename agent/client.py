@@ -1,0 +1,168 @@
+"""The agent protocol over HTTP (docs/agent-protocol.md), with the standard library only.
+
+``urllib.request`` rather than ``requests``: the agent installs on NSO hosts with the
+project's base dependencies (click, packaging, paramiko) and nothing else. Connection errors
+and 5xx answers are retried with exponential backoff; 4xx answers are the server telling the
+agent something and are raised at once with the server's message verbatim.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import ssl
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+from agent import __version__
+from agent.errors import ServerError, StepFinished
+
+USER_AGENT = f"nso-agent/{__version__}"
+# Errors worth another try: the server restarting, a load balancer hiccup, a dropped link.
+TRANSIENT = (urllib.error.URLError, http.client.HTTPException, ConnectionError, socket.timeout)
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Redirects are followed by the caller, which decides what headers go to the new host."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+def opener(ca_file: Optional[str] = None) -> urllib.request.OpenerDirector:
+    handlers: list[Any] = [_NoRedirect()]
+    if ca_file:
+        handlers.append(
+            urllib.request.HTTPSHandler(context=ssl.create_default_context(cafile=ca_file))
+        )
+    return urllib.request.build_opener(*handlers)
+
+
+@dataclass
+class Backoff:
+    """Exponential backoff: 1, 2, 4... seconds up to ``cap``, for ``tries`` attempts."""
+
+    tries: int = 6
+    base: float = 1.0
+    cap: float = 30.0
+    sleep: Callable[[float], None] = time.sleep
+
+    def delays(self) -> list[float]:
+        return [min(self.cap, self.base * 2**i) for i in range(self.tries - 1)]
+
+
+def error_message(status: int, body: bytes) -> tuple[str, str]:
+    """(code, message) from the server's one error shape, or the raw body."""
+    try:
+        data = json.loads(body)
+        err = data.get("error", {}) if isinstance(data, dict) else {}
+        return str(err.get("code", "")), str(err.get("message") or body.decode(errors="replace"))
+    except ValueError:
+        return "", body.decode(errors="replace").strip()[:2000] or f"HTTP {status}"
+
+
+class ServerClient:
+    def __init__(
+        self,
+        base_url: str,
+        token: Optional[str] = None,
+        ca_file: Optional[str] = None,
+        backoff: Optional[Backoff] = None,
+        timeout: float = 30.0,
+    ) -> None:
+        if not base_url:
+            raise ServerError("no server URL: set [server] url in the agent's configuration")
+        self.base_url = base_url.rstrip("/")
+        self.token = token
+        self.ca_file = ca_file
+        self.backoff = backoff or Backoff()
+        self.timeout = timeout
+        self._opener = opener(ca_file)
+
+    def url(self, path: str) -> str:
+        """A path the server gave (``/api/v1/blobs/...``) or an absolute URL."""
+        return urllib.parse.urljoin(self.base_url + "/", path)
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Optional[dict[str, Any]] = None,
+        timeout: Optional[float] = None,
+        auth: bool = True,
+    ) -> tuple[int, Any]:
+        """(status, decoded JSON or None). Retries transient failures; raises ServerError."""
+        data = json.dumps(body).encode() if body is not None else None
+        delays = self.backoff.delays()
+        attempt = 0
+        while True:
+            req = urllib.request.Request(self.url(path), data=data, method=method)
+            req.add_header("User-Agent", USER_AGENT)
+            req.add_header("Accept", "application/json")
+            if data is not None:
+                req.add_header("Content-Type", "application/json")
+            if auth and self.token:
+                req.add_unredirected_header("Authorization", f"Bearer {self.token}")
+            try:
+                with self._opener.open(req, timeout=timeout or self.timeout) as resp:
+                    raw = resp.read()
+                    return resp.status, json.loads(raw) if raw else None
+            except urllib.error.HTTPError as exc:
+                raw = exc.read()
+                if exc.code < 500 or attempt >= len(delays):
+                    code, message = error_message(exc.code, raw)
+                    cls = StepFinished if code == "step_finished" else ServerError
+                    raise cls(
+                        f"{method} {path}: {exc.code} {message}", status=exc.code, code=code
+                    ) from None
+            except TRANSIENT as exc:
+                if attempt >= len(delays):
+                    raise ServerError(
+                        f"{method} {self.url(path)} failed after {attempt + 1} tries: {exc}; "
+                        "check [server] url and that the server is reachable from this host"
+                    ) from None
+            self.backoff.sleep(delays[attempt])
+            attempt += 1
+
+    # -- the protocol ---------------------------------------------------------------
+
+    def enroll(self, enrollment_token: str, hostname: str) -> dict[str, Any]:
+        _, answer = self.request(
+            "POST",
+            "/api/v1/agent/enroll",
+            {
+                "enrollment_token": enrollment_token,
+                "hostname": hostname,
+                "agent_version": __version__,
+            },
+            auth=False,
+        )
+        return dict(answer or {})
+
+    def heartbeat(self, inventory: dict[str, Any]) -> dict[str, Any]:
+        _, answer = self.request(
+            "POST",
+            "/api/v1/agent/heartbeat",
+            {"agent_version": __version__, "inventory": inventory},
+        )
+        return dict(answer or {})
+
+    def next_step(self, wait: int) -> Optional[dict[str, Any]]:
+        """The next step for this node, or None after ``wait`` seconds without work."""
+        # The socket must outlast the server's own wait, or every idle poll would time out.
+        status, answer = self.request(
+            "GET", f"/api/v1/agent/next?wait={int(wait)}", timeout=wait + self.timeout
+        )
+        if status == 204 or not answer:
+            return None
+        step = answer.get("step")
+        return dict(step) if step else None
+
+    def report(self, step_id: int, body: dict[str, Any]) -> dict[str, Any]:
+        _, answer = self.request("POST", f"/api/v1/agent/steps/{int(step_id)}", body)
+        return dict(answer or {})

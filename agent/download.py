@@ -1,0 +1,218 @@
+"""Resumable, verified downloads of artifacts.
+
+Bytes go to ``<dest>.part``; an interrupted download resumes with ``Range: bytes=N-`` (the
+server's local storage and S3 both honour it). The finished file is checked against the
+sha256 (and size) the server announced, compared with ``hmac.compare_digest``, and only then
+renamed to its name: a file under its final name is always a verified one.
+
+The server answers blob downloads with a 302 to a presigned S3 URL when it stores blobs in S3.
+Redirects are followed here, by hand, so the node token goes only to the server's own origin:
+a presigned URL carries its own signature, and forwarding our bearer token to the object
+store would both leak it and make S3 refuse the request (two auth mechanisms).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import re
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+from agent.client import TRANSIENT, USER_AGENT, Backoff, opener
+from agent.errors import ChecksumMismatch, DownloadError
+
+CHUNK = 1024 * 1024
+MAX_REDIRECTS = 5
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+
+
+@dataclass
+class Artifact:
+    """What a step's params say about one file: ``{"filename", "sha256", "size", "url"}``."""
+
+    filename: str
+    sha256: str
+    url: str
+    size: Optional[int] = None
+
+    @classmethod
+    def from_params(cls, data: dict[str, object]) -> Artifact:
+        filename = str(data.get("filename") or "")
+        if not filename or "/" in filename or filename.startswith("."):
+            raise DownloadError(f"refusing artifact file name {filename!r}: not a plain file name")
+        sha = str(data.get("sha256") or "").lower()
+        if not re.fullmatch(r"[0-9a-f]{64}", sha):
+            raise DownloadError(f"{filename}: the step gave no valid sha256 ({sha!r})")
+        size = data.get("size")
+        return cls(filename, sha, str(data.get("url") or ""), int(size) if size else None)  # type: ignore[call-overload]
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(CHUNK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verified(path: Path, sha256: str, size: Optional[int] = None) -> bool:
+    """Whether ``path`` exists and holds exactly the announced bytes."""
+    try:
+        if size is not None and path.stat().st_size != size:
+            return False
+        return hmac.compare_digest(sha256_file(path), sha256)
+    except FileNotFoundError:
+        return False
+
+
+def _same_origin(a: str, b: str) -> bool:
+    pa, pb = urllib.parse.urlsplit(a), urllib.parse.urlsplit(b)
+    return (pa.scheme, pa.hostname, pa.port) == (pb.scheme, pb.hostname, pb.port)
+
+
+class Downloader:
+    def __init__(
+        self,
+        base_url: str,
+        token: Optional[str] = None,
+        ca_file: Optional[str] = None,
+        backoff: Optional[Backoff] = None,
+        timeout: float = 60.0,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.token = token
+        self.backoff = backoff or Backoff()
+        self.timeout = timeout
+        self._opener = opener(ca_file)
+
+    def fetch(
+        self,
+        artifact: Artifact,
+        dest: Path,
+        progress: Optional[Callable[[int, Optional[int]], None]] = None,
+    ) -> Path:
+        """Download ``artifact`` to ``dest`` (verified), resuming and retrying as needed.
+
+        An existing verified ``dest`` is kept as is: running this twice downloads once.
+        """
+        if verified(dest, artifact.sha256, artifact.size):
+            return dest
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        part = dest.with_name(dest.name + ".part")
+        delays = self.backoff.delays()
+        attempt = 0
+        restarted = False
+        while True:
+            resumed_from = part.stat().st_size if part.exists() else 0
+            try:
+                self._transfer(artifact, part, progress)
+            except TRANSIENT as exc:
+                if attempt >= len(delays):
+                    raise DownloadError(
+                        f"{artifact.filename}: download failed after {attempt + 1} tries: {exc}; "
+                        f"the partial file {part} is kept and the next attempt resumes it"
+                    ) from None
+                self.backoff.sleep(delays[attempt])
+                attempt += 1
+                continue
+            if verified(part, artifact.sha256, artifact.size):
+                os.replace(part, dest)
+                return dest
+            got = sha256_file(part)
+            part.unlink()
+            # A resumed file may have been spliced from two different blobs; one clean
+            # download settles it. A fresh download that mismatches is refused outright.
+            if resumed_from and not restarted:
+                restarted = True
+                continue
+            raise ChecksumMismatch(
+                f"{artifact.filename}: sha256 {got} does not match the announced "
+                f"{artifact.sha256}; the file was deleted and not used. Check the artifact "
+                "on the server (it may be corrupt in storage) and retry the job"
+            )
+
+    def _transfer(
+        self,
+        artifact: Artifact,
+        part: Path,
+        progress: Optional[Callable[[int, Optional[int]], None]],
+    ) -> None:
+        """Append the missing bytes to ``part``; returns when the server has sent them all."""
+        have = part.stat().st_size if part.exists() else 0
+        if artifact.size is not None and have >= artifact.size:
+            if have > artifact.size:
+                part.unlink()
+                have = 0
+            else:
+                return
+        url = urllib.parse.urljoin(self.base_url + "/", artifact.url or "")
+        for _ in range(MAX_REDIRECTS + 1):
+            req = urllib.request.Request(url, method="GET")
+            req.add_header("User-Agent", USER_AGENT)
+            if have:
+                req.add_header("Range", f"bytes={have}-")
+            if self.token and _same_origin(url, self.base_url):
+                req.add_unredirected_header("Authorization", f"Bearer {self.token}")
+            try:
+                resp = self._opener.open(req, timeout=self.timeout)
+            except urllib.error.HTTPError as exc:
+                if exc.code in (301, 302, 303, 307, 308) and exc.headers.get("Location"):
+                    url = urllib.parse.urljoin(url, exc.headers["Location"])
+                    exc.close()
+                    continue
+                if exc.code == 416 and have:
+                    # Nothing past what we hold: the part is complete (or longer than the
+                    # blob); verification decides.
+                    exc.close()
+                    return
+                body = exc.read().decode(errors="replace").strip()[:500]
+                exc.close()
+                if exc.code >= 500:
+                    raise ConnectionError(f"HTTP {exc.code} from {url}: {body}") from None
+                raise DownloadError(
+                    f"{artifact.filename}: HTTP {exc.code} from {_redact(url)}: {body}"
+                ) from None
+            with resp:
+                mode = "ab"
+                if have and resp.status == 206:
+                    match = _CONTENT_RANGE.match(resp.headers.get("Content-Range", ""))
+                    if match is None or int(match.group(1)) != have:
+                        raise DownloadError(
+                            f"{artifact.filename}: the server answered Range bytes={have}- "
+                            f"with Content-Range {resp.headers.get('Content-Range')!r}"
+                        )
+                elif have:
+                    mode, have = "wb", 0  # the server ignored Range: start over
+                total = artifact.size
+                with part.open(mode) as fh:
+                    while True:
+                        block = resp.read(CHUNK)
+                        if not block:
+                            break
+                        fh.write(block)
+                        have += len(block)
+                        if progress is not None:
+                            progress(have, total)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                length = resp.headers.get("Content-Length")
+                if total is not None and have < total:
+                    # The connection closed early: resume on the next try.
+                    raise ConnectionError(
+                        f"connection closed after {have} of {total} bytes"
+                        + (f" (Content-Length {length})" if length else "")
+                    )
+            return
+        raise DownloadError(f"{artifact.filename}: more than {MAX_REDIRECTS} redirects")
+
+
+def _redact(url: str) -> str:
+    """A URL for messages: the query of a presigned URL carries a signature."""
+    parts = urllib.parse.urlsplit(url)
+    return urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))

@@ -1,0 +1,180 @@
+"""The heartbeat's inventory (docs/agent-protocol.md, "Heartbeat and inventory").
+
+Every field is best effort: a fact that cannot be read is left out (or null), never a reason
+to skip the heartbeat, since the server needs ``running_version`` and ``status`` above all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import re
+import subprocess
+import xml.etree.ElementTree as ET
+from typing import Any, Optional
+
+from agent import packages as pkgs
+from agent.config import Config
+from agent.errors import AgentError
+from agent.nso import STARTED, Nso, NsoCli
+
+
+def _os_release(path: str) -> dict[str, str]:
+    info: dict[str, str] = {}
+    try:
+        with open(path) as fh:
+            for line in fh:
+                if "=" in line:
+                    key, value = line.rstrip("\n").split("=", 1)
+                    info[key.lower()] = value.strip().strip('"')
+    except OSError:
+        pass
+    return {k: info[k] for k in ("id", "version_id") if k in info}
+
+
+def _java_version() -> Optional[str]:
+    try:
+        out = subprocess.run(
+            ["java", "-version"], capture_output=True, text=True, timeout=20
+        ).stderr
+    except (OSError, subprocess.SubprocessError):
+        return None
+    match = re.search(r'version "([^"]+)"', out)
+    return match.group(1) if match else None
+
+
+def _glibc() -> Optional[str]:
+    try:
+        value = os.confstr("CS_GNU_LIBC_VERSION")
+    except (ValueError, OSError, AttributeError):
+        return None
+    return value.split()[-1] if value else None
+
+
+def _disk_free(path: str) -> Optional[int]:
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+def _dir_size(path: str) -> int:
+    total = 0
+    for base, _dirs, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(base, name)).st_size
+    return total
+
+
+def _conf_elements(path: str) -> list[str]:
+    try:
+        root = ET.parse(path).getroot()
+    except (OSError, ET.ParseError):
+        return []
+    return sorted({el.tag.rsplit("}", 1)[-1] for el in root.iter()})
+
+
+def _crypto_keys(path: str) -> list[str]:
+    try:
+        with open(path) as fh:
+            return sorted(
+                line.split("=", 1)[0].strip()
+                for line in fh
+                if "=" in line and not line.lstrip().startswith("#")
+            )
+    except OSError:
+        return []
+
+
+def _packages(config: Config, cli: Optional[NsoCli]) -> list[dict[str, Any]]:
+    load_dir = config.paths.load_dir
+    oper: dict[str, str] = {}
+    if cli is not None:
+        try:
+            text = cli.run("show packages | nomore", check=False)
+            name = None
+            for line in text.splitlines():
+                m = re.match(r"^\s*packages package (\S+)", line)
+                if m:
+                    name = m.group(1)
+                m = re.match(r"^\s*oper-status (\S+)$", line)
+                if m and name:
+                    oper[name] = m.group(1)
+        except AgentError:
+            pass
+    out = []
+    for entry, target in pkgs.current_links(load_dir).items():
+        path = load_dir / entry
+        name, version = pkgs.package_identity(path)
+        item: dict[str, Any] = {"name": name, "version": version, "file": entry}
+        if target:
+            item["target"] = config.paths.host_path(path.resolve())
+        if name in oper:
+            item["oper_status"] = oper[name]
+        out.append(item)
+    return out
+
+
+def _ha(cli: NsoCli) -> dict[str, Any]:
+    text = cli.run("show high-availability", check=False)
+    ha: dict[str, Any] = {
+        "enabled": bool(re.search(r"^high-availability enabled", text, re.MULTILINE)),
+        "mode": "none",
+        "current_id": None,
+        "read_only": False,
+    }
+    for key, field in (("mode", "mode"), ("current-id", "current_id")):
+        m = re.search(rf"status {key} (\S+)", text)
+        if m:
+            ha[field] = m.group(1)
+    m = re.search(r"status read-only-mode (\S+)", text)
+    if m:
+        ha["read_only"] = m.group(1) == "true"
+    return ha
+
+
+def _patches(config: Config) -> list[dict[str, str]]:
+    folder = config.paths.current / "lib" / "ncs" / "patches"
+    if not folder.is_dir():
+        return []
+    return [{"module": p.stem, "file": p.name} for p in sorted(folder.glob("*.beam"))]
+
+
+def collect(config: Config, with_cli: bool = True) -> dict[str, Any]:
+    paths = config.paths
+    nso = Nso(config)
+    status = nso.status()
+    started = status == STARTED
+    cli = NsoCli(config) if (with_cli and started) else None
+    inv: dict[str, Any] = {
+        "installed_releases": nso.installed_releases(),
+        "current": nso.current_version(),
+        "running_version": nso.version() if started else None,
+        "status": status,
+        "patches": _patches(config),
+        "disk_free_bytes": {
+            "/opt/ncs": _disk_free(str(paths.install_dir)),
+            "/var/opt/ncs": _disk_free(str(paths.run_dir)),
+        },
+        "os": _os_release(str(paths.path("/etc/os-release")))
+        or _os_release("/etc/os-release")
+        or {"id": platform.system().lower()},
+        "java": _java_version(),
+        "glibc": _glibc(),
+        "ncs_conf_elements": _conf_elements(str(paths.ncs_conf)),
+        "crypto_keys": _crypto_keys(str(paths.crypto_keys)),
+        "cdb_bytes": _dir_size(str(paths.cdb_dir)),
+    }
+    try:
+        inv["packages"] = _packages(config, cli)
+        if cli is not None:
+            inv["ha"] = _ha(cli)
+    except AgentError as exc:
+        inv["errors"] = [str(exc)]
+    finally:
+        if cli is not None:
+            cli.close()
+    return inv

@@ -1,0 +1,162 @@
+"""Package files in ``/opt/ncs/packages`` and the links in ``/var/opt/ncs/packages``.
+
+The guide's best practice: package files are kept in ``/opt/ncs/packages`` under names that
+start with the release they were compiled for (``ncs-6.2-router-nc-1.0.2.tar.gz``), and the
+load path ``/var/opt/ncs/packages`` holds only symbolic links to the set NSO should load.
+Relinking builds the new set in a sibling folder and swaps it in with one rename, so NSO (or
+a crash) never sees a half-built load path.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import re
+import shutil
+import tarfile
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+PACKAGE_FILE = re.compile(r"^ncs-(\d+(?:\.\d+)+)-(.+)-(\d[\w.]*)\.tar\.gz$")
+_NS = "{http://tail-f.com/ns/ncs-packages}"
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+@dataclass(frozen=True)
+class PackageName:
+    """What a package file name says: ``ncs-<X.Y>-<name>-<version>.tar.gz``."""
+
+    nso: str
+    name: str
+    version: str
+
+    @classmethod
+    def parse(cls, filename: str) -> Optional[PackageName]:
+        match = PACKAGE_FILE.match(filename)
+        return cls(*match.groups()) if match else None
+
+
+def read_meta(path: Path) -> Optional[tuple[str, str]]:
+    """(name, version) from the tarball's ``package-meta-data.xml``; None if unreadable.
+
+    Only that one member is read, never extracted: the file came from the server, but a
+    package is still input.
+    """
+    try:
+        with tarfile.open(path, "r:gz") as tar:
+            for member in tar:
+                if member.isfile() and member.name.endswith("/package-meta-data.xml"):
+                    fh = tar.extractfile(member)
+                    if fh is None or member.size > 1024 * 1024:
+                        return None
+                    root = ET.fromstring(fh.read())
+                    name = root.findtext(f"{_NS}name") or root.findtext("name")
+                    version = root.findtext(f"{_NS}package-version") or root.findtext(
+                        "package-version"
+                    )
+                    if name and version:
+                        return name.strip(), version.strip()
+                    return None
+    except (OSError, tarfile.TarError, ET.ParseError, EOFError):
+        return None
+    return None
+
+
+def package_identity(path: Path) -> tuple[str, str]:
+    """(name, version) of a package file: its metadata, else what its file name says."""
+    meta = read_meta(path)
+    if meta:
+        return meta
+    parsed = PackageName.parse(path.name)
+    if parsed:
+        return parsed.name, parsed.version
+    return path.name, ""
+
+
+def current_links(load_dir: Path) -> dict[str, str]:
+    """Entries of the load path: name -> link target (``""`` for an entry that is no link)."""
+    if not load_dir.is_dir():
+        return {}
+    links = {}
+    for entry in sorted(load_dir.iterdir()):
+        links[entry.name] = os.readlink(entry) if entry.is_symlink() else ""
+    return links
+
+
+def _libc() -> Optional[ctypes.CDLL]:
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name, use_errno=True) if name else None
+    except OSError:
+        return None
+
+
+def exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step with Linux renameat2(RENAME_EXCHANGE); False when the
+    system cannot (not Linux, old kernel or libc, a file system without support)."""
+    libc = _libc()
+    func = getattr(libc, "renameat2", None) if libc else None
+    if func is None:
+        return False
+    func.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    rc = func(_AT_FDCWD, os.fsencode(str(a)), _AT_FDCWD, os.fsencode(str(b)), _RENAME_EXCHANGE)
+    return rc == 0
+
+
+def relink(load_dir: Path, targets: list[Path]) -> bool:
+    """Make ``load_dir`` hold exactly one link per target (named as the target), atomically.
+
+    Returns False when it already did (nothing changed). Entries of the old load path that
+    are not links (a package folder someone put there by hand) are not deleted: the old
+    folder is kept beside it as ``packages.replaced-<n>`` and the caller is told so by the log.
+    """
+    wanted = {t.name: str(t) for t in targets}
+    if len(wanted) != len(targets):
+        raise ValueError("two packages with the same file name in one set")
+    if current_links(load_dir) == wanted:
+        return False
+    parent = load_dir.parent
+    staging = parent / f".{load_dir.name}.new-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    for name, target in sorted(wanted.items()):
+        os.symlink(target, staging / name)
+    if not load_dir.exists() and not load_dir.is_symlink():
+        os.rename(staging, load_dir)
+        return True
+    old_has_files = any(t == "" for t in current_links(load_dir).values())
+    if exchange(staging, load_dir):
+        retired = staging  # after the exchange the old set lives under the staging name
+    else:
+        # No atomic exchange: two renames. The window without a load path is one rename long,
+        # and NSO is stopped while the upgrade relinks.
+        retired = parent / f".{load_dir.name}.old-{os.getpid()}"
+        shutil.rmtree(retired, ignore_errors=True)
+        os.rename(load_dir, retired)
+        os.rename(staging, load_dir)
+    if old_has_files:
+        n = 1
+        while (parent / f"{load_dir.name}.replaced-{n}").exists():
+            n += 1
+        os.rename(retired, parent / f"{load_dir.name}.replaced-{n}")
+    else:
+        shutil.rmtree(retired)
+    return True
+
+
+def store_file(src: Path, store: Path) -> Path:
+    """Put a verified file into the package store under its own name, atomically."""
+    store.mkdir(parents=True, exist_ok=True)
+    dest = store / src.name
+    tmp = store / f".{src.name}.tmp-{os.getpid()}"
+    try:
+        os.replace(src, tmp)  # same file system: a rename
+    except OSError:
+        shutil.copyfile(src, tmp)
+        src.unlink()
+    os.replace(tmp, dest)
+    return dest

@@ -1,0 +1,185 @@
+"""The agent's loop: heartbeat, long-poll ``next``, run the step under the journal, report.
+
+Reports are idempotent by ``report_id``, and the ids live in the journal: a report retried
+after a crash carries the id it had before, so the server applies it once. The final report
+is written to the journal before it is sent; a restarted agent sends it again (same id)
+rather than running the step again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from typing import Any, Callable, Optional
+
+from agent import inventory
+from agent.client import Backoff, ServerClient
+from agent.config import Config
+from agent.download import Downloader
+from agent.errors import AgentError, ServerError, StepFailed, StepFinished
+from agent.journal import Journal
+from agent.steps import StepContext, run_step
+
+log = logging.getLogger("nso-agent")
+
+
+class Runner:
+    def __init__(
+        self,
+        config: Config,
+        client: Optional[ServerClient] = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.config = config
+        token = config.read_token()
+        self.client = client or ServerClient(
+            config.server_url, token, config.ca_file, Backoff(tries=8, cap=60)
+        )
+        self.downloader = Downloader(config.server_url, token, config.ca_file)
+        self.journal = Journal(config.journal_file)
+        self.sleep = sleep
+        self._last_heartbeat = 0.0
+
+    # -- heartbeats -------------------------------------------------------------------
+
+    def heartbeat(self) -> None:
+        try:
+            self.client.heartbeat(inventory.collect(self.config))
+        except AgentError as exc:
+            log.warning("heartbeat failed: %s", exc)
+        self._last_heartbeat = time.monotonic()
+
+    def heartbeat_if_due(self) -> None:
+        if time.monotonic() - self._last_heartbeat >= self.config.heartbeat_interval:
+            self.heartbeat()
+
+    # -- reports ----------------------------------------------------------------------
+
+    def _send(self, step_id: int, body: dict[str, Any]) -> Optional[dict[str, Any]]:
+        """Send a report; None when the server says the step is finished otherwise."""
+        try:
+            return self.client.report(step_id, body)
+        except StepFinished as exc:
+            log.warning("step %s: %s", step_id, exc)
+            return None
+
+    def flush_pending(self) -> None:
+        """Resend a final report that a crash kept from reaching the server."""
+        entry = self.journal.entry
+        if entry is None or entry.final_report is None:
+            return
+        log.info("resending the final report of step %s (%s)", entry.step_id, entry.name)
+        self._send(entry.step_id, entry.final_report)
+        self.journal.clear()
+
+    def _progress_reporter(self, step_id: int) -> Callable[[int, str], None]:
+        counter = [0]
+
+        def report(percent: int, message: str) -> None:
+            entry = self.journal.entry
+            if entry is None:
+                return
+            counter[0] += 1
+            purpose = f"progress-{entry.attempt}-{counter[0]}"
+            body = {
+                "report_id": entry.report_id(purpose),
+                "state": "running",
+                "progress": max(0, min(99, int(percent))),
+                "message": message[:500],
+            }
+            self.journal.save()
+            try:
+                self._send(step_id, body)
+            except ServerError as exc:  # progress is informative: never fail a step for it
+                log.warning("progress report failed: %s", exc)
+
+        return report
+
+    # -- steps ------------------------------------------------------------------------
+
+    def execute(self, step: dict[str, Any]) -> dict[str, Any]:
+        """Run one step handed out by the server and report its outcome; the final report."""
+        step_id = int(step["id"])
+        if self.journal.entry is not None and self.journal.entry.step_id != step_id:
+            self.flush_pending()
+            self.journal.clear()
+        entry = self.journal.begin(step)
+        if entry.final_report is not None:
+            # Finished before a crash; the server handed it out again because our report
+            # never arrived. Send the same report, do not run the step again.
+            pending = entry.final_report
+            self._send(step_id, pending)
+            self.journal.clear()
+            return pending
+        log.info("step %s %s (attempt %s)", step_id, step["name"], entry.attempt)
+        running = {
+            "report_id": entry.report_id(f"running-{entry.attempt}"),
+            "state": "running",
+            "progress": 0,
+            "message": f"{step['name']} started (attempt {entry.attempt})",
+        }
+        self.journal.save()
+        if self._send(step_id, running) is None:
+            self.journal.clear()
+            return running
+        ctx = StepContext(
+            self.config,
+            step,
+            self.journal,
+            self.downloader,
+            on_progress=self._progress_reporter(step_id),
+        )
+        began = time.monotonic()
+        try:
+            result = run_step(ctx)
+            final: dict[str, Any] = {
+                "state": "succeeded",
+                "progress": 100,
+                "message": f"{step['name']} done in {time.monotonic() - began:.1f} s",
+                "result": result,
+            }
+        except StepFailed as exc:
+            final = {"state": "failed", "message": str(exc)[:2000], "result": {}}
+        except Exception as exc:  # a bug or an unexpected condition: still report it
+            ctx.log(traceback.format_exc())
+            final = {
+                "state": "failed",
+                "message": f"nso-agent error in {step['name']}: {type(exc).__name__}: {exc}"[:2000],
+                "result": {},
+            }
+        final["log_tail"] = ctx.log_tail()
+        final["nso_seconds"] = round(ctx.nso.nso_seconds, 3)
+        final["report_id"] = entry.report_id("final")
+        entry.final_report = final
+        self.journal.save()
+        self._send(step_id, final)
+        self.journal.clear()
+        log.info("step %s %s: %s", step_id, step["name"], final["state"])
+        return final
+
+    def once(self, wait: Optional[int] = None) -> Optional[dict[str, Any]]:
+        """At most one step: heartbeat, ask for work once, run it. The final report or None."""
+        self.flush_pending()
+        self.heartbeat()
+        step = self.client.next_step(self.config.poll_wait if wait is None else wait)
+        if step is None:
+            return None
+        final = self.execute(step)
+        self.heartbeat()
+        return final
+
+    def run_forever(self, should_stop: Callable[[], bool] = lambda: False) -> None:
+        self.flush_pending()
+        self.heartbeat()
+        while not should_stop():
+            try:
+                self.heartbeat_if_due()
+                step = self.client.next_step(self.config.poll_wait)
+                if step is not None:
+                    self.execute(step)
+                    self.heartbeat()
+            except ServerError as exc:
+                # The client retried already; wait a little and keep serving.
+                log.error("%s", exc)
+                self.sleep(min(60.0, max(1.0, float(self.config.poll_wait))))
