@@ -50,6 +50,8 @@ def main(ctx: click.Context, config_file: Optional[str], verbose: bool) -> None:
         format="%(asctime)s %(levelname)s %(message)s",
         stream=sys.stderr,
     )
+    # paramiko logs every SSH connection at INFO; the agent opens one per CLI command.
+    logging.getLogger("paramiko").setLevel(logging.DEBUG if verbose else logging.WARNING)
     ctx.ensure_object(dict)
     ctx.obj["config_path"] = config_path(config_file)
 

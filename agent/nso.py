@@ -356,6 +356,12 @@ class NsoCli:
         if self._client is not None and self._transport_ok():
             return self._client
         cfg = self.config
+        if not cfg.cli_password and not cfg.key_path:
+            # paramiko would say "No authentication methods available", which looks transient.
+            raise CliError(
+                "no way to log in to the NSO CLI: set [cli] password or key_file in the "
+                "agent's configuration"
+            )
         deadline = time.monotonic() + timeout
         while True:
             client = paramiko.SSHClient()

@@ -112,6 +112,15 @@ def restore_backup(layout: HostLayout, vsn: str, name: Optional[str], non_intera
     if backup is None or not backup.is_file():
         print(f"ERROR  No such backup: {name or '(none found)'}", file=sys.stderr)
         return 1
+    if "_local@" in backup.name:
+        # ncs-backup(1): local-install backups carry "_local" and cannot be restored into a
+        # system install (nor the reverse).
+        print(
+            f"ERROR  {backup.name} is a local install backup; it cannot be restored into a"
+            " system install",
+            file=sys.stderr,
+        )
+        return 1
     try:
         with tarfile.open(backup, "r:*") as tar:
             members = tar.getmembers()

@@ -69,7 +69,9 @@ _HA = Container(
                 "enable-failover": Leaf(),
                 "reconnect-interval": Leaf(),
                 "reconnect-attempts": Leaf(),
+                "reconnect-secondaries": Leaf(),
                 "start-up": Container({"assume-nominal-role": Leaf(), "join-ha": Leaf()}),
+                "consensus": Container({"enabled": Leaf(), "algorithm": Leaf()}),
             }
         ),
     }
@@ -205,18 +207,23 @@ def render(tree: Tree, schema: Container) -> list[str]:
 
 def _render(data: Tree, schema: Schema, depth: int, words: list[str], out: list[str]) -> None:
     pad = " " * depth
+    # Inside a block, NSO aligns the values of the block's own leaves (not of leaves folded
+    # into a container's line): "address      172.21.0.2" / "nominal-role primary".
+    width = 0
+    if depth and not words:
+        width = max((len(n) for n, v in data.items() if _is_leaf(schema, n, v)), default=0)
     for name, value in data.items():
         if isinstance(schema, Free):
             if isinstance(value, dict):
                 continue
-            out.append(f"{pad}{' '.join([*words, name])} {_quote(value)}".rstrip())
+            out.append(f"{pad}{' '.join([*words, name.ljust(width)])} {_quote(value)}".rstrip())
             continue
         assert isinstance(schema, Container)
         child = schema.children.get(name)
         if child is None:
             continue
         if isinstance(child, Leaf):
-            out.append(f"{pad}{' '.join([*words, name])} {_quote(value)}".rstrip())
+            out.append(f"{pad}{' '.join([*words, name.ljust(width)])} {_quote(value)}".rstrip())
         elif isinstance(child, List):
             for key in sorted(value, key=_natural):
                 out.append(f"{pad}{' '.join([*words, name, key])}")
@@ -228,6 +235,12 @@ def _render(data: Tree, schema: Schema, depth: int, words: list[str], out: list[
             out.append(f"{pad}!")
         else:
             _render(value, child, depth, [*words, name], out)
+
+
+def _is_leaf(schema: Schema, name: str, value: Any) -> bool:
+    if isinstance(schema, Free):
+        return not isinstance(value, dict)
+    return isinstance(schema, Container) and isinstance(schema.children.get(name), Leaf)
 
 
 def _quote(value: Any) -> str:

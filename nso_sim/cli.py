@@ -140,6 +140,11 @@ _root = click.option("--root", required=True, type=click.Path(file_okay=False))
     help="multiplies simulated durations (default $NSO_SIM_TIME_SCALE or 1)",
 )
 @click.option("--installer-moves-current", is_flag=True)
+@click.option(
+    "--ssh-host-key",
+    type=click.Path(dir_okay=False, exists=True),
+    help="provision this private key as the CLI's SSH host key (else one is generated)",
+)
 @click.option("--start", is_flag=True, help="start the daemon afterwards")
 def host_create(
     root: str,
@@ -161,6 +166,7 @@ def host_create(
     services: int,
     time_scale: Optional[float],
     installer_moves_current: bool,
+    ssh_host_key: Optional[str],
     start: bool,
 ) -> None:
     """Install VSN under ROOT, write ncs.conf, keys and an initial CDB with data."""
@@ -203,6 +209,7 @@ def host_create(
         services_per_package=services,
         time_scale=scale,
         installer_moves_current=installer_moves_current,
+        ssh_host_key=Path(ssh_host_key) if ssh_host_key else None,
     )
     try:
         layout = host.create_host(spec)

@@ -74,6 +74,23 @@ class CliSession:
         return self.mode == "config" and bool(self.pending)
 
     def execute(self, line: str) -> Result:
+        """Run one input line; ``;`` separates commands (Cisco's scripts send
+        ``"config; ...; commit"`` in one ``ssh`` exec)."""
+        parts = _split_commands(line)
+        if len(parts) <= 1:
+            return self._execute_one(line)
+        results: list[Result] = []
+        for part in parts:
+            results.append(self._execute_one(part))
+            if results[-1].exit:
+                break
+        return Result(
+            _lines(*[r.output for r in results if r.output]),
+            ok=all(r.ok for r in results),
+            exit=results[-1].exit,
+        )
+
+    def _execute_one(self, line: str) -> Result:
         from nso_sim.daemon import ReloadRefused, WriteRefused
 
         line = line.strip()
@@ -111,6 +128,9 @@ class CliSession:
         if head in ("exit", "quit", "logout"):
             return Result(exit=True)
         if head in ("config", "configure"):
+            # A secondary or a read-only node refuses configuration mode outright.
+            if self.d.read_only_now():
+                raise CliError("Aborted: node is in read-only mode")
             self.mode = "config"
             self.pending = []
             self.d.config_sessions.add(self)
@@ -218,7 +238,8 @@ class CliSession:
             if rest == ["patches"]:
                 return Result(_lines(*self._patch_lines()))
             if not rest:
-                return Result(_lines(version, *self._patch_lines()))
+                patches = self._patch_lines()
+                return Result(_lines(version, *(patches if patches != [NO_ENTRIES] else [])))
             raise CliError(f"syntax error: unknown element: {rest[0]}")
         if what == "packages":
             return self._show_packages(rest)
@@ -297,14 +318,16 @@ class CliSession:
     def _ha_action(self, args: list[str]) -> Result:
         ha = self.d.ha
         if args == ["enable"]:
-            return Result(ha.enable())
+            out = ha.enable()
+            return Result(out, ok=not out.startswith("Error:"))
         if args == ["disable"]:
             return Result(ha.disable())
         if args == ["be-primary"]:
             return Result(ha.be_primary())
         if len(args) == 3 and args[:2] == ["be-secondary-to", "node"]:
-            ok, out = ha.be_secondary_to(args[2])
-            return Result(out, ok=ok)
+            return Result(ha.be_secondary_to(args[2]))
+        if args == ["read-only"]:  # the action's mode defaults to true
+            args = ["read-only", "mode", "true"]
         if len(args) == 3 and args[:2] == ["read-only", "mode"] and args[2] in ("true", "false"):
             ha.set_read_only(args[2] == "true")
             return Result()
@@ -509,6 +532,23 @@ class CliSession:
                     [("set", ["devices", "device", device, "device-type", kind, "ned-id"], new_id)]
                 )
         return Result(_lines(*out))
+
+
+def _split_commands(line: str) -> list[str]:
+    """Split at ``;`` outside quotes."""
+    parts, current, quote = [], "", ""
+    for ch in line:
+        if quote:
+            quote = "" if ch == quote else quote
+        elif ch in "\"'":
+            quote = ch
+        elif ch == ";":
+            parts.append(current)
+            current = ""
+            continue
+        current += ch
+    parts.append(current)
+    return [p for p in parts if p.strip()]
 
 
 def _base(name: str) -> str:

@@ -95,12 +95,12 @@ class SshServer:
     def __init__(self, daemon: Daemon, sock: socket.socket) -> None:
         self.d = daemon
         self.sock = sock
-        key_path = daemon.layout.config_dir / "ssh" / "ssh_host_rsa_key"
-        if not key_path.exists():
-            from nso_sim.installer import generate_host_key
+        from nso_sim.installer import HOST_KEY, generate_host_key
 
+        key_path = daemon.layout.config_dir / HOST_KEY
+        if not key_path.exists():
             generate_host_key(key_path)
-        self.host_key = paramiko.RSAKey.from_private_key_file(str(key_path))
+        self.host_key = paramiko.PKey.from_path(key_path)
         self.transports: list[paramiko.Transport] = []
         self._closing = False
 

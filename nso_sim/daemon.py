@@ -62,6 +62,10 @@ class WriteRefused(Exception):
     pass
 
 
+class StopDuringStart(Exception):
+    pass
+
+
 class Daemon:
     def __init__(
         self, layout: HostLayout, reload_mode: Optional[str], conf_path: Optional[Path] = None
@@ -142,7 +146,8 @@ class Daemon:
             + (float(extra) if extra is not None else 0.0)
         )
         self.log("INFO", f"Start-up will take {nominal:.1f} nominal seconds")
-        self.sleep_nominal(nominal)
+        if self.stop_event.wait(self.config.scaled(nominal)):
+            raise StopDuringStart()  # ncs --stop (or SIGTERM) while still starting
         self.state = "phase1"
 
         from nso_sim.cli_ssh import SshServer
@@ -228,9 +233,25 @@ class Daemon:
             )
         return scan.found, doomed
 
+    def check_commit_queue(self) -> None:
+        """Queued items were built against the schema a reload replaces: the guide's reason
+        for ``wait-commit-queue-empty``. The simulator refuses outright (simplified)."""
+        with self.lock:
+            queued = len(self.commit_queue)
+        if queued:
+            raise ReloadRefused(
+                [
+                    f"Error: the commit queue holds {queued} item(s) that rely on the current"
+                    " schema; wait until it is empty, or use"
+                    " 'packages ha sync and-reload { wait-commit-queue-empty }'"
+                ]
+            )
+
     def reload_packages(self, force: bool, at_start: bool = False) -> list[str]:
         """Load the load path's packages; returns the names loaded. Raises ReloadRefused."""
         with self.lock:
+            if not at_start:
+                self.check_commit_queue()
             found, doomed = self.plan_reload(force)
             crash = faults.fire(self.layout, "reload-crash")
             if crash is not None:
@@ -255,10 +276,14 @@ class Daemon:
             self.ha.broadcast_snapshot()
 
     # ----- configuration -----
+    def read_only_now(self) -> bool:
+        """Read-only mode, or an HA secondary (which takes its data from the primary)."""
+        return self.read_only or (self.ha is not None and self.ha.mode == "secondary")
+
     def writable_check(self) -> None:
         if self.upgrading:
             raise WriteRefused("Aborted: system upgrade in progress")
-        if self.read_only or (self.ha is not None and self.ha.mode == "secondary"):
+        if self.read_only_now():
             raise WriteRefused("Aborted: node is in read-only mode")
 
     def commit(self, ops: list[Op], queue: bool = False) -> Optional[int]:
@@ -437,6 +462,11 @@ def main(argv: Optional[list[str]] = None) -> None:
     signal.signal(signal.SIGTERM, lambda _sig, _frame: daemon.request_stop())
     try:
         daemon.start()
+    except StopDuringStart:
+        daemon.shutdown()
+        daemon.log("INFO", "Stopped during start-up")
+        _remove_pid(layout)
+        os._exit(0)
     except StartupFailure as exc:
         daemon.log("ERROR", exc.reason)
         daemon.log("ERROR", f"Daemon died status={exc.code}")

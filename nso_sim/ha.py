@@ -1,10 +1,12 @@
 """Rule-based built-in HA between simulated hosts, over TCP (``/ncs-config/ha``).
 
 A secondary connects to the primary, proves it runs the same NSO version and holds the same
-crypto keys, receives a full copy of the database and then every committed change. With
-``enable-failover`` the failover-primary takes over when the primary goes away, keeping its
-read-only mode; a non-failover secondary that then joins it clears read-only mode, which is
-the hazard the upgrade guide works around. The wire format (JSON lines) is the simulator's own.
+crypto keys, receives a full copy of the database and then every committed change. Roles at
+start-up and on ``enable`` follow the start-up table of the gitbook's high-availability.md;
+failover follows its rule-based consensus algorithm: the failover-primary retries the lost
+primary, then takes over in read-only mode, which a joining secondary clears (the hazard the
+upgrade guide works around); a nominal primary that loses all its secondaries takes role
+none. The wire format (JSON lines) is the simulator's own.
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ if TYPE_CHECKING:
     from nso_sim.daemon import Daemon
 
 CONNECT_TIMEOUT = 2.0
-RECONNECT_INTERVAL = 10.0  # nominal seconds, as ha settings reconnect-interval's default
+# Defaults of high-availability settings reconnect-interval (nominal seconds) and -attempts.
+RECONNECT_INTERVAL = 10.0
+RECONNECT_ATTEMPTS = 3
 
 
 class _Link:
@@ -147,11 +151,37 @@ class HaManager:
                 return node_id
         return self.d.config.ha_id
 
+    def nominal_role(self, node_id: Optional[str]) -> str:
+        return str(self.nodes().get(node_id or "", {}).get("nominal-role", "none"))
+
+    def _may_fail_over(self, node_id: Optional[str]) -> bool:
+        """A failover-primary, or the nominal primary (implicitly one while it is secondary)."""
+        node = self.nodes().get(node_id or "", {})
+        return node.get("failover-primary") == "true" or node.get("nominal-role") == "primary"
+
+    def _consensus(self) -> bool:
+        """The rule-based consensus algorithm, on by default since NSO 5.8."""
+        return self.setting("consensus", "enabled") != "false"
+
+    def _reconnect_interval(self) -> float:
+        try:
+            nominal = float(self.setting("reconnect-interval") or RECONNECT_INTERVAL)
+        except ValueError:
+            nominal = RECONNECT_INTERVAL
+        return self._interval(nominal)
+
+    def _reconnect_attempts(self) -> int:
+        try:
+            return max(0, int(self.setting("reconnect-attempts") or RECONNECT_ATTEMPTS))
+        except ValueError:
+            return RECONNECT_ATTEMPTS
+
     def _interval(self, nominal: float) -> float:
         return min(1.0, max(0.05, self.d.config.scaled(nominal)))
 
     # ----- start-up -----
     def at_start_up(self) -> None:
+        """With ``/ncs-config/ha/enabled``, start-up settings decide whether HA is enabled."""
         if self.sock is None:
             return
         if "true" in (
@@ -170,28 +200,46 @@ class HaManager:
 
     # ----- actions -----
     def enable(self) -> str:
+        """Enable HA and take a role by the start-up settings (high-availability.md, Startup)."""
         if self.sock is None:
             return "Error: HA is not enabled in ncs.conf (/ncs-config/ha/enabled)"
         with self.lock:
             own = self.own_id()
             if own is None or own not in self.nodes():
                 return "Error: no ha-node is configured with this node's address"
-            if self.enabled:
+            if self.enabled and self.mode != "none":
                 return "result enabled"
             self.enabled = True
             self.generation += 1
             gen = self.generation
-            role = self.nodes()[own].get("nominal-role", "none")
+            role = self.nominal_role(own)
+            assume = self.setting("start-up", "assume-nominal-role") == "true"
+            join = self.setting("start-up", "join-ha") == "true"
         self.d.log("INFO", f"HA enabled, nominal role {role}")
-        if role == "primary":
-            other = self._find_acting_primary(exclude=own)
-            if other is None or not self._join(other, gen)[0]:
-                with self.lock:
-                    if self.generation == gen:
-                        self._become_primary(failover=False)
-        elif role == "secondary" and not self._join_any(gen):
-            self._start_reconnect(gen)
+        self._take_start_up_role(gen, own, role, assume, join)
         return "result enabled"
+
+    def _take_start_up_role(self, gen: int, own: str, role: str, assume: bool, join: bool) -> None:
+        if role not in ("primary", "secondary") or not (assume or join):
+            return  # role none
+        if role == "primary" and not join:
+            self._become_primary_if(gen)
+        elif role == "secondary" and not join:
+            # One attempt to the nominal primary, no retries; failing that, role none.
+            nominal = next((n for n in self.nodes() if self.nominal_role(n) == "primary"), None)
+            if nominal is not None:
+                self._join(nominal, gen)
+        elif role == "primary" and assume:
+            # Query once: join an acting primary if there is one, else become primary. A
+            # failed join leaves role none: two primaries would be a split brain.
+            other = self._find_acting_primary(exclude=own)
+            if other is None:
+                self._become_primary_if(gen)
+            else:
+                self._join(other, gen)
+        elif not self._join_acting_primary(gen):
+            attempts = None if role == "primary" else self._reconnect_attempts()
+            self._start_reconnect(gen, attempts)
 
     def disable(self) -> str:
         with self.lock:
@@ -200,6 +248,7 @@ class HaManager:
             self._drop_links()
             self.mode = self.assigned_role = "none"
             self.primary_id = None
+            self.be_secondary_result = None
             self.promoted_by_failover = False
             self.d.read_only = False  # current releases reset read-only when HA is disabled
         self.d.log("INFO", "HA disabled")
@@ -214,18 +263,18 @@ class HaManager:
             self._become_primary(failover=False)
         return "result ok"
 
-    def be_secondary_to(self, node: str) -> tuple[bool, str]:
+    def be_secondary_to(self, node: str) -> str:
+        """Asynchronous, as upstream: the outcome shows in ``status be-secondary-result``."""
         with self.lock:
             self.enabled = True
             self.generation += 1
             gen = self.generation
             self._drop_links()
             self.mode = "none"
-        line = f"result Attempting to be secondary to node {node}"
-        ok, reason = self._join(node, gen)
-        if ok:
-            return True, line
-        return False, f'{line}\nbe-secondary-result "{reason}"'
+            self.assigned_role = "secondary"
+            self.be_secondary_result = None
+        threading.Thread(target=self._join, args=(node, gen), daemon=True).start()
+        return f"result Attempting to be secondary to node {node}"
 
     def set_read_only(self, on: bool) -> None:
         with self.lock:
@@ -239,6 +288,11 @@ class HaManager:
         self.promoted_by_failover = failover
         self.be_secondary_result = None
         self.d.log("INFO", "HA: assumed primary role" + (" (failover)" if failover else ""))
+
+    def _become_primary_if(self, gen: int) -> None:
+        with self.lock:
+            if self.generation == gen and self.enabled:
+                self._become_primary(failover=False)
 
     def _drop_links(self) -> None:
         links = list(self.secondaries.values())
@@ -267,33 +321,55 @@ class HaManager:
         except (OSError, ValueError):
             return None
 
-    def _find_acting_primary(self, exclude: str) -> Optional[str]:
+    def _find_acting_primary(self, exclude: Optional[str]) -> Optional[str]:
         for node_id in self.nodes():
             if node_id != exclude and self._probe(node_id) == "primary":
                 return node_id
         return None
 
-    def _candidates(self) -> list[str]:
-        own = self.own_id()
-        nodes = self.nodes()
-        order = [n for n, v in nodes.items() if v.get("nominal-role") == "primary"]
-        order += [n for n, v in nodes.items() if v.get("failover-primary") == "true"]
-        return [n for n in dict.fromkeys(order) if n != own]
+    def _join_acting_primary(self, gen: int) -> bool:
+        """Query the configured nodes for the one acting as primary and join it."""
+        other = self._find_acting_primary(exclude=self.own_id())
+        if other is None:
+            with self.lock:
+                if self.generation == gen:
+                    self.be_secondary_result = "error (25) - could not connect to primary"
+            return False
+        return self._join(other, gen)[0]
 
-    def _join_any(self, gen: int) -> bool:
-        return any(self._join(node, gen)[0] for node in self._candidates())
+    def _start_reconnect(self, gen: int, attempts: Optional[int]) -> None:
+        """Retry joining the acting primary every reconnect-interval; ``attempts`` None means
+        for as long as HA stays enabled and the node has no role."""
 
-    def _start_reconnect(self, gen: int) -> None:
         def loop() -> None:
-            while True:
-                time.sleep(self._interval(RECONNECT_INTERVAL))
+            for _ in itertools.count() if attempts is None else range(attempts):
+                time.sleep(self._reconnect_interval())
                 with self.lock:
                     if self.generation != gen or not self.enabled or self.mode != "none":
                         return
-                if self._join_any(gen):
+                if self._join_acting_primary(gen):
                     return
+            self.d.log("WARNING", "HA: no primary found, keeping role none")
 
         threading.Thread(target=loop, daemon=True).start()
+
+    def _fail_over(self, gen: int, lost: str) -> None:
+        """The failover-primary retries the lost primary, then takes over (read-only under
+        the consensus algorithm until a secondary joins)."""
+        for _ in range(self._reconnect_attempts()):
+            time.sleep(self._reconnect_interval())
+            with self.lock:
+                if self.generation != gen or not self.enabled or self.mode != "none":
+                    return
+            if self._join(lost, gen)[0]:
+                return
+        with self.lock:
+            if self.generation != gen or not self.enabled or self.mode != "none":
+                return
+            self._become_primary(failover=True)
+            if self._consensus():
+                self.d.read_only = True
+                self.d.log("INFO", "HA: read-only mode enabled until a secondary joins")
 
     def _join(self, node_id: str, gen: int) -> tuple[bool, str]:
         """Connect to ``node_id`` as its secondary; (ok, be-secondary-result text)."""
@@ -302,7 +378,8 @@ class HaManager:
         own = self.own_id()
         if address is None or node_id == own or faults.active(self.d.layout, "ha-link-down"):
             with self.lock:
-                self.be_secondary_result = fail
+                if self.generation == gen:
+                    self.be_secondary_result = fail
             return False, fail
         sock: Optional[socket.socket] = None
         first: Optional[dict[str, Any]] = None
@@ -327,7 +404,8 @@ class HaManager:
             if sock is not None:
                 sock.close()
             with self.lock:
-                self.be_secondary_result = reason
+                if self.generation == gen:
+                    self.be_secondary_result = reason
             self.d.log("WARNING", f"HA: cannot join {node_id}: {reason}")
             return False, reason
         sock.settimeout(None)
@@ -372,23 +450,20 @@ class HaManager:
         with self.lock:
             if self.upstream is not link:
                 return  # closed on purpose (disable, be-primary, ...)
+            # As on a real node: mode none; assigned-role and primary-id stay as they were.
             self.upstream = None
             self.mode = "none"
-            self.primary_id = None
             gen = self.generation
             if not self.enabled:
                 return
-            own = self.own_id()
-            failover = (
-                self.setting("enable-failover") == "true"
-                and own is not None
-                and self.nodes().get(own, {}).get("failover-primary") == "true"
+            failover = self.setting("enable-failover") == "true" and self._may_fail_over(
+                self.own_id()
             )
-            self.d.log("WARNING", f"HA: lost connection to primary {link.peer_id}")
-            if failover:
-                self._become_primary(failover=True)
-                return
-        self._start_reconnect(gen)
+        self.d.log("WARNING", f"HA: lost connection to primary {link.peer_id}")
+        if failover:
+            threading.Thread(target=self._fail_over, args=(gen, link.peer_id), daemon=True).start()
+        else:
+            self._start_reconnect(gen, None)
 
     def _load_path(self) -> list[str]:
         root = str(self.d.layout.root)
@@ -487,9 +562,21 @@ class HaManager:
 
     def _on_secondary_close(self, link: _Link) -> None:
         with self.lock:
-            if self.secondaries.get(link.peer_id) is link:
-                del self.secondaries[link.peer_id]
+            if self.secondaries.get(link.peer_id) is not link:
+                return  # closed on purpose (disable, a reconnecting secondary, ...)
+            del self.secondaries[link.peer_id]
+            # Consensus: a nominal primary that loses all its secondaries takes role none.
+            demote = (
+                not self.secondaries
+                and self.mode == "primary"
+                and self._consensus()
+                and self.nominal_role(self.own_id()) == "primary"
+            )
+            if demote:
+                self.mode = self.assigned_role = "none"
         self.d.log("INFO", f"HA: secondary {link.peer_id} disconnected")
+        if demote:
+            self.d.log("WARNING", "HA: lost all secondaries, assuming role none (consensus)")
 
     def _on_commit(self, ops: list[Op], txid: int) -> None:
         if self.mode != "primary":
@@ -542,6 +629,7 @@ class HaManager:
         self.d.read_only = True
         out = list(RELOAD_BANNER)
         try:
+            self.d.check_commit_queue()
             old = {(i.name, i.version) for i in self.d.package_infos(only_up=False)}
             found, _doomed = self.d.plan_reload(force=False)
             if add_only and not old <= {(i.name, i.version) for _, i in found}:
@@ -578,30 +666,41 @@ class HaManager:
 
     # ----- show -----
     def show_lines(self, args: list[str]) -> list[str]:
+        """``show high-availability [status [LEAF]]`` in the order and layout of real NSO 6.x
+        (mode, current-id, assigned-role, be-secondary-result, primary-id, read-only-mode,
+        then the connected secondaries as an ``ID  ADDRESS`` table)."""
         with self.lock:
             p = "high-availability"
             lines = [f"{p} enabled" if self.enabled else f"{p} disabled"]
-            lines += [
-                f"{p} status mode {self.mode}",
-                f"{p} status current-id {self.own_id() or ''}".rstrip(),
-                f"{p} status assigned-role {self.assigned_role}",
-                f"{p} status read-only-mode {str(self.d.read_only).lower()}",
-            ]
+            lines.append(f"{p} status mode {self.mode}")
+            own = self.own_id()
+            if own and self.mode != "none":
+                lines.append(f"{p} status current-id {own}")
+            lines.append(f"{p} status assigned-role {self.assigned_role}")
+            if self.be_secondary_result:
+                lines.append(f"{p} status be-secondary-result {_quote(self.be_secondary_result)}")
             if self.primary_id:
                 lines.append(f"{p} status primary-id {self.primary_id}")
-            if self.be_secondary_result:
-                lines.append(f'{p} status be-secondary-result "{self.be_secondary_result}"')
-            table = []
-            if self.mode == "primary" and self.secondaries:
-                rows = [("ID", "ADDRESS")] + [
-                    (n, link.address) for n, link in sorted(self.secondaries.items())
-                ]
-                width = max(len(r[0]) for r in rows)
-                table = [f"{p} status connected-secondary"] + [
-                    f"{r[0].ljust(width)}  {r[1]}" for r in rows
-                ]
+            lines.append(f"{p} status read-only-mode {str(self.d.read_only).lower()}")
+            rows = []
+            if self.mode == "primary":
+                rows = [(n, link.address) for n, link in sorted(self.secondaries.items())]
         want = " ".join([p, *args])
         out = [ln for ln in lines if ln == want or ln.startswith(want + " ")]
-        if not args or args in (["status"], ["status", "connected-secondary"]):
-            out += table
-        return out
+        if rows and (not args or args in (["status"], ["status", "connected-secondary"])):
+            out += _table(("ID", "ADDRESS"), rows)
+        return out or ["% No entries found."]
+
+
+def _quote(text: str) -> str:
+    return f'"{text}"' if " " in text else text
+
+
+def _table(head: tuple[str, str], rows: list[tuple[str, str]]) -> list[str]:
+    """An NSO CLI table: columns padded to their widest cell plus two spaces, a dashed rule."""
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(2)]
+
+    def line(cells: tuple[str, str]) -> str:
+        return "".join(c.ljust(w + 2) for c, w in zip(cells, widths)).rstrip()
+
+    return [line(head), "-" * (sum(widths) + 4), *[line(r) for r in rows]]

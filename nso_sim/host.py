@@ -10,7 +10,7 @@ from typing import Optional
 
 from nso_sim import ncsconf, systemd
 from nso_sim.cdb import CdbStore, Tree
-from nso_sim.installer import _split, build_installer, install
+from nso_sim.installer import HOST_KEY, _split, build_installer, install
 from nso_sim.layout import HostConfig, HostLayout, hash_password
 from nso_sim.package_meta import PackageInfo, read_package
 
@@ -57,6 +57,8 @@ class HostSpec:
     services_per_package: int = 3
     time_scale: float = 1.0
     installer_moves_current: bool = False
+    # A provisioned SSH host key for the CLI (else the installer generates one).
+    ssh_host_key: Optional[Path] = None
 
 
 def create_host(spec: HostSpec) -> HostLayout:
@@ -73,6 +75,11 @@ def create_host(spec: HostSpec) -> HostLayout:
         users={u: hash_password(p) for u, p in users.items()},
     ).save(layout)
 
+    if spec.ssh_host_key is not None:
+        key = layout.config_dir / HOST_KEY
+        key.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(spec.ssh_host_key, key)
+        key.chmod(0o600)
     installer = spec.installer or build_installer(spec.version, layout.sim_dir / "installers")
     install(layout, _split(installer))
 

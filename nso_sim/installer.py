@@ -26,6 +26,8 @@ from nso_sim.layout import HostConfig, HostLayout, find_root
 MARKER = b"__NSO_SIM_PAYLOAD__\n"
 ARCHES = ("x86_64", "arm64")
 SYSTEMD_FROM = "6.4"
+# The CLI's SSH host key, under /etc/ncs (any type paramiko reads; generated as RSA).
+HOST_KEY = "ssh/ssh_host_rsa_key"
 
 
 def installer_name(vsn: str, arch: str = "x86_64") -> str:
@@ -210,7 +212,7 @@ def install(
         layout.crypto_keys.write_text(ncsconf.generate_crypto_keys())
         layout.crypto_keys.chmod(0o600)
         print(f"INFO  Generated {layout.crypto_keys}")
-    host_key = layout.config_dir / "ssh" / "ssh_host_rsa_key"
+    host_key = layout.config_dir / HOST_KEY
     if not host_key.exists():
         print("INFO  Generating default SSH hostkey (this may take some time)")
         generate_host_key(host_key)

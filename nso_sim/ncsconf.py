@@ -22,6 +22,9 @@ DEFAULT_IPC_PORT = 4569
 DEFAULT_HA_PORT = 4570
 DEFAULT_CLI_PORT = 2024
 
+# ``AES256CFB128_KEY[1]``: a key of generation 1 in the rotatable ncs.crypto_keys form.
+_GENERATION_KEY = re.compile(r"^(\w+)\[(-?\d+)\]$")
+
 
 class ConfError(Exception):
     """ncs.conf cannot be used: the daemon exits 21."""
@@ -173,12 +176,26 @@ def generate_crypto_keys() -> str:
 
 
 def read_crypto_keys(path: Path) -> dict[str, str]:
-    keys: dict[str, str] = {}
+    """The active keys of ``ncs.crypto_keys``.
+
+    Two forms exist: plain ``AES256CFB128_KEY=<hex>`` lines, and the rotatable form that
+    starts with ``EXTERNAL_KEY_FORMAT=2`` and names a generation per key
+    (``AES256CFB128_KEY[0]=<hex>``); there the highest generation is the active one.
+    """
+    plain: dict[str, str] = {}
+    generations: dict[int, dict[str, str]] = {}
     for line in path.read_text().splitlines():
-        if "=" in line and not line.lstrip().startswith("#"):
-            k, v = line.split("=", 1)
-            keys[k.strip()] = v.strip()
-    return keys
+        if "=" not in line or line.lstrip().startswith("#"):
+            continue
+        name, value = (part.strip() for part in line.split("=", 1))
+        match = _GENERATION_KEY.match(name)
+        if match:
+            generations.setdefault(int(match.group(2)), {})[match.group(1)] = value
+        else:
+            plain[name] = value
+    if plain.get("EXTERNAL_KEY_FORMAT") == "2" and generations:
+        return {**generations[max(generations)], "EXTERNAL_KEY_FORMAT": "2"}
+    return plain
 
 
 def check_crypto_keys(path: Path, vsn: str) -> dict[str, str]:

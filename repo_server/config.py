@@ -74,6 +74,11 @@ class Settings:
         return replace(self, **overrides).validated()
 
     def validated(self) -> Settings:
+        if not self.data_dir.is_absolute():
+            # Relative to where the server was started, not to where Flask looks for files.
+            return replace(self, data_dir=self.data_dir.absolute()).validated()
+        if self.storage_dir and not Path(self.storage_dir).is_absolute():
+            return replace(self, storage_dir=str(Path(self.storage_dir).absolute())).validated()
         if self.storage not in {"local", "s3"}:
             raise ConfigError(
                 f"NSO_REPO_STORAGE={self.storage!r} is not a storage backend: use 'local' or 's3'"

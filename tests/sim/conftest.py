@@ -194,6 +194,14 @@ class Artifacts:
     def service(self, nso: str, version: str = "1.0", name: str = "l3vpn") -> Path:
         return self.package(name, version, nso)
 
+    def host_key(self) -> Path:
+        """One SSH host key for every host of the session, so ``host create`` need not
+        generate one each time (operators provision keys the same way)."""
+        path = self.dir / "ssh_host_rsa_key"
+        if not path.exists():
+            paramiko.RSAKey.generate(2048).write_private_key_file(str(path))
+        return path
+
 
 @pytest.fixture
 def shell() -> object:
@@ -219,6 +227,7 @@ def make_host(tmp_path: Path, artifacts: Artifacts) -> Iterator[object]:
         address: Optional[str] = None,
         ha_port: Optional[int] = None,
         extra: tuple[str, ...] = (),
+        shared_host_key: bool = True,
     ) -> SimHost:
         address = address or next_address()
         root = tmp_path / f"host{next(names)}"
@@ -245,6 +254,8 @@ def make_host(tmp_path: Path, artifacts: Artifacts) -> Iterator[object]:
             "--installer",
             str(artifacts.installer(version)),
         ]
+        if shared_host_key:
+            args += ["--ssh-host-key", str(artifacts.host_key())]
         if packages is None:
             packages = [artifacts.ned(version), artifacts.service(version)]
         for pkg in packages:
@@ -273,20 +284,21 @@ def make_cluster(make_host: object) -> object:
         keys_from: Optional[SimHost] = None,
         versions: Optional[list[str]] = None,
         start: bool = True,
+        extra: tuple[str, ...] = (),
     ) -> list[SimHost]:
         addresses = [next_address() for _ in roles]
         ha_port = free_port(*addresses)
         spec = [f"--ha-node=n{i}={a}:{r}" for i, (a, r) in enumerate(zip(addresses, roles), 1)]
         hosts: list[SimHost] = []
         for i, address in enumerate(addresses):
-            extra = [*spec, "--ha-id", f"n{i + 1}"]
+            args = [*spec, "--ha-id", f"n{i + 1}", *extra]
             source = keys_from or (hosts[0] if hosts else None)
             if source is not None:
-                extra += ["--crypto-keys", str(source.path("/etc/ncs/ncs.crypto_keys"))]
+                args += ["--crypto-keys", str(source.path("/etc/ncs/ncs.crypto_keys"))]
             vsn = versions[i] if versions else version
             hosts.append(
                 make_host(
-                    vsn, packages, start=False, address=address, ha_port=ha_port, extra=tuple(extra)
+                    vsn, packages, start=False, address=address, ha_port=ha_port, extra=tuple(args)
                 )
             )  # type: ignore[operator]
         if start:

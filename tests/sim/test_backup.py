@@ -49,3 +49,27 @@ def test_backup_does_not_cover_opt_ncs_packages(make_host, tmp_path):
     links = list(host.path("/var/opt/ncs/packages").iterdir())
     assert links and all(link.is_symlink() and not link.exists() for link in links)
     assert not any(host.path("/opt/ncs/packages").iterdir())
+
+
+def test_local_install_backup_is_not_restored_into_a_system_install(make_host):
+    """ncs-backup(1): local-install backups (named with ``_local``) restore only locally."""
+    host = make_host("6.1", [], start=False)
+    assert run(host.path("/opt/ncs/current/bin/ncs-backup")).returncode == 0
+    made = next(host.path("/var/opt/ncs/backups").iterdir())
+    local = made.with_name(made.name.replace("@", "_local@"))
+    made.rename(local)
+    restore = run(
+        host.path("/opt/ncs/current/bin/ncs-backup"), "--restore", local.name, "--non-interactive"
+    )
+    assert restore.returncode == 1 and "local install backup" in restore.stderr
+    assert not host.path("/var/opt/ncs.old").exists()
+
+
+def test_uncompressed_backup_restores_too(make_host):
+    host = make_host("6.1", [], start=False)
+    backup = run(host.path("/opt/ncs/current/bin/ncs-backup"), "--no-compress")
+    assert backup.returncode == 0 and backup.stdout.rstrip().endswith(
+        ".backup created successfully"
+    )
+    restore = run(host.path("/opt/ncs/current/bin/ncs-backup"), "--restore", "--non-interactive")
+    assert restore.returncode == 0 and "Restore completed successfully" in restore.stdout

@@ -35,7 +35,9 @@ def test_installer_is_self_extracting_and_installs_beside_current(tmp_path, shel
     assert re.search(r"^AESCFB128_KEY=[0-9a-f]{32}$", keys, re.M)
     assert re.search(r"^AES256CFB128_KEY=[0-9a-f]{64}$", keys, re.M)
     # A second release lands beside the first; current is left alone by default.
-    second = shell("sh", x86, "--system-install", "--non-interactive", cwd=root)
+    second = shell(
+        "sh", x86, "--system-install", "--non-interactive", "--run-as-user", "admin", cwd=root
+    )
     assert second.returncode == 0, second.stderr
     assert (root / "opt/ncs/ncs-6.3/bin/ncs").exists()
     assert (root / "opt/ncs/current").resolve().name == "ncs-6.2"

@@ -12,7 +12,13 @@ def test_password_and_key_auth(make_host, tmp_path):
     key = paramiko.RSAKey.generate(2048)
     pub = tmp_path / "id.pub"
     pub.write_text(f"{key.get_name()} {key.get_base64()} ops@example\n")
-    host = make_host("6.2", [], extra=("--user", "oper:s3cret", "--authorized-key", f"oper:{pub}"))
+    host = make_host(
+        "6.2",
+        [],
+        extra=("--user", "oper:s3cret", "--authorized-key", f"oper:{pub}"),
+        shared_host_key=False,  # host create generates the host key itself
+    )
+    assert host.path("/etc/ncs/ssh/ssh_host_rsa_key").stat().st_mode & 0o777 == 0o600
     assert (
         host.cli("show ncs-state version", host.ssh("oper", "s3cret"))[0]
         == "ncs-state version 6.2\n"
@@ -105,3 +111,19 @@ def test_reload_waits_for_open_transactions_then_fails(make_host):
     assert status == 1 and "open transactions" in out
     chan.send("abort\n")
     assert host.cli("packages reload")[1] == 0
+
+
+def test_semicolons_separate_commands_as_in_ciscos_scripts(make_host):
+    """NSO-developer/ha-hcc rule-upgrade-l2 sends ``"cmd; cmd; ..."`` in one ssh exec."""
+    host = make_host("6.2")
+    out, status = host.cli(
+        "high-availability read-only; show high-availability status read-only-mode; "
+        'high-availability read-only mode false; config; l3vpn s customer "a;b"; commit; end'
+    )
+    assert status == 0
+    assert out.splitlines()[:3] == [
+        "high-availability status read-only-mode true",
+        "Entering configuration mode terminal",
+        "Commit complete.",
+    ]
+    assert host.cli("show running-config l3vpn s")[0] == "l3vpn s\n customer a;b\n!\n"

@@ -114,9 +114,9 @@ def test_ncs_reload_packages_env_is_honoured_by_start(make_host, artifacts):
     assert host.cli("show packages package l3vpn oper-status")[0].strip() == "oper-status up"
 
 
-def test_status_reports_the_start_phase(make_host):
+def test_status_reports_the_start_phase_and_stop_interrupts_a_start(make_host):
     host = make_host("6.1", [], start=False)
-    sim("fault", "set", "--root", str(host.root), "start-slow", "300")
+    sim("fault", "set", "--root", str(host.root), "start-slow", "3000")
     starting = subprocess.Popen([str(host.init), "start"], stdout=subprocess.PIPE, text=True)
     try:
         seen = ""
@@ -125,6 +125,27 @@ def test_status_reports_the_start_phase(make_host):
             seen = run(host.ncs, "--status").stdout
             time.sleep(0.05)
         assert "status: phase0" in seen
+        # ncs --stop does not wait for a (30 s) start-up to finish.
+        assert run(host.ncs, "--stop", timeout=10).returncode == 0
     finally:
-        assert starting.wait(30) == 0
-    assert "status: started" in run(host.ncs, "--status").stdout
+        assert starting.wait(10) != 0  # the start did not complete
+    assert "connection refused" in run(host.ncs, "--status").stderr
+    assert "Stopped during start-up" in host.path("/var/log/ncs/ncs.log").read_text()
+
+
+def test_rotatable_crypto_keys_are_accepted(make_host):
+    """``EXTERNAL_KEY_FORMAT=2`` with a generation per key (ncs.conf(5), key-rotation)."""
+    host = make_host("6.1", [], start=False)
+    host.path("/etc/ncs/ncs.crypto_keys").write_text(
+        f"EXTERNAL_KEY_FORMAT=2\nAESCFB128_KEY[0]={'a' * 32}\nAES256CFB128_KEY[0]={'b' * 64}\n"
+    )
+    assert run(host.init, "start").returncode == 0
+    assert run(host.init, "reload").returncode == 0  # ncs --reload: re-read config, reopen logs
+
+
+def test_corrupt_cdb_stops_start_with_14(make_host):
+    host = make_host("6.1", [], start=False)
+    with host.path("/var/opt/ncs/cdb/A.cdb").open("a") as fh:
+        fh.write("{half a write log entry\n")
+    assert run(host.init, "start").returncode == 14
+    assert "Daemon died status=14" in host.path("/var/log/ncs/ncs.log").read_text()

@@ -18,6 +18,9 @@ def test_package_upgrade_as_in_the_guide(make_host, artifacts):
     assert (
         "name ncs-6.2-router-nc-1.0.2.tar.gz\n  installed" in host.cli("software packages list")[0]
     )
+    dry, status = host.cli("packages reload dry-run")
+    assert status == 0 and ">>>" not in dry and "package router-nc\n    result true" in dry
+    assert "package-version 1.0\n" in host.cli("show packages package router-nc package-version")[0]
     out, status = host.cli("packages reload")
     assert status == 0
     assert out.splitlines()[:4] == [
@@ -143,3 +146,15 @@ def test_ned_migration(make_host, artifacts):
     out, status = host.cli("packages reload")
     assert status == 0, out
     assert "hostname router-nc-1" in host.cli("show running-config devices device router-nc-1")[0]
+
+
+def test_reload_with_items_in_the_commit_queue_fails(make_host):
+    """Queued items rely on the old schema (the guide's reason for wait-commit-queue-empty)."""
+    host = make_host("6.2")
+    result = host.ncs_cli(
+        "config", "l3vpn q1 customer a", "commit commit-queue async", "end", "packages reload"
+    )
+    assert result.returncode == 1
+    assert "commit queue holds 1 item(s)" in result.stdout
+    host.wait_for("show devices commit-queue", "No entries found")
+    assert host.cli("packages reload")[1] == 0

@@ -51,6 +51,11 @@ def test_two_node_ha_major_upgrade_transcript(make_cluster, artifacts):
     restart = run(primary.init, "restart-with-package-reload")
     assert restart.returncode == 0 and restart.stdout == "Stopping ncs: .\nStarting ncs: .\n"
     primary.clients.clear()
+    # Its start-up settings find the designated secondary acting as primary; joining it
+    # fails (other release), so it takes no role: there are never two primaries.
+    out = primary.wait_for("show high-availability status be-secondary-result", "error")
+    assert "incompatible NSO version 6.2" in out
+    assert primary.cli("show high-availability status mode")[0].endswith("mode none\n")
     # After the restart the upgraded primary is read-write (the guide's warning).
     assert primary.cli("show high-availability status read-only-mode")[0].strip().endswith("false")
     # secondary CLI: disable; primary CLI: enable
