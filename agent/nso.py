@@ -170,14 +170,20 @@ class Nso:
         ncs = self.paths.bin("ncs")
         if not ncs.exists():
             return None
-        result = run([str(ncs), "--version"], timeout=60)
+        result = self._timed([str(ncs), "--version"])
         return parse_version(result.stdout) if result.returncode == 0 else None
 
     def status(self) -> str:
         ncs = self.paths.bin("ncs")
         if not ncs.exists():
             return STOPPED
-        return parse_status(run([str(ncs), "--status"], timeout=60))
+        return parse_status(self._timed([str(ncs), "--status"]))
+
+    def _timed(self, args: list[str]) -> CommandResult:
+        """A quiet query of NSO (no log line), counted as time spent in NSO's commands."""
+        result = run(args, timeout=60)
+        self.nso_seconds += result.seconds
+        return result
 
     # -- service ----------------------------------------------------------------------
 
@@ -190,11 +196,13 @@ class Nso:
         self, done: Callable[[str], bool], timeout: float, interval: float = 0.5
     ) -> str:
         began = time.monotonic()
+        counted = self.nso_seconds
         deadline = began + timeout
         while True:
             state = self.status()
             if done(state) or time.monotonic() >= deadline:
-                self.nso_seconds += time.monotonic() - began
+                # All of it is waiting on NSO (its status calls included, counted once).
+                self.nso_seconds = counted + (time.monotonic() - began)
                 return state
             time.sleep(min(interval, max(0.05, deadline - time.monotonic())))
 
@@ -351,6 +359,7 @@ class NsoCli:
         self.log = log or (lambda _line: None)
         self.known_hosts = config.state_path / "cli_known_hosts"
         self._client: Optional[paramiko.SSHClient] = None
+        self.nso_seconds = 0.0  # time spent in NSO's CLI (connecting included)
 
     def connect(self, timeout: float = 60.0) -> paramiko.SSHClient:
         if self._client is not None and self._transport_ok():
@@ -410,6 +419,13 @@ class NsoCli:
     def run(self, command: str, check: bool = True, timeout: float = 600) -> str:
         """Run one CLI command; its output. Raises CliError with NSO's lines verbatim when
         the CLI refuses it (exit status or ``Error:``/``Aborted:`` lines)."""
+        began = time.monotonic()
+        try:
+            return self._run(command, check, timeout)
+        finally:
+            self.nso_seconds += time.monotonic() - began
+
+    def _run(self, command: str, check: bool, timeout: float) -> str:
         for attempt in (1, 2):
             client = self.connect()
             try:

@@ -149,7 +149,7 @@ class Runner:
                 "result": {},
             }
         final["log_tail"] = ctx.log_tail()
-        final["nso_seconds"] = round(ctx.nso.nso_seconds, 3)
+        final["nso_seconds"] = round(ctx.nso.nso_seconds + ctx.cli.nso_seconds, 3)
         final["report_id"] = entry.report_id("final")
         entry.final_report = final
         self.journal.save()
@@ -172,13 +172,20 @@ class Runner:
     def run_forever(self, should_stop: Callable[[], bool] = lambda: False) -> None:
         self.flush_pending()
         self.heartbeat()
+        between_steps = False
         while not should_stop():
             try:
                 self.heartbeat_if_due()
-                step = self.client.next_step(self.config.poll_wait)
+                # Right after a step, ask for the next one without waiting and before the
+                # inventory: collecting it takes about a second that the job would wait for.
+                step = self.client.next_step(0 if between_steps else self.config.poll_wait)
                 if step is not None:
                     self.execute(step)
-                    self.heartbeat()
+                    between_steps = True
+                    continue
+                if between_steps:
+                    self.heartbeat()  # the job is done: report the node as it is now
+                    between_steps = False
             except ServerError as exc:
                 # The client retried already; wait a little and keep serving.
                 log.error("%s", exc)
