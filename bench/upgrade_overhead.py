@@ -728,7 +728,7 @@ def summarise(args: argparse.Namespace, m: dict[str, Any], load: list[float]) ->
     console.print(
         f"job wall time: API {total:.2f} s, polled by this script {med('polled_s'):.2f} s; "
         f"dispatch gaps {med('gaps_s'):.2f} s in all; one heartbeat's inventory collection "
-        f"(sent after every step) {m['heartbeat_s']:.2f} s"
+        f"(sent when a job ends and every heartbeat_interval, not between steps) {m['heartbeat_s']:.2f} s"
     )
     if not reported:
         console.print("[yellow]note:[/] the agent did not report nso_seconds for every step")
