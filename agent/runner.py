@@ -36,6 +36,11 @@ class Runner:
         self.client = client or ServerClient(
             config.server_url, token, config.ca_file, Backoff(tries=8, cap=60)
         )
+        # Progress is informative: one quick retry, so a server that is down (restarting)
+        # never holds a step up; final reports keep the patient client above.
+        self.progress_client = ServerClient(
+            config.server_url, token, config.ca_file, Backoff(tries=2, cap=1)
+        )
         self.downloader = Downloader(config.server_url, token, config.ca_file)
         self.journal = Journal(config.journal_file)
         self.sleep = sleep
@@ -90,8 +95,8 @@ class Runner:
             }
             self.journal.save()
             try:
-                self._send(step_id, body)
-            except ServerError as exc:  # progress is informative: never fail a step for it
+                self.progress_client.report(step_id, body)
+            except (ServerError, StepFinished) as exc:  # informative: never fail a step for it
                 log.warning("progress report failed: %s", exc)
 
         return report
