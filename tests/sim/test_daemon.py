@@ -79,7 +79,8 @@ def test_time_scale_turns_a_95_second_start_into_about_one_second(make_host):
     began = time.monotonic()
     assert run(host.init, "start").returncode == 0
     took = time.monotonic() - began
-    assert 95 * TIME_SCALE <= took < 95 * TIME_SCALE + 3
+    # Far below the nominal 95 s, with room for a loaded machine: the knob scales, it is no bench.
+    assert 95 * TIME_SCALE <= took < 95 * TIME_SCALE + 20
     assert _nominal_start(host) >= 95
 
 
