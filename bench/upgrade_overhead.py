@@ -30,7 +30,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -44,6 +43,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import paramiko
+from benchkit import BenchError, Terminated, free_port, loadavg, start, tail, wait_http
 from rich.console import Console
 from rich.table import Table
 
@@ -68,32 +68,7 @@ CATEGORIES = ("shell", "status", "cli")
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 140)
 
 
-class BenchError(Exception):
-    """A step of the benchmark failed; the message says which and why."""
-
-
-class Terminated(BaseException):
-    """SIGTERM/SIGHUP: unwind like Ctrl-C so everything started is stopped."""
-
-
 # ---------------------------------------------------------------------------- helpers
-
-
-def free_port(address: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((address, 0))
-        return int(s.getsockname()[1])
-
-
-def tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
-
-
-def loadavg() -> float:
-    return float(Path("/proc/loadavg").read_text().split()[0])
 
 
 def parse_time(text: str) -> datetime:
@@ -144,45 +119,6 @@ def sim(*args: str) -> str:
 
 
 @dataclass
-class Started:
-    """A process this script started, in its own process group, with its log file."""
-
-    name: str
-    proc: subprocess.Popen[bytes]
-    log: Path
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def stop(self, grace: float = 10.0) -> None:
-        """SIGTERM, then SIGKILL to the group (only ours) if it has not exited in time."""
-        if self.alive():
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=grace)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-
-
-def start(name: str, cmd: list[str], log: Path, env: dict[str, str]) -> Started:
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )
-    return Started(name, proc, log)
-
-
-@dataclass
 class Api:
     """JSON over HTTP to the repository server with an admin token."""
 
@@ -205,26 +141,6 @@ class Api:
         except (urllib.error.URLError, OSError) as exc:
             raise BenchError(f"{method} {path}: {exc}") from None
         return json.loads(text) if text else None
-
-
-def wait_http(started: Started, url: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    last = ""
-    while time.monotonic() < deadline:
-        if not started.alive():
-            raise BenchError(
-                f"{started.name} exited with status {started.proc.returncode} before it "
-                f"answered; its log ends with:\n{tail(started.log)}"
-            )
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-                last = f"HTTP {response.status}"
-        except (urllib.error.URLError, OSError) as exc:
-            last = str(exc)
-        time.sleep(0.2)
-    raise BenchError(f"{started.name} did not answer {url} in {timeout:.0f}s ({last})")
 
 
 # ---------------------------------------------------------------------------- hosts

@@ -26,25 +26,22 @@ on error and on Ctrl-C. The last line printed is one JSON object with the figure
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from benchkit import BenchError, Started, Terminated, free_port, loadavg, start, wait_http
 from rich.console import Console
 from rich.table import Table
 
@@ -58,14 +55,6 @@ MB = 1_000_000
 
 # Wide enough for the table when the output goes to a file or a pipe.
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
-
-
-class BenchError(Exception):
-    """A step of the benchmark failed; the message says which and why."""
-
-
-class Terminated(BaseException):
-    """SIGTERM/SIGHUP: unwind like Ctrl-C so everything started is stopped."""
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -90,19 +79,6 @@ def human(n: int) -> str:
         if n >= scale:
             return f"{n / scale:g} {unit}"
     return f"{n} B"
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
 
 
 def timed(cmd: list[str]) -> tuple[float, subprocess.CompletedProcess[str]]:
@@ -271,71 +247,6 @@ class MemorySampler:
 # ---------------------------------------------------------------------------- processes
 
 
-@dataclass
-class Started:
-    """A process this script started, in its own process group, with its log file."""
-
-    name: str
-    proc: subprocess.Popen[bytes]
-    log: Path
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def stop(self, grace: float = 5.0) -> None:
-        """SIGTERM, then SIGKILL to the group (only ours) if it has not exited in time."""
-        if self.alive():
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=grace)
-        # Any worker the master left behind is still in the group the master led.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-
-
-def start(name: str, cmd: list[str], log: Path, env: Optional[dict[str, str]] = None) -> Started:
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )
-    return Started(name, proc, log)
-
-
-def wait_http(started: Started, url: str, timeout: float = 60.0, method: str = "GET") -> None:
-    """Until `url` answers 200, or fail with the tail of the process's log."""
-    deadline = time.monotonic() + timeout
-    last = ""
-    while time.monotonic() < deadline:
-        if not started.alive():
-            raise BenchError(
-                f"{started.name} exited with status {started.proc.returncode} before it "
-                f"answered; its log ends with:\n{tail(started.log)}"
-            )
-        try:
-            request = urllib.request.Request(url, method=method)
-            with urllib.request.urlopen(request, timeout=2) as response:
-                if response.status == 200:
-                    return
-                last = f"HTTP {response.status}"
-        except (urllib.error.URLError, OSError) as exc:
-            last = str(exc)
-        time.sleep(0.2)
-    raise BenchError(
-        f"{started.name} did not answer {url} within {timeout:.0f}s ({last}); "
-        f"its log ends with:\n{tail(started.log)}"
-    )
-
-
 NGINX_CONF = """\
 daemon off;
 master_process on;
@@ -366,11 +277,6 @@ def start_nginx(tmp: Path, root: Path, port: int) -> Started:
     conf.write_text(NGINX_CONF.format(tmp=tmp, root=root, port=port))
     cmd = [str(NGINX), "-p", str(tmp), "-e", str(tmp / "error.log"), "-c", str(conf)]
     return start("nginx", cmd, tmp / "stdout.log")
-
-
-def loadavg() -> float:
-    """The 1-minute load average: how busy the machine was, other processes included."""
-    return float(Path("/proc/loadavg").read_text().split()[0])
 
 
 def versions() -> dict[str, str]:

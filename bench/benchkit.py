@@ -1,0 +1,110 @@
+"""What every benchmark here needs: processes it starts and stops, ports, logs, load.
+
+The benchmarks run as scripts (`python bench/NAME.py`), so this module is imported as a
+sibling (`from benchkit import ...`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+
+class BenchError(Exception):
+    """A step of the benchmark failed; the message says which and why."""
+
+
+class Terminated(BaseException):
+    """SIGTERM/SIGHUP: unwind like Ctrl-C so everything started is stopped."""
+
+
+def free_port(address: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((address, 0))
+        return int(s.getsockname()[1])
+
+
+def tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def loadavg() -> float:
+    """The 1-minute load average: how busy the machine was, other processes included."""
+    return float(Path("/proc/loadavg").read_text().split()[0])
+
+
+@dataclass
+class Started:
+    """A process this script started, in its own process group, with its log file."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, grace: float = 10.0) -> None:
+        """SIGTERM, then SIGKILL to the group (only ours) if it has not exited in time."""
+        if self.alive():
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=grace)
+        # Any worker the master left behind is still in the group the master led.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+
+
+def start(name: str, cmd: list[str], log: Path, env: Optional[dict[str, str]] = None) -> Started:
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+    return Started(name, proc, log)
+
+
+def wait_http(started: Started, url: str, timeout: float = 60.0, method: str = "GET") -> None:
+    """Until `url` answers 200, or fail with the tail of the process's log."""
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        if not started.alive():
+            raise BenchError(
+                f"{started.name} exited with status {started.proc.returncode} before it "
+                f"answered; its log ends with:\n{tail(started.log)}"
+            )
+        try:
+            request = urllib.request.Request(url, method=method)
+            with urllib.request.urlopen(request, timeout=2) as response:
+                if response.status == 200:
+                    return
+                last = f"HTTP {response.status}"
+        except (urllib.error.URLError, OSError) as exc:
+            last = str(exc)
+        time.sleep(0.2)
+    raise BenchError(
+        f"{started.name} did not answer {url} within {timeout:.0f}s ({last}); "
+        f"its log ends with:\n{tail(started.log)}"
+    )
