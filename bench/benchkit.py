@@ -7,16 +7,19 @@ sibling (`from benchkit import ...`).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Optional
 
 
 class BenchError(Exception):
@@ -108,3 +111,51 @@ def wait_http(started: Started, url: str, timeout: float = 60.0, method: str = "
         f"{started.name} did not answer {url} within {timeout:.0f}s ({last}); "
         f"its log ends with:\n{tail(started.log)}"
     )
+
+
+def run_benchmark(
+    console: Any,
+    tmp_prefix: str,
+    tmp_dir: Optional[str],
+    body: Callable[[Path, list[Callable[[], None]], list[float]], dict[str, Any]],
+) -> int:
+    """Run `body(work, cleanup, load)` in a fresh temp folder and print its JSON summary last.
+
+    SIGTERM and SIGHUP unwind like Ctrl-C; whatever `body` registered in `cleanup` is stopped,
+    newest first, and the folder removed, on success, on error and on interruption alike.
+    `load` starts with the load average before the run; `body` appends the one after.
+    """
+
+    def terminate(signum: int, _frame: object) -> None:
+        raise Terminated(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGTERM, terminate)
+    signal.signal(signal.SIGHUP, terminate)
+
+    cleanup: list[Callable[[], None]] = []
+    work: Optional[Path] = None
+    try:
+        load = [loadavg()]
+        if load[0] > 0.5 * (os.cpu_count() or 1):
+            console.print(
+                f"[yellow]note:[/] load average {load[0]:.2f} on {os.cpu_count()} CPUs: other "
+                "processes compete for the CPU, so figures vary more from run to run"
+            )
+        work = Path(tempfile.mkdtemp(prefix=tmp_prefix, dir=tmp_dir))
+        summary = body(work, cleanup, load)
+    except BenchError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        return 1
+    except (KeyboardInterrupt, Terminated) as exc:
+        console.print(f"[yellow]interrupted ({exc.__class__.__name__}), cleaning up[/]")
+        return 130
+    finally:
+        for stop in reversed(cleanup):
+            try:
+                stop()
+            except Exception as exc:  # keep cleaning up the rest
+                console.print(f"[red]cleanup:[/] {exc}")
+        if work is not None:
+            shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps(summary))
+    return 0

@@ -33,7 +33,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -43,7 +42,15 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import paramiko
-from benchkit import BenchError, Terminated, free_port, loadavg, start, tail, wait_http
+from benchkit import (
+    BenchError,
+    free_port,
+    loadavg,
+    run_benchmark,
+    start,
+    tail,
+    wait_http,
+)
 from rich.console import Console
 from rich.table import Table
 
@@ -702,41 +709,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     if not 0 <= args.poll_wait <= 60:
         parser.error("--poll-wait must be 0..60")
 
-    def terminate(signum: int, _frame: object) -> None:
-        raise Terminated(signal.Signals(signum).name)
-
-    signal.signal(signal.SIGTERM, terminate)
-    signal.signal(signal.SIGHUP, terminate)
-
-    cleanup: list[Callable[[], None]] = []
-    work: Optional[Path] = None
-    try:
-        load = [loadavg()]
-        if load[0] > 0.5 * (os.cpu_count() or 1):
-            console.print(
-                f"[yellow]note:[/] load average {load[0]:.2f} on {os.cpu_count()} CPUs: other "
-                "processes compete for the CPU, so figures vary more from run to run"
-            )
-        work = Path(tempfile.mkdtemp(prefix="nso-bench-upgrade-", dir=args.tmp_dir))
+    def body(work: Path, cleanup: list[Callable[[], None]], load: list[float]) -> dict[str, Any]:
         measured = measure(args, work, cleanup)
         load.append(loadavg())
-        summary = summarise(args, measured, load)
-    except BenchError as exc:
-        console.print(f"[red]error:[/] {exc}")
-        return 1
-    except (KeyboardInterrupt, Terminated) as exc:
-        console.print(f"[yellow]interrupted ({exc.__class__.__name__}), cleaning up[/]")
-        return 130
-    finally:
-        for stop in reversed(cleanup):
-            try:
-                stop()
-            except Exception as exc:  # keep cleaning up the rest
-                console.print(f"[red]cleanup:[/] {exc}")
-        if work is not None:
-            shutil.rmtree(work, ignore_errors=True)
-    print(json.dumps(summary))
-    return 0
+        return summarise(args, measured, load)
+
+    return run_benchmark(console, "nso-bench-upgrade-", args.tmp_dir, body)
 
 
 if __name__ == "__main__":

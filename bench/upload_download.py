@@ -30,18 +30,24 @@ import hashlib
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from benchkit import BenchError, Started, Terminated, free_port, loadavg, start, wait_http
+from benchkit import (
+    BenchError,
+    Started,
+    free_port,
+    loadavg,
+    run_benchmark,
+    start,
+    wait_http,
+)
 from rich.console import Console
 from rich.table import Table
 
@@ -620,44 +626,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
 
-    def terminate(signum: int, _frame: object) -> None:
-        raise Terminated(signal.Signals(signum).name)
-
-    signal.signal(signal.SIGTERM, terminate)
-    signal.signal(signal.SIGHUP, terminate)
-
-    cleanup: list[Callable[[], None]] = []
-    work: Optional[Path] = None
-    try:
+    def body(work: Path, cleanup: list[Callable[[], None]], load: list[float]) -> dict[str, Any]:
         check_tools()
         info = versions()
-        load = [loadavg()]
-        if load[0] > 0.5:
-            console.print(
-                f"[yellow]note:[/] load average {load[0]:.2f} on {os.cpu_count()} CPUs: other "
-                "processes compete for the CPU, so figures vary more from run to run"
-            )
-        work = Path(tempfile.mkdtemp(prefix="nso-bench-", dir=args.tmp_dir))
         work.chmod(0o755)  # so nginx's worker can reach files/ below it
         results = measure(args, work, cleanup)
         load.append(loadavg())
-        summary = report(results, info, load)
-    except BenchError as exc:
-        console.print(f"[red]error:[/] {exc}")
-        return 1
-    except (KeyboardInterrupt, Terminated) as exc:
-        console.print(f"[yellow]interrupted ({exc.__class__.__name__}), cleaning up[/]")
-        return 130
-    finally:
-        for stop in reversed(cleanup):
-            try:
-                stop()
-            except Exception as exc:  # keep cleaning up the rest
-                console.print(f"[red]cleanup:[/] {exc}")
-        if work is not None:
-            shutil.rmtree(work, ignore_errors=True)
-    print(json.dumps(summary))
-    return 0
+        return report(results, info, load)
+
+    return run_benchmark(console, "nso-bench-", args.tmp_dir, body)
 
 
 if __name__ == "__main__":
