@@ -11,7 +11,15 @@ WORKERS ?= auto
 PYTHON39 ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.9*/bin/python) $(shell command -v python3.9))
 VENV39 ?= .venv39
 
+# What the machine needs: a Python that makes venvs; for the tests also PostgreSQL 15 and curl.
+# Installed when we are root with apt-get, otherwise one line says what to install. `test`
+# passes its needs down to the venv's recipe, so a fresh machine gets one apt-get run.
+NEEDS = run
+test: NEEDS = test
+CHECK_PREREQUISITES = PYTHON=$(PYTHON) bash scripts/prerequisites.sh
+
 $(BIN)/.installed: pyproject.toml
+	@$(CHECK_PREREQUISITES) $(NEEDS)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
@@ -21,17 +29,20 @@ run: $(BIN)/.installed
 	$(BIN)/nso-repo serve
 
 test: $(BIN)/.installed
+	@$(CHECK_PREREQUISITES) test
 	$(BIN)/python -m pytest -n $(WORKERS) $(PYTEST_ARGS)
 
 $(VENV39)/.installed: pyproject.toml
 	@test -n "$(PYTHON39)" || { echo "Python 3.9 not found: set PYTHON39=/path/to/python3.9"; exit 1; }
 	$(PYTHON39) -m venv $(VENV39)
 	$(VENV39)/bin/pip install -q --upgrade pip
-	$(VENV39)/bin/pip install -q -e . pytest pytest-xdist
+	$(VENV39)/bin/pip install -q -e . pytest pytest-timeout pytest-xdist
 	touch $@
 
+# --confcutdir keeps out tests/conftest.py (it needs the server's dependencies); -p loads
+# the shared fixtures the agent's tests use.
 test-agent-py39: $(VENV39)/.installed
-	$(VENV39)/bin/python -m pytest -n $(WORKERS) --confcutdir=tests/agent \
+	$(VENV39)/bin/python -m pytest -n $(WORKERS) --confcutdir=tests/agent -p tests.support.sim_hosts \
 		--ignore=tests/agent/test_runner_server.py tests/agent $(PYTEST_ARGS)
 
 lint: $(BIN)/.installed

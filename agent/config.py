@@ -31,12 +31,14 @@ mapped under the root.
 from __future__ import annotations
 
 import configparser
+import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 from agent.errors import ConfigError
+from agent.fsutil import write_atomic
 
 DEFAULT_CONFIG = "/etc/nso-agent/agent.conf"
 CONFIG_ENV = "NSO_AGENT_CONFIG"
@@ -217,12 +219,9 @@ class Config:
 
     def save(self, path: Path) -> None:
         """Write the file (mode 0600: it may hold the CLI password)."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            self.to_ini().write(fh)
-        os.replace(tmp, path)
+        text = io.StringIO()
+        self.to_ini().write(text)
+        write_atomic(path, text.getvalue(), mode=0o600)
         self.source = path
 
 

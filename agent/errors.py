@@ -3,6 +3,8 @@ NSO's own commands is carried verbatim so an operator sees exactly what NSO said
 
 from __future__ import annotations
 
+from typing import Any, Optional
+
 
 class AgentError(Exception):
     """Base of every error the agent reports."""
@@ -46,4 +48,12 @@ class CliError(NsoError):
 
 
 class StepFailed(AgentError):
-    """A step could not reach its end state; the message is what the server shows."""
+    """A step could not reach its end state; the message is what the server shows.
+
+    ``result`` travels with the failed report: facts the server needs to decide what comes
+    next (``target_running`` from ``verify``: the upgraded release runs and takes writes).
+    """
+
+    def __init__(self, message: str, result: Optional[dict[str, Any]] = None) -> None:
+        super().__init__(message)
+        self.result = dict(result or {})

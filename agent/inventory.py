@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 from agent import packages as pkgs
 from agent.config import Config
-from agent.errors import AgentError
+from agent.errors import AgentError, CliError
 from agent.nso import STARTED, Nso, NsoCli
 
 
@@ -69,15 +69,17 @@ def _dir_size(path: str) -> int:
     return total
 
 
-def _conf_elements(path: str) -> list[str]:
+def _conf_elements(path: str) -> Optional[list[str]]:
+    """Element names of ncs.conf; None (unknown) when it cannot be read, never ``[]``."""
     try:
         root = ET.parse(path).getroot()
     except (OSError, ET.ParseError):
-        return []
+        return None
     return sorted({el.tag.rsplit("}", 1)[-1] for el in root.iter()})
 
 
-def _crypto_keys(path: str) -> list[str]:
+def _crypto_keys(path: str) -> Optional[list[str]]:
+    """Key names in ncs.crypto_keys; None (unknown) when the file cannot be read."""
     try:
         with open(path) as fh:
             return sorted(
@@ -86,25 +88,27 @@ def _crypto_keys(path: str) -> list[str]:
                 if "=" in line and not line.lstrip().startswith("#")
             )
     except OSError:
-        return []
+        return None
 
 
-def _packages(config: Config, cli: Optional[NsoCli]) -> list[dict[str, Any]]:
-    load_dir = config.paths.load_dir
+def _oper_status(cli: NsoCli) -> dict[str, str]:
+    """Package name -> oper-status, from the CLI (raises AgentError when it cannot answer)."""
     oper: dict[str, str] = {}
-    if cli is not None:
-        try:
-            text = cli.run("show packages | nomore", check=False)
-            name = None
-            for line in text.splitlines():
-                m = re.match(r"^\s*packages package (\S+)", line)
-                if m:
-                    name = m.group(1)
-                m = re.match(r"^\s*oper-status (\S+)$", line)
-                if m and name:
-                    oper[name] = m.group(1)
-        except AgentError:
-            pass
+    text = cli.run("show packages | nomore")
+    name = None
+    for line in text.splitlines():
+        m = re.match(r"^\s*packages package (\S+)", line)
+        if m:
+            name = m.group(1)
+        m = re.match(r"^\s*oper-status (\S+)$", line)
+        if m and name:
+            oper[name] = m.group(1)
+    return oper
+
+
+def _packages(config: Config, oper: dict[str, str]) -> list[dict[str, Any]]:
+    """The load path's packages; ``oper_status`` only where NSO told it (absent: unknown)."""
+    load_dir = config.paths.load_dir
     out = []
     for entry, target in pkgs.current_links(load_dir).items():
         path = load_dir / entry
@@ -119,7 +123,10 @@ def _packages(config: Config, cli: Optional[NsoCli]) -> list[dict[str, Any]]:
 
 
 def _ha(cli: NsoCli) -> dict[str, Any]:
-    text = cli.run("show high-availability", check=False)
+    text = cli.run("show high-availability")
+    if "high-availability" not in text:
+        # Not a refusal, but nothing to read either: unknown, not "HA off".
+        raise CliError(f"'show high-availability' printed nothing recognisable: {text[:200]!r}")
     ha: dict[str, Any] = {
         "enabled": bool(re.search(r"^high-availability enabled", text, re.MULTILINE)),
         "mode": "none",
@@ -143,16 +150,30 @@ def _patches(config: Config) -> list[dict[str, str]]:
     return [{"module": p.stem, "file": p.name} for p in sorted(folder.glob("*.beam"))]
 
 
+def _run_dir_bytes(config: Config) -> int:
+    """What a restore point copies: the run dir without its backups."""
+    paths = config.paths
+    total = 0
+    try:
+        names = os.listdir(paths.run_dir)
+    except OSError:
+        return 0
+    for name in names:
+        if name != paths.backups_dir.name:
+            total += _dir_size(str(paths.run_dir / name))
+    return total
+
+
 def collect(config: Config, with_cli: bool = True) -> dict[str, Any]:
+    """The inventory. A fact that cannot be read is left out, never guessed: the server
+    refuses to plan on unknowns (an empty list would read as "none")."""
     paths = config.paths
     nso = Nso(config)
-    status = nso.status()
-    started = status == STARTED
-    cli = NsoCli(config) if (with_cli and started) else None
+    status, running = nso.daemon()
     inv: dict[str, Any] = {
         "installed_releases": nso.installed_releases(),
         "current": nso.current_version(),
-        "running_version": nso.version() if started else None,
+        "running_version": running if status == STARTED else None,
         "status": status,
         "patches": _patches(config),
         "disk_free_bytes": {
@@ -164,17 +185,24 @@ def collect(config: Config, with_cli: bool = True) -> dict[str, Any]:
         or {"id": platform.system().lower()},
         "java": _java_version(),
         "glibc": _glibc(),
-        "ncs_conf_elements": _conf_elements(str(paths.ncs_conf)),
-        "crypto_keys": _crypto_keys(str(paths.crypto_keys)),
         "cdb_bytes": _dir_size(str(paths.cdb_dir)),
+        "run_dir_bytes": _run_dir_bytes(config),
     }
-    try:
-        inv["packages"] = _packages(config, cli)
-        if cli is not None:
+    conf_elements = _conf_elements(str(paths.ncs_conf))
+    if conf_elements is not None:
+        inv["ncs_conf_elements"] = conf_elements
+    keys = _crypto_keys(str(paths.crypto_keys))
+    if keys is not None:
+        inv["crypto_keys"] = keys
+    oper: dict[str, str] = {}
+    if with_cli and status == STARTED:
+        cli = NsoCli(config)
+        try:
+            oper = _oper_status(cli)
             inv["ha"] = _ha(cli)
-    except AgentError as exc:
-        inv["errors"] = [str(exc)]
-    finally:
-        if cli is not None:
+        except AgentError as exc:
+            inv["cli_error"] = str(exc)
+        finally:
             cli.close()
+    inv["packages"] = _packages(config, oper)
     return inv

@@ -21,9 +21,12 @@ import paramiko
 
 from agent.config import Config, HostPaths
 from agent.errors import CliError, NsoError
+from agent.fsutil import write_atomic
 
 _VERSION = re.compile(r"^\s*(\d+(?:\.\d+)+)(?:[_\s].*)?$")
 _STATUS = re.compile(r"^\s*status:\s*(\S+)", re.MULTILINE)
+# `ncs --status` starts with the running daemon's own version: `vsn: 6.2`.
+_VSN = re.compile(r"^\s*vsn:\s*(\S+)", re.MULTILINE)
 _BACKUP_CREATED = re.compile(r"Backup\s+(\S+)\s+created successfully")
 # Lines with which the NSO CLI refuses a command.
 _CLI_FAILURE = re.compile(r"^\s*(Error:|Aborted:|syntax error:|% Invalid|% Error)", re.MULTILINE)
@@ -119,6 +122,12 @@ def parse_status(result: CommandResult) -> str:
     return STOPPED
 
 
+def parse_daemon_version(result: CommandResult) -> Optional[str]:
+    """The version the running daemon reports (``vsn:`` of ``ncs --status``), or None."""
+    match = _VSN.search(result.stdout) if result.returncode == 0 else None
+    return parse_version(match.group(1)) if match else None
+
+
 def parse_backup_path(output: str) -> Optional[str]:
     match = _BACKUP_CREATED.search(output)
     return match.group(1) if match else None
@@ -174,10 +183,17 @@ class Nso:
         return parse_version(result.stdout) if result.returncode == 0 else None
 
     def status(self) -> str:
+        return self.daemon()[0]
+
+    def daemon(self) -> tuple[str, Optional[str]]:
+        """(state, version) as the running daemon reports them: what runs, not what
+        ``current`` points at (they differ between a switch and the next start)."""
         ncs = self.paths.bin("ncs")
         if not ncs.exists():
-            return STOPPED
-        return parse_status(self._timed([str(ncs), "--status"]))
+            return STOPPED, None
+        result = self._timed([str(ncs), "--status"])
+        state = parse_status(result)
+        return state, parse_daemon_version(result) if state != STOPPED else None
 
     def _timed(self, args: list[str]) -> CommandResult:
         """A quiet query of NSO (no log line), counted as time spent in NSO's commands."""
@@ -342,9 +358,7 @@ def set_env_line(path: Path, key: str, value: str) -> None:
             out.append(line)
     if not found:
         out.append(f"{key}={value}")
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("\n".join(out) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, "\n".join(out) + "\n", like=path)
 
 
 class NsoCli:

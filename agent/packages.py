@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from agent.fsutil import fsync_dir
+
 PACKAGE_FILE = re.compile(r"^ncs-(\d+(?:\.\d+)+)-(.+)-(\d[\w.]*)\.tar\.gz$")
 _NS = "{http://tail-f.com/ns/ncs-packages}"
 _RENAME_EXCHANGE = 2
@@ -107,42 +109,56 @@ def exchange(a: Path, b: Path) -> bool:
     return rc == 0
 
 
+def _sweep(parent: Path, name: str) -> None:
+    """Remove staging folders a killed agent left beside the load path (they are ours)."""
+    for leftover in parent.glob(f".{name}.new-*"):
+        if leftover.is_dir() and not leftover.is_symlink():
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
 def relink(load_dir: Path, targets: list[Path]) -> bool:
     """Make ``load_dir`` hold exactly one link per target (named as the target), atomically.
 
-    Returns False when it already did (nothing changed). Entries of the old load path that
+    Returns False when it already did (nothing changed). When ``load_dir`` is itself a link
+    (``/var/opt/ncs`` on another volume, the load path linked elsewhere), the link is kept
+    and the folder it points at is what gets replaced. Entries of the old load path that
     are not links (a package folder someone put there by hand) are not deleted: the old
-    folder is kept beside it as ``packages.replaced-<n>`` and the caller is told so by the log.
+    folder is kept beside it as ``<name>.replaced-<n>`` and the caller is told so by the log.
     """
     wanted = {t.name: str(t) for t in targets}
     if len(wanted) != len(targets):
         raise ValueError("two packages with the same file name in one set")
     if current_links(load_dir) == wanted:
         return False
-    parent = load_dir.parent
-    staging = parent / f".{load_dir.name}.new-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    real = Path(os.path.realpath(load_dir)) if load_dir.is_symlink() else load_dir
+    parent = real.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    _sweep(parent, real.name)
+    staging = parent / f".{real.name}.new-{os.getpid()}"
+    staging.mkdir()
     for name, target in sorted(wanted.items()):
         os.symlink(target, staging / name)
-    if not load_dir.exists() and not load_dir.is_symlink():
-        os.rename(staging, load_dir)
+    fsync_dir(staging)
+    if not os.path.lexists(real):
+        os.rename(staging, real)
+        fsync_dir(parent)
         return True
-    old_has_files = any(t == "" for t in current_links(load_dir).values())
-    if exchange(staging, load_dir):
+    old_has_files = any(t == "" for t in current_links(real).values())
+    if exchange(staging, real):
         retired = staging  # after the exchange the old set lives under the staging name
     else:
         # No atomic exchange: two renames. The window without a load path is one rename long,
         # and NSO is stopped while the upgrade relinks.
-        retired = parent / f".{load_dir.name}.old-{os.getpid()}"
+        retired = parent / f".{real.name}.old-{os.getpid()}"
         shutil.rmtree(retired, ignore_errors=True)
-        os.rename(load_dir, retired)
-        os.rename(staging, load_dir)
+        os.rename(real, retired)
+        os.rename(staging, real)
+    fsync_dir(parent)
     if old_has_files:
         n = 1
-        while (parent / f"{load_dir.name}.replaced-{n}").exists():
+        while (parent / f"{real.name}.replaced-{n}").exists():
             n += 1
-        os.rename(retired, parent / f"{load_dir.name}.replaced-{n}")
+        os.rename(retired, parent / f"{real.name}.replaced-{n}")
     else:
         shutil.rmtree(retired)
     return True
@@ -159,4 +175,5 @@ def store_file(src: Path, store: Path) -> Path:
         shutil.copyfile(src, tmp)
         src.unlink()
     os.replace(tmp, dest)
+    fsync_dir(store)
     return dest

@@ -145,7 +145,7 @@ class Runner:
                 "result": result,
             }
         except StepFailed as exc:
-            final = {"state": "failed", "message": str(exc)[:2000], "result": {}}
+            final = {"state": "failed", "message": str(exc)[:2000], "result": exc.result}
         except Exception as exc:  # a bug or an unexpected condition: still report it
             ctx.log(traceback.format_exc())
             final = {

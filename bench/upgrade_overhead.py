@@ -64,6 +64,7 @@ EXPECTED_STEPS = [
     "prestage",
     "backup",
     "stop",
+    "restore_point",
     "compact",
     "switch_current",
     "relink_packages",
@@ -318,16 +319,21 @@ class HandRun:
         installer.unlink()
 
         self.begin("backup")
-        self.status()
-        self.cli("show running-config | nomore")
         out = self.sh("shell", bin_dir / "ncs-backup")
         if "created successfully" not in out:
             raise BenchError(f"baseline: ncs-backup said {out.strip()!r}")
 
         self.begin("stop")
         self.status()
+        self.cli("show running-config | nomore")
+        self.status()
         self.sh("shell", h.path("/etc/init.d/ncs"), "stop")
         self.wait_status("stopped")
+
+        # The restore point is the agent's own copy of the stopped data: no NSO command but
+        # the status check; its copy and read-back count as orchestration overhead.
+        self.begin("restore_point")
+        self.status()
 
         self.begin("compact")
         self.status()

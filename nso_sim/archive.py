@@ -34,9 +34,21 @@ class UnsafeArchive(Exception):
     pass
 
 
-def check_member(member: tarfile.TarInfo, where: str) -> None:
-    """Regular files and folders only, no absolute paths, no ``..``."""
+def check_member(member: tarfile.TarInfo, where: str, allow_link: bool = False) -> None:
+    """Regular files and folders only (and symlinks where ``allow_link``), no absolute paths,
+    no ``..``."""
     if member.name.startswith("/") or ".." in PurePosixPath(member.name).parts:
         raise UnsafeArchive(f"{where}: unsafe member {member.name!r}")
+    if allow_link and member.issym():
+        return
     if not (member.isfile() or member.isdir()):
         raise UnsafeArchive(f"{where}: member {member.name!r} is not a file or folder")
+
+
+def check_not_through_links(members: list[tarfile.TarInfo], where: str) -> None:
+    """Refuse a member below a symlink of the same archive: extracting it would write
+    wherever the link points."""
+    links = {PurePosixPath(m.name) for m in members if m.issym()}
+    for m in members:
+        if any(parent in links for parent in PurePosixPath(m.name).parents):
+            raise UnsafeArchive(f"{where}: member {m.name!r} lies below a symlink")

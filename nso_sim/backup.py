@@ -2,7 +2,9 @@
 
 The backup holds ``/etc/ncs`` and the run dir (``/var/opt/ncs``, without its ``backups/``) but,
 as upstream warns, not ``/opt/ncs/packages``: links in ``/var/opt/ncs/packages`` are kept as
-links and dangle if their targets are gone.
+links and dangle if their targets are gone. When ``/var/opt/ncs/packages`` is itself a symlink
+(the load path kept on another volume), the link is kept and what it points at is not backed
+up. The archive layout and its manifest member are the simulator's own (docs/nso-sim.md).
 """
 
 from __future__ import annotations
@@ -18,11 +20,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Optional
 
-from nso_sim import faults, ipc
-from nso_sim.archive import UnsafeArchive, check_member
+from nso_sim import cdb_lock, faults, ipc
+from nso_sim.archive import UnsafeArchive, check_member, check_not_through_links
 from nso_sim.layout import HostLayout, root_of_release_file
 
 MANIFEST = "nso-sim-backup.json"
+LOAD_PATH = "var/opt/ncs/packages"
+# Not data: the running daemon's lock on CDB (see cdb_lock).
+SKIPPED = ("var/opt/ncs/backups", f"var/opt/ncs/cdb/{cdb_lock.LOCK_FILE}")
 
 
 def main(script: str, vsn: str, argv: list[str]) -> int:
@@ -64,7 +69,7 @@ def create_backup(layout: HostLayout, vsn: str, compress: bool = True) -> int:
         tar.add(
             layout.run_dir,
             arcname="var/opt/ncs",
-            filter=lambda m: None if m.name.startswith("var/opt/ncs/backups") else m,
+            filter=lambda m: None if m.name.startswith(SKIPPED) else m,
         )
     data = buf.getvalue()
     if faults.fire(layout, "backup-corrupt") is not None:
@@ -101,13 +106,30 @@ def _member_bytes(tar: tarfile.TarFile, member: tarfile.TarInfo) -> Optional[byt
     return None if fh is None else fh.read()
 
 
-def restore_backup(layout: HostLayout, vsn: str, name: Optional[str], non_interactive: bool) -> int:
+def _nso_running(layout: HostLayout) -> Optional[str]:
+    """Why NSO counts as running (it holds CDB, or answers on its IPC port), or None."""
+    try:
+        with cdb_lock.held(layout.cdb_dir):
+            pass
+    except cdb_lock.CdbLocked as exc:
+        return str(exc)
     try:
         ipc.request(layout, {"op": "status"}, timeout=5)
-        print("ERROR  NSO is running; stop it before restoring", file=sys.stderr)
-        return 1
     except OSError:
-        pass
+        return None
+    return "it answers on its IPC port"
+
+
+def _is_load_path_link(name: str) -> bool:
+    """The load path itself or a package link in it: the only symlinks a backup holds."""
+    return name == LOAD_PATH or name.startswith(LOAD_PATH + "/")
+
+
+def restore_backup(layout: HostLayout, vsn: str, name: Optional[str], non_interactive: bool) -> int:
+    running = _nso_running(layout)
+    if running:
+        print(f"ERROR  NSO is running ({running}); stop it before restoring", file=sys.stderr)
+        return 1
     backup = _choose(layout, name, non_interactive)
     if backup is None or not backup.is_file():
         print(f"ERROR  No such backup: {name or '(none found)'}", file=sys.stderr)
@@ -125,9 +147,8 @@ def restore_backup(layout: HostLayout, vsn: str, name: Optional[str], non_intera
         with tarfile.open(backup, "r:*") as tar:
             members = tar.getmembers()
             for m in members:
-                if m.issym() and m.name.startswith("var/opt/ncs/packages/"):
-                    continue  # package links are part of the backup
-                check_member(m, backup.name)
+                check_member(m, backup.name, allow_link=_is_load_path_link(m.name))
+            check_not_through_links(members, backup.name)
             manifest_member = tar.extractfile(MANIFEST)
             if manifest_member is None:
                 raise tarfile.TarError("no manifest")

@@ -11,6 +11,7 @@ import click
 
 from nso_sim import beam, faults, host, installer, package_build
 from nso_sim.layout import HostConfig, HostLayout
+from nso_sim.package_meta import Requirement
 
 
 @click.group()
@@ -38,8 +39,28 @@ def make_installer(vsn: str, arch: str, out_dir: str) -> None:
 @click.option("--namespace", help="YANG namespace URI of the package's module")
 @click.option("--prefix", help="module prefix, the top CLI keyword (default: NAME)")
 @click.option("--description")
-@click.option("--requires", multiple=True, metavar="NAME:MINVERSION")
-@click.option("--ncs-max-version")
+@click.option(
+    "--requires",
+    multiple=True,
+    metavar="NAME:MIN[:MAX]",
+    help="a required-package with min-version (and max-version)",
+)
+@click.option(
+    "--ncs-min-version",
+    "ncs_min_versions",
+    multiple=True,
+    metavar="VSN",
+    help="one per branch (default: --nso)",
+)
+@click.option("--ncs-max-version", "ncs_max_versions", multiple=True, metavar="VSN")
+@click.option(
+    "--upgrade-set",
+    "upgrade_sets",
+    multiple=True,
+    metavar="LEAF=VALUE",
+    help="add an upgrade component that sets LEAF to VALUE on the package's data when NSO "
+    "loads this build in place of another",
+)
 @click.option("--file-prefix", help="version in the file name prefix if not --nso")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
 def make_package(
@@ -51,15 +72,26 @@ def make_package(
     prefix: Optional[str],
     description: Optional[str],
     requires: tuple[str, ...],
-    ncs_max_version: Optional[str],
+    ncs_min_versions: tuple[str, ...],
+    ncs_max_versions: tuple[str, ...],
+    upgrade_sets: tuple[str, ...],
     file_prefix: Optional[str],
     out_dir: str,
 ) -> None:
     """Write ncs-NSO-NAME-VERSION.tar.gz with package-meta-data.xml and compiled fxs."""
     reqs = []
     for r in requires:
-        req_name, _, req_min = r.partition(":")
-        reqs.append((req_name, req_min or "0"))
+        req_name, _, bounds = r.partition(":")
+        req_min, _, req_max = bounds.partition(":")
+        if not req_name:
+            raise click.BadParameter(f"--requires {r!r}: want NAME:MIN[:MAX]")
+        reqs.append(Requirement(req_name, req_min or "0", req_max or None))
+    sets = []
+    for spec in upgrade_sets:
+        leaf, sep, value = spec.partition("=")
+        if not sep:
+            raise click.BadParameter(f"--upgrade-set {spec!r}: want LEAF=VALUE")
+        sets.append((leaf, value))
     if ned_id and not namespace:
         namespace = f"http://tail-f.com/ned/{ned_id}"
     try:
@@ -73,7 +105,9 @@ def make_package(
             prefix=prefix,
             description=description,
             requires=reqs,
-            ncs_max_version=ncs_max_version,
+            ncs_min_versions=list(ncs_min_versions),
+            ncs_max_versions=list(ncs_max_versions),
+            upgrade_sets=sets,
             file_prefix=file_prefix,
         )
     except ValueError as exc:
@@ -145,6 +179,11 @@ _root = click.option("--root", required=True, type=click.Path(file_okay=False))
     type=click.Path(dir_okay=False, exists=True),
     help="provision this private key as the CLI's SSH host key (else one is generated)",
 )
+@click.option(
+    "--packages-dir-link",
+    metavar="DIR",
+    help="make /var/opt/ncs/packages a symlink to this host folder (e.g. /srv/ncs-packages)",
+)
 @click.option("--start", is_flag=True, help="start the daemon afterwards")
 def host_create(
     root: str,
@@ -167,6 +206,7 @@ def host_create(
     time_scale: Optional[float],
     installer_moves_current: bool,
     ssh_host_key: Optional[str],
+    packages_dir_link: Optional[str],
     start: bool,
 ) -> None:
     """Install VSN under ROOT, write ncs.conf, keys and an initial CDB with data."""
@@ -210,6 +250,7 @@ def host_create(
         time_scale=scale,
         installer_moves_current=installer_moves_current,
         ssh_host_key=Path(ssh_host_key) if ssh_host_key else None,
+        packages_dir_link=packages_dir_link,
     )
     try:
         layout = host.create_host(spec)

@@ -18,12 +18,19 @@ import time
 import traceback
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, NoReturn, Optional
 
 from nso_sim import beam, cdb, faults, ncsconf, packages
 from nso_sim.cdb import CdbStore, Op, Tree
+from nso_sim.cdb_lock import CdbLock, CdbLocked
 from nso_sim.ipc import Connection
-from nso_sim.layout import HostConfig, HostLayout, check_password, release_version
+from nso_sim.layout import (
+    HostConfig,
+    HostLayout,
+    check_password,
+    release_version,
+    write_json_atomic,
+)
 from nso_sim.package_meta import PackageInfo
 
 EXIT_UPGRADE = 13
@@ -31,6 +38,8 @@ EXIT_UPGRADE_CORRUPT = 14
 EXIT_BIND = 20
 EXIT_CONF = 21
 EXIT_INSTALL = 22
+# Another daemon holds the CDB lock: like a port in use (the code is not documented).
+EXIT_CDB_LOCKED = EXIT_BIND
 
 # Nominal (unscaled) seconds; HostConfig.time_scale shrinks them for tests.
 START_BASE = 5.0
@@ -82,6 +91,7 @@ class Daemon:
         self.conf: ncsconf.NcsConf
         self.keys: dict[str, str] = {}
         self.store: CdbStore
+        self.cdb_lock = CdbLock(layout.cdb_dir)
         self.tree: Tree = {}
         self.txid = 0
         self.packages: list[packages.LoadedPackage] = []
@@ -127,32 +137,23 @@ class Daemon:
 
         ipc_sock = self._bind(self.conf.ipc_address, self.conf.ipc_port, "IPC")
         threading.Thread(target=self._ipc_loop, args=(ipc_sock,), daemon=True).start()
-        self.state = "phase0"
 
-        self.store = CdbStore(self.conf.cdb_dir)
-        try:
-            self.tree, self.txid, log_len = self.store.load()
-        except cdb.CdbCorrupt as exc:
-            raise StartupFailure(EXIT_UPGRADE_CORRUPT, f"CDB corrupt: {exc}") from None
-        self._load_packages_at_start()
-
-        extra = faults.fire(self.layout, "start-slow")
-        nominal = (
-            START_BASE
-            + START_PER_PACKAGE * len(self.packages)
-            + START_PER_100_LEAVES * cdb.count_leaves(self.tree) / 100
-            + START_PER_LOG_ENTRY * log_len
-            + (RELOAD_PER_PACKAGE * len(self.packages) if self.reload_mode else 0)
-            + (float(extra) if extra is not None else 0.0)
-        )
+        # "starting" (pre-phase0, ncs(1)) lasts while CDB is read and its data upgraded to
+        # the packages: the long part of a start, proportional to data and packages.
+        log_len = self._open_cdb()
+        nominal = self._start_time(log_len)
         self.log("INFO", f"Start-up will take {nominal:.1f} nominal seconds")
         if self.stop_event.wait(self.config.scaled(nominal)):
             raise StopDuringStart()  # ncs --stop (or SIGTERM) while still starting
-        self.state = "phase1"
+        # The upgrade is what took that time: a package set that cannot load fails only now
+        # (exit 13), after the CDB load, as on a real host.
+        self._load_packages_at_start()
+        self.state = "phase0"
 
         from nso_sim.cli_ssh import SshServer
         from nso_sim.ha import HaManager
 
+        self.state = "phase1"
         cli_sock = self._bind(self.conf.cli_address, self.conf.cli_port, "CLI SSH")
         self.ssh = SshServer(self, cli_sock)
         self.ssh.start()
@@ -166,6 +167,40 @@ class Daemon:
         self.started_event.set()
         self.log("INFO", "Started")
         self.ha.at_start_up()
+
+    def _open_cdb(self) -> int:
+        """Lock and read CDB; returns the length of its write log."""
+        self.cdb_lock = CdbLock(self.conf.cdb_dir)
+        try:
+            self.cdb_lock.acquire()
+        except CdbLocked as exc:
+            raise StartupFailure(EXIT_CDB_LOCKED, f"Cannot open CDB: {exc}") from None
+        # The pid file belongs to the daemon that holds CDB, not to one refused above.
+        self.layout.pid_file.write_text(f"{os.getpid()}\n")
+        self.store = CdbStore(self.conf.cdb_dir)
+        try:
+            self.tree, self.txid, log_len = self.store.load()
+        except cdb.CdbCorrupt as exc:
+            raise StartupFailure(EXIT_UPGRADE_CORRUPT, f"CDB corrupt: {exc}") from None
+        return log_len
+
+    def _start_time(self, log_len: int) -> float:
+        """Nominal seconds to load CDB and upgrade it to the packages about to be loaded."""
+        in_use = packages.read_in_use(self.layout)
+        if self.reload_mode or in_use is None:
+            scan = packages.scan_load_path(self.conf.load_path)
+            count = len(scan.found) + len(scan.errors)
+        else:
+            count = len(in_use)
+        extra = faults.fire(self.layout, "start-slow")
+        return (
+            START_BASE
+            + START_PER_PACKAGE * count
+            + START_PER_100_LEAVES * cdb.count_leaves(self.tree) / 100
+            + START_PER_LOG_ENTRY * log_len
+            + (RELOAD_PER_PACKAGE * count if self.reload_mode else 0)
+            + (float(extra) if extra is not None else 0.0)
+        )
 
     def _bind(self, address: str, port: int, what: str) -> socket.socket:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -199,9 +234,9 @@ class Daemon:
             return
         # Without reload NSO uses its private copy; a package compiled for another branch
         # stays listed with oper-status file-load-error and its data untouched.
-        names = {p.info.name for p in in_use}
+        loaded = {p.info.name: p.info.version for p in in_use}
         for pkg in in_use:
-            err = packages.load_error(pkg.info, self.version, names)
+            err = packages.load_error(pkg.info, self.version, loaded)
             pkg.oper_status = "file-load-error" if err else "up"
             pkg.error_info = err
         self.packages = in_use
@@ -257,17 +292,23 @@ class Daemon:
             if crash is not None:
                 self.log("ERROR", "Daemon crashed during package reload (fault reload-crash)")
                 os._exit(int(crash) if not isinstance(crash, bool) else 70)
+            old = self.package_infos(only_up=False)
             tree = copy.deepcopy(self.tree)
             if doomed:
-                packages.delete_namespaces(tree, self.package_infos(only_up=False), doomed)
+                packages.delete_namespaces(tree, old, doomed)
                 self.log("WARNING", f"Deleting data of namespaces {', '.join(doomed)} (force)")
-            self.packages = packages.write_in_use(self.layout, found)
-            if doomed or not self.store.exists():
+            # Upgrade components run in the load's own transaction: their changes are
+            # committed with it, or not at all.
+            rewrites = packages.upgrade_rewrites(tree, old, [info for _, info in found])
+            for what, count in rewrites:
+                self.log("INFO", f"Package upgrade: {what} ({count} entries)")
+            if doomed or rewrites or not self.store.exists():
                 self.txid += 1
                 self.tree = tree
                 self.store.write_snapshot(self.tree, self.txid)
                 if not at_start:
                     self.notify_snapshot()
+            self.packages = packages.write_in_use(self.layout, found)
             self.log("INFO", f"Packages loaded: {', '.join(p.info.name for p in self.packages)}")
             return [p.info.name for p in self.packages]
 
@@ -457,7 +498,6 @@ def main(argv: Optional[list[str]] = None) -> None:
     args = p.parse_args(argv)
     layout = HostLayout.at(args.root)
     daemon = Daemon(layout, args.reload, Path(args.conf) if args.conf else None)
-    layout.pid_file.write_text(f"{os.getpid()}\n")
     # SIGTERM (kill, a service manager) stops cleanly, like ncs --stop.
     signal.signal(signal.SIGTERM, lambda _sig, _frame: daemon.request_stop())
     try:
@@ -465,31 +505,35 @@ def main(argv: Optional[list[str]] = None) -> None:
     except StopDuringStart:
         daemon.shutdown()
         daemon.log("INFO", "Stopped during start-up")
-        _remove_pid(layout)
-        os._exit(0)
+        _exit(daemon, 0)
     except StartupFailure as exc:
         daemon.log("ERROR", exc.reason)
         daemon.log("ERROR", f"Daemon died status={exc.code}")
         print(exc.reason, file=sys.stderr)
         print(f"Daemon died status={exc.code}", file=sys.stderr)
-        _remove_pid(layout)
-        os._exit(exc.code)
+        _exit(daemon, exc.code)
     except Exception:
         daemon.log("ERROR", "internal error: " + traceback.format_exc())
         traceback.print_exc()
-        _remove_pid(layout)
-        os._exit(1)
+        _exit(daemon, 1)
     daemon.stop_event.wait()
     daemon.shutdown()
     daemon.log("INFO", "Stopped")
-    _remove_pid(layout)
+    _exit(daemon, 0)
+
+
+def _exit(daemon: Daemon, code: int) -> NoReturn:
+    """Record the exit status (``systemctl status`` shows it), let go of CDB, then the pid
+    file: ``ncs --stop`` returns once that is gone, so CDB is free by then."""
+    layout = daemon.layout
+    write_json_atomic(layout.exit_file, {"pid": os.getpid(), "status": code})
+    daemon.cdb_lock.release()
+    with contextlib.suppress(FileNotFoundError, ValueError):
+        if int(layout.pid_file.read_text()) == os.getpid():
+            layout.pid_file.unlink()
     sys.stdout.flush()
-    os._exit(0)
-
-
-def _remove_pid(layout: HostLayout) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        layout.pid_file.unlink()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -59,12 +59,15 @@ class HostSpec:
     installer_moves_current: bool = False
     # A provisioned SSH host key for the CLI (else the installer generates one).
     ssh_host_key: Optional[Path] = None
+    # A host path (``/srv/ncs-packages``): /var/opt/ncs/packages becomes a symlink to it.
+    packages_dir_link: Optional[str] = None
 
 
 def create_host(spec: HostSpec) -> HostLayout:
     layout = HostLayout.at(spec.root)
     if layout.host_file.exists():
         raise FileExistsError(f"{layout.root} already holds a simulated host")
+    link_target = load_dir_link_target(layout, spec.packages_dir_link)
     layout.sim_dir.mkdir(parents=True, exist_ok=True)
     users = spec.users or {"admin": "admin"}
     HostConfig(
@@ -82,6 +85,8 @@ def create_host(spec: HostSpec) -> HostLayout:
         key.chmod(0o600)
     installer = spec.installer or build_installer(spec.version, layout.sim_dir / "installers")
     install(layout, _split(installer))
+    if link_target is not None:
+        link_load_dir(layout, link_target)
 
     layout.ncs_conf.write_text(
         ncsconf.render(
@@ -107,6 +112,30 @@ def create_host(spec: HostSpec) -> HostLayout:
 
     CdbStore(layout.cdb_dir).write_snapshot(initial_data(spec, infos), 1)
     return layout
+
+
+def load_dir_link_target(layout: HostLayout, host_path: Optional[str]) -> Optional[Path]:
+    """Where ``--packages-dir-link`` points: "/srv/ncs-packages" and "srv/ncs-packages" both
+    mean <root>/srv/ncs-packages."""
+    if not host_path:
+        return None
+    target = layout.host_path("/" + host_path.lstrip("/"))
+    if target == layout.load_dir or layout.load_dir in target.parents:
+        raise ValueError(f"--packages-dir-link {host_path!r}: must lie outside the load path")
+    return target
+
+
+def link_load_dir(layout: HostLayout, target: Path) -> None:
+    """Make the load path a symlink to a folder elsewhere, as operators do when
+    /var/opt/ncs lives on another volume; the package links then live in that folder."""
+    target.mkdir(parents=True, exist_ok=True)
+    if layout.load_dir.is_symlink():
+        layout.load_dir.unlink()
+    elif layout.load_dir.is_dir():
+        for entry in layout.load_dir.iterdir():
+            entry.rename(target / entry.name)
+        layout.load_dir.rmdir()
+    layout.load_dir.symlink_to(target)
 
 
 def initial_data(spec: HostSpec, infos: list[PackageInfo]) -> Tree:

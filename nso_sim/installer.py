@@ -202,7 +202,8 @@ def install(
         layout.log_dir,
         layout.init_script.parent,
     ):
-        d.mkdir(parents=True, exist_ok=True)
+        if not d.is_symlink():  # a linked load path stays a link, even a dangling one
+            d.mkdir(parents=True, exist_ok=True)
     if not layout.ncs_conf.exists():
         shutil.copy(target / "etc" / "ncs" / "ncs.conf", layout.ncs_conf)
         print(f"INFO  Installed {layout.ncs_conf}")

@@ -110,6 +110,11 @@ class HostLayout:
     def pid_file(self) -> Path:
         return self.sim_dir / "ncs.pid"
 
+    @property
+    def exit_file(self) -> Path:
+        """How the last daemon that held CDB ended (pid, status), for ``systemctl status``."""
+        return self.sim_dir / "ncs.exit"
+
     def current_release(self) -> Optional[Path]:
         """The release folder ``current`` points at, or None when it is missing or dangling."""
         if not self.current.exists():

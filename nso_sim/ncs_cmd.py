@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from nso_sim import ipc, scripts
+from nso_sim import cdb_lock, ipc, scripts
 from nso_sim.cdb import CdbCorrupt, CdbStore
 from nso_sim.layout import HostLayout, root_of_release_file
 
@@ -147,7 +147,12 @@ def cdb_compact(layout: HostLayout, directory: str) -> int:
         print(f"ncs: no CDB files in {cdb_dir}", file=sys.stderr)
         return 1
     try:
-        folded, size = store.compact()
+        # A running NSO owns these files: rewriting them under it would lose its writes.
+        with cdb_lock.held(cdb_dir):
+            folded, size = store.compact()
+    except cdb_lock.CdbLocked as exc:
+        print(f"ncs: cannot compact: {exc}; stop NSO first", file=sys.stderr)
+        return 1
     except CdbCorrupt as exc:
         print(f"ncs: {exc}", file=sys.stderr)
         return 1

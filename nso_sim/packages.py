@@ -71,22 +71,30 @@ def scan_load_path(load_path: list[Path]) -> ScanResult:
     return result
 
 
-def load_error(info: PackageInfo, running: str, names: set[str]) -> Optional[str]:
-    """Why this package cannot load on ``running`` (None when it can)."""
+def load_error(info: PackageInfo, running: str, loaded: dict[str, str]) -> Optional[str]:
+    """Why this package cannot load on ``running`` next to ``loaded`` (name -> version of the
+    packages in the set), or None when it can."""
     prefix = f"Failed to load NCS package: {info.name}; "
     branch = versions.major(running)
     for fxs in info.fxs:
+        # Maintenance releases of one branch are binary compatible; other branches are not.
         if fxs.compiled_for != branch:
             return prefix + f"requires NCS version {fxs.compiled_for}"
-    for low in info.ncs_min_versions:
-        if versions.is_valid(low) and versions.parse(running) < versions.parse(low):
-            return prefix + f"requires NCS version {low}"
-    for high in info.ncs_max_versions:
-        if versions.is_valid(high) and versions.major(running) > versions.major(high):
-            return prefix + f"requires NCS version {high}"
-    for req, _min_version in info.required:
-        if req not in names:
-            return prefix + f"required package {req} is not loaded"
+    bound = versions.failed_min_version(running, info.ncs_min_versions)
+    bound = bound or versions.failed_max_version(running, info.ncs_max_versions)
+    if bound:
+        return prefix + f"requires NCS version {bound}"
+    for req in info.required:
+        if req.name not in loaded:
+            return prefix + f"required package {req.name} is not loaded"
+        have = loaded[req.name]
+        if not versions.package_version_within(have, req.min_version, req.max_version):
+            wanted = " and ".join(
+                f"{word} {v}"
+                for word, v in (("at least", req.min_version), ("at most", req.max_version))
+                if v
+            )
+            return prefix + f"required package {req.name} has version {have}, needs {wanted}"
     return None
 
 
@@ -96,8 +104,9 @@ def check_set(infos: list[PackageInfo], running: str) -> list[str]:
         f"Failed to load NCS package: {n}; duplicate package"
         for n in sorted({n for n in names if names.count(n) > 1})
     ]
+    loaded = {i.name: i.version for i in infos}
     for info in infos:
-        err = load_error(info, running, set(names))
+        err = load_error(info, running, loaded)
         if err:
             errors.append(err)
     return errors
@@ -115,12 +124,16 @@ def namespaces_with_data(tree: Tree, infos: list[PackageInfo]) -> dict[str, str]
     for top, value in tree.items():
         if top in by_prefix and value:
             used.setdefault(by_prefix[top], f"/{top}")
-    for name, dev in (tree.get("devices", {}).get("device", {}) or {}).items():
+    for name, dev in _devices(tree).items():
         if not dev.get("config"):
             continue
         for ns in by_ned.get(device_ned_id(dev) or "", []):
             used.setdefault(ns, f"/devices/device{{{name}}}/config")
     return used
+
+
+def _devices(tree: Tree) -> dict[str, Any]:
+    return tree.get("devices", {}).get("device", {}) or {}
 
 
 def device_ned_id(dev: dict[str, Any]) -> Optional[str]:
@@ -145,9 +158,51 @@ def delete_namespaces(tree: Tree, old: list[PackageInfo], doomed: list[str]) -> 
             if not info.is_ned:
                 tree.pop(fxs.prefix, None)
                 continue
-            for dev in (tree.get("devices", {}).get("device", {}) or {}).values():
+            for dev in _devices(tree).values():
                 if device_ned_id(dev) in info.ned_ids:
                     dev.pop("config", None)
+
+
+def upgrade_rewrites(
+    tree: Tree, old: list[PackageInfo], new: list[PackageInfo]
+) -> list[tuple[str, int]]:
+    """Run the upgrade components of every package whose loaded build is being replaced by
+    another (a new package version, or one compiled for another NSO branch).
+
+    Each component's SETS go on the package's data in ``tree``: every instance of a service
+    package's list, the config of every device using one of a NED's ned-ids. Returns
+    (what was done, how many entries) for the log.
+    """
+    before = {i.name: i.build for i in old}
+    done = []
+    for info in new:
+        if info.name not in before or before[info.name] == info.build:
+            continue
+        for comp in info.upgrades:
+            entries = _upgrade_targets(tree, info)
+            for entry in entries:
+                for leaf, value in comp.sets:
+                    entry[leaf] = value
+            sets = ", ".join(f"{leaf} {value}" for leaf, value in comp.sets)
+            done.append(
+                (f"{info.name} {info.version} component {comp.name}: set {sets}", len(entries))
+            )
+    return done
+
+
+def _upgrade_targets(tree: Tree, info: PackageInfo) -> list[dict[str, Any]]:
+    if info.is_ned:
+        return [
+            dev.setdefault("config", {})
+            for dev in _devices(tree).values()
+            if device_ned_id(dev) in info.ned_ids
+        ]
+    return [
+        entry
+        for f in info.fxs
+        for entry in (tree.get(f.prefix) or {}).values()
+        if isinstance(entry, dict)
+    ]
 
 
 def read_in_use(layout: HostLayout) -> Optional[list[LoadedPackage]]:

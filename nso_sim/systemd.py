@@ -8,6 +8,7 @@ stays in effect for every start until it is set back. A start that takes longer 
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -124,6 +125,28 @@ def _wait(layout: HostLayout, proc: subprocess.Popen[bytes], timeout: float) -> 
         time.sleep(0.05)
 
 
+def _unit_state(layout: HostLayout) -> tuple[str, str]:
+    """systemd's ``Active:`` state and, after a failure, how the daemon ended."""
+    try:
+        status = ipc.request(layout, {"op": "status"}, timeout=5).get("status")
+    except OSError:
+        status = None
+    if status == "started":
+        return "active (running)", ""
+    if status is not None:
+        return "activating (start)", ""
+    try:
+        ended = json.loads(layout.exit_file.read_text())
+    except (OSError, ValueError):
+        ended = {}
+    if ended.get("status"):
+        command = "ExecStart=/opt/ncs/current/bin/ncs"
+        return "failed (Result: exit-code)", (
+            f"{ended.get('pid')} {command} (code=exited, status={ended['status']})"
+        )
+    return "inactive (dead)", ""
+
+
 def _stop(layout: HostLayout) -> int:
     subprocess.call(
         [str(layout.current / "bin" / "ncs"), "--stop"],
@@ -157,14 +180,14 @@ def main(script: str, argv: list[str]) -> int:
         _stop(layout)
         return _start(layout)
     if verb in ("status", "is-active"):
-        active = _running(layout)
+        state, detail = _unit_state(layout)
         if verb == "is-active":
-            print("active" if active else "inactive")
+            print(state.split(" ", 1)[0])
         else:
-            state = "active (running)" if active else "inactive (dead)"
-            print(
-                f"* {UNIT} - Cisco NSO\n     Loaded: loaded ({unit_path(layout)})\n     Active: {state}"
-            )
-        return 0 if active else 3
+            print(f"* {UNIT} - Cisco NSO\n     Loaded: loaded ({unit_path(layout)})")
+            print(f"     Active: {state}")
+            if detail:
+                print(f"    Process: {detail}")
+        return 0 if state.startswith("active") else 3
     print(f"Unknown command verb {verb}.", file=sys.stderr)
     return 1

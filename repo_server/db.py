@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any, Optional
 
-from sqlalchemy import JSON, DateTime, Engine, MetaData, create_engine, event
+from sqlalchemy import JSON, DateTime, Engine, Float, MetaData, create_engine, event
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
@@ -51,7 +51,9 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
-    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON()}
+    # float spelled out: SQLAlchemy 2.1 maps it to Double where 2.0 and the migrations have
+    # Float (the same double precision on PostgreSQL, FLOAT against DOUBLE on SQLite).
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON(), float: Float()}
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:

@@ -1,7 +1,8 @@
 """Shared fixtures: a migrated database (SQLite and real PostgreSQL), the app, a live HTTP
 server on a free port, and tokens for every role.
 
-PostgreSQL and SeaweedFS are real servers started by the fixtures in tests/services.py.
+The fixtures every test folder shares come from the plugins in tests/support/: PostgreSQL
+and SeaweedFS are real servers, simulated NSO hosts are real processes.
 """
 
 from __future__ import annotations
@@ -24,7 +25,15 @@ from repo_server.app import create_app
 from repo_server.auth.models import ROLES
 from repo_server.auth.service import create_token
 from repo_server.context import AppState
-from tests.services import postgres_server, s3_server, storage  # noqa: F401 — fixtures
+
+# The agent's Python 3.9 run does not load this file (--confcutdir): it names the plugins
+# its tests need with -p (Makefile, test-agent-py39).
+pytest_plugins = [
+    "tests.support.postgres",
+    "tests.support.s3",
+    "tests.support.storage",
+    "tests.support.sim_hosts",
+]
 
 
 @pytest.fixture(scope="session")
@@ -36,7 +45,7 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def postgres_template(postgres_server: Any) -> str:  # noqa: F811
+def postgres_template(postgres_server: Any) -> str:
     """A migrated template database; each test clones it with CREATE DATABASE ... TEMPLATE."""
     url = postgres_server.create_database("nso_template")
     migrate.upgrade(url)

@@ -9,32 +9,46 @@ import tarfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 PACKAGE_NS = "http://tail-f.com/ns/ncs-packages"
+
+
+Versions = Union[str, tuple[str, ...], None]
+# A required package: its name, or (name, min-version, max-version); None leaves a part out.
+Required = Union[str, tuple[Optional[str], Optional[str], Optional[str]]]
+
+
+def _required_xml(required: Required) -> str:
+    name, low, high = (required, None, None) if isinstance(required, str) else required
+    inner = "".join(
+        f"<{tag}>{text}</{tag}>"
+        for tag, text in (("name", name), ("min-version", low), ("max-version", high))
+        if text is not None
+    )
+    return f"  <required-package>{inner}</required-package>"
 
 
 def package_meta_xml(
     name: str,
     version: str,
     *,
-    min_version: Optional[str] = None,
-    max_version: Optional[str] = None,
+    min_version: Versions = None,
+    max_version: Versions = None,
     ned_id: Optional[str] = None,
-    requires: tuple[str, ...] = (),
+    requires: tuple[Required, ...] = (),
 ) -> bytes:
+    """package-meta-data.xml; a tuple of min/max versions gives one element per entry."""
     parts = [
         f'<ncs-package xmlns="{PACKAGE_NS}">',
         f"  <name>{name}</name>",
         f"  <package-version>{version}</package-version>",
         f"  <description>{name} for tests</description>",
     ]
-    if min_version:
-        parts.append(f"  <ncs-min-version>{min_version}</ncs-min-version>")
-    if max_version:
-        parts.append(f"  <ncs-max-version>{max_version}</ncs-max-version>")
-    for required in requires:
-        parts.append(f"  <required-package><name>{required}</name></required-package>")
+    for tag, versions in (("ncs-min-version", min_version), ("ncs-max-version", max_version)):
+        for text in (versions,) if isinstance(versions, str) else versions or ():
+            parts.append(f"  <{tag}>{text}</{tag}>")
+    parts += [_required_xml(required) for required in requires]
     if ned_id:
         parts += [
             "  <component>",
@@ -82,7 +96,7 @@ def make_package(
         else package_meta_xml(
             name,
             version,
-            min_version=str(meta_options.pop("min_version", nso)),
+            min_version=meta_options.pop("min_version", nso),  # type: ignore[arg-type]
             **meta_options,  # type: ignore[arg-type]
         )
     )

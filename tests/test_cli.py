@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,72 +14,27 @@ import pytest
 import requests
 
 from tests.factories import make_installer, make_package, make_patch_bundle
+from tests.support.nso_repo import RepoServer
+from tests.support.ports import free_port
+from tests.support.processes import clean_env
 
 NSO_REPO = [sys.executable, "-m", "repo_server.cli"]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class Served:
-    def __init__(self, data_dir: Path, env: dict[str, str]) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = data_dir.parent / f"serve-{self.port}.log"
-        self.env = env
-        self.process = subprocess.Popen(
-            [
-                *NSO_REPO,
-                "serve",
-                "--port",
-                str(self.port),
-                "--data-dir",
-                str(data_dir),
-                "--workers",
-                "2",
-            ],
-            stdout=self.log.open("wb"),
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(f"{self.url}/api/v1/health", timeout=1).status_code == 200:
-                    return
-            except requests.RequestException:
-                pass  # not listening yet, or busy starting
-            if self.process.poll() is not None:
-                break
-            time.sleep(0.2)
-        self.stop()  # never leave a half-started server behind
-        raise RuntimeError(f"nso-repo serve did not start:\n{self.output()}")
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def stop(self) -> None:
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+def serve(data_dir: Path, env: dict[str, str]) -> RepoServer:
+    server = RepoServer(data_dir, env, workers=2)
+    server.start()
+    return server
 
 
 @pytest.fixture
 def base_env(tmp_path: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NSO_REPO_")}
-    env["NSO_REPO_ACCESS_LOG"] = str(tmp_path / "access.log")
-    return env
+    return clean_env(NSO_REPO_ACCESS_LOG=str(tmp_path / "access.log"))
 
 
 @pytest.fixture
-def served(tmp_path: Path, base_env: dict[str, str]) -> Iterator[Served]:
-    server = Served(tmp_path / "data", base_env)
+def served(tmp_path: Path, base_env: dict[str, str]) -> Iterator[RepoServer]:
+    server = serve(tmp_path / "data", base_env)
     yield server
     server.stop()
 
@@ -96,21 +48,18 @@ def run(*args: str, env: dict[str, str], check: bool = True) -> subprocess.Compl
     return result
 
 
-def test_first_start_prints_admin_token_once(served: Served, tmp_path: Path, base_env) -> None:
+def test_first_start_prints_admin_token_once(served: RepoServer) -> None:
     tokens = re.findall(r"^\s+(nsr_\S+)$", served.output(), re.MULTILINE)
     assert len(tokens) == 1
     admin = {"Authorization": f"Bearer {tokens[0]}"}
     assert requests.get(f"{served.url}/api/v1/tokens", headers=admin).status_code == 200
     served.stop()
-    again = Served(tmp_path / "data", base_env)
-    try:
-        assert "nsr_" not in again.output()
-        assert requests.get(f"{again.url}/api/v1/tokens", headers=admin).status_code == 200
-    finally:
-        again.stop()
+    served.start()  # same data folder
+    assert "nsr_" not in served.output()
+    assert requests.get(f"{served.url}/api/v1/tokens", headers=admin).status_code == 200
 
 
-def test_upload_ls_rm_gc_through_the_cli(served: Served, tmp_path: Path, base_env) -> None:
+def test_upload_ls_rm_gc_through_the_cli(served: RepoServer, tmp_path: Path, base_env) -> None:
     data_dir = str(tmp_path / "data")
     created = run(
         "token",
@@ -183,9 +132,9 @@ def test_production_shape_postgresql_and_s3(
         "NSO_REPO_S3_ACCESS_KEY_ID": s3_server.access_key,
         "NSO_REPO_S3_SECRET_ACCESS_KEY": s3_server.secret_key,
     }
-    server = Served(tmp_path / "data", env)
+    server = serve(tmp_path / "data", env)
     try:
-        token = re.findall(r"^\s+(nsr_\S+)$", server.output(), re.MULTILINE)[0]
+        token = server.admin
         client_env = {**env, "NSO_REPO_URL": server.url, "NSO_REPO_TOKEN": token}
         path = make_package(tmp_path, "router-nc", "1.0.2", "6.2")
         stored = json.loads(run("upload", "--json", str(path), env=client_env).stdout)[0][
@@ -201,9 +150,9 @@ def test_production_shape_postgresql_and_s3(
         server.stop()
 
 
-def test_broken_bodies_through_gunicorn_are_4xx(served: Served, tmp_path: Path) -> None:
+def test_broken_bodies_through_gunicorn_are_4xx(served: RepoServer, tmp_path: Path) -> None:
     """gunicorn reports a cut chunked body differently from the dev server: still a 400."""
-    token = re.findall(r"^\s+(nsr_\S+)$", served.output(), re.MULTILINE)[0]
+    token = served.admin
     name = "nso-6.2.linux.x86_64.installer.bin"
     for body in (b"400\r\n#!/bin/sh\n", b"zz\r\nnot hex\r\n"):  # cut mid-chunk / bad size
         with socket.create_connection(("127.0.0.1", served.port)) as sock:

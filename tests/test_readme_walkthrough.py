@@ -6,23 +6,17 @@ simulated host's address and CLI port. Everything else is the README's text.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-import signal
-import socket
 import subprocess
 import sys
 import uuid
 from pathlib import Path
 
+from tests.support.ports import free_port
+from tests.support.processes import ServerProcess, clean_env
+
 README = Path(__file__).resolve().parent.parent / "README.md"
-
-
-def free_port(address: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((address, 0))
-        return int(sock.getsockname()[1])
 
 
 def walkthrough() -> str:
@@ -42,27 +36,21 @@ def test_readme_walkthrough(tmp_path: Path) -> None:
         .replace("127.0.1.1", address)
         .replace("12024", str(free_port(address)))
     )
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("NSO_REPO_", "NSO_SIM_", "NSO_AGENT_"))
-    }
+    env = clean_env()
     env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '/usr/bin:/bin')}"
-    process = subprocess.Popen(
+    script_run = ServerProcess(
         ["bash", "-euo", "pipefail", "-c", script],
-        cwd=tmp_path,
+        tmp_path / "walkthrough.log",
         env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
+        cwd=tmp_path,
+        name="the walkthrough",
     )
+    script_run.start()
     try:
-        output, _ = process.communicate(timeout=300)
+        returncode = script_run.wait_exit(timeout=300)
     finally:
         # Whatever happened, leave nothing running: the script's background jobs and the host.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
+        script_run.kill()
         subprocess.run(
             [
                 sys.executable,
@@ -76,11 +64,12 @@ def test_readme_walkthrough(tmp_path: Path) -> None:
             capture_output=True,
             timeout=60,
         )
+    output = script_run.output()
     logs = "".join(
         f"\n--- {p.name}\n{p.read_text(errors='replace')[-3000:]}"
         for p in (tmp_path / "demo").glob("*.log")
     )
-    assert process.returncode == 0, output + logs
+    assert returncode == 0, output + logs
     assert "may proceed" in output
     assert "job 1 succeeded" in output
     assert re.search(r"^6\.2$", output, re.M), output

@@ -6,7 +6,8 @@ import psycopg
 import pytest
 from sqlalchemy import create_engine, text
 
-from tests.services import PostgresServer, S3Server
+from tests.support.postgres import PostgresServer
+from tests.support.s3 import S3Server
 
 
 def test_postgres_server_creates_and_drops_databases(postgres_server: PostgresServer) -> None:

@@ -20,8 +20,8 @@ from typing import IO, TYPE_CHECKING, Any, Optional
 import defusedxml
 import defusedxml.ElementTree as SafeET
 
+from repo_server.catalog.compatibility import META_FILE, PackageBuild
 from repo_server.catalog.filenames import ParsedName
-from repo_server.catalog.versions import NsoVersion, prefix_contradicts
 from repo_server.errors import InvalidArtifact, MetadataMismatch, UnsafeArchive
 
 if TYPE_CHECKING:
@@ -32,7 +32,6 @@ if TYPE_CHECKING:
 MiB = 1 << 20
 GZIP_MAGIC = b"\x1f\x8b"
 RATIO_SLACK = MiB  # tiny archives compress extremely well; do not flag them as bombs
-META_FILE = "package-meta-data.xml"
 META_MAX_BYTES = MiB
 # pax / GNU long-name headers are read into memory whole by tarfile: cap them first.
 HEADER_DATA_MAX = MiB
@@ -477,18 +476,9 @@ def parse_package_meta(data: bytes) -> PackageMeta:
     return meta
 
 
-def _nso_versions(meta: PackageMeta, key: str, texts: list[str]) -> list[NsoVersion]:
-    versions = []
-    for text in texts:
-        try:
-            versions.append(NsoVersion.parse(text))
-        except ValueError as exc:
-            raise InvalidArtifact(f"{META_FILE} has a bad {key} for {meta.name}: {exc}") from None
-    return versions
-
-
 def check_package_meta(meta: PackageMeta, parsed: ParsedName) -> None:
-    """The file name and package-meta-data.xml must tell the same story."""
+    """The file name and package-meta-data.xml must tell the same story, and the metadata
+    must not contradict itself (the rules: compatibility.py)."""
     says = f"{meta.name}-{meta.version}"
     if says != parsed.remainder:
         raise MetadataMismatch(
@@ -498,13 +488,13 @@ def check_package_meta(meta: PackageMeta, parsed: ParsedName) -> None:
             filename=parsed.remainder,
             metadata=says,
         )
-    mins = _nso_versions(meta, "ncs-min-version", meta.ncs_min_versions)
-    maxes = _nso_versions(meta, "ncs-max-version", meta.ncs_max_versions)
-    problem = prefix_contradicts(
-        parsed.nso_version, max(mins) if mins else None, min(maxes) if maxes else None
-    )
-    if problem:
-        raise MetadataMismatch(problem, prefix=str(parsed.nso_version))
+    try:
+        build = PackageBuild.from_meta(parsed.filename, parsed.nso_version, meta.to_json())
+    except ValueError as exc:
+        raise InvalidArtifact(str(exc)) from None
+    problems = build.metadata_problems()
+    if problems:
+        raise MetadataMismatch("; ".join(problems), prefix=str(parsed.nso_version))
 
 
 def inspect_package(path: Path, parsed: ParsedName, limits: ArchiveLimits) -> PackageMeta:

@@ -9,6 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from repo_server.auth.service import Principal, audit
+from repo_server.catalog.compatibility import PackageBuild, unmet_requirements
 from repo_server.catalog.models import Artifact
 from repo_server.catalog.release_models import Release
 from repo_server.catalog.versions import NsoVersion
@@ -94,29 +95,22 @@ def create_release(
         if artifact.kind not in ("package", "ned"):
             problems.append(f"{filename} is a {artifact.kind}, not a package")
             continue
-        built_for = NsoVersion.parse(artifact.nso_version)
-        # ncs-6.2-x serves every 6.2.z; ncs-6.2.1-x serves only 6.2.1.
-        if not (
-            built_for == version
-            or (len(built_for.release) <= 2 and built_for.branch == version.branch)
-        ):
-            problems.append(
-                f"{filename} is built for NSO {artifact.nso_version}, not {version}: "
-                f"use the ncs-{version.branch}- build"
-            )
+        refusal = PackageBuild.of(artifact).load_refusal(version)
+        if refusal is not None:
+            problems.append(str(refusal))
         if artifact.name in names:
             problems.append(
                 f"{filename} and {names[artifact.name]} are both {artifact.name}: keep one"
             )
         names[artifact.name] = filename
         chosen.append(artifact)
-    for artifact in chosen:
-        for required in artifact.meta.get("required_packages", []):
-            if required.get("name") and required["name"] not in names:
-                problems.append(
-                    f"{artifact.filename} requires package {required['name']}, "
-                    "which the release does not include"
-                )
+    for unmet in unmet_requirements(
+        [PackageBuild.of(a) for a in chosen], {a.name: a.version for a in chosen}
+    ):
+        problems.append(
+            f"{unmet.fact(f'release {version}')}: add a build of {unmet.requirement.wanted} "
+            "to the release"
+        )
     clean_requirements = _check_requirements(requirements or {})
     if problems:
         raise ValidationFailed(

@@ -28,7 +28,7 @@ width, so plain string comparison of keys is exactly version comparison.
 from __future__ import annotations
 
 import functools
-from typing import Any, Optional
+from typing import Any
 
 from packaging.version import InvalidVersion, Version
 
@@ -199,31 +199,3 @@ def _local_segment(part: str) -> str:
             return "2" + part  # still after alphanumerics; rare enough to not order exactly
         return "1" + _num(int(part), PACKAGE_DIGITS)
     return "0" + part
-
-
-def prefix_contradicts(
-    prefix: NsoVersion,
-    min_version: Optional[NsoVersion],
-    max_version: Optional[NsoVersion],
-) -> Optional[str]:
-    """Say why no version starting with `prefix` fits [min_version, max_version], or None.
-
-    A package file named `ncs-6.2-...` is compiled for some 6.2.x: every version in
-    [6.2, 6.3). `ncs-6.7.1-...` means [6.7.1, 6.7.2).
-    """
-    if max_version is not None and max_version < prefix:
-        return (
-            f"the file name says the package is compiled for NSO {prefix} (ncs-{prefix}-), but "
-            f"package-meta-data.xml says ncs-max-version {max_version}, older than any {prefix} "
-            f"release: rebuild the package for NSO {prefix}, or rename the file with the "
-            "release it was built for"
-        )
-    upper = prefix.next_sibling()
-    if min_version is not None and min_version >= upper:
-        return (
-            f"the file name says the package is compiled for NSO {prefix} (ncs-{prefix}-), but "
-            f"package-meta-data.xml says ncs-min-version {min_version}, newer than any {prefix} "
-            f"release: rename the file with the release it was built for (e.g. "
-            f"ncs-{min_version.branch}-...), or rebuild the package for NSO {prefix}"
-        )
-    return None

@@ -260,13 +260,23 @@ def job_watch(job_id: int, interval: float, url: Optional[str], token: Optional[
 
 @job.command("rollback")
 @click.argument("job_id", type=int)
+@click.option(
+    "--discard-writes",
+    is_flag=True,
+    help="Confirm that writes NSO took since the upgrade stopped it leave NSO.",
+)
 @click.option("--watch", is_flag=True)
 @client_options
 @handle_errors
-def job_rollback(job_id: int, watch: bool, url: Optional[str], token: Optional[str]) -> None:
-    """Restore the backup a succeeded upgrade took; prints the rollback job's id."""
+def job_rollback(
+    job_id: int, discard_writes: bool, watch: bool, url: Optional[str], token: Optional[str]
+) -> None:
+    """Put the node back on the release and data an upgrade started from; prints the
+    rollback job's id."""
     client = make_client(url, token)
-    created = client.call("POST", f"/api/v1/jobs/{job_id}/rollback")
+    created = client.call(
+        "POST", f"/api/v1/jobs/{job_id}/rollback", json={"discard_writes": discard_writes}
+    )
     click.echo(created["id"])
     if watch:
         _watch(client, created["id"])

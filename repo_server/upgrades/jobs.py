@@ -37,6 +37,14 @@ class StepFinished(Conflict):
     code = "step_finished"
 
 
+class DiscardConfirmation(Conflict):
+    code = "confirm_discard_writes"
+
+
+# Keys a failed report may carry, with their types: the server trusts nothing else in it.
+FAILURE_RESULT_KEYS = {"nso_running": bool, "version": str}
+
+
 def verdict_dict(verdict: preflight.Verdict) -> dict[str, Any]:
     return {
         "node": verdict.node,
@@ -147,16 +155,26 @@ class JobService:
         self.session.commit()
         return job
 
-    def rollback(self, job_id: int, who: Principal) -> Job:
-        """Restore the backup a finished upgrade took: back to its source release and data."""
+    def rollback(self, job_id: int, who: Principal, discard_writes: bool = False) -> Job:
+        """Put a node back on the release and data an upgrade started from: the restore
+        point taken when NSO stopped. Writes NSO took since then leave NSO (the agent keeps
+        them aside on the host), so the operator must say so: ``discard_writes``."""
         done = self.get(job_id)
-        if done.kind != "upgrade" or done.state != "succeeded":
+        rollbackable = done.state == "succeeded" or (
+            done.state == "failed" and done.outcome == "needs_attention"
+        )
+        if done.kind != "upgrade" or not rollbackable:
             raise Conflict(
-                f"job {job_id} is a {done.state} {done.kind}; only a succeeded upgrade can be "
-                "rolled back (a failed one was recovered already)"
+                f"job {job_id} is a {done.state} {done.kind}"
+                + (f" ({done.outcome})" if done.outcome else "")
+                + "; only an upgrade that succeeded or needs attention can be rolled back "
+                "(a failed one that was rolled back is on its old release already)"
             )
-        if not done.context.get("backup_file"):
-            raise Conflict(f"job {job_id} recorded no backup: it cannot be rolled back")
+        if not done.context.get("restore_point"):
+            raise Conflict(
+                f"job {job_id} recorded no restore point (it never stopped NSO, or predates "
+                "restore points): it cannot be rolled back; restore its ncs-backup archive by hand"
+            )
         node = self.session.get(Node, done.node_id)
         assert node is not None
         active = self._active_job(node)
@@ -169,18 +187,23 @@ class JobService:
             raise Conflict(
                 f"job {later} changed {node.name} after job {job_id}: roll that back first"
             )
-        spec = plans.recover_step(done.context, done.source_version or "")
+        if not discard_writes:
+            raise DiscardConfirmation(
+                f"rolling back job {job_id} puts {node.name} back on NSO {done.source_version} "
+                f"with its data as it was when NSO stopped ({done.context.get('stopped_at') or 'during the upgrade'}): "
+                "every write NSO took since then leaves NSO (the agent keeps the replaced data "
+                "on the host, under /var/opt/ncs/backups). Repeat with discard_writes "
+                "(nso-repo job rollback --discard-writes) to proceed",
+                stopped_at=done.context.get("stopped_at"),
+            )
+        spec = plans.recover_step(done.context, done.source_version or "", target_started=True)
         job = Job(
             node_id=node.id,
             kind="rollback",
             source_version=done.target_version,
             target_version=done.source_version,
-            options={"rollback_of": done.id},
-            context={
-                k: done.context[k]
-                for k in ("backup_file", "extra_dir", "fingerprint")
-                if k in done.context
-            },
+            options={"rollback_of": done.id, "discard_writes": True},
+            context={k: done.context[k] for k in plans.RECOVERY_CONTEXT if k in done.context},
             plan={"rollback_of": done.id},
             created_by=who.actor,
         )
@@ -188,7 +211,13 @@ class JobService:
         self.session.add(job)
         self.session.flush()
         audit(
-            self.session, who.actor, "job.rollback", f"job:{job.id}", of_job=done.id, node=node.name
+            self.session,
+            who.actor,
+            "job.rollback",
+            f"job:{job.id}",
+            of_job=done.id,
+            node=node.name,
+            discard_writes=True,
         )
         announce(self.session, self.notifier, node.id)
         self.session.commit()
@@ -297,6 +326,7 @@ class JobService:
                 self._finish(job, now)
             return
         step.state = "failed"
+        step.result = _failure_result(body.get("result"))
         cause = f"{step.name} failed: {step.message or 'no message'}"
         if step.name.startswith("recover"):
             job.state = "failed"
@@ -305,20 +335,48 @@ class JobService:
                 f"{job.error + '; ' if job.error else ''}{cause}; the node needs an operator"
             )
             job.finished_at = now
+        elif step.result.get("nso_running") and self._past_no_return(job, step):
+            # NSO runs (the new release) and takes writes: restoring now would throw away
+            # writes it acknowledged. Restoring is for a release that does not run.
+            self._skip_pending(job)
+            job.state = "failed"
+            job.outcome = "needs_attention"
+            job.error = (
+                f"{cause}; NSO {step.result.get('version') or job.target_version} runs and "
+                "takes writes, so the job did not restore the old release on its own (that "
+                "would take out every write made since NSO stopped "
+                f"{job.context.get('stopped_at') or ''}). Fix the cause, or roll back: "
+                f"'nso-repo job rollback {job.id} --discard-writes'"
+            )
+            job.finished_at = now
         elif self._past_no_return(job, step):
             job.error = cause
-            for later in job.steps:
-                if later.state == "pending":
-                    later.state = "skipped"
-            spec = plans.recovery_for(job.kind, job.context, job.source_version or "")
+            self._skip_pending(job)
+            spec = plans.recovery_for(
+                job.kind, job.context, job.source_version or "", self._target_started(job)
+            )
             job.steps.append(
                 Step(seq=len(job.steps) + 1, name=spec.name, params=spec.params, message=spec.title)
             )
         else:
+            self._skip_pending(job)
             job.state = "failed"
             job.outcome = "unchanged"
             job.error = cause
             job.finished_at = now
+
+    @staticmethod
+    def _skip_pending(job: Job) -> None:
+        for later in job.steps:
+            if later.state == "pending":
+                later.state = "skipped"
+
+    @staticmethod
+    def _target_started(job: Job) -> bool:
+        """Whether the new release may have started on the node's data: its start step
+        was handed out (or there is none to tell)."""
+        start = next((s for s in job.steps if s.name == "start"), None)
+        return start is None or start.attempt > 0
 
     @staticmethod
     def _past_no_return(job: Job, step: Step) -> bool:
@@ -334,6 +392,17 @@ class JobService:
             job.outcome = "rolled_back"
         else:
             job.state = "succeeded"
+
+
+def _failure_result(raw: Any) -> dict[str, Any]:
+    """The declared keys of a failed report's result, of the declared types; nothing else."""
+    if not isinstance(raw, dict):
+        return {}
+    return {
+        key: raw[key]
+        for key, kind in FAILURE_RESULT_KEYS.items()
+        if isinstance(raw.get(key), kind) and (kind is not str or len(raw[key]) <= 64)
+    }
 
 
 def step_dict(step: Step) -> dict[str, Any]:

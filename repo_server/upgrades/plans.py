@@ -48,8 +48,18 @@ def upgrade_steps(verdict: Verdict, release: Release) -> list[StepSpec]:
             },
             f"download and verify NSO {target} and {len(packages)} packages; install {target} beside the running release",
         ),
-        StepSpec("backup", {}, "ncs-backup, plus a copy of the package files and links it skips"),
+        StepSpec(
+            "backup",
+            {},
+            "ncs-backup, read back to prove it, plus a copy of the package files and links it skips",
+        ),
         StepSpec("stop", {}, "stop NSO"),
+        StepSpec(
+            "restore_point",
+            {},
+            "copy the stopped NSO's data and configuration (every acknowledged write), "
+            "proven by checksum: what a recovery restores",
+        ),
         StepSpec("compact", {}, "compact the CDB write log"),
         StepSpec(
             "switch_current", {"target_version": target}, f"point /opt/ncs/current at ncs-{target}"
@@ -79,20 +89,30 @@ def upgrade_steps(verdict: Verdict, release: Release) -> list[StepSpec]:
     return steps
 
 
-def recover_step(job_context: dict[str, Any], source_version: str) -> StepSpec:
+# What a recovery needs from the job's context (the results of backup, stop, restore_point).
+RECOVERY_CONTEXT = ("backup_file", "extra_dir", "restore_point", "fingerprint", "stopped_at")
+
+
+def recover_step(
+    job_context: dict[str, Any], source_version: str, target_started: bool
+) -> StepSpec:
+    """The guide's recovery. ``target_started``: the new release may have started on the
+    data, so the restore point must be restored (without it nothing is restored)."""
     return StepSpec(
         "recover",
         {
             "source_version": source_version,
-            "backup_file": job_context.get("backup_file"),
-            "extra_dir": job_context.get("extra_dir"),
-            "fingerprint": job_context.get("fingerprint"),
+            "target_started": target_started,
+            **{key: job_context.get(key) for key in RECOVERY_CONTEXT},
         },
-        f"stop, point current back at ncs-{source_version}, restore the backup, start, verify",
+        f"stop, point current back at ncs-{source_version}, restore the data as it was when "
+        "NSO stopped, start, verify",
     )
 
 
-def recovery_for(kind: str, job_context: dict[str, Any], source_version: str) -> StepSpec:
+def recovery_for(
+    kind: str, job_context: dict[str, Any], source_version: str, target_started: bool
+) -> StepSpec:
     if kind == "package_upgrade":
         return StepSpec(
             "recover_packages",
@@ -102,7 +122,7 @@ def recovery_for(kind: str, job_context: dict[str, Any], source_version: str) ->
             },
             "put the previous package links back and reload them",
         )
-    return recover_step(job_context, source_version)
+    return recover_step(job_context, source_version, target_started)
 
 
 def package_upgrade_steps(packages: list[Artifact], allow_data_loss: bool) -> list[StepSpec]:

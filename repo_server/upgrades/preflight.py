@@ -13,7 +13,10 @@ from datetime import timedelta
 from typing import Any, Optional
 
 from packaging.version import Version
+from sqlalchemy import select
+from sqlalchemy.orm import object_session
 
+from repo_server.catalog.compatibility import PackageBuild, unmet_requirements
 from repo_server.catalog.models import Artifact
 from repo_server.catalog.release_models import Release
 from repo_server.catalog.versions import NsoVersion
@@ -72,6 +75,30 @@ def platform_version(text: Any) -> Optional[Version]:
     return Version(match.group(0)) if match else None
 
 
+def _packages_known(inv: dict[str, Any]) -> bool:
+    return isinstance(inv.get("packages"), list)
+
+
+def _packages(inv: dict[str, Any]) -> list[dict[str, Any]]:
+    packages = inv["packages"] if _packages_known(inv) else []
+    return [p for p in packages if isinstance(p, dict)]
+
+
+def _loaded(inv: dict[str, Any]) -> dict[str, str]:
+    return {p["name"]: str(p.get("version", "")) for p in _packages(inv) if p.get("name")}
+
+
+def _never_reported(verdict: Verdict, node: Node) -> Verdict:
+    """A node without any inventory: one reason, no facts guessed for it."""
+    verdict.refuse(
+        "never_reported",
+        f"{node.name} has never reported an inventory: nothing is known about it yet",
+        "install and start nso-agent on the host, enroll it with this node's token, and check "
+        "'nso-agent status' until it shows a heartbeat; then plan again",
+    )
+    return verdict
+
+
 def _check_node(
     verdict: Verdict, node: Node, inv: dict[str, Any], active_job: Optional[int]
 ) -> Optional[NsoVersion]:
@@ -82,7 +109,7 @@ def _check_node(
             f"job {active_job} is still running on {node.name}",
             f"wait for it ('nso-repo job watch {active_job}') before starting another",
         )
-    if node.inventory_at is None or utcnow() - node.inventory_at > INVENTORY_MAX_AGE:
+    if node.inventory_at is not None and utcnow() - node.inventory_at > INVENTORY_MAX_AGE:
         verdict.refuse(
             "inventory_stale",
             f"{node.name} has not reported its inventory in the last 5 minutes",
@@ -96,8 +123,16 @@ def _check_node(
             f"NSO on {node.name} is not running (status {inv.get('status')!r})",
             "start NSO and check it is healthy before upgrading: an upgrade needs a backup of a live node",
         )
-    _check_health(verdict, inv)
-    _check_ha(verdict, inv)
+    if not _packages_known(inv):
+        verdict.refuse(
+            "packages_unknown",
+            f"{node.name} did not report which packages it runs",
+            "check that nso-agent can read /var/opt/ncs/packages ('nso-agent status'), or "
+            "upgrade it: a plan without the loaded packages would leave them out and delete "
+            "their data",
+        )
+    _check_cli_facts(verdict, node, inv)
+    _check_current(verdict, node, inv, source)
     return source
 
 
@@ -113,17 +148,23 @@ def check(
     verdict = Verdict(
         node=node.name, source_version=inv.get("running_version"), target_version=str(target)
     )
+    if node.inventory_at is None:
+        return _never_reported(verdict, node)
     source = _check_node(verdict, node, inv, active_job)
     if source is not None:
         _check_direction(verdict, source, target)
         _check_path(verdict, source, target, release, releases)
-    _check_packages(verdict, inv, release, options)
+    _check_packages(verdict, inv, release, target, options)
     _check_platform(verdict, inv, release)
-    _check_ncs_conf(verdict, inv, source, target, options)
+    _check_ncs_conf(verdict, inv, target, options)
     _check_crypto(verdict, inv, target)
     _check_disk(
-        verdict, inv, release.installer.size * 3 + sum(a.size for a in verdict.packages), release
+        verdict, inv, release.installer.size * 3 + sum(a.size for a in release.packages), release
     )
+    if not verdict.ok:
+        # `nso-repo node plan` shows what the upgrade would do: every package of the
+        # release it would involve, the refused ones included.
+        verdict.packages = list(release.packages)
     return verdict
 
 
@@ -136,9 +177,13 @@ def check_package_upgrade(
     verdict = Verdict(
         node=node.name, source_version=running, target_version=running or "", kind="package"
     )
+    verdict.packages = list(artifacts)
+    if node.inventory_at is None:
+        return _never_reported(verdict, node)
     source = _check_node(verdict, node, inv, active_job)
-    loaded = {p["name"]: str(p.get("version", "")) for p in inv.get("packages", [])}
+    loaded = _loaded(inv)
     seen: set[str] = set()
+    builds: list[PackageBuild] = []
     for artifact in artifacts:
         if artifact.kind not in ("package", "ned"):
             verdict.refuse(
@@ -154,35 +199,113 @@ def check_package_upgrade(
                 "name one build per package",
             )
         seen.add(artifact.name)
-        built_for = NsoVersion.parse(artifact.nso_version)
-        if source is not None and not (
-            built_for == source
-            or (len(built_for.release) <= 2 and built_for.branch == source.branch)
-        ):
-            verdict.refuse(
-                "package_release",
-                f"{artifact.filename} is built for NSO {artifact.nso_version}; the node runs {source}",
-                f"use the ncs-{source.branch}- build: NSO refuses packages compiled for another release",
-            )
+        build = PackageBuild.of(artifact)
+        builds.append(build)
+        refusal = build.load_refusal(source, node=node.name) if source is not None else None
+        if refusal is not None:
+            verdict.refuse("package_release", refusal.fact, refusal.fix)
         if loaded.get(artifact.name) == artifact.version:
             verdict.refuse(
                 "package_same",
                 f"the node already runs {artifact.name} {artifact.version}",
                 "leave it out of the upgrade",
             )
-    verdict.packages = list(artifacts)
+    _check_resulting_set(verdict, node, inv, builds)
     _check_disk(verdict, inv, sum(a.size for a in artifacts), None)
     return verdict
 
 
-def _check_health(verdict: Verdict, inv: dict[str, Any]) -> None:
-    down = [p["name"] for p in inv.get("packages", []) if p.get("oper_status", "up") != "up"]
+def _check_resulting_set(
+    verdict: Verdict, node: Node, inv: dict[str, Any], builds: list[PackageBuild]
+) -> None:
+    """Required packages hold in the set the node runs after a package upgrade: the new builds
+    need theirs, and the packages staying loaded must still accept what replaced theirs."""
+    if not _packages_known(inv):
+        return  # packages_unknown: the resulting set is unknown too
+    changed = {b.name: b.version for b in builds}
+    after = {**_loaded(inv), **changed}
+    where = f"{node.name} after this upgrade"
+    for unmet in unmet_requirements(builds, after):
+        verdict.refuse(
+            "package_requires",
+            unmet.fact(where),
+            f"add a build of {unmet.requirement.wanted} to this upgrade (upload it first)",
+        )
+    staying = _catalog_builds(node, inv, skip=set(changed))
+    for unmet in unmet_requirements(staying, after):
+        if unmet.requirement.name in changed:
+            verdict.refuse(
+                "package_requires",
+                unmet.fact(where),
+                f"use a build of {unmet.requirement.wanted}, or upgrade {unmet.build.name} in "
+                "the same package upgrade to a build that accepts the new one",
+            )
+
+
+def _catalog_builds(node: Node, inv: dict[str, Any], skip: set[str]) -> list[PackageBuild]:
+    """What the catalog knows of the package files the node has loaded (by file name).
+
+    Packages installed from elsewhere have no metadata here; NSO still checks them on reload.
+    """
+    session = object_session(node)
+    files = [p["file"] for p in _packages(inv) if p.get("file") and p.get("name") not in skip]
+    if session is None or not files:
+        return []
+    found = session.scalars(select(Artifact).where(Artifact.filename.in_(files)))
+    return [PackageBuild.of(a) for a in found if a.kind in ("package", "ned")]
+
+
+def _check_cli_facts(verdict: Verdict, node: Node, inv: dict[str, Any]) -> None:
+    """What the agent learns through NSO's CLI: package oper-status and HA status.
+
+    The agent leaves a fact out when the CLI did not answer; unknown is not healthy.
+    """
+    packages = _packages(inv)
+    unknown = []
+    if not isinstance(inv.get("ha"), dict):
+        unknown.append("HA status")
+    blind = [str(p.get("name")) for p in packages if p.get("oper_status") is None]
+    if blind:
+        unknown.append(f"oper-status of {', '.join(blind)}")
+    cli_error = inv.get("cli_error")
+    if inv.get("status") == "started" and (cli_error or unknown):
+        what = ", ".join(unknown) or "every fact from the CLI"
+        verdict.refuse(
+            "cli_unreachable",
+            f"NSO on {node.name} is started but the agent could not use its CLI "
+            f"({cli_error}): unknown {what}"
+            if cli_error
+            else f"NSO on {node.name} is started but the agent could not learn {what} from its CLI",
+            "check the agent's [cli] settings (host, port, user, password or key_file) and "
+            "that NSO's CLI answers ('nso-agent status'), then plan again",
+        )
+    down = [p["name"] for p in packages if p.get("oper_status") not in (None, "up")]
     if down:
         verdict.refuse(
             "packages_down",
             f"packages not up on the node: {', '.join(down)}",
             "fix them first (show packages package NAME oper-status); an upgrade must start healthy",
         )
+    if isinstance(inv.get("ha"), dict):
+        _check_ha(verdict, inv["ha"])
+
+
+def _check_current(
+    verdict: Verdict, node: Node, inv: dict[str, Any], source: Optional[NsoVersion]
+) -> None:
+    if source is None:
+        return  # not running: nothing to disagree with
+    current = inv.get("current")
+    if current and _loose_version(current) == source:
+        return
+    points_at = f"ncs-{current}" if current else "no release the agent could read"
+    verdict.refuse(
+        "version_mismatch",
+        f"NSO on {node.name} runs {source} but /opt/ncs/current points at {points_at}: "
+        f"a restart would not start {source}",
+        f"point /opt/ncs/current back at ncs-{source} (or restart NSO on the release it points "
+        "at, on purpose) so the running release and current agree, then plan again",
+    )
 
 
 def _check_direction(verdict: Verdict, source: NsoVersion, target: NsoVersion) -> None:
@@ -197,6 +320,93 @@ def _check_direction(verdict: Verdict, source: NsoVersion, target: NsoVersion) -
     verdict.kind = "maintenance" if source.is_maintenance_of(target) else "major"
 
 
+def _min_source(release: Release) -> Optional[NsoVersion]:
+    text = release.requirements.get("min_source_version")
+    return NsoVersion.parse(text) if text else None
+
+
+@dataclass
+class _Hops:
+    """Releases as an upgrade graph: a -> b when a < b and b's --min-source accepts a."""
+
+    floors: dict[NsoVersion, Optional[NsoVersion]]
+
+    def leads(self, a: NsoVersion, b: NsoVersion) -> bool:
+        floor = self.floors[b]
+        return a < b and (floor is None or a >= floor)
+
+    def left_to(self, target: NsoVersion, source: NsoVersion) -> dict[NsoVersion, int]:
+        """Hops still needed to reach `target`, for every version that can reach it."""
+        left = {target: 0}
+        frontier = [target]
+        while frontier:
+            depth = left[frontier[0]] + 1
+            frontier = [
+                a
+                for a in [*self.floors, source]
+                if a not in left and any(self.leads(a, b) for b in frontier)
+            ]
+            left.update((a, depth) for a in frontier)
+        return left
+
+    def reachable(self, source: NsoVersion) -> set[NsoVersion]:
+        seen: set[NsoVersion] = set()
+        frontier = [source]
+        while frontier:
+            frontier = [
+                b for b in self.floors if b not in seen and any(self.leads(a, b) for a in frontier)
+            ]
+            seen.update(frontier)
+        return seen
+
+
+def _hops(source: NsoVersion, release: Release, releases: list[Release]) -> _Hops:
+    """The releases between `source` and `release`, and `release` itself."""
+    target = NsoVersion.parse(release.nso_version)
+    floors = {
+        NsoVersion.parse(r.nso_version): _min_source(r)
+        for r in releases
+        if source < NsoVersion.parse(r.nso_version) < target
+    }
+    floors[target] = _min_source(release)
+    return _Hops(floors)
+
+
+def _chain(hops: _Hops, source: NsoVersion, target: NsoVersion) -> Optional[list[str]]:
+    """The shortest chain of releases from `source` to `target`, target last, or None.
+
+    Among chains of one length the newest release is taken at each hop.
+    """
+    left = hops.left_to(target, source)
+    if source not in left:
+        return None
+    chain, here = [], source
+    while here != target:
+        here = max(b for b in hops.floors if left.get(b) == left[here] - 1 and hops.leads(here, b))
+        chain.append(str(here))
+    return chain
+
+
+def _missing_link(hops: _Hops, source: NsoVersion, target: NsoVersion) -> Reason:
+    """Which release would connect `source` to `target`, when no chain does."""
+    # Every release that leads on to the target has a floor above what `source` reaches
+    # (one without a floor would take `source` directly).
+    leading = sorted(v for v in hops.left_to(target, source) if v != source)
+    floors = {v: hops.floors[v] or source for v in leading}
+    best = max(hops.reachable(source), default=source)
+    needs = ", ".join(f"{v} needs {floors[v]} or newer" for v in leading)
+    if best == source:
+        within = f"no release between them accepts {source}"
+    else:
+        within = f"the newest release {source} can reach is {best}"
+    return Reason(
+        "upgrade_path",
+        f"no chain of defined releases leads from {source} to {target}: {needs}; {within}",
+        f"define a release at or above {min(floors.values())} and below {target} with "
+        f"--min-source {best} or older, then plan again",
+    )
+
+
 def _check_path(
     verdict: Verdict,
     source: NsoVersion,
@@ -204,47 +414,41 @@ def _check_path(
     release: Release,
     releases: list[Release],
 ) -> None:
-    minimum = release.requirements.get("min_source_version")
-    if not minimum or source >= NsoVersion.parse(minimum):
+    """Too old a source needs intermediate releases: releases chain through --min-source."""
+    floor = _min_source(release)
+    if floor is None or source >= floor:
         verdict.path = [str(target)]
         return
-    floor = NsoVersion.parse(minimum)
-    hops = [
-        r
-        for r in releases
-        if floor <= NsoVersion.parse(r.nso_version) < target
-        and source < NsoVersion.parse(r.nso_version)
-        and source >= NsoVersion.parse(r.requirements.get("min_source_version") or "0")
-    ]
-    if hops:
-        hop = max(hops, key=lambda r: NsoVersion.parse(r.nso_version))
-        verdict.path = [hop.nso_version, str(target)]
-        verdict.refuse(
-            "upgrade_path",
-            f"{target} cannot be reached directly from {source} (it needs {floor} or newer)",
-            f"upgrade to {hop.nso_version} first ('nso-repo node upgrade {verdict.node} "
-            f"--to {hop.nso_version}'), then to {target}",
-        )
-    else:
-        verdict.refuse(
-            "upgrade_path",
-            f"{target} cannot be reached directly from {source} (it needs {floor} or newer)",
-            f"define an intermediate release between {floor} and {target} and upgrade to it first",
-        )
+    hops = _hops(source, release, releases)
+    chain = _chain(hops, source, target)
+    if chain is None:
+        verdict.reasons.append(_missing_link(hops, source, target))
+        return
+    verdict.path = chain
+    verdict.refuse(
+        "upgrade_path",
+        f"{target} cannot be reached directly from {source} (it needs {floor} or newer)",
+        f"upgrade through {' -> '.join(chain)}: first 'nso-repo node upgrade {verdict.node} "
+        f"--to {chain[0]}', then plan each next hop",
+    )
 
 
 def _check_packages(
-    verdict: Verdict, inv: dict[str, Any], release: Release, options: UpgradeOptions
+    verdict: Verdict,
+    inv: dict[str, Any],
+    release: Release,
+    target: NsoVersion,
+    options: UpgradeOptions,
 ) -> None:
     offered = {a.name: a for a in release.packages}
-    loaded = {p["name"]: str(p.get("version", "")) for p in inv.get("packages", [])}
+    loaded = _loaded(inv)
     for name, version in sorted(loaded.items()):
         build = offered.get(name)
         if build is None:
             verdict.refuse(
                 "package_missing",
                 f"release {release.nso_version} has no build of {name} {version}, which the node runs",
-                f"upload ncs-{NsoVersion.parse(release.nso_version).branch}-{name}-{version}.tar.gz "
+                f"upload ncs-{target.branch}-{name}-{version}.tar.gz "
                 "and add it to the release; leaving it out would delete its data",
             )
         elif build.version != version:
@@ -255,7 +459,8 @@ def _check_packages(
                 "version, or give the release a build of the running version",
             )
     extra = sorted(set(offered) - set(loaded))
-    if extra and not options.allow_extra_packages:
+    # With the loaded packages unknown (packages_unknown) nothing is "extra" for sure.
+    if extra and not options.allow_extra_packages and _packages_known(inv):
         verdict.refuse(
             "package_extra",
             f"release {release.nso_version} adds packages the node does not run: {', '.join(extra)}",
@@ -264,6 +469,23 @@ def _check_packages(
     verdict.packages = [
         a for name, a in sorted(offered.items()) if name in loaded or options.allow_extra_packages
     ]
+    # Re-checked here although `release create` checked them: releases defined before the
+    # rules, and the subset chosen for this node may lack a package another one requires.
+    for artifact in release.packages:
+        refusal = PackageBuild.of(artifact).load_refusal(target)
+        if refusal is not None:
+            verdict.refuse("package_release", refusal.fact, refusal.fix)
+    chosen = {a.name: a.version for a in verdict.packages}
+    for unmet in unmet_requirements([PackageBuild.of(a) for a in verdict.packages], chosen):
+        wanted = unmet.requirement.wanted
+        in_release = offered.get(str(unmet.requirement.name))
+        verdict.refuse(
+            "package_requires",
+            unmet.fact(f"the plan for {verdict.node}"),
+            "the release has it: ask for it with --allow-extra-packages"
+            if in_release is not None and unmet.requirement.admits(in_release.version)
+            else f"define a release with a build of {wanted} (releases are immutable)",
+        )
 
 
 def _check_platform(verdict: Verdict, inv: dict[str, Any], release: Release) -> None:
@@ -283,15 +505,28 @@ def _check_platform(verdict: Verdict, inv: dict[str, Any], release: Release) -> 
 
 
 def _check_ncs_conf(
-    verdict: Verdict,
-    inv: dict[str, Any],
-    source: Optional[NsoVersion],
-    target: NsoVersion,
-    options: UpgradeOptions,
+    verdict: Verdict, inv: dict[str, Any], target: NsoVersion, options: UpgradeOptions
 ) -> None:
-    present = set(inv.get("ncs_conf_elements", []))
-    for element, removed_in in REMOVED_NCS_CONF_ELEMENTS.items():
-        if element not in present or target < NsoVersion.parse(removed_in):
+    removed = {
+        element: removed_in
+        for element, removed_in in REMOVED_NCS_CONF_ELEMENTS.items()
+        if target >= NsoVersion.parse(removed_in)
+    }
+    if not removed:
+        return
+    if not isinstance(inv.get("ncs_conf_elements"), list):
+        verdict.refuse(
+            "ncs_conf_unknown",
+            f"{verdict.node} did not report the elements of /etc/ncs/ncs.conf: whether it "
+            f"holds {', '.join(f'<{e}>' for e in removed)}, which NSO {target} refuses to "
+            "start with, is unknown",
+            "check that /etc/ncs/ncs.conf exists and nso-agent can read it ('nso-agent status'), "
+            "then plan again",
+        )
+        return
+    present = set(inv["ncs_conf_elements"])
+    for element, removed_in in removed.items():
+        if element not in present:
             continue
         if options.strip_removed_ncs_conf:
             verdict.remove_ncs_conf.append(element)
@@ -306,7 +541,16 @@ def _check_ncs_conf(
 def _check_crypto(verdict: Verdict, inv: dict[str, Any], target: NsoVersion) -> None:
     if target < AES256_FROM:
         return
-    if "AES256CFB128_KEY" not in inv.get("crypto_keys", []):
+    keys = inv.get("crypto_keys")
+    if not isinstance(keys, list):
+        verdict.refuse(
+            "crypto_keys_unknown",
+            f"NSO {target} needs an AES256CFB128 key, and {verdict.node} did not report its "
+            "keys: the agent could not read /etc/ncs/ncs.crypto_keys",
+            "check that the key file exists and nso-agent can read it ('nso-agent status'), "
+            "then plan again",
+        )
+    elif "AES256CFB128_KEY" not in keys:
         verdict.refuse(
             "aes256_key_missing",
             f"NSO {target} needs an AES256CFB128 key and /etc/ncs/ncs.crypto_keys has none",
@@ -315,8 +559,7 @@ def _check_crypto(verdict: Verdict, inv: dict[str, Any], target: NsoVersion) -> 
         )
 
 
-def _check_ha(verdict: Verdict, inv: dict[str, Any]) -> None:
-    ha = inv.get("ha") or {}
+def _check_ha(verdict: Verdict, ha: dict[str, Any]) -> None:
     if ha.get("enabled") or ha.get("mode") not in (None, "none"):
         verdict.refuse(
             "ha_member",
@@ -332,8 +575,12 @@ def _check_disk(
     # The installer unpacks to several times its size; packages are kept beside the old ones.
     if release is not None:
         need_opt = max(need_opt, int(release.requirements.get("min_free_bytes", 0)))
-    # A backup and a compaction can each need about the size of the CDB.
-    need_var = 2 * int(inv.get("cdb_bytes", 0)) + 64 * MiB
+    # ncs-backup's archive (at worst the run dir's size), the restore point (a copy of the
+    # run dir, taken while NSO is stopped) and the compaction (the CDB's size again); a
+    # package-only upgrade makes only the archive. Older agents report only the CDB's size.
+    cdb = int(inv.get("cdb_bytes", 0))
+    run_dir = int(inv.get("run_dir_bytes") or cdb)
+    need_var = (2 * run_dir + cdb if release is not None else run_dir) + 64 * MiB
     for path, need in (("/opt/ncs", need_opt), ("/var/opt/ncs", need_var)):
         have = free.get(path)
         if have is None:

@@ -55,6 +55,16 @@ class PackageUpgradeArgs(Schema):
     )
 
 
+class RollbackArgs(Schema):
+    discard_writes = fields.Boolean(
+        load_default=False,
+        metadata={
+            "description": "Required: writes NSO took since the upgrade stopped it leave NSO "
+            "(the agent keeps the replaced data on the host)"
+        },
+    )
+
+
 class ReasonSchema(Schema):
     code = fields.String()
     message = fields.String()

@@ -20,6 +20,7 @@ from repo_server.upgrades.schemas import (
     PlanSchema,
     ReleaseCreateSchema,
     ReleaseSchema,
+    RollbackArgs,
     UpgradeArgs,
 )
 
@@ -125,8 +126,10 @@ def get_job(job_id: int) -> Any:
 @blp.route("/jobs/<int:job_id>/rollback", methods=["POST"])
 @require("job:manage")
 @blp.doc(security=BEARER)
+@blp.arguments(RollbackArgs)
 @blp.response(202, JobSchema)
-def rollback(job_id: int) -> Any:
-    """Restore the backup a succeeded upgrade took: the node goes back to its old release."""
-    job = jobs().rollback(job_id, principal())
+def rollback(args: dict[str, Any], job_id: int) -> Any:
+    """Put the node back on the release and data an upgrade started from (its restore point);
+    409 confirm_discard_writes unless `discard_writes` is true."""
+    job = jobs().rollback(job_id, principal(), discard_writes=args["discard_writes"])
     return job, 202, {"Location": f"/api/v1/jobs/{job.id}"}

@@ -1,6 +1,6 @@
-"""Fixtures for the agent's tests: simulated NSO hosts (the simulator's own fixtures), an
-agent configuration pointed at a host's root, and a small real HTTP file server with
-``Range`` support and knobs for the failures a download must survive.
+"""Fixtures for the agent's tests: an agent configuration pointed at a simulated host's root
+(hosts come from the ``tests.support.sim_hosts`` plugin), and a small real HTTP file server
+with ``Range`` support and knobs for the failures a download must survive.
 
 Nothing is mocked: hosts are real processes reached over real SSH, files come over real
 HTTP. Every process and server a test starts is stopped at teardown.
@@ -23,13 +23,7 @@ from agent.config import Config
 from agent.download import Artifact, Downloader
 from agent.journal import Journal
 from agent.steps import StepContext, run_step
-from tests.sim.conftest import (  # noqa: F401 — fixtures shared with the simulator's tests
-    Artifacts,
-    SimHost,
-    artifacts,
-    make_host,
-    sim,
-)
+from tests.support.sim_hosts import SimHost
 
 
 @dataclass

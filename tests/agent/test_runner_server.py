@@ -20,8 +20,9 @@ from agent.config import load
 from agent.journal import Journal
 from agent.runner import Runner
 from tests.api.helpers import put_file
+from tests.support.sim_hosts import sim
 
-from .conftest import agent_config, sim
+from .conftest import agent_config
 
 REPO = Path(__file__).resolve().parents[2]
 

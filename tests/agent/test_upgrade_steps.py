@@ -12,10 +12,14 @@ from pathlib import Path
 import pytest
 
 from agent import packages as pkgs
+from agent import restore_point as rp
 from agent.errors import StepFailed
-from agent.nso import Nso, NsoCli, running_config_fingerprint
+from agent.journal import Journal
+from agent.nso import Nso
+from agent.steps import StepContext, run_step, switch_current_to
+from tests.support.sim_hosts import sim
 
-from .conftest import agent_config, sim
+from .conftest import agent_config
 
 
 def refs(file_server, paths: list[Path]) -> list[dict]:
@@ -54,6 +58,7 @@ def run_until_start(drive, p) -> None:
     drive.step("prestage", p)
     drive.step("backup")
     drive.step("stop")
+    drive.step("restore_point")
     drive.step("compact")
     drive.step("switch_current", {"target_version": p["target_version"]})
     drive.step("relink_packages", {"packages": p["packages"]})
@@ -75,12 +80,19 @@ def test_major_upgrade_6_1_to_6_2_keeps_data_and_links(make_host, artifacts, fil
 
     result = drive.step("backup")
     assert result["backup_file"].startswith("/var/opt/ncs/backups/ncs-6.1@")
-    assert result["fingerprint"].startswith("sha256:")
+    assert "var/opt/ncs/cdb/A.cdb" in result["backup_proof"]["cdb_files"]
     extra = host.path(result["extra_dir"])
     assert sorted(os.listdir(extra / "packages")) == sorted(loaded_links(host))
 
-    drive.step("stop")
+    result = drive.step("stop")
+    assert result["fingerprint"].startswith("sha256:")
     assert Nso(cfg).status() == "stopped"
+    result = drive.step("restore_point")
+    copy = host.path(result["restore_point"])
+    cdb = host.path("/var/opt/ncs/cdb/A.cdb")
+    assert (copy / "var/opt/ncs/cdb/A.cdb").read_bytes() == cdb.read_bytes()
+    assert (copy / "etc/ncs/ncs.conf").read_bytes() == host.path("/etc/ncs/ncs.conf").read_bytes()
+    assert not (copy / "var/opt/ncs/backups").exists()
     drive.step("compact")
     drive.step("switch_current", {"target_version": "6.2"})
     assert os.readlink(host.path("/opt/ncs/current")) == "ncs-6.2"
@@ -90,6 +102,7 @@ def test_major_upgrade_6_1_to_6_2_keeps_data_and_links(make_host, artifacts, fil
     result = drive.step("verify", {"target_version": "6.2", "packages": p["packages"]})
     assert result["version"] == "6.2"
     assert sorted(result["packages"]) == ["l3vpn-1.0", "router-nc-1.0"]
+    assert result["data_changed"] is False
 
     host.clients.clear()
     after, _ = host.cli("show ncs-state version")
@@ -108,6 +121,7 @@ def test_every_step_run_twice_ends_in_the_same_state(make_host, artifacts, file_
         ("prestage", p),
         ("backup", {}),
         ("stop", {}),
+        ("restore_point", {}),
         ("compact", {}),
         ("switch_current", {"target_version": "6.2"}),
         ("ncs_conf", {"remove_elements": ["show-log-directory"]}),
@@ -124,7 +138,9 @@ def test_every_step_run_twice_ends_in_the_same_state(make_host, artifacts, file_
             # The second run downloads nothing and does not run the installer again.
             assert len(file_server.requests) == requests_before
             installs = sum("--system-install" in line for line in drive.last.lines)
-        if name != "backup":  # a second backup step run in a new process makes a new backup
+        # A second backup step run as a new step makes a new backup; a second stop finds
+        # NSO stopped already, so it has no fingerprint and no stop time of its own.
+        if name not in ("backup", "stop"):
             assert first == second, name
     assert installs == 0
     assert os.readlink(host.path("/opt/ncs/current")) == "ncs-6.2"
@@ -169,17 +185,12 @@ def test_failed_start_exit_13_then_recover_brings_back_6_1_with_data(
         drive.step("start", {"start_timeout": 60})
     assert "Daemon died status=13" in "\n".join(drive.last.lines)
 
-    # The server appends recover with what backup reported.
-    result = drive.step(
-        "recover",
-        {
-            "source_version": "6.1",
-            "backup_file": drive.context["backup_file"],
-            "extra_dir": drive.context["extra_dir"],
-            "fingerprint": drive.context["fingerprint"],
-        },
-    )
-    assert result == {"rolled_back": True, "version": "6.1"}
+    # The server appends recover with what backup, stop and restore_point reported.
+    result = drive.step("recover", {"source_version": "6.1", "target_started": True})
+    assert result["rolled_back"] is True and result["version"] == "6.1"
+    # What the failed start left is kept, not deleted.
+    kept = host.path(result["replaced_data"])
+    assert (kept / "var/opt/ncs/cdb/A.cdb").is_file()
     assert os.readlink(host.path("/opt/ncs/current")) == "ncs-6.1"
     links = loaded_links(host)
     assert sorted(links) == ["ncs-6.1-l3vpn-1.0.tar.gz", "ncs-6.1-router-nc-1.0.tar.gz"]
@@ -198,13 +209,14 @@ def test_recover_after_packages_not_rebuilt(make_host, artifacts, file_server, d
         ("prestage", p),
         ("backup", {}),
         ("stop", {}),
+        ("restore_point", {}),
         ("compact", {}),
         ("switch_current", {"target_version": "6.2"}),
     ]:
         drive.step(name, params)
     with pytest.raises(StepFailed, match=r"requires NCS version 6\.1"):
         drive.step("start", {"start_timeout": 60})
-    drive.step("recover", {"source_version": "6.1", **drive.context})
+    drive.step("recover", {"source_version": "6.1", "target_started": True})
     assert Nso(cfg).version() == "6.1" and Nso(cfg).status() == "started"
 
 
@@ -212,35 +224,42 @@ def test_recover_resumes_after_a_crash_between_restore_and_start(
     make_host, artifacts, file_server, driver
 ):
     host = make_host("6.1")
+    add_data(host)
+    before, _ = host.cli("show running-config")
     cfg = agent_config(host)
     drive = driver(cfg, file_server)
     p = plan(file_server, artifacts)
     run_until_start(drive, p)
-    fingerprint = drive.context["fingerprint"]
-    params = {"source_version": "6.1", **drive.context}
-    # Start of a crashed recover: the journal says the restore is done, NSO is still down.
-    from agent.journal import Journal
-    from agent.steps import StepContext, run_step
-
+    drive.step("start", {"start_timeout": 120})
+    params = {"source_version": "6.1", "target_started": True, **drive.context}
+    # A recover that died after restoring the data, before starting NSO.
     step = {"id": 500, "job_id": 7, "name": "recover", "attempt": 1, "params": params}
     journal = Journal(cfg.journal_file)
     journal.begin(step)
     ctx = StepContext(cfg, step, journal)
-    from agent.steps import switch_current_to
-
+    ctx.nso.stop()
     switch_current_to(ctx, "6.1")
-    ctx.nso.restore(host.path(params["backup_file"]))
-    journal.update("restored", recover_done=["restored"])
+    rp.restore(
+        cfg.paths,
+        host.path(params["restore_point"]),
+        host.path("/var/opt/ncs/backups/aside"),
+        {},
+        lambda progress: journal.update(restore_progress=dict(progress)),
+        ctx.log,
+    )
+    journal.update(
+        "data", recover_done=["stopped", "current", "data"], aside="/var/opt/ncs/backups/aside"
+    )
     # ... the agent dies here. Restarted, the server hands the step out again (attempt 2).
     journal = Journal(cfg.journal_file)
     journal.begin({**step, "attempt": 2})
     ctx = StepContext(cfg, {**step, "attempt": 2}, journal)
     result = run_step(ctx)
     assert result["rolled_back"] is True
+    assert result["replaced_data"] == "/var/opt/ncs/backups/aside"
     assert any("restored already" in line for line in ctx.lines)
-    cli = NsoCli(cfg)
-    assert running_config_fingerprint(cli)[0] == fingerprint
-    cli.close()
+    host.clients.clear()
+    assert host.cli("show running-config")[0] == before
 
 
 def test_slow_start_past_the_systemd_timeout_still_succeeds(

@@ -486,9 +486,12 @@ def test_name_version_compared_as_one_string(build: Build, limits: ArchiveLimits
     ("nso", "mins", "maxes", "fragment"),
     [
         ("6.2", ("6.3",), (), "ncs-min-version 6.3"),
-        ("6.2", ("6.1", "6.3.1"), (), "ncs-min-version 6.3.1"),  # the highest min counts
+        ("6.2", ("6.1", "6.3.1"), (), None),  # one min per branch: 6.2.x needs only 6.1
+        ("6.2", ("6.1", "6.3", "6.2.9"), (), None),  # 6.2's own entry leaves 6.2.9
+        ("6.2", ("6.1", "6.3"), ("6.1.9",), "ncs-max-version 6.1.9"),
         ("6.2", (), ("6.1",), "ncs-max-version 6.1"),
-        ("6.2", (), ("6.1.5", "7.0"), "ncs-max-version 6.1.5"),  # the lowest max counts
+        ("6.2", (), ("6.1.5", "7.0"), None),  # no 6.2 entry: the highest max counts
+        ("6.2", (), ("6.1.5", "7.0", "6.1.9"), None),
         ("6.7.1", ("6.7.2",), (), "ncs-min-version 6.7.2"),
         ("6.2", ("6.2.4",), ("6.2.9",), None),
         ("6.2", ("5.4",), ("6.2",), None),

@@ -5,11 +5,7 @@ import random
 import pytest
 from packaging.version import Version
 
-from repo_server.catalog.versions import (
-    NsoVersion,
-    package_version_key,
-    prefix_contradicts,
-)
+from repo_server.catalog.versions import NsoVersion, package_version_key
 
 V = NsoVersion.parse
 
@@ -180,32 +176,3 @@ def test_package_version_key_stays_short() -> None:
     assert len(package_version_key(long_valid)) <= 255
     assert package_version_key(long_valid) > package_version_key("999.0")  # fallback bucket
     assert package_version_key("1.0") == package_version_key("1.0.0")
-
-
-@pytest.mark.parametrize(
-    ("prefix", "low", "high", "fragment"),
-    [
-        ("6.2", "6.2", None, None),
-        ("6.2", "6.2.3", None, None),  # built for 6.2.x needing >= 6.2.3: fine
-        ("6.2", "6.1", "6.3", None),
-        ("6.2", None, "6.2", None),  # max 6.2 still admits 6.2 itself
-        ("6.2", None, None, None),
-        ("6.2", "6.3", None, "ncs-min-version 6.3"),
-        ("6.2", "7.0", None, "ncs-min-version 7.0"),
-        ("6.2", None, "6.1.9", "ncs-max-version 6.1.9"),
-        ("6.2", "5.0", "5.9", "ncs-max-version 5.9"),
-        ("6.7.1", "6.7.1.4", None, None),
-        ("6.7.1", "6.7.2", None, "ncs-min-version 6.7.2"),
-        ("6.7.1", None, "6.7", "ncs-max-version 6.7"),
-        ("6.7.1", None, "6.7.1", None),
-    ],
-)
-def test_prefix_contradicts(prefix: str, low: str, high: str, fragment: str) -> None:
-    message = prefix_contradicts(V(prefix), V(low) if low else None, V(high) if high else None)
-    if fragment is None:
-        assert message is None
-    else:
-        assert message is not None
-        assert fragment in message
-        assert f"ncs-{prefix}-" in message
-        assert "rebuild" in message and "rename" in message

@@ -8,15 +8,12 @@ Nothing is mocked. Every process a test starts is stopped at teardown, failures 
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import http.server
 import itertools
 import json
 import os
 import re
-import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -30,15 +27,11 @@ import pytest
 import requests
 
 from agent.config import Config
-from tests.sim.conftest import (  # noqa: F401 — fixtures shared with the simulator's tests
-    Artifacts,
-    SimHost,
-    artifacts,
-    make_host,
-    sim,
-)
+from tests.support.nso_repo import RepoServer
+from tests.support.processes import REPO, ServerProcess, clean_env, log_tail
+from tests.support.sim_hosts import Artifacts, SimHost, sim
+from tests.support.waiting import wait_until
 
-REPO = Path(__file__).resolve().parents[2]
 WORKER = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
 PY = sys.executable
 FINISHED = ("succeeded", "failed", "cancelled")
@@ -46,126 +39,8 @@ FINISHED = ("succeeded", "failed", "cancelled")
 _node_numbers = itertools.count(1)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def base_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("NSO_REPO_", "NSO_AGENT_"))}
-    env["PYTHONPATH"] = str(REPO)
-    return env
-
-
-def tail(path: Path, lines: int = 60) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except FileNotFoundError:
-        return f"({path} does not exist)"
-
-
-def _kill_group(proc: subprocess.Popen[bytes], sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, sig)
-
-
-# -- the server --------------------------------------------------------------------------
-
-
-class Server:
-    """`nso-repo serve` in its own process group; SIGKILL and restart keep port and data."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.data_dir = folder / "data"
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = folder / "serve.log"
-        self.process: Optional[subprocess.Popen[bytes]] = None
-        self.admin = ""
-        self.starts = 0
-
-    def start(self) -> None:
-        env = base_env()
-        env["NSO_REPO_ACCESS_LOG"] = str(self.folder / "access.log")
-        offset = self.log.stat().st_size if self.log.exists() else 0
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen(
-                [
-                    *(PY, "-m", "repo_server.cli", "serve", "--port", str(self.port)),
-                    *("--data-dir", str(self.data_dir), "--workers", "1"),
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                start_new_session=True,
-            )
-        self.starts += 1
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(f"{self.url}/api/v1/health", timeout=1).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            if self.process.poll() is not None:
-                raise RuntimeError(f"nso-repo serve exited:\n{tail(self.log)}")
-            time.sleep(0.1)
-        else:
-            self.stop()
-            raise RuntimeError(f"nso-repo serve did not start:\n{tail(self.log)}")
-        if not self.admin:
-            text = self.log.read_bytes()[offset:].decode(errors="replace")
-            self.admin = re.findall(r"^\s+(nsr_\S+)$", text, re.MULTILINE)[0]
-
-    def kill(self) -> None:
-        """SIGKILL the server's processes (gunicorn master and worker): a crash."""
-        assert self.process is not None
-        _kill_group(self.process, signal.SIGKILL)
-        self.process.wait(timeout=30)
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            if self.process is not None:
-                _kill_group(self.process, signal.SIGKILL)  # stray workers, if any
-            return
-        _kill_group(self.process, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            _kill_group(self.process, signal.SIGKILL)
-            self.process.wait()
-
-    @property
-    def http(self) -> requests.Session:
-        session = requests.Session()
-        session.headers["Authorization"] = f"Bearer {self.admin}"
-        return session
-
-    def api(self, method: str, path: str, **kw: Any) -> requests.Response:
-        return self.http.request(method, f"{self.url}/api/v1{path}", timeout=30, **kw)
-
-    def publish(self, version: str, installer: Path, packages: list[Path]) -> None:
-        for path in [installer, *packages]:
-            with path.open("rb") as fh:
-                answer = self.http.put(f"{self.url}/api/v1/artifacts/{path.name}", data=fh)
-            assert answer.status_code in (200, 201), answer.text
-        answer = self.api(
-            "POST",
-            "/releases",
-            json={
-                "nso_version": version,
-                "installer": installer.name,
-                "packages": [p.name for p in packages],
-            },
-        )
-        assert answer.status_code == 201, answer.text
-
-    def job(self, job_id: int) -> dict[str, Any]:
-        answer = self.api("GET", f"/jobs/{job_id}")
-        assert answer.status_code == 200, answer.text
-        return dict(answer.json())
+def agent_env() -> dict[str, str]:
+    return clean_env(PYTHONPATH=str(REPO))
 
 
 # -- artifacts ---------------------------------------------------------------------------
@@ -194,7 +69,7 @@ RELEASES = {"6.2": "6.2", "6.1.2": "6.1", "6.5": "6.5"}
 
 
 @pytest.fixture(scope="session")
-def builds(artifacts: Artifacts) -> Builds:  # noqa: F811
+def builds(artifacts: Artifacts) -> Builds:
     made = Builds(artifacts)
     for version in ("6.1", "6.1.1", "6.1.2", "6.2", "6.4", "6.5"):
         made.installer(version)
@@ -203,8 +78,9 @@ def builds(artifacts: Artifacts) -> Builds:  # noqa: F811
     return made
 
 
-def _server(folder: Path, builds: Builds, releases: dict[str, str]) -> Server:
-    server = Server(folder)
+def published_server(folder: Path, builds: Builds, releases: dict[str, str]) -> RepoServer:
+    """A started server on ``folder``/data with ``releases`` (version: package branch)."""
+    server = RepoServer(folder / "data")
     server.start()
     try:
         for version, pkg_branch in releases.items():
@@ -216,19 +92,19 @@ def _server(folder: Path, builds: Builds, releases: dict[str, str]) -> Server:
 
 
 @pytest.fixture(scope="session")
-def shared_server(tmp_path_factory: pytest.TempPathFactory, builds: Builds) -> Iterator[Server]:
+def shared_server(tmp_path_factory: pytest.TempPathFactory, builds: Builds) -> Iterator[RepoServer]:
     """One server per xdist worker with every release published; tests use their own nodes."""
-    server = _server(tmp_path_factory.mktemp("server"), builds, RELEASES)
+    server = published_server(tmp_path_factory.mktemp("server"), builds, RELEASES)
     yield server
     server.stop()
 
 
 @pytest.fixture
-def own_server(tmp_path: Path, builds: Builds) -> Iterator[Server]:
+def own_server(tmp_path: Path, builds: Builds) -> Iterator[RepoServer]:
     """A server of the test's own (it will be killed), with release 6.2 published."""
     folder = tmp_path / "server"
     folder.mkdir()
-    server = _server(folder, builds, {"6.2": "6.2"})
+    server = published_server(folder, builds, {"6.2": "6.2"})
     yield server
     server.stop()
 
@@ -345,7 +221,7 @@ def _proxy_handler(proxy: KillProxy) -> type[http.server.BaseHTTPRequestHandler]
 
 
 @pytest.fixture
-def kill_proxy(shared_server: Server) -> Iterator[KillProxy]:
+def kill_proxy(shared_server: RepoServer) -> Iterator[KillProxy]:
     proxy = KillProxy(shared_server.port)
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _proxy_handler(proxy))
     httpd.daemon_threads = True
@@ -360,54 +236,23 @@ def kill_proxy(shared_server: Server) -> Iterator[KillProxy]:
 # -- agents and nodes --------------------------------------------------------------------
 
 
-class AgentProcess:
+class AgentProcess(ServerProcess):
     """`python -m agent --config FILE -v run`, in its own process group."""
 
     def __init__(self, config_file: Path, log: Path) -> None:
-        self.config_file = config_file
-        self.log = log
-        self.process: Optional[subprocess.Popen[bytes]] = None
-        self.pgids: list[int] = []
+        argv = [PY, "-m", "agent", "--config", str(config_file), "-v", "run"]
+        super().__init__(argv, log, env=agent_env(), name="nso-agent run")
 
-    def start(self) -> None:
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen(
-                [PY, "-m", "agent", "--config", str(self.config_file), "-v", "run"],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=base_env(),
-                start_new_session=True,
-            )
-        self.pgids.append(self.process.pid)
-
-    def kill(self) -> None:
+    def kill(self, group: bool = False) -> None:
         """SIGKILL the agent alone (systemd's KillMode=process): its children live on."""
-        assert self.process is not None
-        self.process.kill()
-        self.process.wait(timeout=30)
-
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def stop(self) -> None:
-        if self.alive():
-            assert self.process is not None
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        for pgid in self.pgids:  # commands a killed agent left behind
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pgid, signal.SIGKILL)
+        super().kill(group)
 
 
 @dataclass
 class Node:
     name: str
     host: SimHost
-    server: Server
+    server: RepoServer
     agent: AgentProcess
     config: Config
 
@@ -422,57 +267,68 @@ class Node:
         return dict(answer.json())
 
     def wait_job(self, job_id: int, timeout: float = 120) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
         job: dict[str, Any] = {}
-        while time.monotonic() < deadline:
-            try:
-                job = self.server.job(job_id)
-            except requests.RequestException:
-                job = {}  # the server is being restarted
-            if job.get("state") in FINISHED:
-                return job
-            time.sleep(0.2)
-        raise AssertionError(
-            f"job {job_id} did not finish in {timeout} s: {json.dumps(job, indent=1)}\n"
-            f"agent log:\n{tail(self.agent.log)}"
+
+        def finished() -> Optional[dict[str, Any]]:
+            nonlocal job
+            job = self.server.job(job_id)
+            return job if job.get("state") in FINISHED else None
+
+        return wait_until(
+            finished,
+            timeout,
+            0.2,
+            message=f"job {job_id} did not finish",
+            details=lambda: f"{json.dumps(job, indent=1)}\nagent log:\n{log_tail(self.agent.log)}",
+            ignoring=(requests.RequestException,),  # the server is being restarted
         )
 
     def wait_step(
         self, job_id: int, name: str, states: tuple[str, ...], timeout: float = 60
     ) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def reached() -> bool:
             job = self.server.job(job_id)
             step = next((s for s in job["steps"] if s["name"] == name), None)
             if step is not None and step["state"] in states:
-                return
+                return True
             if job["state"] in FINISHED:
                 raise AssertionError(f"job finished before {name} was {states}: {job}")
-            time.sleep(0.02)
-        raise AssertionError(f"step {name} never {states}: {self.server.job(job_id)}")
+            return False
+
+        wait_until(
+            reached,
+            timeout,
+            0.02,
+            message=f"step {name} never {states}",
+            details=lambda: str(self.server.job(job_id)),
+        )
 
     def wait_heartbeat(self, timeout: float = 60) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            inventory = self.info().get("inventory") or {}
-            if inventory.get("running_version"):
-                return inventory
-            time.sleep(0.2)
-        raise AssertionError(f"no heartbeat from {self.name}:\n{tail(self.agent.log)}")
+        def inventory() -> Optional[dict[str, Any]]:
+            found: dict[str, Any] = self.info().get("inventory") or {}
+            return found if found.get("running_version") else None
+
+        return wait_until(
+            inventory,
+            timeout,
+            0.2,
+            message=f"no heartbeat from {self.name}",
+            details=lambda: f"agent log:\n{log_tail(self.agent.log)}",
+        )
 
     def fault(self, *args: str) -> None:
         sim("fault", "set", "--root", str(self.host.root), *args)
 
 
 @pytest.fixture
-def make_node(make_host: Any, tmp_path: Path, builds: Builds) -> Iterator[Callable[..., Node]]:  # noqa: F811
+def make_node(make_host: Any, tmp_path: Path, builds: Builds) -> Iterator[Callable[..., Node]]:
     """``make_node(server, version, via=None, extra=())``: a started simulated host, its node
     registered and enrolled with ``nso-agent enroll``, and ``nso-agent run`` serving it
     (through ``via``, a proxy URL, when given). Agents stop before their hosts do."""
     agents: list[AgentProcess] = []
 
     def factory(
-        server: Server,
+        server: RepoServer,
         version: str = "6.1",
         via: Optional[str] = None,
         extra: tuple[str, ...] = (),
@@ -504,7 +360,7 @@ def make_node(make_host: Any, tmp_path: Path, builds: Builds) -> Iterator[Callab
             ],
             capture_output=True,
             text=True,
-            env=base_env(),
+            env=agent_env(),
             timeout=60,
         )
         assert enroll.returncode == 0, enroll.stdout + enroll.stderr

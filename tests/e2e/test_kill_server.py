@@ -7,6 +7,8 @@ import time
 
 import requests
 
+from tests.support.waiting import wait_until
+
 from .conftest import Node, assert_node_on, running_config
 
 
@@ -25,10 +27,13 @@ def test_server_killed_mid_job_the_agent_retries_and_the_job_completes(
     node.wait_step(job_id, "start", ("running",))
     # Kill it once NSO is starting: the agent is then past its progress reports and waits
     # on NSO alone (a progress report to a dead server would hold the step in retries).
-    deadline = time.monotonic() + 30
-    while "status: starting" not in nso_status(node) and "status: phase" not in nso_status(node):
-        assert time.monotonic() < deadline, nso_status(node)
-        time.sleep(0.05)
+    wait_until(
+        lambda: "status: starting" in nso_status(node) or "status: phase" in nso_status(node),
+        30,
+        0.05,
+        message="NSO never reported a start-up phase",
+        details=lambda: nso_status(node),
+    )
     own_server.kill()
     first_pid = node.agent.process.pid
     try:
@@ -37,10 +42,13 @@ def test_server_killed_mid_job_the_agent_retries_and_the_job_completes(
     except requests.ConnectionError:
         pass
     # NSO finishes starting while the server is down: the agent's report must wait.
-    deadline = time.monotonic() + 20
-    while "status: started" not in nso_status(node):
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    wait_until(
+        lambda: "status: started" in nso_status(node),
+        20,
+        0.1,
+        message="NSO never finished starting",
+        details=lambda: nso_status(node),
+    )
     time.sleep(1.5)
     own_server.start()
     job = node.wait_job(job_id)

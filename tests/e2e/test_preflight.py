@@ -2,43 +2,31 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import Builds, Server, _server
+from tests.support.nso_repo import RepoServer
+from tests.support.waiting import wait_until
+
+from .conftest import Builds, published_server
 
 
 @pytest.fixture
-def bare_server(tmp_path: Path, builds: Builds) -> Iterator[Server]:
+def bare_server(tmp_path: Path, builds: Builds) -> Iterator[RepoServer]:
     folder = tmp_path / "server"
     folder.mkdir()
-    server = _server(folder, builds, {})
+    server = published_server(folder, builds, {})
     yield server
     server.stop()
 
 
 def _release(
-    server: Server, builds: Builds, version: str, packages: list[Path], **needs: Any
+    server: RepoServer, builds: Builds, version: str, packages: list[Path], **needs: Any
 ) -> None:
-    for path in [builds.installer(version), *packages]:
-        with path.open("rb") as fh:
-            answer = server.http.put(f"{server.url}/api/v1/artifacts/{path.name}", data=fh)
-        assert answer.status_code in (200, 201), answer.text
-    answer = server.api(
-        "POST",
-        "/releases",
-        json={
-            "nso_version": version,
-            "installer": builds.installer(version).name,
-            "packages": [p.name for p in packages],
-            "requirements": needs,
-        },
-    )
-    assert answer.status_code == 201, answer.text
+    server.publish(version, builds.installer(version), packages, **needs)
 
 
 def test_preflight_refuses_with_every_reason(
@@ -61,14 +49,18 @@ def test_preflight_refuses_with_every_reason(
     # 6.2: only the NED is rebuilt, it needs 5.7 or newer, and more disk than any host has.
     ned_only = [p for p in builds.packages("6.2") if "router-nc" in p.name]
     _release(bare_server, builds, "6.2", ned_only, min_source_version="5.7", min_free_bytes=1 << 50)
-    deadline = time.monotonic() + 60
-    inventory = node.info()["inventory"]
-    while "show-log-directory" not in inventory.get("ncs_conf_elements", []):
-        assert time.monotonic() < deadline, (
-            f"the agent never reported the edited ncs.conf: {inventory}"
-        )
-        time.sleep(0.5)
+
+    def edited_inventory() -> Any:
         inventory = node.info()["inventory"]
+        return "show-log-directory" in inventory.get("ncs_conf_elements", []) and inventory
+
+    inventory = wait_until(
+        edited_inventory,
+        60,
+        0.5,
+        message="the agent never reported the edited ncs.conf",
+        details=lambda: f"inventory: {node.info()['inventory']}",
+    )
     assert "AES256CFB128_KEY" not in inventory["crypto_keys"]
 
     plan = bare_server.api("GET", f"/nodes/{node.name}/plan", params={"to": "6.2"}).json()

@@ -43,6 +43,7 @@ def test_major_upgrade_swaps_in_the_recompiled_packages(shared_server, make_node
         "prestage",
         "backup",
         "stop",
+        "restore_point",
         "compact",
         "switch_current",
         "relink_packages",
@@ -55,6 +56,9 @@ def test_major_upgrade_swaps_in_the_recompiled_packages(shared_server, make_node
     for p in builds.packages("6.1"):
         assert node.host.path(f"/opt/ncs/packages/{p.name}").is_file()
     assert job["context"]["fingerprint"].startswith("sha256:")
+    assert job["context"]["restore_point"].endswith(f"nso-agent-job-{job['id']}/restore-point")
+    verify = job["steps"][-1]
+    assert verify["result"]["data_changed"] is False
     assert node.wait_heartbeat()["running_version"] == "6.2"
 
 

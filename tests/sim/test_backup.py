@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from .conftest import run
+from tests.support.sim_hosts import run
 
 
 def test_backup_and_restore_round_trip(make_host):

@@ -8,7 +8,7 @@ import struct
 import tarfile
 import xml.etree.ElementTree as ET
 
-from .conftest import sim
+from tests.support.sim_hosts import sim
 
 NS = "{http://tail-f.com/ns/ncs-packages}"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import paramiko
 import pytest
 
-from .conftest import run
+from tests.support.sim_hosts import run
 
 
 def test_password_and_key_auth(make_host, tmp_path):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 
-from .conftest import run, sim
+from tests.support.sim_hosts import run, sim
 
 
 def _fault(host, *args: str) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shutil
 
-from .conftest import run, sim
+from tests.support.sim_hosts import run, sim
 
 
 def test_pair_forms_and_secondary_gets_copy_then_changes(make_cluster):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shutil
 
-from .conftest import run
+from tests.support.sim_hosts import run
 
 
 def test_package_upgrade_as_in_the_guide(make_host, artifacts):

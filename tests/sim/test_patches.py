@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tarfile
 
-from .conftest import run, sim
+from tests.support.sim_hosts import run, sim
 
 
 def test_patch_load_list_and_reload_at_start(make_host, tmp_path):

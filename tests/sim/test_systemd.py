@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shutil
 
-from .conftest import run, sim
+from tests.support.sim_hosts import run, sim
 
 
 def test_systemd_unit_replaces_the_init_script(make_host, artifacts):

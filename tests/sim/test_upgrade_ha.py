@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shutil
 
-from .conftest import run
+from tests.support.sim_hosts import run
 
 
 def _upgrade_node(host, artifacts, vsn: str) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shutil
 
-from .conftest import run
+from tests.support.sim_hosts import run
 
 
 def test_single_instance_upgrade_6_1_to_6_2_keeps_data(make_host, artifacts):

@@ -22,7 +22,8 @@ from repo_server.config import Settings
 from repo_server.errors import StorageError
 from repo_server.storage import LocalStorage, Storage, blob_key, make_storage
 from repo_server.storage.s3 import S3Storage
-from tests.services import S3Server
+from tests.support.ports import free_port
+from tests.support.s3 import S3Server
 
 BlobFile = Callable[[bytes], "tuple[str, Path]"]
 REPO_SERVER = Path(__file__).resolve().parents[2] / "repo_server"
@@ -420,8 +421,6 @@ def test_s3_check(s3_storage: S3Storage, s3_server: S3Server) -> None:
 
 
 def test_s3_unreachable_endpoint_is_storage_error() -> None:
-    from tests.services import free_port
-
     endpoint = f"http://127.0.0.1:{free_port()}"
     down = S3Storage(
         bucket="any-bucket",

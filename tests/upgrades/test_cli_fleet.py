@@ -73,7 +73,8 @@ def test_release_node_plan_upgrade_watch(live, tmp_path: Path) -> None:
 
     def run_agent() -> None:
         while (step := agent.next(wait=5)) is not None:
-            agent.report(step["id"], "succeeded")
+            result = {"restore_point": "/rp"} if step["name"] == "restore_point" else {}
+            agent.report(step["id"], "succeeded", result=result)
 
     worker = threading.Thread(target=run_agent)
     worker.start()
@@ -81,6 +82,15 @@ def test_release_node_plan_upgrade_watch(live, tmp_path: Path) -> None:
     worker.join(timeout=60)
     assert watched.returncode == 0, watched.stdout + watched.stderr
     assert f"job {job_id} succeeded" in watched.stdout
-    assert re.search(r"^\s*8 verify\s+succeeded$", watched.stdout, re.MULTILINE), watched.stdout
+    assert re.search(r"^\s*9 verify\s+succeeded$", watched.stdout, re.MULTILINE), watched.stdout
     listed = nso_repo(live, "viewer", "job", "ls")
     assert "edge-7" in listed.stdout and "succeeded" in listed.stdout
+
+    # A rollback takes writes made since the stop out of NSO: the operator must say so.
+    refused = nso_repo(live, "operator", "job", "rollback", job_id)
+    assert refused.returncode == 1
+    assert "--discard-writes" in refused.stdout + refused.stderr
+    rollback = nso_repo(live, "operator", "job", "rollback", job_id, "--discard-writes")
+    assert rollback.returncode == 0, rollback.stdout + rollback.stderr
+    step = agent.next(wait=5)
+    assert step["name"] == "recover" and step["params"]["restore_point"] == "/rp"

@@ -18,6 +18,7 @@ STEPS = [
     "prestage",
     "backup",
     "stop",
+    "restore_point",
     "compact",
     "switch_current",
     "relink_packages",
@@ -84,22 +85,35 @@ def test_reports_are_idempotent_and_finished_steps_refuse_other_outcomes(
     assert enrolled.next()["attempt"] == 2
 
 
+RESULTS = {
+    "backup": {"backup_file": "/b.backup.gz", "extra_dir": "/x"},
+    "stop": {"fingerprint": "sha256:f1", "stopped_at": "2026-11-30T01:02:03+00:00"},
+    "restore_point": {"restore_point": "/rp"},
+}
+
+
+def _run_until(enrolled, name: str) -> dict:
+    """Report every step a success until ``name`` is handed out; that step."""
+    while (step := enrolled.next())["name"] != name:
+        enrolled.report(step["id"], "succeeded", result=RESULTS.get(step["name"], {}))
+    return step
+
+
 def test_failure_after_stop_appends_recover_and_ends_rolled_back(live, enrolled, releases) -> None:
     enrolled.heartbeat(healthy_inventory("6.1"))
     job = _start(live)
-    while (step := enrolled.next())["name"] != "start":
-        result = (
-            {"backup_file": "/b.backup.gz", "extra_dir": "/x"} if step["name"] == "backup" else {}
-        )
-        enrolled.report(step["id"], "succeeded", result=result)
+    step = _run_until(enrolled, "start")
     enrolled.report(step["id"], "failed", message="Daemon died status=13", log_tail="...status=13")
     recover = enrolled.next()
     assert recover["name"] == "recover"
     assert recover["params"] == {
         "source_version": "6.1",
+        "target_started": True,
         "backup_file": "/b.backup.gz",
         "extra_dir": "/x",
-        "fingerprint": None,
+        "restore_point": "/rp",
+        "fingerprint": "sha256:f1",
+        "stopped_at": "2026-11-30T01:02:03+00:00",
     }
     enrolled.report(recover["id"], "succeeded")
     final = _job(live, job["id"])
@@ -121,13 +135,68 @@ def test_failure_before_stop_leaves_node_unchanged(live, enrolled, releases) -> 
 def test_failed_recovery_needs_attention(live, enrolled, releases) -> None:
     enrolled.heartbeat(healthy_inventory("6.1"))
     job = _start(live)
-    while (step := enrolled.next())["name"] != "compact":
-        enrolled.report(step["id"], "succeeded")
+    step = _run_until(enrolled, "compact")
     enrolled.report(step["id"], "failed", message="disk full")
-    enrolled.report(enrolled.next()["id"], "failed", message="restore failed")
+    recover = enrolled.next()
+    # The new release never got as far as starting: the agent need not restore data.
+    assert recover["name"] == "recover" and recover["params"]["target_started"] is False
+    enrolled.report(recover["id"], "failed", message="restore failed")
     final = _job(live, job["id"])
     assert (final["state"], final["outcome"]) == ("failed", "needs_attention")
     assert "operator" in final["error"]
+
+
+def test_verify_failing_while_the_new_release_runs_is_not_restored(
+    live, enrolled, releases
+) -> None:
+    """NSO runs the target and takes writes: restoring would throw them away."""
+    enrolled.heartbeat(healthy_inventory("6.1"))
+    job = _start(live)
+    step = _run_until(enrolled, "verify")
+    enrolled.report(
+        step["id"],
+        "failed",
+        message="package l3vpn: oper-status file-load-error",
+        result={"nso_running": True, "version": "6.2", "junk": "x" * 100},
+    )
+    final = _job(live, job["id"])
+    assert (final["state"], final["outcome"]) == ("failed", "needs_attention")
+    assert [s["name"] for s in final["steps"]] == STEPS  # no recover appended
+    assert "runs and takes writes" in final["error"]
+    assert f"nso-repo job rollback {job['id']} --discard-writes" in final["error"]
+    assert final["steps"][-1]["result"] == {"nso_running": True, "version": "6.2"}
+    assert enrolled.next() is None
+    # The operator may still roll it back, saying that writes since the stop leave NSO.
+    assert_error(
+        live.session("operator").post(f"{live.url}/api/v1/jobs/{job['id']}/rollback"),
+        409,
+        "confirm_discard_writes",
+    )
+    answer = live.session("operator").post(
+        f"{live.url}/api/v1/jobs/{job['id']}/rollback", json={"discard_writes": True}
+    )
+    assert answer.status_code == 202, answer.text
+    recover = enrolled.next()
+    assert recover["params"]["restore_point"] == "/rp"
+    assert recover["params"]["target_started"] is True
+
+
+@pytest.mark.parametrize(
+    "result",
+    [{"nso_running": "yes"}, {"nso_running": 1}, {"nso_running": None}, {"version": "6.2"}],
+    ids=["string", "number", "null", "absent"],
+)
+def test_a_verify_failure_claims_nso_runs_only_with_a_boolean(
+    live, enrolled, releases, result
+) -> None:
+    enrolled.heartbeat(healthy_inventory("6.1"))
+    job = _start(live)
+    step = _run_until(enrolled, "verify")
+    enrolled.report(step["id"], "failed", message="NSO is stopped", result=result)
+    assert enrolled.next()["name"] == "recover"
+    assert _job(live, job["id"])["steps"][-2]["result"] == {
+        k: v for k, v in result.items() if k == "version"
+    }
 
 
 def test_one_job_at_a_time_and_rollback(live, enrolled, releases) -> None:
@@ -138,13 +207,12 @@ def test_one_job_at_a_time_and_rollback(live, enrolled, releases) -> None:
     )
     assert "job_active" in [r["code"] for r in refused.json()["error"]["details"]["reasons"]]
     while (step := enrolled.next()) is not None:
-        result = (
-            {"backup_file": "/b.gz", "extra_dir": "/x", "fingerprint": "f1"}
-            if step["name"] == "backup"
-            else {}
-        )
-        enrolled.report(step["id"], "succeeded", result=result)
-    rollback = live.session("operator").post(f"{live.url}/api/v1/jobs/{job['id']}/rollback")
+        enrolled.report(step["id"], "succeeded", result=RESULTS.get(step["name"], {}))
+    url = f"{live.url}/api/v1/jobs/{job['id']}/rollback"
+    refused = live.session("operator").post(url)
+    assert_error(refused, 409, "confirm_discard_writes")
+    assert "2026-11-30T01:02:03" in refused.json()["error"]["message"]
+    rollback = live.session("operator").post(url, json={"discard_writes": True})
     assert rollback.status_code == 202, rollback.text
     body = rollback.json()
     assert (body["kind"], body["source_version"], body["target_version"]) == (
@@ -153,11 +221,13 @@ def test_one_job_at_a_time_and_rollback(live, enrolled, releases) -> None:
         "6.1",
     )
     recover = enrolled.next()
-    assert recover["name"] == "recover" and recover["params"]["backup_file"] == "/b.gz"
+    assert recover["name"] == "recover" and recover["params"]["restore_point"] == "/rp"
     enrolled.report(recover["id"], "succeeded")
     assert _job(live, body["id"])["state"] == "succeeded"
     assert_error(
-        live.session("operator").post(f"{live.url}/api/v1/jobs/{body['id']}/rollback"),
+        live.session("operator").post(
+            f"{live.url}/api/v1/jobs/{body['id']}/rollback", json={"discard_writes": True}
+        ),
         409,
         "conflict",
     )

@@ -11,6 +11,7 @@ EXPECTED_STEPS = [
     "prestage",
     "backup",
     "stop",
+    "restore_point",
     "compact",
     "switch_current",
     "relink_packages",
@@ -108,3 +109,21 @@ def test_extra_and_mismatched_packages(live, enrolled, releases) -> None:
     assert {r["code"] for r in _plan(live, "6.2")["reasons"]} == {"package_extra"}
     allowed = _plan(live, "6.2", allow_extra_packages="true")
     assert allowed["ok"] and len(allowed["packages"]) == 2
+
+
+def test_free_space_counts_the_backup_the_restore_point_and_the_compaction(
+    live, enrolled, releases
+) -> None:
+    """The restore point copies the run dir while NSO is stopped: it must fit beside the
+    ncs-backup archive and the compacted CDB, or the node would stop for nothing."""
+    inventory = healthy_inventory("6.1", {"router-nc": "1.0.2", "l3vpn": "2.1"})
+    inventory["run_dir_bytes"] = 2 * GiB
+    inventory["cdb_bytes"] = 1 * GiB
+    inventory["disk_free_bytes"]["/var/opt/ncs"] = 5 * GiB  # 2 + 2 + 1 GiB, no margin
+    enrolled.heartbeat(inventory)
+    short = next(r for r in _plan(live, "6.2")["reasons"] if r["code"] == "disk_space")
+    assert "/var/opt/ncs has 5120 MiB free" in short["message"]
+    assert "5184 MiB" in short["message"]  # 5 GiB + the 64 MiB margin
+    inventory["disk_free_bytes"]["/var/opt/ncs"] = 6 * GiB
+    enrolled.heartbeat(inventory)
+    assert "disk_space" not in {r["code"] for r in _plan(live, "6.2")["reasons"]}

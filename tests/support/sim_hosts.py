@@ -1,16 +1,19 @@
-"""Fixtures for the simulator's tests: artifacts, hosts on their own loopback addresses and
-free ports, and clients that talk to them as an operator would (shell commands by path,
-the NSO CLI over real SSH). Every daemon a test starts is stopped at teardown."""
+"""Simulated NSO hosts for tests (a pytest plugin): artifacts built once per session,
+hosts made with ``nso-sim host create`` on loopback addresses and ports of their own, and
+clients that talk to them as an operator would (shell commands by path, the NSO CLI over
+real SSH). Every daemon a test starts is stopped at teardown.
+
+Fixtures: ``shell``, ``sim``, ``artifacts``, ``make_host``, ``make_cluster``. Needs only the
+agent's dependencies (paramiko), so the agent's Python 3.9 run loads it too.
+"""
 
 from __future__ import annotations
 
 import itertools
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,35 +22,18 @@ from typing import Optional
 import paramiko
 import pytest
 
+from tests.support.ports import free_port, worker_number
+from tests.support.processes import REPO
+from tests.support.waiting import wait_until
+
 TIME_SCALE = 0.01
-REPO = Path(__file__).resolve().parents[2]
-_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
-_WORKER_NO = int(_WORKER[2:]) if _WORKER[2:].isdigit() else 0
 _host_numbers = itertools.count(1)
 
 
 def next_address() -> str:
     """A loopback address of its own per host: 127.<20+worker>.<n>.<m>."""
     n = next(_host_numbers)
-    return f"127.{20 + _WORKER_NO}.{n // 250}.{n % 250 + 1}"
-
-
-def free_port(*addresses: str) -> int:
-    """A port that is free on every one of ``addresses`` right now."""
-    for _ in range(100):
-        with socket.socket() as s:
-            s.bind((addresses[0], 0))
-            port = s.getsockname()[1]
-        ok = True
-        for other in addresses[1:]:
-            with socket.socket() as s:
-                try:
-                    s.bind((other, port))
-                except OSError:
-                    ok = False
-        if ok:
-            return port
-    raise RuntimeError("no common free port")
+    return f"127.{20 + worker_number()}.{n // 250}.{n % 250 + 1}"
 
 
 def sim(*args: str, check: bool = True, **kw: object) -> subprocess.CompletedProcess[str]:
@@ -150,12 +136,22 @@ class SimHost:
         )
 
     def wait_for(self, command: str, expected: str, timeout: float = 20) -> str:
-        deadline = time.monotonic() + timeout
-        while True:
-            out, _ = self.cli(command)
-            if expected in out or time.monotonic() > deadline:
-                return out
-            time.sleep(0.05)
+        """The output of CLI ``command`` once it contains ``expected``."""
+
+        last = ""
+
+        def shows() -> str:
+            nonlocal last
+            last = self.cli(command)[0]
+            return last if expected in last else ""
+
+        return wait_until(
+            shows,
+            timeout,
+            0.05,
+            message=f"{self.address}: {command!r} never showed {expected!r}",
+            details=lambda: f"last output: {last!r}",
+        )
 
     def stop(self) -> None:
         for client in self.clients:
@@ -207,6 +203,12 @@ class Artifacts:
 def shell() -> object:
     """``shell("cmd", ...)``: run a command by path with a clean environment."""
     return run
+
+
+@pytest.fixture(name="sim")
+def sim_fixture() -> object:
+    """``sim("fault", "set", ...)``: run ``nso-sim``, as the function ``sim`` does."""
+    return sim
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,393 @@
+"""The single-node NSO upgrade, one function per step (docs/agent-protocol.md).
+
+Where acknowledged writes are kept safe (docs/upgrades.md, "No acknowledged write is lost"):
+``backup`` makes ``ncs-backup``'s archive and proves it readable while NSO still runs;
+``stop`` stops NSO; ``restore_point`` then copies the stopped data, which holds every write
+NSO acknowledged, and proves the copy by checksum. ``recover`` restores that copy, never the
+archive, and only when the upgraded release does not run: a release that runs takes writes,
+and data that changed is never a reason to restore.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import xml.etree.ElementTree as ET
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from agent import backup_archive
+from agent import packages as pkgs
+from agent import restore_point as rp
+from agent.download import Artifact, verified
+from agent.errors import AgentError, StepFailed
+from agent.fsutil import write_atomic
+from agent.nso import STARTED, STOPPED, running_config_fingerprint
+from agent.step_context import StepContext
+from agent.step_helpers import (
+    check_packages,
+    check_running,
+    check_version,
+    job_dir,
+    loaded_packages,
+    restore_package_links,
+    save_package_links,
+    show_value,
+    stage_package,
+    switch_current_to,
+    wait_started_or_start,
+)
+
+
+def prestage(ctx: StepContext) -> dict[str, Any]:
+    p = ctx.params
+    target = str(p["target_version"])
+    artifacts = [Artifact.from_params(a) for a in p.get("packages") or []]
+    # What `current` was before we touched anything, kept across restarts: the installer may
+    # move it (undocumented), and NSO keeps running the old release until the switch step.
+    if ctx.journal.fact("current_before") is None:
+        ctx.journal.update(current_before=ctx.nso.current_version() or "")
+    steps = len(artifacts) + 1
+    for i, artifact in enumerate(artifacts):
+        ctx.progress(int(100 * i / steps), f"staging {artifact.filename}")
+        stage_package(ctx, artifact)
+    release = ctx.paths.release_dir(target)
+    if (release / "bin" / "ncs").exists():
+        ctx.log(f"{ctx.paths.host_path(release)} is installed already")
+    else:
+        installer = Artifact.from_params(p["installer"])
+        ctx.progress(int(100 * len(artifacts) / steps), f"downloading {installer.filename}")
+        path = ctx.require_downloader().fetch(
+            installer, ctx.config.downloads_dir / installer.filename
+        )
+        ctx.progress(90, f"installing NSO {target} beside the running release")
+        # cwd is the host root: `/` on a real host, where the installer's cwd does not matter.
+        result = ctx.nso.cmd(
+            ["sh", str(path), "--system-install", "--non-interactive"],
+            timeout=3600,
+            cwd=ctx.paths.root,
+        )
+        if not result.ok or not (release / "bin" / "ncs").exists():
+            raise StepFailed(
+                f"the NSO {target} installer failed (exit {result.returncode}): "
+                + (result.output.splitlines() or ["no output"])[-1]
+            )
+        path.unlink()
+    before = ctx.journal.fact("current_before")
+    if before and ctx.nso.current_version() != before:
+        ctx.log(f"the installer moved current; pointing it back at ncs-{before}")
+        switch_current_to(ctx, before)
+    return {
+        "installed_release": target,
+        "staged_packages": [a.filename for a in artifacts],
+    }
+
+
+def _set_unusable_aside(ctx: StepContext, path: Path) -> str:
+    """Rename a backup that does not read back, so that no later ``ncs-backup --restore``
+    (which takes the newest ``ncs-*.backup*``) picks it by mistake."""
+    aside = path.with_name(f"unusable-{path.name}")
+    os.replace(path, aside)
+    return ctx.paths.host_path(aside)
+
+
+def backup(ctx: StepContext) -> dict[str, Any]:
+    """``ncs-backup`` (the operator's familiar archive), proven readable before NSO stops,
+    plus a copy of what it skips: the package links and the files behind them."""
+    paths = ctx.paths
+    backup_file = ctx.journal.fact("backup_file")
+    proof = None
+    if backup_file and paths.path(backup_file).exists():
+        ctx.progress(10, f"checking {backup_file} from the earlier attempt")
+        try:
+            proof = backup_archive.prove(paths.path(backup_file), backup_file)
+        except StepFailed as exc:
+            ctx.log(f"{exc}; taking a new backup")
+    if proof is None:
+        ctx.progress(20, "ncs-backup")
+        made = ctx.nso.backup()
+        backup_file = paths.host_path(made)
+        ctx.journal.update("backed-up", backup_file=backup_file)
+        ctx.progress(50, f"reading {backup_file} back to prove it")
+        try:
+            proof = backup_archive.prove(made, backup_file)
+        except StepFailed as exc:
+            moved = _set_unusable_aside(ctx, made)
+            raise StepFailed(f"{exc} (it is kept as {moved})") from None
+        ctx.log(
+            f"{backup_file} reads back whole: {proof.members} members, "
+            f"{len(proof.cdb_files)} CDB files ({', '.join(proof.cdb_files)})"
+        )
+    extra = job_dir(ctx) / "package-links"
+    if ctx.journal.entry is None or ctx.journal.entry.phase != "saved-links" or not extra.exists():
+        ctx.progress(70, "copying the package links and files ncs-backup skips")
+        save_package_links(ctx, extra)
+        ctx.journal.update("saved-links")
+    return {
+        "backup_file": backup_file,
+        "backup_proof": proof.as_result(),
+        "extra_dir": paths.host_path(extra),
+    }
+
+
+def stop(ctx: StepContext) -> dict[str, Any]:
+    """Stop NSO. Just before, note a fingerprint of its configuration: information for
+    ``verify`` (what the upgrade changed), never a reason to restore."""
+    if ctx.journal.fact("fingerprint") is None and ctx.nso.status() == STARTED:
+        try:
+            fingerprint, lines = running_config_fingerprint(ctx.cli)
+            ctx.journal.update(fingerprint=fingerprint, fingerprint_lines=lines)
+            ctx.log(f"data fingerprint before the stop: {fingerprint} ({lines} lines)")
+        except AgentError as exc:
+            ctx.log(f"note: no data fingerprint before the stop ({exc})")
+            ctx.journal.update(fingerprint="")
+        finally:
+            ctx.cli.close()
+    ctx.progress(40, "stopping NSO")
+    ctx.nso.stop()
+    if ctx.journal.fact("stopped_at") is None:
+        ctx.journal.update(stopped_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    return {
+        "fingerprint": ctx.journal.fact("fingerprint") or None,
+        "stopped_at": ctx.journal.fact("stopped_at"),
+    }
+
+
+def restore_point(ctx: StepContext) -> dict[str, Any]:
+    """Copy the stopped NSO's data and configuration: the point ``recover`` restores."""
+    state = ctx.nso.status()
+    if state != STOPPED:
+        raise StepFailed(
+            f"NSO is {state}: the restore point is copied only while NSO is stopped, when "
+            "nothing can write; stop it and retry"
+        )
+    dest = job_dir(ctx) / "restore-point"
+    ctx.progress(10, f"copying NSO's data to {ctx.paths.host_path(dest)}")
+    summary = rp.take(ctx.paths, dest, ctx.log)
+    return {
+        "restore_point": ctx.paths.host_path(dest),
+        "restore_point_files": summary["files"],
+        "restore_point_bytes": summary["bytes"],
+    }
+
+
+def compact(ctx: StepContext) -> dict[str, Any]:
+    state = ctx.nso.status()
+    if state != STOPPED:
+        raise StepFailed(f"NSO is {state}: the CDB is compacted only while NSO is stopped")
+    ctx.nso.cdb_compact()
+    return {}
+
+
+def switch_current(ctx: StepContext) -> dict[str, Any]:
+    target = str(ctx.params["target_version"])
+    # The job's source release when known: a second run must report what the first did.
+    previous = (
+        ctx.journal.fact("previous") or ctx.job.get("source_version") or ctx.nso.current_version()
+    )
+    ctx.journal.update(previous=previous)
+    switch_current_to(ctx, target)
+    check_version(ctx, target)
+    return {"current": target, "previous_current": previous}
+
+
+def remove_conf_elements(text: str, names: list[str]) -> tuple[str, list[str]]:
+    """``text`` without the named elements (any prefix, empty or with content)."""
+    removed = []
+    for name in names:
+        tag = rf"(?:[\w.-]+:)?{re.escape(name)}"
+        pattern = re.compile(
+            rf"[ \t]*<{tag}(?:\s[^>]*)?/>[ \t]*\n?|[ \t]*<{tag}(?:\s[^>]*)?>.*?</{tag}\s*>[ \t]*\n?",
+            re.DOTALL,
+        )
+        text, n = pattern.subn("", text)
+        if n:
+            removed.append(name)
+    return text, removed
+
+
+def ncs_conf(ctx: StepContext) -> dict[str, Any]:
+    names = [str(n) for n in ctx.params.get("remove_elements") or []]
+    conf = ctx.paths.ncs_conf
+    original = conf.read_text()
+    text, removed = remove_conf_elements(original, names)
+    if not removed:
+        ctx.log(f"none of {', '.join(names) or '(nothing)'} in {ctx.paths.host_path(conf)}")
+        return {"removed_elements": []}
+    try:
+        ET.fromstring(text)
+    except ET.ParseError as exc:
+        raise StepFailed(
+            f"removing {', '.join(removed)} would leave {ctx.paths.host_path(conf)} invalid "
+            f"({exc}); edit it by hand"
+        ) from None
+    saved = conf.with_name(f"ncs.conf.nso-agent-job-{ctx.job_id}")
+    if not saved.exists():
+        shutil.copy2(conf, saved)
+    write_atomic(conf, text, like=conf)
+    ctx.log(f"removed {', '.join(removed)}; the old file is {ctx.paths.host_path(saved)}")
+    return {"removed_elements": removed}
+
+
+def relink_packages(ctx: StepContext) -> dict[str, Any]:
+    artifacts = [Artifact.from_params(a) for a in ctx.params.get("packages") or []]
+    targets = []
+    for artifact in artifacts:
+        path = ctx.paths.package_store / artifact.filename
+        if not verified(path, artifact.sha256, artifact.size):
+            raise StepFailed(
+                f"{ctx.paths.host_path(path)} is missing or not the catalog's file; "
+                "the prestage step puts it there"
+            )
+        targets.append(path)
+    changed = pkgs.relink(ctx.paths.load_dir, targets)
+    ctx.log(
+        ("relinked " if changed else "already exact: ")
+        + f"{ctx.paths.host_path(ctx.paths.load_dir)} = {', '.join(t.name for t in targets)}"
+    )
+    return {"packages": [t.name for t in targets]}
+
+
+def start(ctx: StepContext) -> dict[str, Any]:
+    ctx.progress(10, "starting NSO with package reload")
+    wait_started_or_start(ctx, reload=True)
+    return {"nso_status": STARTED}
+
+
+def verify(ctx: StepContext) -> dict[str, Any]:
+    """The upgraded release runs, with every package up at its version.
+
+    A failure while NSO runs carries ``nso_running``: NSO takes writes, so the server does
+    not restore on its own (that would throw acknowledged writes away); the operator decides.
+    Data that changed (upgrade code in the packages, writes since the start) is reported,
+    never failed on.
+    """
+    target = str(ctx.param("target_version"))
+    state, running = ctx.nso.daemon()
+    if state != STARTED:
+        raise StepFailed(f"NSO {target} does not run: NSO is {state}")
+    try:
+        return _verify_running(ctx, target, running)
+    except StepFailed as exc:
+        raise StepFailed(str(exc), {"nso_running": True, "version": running}) from None
+    except AgentError as exc:
+        raise StepFailed(
+            f"NSO runs but could not be verified: {exc}", {"nso_running": True, "version": running}
+        ) from None
+
+
+def _verify_running(ctx: StepContext, target: str, running: Any) -> dict[str, Any]:
+    problems = []
+    if running != target:
+        problems.append(f"the running daemon reports NSO {running}, expected {target}")
+    shown = show_value(ctx.cli.run("show ncs-state version"), "version")
+    if shown != target:
+        problems.append(f"the NSO CLI says ncs-state version {shown}, expected {target}")
+    expected = []
+    for a in ctx.params.get("packages") or []:
+        artifact = Artifact.from_params(a)
+        expected.append(pkgs.package_identity(ctx.paths.package_store / artifact.filename))
+    problems += check_packages(ctx, expected)
+    extra = loaded_packages(ctx.cli) - {name for name, _ in expected}
+    if expected and extra:
+        problems.append(f"packages loaded but not in the target set: {', '.join(sorted(extra))}")
+    if problems:
+        raise StepFailed("; ".join(problems))
+    after, _lines = running_config_fingerprint(ctx.cli)
+    before = ctx.param("fingerprint")
+    changed = None if not before else after != before
+    if changed:
+        ctx.log(
+            "the configuration differs from the one before the stop (the packages' upgrade "
+            "code, or writes since the start): reported, not a failure"
+        )
+    return {
+        "version": target,
+        "packages": [f"{n}-{v}" for n, v in expected],
+        "data_changed": changed,
+        "fingerprint_after": after,
+    }
+
+
+def recover(ctx: StepContext) -> dict[str, Any]:
+    """The guide's Recover from a Failed Upgrade: stop, point current back, restore the
+    data as it was when NSO stopped (the restore point, not the older archive), put the
+    package links back, start, check the version."""
+    paths = ctx.paths
+    source = str(ctx.param("source_version") or ctx.job.get("source_version"))
+    done: list[str] = list(ctx.journal.fact("recover_done", []))
+
+    def mark(what: str) -> None:
+        done.append(what)
+        ctx.journal.update(what, recover_done=done)
+
+    if "stopped" not in done:
+        ctx.progress(10, "stopping NSO")
+        ctx.nso.stop()
+        mark("stopped")
+    if "current" not in done:
+        ctx.progress(20, f"pointing current back at ncs-{source}")
+        switch_current_to(ctx, source)
+        check_version(ctx, source)
+        mark("current")
+    aside = ctx.journal.fact("aside")
+    if "data" not in done:
+        aside = _restore_data(ctx)
+        mark("data")
+    else:
+        ctx.log("the data was restored already (an earlier attempt of this step); continuing")
+    extra_dir = ctx.param("extra_dir")
+    if extra_dir and "links" not in done:
+        ctx.progress(70, "restoring the package links and files")
+        restore_package_links(ctx, paths.path(str(extra_dir)))
+        mark("links")
+    ctx.progress(80, f"starting NSO {source}")
+    wait_started_or_start(ctx, reload=False)
+    check_version(ctx, source)
+    check_running(ctx, source)
+    return {"rolled_back": True, "version": source, "replaced_data": aside}
+
+
+def _restore_data(ctx: StepContext) -> Any:
+    """Restore the restore point; the host path where the replaced data was kept, if any."""
+    paths = ctx.paths
+    where = ctx.param("restore_point")
+    target_started = bool(ctx.params.get("target_started", True))
+    dest = paths.path(str(where)) if where else None
+    if dest is None or not rp.exists(dest):
+        if target_started:
+            raise StepFailed(
+                f"there is no restore point ({where or 'none recorded'}) and the new release "
+                "has started on this data: restore by hand. The archive "
+                f"{ctx.param('backup_file')} lacks the writes made after it was taken"
+            )
+        ctx.log("the new release never started: the data is as NSO left it, nothing to restore")
+        _put_back_ncs_conf(ctx)
+        return None
+    aside = ctx.journal.fact("aside")
+    if not aside:
+        n = 1
+        while (job_dir(ctx) / f"replaced-{n}").exists():
+            n += 1
+        aside = paths.host_path(job_dir(ctx) / f"replaced-{n}")
+        ctx.journal.update(aside=aside)
+    ctx.progress(40, f"restoring {where} (what it replaces goes to {aside})")
+    progress: dict[str, str] = dict(ctx.journal.fact("restore_progress", {}))
+    rp.restore(
+        paths,
+        dest,
+        paths.path(aside),
+        progress,
+        lambda p: ctx.journal.update(restore_progress=dict(p)),
+        ctx.log,
+    )
+    return aside
+
+
+def _put_back_ncs_conf(ctx: StepContext) -> None:
+    saved = ctx.paths.ncs_conf.with_name(f"ncs.conf.nso-agent-job-{ctx.job_id}")
+    if saved.exists():
+        write_atomic(ctx.paths.ncs_conf, saved.read_bytes(), like=saved)
+        ctx.log(f"put back {ctx.paths.host_path(ctx.paths.ncs_conf)} from {saved.name}")

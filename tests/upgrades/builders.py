@@ -1,0 +1,108 @@
+"""Uploads, releases and node inventories for the compatibility and preflight tests.
+
+Everything goes through the real HTTP API; `inventory` follows the agent's inventory
+contract (docs/agent-protocol.md, "Heartbeat and inventory").
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+import requests
+
+from tests.api.helpers import put_file
+from tests.factories import make_installer, make_package
+
+GiB = 1 << 30
+# Leaves a field out of the inventory: what the agent does when it could not learn the fact.
+UNKNOWN: Any = object()
+
+
+def upload(live: Any, path: Path) -> str:
+    answer = put_file(live.session("uploader"), live.url, path)
+    assert answer.status_code in (200, 201), answer.text
+    return path.name
+
+
+def upload_package(live: Any, folder: Path, name: str, version: str, nso: str, **meta: Any) -> str:
+    """Upload `ncs-<nso>-<name>-<version>.tar.gz` (meta: min_version, max_version, requires)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return upload(
+        live, make_package(Path(tempfile.mkdtemp(dir=folder)), name, version, nso, **meta)
+    )
+
+
+def define_release(
+    live: Any, folder: Path, version: str, packages: list[str], **requirements: Any
+) -> requests.Response:
+    """Upload the installer for `version` and ask for the release; the answer is returned."""
+    sub = folder / f"installer-{version}"
+    sub.mkdir(parents=True, exist_ok=True)
+    installer = upload(live, make_installer(sub, version))
+    return live.session("operator").post(
+        f"{live.url}/api/v1/releases",
+        json={
+            "nso_version": version,
+            "installer": installer,
+            "packages": packages,
+            "requirements": requirements,
+        },
+    )
+
+
+def release_with(
+    live: Any, folder: Path, version: str, packages: dict[str, str], **requirements: Any
+) -> list[str]:
+    """A release of `version` with builds of `packages` for its branch; their file names."""
+    branch = ".".join(version.split(".")[:2])
+    files = [upload_package(live, folder, n, v, branch) for n, v in packages.items()]
+    answer = define_release(live, folder, version, files, **requirements)
+    assert answer.status_code == 201, answer.text
+    return files
+
+
+def inventory(
+    version: str = "6.1", packages: Optional[dict[str, str]] = None, **changes: Any
+) -> dict[str, Any]:
+    """A healthy, started node on `version`; `changes` replace fields (UNKNOWN drops one)."""
+    branch = ".".join(version.split(".")[:2])
+    loaded = {"router-nc": "1.0.2"} if packages is None else packages
+    facts: dict[str, Any] = {
+        "installed_releases": [version],
+        "current": version,
+        "running_version": version,
+        "status": "started",
+        "packages": [
+            {"name": n, "version": v, "file": f"ncs-{branch}-{n}-{v}.tar.gz", "oper_status": "up"}
+            for n, v in loaded.items()
+        ],
+        "ha": {"enabled": False, "mode": "none", "current_id": None, "read_only": False},
+        "disk_free_bytes": {"/opt/ncs": 20 * GiB, "/var/opt/ncs": 20 * GiB},
+        "java": "17.0.8",
+        "glibc": "2.34",
+        "ncs_conf_elements": ["ncs-config", "load-path", "dir"],
+        "crypto_keys": ["AESCFB128_KEY", "AES256CFB128_KEY"],
+        "cdb_bytes": 10 << 20,
+    }
+    facts.update(changes)
+    return {key: value for key, value in facts.items() if value is not UNKNOWN}
+
+
+def plan(live: Any, node: str, to: str, **options: str) -> dict[str, Any]:
+    answer = live.session("operator").get(
+        f"{live.url}/api/v1/nodes/{node}/plan", params={"to": to, **options}
+    )
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+def codes(reasons: list[dict[str, Any]]) -> list[str]:
+    return sorted(reason["code"] for reason in reasons)
+
+
+def package_upgrade(live: Any, node: str, packages: list[str]) -> requests.Response:
+    return live.session("operator").post(
+        f"{live.url}/api/v1/nodes/{node}/package-upgrade", json={"packages": packages}
+    )
