@@ -160,7 +160,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
             "report_pending": journal.final_report is not None,
         },
         "nso": {
-            "status": nso.status(),
+            "status": nso.state(),
             "current": nso.current_version(),
             "installed_releases": nso.installed_releases(),
         },

@@ -51,7 +51,7 @@ class StepFailed(AgentError):
     """A step could not reach its end state; the message is what the server shows.
 
     ``result`` travels with the failed report: facts the server needs to decide what comes
-    next (``target_running`` from ``verify``: the upgraded release runs and takes writes).
+    next (``nso_running``: NSO runs and takes writes, so it must not be restored over).
     """
 
     def __init__(self, message: str, result: Optional[dict[str, Any]] = None) -> None:

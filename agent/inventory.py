@@ -60,13 +60,17 @@ def _disk_free(path: str) -> Optional[int]:
     return st.f_bavail * st.f_frsize
 
 
-def _dir_size(path: str) -> int:
+def _dir_size(path: str) -> Optional[int]:
+    """Bytes in the files under ``path``; None (unknown) when a folder cannot be read."""
     total = 0
-    for base, _dirs, files in os.walk(path):
+    failed: list[OSError] = []
+    if not os.path.isdir(path):
+        return None
+    for base, _dirs, files in os.walk(path, onerror=failed.append):
         for name in files:
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(FileNotFoundError):  # gone since it was listed
                 total += os.lstat(os.path.join(base, name)).st_size
-    return total
+    return None if failed else total
 
 
 def _conf_elements(path: str) -> Optional[list[str]]:
@@ -124,6 +128,9 @@ def _packages(config: Config, oper: dict[str, str]) -> list[dict[str, Any]]:
 
 def _ha(cli: NsoCli) -> dict[str, Any]:
     text = cli.run("show high-availability")
+    if re.search(r"No entries found", text):
+        # NSO's answer for an empty operational tree: HA is not in use on this node.
+        return {"enabled": False, "mode": "none", "current_id": None, "read_only": False}
     if "high-availability" not in text:
         # Not a refusal, but nothing to read either: unknown, not "HA off".
         raise CliError(f"'show high-availability' printed nothing recognisable: {text[:200]!r}")
@@ -150,18 +157,30 @@ def _patches(config: Config) -> list[dict[str, str]]:
     return [{"module": p.stem, "file": p.name} for p in sorted(folder.glob("*.beam"))]
 
 
-def _run_dir_bytes(config: Config) -> int:
-    """What a restore point copies: the run dir without its backups."""
+def _run_dir_bytes(config: Config) -> Optional[int]:
+    """What a restore point copies: the run dir without its backups (None: unknown)."""
     paths = config.paths
     total = 0
     try:
         names = os.listdir(paths.run_dir)
     except OSError:
-        return 0
+        return None
     for name in names:
-        if name != paths.backups_dir.name:
-            total += _dir_size(str(paths.run_dir / name))
+        if name == paths.backups_dir.name:
+            continue
+        entry = paths.run_dir / name
+        size = _dir_size(str(entry)) if entry.is_dir() else _file_size(entry)
+        if size is None:
+            return None
+        total += size
     return total
+
+
+def _file_size(path: os.PathLike[str]) -> Optional[int]:
+    try:
+        return os.lstat(path).st_size
+    except OSError:
+        return None
 
 
 def collect(config: Config, with_cli: bool = True) -> dict[str, Any]:
@@ -169,7 +188,12 @@ def collect(config: Config, with_cli: bool = True) -> dict[str, Any]:
     refuses to plan on unknowns (an empty list would read as "none")."""
     paths = config.paths
     nso = Nso(config)
-    status, running = nso.daemon()
+    errors: list[str] = []
+    try:
+        status, running = nso.daemon()
+    except AgentError as exc:  # unknown, not "stopped": the server refuses to plan on it
+        status, running = "unknown", None
+        errors.append(str(exc))
     inv: dict[str, Any] = {
         "installed_releases": nso.installed_releases(),
         "current": nso.current_version(),
@@ -185,9 +209,13 @@ def collect(config: Config, with_cli: bool = True) -> dict[str, Any]:
         or {"id": platform.system().lower()},
         "java": _java_version(),
         "glibc": _glibc(),
-        "cdb_bytes": _dir_size(str(paths.cdb_dir)),
-        "run_dir_bytes": _run_dir_bytes(config),
     }
+    for key, size in (
+        ("cdb_bytes", _dir_size(str(paths.cdb_dir))),
+        ("run_dir_bytes", _run_dir_bytes(config)),
+    ):
+        if size is not None:
+            inv[key] = size
     conf_elements = _conf_elements(str(paths.ncs_conf))
     if conf_elements is not None:
         inv["ncs_conf_elements"] = conf_elements
@@ -205,4 +233,6 @@ def collect(config: Config, with_cli: bool = True) -> dict[str, Any]:
         finally:
             cli.close()
     inv["packages"] = _packages(config, oper)
+    if errors:
+        inv["errors"] = errors
     return inv

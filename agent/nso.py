@@ -114,12 +114,22 @@ def parse_version(text: str) -> Optional[str]:
     return None
 
 
+UNKNOWN = "unknown"
+
+
 def parse_status(result: CommandResult) -> str:
-    """``started``, a start-up phase (``starting``, ``phase0``...), or ``stopped``."""
+    """``started``, a start-up phase (``starting``, ``phase0``...), ``stopped`` only when
+    NSO positively is not there (``connection refused``), else ``unknown``: a status that
+    timed out or failed otherwise must never read as "stopped" (the agent would copy,
+    compact or restore under a running NSO)."""
+    if result.timed_out:
+        return UNKNOWN
     match = _STATUS.search(result.stdout)
     if result.returncode == 0 and match:
         return match.group(1)
-    return STOPPED
+    if result.returncode != 0 and "connection refused" in result.output.lower():
+        return STOPPED
+    return UNKNOWN
 
 
 def parse_daemon_version(result: CommandResult) -> Optional[str]:
@@ -183,17 +193,40 @@ class Nso:
         return parse_version(result.stdout) if result.returncode == 0 else None
 
     def status(self) -> str:
+        """What ``ncs --status`` says; raises NsoError when it cannot tell."""
         return self.daemon()[0]
+
+    def state(self) -> str:
+        """Like ``status`` but ``unknown`` instead of raising, for callers that wait or
+        act the same either way."""
+        return self._query()[0]
 
     def daemon(self) -> tuple[str, Optional[str]]:
         """(state, version) as the running daemon reports them: what runs, not what
-        ``current`` points at (they differ between a switch and the next start)."""
+        ``current`` points at (they differ between a switch and the next start). Raises
+        NsoError when the state cannot be told (never a guess of "stopped")."""
+        state, version, result = self._query()
+        if state == UNKNOWN:
+            raise NsoError(
+                "ncs --status did not tell whether NSO runs"
+                + (" (no answer in 60 s)" if result and result.timed_out else "")
+                + ": check NSO by hand; nothing is done to it meanwhile",
+                result.output if result else "",
+            )
+        return state, version
+
+    def _query(self) -> tuple[str, Optional[str], Optional[CommandResult]]:
         ncs = self.paths.bin("ncs")
         if not ncs.exists():
-            return STOPPED, None
+            # `current` points at no release: any installed release's `ncs --status` asks
+            # the same daemon; with none installed, NSO cannot be running.
+            found = [self.paths.release_dir(v) / "bin" / "ncs" for v in self.installed_releases()]
+            if not found:
+                return STOPPED, None, None
+            ncs = found[-1]
         result = self._timed([str(ncs), "--status"])
         state = parse_status(result)
-        return state, parse_daemon_version(result) if state != STOPPED else None
+        return state, parse_daemon_version(result) if state != STOPPED else None, result
 
     def _timed(self, args: list[str]) -> CommandResult:
         """A quiet query of NSO (no log line), counted as time spent in NSO's commands."""
@@ -215,7 +248,7 @@ class Nso:
         counted = self.nso_seconds
         deadline = began + timeout
         while True:
-            state = self.status()
+            state = self.state()  # unknown while waiting is not an answer: ask again
             if done(state) or time.monotonic() >= deadline:
                 # All of it is waiting on NSO (its status calls included, counted once).
                 self.nso_seconds = counted + (time.monotonic() - began)
@@ -223,8 +256,9 @@ class Nso:
             time.sleep(min(interval, max(0.05, deadline - time.monotonic())))
 
     def stop(self) -> None:
-        """Stop NSO through its service; done when ``ncs --status`` says it is down."""
-        if self.status() == STOPPED:
+        """Stop NSO through its service; done when ``ncs --status`` says it is down (an
+        unknown state is stopped too, and waited for until it positively is)."""
+        if self.state() == STOPPED:
             self.log("NSO is already stopped")
             return
         timeout = self.config.stop_timeout
@@ -253,7 +287,7 @@ class Nso:
         else:
             verb = "start-with-package-reload" if reload else "start"
             result = self._service(verb, timeout)
-        state = self.status()
+        state = self.state()
         if state != STARTED and state != STOPPED:
             remaining = max(1.0, timeout - (time.monotonic() - began))
             self.log(f"NSO is {state} after the start command; waiting up to {remaining:.0f} s")
@@ -448,11 +482,14 @@ class NsoCli:
                 err = stderr.read().decode(errors="replace")
                 status = stdout.channel.recv_exit_status()
                 break
-            except (OSError, paramiko.SSHException, EOFError):
+            except (OSError, paramiko.SSHException, EOFError) as exc:
                 # NSO restarted under us: one fresh connection, then give up.
                 self.close()
                 if attempt == 2:
-                    raise
+                    raise CliError(
+                        f"lost the NSO CLI at {self.config.cli_host}:{self.config.cli_port} "
+                        f"during '{command}': {exc or type(exc).__name__}"
+                    ) from None
         text = (out + err).rstrip()
         self.log(f"ncs# {command}\n{text}".rstrip())
         if check and (status != 0 or _CLI_FAILURE.search(text)):

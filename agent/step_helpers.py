@@ -23,6 +23,31 @@ def job_dir(ctx: StepContext) -> Path:
     return ctx.paths.backups_dir / f"nso-agent-job-{ctx.job_id}"
 
 
+def checked_path(
+    ctx: StepContext, name: str, pattern: str, base: str = "backups"
+) -> Optional[Path]:
+    """A path parameter (``restore_point``, ``extra_dir``...) resolved on the host, only if
+    it is one the agent itself writes: under ``/var/opt/ncs/backups`` (``base="config"``:
+    ``/etc/ncs``) and of the expected form. The agent runs as root and renames, copies and
+    restores from these folders: a value from anywhere else is refused, not followed."""
+    value = ctx.param(name)
+    if not value:
+        return None
+    folder = ctx.paths.backups_dir if base == "backups" else ctx.paths.config_dir
+    real = Path(os.path.realpath(ctx.paths.path(str(value))))
+    top = Path(os.path.realpath(folder))
+    try:
+        rel = real.relative_to(top)
+    except ValueError:
+        rel = None
+    if rel is None or not re.fullmatch(pattern, str(rel)):
+        raise StepFailed(
+            f"{name} {value!r} is not a place this agent writes "
+            f"({ctx.paths.host_path(folder)}/{pattern}): refused"
+        )
+    return real
+
+
 def stage_package(ctx: StepContext, artifact: Artifact) -> Path:
     """Download (resume, verify) one package into ``/opt/ncs/packages`` under its own name."""
     if not artifact.filename.startswith("ncs-"):
@@ -88,7 +113,7 @@ def check_running(ctx: StepContext, vsn: str) -> None:
 
 def wait_started_or_start(ctx: StepContext, reload: bool) -> None:
     timeout = ctx.start_timeout()
-    state = ctx.nso.status()
+    state = ctx.nso.state()
     if state == STARTED:
         ctx.log("NSO is already started")
         return
@@ -140,19 +165,25 @@ def restore_package_links(ctx: StepContext, extra: Path) -> None:
     except (OSError, ValueError, KeyError) as exc:
         raise StepFailed(f"cannot read the saved package links in {extra}: {exc}") from None
     targets: list[Path] = []
+    store = Path(os.path.realpath(paths.package_store))
     for name, host_target in sorted(saved.items()):
         copy = extra / "packages" / name
+        if "/" in name or name in ("", ".", ".."):
+            raise StepFailed(f"saved link name {name!r} in {extra}: not a file name, refused")
         if not host_target:  # a package folder or file that was no link: put it back as is
             ctx.log(f"note: {name} was not a link; it is restored as a link to the saved copy")
             targets.append(copy)
             continue
         target = paths.path(host_target)
-        if not target.exists() and copy.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(copy, target)
-            ctx.log(f"restored {host_target} from the saved copy")
+        # Checked before anything is copied: the saved list is a file on the host, and a
+        # copy to where it points is a write as root.
         if target.name != name:
             raise StepFailed(f"saved link {name} -> {host_target}: names differ, relink by hand")
+        if Path(os.path.realpath(target.parent)) != store:
+            ctx.log(f"note: {name} points outside /opt/ncs/packages ({host_target}): kept as is")
+        elif not target.exists() and copy.is_file():
+            shutil.copy2(copy, target)
+            ctx.log(f"restored {host_target} from the saved copy")
         targets.append(target)
     if pkgs.relink(paths.load_dir, targets):
         ctx.log(f"relinked {paths.host_path(paths.load_dir)} to the {len(targets)} saved links")

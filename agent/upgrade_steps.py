@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
+import uuid
 import xml.etree.ElementTree as ET
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,6 +30,7 @@ from agent.step_helpers import (
     check_packages,
     check_running,
     check_version,
+    checked_path,
     job_dir,
     loaded_packages,
     restore_package_links,
@@ -135,7 +136,7 @@ def backup(ctx: StepContext) -> dict[str, Any]:
 def stop(ctx: StepContext) -> dict[str, Any]:
     """Stop NSO. Just before, note a fingerprint of its configuration: information for
     ``verify`` (what the upgrade changed), never a reason to restore."""
-    if ctx.journal.fact("fingerprint") is None and ctx.nso.status() == STARTED:
+    if ctx.journal.fact("fingerprint") is None and ctx.nso.state() == STARTED:
         try:
             fingerprint, lines = running_config_fingerprint(ctx.cli)
             ctx.journal.update(fingerprint=fingerprint, fingerprint_lines=lines)
@@ -164,10 +165,17 @@ def restore_point(ctx: StepContext) -> dict[str, Any]:
             "nothing can write; stop it and retry"
         )
     dest = job_dir(ctx) / "restore-point"
+    # The token ties the copy to this step: a restore point another job left at this path
+    # (job ids repeat when a server's database is rebuilt) is never taken for this one.
+    token = ctx.journal.fact("rp_token")
+    if not token:
+        token = f"job-{ctx.job_id}-step-{ctx.step.get('id')}-{uuid.uuid4().hex[:12]}"
+        ctx.journal.update(rp_token=token)
     ctx.progress(10, f"copying NSO's data to {ctx.paths.host_path(dest)}")
-    summary = rp.take(ctx.paths, dest, ctx.log)
+    summary = rp.take(ctx.paths, dest, token, ctx.log)
     return {
         "restore_point": ctx.paths.host_path(dest),
+        "restore_point_token": token,
         "restore_point_files": summary["files"],
         "restore_point_bytes": summary["bytes"],
     }
@@ -224,11 +232,12 @@ def ncs_conf(ctx: StepContext) -> dict[str, Any]:
             f"({exc}); edit it by hand"
         ) from None
     saved = conf.with_name(f"ncs.conf.nso-agent-job-{ctx.job_id}")
-    if not saved.exists():
-        shutil.copy2(conf, saved)
+    if not ctx.journal.fact("conf_saved"):  # a file of that name from another job is replaced
+        write_atomic(saved, original, like=conf)
+        ctx.journal.update(conf_saved=True)
     write_atomic(conf, text, like=conf)
     ctx.log(f"removed {', '.join(removed)}; the old file is {ctx.paths.host_path(saved)}")
-    return {"removed_elements": removed}
+    return {"removed_elements": removed, "saved_ncs_conf": ctx.paths.host_path(saved)}
 
 
 def relink_packages(ctx: StepContext) -> dict[str, Any]:
@@ -312,82 +321,129 @@ def _verify_running(ctx: StepContext, target: str, running: Any) -> dict[str, An
 
 
 def recover(ctx: StepContext) -> dict[str, Any]:
-    """The guide's Recover from a Failed Upgrade: stop, point current back, restore the
-    data as it was when NSO stopped (the restore point, not the older archive), put the
-    package links back, start, check the version."""
+    """The guide's Recover from a Failed Upgrade: put the release and the data back as they
+    were when NSO stopped for the upgrade (the restore point, never the older archive).
+
+    Everything that can be checked or prepared is done before NSO is stopped: the source
+    release is there, the restore point is this job's, and its copy is staged beside the
+    live data. A job's own recovery (not an operator's rollback, ``discard_writes``) never
+    stops an NSO that runs: it may have taken writes, which a restore would take out.
+    """
     paths = ctx.paths
     source = str(ctx.param("source_version") or ctx.job.get("source_version"))
+    discard = bool(ctx.params.get("discard_writes"))
+    target_started = bool(ctx.params.get("target_started", True))
     done: list[str] = list(ctx.journal.fact("recover_done", []))
 
     def mark(what: str) -> None:
         done.append(what)
         ctx.journal.update(what, recover_done=done)
 
-    if "stopped" not in done:
-        ctx.progress(10, "stopping NSO")
-        ctx.nso.stop()
-        mark("stopped")
+    if "data" not in done:
+        state, running = ctx.nso.daemon()
+        if state == STARTED and not discard:
+            if not target_started and running == source and ctx.nso.current_version() == source:
+                ctx.log(f"NSO {source} still runs from an unchanged current: nothing to recover")
+                return {"rolled_back": True, "version": source, "replaced_data": []}
+            raise StepFailed(
+                f"NSO {running} is running and may have taken writes: this job does not stop it "
+                "to put older data back. Check the node; keep it as it is, or roll the upgrade "
+                f"back: 'nso-repo job rollback {ctx.job_id} --discard-writes'",
+                {"nso_running": True, "version": running or ""},
+            )
+    if not (paths.release_dir(source) / "bin" / "ncs").exists():
+        raise StepFailed(
+            f"NSO {source} is no longer installed under /opt/ncs: reinstall it, then retry "
+            "(nothing was changed)"
+        )
+    # Every folder the server names is checked before anything is touched.
+    dest = checked_path(ctx, "restore_point", r"nso-agent-job-\d+/restore-point")
+    extra = checked_path(ctx, "extra_dir", r"nso-agent-job-\d+/package-links")
+    progress: dict[str, str] = dict(ctx.journal.fact("restore_progress", {}))
+
+    def save(p: dict[str, str]) -> None:
+        ctx.journal.update(restore_progress=dict(p))
+
+    if target_started and "data" not in done:
+        if dest is None:
+            upgraded = f"NSO {ctx.param('upgraded_to')}" if ctx.param("upgraded_to") else "NSO"
+            archive = ctx.param("backup_file") or "of ncs-backup"
+            raise StepFailed(
+                f"no restore point was recorded and {upgraded} has started on this data: "
+                f"restore by hand (the archive {archive} lacks the writes made after it)"
+            )
+        ctx.progress(20, f"staging {paths.host_path(dest)} beside the live data")
+        rp.stage(paths, dest, str(ctx.param("restore_point_token") or ""), progress, save, ctx.log)
+    if "data" not in done:
+        ctx.progress(40, "stopping NSO")
+        ctx.nso.stop()  # again on every attempt: something may have started it meanwhile
     if "current" not in done:
-        ctx.progress(20, f"pointing current back at ncs-{source}")
+        ctx.progress(50, f"pointing current back at ncs-{source}")
         switch_current_to(ctx, source)
         check_version(ctx, source)
         mark("current")
-    aside = ctx.journal.fact("aside")
+    replaced: list[str] = list(ctx.journal.fact("replaced", []))
     if "data" not in done:
-        aside = _restore_data(ctx)
+        if target_started:
+            assert dest is not None
+            replaced += rp.swap(
+                paths,
+                dest,
+                rp.aside_folder(paths, job_dir(ctx), _aside_tag(ctx)),
+                progress,
+                save,
+                lambda: _still_stopped(ctx),
+                ctx.log,
+            )
+            ctx.journal.update(replaced=sorted(set(replaced)))
+        else:
+            ctx.log("the new release never started: the data is as NSO left it, nothing to restore")
+            _put_back_ncs_conf(ctx)
         mark("data")
     else:
         ctx.log("the data was restored already (an earlier attempt of this step); continuing")
-    extra_dir = ctx.param("extra_dir")
-    if extra_dir and "links" not in done:
+    if extra is not None and "links" not in done:
         ctx.progress(70, "restoring the package links and files")
-        restore_package_links(ctx, paths.path(str(extra_dir)))
+        restore_package_links(ctx, extra)
         mark("links")
     ctx.progress(80, f"starting NSO {source}")
     wait_started_or_start(ctx, reload=False)
     check_version(ctx, source)
     check_running(ctx, source)
-    return {"rolled_back": True, "version": source, "replaced_data": aside}
+    return {"rolled_back": True, "version": source, "replaced_data": sorted(set(replaced))}
 
 
-def _restore_data(ctx: StepContext) -> Any:
-    """Restore the restore point; the host path where the replaced data was kept, if any."""
-    paths = ctx.paths
-    where = ctx.param("restore_point")
-    target_started = bool(ctx.params.get("target_started", True))
-    dest = paths.path(str(where)) if where else None
-    if dest is None or not rp.exists(dest):
-        if target_started:
-            raise StepFailed(
-                f"there is no restore point ({where or 'none recorded'}) and the new release "
-                "has started on this data: restore by hand. The archive "
-                f"{ctx.param('backup_file')} lacks the writes made after it was taken"
-            )
-        ctx.log("the new release never started: the data is as NSO left it, nothing to restore")
-        _put_back_ncs_conf(ctx)
-        return None
-    aside = ctx.journal.fact("aside")
-    if not aside:
+def _aside_tag(ctx: StepContext) -> str:
+    tag = ctx.journal.fact("aside_tag")
+    if not tag:
         n = 1
         while (job_dir(ctx) / f"replaced-{n}").exists():
             n += 1
-        aside = paths.host_path(job_dir(ctx) / f"replaced-{n}")
-        ctx.journal.update(aside=aside)
-    ctx.progress(40, f"restoring {where} (what it replaces goes to {aside})")
-    progress: dict[str, str] = dict(ctx.journal.fact("restore_progress", {}))
-    rp.restore(
-        paths,
-        dest,
-        paths.path(aside),
-        progress,
-        lambda p: ctx.journal.update(restore_progress=dict(p)),
-        ctx.log,
-    )
-    return aside
+        tag = f"replaced-{n}"
+        ctx.journal.update(aside_tag=tag)
+    return str(tag)
+
+
+def _still_stopped(ctx: StepContext) -> None:
+    state = ctx.nso.status()
+    if state != STOPPED:
+        raise StepFailed(
+            f"NSO is {state} while its data is being restored: something started it. Stop it "
+            "and retry; the restore resumes where it was"
+        )
 
 
 def _put_back_ncs_conf(ctx: StepContext) -> None:
-    saved = ctx.paths.ncs_conf.with_name(f"ncs.conf.nso-agent-job-{ctx.job_id}")
-    if saved.exists():
-        write_atomic(ctx.paths.ncs_conf, saved.read_bytes(), like=saved)
-        ctx.log(f"put back {ctx.paths.host_path(ctx.paths.ncs_conf)} from {saved.name}")
+    """The ``ncs_conf`` step's saved copy, when it ran (the current file is kept beside)."""
+    saved = checked_path(ctx, "saved_ncs_conf", r"ncs\.conf\.nso-agent-job-\d+", base="config")
+    if saved is None or not saved.exists():
+        return
+    conf = ctx.paths.ncs_conf
+    if conf.exists():
+        write_atomic(
+            conf.with_name(f"ncs.conf.nso-agent-replaced-job-{ctx.job_id}"),
+            conf.read_bytes(),
+            like=conf,
+        )
+    write_atomic(conf, saved.read_bytes(), like=saved)
+    ctx.log(f"put back {ctx.paths.host_path(conf)} from {saved.name}")

@@ -8,6 +8,7 @@ one job across workers and replicas; on SQLite it takes the database's write loc
 from __future__ import annotations
 
 from dataclasses import asdict
+from datetime import datetime
 from typing import Any, Optional
 
 from sqlalchemy import select, update
@@ -85,6 +86,7 @@ class JobService:
     def start_upgrade(
         self, node_name: str, to: str, options: preflight.UpgradeOptions, who: Principal
     ) -> Job:
+        self._lock_node(get_node(self.session, node_name))
         verdict, steps = self.plan(node_name, to, options)
         release = get_release(self.session, to)
         return self._create(
@@ -103,6 +105,7 @@ class JobService:
     def start_package_upgrade(
         self, node_name: str, filenames: list[str], allow_data_loss: bool, who: Principal
     ) -> Job:
+        self._lock_node(get_node(self.session, node_name))
         verdict, steps = self.plan_package_upgrade(node_name, filenames, allow_data_loss)
         return self._create(
             "package_upgrade", verdict, steps, who, options={"allow_data_loss": allow_data_loss}
@@ -177,26 +180,27 @@ class JobService:
             )
         node = self.session.get(Node, done.node_id)
         assert node is not None
+        self._lock_node(node)
         active = self._active_job(node)
         if active is not None:
             raise Conflict(f"job {active.id} is running on {node.name}: wait for it first")
-        later = self.session.scalar(
-            select(Job.id).where(Job.node_id == node.id, Job.id > done.id, Job.state == "succeeded")
-        )
-        if later is not None:
-            raise Conflict(
-                f"job {later} changed {node.name} after job {job_id}: roll that back first"
-            )
+        self._check_nothing_since(done, node)
         if not discard_writes:
             raise DiscardConfirmation(
                 f"rolling back job {job_id} puts {node.name} back on NSO {done.source_version} "
-                f"with its data as it was when NSO stopped ({done.context.get('stopped_at') or 'during the upgrade'}): "
+                f"with its data as it was when NSO stopped ({_stop_time(done) or 'during the upgrade'}): "
                 "every write NSO took since then leaves NSO (the agent keeps the replaced data "
                 "on the host, under /var/opt/ncs/backups). Repeat with discard_writes "
                 "(nso-repo job rollback --discard-writes) to proceed",
-                stopped_at=done.context.get("stopped_at"),
+                stopped_at=_stop_time(done) or None,
             )
-        spec = plans.recover_step(done.context, done.source_version or "", target_started=True)
+        spec = plans.recover_step(
+            done.context,
+            done.source_version or "",
+            done.target_version or "",
+            target_started=True,
+            discard_writes=True,
+        )
         job = Job(
             node_id=node.id,
             kind="rollback",
@@ -222,6 +226,39 @@ class JobService:
         announce(self.session, self.notifier, node.id)
         self.session.commit()
         return job
+
+    def _lock_node(self, node: Node) -> None:
+        """Serialise changes to one node: an UPDATE takes its row lock (PostgreSQL) or the
+        write lock (SQLite) until the transaction ends, so two requests cannot both find
+        the node free and both start a job on it."""
+        self.session.execute(update(Node).where(Node.id == node.id).values(id=Node.id))
+
+    def _check_nothing_since(self, done: Job, node: Node) -> None:
+        """Refuse to roll ``done`` back when a later job changed the node and was not itself
+        rolled back, or when ``done`` was rolled back already."""
+        later = list(
+            self.session.scalars(
+                select(Job).where(Job.node_id == node.id, Job.id > done.id).order_by(Job.id)
+            )
+        )
+        undone = {
+            int(j.options.get("rollback_of") or 0): j.id
+            for j in later
+            if j.kind == "rollback" and j.state == "succeeded"
+        }
+        if done.id in undone:
+            raise Conflict(f"job {done.id} was rolled back already, by job {undone[done.id]}")
+        for other in later:
+            kept_node_as_it_was = other.state == "failed" and other.outcome in (
+                "unchanged",
+                "rolled_back",
+            )
+            if other.kind == "rollback" or kept_node_as_it_was or other.id in undone:
+                continue
+            raise Conflict(
+                f"job {other.id} ({other.kind}, {other.state}) changed {node.name} after job "
+                f"{done.id}: roll that back first"
+            )
 
     # -- queries ----------------------------------------------------------------------
 
@@ -335,17 +372,25 @@ class JobService:
                 f"{job.error + '; ' if job.error else ''}{cause}; the node needs an operator"
             )
             job.finished_at = now
-        elif step.result.get("nso_running") and self._past_no_return(job, step):
-            # NSO runs (the new release) and takes writes: restoring now would throw away
-            # writes it acknowledged. Restoring is for a release that does not run.
+        elif job.kind == "upgrade" and self._target_ran(job):
+            # The new release reached "started": it may have taken writes, which a restore
+            # would take out of NSO. Restoring is for a release that does not run; after
+            # this point the operator decides (and says so with --discard-writes).
             self._skip_pending(job)
             job.state = "failed"
             job.outcome = "needs_attention"
+            version = step.result.get("version") or job.target_version
+            how = (
+                "runs and takes writes"
+                if step.result.get("nso_running")
+                else "started (and may have taken writes) before this failure"
+            )
+            stopped = _stop_time(job)
             job.error = (
-                f"{cause}; NSO {step.result.get('version') or job.target_version} runs and "
-                "takes writes, so the job did not restore the old release on its own (that "
-                "would take out every write made since NSO stopped "
-                f"{job.context.get('stopped_at') or ''}). Fix the cause, or roll back: "
+                f"{cause}; NSO {version} {how}, so the job did not put the old release back on "
+                "its own: that would take out of NSO every write made since it stopped"
+                + (f" at {stopped}" if stopped else "")
+                + ". Fix the cause (or start NSO), or roll back: "
                 f"'nso-repo job rollback {job.id} --discard-writes'"
             )
             job.finished_at = now
@@ -353,7 +398,11 @@ class JobService:
             job.error = cause
             self._skip_pending(job)
             spec = plans.recovery_for(
-                job.kind, job.context, job.source_version or "", self._target_started(job)
+                job.kind,
+                job.context,
+                job.source_version or "",
+                job.target_version or "",
+                self._target_started(job),
             )
             job.steps.append(
                 Step(seq=len(job.steps) + 1, name=spec.name, params=spec.params, message=spec.title)
@@ -379,6 +428,11 @@ class JobService:
         return start is None or start.attempt > 0
 
     @staticmethod
+    def _target_ran(job: Job) -> bool:
+        """The new release reached "started": its start step succeeded."""
+        return any(s.name == "start" and s.state == "succeeded" for s in job.steps)
+
+    @staticmethod
     def _past_no_return(job: Job, step: Step) -> bool:
         name = plans.POINT_OF_NO_RETURN.get(job.kind)
         marker = next((s for s in job.steps if s.name == name), None)
@@ -392,6 +446,17 @@ class JobService:
             job.outcome = "rolled_back"
         else:
             job.state = "succeeded"
+
+
+def _stop_time(job: Job) -> str:
+    """When NSO stopped for the job (an agent's report): only if it reads as a time."""
+    text = job.context.get("stopped_at")
+    if not isinstance(text, str) or len(text) > 40:
+        return ""
+    try:
+        return datetime.fromisoformat(text).isoformat(timespec="seconds")
+    except ValueError:
+        return ""
 
 
 def _failure_result(raw: Any) -> dict[str, Any]:

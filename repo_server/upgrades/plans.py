@@ -90,28 +90,51 @@ def upgrade_steps(verdict: Verdict, release: Release) -> list[StepSpec]:
 
 
 # What a recovery needs from the job's context (the results of backup, stop, restore_point).
-RECOVERY_CONTEXT = ("backup_file", "extra_dir", "restore_point", "fingerprint", "stopped_at")
+RECOVERY_CONTEXT = (
+    "backup_file",
+    "extra_dir",
+    "restore_point",
+    "restore_point_token",
+    "saved_ncs_conf",
+    "fingerprint",
+    "stopped_at",
+)
 
 
 def recover_step(
-    job_context: dict[str, Any], source_version: str, target_started: bool
+    job_context: dict[str, Any],
+    source_version: str,
+    upgraded_to: str,
+    target_started: bool,
+    discard_writes: bool = False,
 ) -> StepSpec:
-    """The guide's recovery. ``target_started``: the new release may have started on the
-    data, so the restore point must be restored (without it nothing is restored)."""
+    """The guide's recovery, back to ``source_version`` from ``upgraded_to``.
+
+    ``target_started``: the new release may have started on the data, so the restore point
+    is restored (else the data is as NSO left it). ``discard_writes``: an operator's
+    rollback, which stops a running NSO and takes its writes since the stop out of it; a
+    job's own recovery never does.
+    """
     return StepSpec(
         "recover",
         {
             "source_version": source_version,
+            "upgraded_to": upgraded_to,
             "target_started": target_started,
+            "discard_writes": discard_writes,
             **{key: job_context.get(key) for key in RECOVERY_CONTEXT},
         },
-        f"stop, point current back at ncs-{source_version}, restore the data as it was when "
-        "NSO stopped, start, verify",
+        f"point current back at ncs-{source_version}, restore the data as it was when NSO "
+        "stopped for the upgrade, start, verify",
     )
 
 
 def recovery_for(
-    kind: str, job_context: dict[str, Any], source_version: str, target_started: bool
+    kind: str,
+    job_context: dict[str, Any],
+    source_version: str,
+    upgraded_to: str,
+    target_started: bool,
 ) -> StepSpec:
     if kind == "package_upgrade":
         return StepSpec(
@@ -122,7 +145,7 @@ def recovery_for(
             },
             "put the previous package links back and reload them",
         )
-    return recover_step(job_context, source_version, target_started)
+    return recover_step(job_context, source_version, upgraded_to, target_started)
 
 
 def package_upgrade_steps(packages: list[Artifact], allow_data_loss: bool) -> list[StepSpec]:

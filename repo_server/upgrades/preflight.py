@@ -576,14 +576,22 @@ def _check_disk(
     if release is not None:
         need_opt = max(need_opt, int(release.requirements.get("min_free_bytes", 0)))
     # ncs-backup's archive (at worst the run dir's size), the restore point (a copy of the
-    # run dir, taken while NSO is stopped) and the compaction (the CDB's size again); a
-    # package-only upgrade makes only the archive. Older agents report only the CDB's size.
-    cdb = int(inv.get("cdb_bytes", 0))
-    run_dir = int(inv.get("run_dir_bytes") or cdb)
-    need_var = (2 * run_dir + cdb if release is not None else run_dir) + 64 * MiB
+    # run dir, taken while NSO is stopped), a recovery's staged copy of it, and the
+    # compaction (the CDB's size again); a package-only upgrade makes only the archive.
+    cdb, run_dir = inv.get("cdb_bytes"), inv.get("run_dir_bytes", inv.get("cdb_bytes"))
+    need_var: Optional[int] = None
+    if isinstance(cdb, int) and isinstance(run_dir, int):
+        need_var = (3 * run_dir + cdb if release is not None else run_dir) + 64 * MiB
     for path, need in (("/opt/ncs", need_opt), ("/var/opt/ncs", need_var)):
         have = free.get(path)
-        if have is None:
+        if need is None:
+            verdict.refuse(
+                "disk_unknown",
+                f"the node did not report how much data is under {path} (cdb_bytes, "
+                "run_dir_bytes): the space an upgrade needs there is unknown",
+                "check that nso-agent can read /var/opt/ncs ('nso-agent status --json')",
+            )
+        elif have is None:
             verdict.refuse(
                 "disk_unknown",
                 f"the node did not report free space for {path}",

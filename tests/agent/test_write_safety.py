@@ -11,7 +11,7 @@ import pytest
 
 from agent import inventory
 from agent.errors import StepFailed
-from agent.nso import Nso
+from agent.nso import CommandResult, Nso, parse_status
 from agent.steps import StepContext, run_step
 from tests.support.sim_hosts import sim
 
@@ -204,3 +204,89 @@ def test_run_step_reports_an_unknown_step_clearly(make_host, driver):
     journal.begin(step)
     with pytest.raises(StepFailed, match="does not know the step 'teleport'"):
         run_step(StepContext(cfg, step, journal))
+
+
+@pytest.mark.parametrize(
+    "returncode,stdout,stderr,timed_out,state",
+    [
+        (0, "vsn: 6.2\nstatus: started\n", "", False, "started"),
+        (0, "vsn: 6.2\nstatus: phase1\n", "", False, "phase1"),
+        (69, "", "connection refused (status)", False, "stopped"),
+        (-9, "vsn: 6.2\nstatus: started\n", "", True, "unknown"),  # no answer in time
+        (1, "", "Permission denied", False, "unknown"),
+        (0, "garbage", "", False, "unknown"),
+    ],
+    ids=["started", "phase", "refused", "timed-out", "other-error", "no-status-line"],
+)
+def test_a_status_that_does_not_say_is_never_stopped(returncode, stdout, stderr, timed_out, state):
+    """The agent copies, compacts and restores only when NSO positively is down."""
+    result = CommandResult(["ncs", "--status"], returncode, stdout, stderr, 0.1, timed_out)
+    assert parse_status(result) == state
+
+
+def test_a_jobs_own_recovery_never_stops_a_running_nso(make_host, artifacts, file_server, driver):
+    """6.2 started and took a write; something then failed. The job's recovery must not
+    restore over it; the operator's rollback (discard_writes) may, keeping it aside."""
+    host = make_host("6.1")
+    cfg = agent_config(host)
+    drive = driver(cfg, file_server)
+    run_until_start(drive, plan(file_server, artifacts))
+    drive.step("start", {"start_timeout": 120})
+    commit(host, "devices device on-6-2 address 192.0.2.62")
+    with pytest.raises(StepFailed, match="may have taken writes") as failure:
+        drive.step("recover", {"source_version": "6.1", "target_started": True})
+    assert failure.value.result == {"nso_running": True, "version": "6.2"}
+    assert Nso(cfg).daemon() == ("started", "6.2")
+    assert "devices device on-6-2" in config(host)
+
+    result = drive.step(
+        "recover", {"source_version": "6.1", "target_started": True, "discard_writes": True}
+    )
+    assert result["rolled_back"] is True
+    assert Nso(cfg).daemon() == ("started", "6.1")
+    assert "devices device on-6-2" not in config(host)
+    kept = [host.path(p) for p in result["replaced_data"] if p.endswith("/var/opt/ncs")]
+    assert b"on-6-2" in (kept[0] / "cdb" / "A.cdb").read_bytes()  # kept on the host
+
+
+def test_recovery_after_a_stop_that_failed_changes_nothing(make_host, driver):
+    host = make_host("6.1")
+    cfg = agent_config(host)
+    drive = driver(cfg)
+    result = drive.step("recover", {"source_version": "6.1", "target_started": False})
+    assert result == {"rolled_back": True, "version": "6.1", "replaced_data": []}
+    assert Nso(cfg).daemon() == ("started", "6.1")
+
+
+@pytest.mark.parametrize(
+    "name,value",
+    [
+        ("restore_point", "/etc/ncs"),
+        ("restore_point", "/var/opt/ncs/backups/nso-agent-job-7/restore-point/../../../cdb"),
+        ("extra_dir", "/opt/ncs/current"),
+    ],
+)
+def test_recover_refuses_folders_it_did_not_write(make_host, driver, name, value):
+    host = make_host("6.1", start=False)
+    cfg = agent_config(host)
+    drive = driver(cfg)
+    before = sorted(os.listdir(host.path("/var/opt/ncs")))
+    params = {"source_version": "6.1", "target_started": True, name: value}
+    with pytest.raises(StepFailed, match="not a place this agent writes"):
+        drive.step("recover", params)
+    assert sorted(os.listdir(host.path("/var/opt/ncs"))) == before
+
+
+def test_verify_says_nso_runs_when_its_cli_refuses_the_agent(
+    make_host, artifacts, file_server, driver
+):
+    host = make_host("6.1")
+    cfg = agent_config(host)
+    drive = driver(cfg, file_server)
+    p = plan(file_server, artifacts)
+    run_until_start(drive, p)
+    drive.step("start", {"start_timeout": 120})
+    cfg.cli_password = "wrong"
+    with pytest.raises(StepFailed, match="could not be verified") as failure:
+        drive.step("verify", {"target_version": "6.2", "packages": p["packages"]})
+    assert failure.value.result["nso_running"] is True

@@ -88,7 +88,7 @@ def test_reports_are_idempotent_and_finished_steps_refuse_other_outcomes(
 RESULTS = {
     "backup": {"backup_file": "/b.backup.gz", "extra_dir": "/x"},
     "stop": {"fingerprint": "sha256:f1", "stopped_at": "2026-11-30T01:02:03+00:00"},
-    "restore_point": {"restore_point": "/rp"},
+    "restore_point": {"restore_point": "/rp", "restore_point_token": "t1"},
 }
 
 
@@ -108,10 +108,14 @@ def test_failure_after_stop_appends_recover_and_ends_rolled_back(live, enrolled,
     assert recover["name"] == "recover"
     assert recover["params"] == {
         "source_version": "6.1",
+        "upgraded_to": "6.2",
         "target_started": True,
+        "discard_writes": False,
         "backup_file": "/b.backup.gz",
         "extra_dir": "/x",
         "restore_point": "/rp",
+        "restore_point_token": "t1",
+        "saved_ncs_conf": None,
         "fingerprint": "sha256:f1",
         "stopped_at": "2026-11-30T01:02:03+00:00",
     }
@@ -179,24 +183,103 @@ def test_verify_failing_while_the_new_release_runs_is_not_restored(
     recover = enrolled.next()
     assert recover["params"]["restore_point"] == "/rp"
     assert recover["params"]["target_started"] is True
+    assert recover["params"]["discard_writes"] is True  # the operator said so
+    assert recover["params"]["upgraded_to"] == "6.2"
+
+
+HISTORIES = {
+    # later jobs after job 1 (an upgrade that succeeded): (kind, state, outcome, rollback_of)
+    "a later upgrade needs attention": ([("upgrade", "failed", "needs_attention", None)], 409),
+    "a later upgrade was rolled back": ([("upgrade", "failed", "rolled_back", None)], 202),
+    "a later upgrade left it unchanged": ([("upgrade", "failed", "unchanged", None)], 202),
+    "a later upgrade succeeded": ([("upgrade", "succeeded", None, None)], 409),
+    "a later upgrade succeeded and was rolled back": (
+        [("upgrade", "succeeded", None, None), ("rollback", "succeeded", None, 2)],
+        202,
+    ),
+    "it was rolled back already": ([("rollback", "succeeded", None, 1)], 409),
+    "its rollback failed": ([("rollback", "failed", "needs_attention", 1)], 202),
+}
+
+
+@pytest.mark.parametrize("history", HISTORIES, ids=list(HISTORIES))
+def test_rollback_only_of_the_last_change_still_in_effect(
+    live, enrolled, releases, app_state, history
+) -> None:
+    from repo_server.fleet.models import Node
+    from repo_server.upgrades.models import Job
+
+    later, expected = HISTORIES[history]
+    with app_state.sessions() as session:
+        node = session.query(Node).filter_by(name="edge-1").one()
+        context = {"restore_point": "/rp", "restore_point_token": "t1"}
+        first = Job(
+            node_id=node.id,
+            kind="upgrade",
+            state="succeeded",
+            source_version="6.1",
+            target_version="6.2",
+            context=context,
+            created_by="test",
+        )
+        session.add(first)
+        session.flush()
+        ids = [first.id]
+        for kind, state, outcome, of in later:
+            job = Job(
+                node_id=node.id,
+                kind=kind,
+                state=state,
+                outcome=outcome,
+                context=context,
+                options={"rollback_of": ids[of - 1]} if of else {},
+                created_by="test",
+            )
+            session.add(job)
+            session.flush()
+            ids.append(job.id)
+        session.commit()
+    answer = live.session("operator").post(
+        f"{live.url}/api/v1/jobs/{ids[0]}/rollback", json={"discard_writes": True}
+    )
+    assert answer.status_code == expected, answer.text
+    if expected == 409:
+        assert "roll that back first" in answer.text or "rolled back already" in answer.text
 
 
 @pytest.mark.parametrize(
     "result",
-    [{"nso_running": "yes"}, {"nso_running": 1}, {"nso_running": None}, {"version": "6.2"}],
-    ids=["string", "number", "null", "absent"],
+    [{"nso_running": "yes"}, {"nso_running": 1}, {"nso_running": None}, {"version": "6.2"}, {}],
+    ids=["string", "number", "null", "absent", "empty"],
 )
-def test_a_verify_failure_claims_nso_runs_only_with_a_boolean(
+def test_after_a_successful_start_a_failure_is_never_restored_on_its_own(
     live, enrolled, releases, result
 ) -> None:
+    """The new release reached "started": whatever the agent says, it may have taken
+    writes. Only declared keys of declared types are kept from a failed report."""
     enrolled.heartbeat(healthy_inventory("6.1"))
     job = _start(live)
     step = _run_until(enrolled, "verify")
     enrolled.report(step["id"], "failed", message="NSO is stopped", result=result)
-    assert enrolled.next()["name"] == "recover"
-    assert _job(live, job["id"])["steps"][-2]["result"] == {
-        k: v for k, v in result.items() if k == "version"
-    }
+    assert enrolled.next() is None
+    final = _job(live, job["id"])
+    assert (final["state"], final["outcome"]) == ("failed", "needs_attention")
+    assert "started (and may have taken writes)" in final["error"]
+    assert "at 2026-11-30T01:02:03+00:00" in final["error"]
+    assert final["steps"][-1]["result"] == {k: v for k, v in result.items() if k == "version"}
+
+
+def test_a_stop_time_that_is_no_time_is_not_repeated(live, enrolled, releases) -> None:
+    enrolled.heartbeat(healthy_inventory("6.1"))
+    job = _start(live)
+    RESULTS["stop"] = {"stopped_at": "now; run 'rm -rf /' to continue"}
+    try:
+        step = _run_until(enrolled, "verify")
+    finally:
+        RESULTS["stop"] = {"fingerprint": "sha256:f1", "stopped_at": "2026-11-30T01:02:03+00:00"}
+    enrolled.report(step["id"], "failed", message="package down", result={"nso_running": True})
+    final = _job(live, job["id"])
+    assert "rm -rf" not in final["error"]
 
 
 def test_one_job_at_a_time_and_rollback(live, enrolled, releases) -> None:

@@ -119,11 +119,16 @@ def test_free_space_counts_the_backup_the_restore_point_and_the_compaction(
     inventory = healthy_inventory("6.1", {"router-nc": "1.0.2", "l3vpn": "2.1"})
     inventory["run_dir_bytes"] = 2 * GiB
     inventory["cdb_bytes"] = 1 * GiB
-    inventory["disk_free_bytes"]["/var/opt/ncs"] = 5 * GiB  # 2 + 2 + 1 GiB, no margin
+    inventory["disk_free_bytes"]["/var/opt/ncs"] = 7 * GiB  # 2 + 2 + 2 + 1 GiB, no margin
     enrolled.heartbeat(inventory)
     short = next(r for r in _plan(live, "6.2")["reasons"] if r["code"] == "disk_space")
-    assert "/var/opt/ncs has 5120 MiB free" in short["message"]
-    assert "5184 MiB" in short["message"]  # 5 GiB + the 64 MiB margin
-    inventory["disk_free_bytes"]["/var/opt/ncs"] = 6 * GiB
+    assert "/var/opt/ncs has 7168 MiB free" in short["message"]
+    assert "7232 MiB" in short["message"]  # 3 x 2 + 1 GiB + the 64 MiB margin
+    inventory["disk_free_bytes"]["/var/opt/ncs"] = 8 * GiB
     enrolled.heartbeat(inventory)
     assert "disk_space" not in {r["code"] for r in _plan(live, "6.2")["reasons"]}
+    # Sizes the agent could not read are unknown, not zero.
+    del inventory["cdb_bytes"], inventory["run_dir_bytes"]
+    enrolled.heartbeat(inventory)
+    unknown = [r for r in _plan(live, "6.2")["reasons"] if r["code"] == "disk_unknown"]
+    assert len(unknown) == 1 and "cdb_bytes" in unknown[0]["message"]

@@ -39,8 +39,8 @@ def every_plan() -> list[list[plans.StepSpec]]:
         made.append(plans.upgrade_steps(verdict, release))
     context = {"backup_file": "/b", "extra_dir": "/x", "restore_point": "/rp"}
     for kind, started in itertools.product(plans.POINT_OF_NO_RETURN, [False, True]):
-        made.append([plans.recovery_for(kind, context, "6.1", started)])
-    made.append([plans.recover_step(context, "6.1", True)])
+        made.append([plans.recovery_for(kind, context, "6.1", "6.2", started)])
+    made.append([plans.recover_step(context, "6.1", "6.2", True, discard_writes=True)])
     for allow in (False, True):
         made.append(plans.package_upgrade_steps([artifact("ncs-6.2-a-1.1.tar.gz")], allow))
     return made
