@@ -7,6 +7,8 @@ contract (docs/agent-protocol.md, "Heartbeat and inventory").
 from __future__ import annotations
 
 import tempfile
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -106,3 +108,70 @@ def package_upgrade(live: Any, node: str, packages: list[str]) -> requests.Respo
     return live.session("operator").post(
         f"{live.url}/api/v1/nodes/{node}/package-upgrade", json={"packages": packages}
     )
+
+
+def healthy_inventory(
+    version: str = "6.1", packages: Optional[dict[str, str]] = None
+) -> dict[str, Any]:
+    """A healthy started node on ``version`` running a NED and a service package."""
+    packages = {"router-nc": "1.0.2", "l3vpn": "2.1"} if packages is None else packages
+    return inventory(version, packages, os={"id": "rhel", "version_id": "9.2"})
+
+
+@dataclass
+class Agent:
+    """A plain HTTP client speaking the agent protocol for one node."""
+
+    url: str
+    token: str
+
+    @property
+    def http(self) -> requests.Session:
+        session = requests.Session()
+        session.headers["Authorization"] = f"Bearer {self.token}"
+        return session
+
+    def heartbeat(self, inventory: dict[str, Any]) -> requests.Response:
+        return self.http.post(f"{self.url}/api/v1/agent/heartbeat", json={"inventory": inventory})
+
+    def next(self, wait: int = 0) -> Optional[dict[str, Any]]:
+        answer = self.http.get(
+            f"{self.url}/api/v1/agent/next", params={"wait": wait}, timeout=wait + 30
+        )
+        if answer.status_code == 204:
+            return None
+        assert answer.status_code == 200, answer.text
+        return answer.json()["step"]
+
+    def report(
+        self, step_id: int, state: str, report_id: Optional[str] = None, **fields: Any
+    ) -> requests.Response:
+        body = {"report_id": report_id or uuid.uuid4().hex, "state": state, **fields}
+        return self.http.post(f"{self.url}/api/v1/agent/steps/{step_id}", json=body)
+
+
+def publish_release(
+    live, tmp_path: Path, version: str, packages: dict[str, str], **requirements: Any
+) -> dict[str, Any]:
+    uploader = live.session("uploader")
+    branch = ".".join(version.split(".")[:2])
+    folder = tmp_path / f"release-{version}"
+    folder.mkdir(exist_ok=True)
+    files = [make_installer(folder, version)]
+    for name, pkg_version in packages.items():
+        sub = folder / name
+        sub.mkdir(exist_ok=True)
+        files.append(make_package(sub, name, pkg_version, branch))
+    for path in files:
+        assert put_file(uploader, live.url, path).status_code in (200, 201)
+    answer = live.session("operator").post(
+        f"{live.url}/api/v1/releases",
+        json={
+            "nso_version": version,
+            "installer": files[0].name,
+            "packages": [p.name for p in files[1:]],
+            "requirements": requirements,
+        },
+    )
+    assert answer.status_code == 201, answer.text
+    return answer.json()

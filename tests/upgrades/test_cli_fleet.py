@@ -14,7 +14,7 @@ import requests
 
 from tests.api.helpers import put_file
 from tests.factories import make_installer, make_package
-from tests.upgrades.conftest import Agent, healthy_inventory
+from tests.upgrades.builders import Agent, healthy_inventory
 
 
 def nso_repo(live, role: str, *args: str) -> subprocess.CompletedProcess[str]:

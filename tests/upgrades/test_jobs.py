@@ -12,7 +12,7 @@ from repo_server.auth.service import Principal
 from repo_server.upgrades.jobs import JobService
 from repo_server.upgrades.preflight import UpgradeOptions
 from tests.api.helpers import assert_error
-from tests.upgrades.conftest import healthy_inventory
+from tests.upgrades.builders import healthy_inventory
 
 STEPS = [
     "prestage",

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from tests.api.helpers import assert_error, put_file
 from tests.factories import make_package
-from tests.upgrades.conftest import healthy_inventory
+from tests.upgrades.builders import healthy_inventory
 
 
 def _publish(live, tmp_path: Path, *specs: tuple[str, str, str]) -> list[str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tests.api.helpers import assert_error
-from tests.upgrades.conftest import GiB, healthy_inventory, publish_release
+from tests.upgrades.builders import GiB, healthy_inventory, publish_release
 
 EXPECTED_STEPS = [
     "prestage",

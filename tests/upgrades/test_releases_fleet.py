@@ -8,7 +8,7 @@ import requests
 
 from tests.api.helpers import assert_error, put_file
 from tests.factories import make_installer, make_package
-from tests.upgrades.conftest import healthy_inventory, publish_release
+from tests.upgrades.builders import healthy_inventory, publish_release
 
 
 def test_release_manifest_is_checked_whole(live, tmp_path: Path) -> None:
