@@ -10,7 +10,8 @@ The agent's restore point (agent/restore_point.py) copies the stopped run direct
 /etc/ncs, hashing what it reads, fsyncs every file, then reads every copied byte back and
 compares it with the hash of the source. The baseline does the same with coreutils:
 `sha256sum` of every source file, `cp -a`, `sync`, `sha256sum -c` on the copy. Restoring is
-compared with `sha256sum -c` of the copy plus `cp -a` back. Each of ours runs in a child
+compared (stage, then swap: the agent's two passes) with `sha256sum -c` of the copy plus
+`cp -a` back. Each of ours runs in a child
 process so its peak memory (ru_maxrss) is its own. Goals: at most 1.5x the baseline's time,
 and memory that does not grow with the data (under 64 MiB). The last line is one JSON object.
 """
@@ -45,10 +46,14 @@ from agent import restore_point as rp
 from agent.config import HostPaths
 paths = HostPaths(Path({root!r}))
 began = time.perf_counter()
+quiet = lambda *args: None
 if {op!r} == "take":
-    rp.take(paths, Path({dest!r}), lambda line: None)
+    rp.take(paths, Path({dest!r}), "bench", quiet)
 else:
-    rp.restore(paths, Path({dest!r}), Path({aside!r}), {{}}, lambda p: None, lambda line: None)
+    progress = {{}}
+    rp.stage(paths, Path({dest!r}), "bench", progress, quiet, quiet)
+    rp.swap(paths, Path({dest!r}), lambda area: Path({aside!r}) / area.rel, progress, quiet,
+            lambda: None, quiet)
 seconds = time.perf_counter() - began
 print(json.dumps({{"seconds": seconds, "maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}}))
 """

@@ -146,7 +146,7 @@ def test_no_acknowledged_write_is_lost_in_a_successful_major_upgrade(
     report("major-upgrade", job, writer, lost)
     assert job["state"] == "succeeded", job
     assert lost == []
-    assert len(writer.acknowledged) > 20  # the writer really wrote, before and after
+    assert len(writer.acknowledged) >= 10  # the writer really wrote, before and after
     verify = job["steps"][-1]
     assert verify["result"]["data_changed"] is True  # writes came in: not a failure
 
@@ -161,7 +161,7 @@ def test_no_acknowledged_write_is_lost_when_a_failed_start_is_rolled_back(
     report("start-fails-rolled-back", job, writer, lost)
     assert (job["state"], job["outcome"]) == ("failed", "rolled_back"), job
     assert lost == []
-    assert len(writer.acknowledged) > 20
+    assert len(writer.acknowledged) >= 10  # the writer really wrote, around a long downtime
 
 
 def test_no_acknowledged_write_is_lost_when_the_upgrade_rewrites_data(
