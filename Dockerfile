@@ -25,5 +25,6 @@ USER nsorepo
 VOLUME ["/data"]
 EXPOSE 8420
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s CMD python -c "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8420/api/v1/health').status != 200)"
-# gunicorn's master migrates the database and prints the first admin token (docker logs).
+# gunicorn's master migrates the database. It prints no admin token to docker logs; make one
+# with: docker exec <container> nso-repo token create --role admin --name NAME
 CMD ["gunicorn", "-c", "gunicorn.conf.py"]

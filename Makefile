@@ -49,6 +49,7 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/bandit -q -c pyproject.toml -r repo_server agent nso_sim
 
 format: $(BIN)/.installed
 	$(BIN)/ruff format .

@@ -24,6 +24,17 @@ from agent.errors import AgentError
 from agent.journal import Journal, write_json_atomic
 from agent.nso import Nso
 from agent.steps import hostname
+from agent.transport import insecure_warning
+
+log = logging.getLogger("nso-agent")
+
+
+def _warn_if_insecure(cfg: Config) -> None:
+    """At every start: plain http beyond loopback is allowed only by the configuration, and
+    never silently."""
+    warning = insecure_warning(cfg.server_url, cfg.allow_insecure_http)
+    if warning:
+        log.warning("%s", warning)
 
 
 def _load(ctx: click.Context) -> Config:
@@ -67,9 +78,11 @@ def enroll(ctx: click.Context, server: str, enrollment_token: str, root: Optiona
     try:
         cfg = load(path) if path.exists() else Config(root=root or "/")
         cfg.server_url = server.rstrip("/")
-        answer = ServerClient(cfg.server_url, ca_file=cfg.ca_file).enroll(
-            enrollment_token, hostname()
+        _warn_if_insecure(cfg)
+        client = ServerClient(
+            cfg.server_url, ca_file=cfg.ca_path, allow_insecure_http=cfg.allow_insecure_http
         )
+        answer = client.enroll(enrollment_token, hostname())
     except AgentError as exc:
         raise click.ClickException(str(exc)) from None
     token = answer.get("token")
@@ -90,6 +103,7 @@ def _runner(ctx: click.Context) -> Any:
     from agent.runner import Runner
 
     cfg = _load(ctx)
+    _warn_if_insecure(cfg)
     try:
         return Runner(cfg)
     except AgentError as exc:

@@ -3,15 +3,16 @@
 ``urllib.request`` rather than ``requests``: the agent installs on NSO hosts with the
 project's base dependencies (click, packaging, paramiko) and nothing else. Connection errors
 and 5xx answers are retried with exponential backoff; 4xx answers are the server telling the
-agent something and are raised at once with the server's message verbatim.
+agent something and are raised at once with the server's message verbatim. Which URLs, TLS
+and redirects: agent/transport.py. API calls carry the node token and follow no redirect.
 """
 
 from __future__ import annotations
 
+import http
 import http.client
 import json
 import socket
-import ssl
 import time
 import urllib.error
 import urllib.parse
@@ -21,26 +22,11 @@ from typing import Any, Callable, Optional
 
 from agent import __version__
 from agent.errors import ServerError, StepFinished
+from agent.transport import CaFile, check_server_url, opener, redact, tls_failure
 
 USER_AGENT = f"nso-agent/{__version__}"
 # Errors worth another try: the server restarting, a load balancer hiccup, a dropped link.
 TRANSIENT = (urllib.error.URLError, http.client.HTTPException, ConnectionError, socket.timeout)
-
-
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    """Redirects are followed by the caller, which decides what headers go to the new host."""
-
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None
-
-
-def opener(ca_file: Optional[str] = None) -> urllib.request.OpenerDirector:
-    handlers: list[Any] = [_NoRedirect()]
-    if ca_file:
-        handlers.append(
-            urllib.request.HTTPSHandler(context=ssl.create_default_context(cafile=ca_file))
-        )
-    return urllib.request.build_opener(*handlers)
 
 
 @dataclass
@@ -56,14 +42,28 @@ class Backoff:
         return [min(self.cap, self.base * 2**i) for i in range(self.tries - 1)]
 
 
+def status_text(status: int) -> str:
+    """``HTTP 502 Bad Gateway``: our own words for a status, never a remote body or reason."""
+    try:
+        return f"HTTP {status} {http.HTTPStatus(status).phrase}"
+    except ValueError:
+        return f"HTTP {status}"
+
+
 def error_message(status: int, body: bytes) -> tuple[str, str]:
-    """(code, message) from the server's one error shape, or the raw body."""
+    """(code, message) from the server's one error shape. Anything else (a proxy's page) is
+    not repeated: the status, and where to look."""
     try:
         data = json.loads(body)
-        err = data.get("error", {}) if isinstance(data, dict) else {}
-        return str(err.get("code", "")), str(err.get("message") or body.decode(errors="replace"))
+        err = data.get("error") if isinstance(data, dict) else None
+        if isinstance(err, dict) and err.get("message"):
+            return str(err.get("code", "")), str(err["message"])[:2000]
     except ValueError:
-        return "", body.decode(errors="replace").strip()[:2000] or f"HTTP {status}"
+        pass
+    return "", (
+        f"{status_text(status)}, not an answer of the repository server: check [server] url "
+        "and any proxy in between"
+    )
 
 
 class ServerClient:
@@ -71,12 +71,14 @@ class ServerClient:
         self,
         base_url: str,
         token: Optional[str] = None,
-        ca_file: Optional[str] = None,
+        ca_file: CaFile = None,
         backoff: Optional[Backoff] = None,
         timeout: float = 30.0,
+        allow_insecure_http: bool = False,
     ) -> None:
         if not base_url:
             raise ServerError("no server URL: set [server] url in the agent's configuration")
+        check_server_url(base_url, allow_insecure_http)
         self.base_url = base_url.rstrip("/")
         self.token = token
         self.ca_file = ca_file
@@ -114,13 +116,23 @@ class ServerClient:
                     return resp.status, json.loads(raw) if raw else None
             except urllib.error.HTTPError as exc:
                 raw = exc.read()
+                if 300 <= exc.code < 400:
+                    raise ServerError(
+                        self._redirected(method, path, exc), status=exc.code
+                    ) from None
                 if exc.code < 500 or attempt >= len(delays):
                     code, message = error_message(exc.code, raw)
-                    cls = StepFinished if code == "step_finished" else ServerError
+                    # The server finished the step otherwise, or it is not this node's step
+                    # now: either way the report has nothing more to do.
+                    finished = code in ("step_finished", "step_not_handed_out")
+                    cls = StepFinished if finished else ServerError
                     raise cls(
                         f"{method} {path}: {exc.code} {message}", status=exc.code, code=code
                     ) from None
             except TRANSIENT as exc:
+                untrusted = tls_failure(exc, self.url(path), self.ca_file)
+                if untrusted:
+                    raise ServerError(f"{method} {path}: {untrusted}") from None
                 if attempt >= len(delays):
                     raise ServerError(
                         f"{method} {self.url(path)} failed after {attempt + 1} tries: {exc}; "
@@ -128,6 +140,15 @@ class ServerClient:
                     ) from None
             self.backoff.sleep(delays[attempt])
             attempt += 1
+
+    def _redirected(self, method: str, path: str, exc: urllib.error.HTTPError) -> str:
+        location = exc.headers.get("Location")
+        to = f" to {redact(self.url(location))}" if location else ""
+        return (
+            f"{method} {path}: the server answered {status_text(exc.code)}{to}; the agent "
+            "follows no redirect of an API call (it carries the node token): set [server] url "
+            "to the address the server answers on itself (https://...)"
+        )
 
     # -- the protocol ---------------------------------------------------------------
 

@@ -8,7 +8,8 @@ mapped under the root.
 
     [server]
     url = https://nso-repo.example.net
-    # ca_file = /etc/pki/tls/certs/ca-bundle.crt
+    # ca_file = /etc/nso-agent/ca.pem   # the CA that signed the server's certificate
+    # allow_insecure_http = false       # plain http beyond loopback: only on a trusted network
 
     [agent]
     state_dir = /var/lib/nso-agent
@@ -26,6 +27,10 @@ mapped under the root.
     port = 2024
     user = admin
     password = admin                # or key_file = /root/.ssh/id_rsa
+
+    [trust]
+    # install only releases signed by this key (docs/signed-releases.md)
+    release_public_key = /etc/nso-agent/release-signing.pub
 """
 
 from __future__ import annotations
@@ -135,6 +140,8 @@ class HostPaths:
 class Config:
     server_url: str = ""
     ca_file: Optional[str] = None
+    # Plain http to a host that is not loopback (agent/transport.py); warned about at start.
+    allow_insecure_http: bool = False
     state_dir: str = "/var/lib/nso-agent"
     poll_wait: int = 30
     heartbeat_interval: float = 60.0
@@ -147,6 +154,9 @@ class Config:
     cli_user: str = "admin"
     cli_password: Optional[str] = None
     cli_key_file: Optional[str] = None
+    # [trust]: the release manager's Ed25519 public key (a host path); set: only signed
+    # releases are installed (agent/release_signature.py).
+    release_public_key: Optional[str] = None
     # Where this file was read from (enroll writes the server URL back into it).
     source: Optional[Path] = field(default=None, compare=False)
 
@@ -175,8 +185,16 @@ class Config:
         return self.state_path / "downloads"
 
     @property
+    def ca_path(self) -> Optional[Path]:
+        return self.paths.path(self.ca_file) if self.ca_file else None
+
+    @property
     def key_path(self) -> Optional[Path]:
         return self.paths.path(self.cli_key_file) if self.cli_key_file else None
+
+    @property
+    def release_key_path(self) -> Optional[Path]:
+        return self.paths.path(self.release_public_key) if self.release_public_key else None
 
     def uses_systemd(self) -> bool:
         """``auto``: systemd when the host has ``ncs.service`` and no init script (NSO >= 6.4)."""
@@ -199,6 +217,8 @@ class Config:
         ini["server"] = {"url": self.server_url}
         if self.ca_file:
             ini["server"]["ca_file"] = self.ca_file
+        if self.allow_insecure_http:
+            ini["server"]["allow_insecure_http"] = "true"
         ini["agent"] = {
             "state_dir": self.state_dir,
             "poll_wait": str(self.poll_wait),
@@ -215,6 +235,8 @@ class Config:
             ini["cli"]["password"] = self.cli_password
         if self.cli_key_file:
             ini["cli"]["key_file"] = self.cli_key_file
+        if self.release_public_key:
+            ini["trust"] = {"release_public_key": self.release_public_key}
         return ini
 
     def save(self, path: Path) -> None:
@@ -255,9 +277,18 @@ def load(path: Path) -> Config:
         except ValueError:
             raise ConfigError(f"{path}: [{section}] {key} = {raw!r} is not a number") from None
 
+    def flag(section: str, key: str) -> bool:
+        raw = get(section, key)
+        if raw is None:
+            return False
+        if raw.lower() not in ini.BOOLEAN_STATES:
+            raise ConfigError(f"{path}: [{section}] {key} = {raw!r}; write true or false")
+        return ini.BOOLEAN_STATES[raw.lower()]
+
     cfg = Config(
         server_url=(get("server", "url") or "").rstrip("/"),
         ca_file=get("server", "ca_file"),
+        allow_insecure_http=flag("server", "allow_insecure_http"),
         state_dir=get("agent", "state_dir", Config.state_dir) or Config.state_dir,
         poll_wait=int(number("agent", "poll_wait", Config.poll_wait)),
         heartbeat_interval=number("agent", "heartbeat_interval", Config.heartbeat_interval),
@@ -270,6 +301,7 @@ def load(path: Path) -> Config:
         cli_user=get("cli", "user", Config.cli_user) or Config.cli_user,
         cli_password=get("cli", "password"),
         cli_key_file=get("cli", "key_file"),
+        release_public_key=get("trust", "release_public_key"),
         source=path,
     )
     if cfg.service_manager not in SERVICE_MANAGERS:
@@ -279,4 +311,8 @@ def load(path: Path) -> Config:
         )
     if not 0 <= cfg.poll_wait <= 60:
         raise ConfigError(f"{path}: [agent] poll_wait must be 0..60 (the server's limit)")
+    if cfg.release_key_path is not None:
+        from agent.release_signature import load_key  # cryptography: only when configured
+
+        load_key(cfg.release_key_path, f"{cfg.release_public_key} ({path})")
     return cfg

@@ -8,7 +8,11 @@ renamed to its name: a file under its final name is always a verified one.
 The server answers blob downloads with a 302 to a presigned S3 URL when it stores blobs in S3.
 Redirects are followed here, by hand, so the node token goes only to the server's own origin:
 a presigned URL carries its own signature, and forwarding our bearer token to the object
-store would both leak it and make S3 refuse the request (two auth mechanisms).
+store would both leak it and make S3 refuse the request (two auth mechanisms). Only http(s)
+redirects are followed, never from https down to http, at most MAX_REDIRECTS of them
+(agent/transport.py). Reading stops at the announced size: a server that sends more is cut
+off and refused, so a download never fills the disk. No remote body reaches a message: a
+step's message goes back to the server, and an error page may hold anything.
 """
 
 from __future__ import annotations
@@ -24,8 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from agent.client import TRANSIENT, USER_AGENT, Backoff, opener
+from agent.client import TRANSIENT, USER_AGENT, Backoff, status_text
 from agent.errors import ChecksumMismatch, DownloadError
+from agent.transport import CaFile, check_server_url, opener, redact, refusal, tls_failure
 
 CHUNK = 1024 * 1024
 MAX_REDIRECTS = 5
@@ -50,7 +55,10 @@ class Artifact:
         if not re.fullmatch(r"[0-9a-f]{64}", sha):
             raise DownloadError(f"{filename}: the step gave no valid sha256 ({sha!r})")
         size = data.get("size")
-        return cls(filename, sha, str(data.get("url") or ""), int(size) if size else None)  # type: ignore[call-overload]
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            # Reading stops at the announced size: without one, a server could fill the disk.
+            raise DownloadError(f"{filename}: the step gave no valid size ({size!r})")
+        return cls(filename, sha, str(data.get("url") or ""), size)
 
 
 def sha256_file(path: Path) -> str:
@@ -81,12 +89,16 @@ class Downloader:
         self,
         base_url: str,
         token: Optional[str] = None,
-        ca_file: Optional[str] = None,
+        ca_file: CaFile = None,
         backoff: Optional[Backoff] = None,
         timeout: float = 60.0,
+        allow_insecure_http: bool = False,
     ) -> None:
+        check_server_url(base_url, allow_insecure_http)
         self.base_url = base_url.rstrip("/")
         self.token = token
+        self.ca_file = ca_file
+        self.allow_insecure_http = allow_insecure_http
         self.backoff = backoff or Backoff()
         self.timeout = timeout
         self._opener = opener(ca_file)
@@ -152,7 +164,10 @@ class Downloader:
             else:
                 return
         url = urllib.parse.urljoin(self.base_url + "/", artifact.url or "")
+        refused = refusal(self.base_url, url, self.allow_insecure_http)
         for _ in range(MAX_REDIRECTS + 1):
+            if refused:
+                raise DownloadError(f"{artifact.filename}: {refused}")
             req = urllib.request.Request(url, method="GET")
             req.add_header("User-Agent", USER_AGENT)
             if have:
@@ -163,7 +178,9 @@ class Downloader:
                 resp = self._opener.open(req, timeout=self.timeout)
             except urllib.error.HTTPError as exc:
                 if exc.code in (301, 302, 303, 307, 308) and exc.headers.get("Location"):
-                    url = urllib.parse.urljoin(url, exc.headers["Location"])
+                    target = urllib.parse.urljoin(url, exc.headers["Location"])
+                    refused = refusal(url, target, self.allow_insecure_http, redirect=True)
+                    url = target
                     exc.close()
                     continue
                 if exc.code == 416 and have:
@@ -171,13 +188,17 @@ class Downloader:
                     # blob); verification decides.
                     exc.close()
                     return
-                body = exc.read().decode(errors="replace").strip()[:500]
-                exc.close()
+                exc.close()  # its body is never read: it is not ours to repeat
                 if exc.code >= 500:
-                    raise ConnectionError(f"HTTP {exc.code} from {url}: {body}") from None
+                    raise ConnectionError(f"{status_text(exc.code)} from {redact(url)}") from None
                 raise DownloadError(
-                    f"{artifact.filename}: HTTP {exc.code} from {_redact(url)}: {body}"
+                    f"{artifact.filename}: {status_text(exc.code)} from {redact(url)}"
                 ) from None
+            except urllib.error.URLError as exc:
+                untrusted = tls_failure(exc, url, self.ca_file)
+                if untrusted:  # the same certificate comes back on every retry
+                    raise DownloadError(f"{artifact.filename}: {untrusted}") from None
+                raise
             with resp:
                 mode = "ab"
                 if have and resp.status == 206:
@@ -185,14 +206,15 @@ class Downloader:
                     if match is None or int(match.group(1)) != have:
                         raise DownloadError(
                             f"{artifact.filename}: the server answered Range bytes={have}- "
-                            f"with Content-Range {resp.headers.get('Content-Range')!r}"
+                            f"with Content-Range {resp.headers.get('Content-Range', '')[:80]!r}"
                         )
                 elif have:
                     mode, have = "wb", 0  # the server ignored Range: start over
                 total = artifact.size
                 with part.open(mode) as fh:
-                    while True:
-                        block = resp.read(CHUNK)
+                    while total is None or have < total:
+                        want = CHUNK if total is None else min(CHUNK, total - have)
+                        block = resp.read(want)
                         if not block:
                             break
                         fh.write(block)
@@ -201,6 +223,13 @@ class Downloader:
                             progress(have, total)
                     fh.flush()
                     os.fsync(fh.fileno())
+                if total is not None and have >= total and resp.read(1):
+                    part.unlink()
+                    raise DownloadError(
+                        f"{artifact.filename}: {redact(url)} sent more than the announced "
+                        f"{total} bytes; cut off and refused, nothing kept. Check the "
+                        "artifact on the server and any proxy in between, then retry the job"
+                    )
                 length = resp.headers.get("Content-Length")
                 if total is not None and have < total:
                     # The connection closed early: resume on the next try.
@@ -209,10 +238,7 @@ class Downloader:
                         + (f" (Content-Length {length})" if length else "")
                     )
             return
-        raise DownloadError(f"{artifact.filename}: more than {MAX_REDIRECTS} redirects")
-
-
-def _redact(url: str) -> str:
-    """A URL for messages: the query of a presigned URL carries a signature."""
-    parts = urllib.parse.urlsplit(url)
-    return urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+        raise DownloadError(
+            f"{artifact.filename}: more than {MAX_REDIRECTS} redirects from "
+            f"{redact(self.base_url)}; check the server's storage settings (a redirect loop)"
+        )

@@ -7,12 +7,12 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from agent import packages as pkgs
-from agent.download import Artifact
+from agent import release_signature, trust
 from agent.errors import CliError, StepFailed
 from agent.nso import STARTED
 from agent.step_context import StepContext
 from agent.step_helpers import (
+    EXTRA_DIR,
     check_packages,
     restore_package_links,
     show_value,
@@ -22,7 +22,9 @@ from agent.step_helpers import (
 
 
 def prestage_packages(ctx: StepContext) -> dict[str, Any]:
-    artifacts = [Artifact.from_params(a) for a in ctx.params.get("packages") or []]
+    # With [trust] configured: only builds of a signed release, checked before any download.
+    release_signature.check_step(ctx.config, ctx.params, "this package upgrade's prestage")
+    artifacts = trust.package_artifacts(ctx.params)
     for i, artifact in enumerate(artifacts):
         ctx.progress(int(100 * i / max(1, len(artifacts))), f"staging {artifact.filename}")
         stage_package(ctx, artifact)
@@ -30,22 +32,30 @@ def prestage_packages(ctx: StepContext) -> dict[str, Any]:
 
 
 def package_refs(ctx: StepContext) -> list[tuple[str, str, str]]:
-    """(filename, name, version) of each package the step names."""
+    """(filename, name, version) of each package the step names, every value checked before
+    it goes into a CLI command: the file's own metadata decides, and a name or version the
+    server sends must agree with it."""
+    checked = [
+        trust.package_identity(a, f"packages[{i}]")
+        for i, a in enumerate(ctx.params.get("packages") or [])
+    ]
     refs = []
-    for a in ctx.params.get("packages") or []:
-        filename = str(a.get("filename") or "")
-        name, version = a.get("name"), a.get("version")
-        if not (name and version):
-            name, version = pkgs.package_identity(ctx.paths.package_store / filename)
-        refs.append((filename, str(name), str(version)))
+    for i, (filename, name, version) in enumerate(checked):
+        if not (ctx.paths.package_store / filename).exists():
+            raise StepFailed(f"/opt/ncs/packages/{filename} is missing: run prestage_packages")
+        own = trust.staged_identity(ctx.paths, filename)
+        if name is not None and (name, version) != own:
+            raise StepFailed(
+                f"packages[{i}]: the server names it {name} {version}, but {filename} is "
+                f"{own[0]} {own[1]} by its package-meta-data.xml: refused"
+            )
+        refs.append((filename, *own))
     return refs
 
 
 def install_packages(ctx: StepContext) -> dict[str, Any]:
     installed = []
-    for filename, name, version in package_refs(ctx):
-        if not (ctx.paths.package_store / filename).exists():
-            raise StepFailed(f"/opt/ncs/packages/{filename} is missing: run prestage_packages")
+    for _filename, name, version in package_refs(ctx):
         out = ctx.cli.run(f"software packages install package {name}-{version} replace-existing")
         installed.append(out.strip() or f"installed {name}-{version}")
     return {"installed": installed}
@@ -92,10 +102,10 @@ def verify_packages(ctx: StepContext) -> dict[str, Any]:
 
 
 def recover_packages(ctx: StepContext) -> dict[str, Any]:
-    extra_dir = ctx.param("extra_dir")
-    if not extra_dir:
+    extra_dir = trust.checked_path(ctx, "extra_dir", EXTRA_DIR)
+    if extra_dir is None:
         raise StepFailed("no extra_dir recorded at backup: the package links cannot be restored")
-    restore_package_links(ctx, ctx.paths.path(str(extra_dir)))
+    restore_package_links(ctx, extra_dir)
     if ctx.nso.status() != STARTED:
         wait_started_or_start(ctx, reload=True)
     else:

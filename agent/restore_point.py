@@ -37,7 +37,7 @@ import os
 import re
 import shutil
 import stat
-import xml.etree.ElementTree as ET
+import xml.etree.ElementTree as ET  # nosec B405 # parses ncs.conf only, see _conf_db_dir
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -122,7 +122,7 @@ class Manifest:
 def _conf_db_dir(paths: HostPaths) -> Optional[str]:
     """The CDB folder ncs.conf names (``/ncs-config/cdb/db-dir``), as a host path."""
     try:
-        root = ET.parse(paths.ncs_conf).getroot()
+        root = ET.parse(paths.ncs_conf).getroot()  # nosec B314 # ncs.conf is root's own file on this host, not input from the server; expat >= 2.4.1 stops entity bombs and etree fetches no external entities
     except (OSError, ET.ParseError):
         return None
     for el in root.iter():

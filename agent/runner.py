@@ -33,15 +33,16 @@ class Runner:
     ) -> None:
         self.config = config
         token = config.read_token()
+        url, ca, insecure = config.server_url, config.ca_path, config.allow_insecure_http
         self.client = client or ServerClient(
-            config.server_url, token, config.ca_file, Backoff(tries=8, cap=60)
+            url, token, ca, Backoff(tries=8, cap=60), allow_insecure_http=insecure
         )
         # Progress is informative: one quick retry, so a server that is down (restarting)
         # never holds a step up; final reports keep the patient client above.
         self.progress_client = ServerClient(
-            config.server_url, token, config.ca_file, Backoff(tries=2, cap=1)
+            url, token, ca, Backoff(tries=2, cap=1), allow_insecure_http=insecure
         )
-        self.downloader = Downloader(config.server_url, token, config.ca_file)
+        self.downloader = Downloader(url, token, ca, allow_insecure_http=insecure)
         self.journal = Journal(config.journal_file)
         self.sleep = sleep
         self._last_heartbeat = 0.0
@@ -69,13 +70,39 @@ class Runner:
             log.warning("step %s: %s", step_id, exc)
             return None
 
+    def _send_final(self, step_id: int) -> None:
+        """Send the journal's final report. A success whose result the server refuses
+        (``result_invalid``: an agent and a server that disagree on the protocol) is
+        reported as a failure with the server's reason, which the server always takes:
+        resending the same refused report would hold the job on this step for ever."""
+        entry = self.journal.entry
+        if entry is None or entry.final_report is None:
+            return
+        try:
+            self._send(step_id, entry.final_report)
+        except ServerError as exc:
+            if exc.code != "result_invalid" or entry.final_report.get("state") != "succeeded":
+                raise
+            log.error("step %s: the server refused its result: %s", step_id, exc)
+            refused = {
+                "report_id": entry.report_id("final-refused"),
+                "state": "failed",
+                "progress": 100,
+                "message": f"the step ended, but the server refused its result: {exc}"[:2000],
+                "log_tail": entry.final_report.get("log_tail", ""),
+                "result": {},
+            }
+            entry.final_report = refused
+            self.journal.save()
+            self._send(step_id, refused)
+
     def flush_pending(self) -> None:
         """Resend a final report that a crash kept from reaching the server."""
         entry = self.journal.entry
         if entry is None or entry.final_report is None:
             return
         log.info("resending the final report of step %s (%s)", entry.step_id, entry.name)
-        self._send(entry.step_id, entry.final_report)
+        self._send_final(entry.step_id)
         self.journal.clear()
 
     def _progress_reporter(self, step_id: int) -> Callable[[int, str], None]:
@@ -91,7 +118,7 @@ class Runner:
                 "report_id": entry.report_id(purpose),
                 "state": "running",
                 "progress": max(0, min(99, int(percent))),
-                "message": message[:500],
+                "message": message.replace("\x00", "")[:500],
             }
             self.journal.save()
             try:
@@ -113,8 +140,8 @@ class Runner:
         if entry.final_report is not None:
             # Finished before a crash; the server handed it out again because our report
             # never arrived. Send the same report, do not run the step again.
+            self._send_final(step_id)
             pending = entry.final_report
-            self._send(step_id, pending)
             self.journal.clear()
             return pending
         log.info("step %s %s (attempt %s)", step_id, step["name"], entry.attempt)
@@ -145,7 +172,8 @@ class Runner:
                 "result": result,
             }
         except StepFailed as exc:
-            final = {"state": "failed", "message": str(exc)[:2000], "result": exc.result}
+            message = str(exc).replace("\x00", "")  # NSO output may hold NUL: never sent
+            final = {"state": "failed", "message": message[:2000], "result": exc.result}
         except Exception as exc:  # a bug or an unexpected condition: still report it
             ctx.log(traceback.format_exc())
             final = {
@@ -158,7 +186,8 @@ class Runner:
         final["report_id"] = entry.report_id("final")
         entry.final_report = final
         self.journal.save()
-        self._send(step_id, final)
+        self._send_final(step_id)
+        final = entry.final_report or final  # a refused result became a failure
         self.journal.clear()
         log.info("step %s %s: %s", step_id, step["name"], final["state"])
         return final

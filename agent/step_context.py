@@ -56,7 +56,8 @@ class StepContext:
         return value
 
     def log(self, text: str) -> None:
-        for line in str(text).splitlines() or [""]:
+        # NUL never reaches a report: the server refuses JSON holding it.
+        for line in str(text).replace("\x00", "").splitlines() or [""]:
             self.lines.append(line)
 
     def progress(self, percent: int, message: str) -> None:

@@ -11,11 +11,15 @@ from pathlib import Path
 from typing import Optional
 
 from agent import packages as pkgs
+from agent import trust
 from agent.download import Artifact, verified
 from agent.errors import StepFailed
 from agent.fsutil import fsync_dir, write_atomic
 from agent.nso import STARTED, STOPPED, NsoCli
 from agent.step_context import StepContext
+
+# What ``backup`` makes under /var/opt/ncs/backups, the only form an ``extra_dir`` may take.
+EXTRA_DIR = r"nso-agent-job-\d+/package-links"
 
 
 def job_dir(ctx: StepContext) -> Path:
@@ -23,38 +27,9 @@ def job_dir(ctx: StepContext) -> Path:
     return ctx.paths.backups_dir / f"nso-agent-job-{ctx.job_id}"
 
 
-def checked_path(
-    ctx: StepContext, name: str, pattern: str, base: str = "backups"
-) -> Optional[Path]:
-    """A path parameter (``restore_point``, ``extra_dir``...) resolved on the host, only if
-    it is one the agent itself writes: under ``/var/opt/ncs/backups`` (``base="config"``:
-    ``/etc/ncs``) and of the expected form. The agent runs as root and renames, copies and
-    restores from these folders: a value from anywhere else is refused, not followed."""
-    value = ctx.param(name)
-    if not value:
-        return None
-    folder = ctx.paths.backups_dir if base == "backups" else ctx.paths.config_dir
-    real = Path(os.path.realpath(ctx.paths.path(str(value))))
-    top = Path(os.path.realpath(folder))
-    try:
-        rel = real.relative_to(top)
-    except ValueError:
-        rel = None
-    if rel is None or not re.fullmatch(pattern, str(rel)):
-        raise StepFailed(
-            f"{name} {value!r} is not a place this agent writes "
-            f"({ctx.paths.host_path(folder)}/{pattern}): refused"
-        )
-    return real
-
-
 def stage_package(ctx: StepContext, artifact: Artifact) -> Path:
-    """Download (resume, verify) one package into ``/opt/ncs/packages`` under its own name."""
-    if not artifact.filename.startswith("ncs-"):
-        raise StepFailed(
-            f"{artifact.filename}: package files are kept as ncs-<X.Y>-<name>-<version>.tar.gz "
-            "in /opt/ncs/packages; rename it in the catalog"
-        )
+    """Download (resume, verify) one package into ``/opt/ncs/packages`` under its own name
+    (checked by ``trust.package_artifacts``)."""
     dest = ctx.paths.package_store / artifact.filename
     if verified(dest, artifact.sha256, artifact.size):
         ctx.log(f"{ctx.paths.host_path(dest)} is already there and verified")
@@ -158,33 +133,44 @@ def save_package_links(ctx: StepContext, extra: Path) -> None:
 
 
 def restore_package_links(ctx: StepContext, extra: Path) -> None:
-    """Put back the package files and the exact set of links saved at backup."""
+    """Put back the package files and the exact set of links saved at backup.
+
+    ``links.json`` is a file on the host: every entry is checked (a plain name, a target
+    under the host root) before anything is copied, since a copy to where it points is a
+    write as root.
+    """
     paths = ctx.paths
     try:
         saved = json.loads((extra / "links.json").read_text())["links"]
     except (OSError, ValueError, KeyError) as exc:
         raise StepFailed(f"cannot read the saved package links in {extra}: {exc}") from None
-    targets: list[Path] = []
     store = Path(os.path.realpath(paths.package_store))
+    checked: list[tuple[str, str, Optional[Path]]] = []
     for name, host_target in sorted(saved.items()):
-        copy = extra / "packages" / name
         if "/" in name or name in ("", ".", ".."):
             raise StepFailed(f"saved link name {name!r} in {extra}: not a file name, refused")
-        if not host_target:  # a package folder or file that was no link: put it back as is
+        if not host_target:
+            checked.append((name, host_target, None))
+            continue
+        where = f"the target of saved link {name} ({paths.host_path(extra)}/links.json)"
+        trust.under_root(paths, host_target, where)
+        target = paths.path(host_target)
+        if target.name != name:
+            raise StepFailed(f"saved link {name} -> {host_target}: names differ, relink by hand")
+        checked.append((name, host_target, target))
+    targets: list[Path] = []
+    for name, host_target, link_to in checked:
+        copy = extra / "packages" / name
+        if link_to is None:  # a package folder or file that was no link: put it back as is
             ctx.log(f"note: {name} was not a link; it is restored as a link to the saved copy")
             targets.append(copy)
             continue
-        target = paths.path(host_target)
-        # Checked before anything is copied: the saved list is a file on the host, and a
-        # copy to where it points is a write as root.
-        if target.name != name:
-            raise StepFailed(f"saved link {name} -> {host_target}: names differ, relink by hand")
-        if Path(os.path.realpath(target.parent)) != store:
+        if Path(os.path.realpath(link_to.parent)) != store:
             ctx.log(f"note: {name} points outside /opt/ncs/packages ({host_target}): kept as is")
-        elif not target.exists() and copy.is_file():
-            shutil.copy2(copy, target)
+        elif not link_to.exists() and copy.is_file():
+            shutil.copy2(copy, link_to)
             ctx.log(f"restored {host_target} from the saved copy")
-        targets.append(target)
+        targets.append(link_to)
     if pkgs.relink(paths.load_dir, targets):
         ctx.log(f"relinked {paths.host_path(paths.load_dir)} to the {len(targets)} saved links")
 

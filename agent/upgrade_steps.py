@@ -13,12 +13,12 @@ from __future__ import annotations
 import os
 import re
 import uuid
-import xml.etree.ElementTree as ET
+import xml.etree.ElementTree as ET  # nosec B405 # parses ncs.conf only
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from agent import backup_archive
+from agent import backup_archive, release_signature, trust
 from agent import packages as pkgs
 from agent import restore_point as rp
 from agent.download import Artifact, verified
@@ -27,10 +27,10 @@ from agent.fsutil import write_atomic
 from agent.nso import STARTED, STOPPED, running_config_fingerprint
 from agent.step_context import StepContext
 from agent.step_helpers import (
+    EXTRA_DIR,
     check_packages,
     check_running,
     check_version,
-    checked_path,
     job_dir,
     loaded_packages,
     restore_package_links,
@@ -43,9 +43,12 @@ from agent.step_helpers import (
 
 
 def prestage(ctx: StepContext) -> dict[str, Any]:
+    # First, before a byte is fetched: with [trust] configured, only a signed release.
+    release_signature.check_step(ctx.config, ctx.params, "this upgrade's prestage")
     p = ctx.params
-    target = str(p["target_version"])
-    artifacts = [Artifact.from_params(a) for a in p.get("packages") or []]
+    target = trust.nso_version(p.get("target_version"), "target_version")
+    artifacts = trust.package_artifacts(p)
+    installer = trust.installer_artifact(p, target) if p.get("installer") is not None else None
     # What `current` was before we touched anything, kept across restarts: the installer may
     # move it (undocumented), and NSO keeps running the old release until the switch step.
     if ctx.journal.fact("current_before") is None:
@@ -58,7 +61,8 @@ def prestage(ctx: StepContext) -> dict[str, Any]:
     if (release / "bin" / "ncs").exists():
         ctx.log(f"{ctx.paths.host_path(release)} is installed already")
     else:
-        installer = Artifact.from_params(p["installer"])
+        if installer is None:
+            raise StepFailed(f"NSO {target} is not installed and the step names no installer")
         ctx.progress(int(100 * len(artifacts) / steps), f"downloading {installer.filename}")
         path = ctx.require_downloader().fetch(
             installer, ctx.config.downloads_dir / installer.filename
@@ -190,7 +194,7 @@ def compact(ctx: StepContext) -> dict[str, Any]:
 
 
 def switch_current(ctx: StepContext) -> dict[str, Any]:
-    target = str(ctx.params["target_version"])
+    target = trust.nso_version(ctx.params.get("target_version"), "target_version")
     # The job's source release when known: a second run must report what the first did.
     previous = (
         ctx.journal.fact("previous") or ctx.job.get("source_version") or ctx.nso.current_version()
@@ -217,7 +221,10 @@ def remove_conf_elements(text: str, names: list[str]) -> tuple[str, list[str]]:
 
 
 def ncs_conf(ctx: StepContext) -> dict[str, Any]:
-    names = [str(n) for n in ctx.params.get("remove_elements") or []]
+    names = [
+        trust.xml_name(n, f"remove_elements[{i}]")
+        for i, n in enumerate(ctx.params.get("remove_elements") or [])
+    ]
     conf = ctx.paths.ncs_conf
     original = conf.read_text()
     text, removed = remove_conf_elements(original, names)
@@ -225,7 +232,7 @@ def ncs_conf(ctx: StepContext) -> dict[str, Any]:
         ctx.log(f"none of {', '.join(names) or '(nothing)'} in {ctx.paths.host_path(conf)}")
         return {"removed_elements": []}
     try:
-        ET.fromstring(text)
+        ET.fromstring(text)  # nosec B314 # ncs.conf is root's own file on this host, not input from the server; expat >= 2.4.1 stops entity bombs and etree fetches no external entities
     except ET.ParseError as exc:
         raise StepFailed(
             f"removing {', '.join(removed)} would leave {ctx.paths.host_path(conf)} invalid "
@@ -241,7 +248,7 @@ def ncs_conf(ctx: StepContext) -> dict[str, Any]:
 
 
 def relink_packages(ctx: StepContext) -> dict[str, Any]:
-    artifacts = [Artifact.from_params(a) for a in ctx.params.get("packages") or []]
+    artifacts = trust.package_artifacts(ctx.params)
     targets = []
     for artifact in artifacts:
         path = ctx.paths.package_store / artifact.filename
@@ -273,12 +280,13 @@ def verify(ctx: StepContext) -> dict[str, Any]:
     Data that changed (upgrade code in the packages, writes since the start) is reported,
     never failed on.
     """
-    target = str(ctx.param("target_version"))
+    target = trust.nso_version(ctx.param("target_version"), "target_version")
+    artifacts = trust.package_artifacts(ctx.params)
     state, running = ctx.nso.daemon()
     if state != STARTED:
         raise StepFailed(f"NSO {target} does not run: NSO is {state}")
     try:
-        return _verify_running(ctx, target, running)
+        return _verify_running(ctx, target, running, artifacts)
     except StepFailed as exc:
         raise StepFailed(str(exc), {"nso_running": True, "version": running}) from None
     except AgentError as exc:
@@ -287,17 +295,16 @@ def verify(ctx: StepContext) -> dict[str, Any]:
         ) from None
 
 
-def _verify_running(ctx: StepContext, target: str, running: Any) -> dict[str, Any]:
+def _verify_running(
+    ctx: StepContext, target: str, running: Any, artifacts: list[Artifact]
+) -> dict[str, Any]:
     problems = []
     if running != target:
         problems.append(f"the running daemon reports NSO {running}, expected {target}")
     shown = show_value(ctx.cli.run("show ncs-state version"), "version")
     if shown != target:
         problems.append(f"the NSO CLI says ncs-state version {shown}, expected {target}")
-    expected = []
-    for a in ctx.params.get("packages") or []:
-        artifact = Artifact.from_params(a)
-        expected.append(pkgs.package_identity(ctx.paths.package_store / artifact.filename))
+    expected = [trust.staged_identity(ctx.paths, a.filename) for a in artifacts]
     problems += check_packages(ctx, expected)
     extra = loaded_packages(ctx.cli) - {name for name, _ in expected}
     if expected and extra:
@@ -330,7 +337,9 @@ def recover(ctx: StepContext) -> dict[str, Any]:
     stops an NSO that runs: it may have taken writes, which a restore would take out.
     """
     paths = ctx.paths
-    source = str(ctx.param("source_version") or ctx.job.get("source_version"))
+    source = trust.nso_version(
+        ctx.param("source_version") or ctx.job.get("source_version"), "source_version"
+    )
     discard = bool(ctx.params.get("discard_writes"))
     target_started = bool(ctx.params.get("target_started", True))
     done: list[str] = list(ctx.journal.fact("recover_done", []))
@@ -357,8 +366,8 @@ def recover(ctx: StepContext) -> dict[str, Any]:
             "(nothing was changed)"
         )
     # Every folder the server names is checked before anything is touched.
-    dest = checked_path(ctx, "restore_point", r"nso-agent-job-\d+/restore-point")
-    extra = checked_path(ctx, "extra_dir", r"nso-agent-job-\d+/package-links")
+    dest = trust.checked_path(ctx, "restore_point", r"nso-agent-job-\d+/restore-point")
+    extra = trust.checked_path(ctx, "extra_dir", EXTRA_DIR)
     progress: dict[str, str] = dict(ctx.journal.fact("restore_progress", {}))
 
     def save(p: dict[str, str]) -> None:
@@ -385,7 +394,7 @@ def recover(ctx: StepContext) -> dict[str, Any]:
     replaced: list[str] = list(ctx.journal.fact("replaced", []))
     if "data" not in done:
         if target_started:
-            assert dest is not None
+            assert dest is not None  # nosec B101 # narrows the type for mypy; under python -O the next line fails on None, it never lets anything through
             replaced += rp.swap(
                 paths,
                 dest,
@@ -435,7 +444,9 @@ def _still_stopped(ctx: StepContext) -> None:
 
 def _put_back_ncs_conf(ctx: StepContext) -> None:
     """The ``ncs_conf`` step's saved copy, when it ran (the current file is kept beside)."""
-    saved = checked_path(ctx, "saved_ncs_conf", r"ncs\.conf\.nso-agent-job-\d+", base="config")
+    saved = trust.checked_path(
+        ctx, "saved_ncs_conf", r"ncs\.conf\.nso-agent-job-\d+", base="config"
+    )
     if saved is None or not saved.exists():
         return
     conf = ctx.paths.ncs_conf

@@ -13,6 +13,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
@@ -111,6 +112,45 @@ def wait_http(started: Started, url: str, timeout: float = 60.0, method: str = "
         f"{started.name} did not answer {url} within {timeout:.0f}s ({last}); "
         f"its log ends with:\n{tail(started.log)}"
     )
+
+
+@dataclass
+class Served:
+    """`nso-repo serve` that `serve_repo` started, with a token of its own."""
+
+    started: Started
+    port: int
+    base: str
+    token: str
+
+
+def serve_repo(
+    work: Path, cleanup: list[Callable[[], None]], role: str, env: dict[str, str]
+) -> Served:
+    """`nso-repo serve --workers 1` on a free port with its data in `work/data`, stopped by
+    `cleanup`; `env` on top of this environment without its NSO_REPO_* (a developer's
+    bucket, PostgreSQL URL or thread count would measure something else). The token is made
+    with `nso-repo token create --role ROLE`, as an operator does."""
+    data = work / "data"
+    port = free_port()
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("NSO_REPO_")}, **env}
+    cli = [sys.executable, "-m", "repo_server.cli"]
+    serve = [*cli, "serve", "--host", "127.0.0.1", "--port", str(port)]
+    serve += ["--data-dir", str(data), "--workers", "1"]
+    server = start("nso-repo serve", serve, work / "server.log", env)
+    cleanup.append(server.stop)
+    base = f"http://127.0.0.1:{port}"
+    wait_http(server, f"{base}/api/v1/health")
+    made = subprocess.run(
+        [*cli, "token", "create", "--role", role, "--name", "bench", "--data-dir", str(data)],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=env,
+    )
+    if made.returncode != 0 or not made.stdout.strip():
+        raise BenchError(f"nso-repo token create failed: {made.stderr.strip()}")
+    return Served(server, port, base, made.stdout.strip().splitlines()[-1])
 
 
 def run_benchmark(

@@ -45,6 +45,7 @@ from benchkit import (
     free_port,
     loadavg,
     run_benchmark,
+    serve_repo,
     start,
     wait_http,
 )
@@ -374,31 +375,12 @@ def measure(args: argparse.Namespace, work: Path, cleanup: list[Callable[[], Non
         warm(source)
     console.print(f"generated {source} ({human(size)}) in {time.perf_counter() - start_gen:.1f}s")
 
-    # -- server: nso-repo serve, one worker, a fresh data dir on the same disk as the file
-    data = work / "data"
-    port = free_port()
-    # Drop any NSO_REPO_* of the caller's shell (an S3 bucket, a PostgreSQL URL, more
-    # threads...): this measures the defaults, i.e. SQLite and local storage in `data`.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NSO_REPO_")}
-    env.update(NSO_REPO_STORAGE="local", NSO_REPO_ACCESS_LOG="-", NSO_REPO_LOG_LEVEL="info")
-    cli = [sys.executable, "-m", "repo_server.cli"]
-    serve = [*cli, "serve", "--host", "127.0.0.1", "--port", str(port)]
-    serve += ["--data-dir", str(data), "--workers", "1"]
-    server = start("nso-repo serve", serve, work / "server.log", env)
-    cleanup.append(server.stop)
-    base = f"http://127.0.0.1:{port}"
+    # -- server: nso-repo serve, one worker, a fresh data dir on the same disk as the file:
+    # the defaults, i.e. SQLite and local storage
+    env = dict(NSO_REPO_STORAGE="local", NSO_REPO_ACCESS_LOG="-", NSO_REPO_LOG_LEVEL="info")
     with console.status("starting nso-repo serve"):
-        wait_http(server, f"{base}/api/v1/health")
-    made = subprocess.run(
-        [*cli, "token", "create", "--role", "uploader", "--name", "bench", "--data-dir", str(data)],
-        capture_output=True,
-        text=True,
-        check=False,
-        env=env,
-    )
-    if made.returncode != 0 or not made.stdout.strip():
-        raise BenchError(f"nso-repo token create failed: {made.stderr.strip()}")
-    token = made.stdout.strip().splitlines()[-1]
+        served = serve_repo(work, cleanup, "uploader", env)
+    server, base, token = served.started, served.base, served.token
     tree = process_tree(server.proc.pid)
     console.print(f"nso-repo serve on {base}: master {tree[0]}, workers {tree[1:]}")
 

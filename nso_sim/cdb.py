@@ -218,7 +218,7 @@ def _render(data: Tree, schema: Schema, depth: int, words: list[str], out: list[
                 continue
             out.append(f"{pad}{' '.join([*words, name.ljust(width)])} {_quote(value)}".rstrip())
             continue
-        assert isinstance(schema, Container)
+        assert isinstance(schema, Container)  # nosec B101 # narrows the type for mypy; under python -O the next line fails on None, it never lets anything through
         child = schema.children.get(name)
         if child is None:
             continue

@@ -144,7 +144,7 @@ class HaManager:
 
     def own_id(self) -> Optional[str]:
         mine = {self.d.config.address}
-        if self.d.conf.ha_address not in ("0.0.0.0", ""):
+        if self.d.conf.ha_address not in (ncsconf.ANY_ADDRESS, ""):
             mine.add(self.d.conf.ha_address)
         for node_id, node in self.nodes().items():
             if node.get("address") in mine:
@@ -488,7 +488,7 @@ class HaManager:
 
     # ----- primary side -----
     def _accept_loop(self) -> None:
-        assert self.sock is not None
+        assert self.sock is not None  # nosec B101 # narrows the type for mypy; under python -O the next line fails on None, it never lets anything through
         while True:
             try:
                 conn, addr = self.sock.accept()

@@ -188,8 +188,10 @@ def run_init(layout: HostLayout, verb: str) -> int:
     if not layout.init_script.exists() and systemd.unit_path(layout).exists():
         if verb.endswith("-with-package-reload"):
             raise ValueError("with systemd, set NCS_RELOAD_PACKAGES in /etc/ncs/ncs.systemd.conf")
-        return subprocess.call([str(layout.root / "usr" / "bin" / "systemctl"), verb, "ncs"])
-    return subprocess.call([str(layout.init_script), verb])
+        argv = [str(layout.root / "usr" / "bin" / "systemctl"), verb, "ncs"]
+    else:
+        argv = [str(layout.init_script), verb]
+    return subprocess.call(argv)  # nosec B603 # the simulator, run by tests and demos only: the host's own script, no shell
 
 
 def status(layout: HostLayout) -> int:
@@ -199,4 +201,5 @@ def status(layout: HostLayout) -> int:
     print(f"current: {current.name if current else '-'}")
     if current is None:
         return 1
-    return subprocess.call([str(layout.current / "bin" / "ncs"), "--status"])
+    argv = [str(layout.current / "bin" / "ncs"), "--status"]
+    return subprocess.call(argv)  # nosec B603 # the simulator, run by tests and demos only: the host's own script, no shell

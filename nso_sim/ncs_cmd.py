@@ -177,11 +177,11 @@ def start(
         p for p in (scripts.SIM_PATH, env.get("PYTHONPATH", "")) if p
     )
     if foreground:
-        os.execve(sys.executable, cmd, env)
+        os.execve(sys.executable, cmd, env)  # nosec B606 # the simulator, run by tests and demos only: becomes its own daemon, no shell
     layout.log_dir.mkdir(parents=True, exist_ok=True)
     console = layout.log_dir / "ncs-console.log"
     with console.open("wb") as out:
-        proc = subprocess.Popen(
+        proc = subprocess.Popen(  # nosec B603 # the simulator, run by tests and demos only: starts its own daemon, no shell
             cmd,
             stdin=subprocess.DEVNULL,
             stdout=out,

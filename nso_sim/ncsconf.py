@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
-import xml.etree.ElementTree as ET
+import xml.etree.ElementTree as ET  # nosec B405 # the simulator, run by tests and demos only: reads the ncs.conf of a simulated host
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -21,6 +21,8 @@ REMOVED_ELEMENTS = {"show-log-directory": "5.5", "large-scale": "5.6"}
 DEFAULT_IPC_PORT = 4569
 DEFAULT_HA_PORT = 4570
 DEFAULT_CLI_PORT = 2024
+# NSO listens on every address when ncs.conf names none; simulated hosts in tests name one.
+ANY_ADDRESS = "0.0.0.0"  # nosec B104 # a default read from ncs.conf, as NSO has it
 
 # ``AES256CFB128_KEY[1]``: a key of generation 1 in the rotatable ncs.crypto_keys form.
 _GENERATION_KEY = re.compile(r"^(\w+)\[(-?\d+)\]$")
@@ -131,7 +133,7 @@ def expand(layout: HostLayout, value: str) -> Path:
 def load(layout: HostLayout, path: Optional[Path] = None) -> NcsConf:
     path = path or layout.ncs_conf
     try:
-        root = ET.parse(path).getroot()
+        root = ET.parse(path).getroot()  # nosec B314 # the simulator, run by tests and demos only: the ncs.conf of a simulated host
     except FileNotFoundError:
         raise ConfError(f"{path}: no such file") from None
     except ET.ParseError as exc:
@@ -143,10 +145,10 @@ def load(layout: HostLayout, path: Optional[Path] = None) -> NcsConf:
         return NcsConf(
             ipc_address=_text(root, "ncs-ipc-address/ip", "127.0.0.1"),
             ipc_port=int(_text(root, "ncs-ipc-address/port", str(DEFAULT_IPC_PORT))),
-            cli_address=_text(root, "cli/ssh/ip", "0.0.0.0"),
+            cli_address=_text(root, "cli/ssh/ip", ANY_ADDRESS),
             cli_port=int(_text(root, "cli/ssh/port", str(DEFAULT_CLI_PORT))),
             ha_enabled=_text(root, "ha/enabled", "false") == "true",
-            ha_address=_text(root, "ha/ip", "0.0.0.0"),
+            ha_address=_text(root, "ha/ip", ANY_ADDRESS),
             ha_port=int(_text(root, "ha/port", str(DEFAULT_HA_PORT))),
             load_path=[expand(layout, d.strip()) for d in dirs if d.strip()],
             cdb_dir=expand(layout, _text(root, "cdb/db-dir", "${NCS_RUN_DIR}/cdb")),

@@ -13,7 +13,7 @@ from __future__ import annotations
 import ast
 import io
 import tarfile
-import xml.etree.ElementTree as ET
+import xml.etree.ElementTree as ET  # nosec B405 # the simulator, run by tests and demos only: reads the metadata of packages it built
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -158,7 +158,7 @@ def _local(tag: str) -> str:
 
 def parse_meta(xml_bytes: bytes, where: str) -> PackageInfo:
     try:
-        root = ET.fromstring(xml_bytes)
+        root = ET.fromstring(xml_bytes)  # nosec B314 # the simulator, run by tests and demos only: the metadata of packages it built
     except ET.ParseError as exc:
         raise PackageError(f"{where}: package-meta-data.xml: {exc}") from None
     if _local(root.tag) != "ncs-package":

@@ -82,7 +82,7 @@ def _start(layout: HostLayout) -> int:
         cmd.append("--with-package-reload")
     elif reload == "force":
         cmd.append("--with-package-reload-force")
-    proc = subprocess.Popen(
+    proc = subprocess.Popen(  # nosec B603 # the simulator, run by tests and demos only: the unit's own command, no shell
         cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     code = _wait(layout, proc, HostConfig.load(layout).scaled(START_TIMEOUT) + START_ALLOWANCE)
@@ -148,7 +148,7 @@ def _unit_state(layout: HostLayout) -> tuple[str, str]:
 
 
 def _stop(layout: HostLayout) -> int:
-    subprocess.call(
+    subprocess.call(  # nosec B603 # the simulator, run by tests and demos only: the unit's own command, no shell
         [str(layout.current / "bin" / "ncs"), "--stop"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

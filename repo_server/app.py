@@ -10,9 +10,10 @@ from flask_smorest import Api
 from marshmallow import Schema, fields
 from werkzeug.exceptions import HTTPException
 
-from repo_server import __version__
+from repo_server import __version__, request_guards
 from repo_server.config import Settings, load_settings
-from repo_server.context import AppState, close_db_session
+from repo_server.context import AppState, close_db_session, note_failed_authentication
+from repo_server.datadir import secure_data_dir
 from repo_server.db import make_engine, make_sessionmaker
 from repo_server.errors import AppError
 from repo_server.models import register_models
@@ -64,10 +65,10 @@ def create_app(
     overrides: Optional[dict[str, Any]] = None, settings: Optional[Settings] = None
 ) -> Flask:
     settings = (settings or load_settings()).with_overrides(**(overrides or {}))
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    settings.tmp_dir.mkdir(parents=True, exist_ok=True)
+    secure_data_dir(settings)
 
     app = Flask(__name__, static_folder=None)
+    app.url_map.converters["int"] = request_guards.IdConverter
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -111,6 +112,7 @@ def create_app(
         api.register_blueprint(blueprint)
 
     _register_error_handlers(app)
+    request_guards.install(app, settings)
     return app
 
 
@@ -121,6 +123,7 @@ def _register_error_handlers(app: Flask) -> None:
         response.status_code = error.status
         if error.status == 401:
             response.headers["WWW-Authenticate"] = 'Bearer realm="nso-repo"'
+            note_failed_authentication(error)
         return response
 
     @app.errorhandler(HTTPException)
@@ -135,7 +138,9 @@ def _register_error_handlers(app: Flask) -> None:
             body["code"] = "validation_failed"
             body["details"] = {"fields": messages}
             body["message"] = "the request did not pass validation: see details.fields"
-        if status in HTTP_ADVICE and not messages:
+        # werkzeug's generic text gives way to advice; a description of its own stays.
+        generic = error.description == type(error).description
+        if status in HTTP_ADVICE and not messages and generic:
             body["message"] = HTTP_ADVICE[status]
         response = jsonify({"error": body})
         response.status_code = status

@@ -12,14 +12,17 @@ from typing import Optional, TextIO
 from repo_server import migrate
 from repo_server.auth.service import create_token, has_active_admin
 from repo_server.config import Settings, load_settings
+from repo_server.datadir import secure_data_dir
 from repo_server.db import make_engine, make_sessionmaker
 
 
 def prepare(settings: Optional[Settings] = None, out: TextIO = sys.stdout) -> Optional[str]:
-    """Migrate; on an empty database print a new admin token once and return it."""
+    """Migrate; with no active admin token, make one and print it once if ``out`` is a
+    terminal, and return it. Otherwise print how to make one: output that is not a
+    terminal (systemd's journal, `docker logs`, `> server.log`) is kept, and a token in it
+    would be readable by whoever reads the logs."""
     settings = settings or load_settings()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    settings.tmp_dir.mkdir(parents=True, exist_ok=True)
+    secure_data_dir(settings)
     url = settings.resolved_database_url
     migrate.upgrade(url)
     engine = make_engine(url)
@@ -28,6 +31,10 @@ def prepare(settings: Optional[Settings] = None, out: TextIO = sys.stdout) -> Op
             # An admin must be able to get in: a first `token create --role viewer` on an
             # empty folder, or revoking every admin token, must not lock everyone out.
             if has_active_admin(session):
+                return None
+            if not _is_terminal(out):
+                out.write(_make_one_yourself(settings))
+                out.flush()
                 return None
             _token, secret = create_token(session, name="admin", role="admin", actor="bootstrap")
     finally:
@@ -39,3 +46,19 @@ def prepare(settings: Optional[Settings] = None, out: TextIO = sys.stdout) -> Op
     )
     out.flush()
     return secret
+
+
+def _is_terminal(out: TextIO) -> bool:
+    try:
+        return out.isatty()
+    except (AttributeError, ValueError):  # no isatty, or closed
+        return False
+
+
+def _make_one_yourself(settings: Settings) -> str:
+    data_dir = "" if settings.database_url else f" --data-dir {settings.data_dir}"
+    return (
+        "\nNo active admin token. None is printed here: this output is not a terminal and "
+        "may be kept in a log.\nMake one on this host, with the server's environment:\n\n"
+        f"    nso-repo token create --role admin --name NAME{data_dir}\n\n"
+    )

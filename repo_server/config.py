@@ -19,6 +19,11 @@ class ConfigError(AppError):
     code = "config_error"
 
 
+def _paths(text: str) -> tuple[str, ...]:
+    """`a.pem,b.pem` (commas or spaces) -> ("a.pem", "b.pem")."""
+    return tuple(part for part in text.replace(",", " ").split() if part)
+
+
 def _size(text: str) -> int:
     """Parse `4294967296`, `512M`, `4G`, `1T` (binary units)."""
     text = text.strip().upper().removesuffix("B").removesuffix("I")
@@ -43,11 +48,18 @@ class Settings:
     s3_presign_expires: int = 300
     s3_multipart_threshold: int = 64 << 20
     max_upload_bytes: int = 4 << 30
+    # Every other request body (JSON): refused with 413 before it is read when larger.
+    max_json_bytes: int = 1 << 20
+    # Long-polls one node may hold at once; a newer one answers the oldest 204 at once.
+    max_polls_per_node: int = 2
     tar_max_members: int = 10_000
     tar_max_unpacked_bytes: int = 2 << 30
     tar_max_ratio: int = 200
     gc_protect_seconds: int = 24 * 3600
     log_level: str = "INFO"
+    # PEM files of the release managers' Ed25519 public keys; empty: any key's signature
+    # that verifies is stored (agents hold the key that matters; docs/signed-releases.md).
+    release_public_keys: tuple[str, ...] = ()
 
     @property
     def resolved_database_url(self) -> str:
@@ -87,6 +99,22 @@ class Settings:
             raise ConfigError(
                 "NSO_REPO_STORAGE=s3 needs NSO_REPO_S3_BUCKET (and usually an endpoint)"
             )
+        if self.max_polls_per_node < 1:
+            raise ConfigError(
+                f"NSO_REPO_MAX_POLLS_PER_NODE={self.max_polls_per_node} lets no agent wait for "
+                "work: use 1 or more (default 2)"
+            )
+        if self.max_json_bytes < 64 << 10:
+            raise ConfigError(
+                f"NSO_REPO_MAX_JSON_SIZE={self.max_json_bytes} is below 64K, too small for an "
+                "agent's heartbeat: use 64K or more (default 1M)"
+            )
+        if isinstance(self.release_public_keys, str):
+            return replace(self, release_public_keys=_paths(self.release_public_keys)).validated()
+        if self.release_public_keys:
+            from repo_server.catalog.release_manifest import trusted_keys
+
+            trusted_keys(self.release_public_keys)  # a bad file stops the start, not a request
         return self
 
 
@@ -105,11 +133,14 @@ ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
     "NSO_REPO_S3_PRESIGN_EXPIRES": ("s3_presign_expires", int),
     "NSO_REPO_S3_MULTIPART_THRESHOLD": ("s3_multipart_threshold", _size),
     "NSO_REPO_MAX_UPLOAD_SIZE": ("max_upload_bytes", _size),
+    "NSO_REPO_MAX_JSON_SIZE": ("max_json_bytes", _size),
+    "NSO_REPO_MAX_POLLS_PER_NODE": ("max_polls_per_node", int),
     "NSO_REPO_TAR_MAX_MEMBERS": ("tar_max_members", int),
     "NSO_REPO_TAR_MAX_UNPACKED_SIZE": ("tar_max_unpacked_bytes", _size),
     "NSO_REPO_TAR_MAX_RATIO": ("tar_max_ratio", int),
     "NSO_REPO_GC_PROTECT_SECONDS": ("gc_protect_seconds", int),
     "NSO_REPO_LOG_LEVEL": ("log_level", str),
+    "NSO_REPO_RELEASE_PUBLIC_KEYS": ("release_public_keys", _paths),
 }
 
 

@@ -24,6 +24,11 @@ NAMING_CONVENTION = {
 }
 
 
+# The largest id an INTEGER primary key holds (PostgreSQL's int4): a path or query id past
+# it names nothing, and would overflow SQLite's 64-bit integers further on.
+MAX_ID = 2**31 - 1
+
+
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 

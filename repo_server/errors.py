@@ -51,6 +51,12 @@ class MetadataMismatch(InvalidArtifact):
     code = "metadata_mismatch"
 
 
+class AmbiguousPackage(InvalidArtifact):
+    """More than one package-meta-data.xml: two readers could see two packages."""
+
+    code = "ambiguous_package"
+
+
 class ChecksumMismatch(BadRequest):
     code = "checksum_mismatch"
 

@@ -7,8 +7,9 @@ threaded worker keeps one slow upload from blocking every other request.
 from __future__ import annotations
 
 import os
+import ssl
 import sys
-from typing import Any
+from typing import Any, Callable
 
 bind = os.environ.get("NSO_REPO_BIND", "127.0.0.1:8420")
 
@@ -21,7 +22,29 @@ def _default_workers() -> str:
 
 
 workers = int(os.environ.get("NSO_REPO_WORKERS") or _default_workers())
-worker_class = "gthread"
+# gthread whose event loop, not a thread, waits for each request to arrive: slow or idle
+# clients cannot take the threads (repo_server/http_worker.py).
+worker_class = "repo_server.http_worker.GuardedThreadWorker"
+
+
+def _positive(name: str, default: str) -> float:
+    raw = os.environ.get(name) or default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise SystemExit(f"{name}={raw!r} is not a positive number: fix it and start again")
+    return value
+
+
+# What GuardedThreadWorker enforces (not gunicorn settings; gunicorn ignores these names):
+# seconds a request's head, and a body up to NSO_REPO_MAX_JSON_SIZE, have to arrive;
+# seconds a thread waits on a peer that sends or reads nothing; requests in the making one
+# client address may have at once (a newer one closes the oldest).
+request_timeout = _positive("NSO_REPO_REQUEST_TIMEOUT", "10")
+io_timeout = _positive("NSO_REPO_IO_TIMEOUT", "60")
+max_pending_per_address = int(_positive("NSO_REPO_MAX_PENDING_PER_ADDRESS", "64"))
 # Each waiting agent holds a thread for up to a minute: size this to the fleet.
 threads = int(os.environ.get("NSO_REPO_THREADS", "32"))
 timeout = int(os.environ.get("NSO_REPO_WORKER_TIMEOUT", "900"))
@@ -33,6 +56,11 @@ accesslog = os.environ.get("NSO_REPO_ACCESS_LOG", "-")
 errorlog = "-"
 loglevel = os.environ.get("NSO_REPO_LOG_LEVEL", "info").lower()
 wsgi_app = "repo_server.wsgi:app"
+# TLS served by gunicorn itself (`nso-repo serve --tls-cert/--tls-key`): a PEM certificate
+# chain and its key. Behind a proxy that terminates TLS, leave both unset
+# (docs/deployment.md).
+certfile = os.environ.get("NSO_REPO_TLS_CERT") or None
+keyfile = os.environ.get("NSO_REPO_TLS_KEY") or None
 # gunicorn 23+ opens a control socket under $HOME; the server needs none, and in the
 # container $HOME is the data volume.
 control_socket_disable = True
@@ -77,6 +105,14 @@ def tune_malloc() -> bool:
         mallopt(m_mmap_threshold, MALLOC_MMAP_THRESHOLD)
         and mallopt(m_trim_threshold, MALLOC_TRIM_THRESHOLD)
     )
+
+
+def ssl_context(config: Any, default_ssl_context_factory: Callable[[], ssl.SSLContext]) -> Any:
+    """gunicorn's own context (certfile, keyfile), with TLS 1.2 as the floor whatever the
+    Python's and OpenSSL's defaults."""
+    context = default_ssl_context_factory()
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
 
 
 def on_starting(server: Any) -> None:

@@ -48,17 +48,6 @@ def run(*args: str, env: dict[str, str], check: bool = True) -> subprocess.Compl
     return result
 
 
-def test_first_start_prints_admin_token_once(served: RepoServer) -> None:
-    tokens = re.findall(r"^\s+(nsr_\S+)$", served.output(), re.MULTILINE)
-    assert len(tokens) == 1
-    admin = {"Authorization": f"Bearer {tokens[0]}"}
-    assert requests.get(f"{served.url}/api/v1/tokens", headers=admin).status_code == 200
-    served.stop()
-    served.start()  # same data folder
-    assert "nsr_" not in served.output()
-    assert requests.get(f"{served.url}/api/v1/tokens", headers=admin).status_code == 200
-
-
 def test_upload_ls_rm_gc_through_the_cli(served: RepoServer, tmp_path: Path, base_env) -> None:
     data_dir = str(tmp_path / "data")
     created = run(

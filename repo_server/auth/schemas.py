@@ -5,6 +5,7 @@ from __future__ import annotations
 from marshmallow import Schema, fields, validate
 
 from repo_server.auth.models import ROLES
+from repo_server.db import MAX_ID
 
 
 class TokenSchema(Schema):
@@ -35,5 +36,8 @@ class AuditEventSchema(Schema):
 
 class AuditQueryArgs(Schema):
     limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=1000))
-    before_id = fields.Integer(metadata={"description": "Page backwards from this event id"})
+    before_id = fields.Integer(
+        validate=validate.Range(min=1, max=MAX_ID),
+        metadata={"description": "Page backwards from this event id"},
+    )
     action = fields.String()

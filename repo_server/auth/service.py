@@ -14,7 +14,7 @@ from repo_server.auth.models import ROLES, ApiToken, AuditEvent
 from repo_server.db import utcnow
 from repo_server.errors import NotFound, Unauthenticated, ValidationFailed
 
-TOKEN_PREFIX = "nsr_"
+TOKEN_PREFIX = "nsr_"  # nosec B105 # a public prefix that marks our tokens, not a secret
 
 
 def hash_token(secret: str) -> str:

@@ -10,9 +10,10 @@ from flask_smorest import Blueprint
 
 from repo_server.catalog.schemas import BEARER
 from repo_server.catalog.views import catalog
-from repo_server.context import require, state
+from repo_server.context import db_session, principal, require, state
 from repo_server.errors import BadRequest, NotFound
 from repo_server.storage import is_digest
+from repo_server.upgrades.jobs import node_may_download
 
 blp = Blueprint("blobs", __name__, url_prefix="/api/v1", description="Download blobs")
 
@@ -38,6 +39,13 @@ class BlobItem(MethodView):
             raise BadRequest(f"{sha256!r} is not a sha256 digest: use 64 lowercase hex characters")
         app = state()
         _blob, filename = catalog().blob_for_download(sha256)
+        who = principal()
+        if who.role == "agent" and not node_may_download(db_session(), who.node_id or 0, sha256):
+            # The answer an unknown digest gets: an agent learns nothing beyond its own steps.
+            raise NotFound(
+                f"no published artifact has sha256 {sha256}: check the digest with "
+                "GET /api/v1/artifacts"
+            )
         url = app.storage.presigned_url(sha256, request.method, app.settings.s3_presign_expires)
         if url is not None:
             return redirect(url, code=302)

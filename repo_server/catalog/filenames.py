@@ -29,13 +29,22 @@ ACCEPTED_FORMS = (
 
 # The NSO version in a package/NED name is the longest dotted number run followed by `-`;
 # a greedy match plus the required `-` gives exactly that.
-_VSN = r"\d+(?:\.\d+)+"
+_VSN = r"[0-9]+(?:\.[0-9]+)+"
+# What looks like an installer; its <VSN> is then held to _INSTALLER_VSN, so the message can
+# say what is wrong with it.
 _INSTALLER = re.compile(
     r"nso-(?P<vsn>[^-]+?)\.linux\.(?P<arch>[^.]+)\.(?P<form>installer|signed)\.bin"
 )
-_PATCH = re.compile(rf"nso-(?P<vsn>{_VSN})-patch-(?P<id>[A-Za-z0-9][A-Za-z0-9_.-]*)\.tar\.gz")
+# X.Y[.Z...], an optional PEP 440 tail (6.3rc1, 6.2.post1) and Cisco's `_<build>`: nothing a
+# shell, a URL or a log line could read as anything but a version. The agent holds installer
+# names to the same grammar (agent/trust.py).
+_INSTALLER_VSN = re.compile(rf"{_VSN}(?:\.?[A-Za-z]+[0-9]*)*(?:_[A-Za-z0-9]+)?", re.ASCII)
+_PATCH = re.compile(
+    rf"nso-(?P<vsn>{_VSN})-patch-(?P<id>[A-Za-z0-9][A-Za-z0-9_.-]*)\.tar\.gz", re.ASCII
+)
 _NCS = re.compile(rf"ncs-(?P<vsn>{_VSN})-(?P<rest>.+?)(?P<suffix>\.tar\.gz|\.signed\.bin)")
-_REMAINDER = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+~-]*")
+# The agent puts <name>-<version> into NSO CLI commands and accepts only these characters.
+_REMAINDER = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*", re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -84,6 +93,19 @@ def _check_safe(filename: str) -> None:
         raise _reject(filename, "the file name contains NUL or control characters")
     if filename.startswith("."):
         raise _reject(filename, "the file name starts with a dot")
+    if not filename.isascii():
+        raise _reject(filename, _non_ascii(filename))
+
+
+def _non_ascii(filename: str) -> str:
+    """Why a non-ASCII name is refused, naming the look-alike it would pass for."""
+    bad = next(ch for ch in filename if not ch.isascii())
+    folded = unicodedata.normalize("NFKC", filename)
+    looks = f"; it looks like {folded!r}" if folded.isascii() else ""
+    return (
+        f"the file name has the non-ASCII character {bad!r} (U+{ord(bad):04X}){looks}: artifact "
+        "names are ASCII only, so that no name can pass for another; rename the file"
+    )
 
 
 def _vsn(filename: str, text: str) -> NsoVersion:
@@ -94,12 +116,25 @@ def _vsn(filename: str, text: str) -> NsoVersion:
 
 
 def _parse_installer(filename: str, m: re.Match[str]) -> ParsedName:
+    text = m["vsn"]
+    if not re.fullmatch(r"[A-Za-z0-9._]+", text, re.ASCII):
+        raise _reject(
+            filename,
+            f"the installer's <VSN> {text!r} has characters other than ASCII letters, digits, "
+            "'.' and '_' (a shell or a log would read them): rename the file",
+        )
+    vsn = _vsn(filename, text)
+    if not _INSTALLER_VSN.fullmatch(text):
+        raise _reject(
+            filename,
+            f"the installer's <VSN> {text!r} is not an NSO version: use X.Y[.Z...] with an "
+            "optional _<build> of letters and digits, e.g. 6.2.1 or 6.2.1_231120",
+        )
     arch = m["arch"]
     if arch not in ARCHES:
         raise _reject(
             filename, f"the installer architecture {arch!r} is not supported: use x86_64 or arm64"
         )
-    vsn = _vsn(filename, m["vsn"])
     return ParsedName(
         kind="installer",
         nso_version=vsn,
@@ -117,7 +152,7 @@ def _parse_ncs(filename: str, m: re.Match[str]) -> ParsedName:
     if not _REMAINDER.fullmatch(rest):
         raise _reject(
             filename,
-            f"{rest!r} is not a valid <name>-<version>: use letters, digits and . _ + ~ -",
+            f"{rest!r} is not a valid <name>-<version>: use ASCII letters, digits and . _ -",
         )
     name, sep, version = rest.rpartition("-")
     if not sep or not name or not version:

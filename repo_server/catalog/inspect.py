@@ -22,10 +22,10 @@ import defusedxml.ElementTree as SafeET
 
 from repo_server.catalog.compatibility import META_FILE, PackageBuild
 from repo_server.catalog.filenames import ParsedName
-from repo_server.errors import InvalidArtifact, MetadataMismatch, UnsafeArchive
+from repo_server.errors import AmbiguousPackage, InvalidArtifact, MetadataMismatch, UnsafeArchive
 
 if TYPE_CHECKING:
-    from xml.etree.ElementTree import Element
+    from xml.etree.ElementTree import Element  # nosec B405 # the type only: every parse is defusedxml's
 
     from repo_server.config import Settings
 
@@ -357,7 +357,7 @@ def _scan_package(path: Path, limits: ArchiveLimits) -> tuple[str, bytes]:
     symlinks: dict[str, str] = {}
     hardlinks: dict[str, str] = {}
     meta: Optional[bytes] = None
-    elsewhere: list[str] = []
+    metas: list[str] = []
     for entry in _walk(path, limits):
         info, parts = entry.info, entry.parts
         if not parts:
@@ -384,23 +384,36 @@ def _scan_package(path: Path, limits: ArchiveLimits) -> tuple[str, bytes]:
         elif info.islnk():
             hardlinks[entry.path] = info.linkname
         if parts[-1] == META_FILE:
-            if len(parts) != 2:
-                elsewhere.append(entry.path)
-            elif not info.isreg():
-                raise InvalidArtifact(f"{entry.path} must be a regular file", member=entry.path)
-            else:
+            metas.append(entry.path)
+            _one_meta(tops[0], metas)
+            if len(parts) == 2:
+                if not info.isreg():
+                    raise InvalidArtifact(f"{entry.path} must be a regular file", member=entry.path)
                 meta = entry.read(META_MAX_BYTES, entry.path)
     if not tops:
         raise InvalidArtifact("the archive is empty: expected one package folder")
     top = tops[0]
     _check_links(top, symlinks, hardlinks)
     if meta is None:
-        found = f" (found {', '.join(elsewhere)} instead)" if elsewhere else ""
+        found = f" (found {', '.join(metas)} instead)" if metas else ""
         raise InvalidArtifact(
             f"{META_FILE} is missing: expected it at {top}/{META_FILE}{found}",
             expected=f"{top}/{META_FILE}",
         )
     return top, meta
+
+
+def _one_meta(top: str, metas: list[str]) -> None:
+    """Refuse a second package-meta-data.xml anywhere: NSO reads only the top one, but a
+    reader that takes the first it meets (an older agent, a script) would see another package,
+    and its name would reach the NSO CLI."""
+    if len(metas) > 1:
+        raise AmbiguousPackage(
+            f"the package has more than one {META_FILE} ({', '.join(metas)}): only "
+            f"{top}/{META_FILE} may exist, so that every reader sees the same package; remove "
+            "the others and rebuild the package",
+            members=sorted(metas),
+        )
 
 
 def _local(tag: Any) -> Optional[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from typing import Any, Optional
 
@@ -9,10 +10,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from repo_server.auth.service import Principal, audit
+from repo_server.catalog import release_manifest as signing
 from repo_server.catalog.compatibility import PackageBuild, unmet_requirements
 from repo_server.catalog.models import Artifact
-from repo_server.catalog.release_models import Release
+from repo_server.catalog.release_models import Release, ReleaseSignature
 from repo_server.catalog.versions import NsoVersion
+from repo_server.db import utcnow
 from repo_server.errors import Conflict, NotFound, ValidationFailed
 
 REQUIREMENT_KEYS = ("java", "glibc", "min_source_version", "min_free_bytes")
@@ -20,6 +23,14 @@ REQUIREMENT_KEYS = ("java", "glibc", "min_source_version", "min_free_bytes")
 
 class ReleaseExists(Conflict):
     code = "release_exists"
+
+
+class SignatureInvalid(ValidationFailed):
+    code = "signature_invalid"
+
+
+class SignatureUntrusted(ValidationFailed):
+    code = "signature_untrusted"
 
 
 def parse_version(text: str, field: str) -> NsoVersion:
@@ -151,4 +162,99 @@ def get_release(session: Session, nso_version: str) -> Release:
             f"no release {version} is defined: define it with 'nso-repo release create {version} "
             "--installer ... --package ...'"
         )
+    return release
+
+
+def signature_checks(release: Release) -> list[dict[str, Any]]:
+    """Every stored signature of the release, checked again over today's manifest: one that
+    no longer verifies means the release's rows changed after it was signed."""
+    data = signing.canonical_bytes(signing.manifest_of(release))
+    checked = []
+    for stored in release.signatures:
+        try:
+            valid = signing.signature_valid(
+                signing.load_public_key(stored.public_key), data, stored.signature
+            )
+        except ValueError:
+            valid = False
+        checked.append({"signature": stored, "valid": valid})
+    return checked
+
+
+def signed_release_containing(session: Session, builds: list[Artifact]) -> Optional[Release]:
+    """The newest signed release that holds every one of ``builds``: a package-only upgrade
+    carries its manifest, so an agent that installs only signed releases can take it."""
+    wanted = {a.id for a in builds}
+    signed = session.scalars(
+        select(Release).where(Release.signatures.any()).order_by(Release.version_key.desc())
+    )
+    return next((r for r in signed if wanted <= {a.id for a in r.packages}), None)
+
+
+def sign_release(
+    session: Session,
+    nso_version: str,
+    *,
+    signature: str,
+    public_key: str,
+    trusted: tuple[str, ...],
+    who: Principal,
+) -> Release:
+    """Store a release manager's signature over the release's canonical manifest.
+
+    The signature must verify with the public key sent along it; when the server is
+    configured with release managers' keys (``trusted``: NSO_REPO_RELEASE_PUBLIC_KEYS) that
+    key must be one of them. Without configured keys any verifying signature is stored: the
+    agents hold the key that decides, so storing one only helps agents that trust its key.
+    """
+    release = get_release(session, nso_version)
+    try:
+        key = signing.load_public_key(public_key)
+    except ValueError as exc:
+        raise ValidationFailed(str(exc), field="public_key") from None
+    kid = signing.key_id(key)
+    data = signing.canonical_bytes(signing.manifest_of(release))
+    digest = hashlib.sha256(data).hexdigest()
+    try:
+        signing.decode_signature(signature)
+    except ValueError as exc:
+        raise ValidationFailed(
+            f"{exc}: send the base64 Ed25519 signature 'nso-repo release sign' makes",
+            field="signature",
+        ) from None
+    if not signing.signature_valid(key, data, signature):
+        raise SignatureInvalid(
+            f"the signature does not verify with key {kid[:16]} over the manifest of release "
+            f"{release.nso_version} (sha256 {digest}): sign the manifest the server serves "
+            f"(GET /api/v1/releases/{release.nso_version}/manifest; 'nso-repo release sign "
+            f"{release.nso_version} --key PRIVATE.pem' does both)",
+            key_id=kid,
+            manifest_sha256=digest,
+        )
+    if trusted and kid not in signing.trusted_keys(trusted):
+        raise SignatureUntrusted(
+            f"key {kid[:16]} is not one of the release managers' keys this server trusts "
+            "(NSO_REPO_RELEASE_PUBLIC_KEYS): sign with one of those keys, or add its .pub file "
+            "to the setting and restart the server",
+            key_id=kid,
+        )
+    stored = session.get(ReleaseSignature, (release.id, kid))
+    if stored is None:
+        stored = ReleaseSignature(release=release, key_id=kid, signed_by=who.actor)
+        session.add(stored)
+    stored.public_key = signing.public_pem(key)
+    stored.signature = signature
+    stored.manifest_sha256 = digest
+    stored.signed_at = utcnow()
+    stored.signed_by = who.actor
+    session.flush()
+    audit(
+        session,
+        who.actor,
+        "release.sign",
+        f"release:{release.nso_version}",
+        key_id=kid,
+        manifest_sha256=digest,
+    )
+    session.commit()
     return release

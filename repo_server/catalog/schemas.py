@@ -6,6 +6,8 @@ from typing import Any
 
 from marshmallow import Schema, fields, validate
 
+from repo_server.db import MAX_ID
+
 KIND_CHOICES = ("installer", "package", "ned", "patch", "installers", "packages", "neds", "patches")
 
 
@@ -60,7 +62,7 @@ class ArtifactQueryArgs(Schema):
         metadata={"description": "6.2: everything for the 6.2 branch; 6.2.1: for that release"}
     )
     include_deleted = fields.Boolean(load_default=False)
-    page = fields.Integer(load_default=1, validate=validate.Range(min=1))
+    page = fields.Integer(load_default=1, validate=validate.Range(min=1, max=MAX_ID))
     per_page = fields.Integer(load_default=50, validate=validate.Range(min=1, max=500))
 
 

@@ -16,14 +16,20 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from repo_server.auth.service import Principal, audit
-from repo_server.catalog.filenames import ParsedName, parse_filename
+from repo_server.catalog.filenames import MAX_NAME_BYTES, ParsedName, parse_filename
 from repo_server.catalog.inspect import ArchiveLimits, inspect_artifact
 from repo_server.catalog.models import Artifact, Blob
 from repo_server.catalog.receive import Received, receive
 from repo_server.catalog.versions import NsoVersion, package_version_key
 from repo_server.config import Settings
 from repo_server.db import utcnow
-from repo_server.errors import ArtifactExists, NameReserved, NotFound, ValidationFailed
+from repo_server.errors import (
+    ArtifactExists,
+    Conflict,
+    NameReserved,
+    NotFound,
+    ValidationFailed,
+)
 from repo_server.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -165,7 +171,7 @@ class CatalogService:
         )
         if touched.rowcount:  # type: ignore[attr-defined]
             blob = self.session.scalar(select(Blob).where(Blob.sha256 == received.sha256))
-            assert blob is not None
+            assert blob is not None  # nosec B101 # narrows the type for mypy; under python -O the next line fails on None, it never lets anything through
         else:
             blob = Blob(sha256=received.sha256, size=received.size, last_used_at=now)
             self.session.add(blob)
@@ -223,7 +229,9 @@ class CatalogService:
     def _reserved(self, artifact: Artifact) -> NameReserved:
         return NameReserved(
             f"{artifact.filename} was deleted on {artifact.deleted_at:%Y-%m-%d} and its name "
-            "stays reserved so no host can get different bytes under it: publish a new version",
+            "stays reserved so no host can get different bytes under it: publish a new version "
+            f"(or, if the name was squatted, an admin may free it: 'nso-repo release-name "
+            f"{artifact.filename}')",
             filename=artifact.filename,
         )
 
@@ -235,11 +243,14 @@ class CatalogService:
     def get(self, filename: str) -> Artifact:
         artifact = self._by_filename(filename)
         if artifact is None:
-            raise NotFound(
-                f"no artifact named {filename!r}: list them with GET /api/v1/artifacts "
-                "or 'nso-repo ls'"
-            )
+            raise self._not_found(filename)
         return artifact
+
+    @staticmethod
+    def _not_found(filename: str) -> NotFound:
+        return NotFound(
+            f"no artifact named {filename!r}: list them with GET /api/v1/artifacts or 'nso-repo ls'"
+        )
 
     def list(self, query: ArtifactQuery) -> Page:
         stmt = select(Artifact)
@@ -317,4 +328,43 @@ class CatalogService:
             sha256=artifact.sha256,
         )
         self.session.commit()
+        return artifact
+
+    def release_name(self, filename: str, who: Principal) -> Artifact:
+        """Free the reserved name of a deleted artifact so it can be published again (admin).
+
+        The row is kept under ``released-<id>-<name>`` (no upload can take such a name): its
+        digest, its history and every release manifest naming it stay as they were. Bytes
+        published again under the name cannot pass for the old ones on a host: every step
+        names its sha256 and the agent checks it.
+        """
+        artifact = self.session.scalar(
+            select(Artifact).where(Artifact.filename == filename).with_for_update()
+        )
+        if artifact is None:
+            raise self._not_found(filename)
+        if not artifact.deleted:
+            raise Conflict(
+                f"{filename} is published and its name is in use: delete it first "
+                f"('nso-repo rm {filename}'), then release the name",
+                filename=filename,
+            )
+        kept_as = f"released-{artifact.id}-{filename}"[:MAX_NAME_BYTES]
+        artifact.filename = kept_as
+        artifact.meta = {
+            **artifact.meta,
+            "released_name": filename,
+            "released_at": utcnow().isoformat(timespec="seconds"),
+            "released_by": who.actor,
+        }
+        audit(
+            self.session,
+            who.actor,
+            "artifact.release_name",
+            f"artifact:{filename}",
+            sha256=artifact.sha256,
+            kept_as=kept_as,
+        )
+        self.session.commit()
+        log.info("released the name %s (kept as %s) for %s", filename, kept_as, who.actor)
         return artifact

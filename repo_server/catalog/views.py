@@ -146,3 +146,14 @@ class ArtifactItem(MethodView):
     def delete(self, filename: str) -> Any:
         """Soft-delete: hidden from listings and downloads; the name stays reserved."""
         return catalog().delete(filename, principal())
+
+
+@blp.route("/artifacts/<string:filename>/release-name")
+class ArtifactNameRelease(MethodView):
+    @require("artifact:delete")
+    @blp.doc(security=BEARER)
+    @blp.response(200, ArtifactSchema)
+    def post(self, filename: str) -> Any:
+        """Free the reserved name of a deleted artifact (admin, audited): the old row is kept
+        as `released-<id>-<name>` and the name can be published again."""
+        return catalog().release_name(filename, principal())

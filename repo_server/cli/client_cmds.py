@@ -1,9 +1,10 @@
-"""Commands that talk to a running server: upload, ls, show, rm."""
+"""Commands that talk to a running server: upload, ls, show, rm, release-name."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Optional
+from urllib.parse import quote
 
 import click
 from rich.console import Console
@@ -157,9 +158,22 @@ def show(filename: str, url: Optional[str], token: Optional[str]) -> None:
 @client_options
 @handle_errors
 def rm(filename: str, url: Optional[str], token: Optional[str]) -> None:
-    """Delete an artifact (admin). Its name stays reserved; 'nso-repo gc' frees the bytes."""
+    """Delete an artifact (admin). Its name stays reserved ('nso-repo release-name' frees it);
+    'nso-repo gc' frees the bytes."""
     artifact = make_client(url, token).delete_artifact(filename)
     click.echo(f"deleted {artifact['filename']}")
+
+
+@click.command("release-name")
+@click.argument("filename")
+@client_options
+@handle_errors
+def release_name(filename: str, url: Optional[str], token: Optional[str]) -> None:
+    """Free the reserved name of a deleted artifact (admin, audited), so that it can be
+    uploaded again; the deleted artifact's record is kept under another name."""
+    path = f"/api/v1/artifacts/{quote(filename, safe='')}/release-name"
+    artifact = make_client(url, token).call("POST", path)
+    click.echo(f"released the name {filename} (the deleted record is {artifact['filename']})")
 
 
 def _human(size: int) -> str:

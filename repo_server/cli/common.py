@@ -59,6 +59,12 @@ def handle_errors(f: F) -> F:
             fail(f"{exc.message} [{exc.code}]")
         except AppError as exc:
             fail(exc.message)
+        except requests.exceptions.SSLError as exc:
+            url = getattr(exc.request, "url", "") or "the server"
+            fail(
+                f"cannot verify the TLS certificate of {url.split('?')[0]}: if a private CA "
+                "signed it, set REQUESTS_CA_BUNDLE to that CA's PEM file (docs/deployment.md)"
+            )
         except requests.ConnectionError as exc:
             url = getattr(exc.request, "url", "") or "the server"
             fail(

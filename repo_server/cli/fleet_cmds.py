@@ -12,6 +12,7 @@ from rich.live import Live
 from rich.table import Table
 
 from repo_server.cli.common import client_options, fail, handle_errors, make_client, print_json
+from repo_server.cli.release_signing_cmds import release_keygen, release_sign, release_verify
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 
@@ -72,9 +73,21 @@ def release_ls(as_json: bool, url: Optional[str], token: Optional[str]) -> None:
         print_json(releases)
         return
     for item in releases:
+        valid = sum(1 for s in item["signatures"] if s["valid"])
         click.echo(
             f"{item['nso_version']:<12} {len(item['packages'])} packages  {item['installer']}"
+            + (
+                f"  signed by {valid} key(s)"
+                if valid
+                else "  SIGNATURES DO NOT VERIFY"
+                if item["signatures"]
+                else "  unsigned"
+            )
         )
+
+
+for _command in (release_keygen, release_sign, release_verify):
+    release.add_command(_command)
 
 
 @click.group()
@@ -89,6 +102,17 @@ def node() -> None:
 def node_add(name: str, url: Optional[str], token: Optional[str]) -> None:
     """Register NAME and print only its one-time enrollment token (for `nso-agent enroll`)."""
     answer = make_client(url, token).call("POST", "/api/v1/nodes", json={"name": name})
+    click.echo(answer["enrollment_token"])
+
+
+@node.command("enroll-token")
+@click.argument("name")
+@client_options
+@handle_errors
+def node_enroll_token(name: str, url: Optional[str], token: Optional[str]) -> None:
+    """Print only a new one-time enrollment token for NAME (a rebuilt host, a lost token);
+    every older enrollment token of NAME stops working."""
+    answer = make_client(url, token).call("POST", f"/api/v1/nodes/{name}/enrollment-token")
     click.echo(answer["enrollment_token"])
 
 
@@ -300,7 +324,10 @@ def _render(data: dict[str, Any]) -> Table:
             step["message"] or "",
         )
     running = [
-        s for s in data["steps"] if s["state"] in ("running", "dispatched") and s["log_tail"]
+        # Log tails are absent for roles without job:details (viewers).
+        s
+        for s in data["steps"]
+        if s["state"] in ("running", "dispatched") and s.get("log_tail")
     ]
     if running:
         tail = "\n".join(running[-1]["log_tail"].splitlines()[-5:])

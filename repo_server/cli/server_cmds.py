@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -25,10 +26,11 @@ ROLES = ("admin", "uploader", "operator", "viewer", "agent")
 def local_session() -> Iterator[Session]:
     """A session on the configured database, migrated first so commands work on day one."""
     from repo_server import migrate
+    from repo_server.datadir import secure_data_dir
     from repo_server.db import make_engine, make_sessionmaker
 
     settings = load_settings()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    secure_data_dir(settings)
     migrate.upgrade(settings.resolved_database_url)
     engine = make_engine(settings.resolved_database_url)
     try:
@@ -44,12 +46,30 @@ def local_session() -> Iterator[Session]:
 @click.option(
     "--workers", type=int, help="Gunicorn worker processes (default 1 on SQLite, 4 on PostgreSQL)."
 )
+@click.option(
+    "--tls-cert",
+    type=click.Path(dir_okay=False),
+    help="Serve https with this PEM certificate chain (default: $NSO_REPO_TLS_CERT).",
+)
+@click.option(
+    "--tls-key",
+    type=click.Path(dir_okay=False),
+    help="The certificate's private key, PEM (default: $NSO_REPO_TLS_KEY).",
+)
 @data_dir_option
 @handle_errors
-def serve(host: Optional[str], port: Optional[int], workers: Optional[int]) -> None:
+def serve(
+    host: Optional[str],
+    port: Optional[int],
+    workers: Optional[int],
+    tls_cert: Optional[str],
+    tls_key: Optional[str],
+) -> None:
     """Run the server with gunicorn (SQLite and local disk unless configured otherwise).
 
-    On first start it migrates the database and prints an admin token once.
+    On first start it migrates the database and prints an admin token once, on a terminal
+    only; started without one (systemd, Docker, output to a file) it prints the command that
+    makes one instead, so no token ever lands in a log.
     """
     from gunicorn.app.base import BaseApplication
 
@@ -76,6 +96,13 @@ def serve(host: Optional[str], port: Optional[int], workers: Optional[int]) -> N
     port = port or int(bind_port or 8420)
     options["bind"] = f"{host}:{port}"
     options["workers"] = workers or gunicorn_settings.workers
+    tls_cert = tls_cert or gunicorn_settings.certfile
+    tls_key = tls_key or gunicorn_settings.keyfile
+    if tls_cert or tls_key:  # https served by gunicorn itself (docs/deployment.md)
+        _check_tls(tls_cert, tls_key)
+        options.update(
+            certfile=tls_cert, keyfile=tls_key, ssl_context=gunicorn_settings.ssl_context
+        )
 
     class Server(BaseApplication):
         def load_config(self) -> None:
@@ -87,8 +114,29 @@ def serve(host: Optional[str], port: Optional[int], workers: Optional[int]) -> N
 
             return app
 
-    click.echo(f"nso-repo listening on http://{host}:{port} (data: {load_settings().data_dir})")
+    scheme = "https" if tls_cert else "http"
+    click.echo(f"nso-repo listening on {scheme}://{host}:{port} (data: {load_settings().data_dir})")
     Server().run()
+
+
+def _check_tls(cert: Optional[str], key: Optional[str]) -> None:
+    """Refuse before gunicorn starts (its workers would die one by one) a certificate and
+    key that cannot serve."""
+    if not (cert and key):
+        raise click.UsageError(
+            "--tls-cert and --tls-key go together (or NSO_REPO_TLS_CERT and NSO_REPO_TLS_KEY): "
+            "give the PEM certificate chain and its private key"
+        )
+    try:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(cert, key, password=lambda: b"")
+    except (OSError, ssl.SSLError) as exc:
+        why = getattr(exc, "reason", None) or exc.strerror or exc
+        raise click.ClickException(
+            f"cannot serve https with --tls-cert {cert} and --tls-key {key}: {why}; give a "
+            "PEM certificate chain and the unencrypted private key that matches it, both "
+            "readable by this user"
+        ) from None
 
 
 @click.group()
@@ -102,9 +150,10 @@ def db() -> None:
 def db_upgrade() -> None:
     """Apply pending migrations (serve does this on start too)."""
     from repo_server import migrate
+    from repo_server.datadir import secure_data_dir
 
     settings = load_settings()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    secure_data_dir(settings)
     url = settings.resolved_database_url
     migrate.upgrade(url)
     click.echo(f"database at revision {migrate.current_revision(url)}")

@@ -4,11 +4,17 @@
 per-node counter here instead. With SQLite the server runs one process, so an in-process
 condition is enough; with PostgreSQL every process LISTENs on one channel and a job change
 sends `pg_notify` inside its transaction, which PostgreSQL delivers at commit.
+
+Each waiting poll holds a server thread, so one node may hold only a few at once
+(NSO_REPO_MAX_POLLS_PER_NODE): every long-poll that starts takes a ticket from a per-node
+count, announced to the other processes on the same channel, and a poll with that many
+newer tickets behind it stops waiting and answers 204.
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
 import time
 from collections import defaultdict
@@ -26,6 +32,9 @@ class Notifier:
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._counters: defaultdict[int, int] = defaultdict(int)
+        self._polls: defaultdict[int, int] = defaultdict(int)  # long-polls started, per node
+        # Tells this process's own poll announcements apart from other processes' ones.
+        self.tag = secrets.token_hex(8)
 
     def counter(self, node_id: int) -> int:
         with self._cond:
@@ -36,11 +45,23 @@ class Notifier:
             self._counters[node_id] += 1
             self._cond.notify_all()
 
-    def wait(self, node_id: int, seen: int, timeout: float) -> bool:
-        """Sleep until the node's counter moves past `seen` or `timeout` passes."""
+    def poll_started(self, node_id: int) -> int:
+        """Count a long-poll of the node that starts, here or in another process; its ticket."""
+        with self._cond:
+            self._polls[node_id] += 1
+            self._cond.notify_all()
+            return self._polls[node_id]
+
+    def wait(
+        self, node_id: int, seen: int, timeout: float, ticket: int = 0, limit: int = 0
+    ) -> bool:
+        """Sleep until the node's counter moves past `seen` or `timeout` passes; with a
+        `ticket`, also until `limit` newer long-polls of the node have started."""
         deadline = time.monotonic() + timeout
         with self._cond:
             while self._counters[node_id] == seen:
+                if ticket and self._polls[node_id] - ticket >= limit:
+                    return False
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
@@ -61,6 +82,17 @@ def announce(session: Session, notifier: Notifier, node_id: int) -> None:
         )
     pending = session.info.setdefault("wake_after_commit", set())
     pending.add((notifier, node_id))
+
+
+def announce_poll(session: Session, notifier: Notifier, node_id: int) -> int:
+    """A long-poll of `node_id` starts: count it here at once, and in the other processes
+    when the transaction commits (PostgreSQL). Returns its ticket (see `Notifier.wait`)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(
+            text("SELECT pg_notify(:channel, :payload)"),
+            {"channel": CHANNEL, "payload": f"poll:{node_id}:{notifier.tag}"},
+        )
+    return notifier.poll_started(node_id)
 
 
 @event.listens_for(Session, "after_commit")
@@ -111,3 +143,8 @@ class PostgresListener(threading.Thread):
     def _relay(self, payload: Optional[str]) -> None:
         if payload and payload.isdigit():
             self.notifier.wake(int(payload))
+            return
+        kind, _, rest = (payload or "").partition(":")
+        node, _, tag = rest.partition(":")
+        if kind == "poll" and node.isdigit() and tag != self.notifier.tag:
+            self.notifier.poll_started(int(node))

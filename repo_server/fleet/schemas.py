@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from marshmallow import INCLUDE, Schema, fields, validate
+import json
+from typing import Any
+
+from marshmallow import INCLUDE, Schema, ValidationError, fields, validate, validates_schema
+
+from repo_server.upgrades.results import COUNT_MAX, LIST_MAX, LOG_TAIL_MAX, MESSAGE_MAX
 
 
 class NodeSchema(Schema):
@@ -32,9 +37,11 @@ class NewNodeSchema(Schema):
 
 
 class EnrollRequestSchema(Schema):
-    enrollment_token = fields.String(required=True)
-    hostname = fields.String(load_default=None, allow_none=True)
-    agent_version = fields.String(load_default=None, allow_none=True)
+    enrollment_token = fields.String(required=True, validate=validate.Length(max=128))
+    hostname = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=255))
+    agent_version = fields.String(
+        load_default=None, allow_none=True, validate=validate.Length(max=64)
+    )
 
 
 class EnrollAnswerSchema(Schema):
@@ -42,12 +49,145 @@ class EnrollAnswerSchema(Schema):
     token = fields.String(metadata={"description": "The node's agent token. Shown once."})
 
 
+# Inventory limits: far above what a real host reports, low enough that no heartbeat can
+# make the nodes table (or a plan reading it) large.
+INVENTORY_MAX_BYTES = 512 * 1024
+EXTRA_FIELDS_MAX = 32
+EXTRA_FIELD_MAX_BYTES = 16 * 1024
+
+
+def _text(size: int, **kwargs: Any) -> fields.String:
+    return fields.String(validate=validate.Length(max=size), **kwargs)
+
+
+def _count(**kwargs: Any) -> fields.Integer:
+    return fields.Integer(strict=True, validate=validate.Range(0, COUNT_MAX), **kwargs)
+
+
+class _Flag(fields.Boolean):
+    """true or false only: not 1, "yes" or "on"."""
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> Any:
+        if not isinstance(value, bool):
+            raise self.make_error("invalid", input=value)
+        return value
+
+
+def _list(item: fields.Field, size: int = LIST_MAX) -> fields.List:
+    return fields.List(item, validate=validate.Length(max=size))
+
+
+class _Open(Schema):
+    """Fields it does not declare are kept (a newer agent's), within the inventory's size."""
+
+    class Meta:
+        unknown = INCLUDE
+
+
+class InventoryPackageSchema(_Open):
+    name = _text(255, required=True)
+    version = _text(64, required=True)
+    file = _text(255)
+    target = _text(4096, metadata={"description": "Host path the load path's link points at"})
+    oper_status = _text(64, allow_none=True, metadata={"description": "Absent: unknown"})
+
+
+class InventoryPatchSchema(_Open):
+    module = _text(255)
+    file = _text(255)
+
+
+class InventoryHaSchema(_Open):
+    enabled = _Flag()
+    mode = _text(32, allow_none=True)
+    current_id = _text(255, allow_none=True)
+    read_only = _Flag()
+
+
+class InventorySchema(_Open):
+    """docs/agent-protocol.md, "Heartbeat and inventory": a fact the agent could not read is
+    left out (or null where the table says so), never guessed."""
+
+    installed_releases = _list(_text(64), 200)
+    current = _text(64, allow_none=True)
+    running_version = _text(64, required=True, allow_none=True)
+    status = _text(32, required=True)
+    packages = _list(fields.Nested(InventoryPackageSchema))
+    patches = _list(fields.Nested(InventoryPatchSchema))
+    ha = fields.Nested(InventoryHaSchema)
+    cli_error = _text(4000, allow_none=True)
+    disk_free_bytes = fields.Dict(
+        keys=_text(4096), values=_count(allow_none=True), validate=validate.Length(max=32)
+    )
+    os = fields.Dict(keys=_text(64), values=_text(256), validate=validate.Length(max=32))
+    java = _text(64, allow_none=True)
+    glibc = _text(64, allow_none=True)
+    ncs_conf_elements = _list(_text(256), 5000)
+    crypto_keys = _list(_text(128), 100)
+    cdb_bytes = _count()
+    run_dir_bytes = _count()
+    errors = _list(_text(4000), 50)
+
+    @validates_schema(pass_original=True, skip_on_field_errors=False)
+    def _bounded(self, _data: Any, original: Any, **_kwargs: Any) -> None:
+        if not isinstance(original, dict):
+            return
+        extra = [key for key in original if key not in self.declared_fields]
+        if len(extra) > EXTRA_FIELDS_MAX:
+            raise ValidationError(
+                f"{len(extra)} undeclared fields, over {EXTRA_FIELDS_MAX}: send the documented "
+                "ones (docs/agent-protocol.md)",
+                "_schema",
+            )
+        for key in extra:
+            if len(str(key)) > 64 or _json_size(original[key]) > EXTRA_FIELD_MAX_BYTES:
+                raise ValidationError(
+                    f"an undeclared field is kept only up to {EXTRA_FIELD_MAX_BYTES} bytes of "
+                    "JSON under a name of at most 64 characters",
+                    str(key)[:64],
+                )
+        size = _json_size(original)
+        if size > INVENTORY_MAX_BYTES:
+            raise ValidationError(
+                f"the inventory is {size} bytes of JSON, over {INVENTORY_MAX_BYTES}", "_schema"
+            )
+
+
+def _json_size(value: Any) -> int:
+    try:
+        return len(json.dumps(value))
+    except (TypeError, ValueError, RecursionError):
+        return INVENTORY_MAX_BYTES + 1
+
+
+def inventory_problems(inventory: Any) -> list[str]:
+    """Every field of an inventory that the schema refuses, as ``field: why``; ``[]`` when
+    it fits. For inventories stored before heartbeats were checked."""
+    if not isinstance(inventory, dict):
+        return ["inventory: not an object"]
+    return [f"{where}: {why}" for where, why in _flatten(InventorySchema().validate(inventory))]
+
+
+def _flatten(errors: Any, where: str = "") -> list[tuple[str, str]]:
+    if isinstance(errors, dict):
+        return [
+            pair
+            for key, value in errors.items()
+            for pair in _flatten(value, f"{where}.{key}" if where else str(key))
+        ]
+    if isinstance(errors, list) and all(isinstance(e, str) for e in errors):
+        return [(where, " ".join(errors))]
+    return [(where, str(errors))]
+
+
 class HeartbeatSchema(Schema):
     class Meta:
         unknown = INCLUDE
 
-    agent_version = fields.String(load_default=None, allow_none=True)
-    inventory = fields.Dict(required=True)
+    agent_version = fields.String(
+        load_default=None, allow_none=True, validate=validate.Length(max=64)
+    )
+    inventory = fields.Nested(InventorySchema, required=True)
 
 
 class NextArgs(Schema):
@@ -60,11 +200,22 @@ class StepReportSchema(Schema):
         required=True, validate=validate.OneOf(("running", "succeeded", "failed"))
     )
     progress = fields.Integer(load_default=None, allow_none=True, validate=validate.Range(0, 100))
-    message = fields.String(load_default=None, allow_none=True)
-    log_tail = fields.String(load_default=None, allow_none=True)
-    result = fields.Dict(load_default=dict)
+    message = fields.String(
+        load_default=None, allow_none=True, validate=validate.Length(max=MESSAGE_MAX)
+    )
+    log_tail = fields.String(
+        load_default=None, allow_none=True, validate=validate.Length(max=LOG_TAIL_MAX)
+    )
+    result = fields.Dict(
+        load_default=dict,
+        metadata={
+            "description": "Only the keys the step declares (docs/agent-protocol.md); "
+            "refused whole (422 result_invalid) otherwise"
+        },
+    )
     nso_seconds = fields.Float(
         load_default=None,
         allow_none=True,
+        validate=validate.Range(0, 10**7),
         metadata={"description": "Seconds spent waiting on NSO's own commands in this step"},
     )

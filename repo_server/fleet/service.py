@@ -6,7 +6,7 @@ import secrets
 from datetime import timedelta
 from typing import Any, Optional
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from repo_server.auth.models import ApiToken
@@ -46,7 +46,24 @@ def list_nodes(session: Session) -> list[Node]:
     return list(session.scalars(select(Node).order_by(Node.name)))
 
 
+def lock_node(session: Session, node_id: int) -> None:
+    """Serialise changes to one node: an UPDATE takes its row lock (PostgreSQL) or the
+    write lock (SQLite) until the transaction ends."""
+    session.execute(update(Node).where(Node.id == node_id).values(id=Node.id))
+
+
+def _revoke_enrollments(session: Session, node_id: int, keep: Optional[int] = None) -> int:
+    """Every enrollment token of the node but ``keep`` stops working: one way in at a time,
+    so a token handed out earlier cannot enroll later and take the node over."""
+    query = delete(EnrollmentToken).where(EnrollmentToken.node_id == node_id)
+    if keep is not None:
+        query = query.where(EnrollmentToken.id != keep)
+    return int(session.execute(query).rowcount)  # type: ignore[attr-defined]
+
+
 def _new_enrollment(session: Session, node: Node) -> str:
+    lock_node(session, node.id)
+    _revoke_enrollments(session, node.id)
     secret = ENROLLMENT_PREFIX + secrets.token_urlsafe(32)
     session.add(
         EnrollmentToken(
@@ -75,6 +92,7 @@ def add_node(session: Session, name: str, who: Principal) -> tuple[Node, str]:
 
 
 def new_enrollment_token(session: Session, name: str, who: Principal) -> str:
+    """A new one-time enrollment token for a node; its older ones stop working."""
     node = get_node(session, name)
     secret = _new_enrollment(session, node)
     audit(session, who.actor, "node.enrollment_token", f"node:{name}")
@@ -95,6 +113,8 @@ def enroll(
             "the enrollment token is unknown, used or expired: ask an operator for a new one "
             "('nso-repo node enroll-token NODE')"
         )
+    # One enrollment of a node at a time: the one that waits finds its token revoked below.
+    lock_node(session, enrollment.node_id)
     # Spend the token with a guarded UPDATE so two racing enrollments cannot both win.
     spent = session.execute(
         update(EnrollmentToken)
@@ -105,7 +125,8 @@ def enroll(
         session.rollback()
         raise EnrollmentRefused("the enrollment token was just used: ask for a new one")
     node = session.get(Node, enrollment.node_id)
-    assert node is not None
+    assert node is not None  # nosec B101 # narrows the type for mypy; under python -O the next line fails on None, it never lets anything through
+    revoked = _revoke_enrollments(session, node.id, keep=enrollment.id)
     # A re-enrolled node (rebuilt host) must not leave its old agent token working.
     session.execute(
         update(ApiToken)
@@ -126,7 +147,14 @@ def enroll(
     node.last_seen_at = now
     node.hostname = hostname
     node.agent_version = agent_version
-    audit(session, f"agent:{node.name}", "node.enroll", f"node:{node.name}", hostname=hostname)
+    audit(
+        session,
+        f"agent:{node.name}",
+        "node.enroll",
+        f"node:{node.name}",
+        hostname=hostname,
+        revoked_enrollment_tokens=revoked,
+    )
     session.commit()
     return node, node_secret
 

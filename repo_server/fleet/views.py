@@ -12,6 +12,7 @@ from flask_smorest import Blueprint
 from repo_server.catalog.schemas import BEARER
 from repo_server.context import db_session, principal, require, state
 from repo_server.fleet import service
+from repo_server.fleet.notify import announce_poll
 from repo_server.fleet.schemas import (
     EnrollAnswerSchema,
     EnrollRequestSchema,
@@ -107,13 +108,18 @@ def next_step(args: dict[str, Any]) -> Any:
     session = db_session()
     node = service.node_of(session, principal())
     service.touch(session, node)
+    # A poll that may wait holds a thread: the node's oldest polls past the limit give way.
+    limit = app.settings.max_polls_per_node
+    ticket = announce_poll(session, app.notifier, node.id) if args["wait"] else 0
     session.commit()
     jobs = JobService(session, app.notifier)
     deadline = time.monotonic() + args["wait"]
     seen = app.notifier.counter(node.id)
     step = jobs.claim_next(node)
     # Sleep on the notifier, not on the database: one query per wake-up, none while idle.
-    while step is None and app.notifier.wait(node.id, seen, deadline - time.monotonic()):
+    while step is None and app.notifier.wait(
+        node.id, seen, deadline - time.monotonic(), ticket, limit
+    ):
         seen = app.notifier.counter(node.id)
         step = jobs.claim_next(node)
     if step is None:

@@ -15,18 +15,23 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from repo_server.auth.service import Principal, audit
-from repo_server.catalog.releases import get_release, list_releases, live_artifact
+from repo_server.catalog.releases import (
+    get_release,
+    list_releases,
+    live_artifact,
+    signed_release_containing,
+)
 from repo_server.db import utcnow
 from repo_server.errors import AppError, Conflict, NotFound, ValidationFailed
 from repo_server.fleet.models import Node
 from repo_server.fleet.notify import Notifier, announce
-from repo_server.fleet.service import get_node
-from repo_server.upgrades import plans, preflight
+from repo_server.fleet.service import get_node, lock_node
+from repo_server.upgrades import plans, preflight, results
 from repo_server.upgrades.models import JOB_ACTIVE, Job, Step, StepReport
 
 FINISHED = ("succeeded", "failed", "skipped")
+HANDED_OUT = ("dispatched", "running")
 REPORT_STATES = ("running", "succeeded", "failed")
-LOG_TAIL_MAX = 16_000
 
 
 class PreflightFailed(AppError):
@@ -38,12 +43,12 @@ class StepFinished(Conflict):
     code = "step_finished"
 
 
+class StepNotHandedOut(Conflict):
+    code = "step_not_handed_out"
+
+
 class DiscardConfirmation(Conflict):
     code = "confirm_discard_writes"
-
-
-# Keys a failed report may carry, with their types: the server trusts nothing else in it.
-FAILURE_RESULT_KEYS = {"nso_running": bool, "version": str}
 
 
 def verdict_dict(verdict: preflight.Verdict) -> dict[str, Any]:
@@ -64,6 +69,10 @@ class JobService:
     def __init__(self, session: Session, notifier: Notifier) -> None:
         self.session = session
         self.notifier = notifier
+        # Every step state change and job outcome below is audited as it is flushed.
+        from repo_server.auth.audit_events import audit_state_changes
+
+        audit_state_changes(session)
 
     # -- planning ---------------------------------------------------------------------
 
@@ -100,7 +109,8 @@ class JobService:
         artifacts = [live_artifact(self.session, name) for name in filenames]
         active = self._active_job(node)
         verdict = preflight.check_package_upgrade(node, artifacts, active.id if active else None)
-        return verdict, plans.package_upgrade_steps(artifacts, allow_data_loss)
+        signed = signed_release_containing(self.session, artifacts)
+        return verdict, plans.package_upgrade_steps(artifacts, allow_data_loss, signed)
 
     def start_package_upgrade(
         self, node_name: str, filenames: list[str], allow_data_loss: bool, who: Principal
@@ -179,7 +189,7 @@ class JobService:
                 "restore points): it cannot be rolled back; restore its ncs-backup archive by hand"
             )
         node = self.session.get(Node, done.node_id)
-        assert node is not None
+        assert node is not None  # nosec B101 # narrows the type for mypy; under python -O the next line fails on None, it never lets anything through
         self._lock_node(node)
         active = self._active_job(node)
         if active is not None:
@@ -228,10 +238,8 @@ class JobService:
         return job
 
     def _lock_node(self, node: Node) -> None:
-        """Serialise changes to one node: an UPDATE takes its row lock (PostgreSQL) or the
-        write lock (SQLite) until the transaction ends, so two requests cannot both find
-        the node free and both start a job on it."""
-        self.session.execute(update(Node).where(Node.id == node.id).values(id=Node.id))
+        """Two requests cannot both find the node free and both start a job on it."""
+        lock_node(self.session, node.id)
 
     def _check_nothing_since(self, done: Job, node: Node) -> None:
         """Refuse to roll ``done`` back when a later job changed the node and was not itself
@@ -302,26 +310,36 @@ class JobService:
         return step
 
     def report(self, node: Node, step_id: int, body: dict[str, Any]) -> dict[str, Any]:
+        """Apply an agent's report: only on a step of its own node, only the step handed out
+        to it, with the result its step declares (docs/agent-protocol.md, "Reporting").
+        Idempotent by ``report_id``."""
         report_id = str(body.get("report_id") or "")
         if not 8 <= len(report_id) <= 64:
             raise ValidationFailed(
                 "report_id must be a unique string of 8 to 64 characters", field="report_id"
             )
-        seen = self.session.scalar(select(StepReport).where(StepReport.report_id == report_id))
-        if seen is not None:
-            if seen.step_id != step_id:
-                raise Conflict(f"report_id {report_id} was used for another step: make a new one")
-            return seen.answer
-        step = self.session.get(Step, step_id)
-        if step is None or step.job.node_id != node.id:
-            raise NotFound(f"no step {step_id} for node {node.name}")
-        job = step.job
-        self._lock(job)
         state = body.get("state")
         if state not in REPORT_STATES:
             raise ValidationFailed(
                 f"state must be one of {', '.join(REPORT_STATES)}", field="state"
             )
+        step = self.session.get(Step, step_id)
+        # Ownership before the report_id: a known report_id is no key to another node's
+        # step, nor to the answer it got.
+        if step is None or step.job.node_id != node.id:
+            raise NotFound(
+                f"no step {step_id} for node {node.name}: report only the steps that "
+                "'GET /api/v1/agent/next' hands to this node's agent"
+            )
+        job = step.job
+        self._lock(job)
+        seen = self.session.scalar(select(StepReport).where(StepReport.report_id == report_id))
+        if seen is not None:
+            same_step, answer = seen.step_id == step.id, seen.answer
+            self.session.rollback()
+            if not same_step:
+                raise Conflict(f"report_id {report_id} was used for another step: make a new one")
+            return dict(answer)
         if step.state in FINISHED:
             if step.state != state:
                 self.session.rollback()
@@ -330,7 +348,17 @@ class JobService:
                     step_state=step.state,
                 )
         else:
-            self._apply(job, step, state, body)
+            self._check_handed_out(job, step)
+            try:
+                result = (
+                    results.succeeded_result(step.name, job.id, body.get("result") or {})
+                    if state == "succeeded"
+                    else results.failed_result(job.id, body.get("result"))
+                )
+            except results.ResultInvalid:
+                self.session.rollback()
+                raise
+            self._apply(job, step, state, body, result)
         answer = {
             "step": step_dict(step),
             "job": {"id": job.id, "state": job.state, "outcome": job.outcome},
@@ -341,13 +369,39 @@ class JobService:
         self.session.commit()
         return answer
 
-    def _apply(self, job: Job, step: Step, state: str, body: dict[str, Any]) -> None:
+    def _check_handed_out(self, job: Job, step: Step) -> None:
+        """The step is the one this node runs now: handed out, the job's first unfinished
+        step, of a job still running. Anything else is refused, so no report skips ahead
+        (a ``verify`` reported before it was handed out) or finishes a job."""
+        current = next((s for s in job.steps if s.state not in FINISHED), None)
+        if job.active and step.state in HANDED_OUT and current is step:
+            return
+        handed = current if current is not None and current.state in HANDED_OUT else None
+        message = (
+            f"step {step.id} ({step.name}) of job {job.id} is {step.state}, not handed out to "
+            "this node: "
+            + (
+                f"the step it runs now is {handed.id} ({handed.name}). "
+                if handed is not None
+                else "it runs no step of this job now. "
+            )
+            + "Report only the step 'GET /api/v1/agent/next' gave this agent; "
+            "restart nso-agent if it lost track"
+        )
+        details = {"id": handed.id, "name": handed.name} if handed is not None else None
+        state = step.state
+        self.session.rollback()
+        raise StepNotHandedOut(message, step_state=state, handed_out=details)
+
+    def _apply(
+        self, job: Job, step: Step, state: str, body: dict[str, Any], result: dict[str, Any]
+    ) -> None:
         now = utcnow()
         step.progress = max(0, min(100, int(body.get("progress") or step.progress or 0)))
         if body.get("message"):
-            step.message = str(body["message"])[:2000]
+            step.message = str(body["message"])[: results.MESSAGE_MAX]
         if body.get("log_tail") is not None:
-            step.log_tail = str(body["log_tail"])[-LOG_TAIL_MAX:]
+            step.log_tail = str(body["log_tail"])[-results.LOG_TAIL_MAX :]
         if body.get("nso_seconds") is not None:
             step.nso_seconds = float(body["nso_seconds"])
         if state == "running":
@@ -357,13 +411,13 @@ class JobService:
         if state == "succeeded":
             step.state = "succeeded"
             step.progress = 100
-            step.result = dict(body.get("result") or {})
+            step.result = result
             job.context = {**job.context, **step.result}
             if all(s.state in FINISHED for s in job.steps):
                 self._finish(job, now)
             return
         step.state = "failed"
-        step.result = _failure_result(body.get("result"))
+        step.result = result
         cause = f"{step.name} failed: {step.message or 'no message'}"
         if step.name.startswith("recover"):
             job.state = "failed"
@@ -459,15 +513,29 @@ def _stop_time(job: Job) -> str:
         return ""
 
 
-def _failure_result(raw: Any) -> dict[str, Any]:
-    """The declared keys of a failed report's result, of the declared types; nothing else."""
-    if not isinstance(raw, dict):
-        return {}
-    return {
-        key: raw[key]
-        for key, kind in FAILURE_RESULT_KEYS.items()
-        if isinstance(raw.get(key), kind) and (kind is not str or len(raw[key]) <= 64)
-    }
+def node_may_download(session: Session, node_id: int, sha256: str) -> bool:
+    """Whether a step handed out to the node now names ``sha256`` as a download: all an
+    agent may fetch (least privilege; docs/agent-protocol.md)."""
+    steps = session.scalars(
+        select(Step)
+        .join(Job, Step.job_id == Job.id)
+        .where(Job.node_id == node_id, Job.state.in_(JOB_ACTIVE), Step.state.in_(HANDED_OUT))
+    )
+    return any(sha256 in _downloads(step.params) for step in steps)
+
+
+def _downloads(params: Any) -> set[str]:
+    """The sha256 of every artifact reference (``{"sha256", "url", ...}``) in step params."""
+    found: set[str] = set()
+    if isinstance(params, dict):
+        if isinstance(params.get("sha256"), str) and "url" in params:
+            found.add(params["sha256"])
+        for value in params.values():
+            found |= _downloads(value)
+    elif isinstance(params, list):
+        for value in params:
+            found |= _downloads(value)
+    return found
 
 
 def step_dict(step: Step) -> dict[str, Any]:

@@ -6,9 +6,10 @@ Step names and parameters are the contract with the agent (docs/agent-protocol.m
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Optional
 
 from repo_server.catalog.models import Artifact
+from repo_server.catalog.release_manifest import signed_params
 from repo_server.catalog.release_models import Release
 from repo_server.upgrades.preflight import Verdict
 
@@ -45,6 +46,7 @@ def upgrade_steps(verdict: Verdict, release: Release) -> list[StepSpec]:
                 "installer": artifact_ref(release.installer),
                 "packages": packages,
                 "target_version": target,
+                **signed_params(release),
             },
             f"download and verify NSO {target} and {len(packages)} packages; install {target} beside the running release",
         ),
@@ -148,12 +150,18 @@ def recovery_for(
     return recover_step(job_context, source_version, upgraded_to, target_started)
 
 
-def package_upgrade_steps(packages: list[Artifact], allow_data_loss: bool) -> list[StepSpec]:
-    """The guide's single-node Package Upgrade: stage, back up, install, reload, verify."""
+def package_upgrade_steps(
+    packages: list[Artifact], allow_data_loss: bool, signed: Optional[Release] = None
+) -> list[StepSpec]:
+    """The guide's single-node Package Upgrade: stage, back up, install, reload, verify.
+
+    ``signed``: a signed release holding every build, whose manifest the staging step
+    carries for agents that install only signed releases."""
     refs = [{**artifact_ref(a), "name": a.name, "version": a.version} for a in packages]
     names = ", ".join(f"{a.name} {a.version}" for a in packages)
+    stage = {"packages": refs, **(signed_params(signed) if signed is not None else {})}
     return [
-        StepSpec("prestage_packages", {"packages": refs}, f"download and verify {names}"),
+        StepSpec("prestage_packages", stage, f"download and verify {names}"),
         StepSpec("backup", {}, "ncs-backup, plus a copy of the package files and links it skips"),
         StepSpec(
             "install_packages",

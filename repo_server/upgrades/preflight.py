@@ -22,6 +22,7 @@ from repo_server.catalog.release_models import Release
 from repo_server.catalog.versions import NsoVersion
 from repo_server.db import utcnow
 from repo_server.fleet.models import Node
+from repo_server.fleet.schemas import inventory_problems
 
 # ncs.conf elements removed in a release: NSO then refuses to start (exit 21) if present.
 REMOVED_NCS_CONF_ELEMENTS = {"show-log-directory": "5.5", "large-scale": "5.6"}
@@ -99,6 +100,21 @@ def _never_reported(verdict: Verdict, node: Node) -> Verdict:
     return verdict
 
 
+def _invalid_inventory(verdict: Verdict, node: Node, inv: Any) -> bool:
+    """An inventory stored before heartbeats were checked may hold facts of the wrong type;
+    no rule reads it then (they would fail on it): one reason, and the plan stops here."""
+    problems = inventory_problems(inv)
+    if problems:
+        shown = "; ".join(problems[:5]) + ("; ..." if len(problems) > 5 else "")
+        verdict.refuse(
+            "inventory_invalid",
+            f"the inventory {node.name} reported does not fit the protocol: {shown}",
+            "upgrade nso-agent on the host to the server's version and wait for its next "
+            "heartbeat (within a minute), which replaces the inventory; then plan again",
+        )
+    return bool(problems)
+
+
 def _check_node(
     verdict: Verdict, node: Node, inv: dict[str, Any], active_job: Optional[int]
 ) -> Optional[NsoVersion]:
@@ -145,11 +161,13 @@ def check(
 ) -> Verdict:
     inv: dict[str, Any] = node.inventory or {}
     target = NsoVersion.parse(release.nso_version)
-    verdict = Verdict(
-        node=node.name, source_version=inv.get("running_version"), target_version=str(target)
-    )
+    verdict = Verdict(node=node.name, source_version=None, target_version=str(target))
     if node.inventory_at is None:
         return _never_reported(verdict, node)
+    if _invalid_inventory(verdict, node, inv):
+        verdict.packages = list(release.packages)
+        return verdict
+    verdict.source_version = inv.get("running_version")
     source = _check_node(verdict, node, inv, active_job)
     if source is not None:
         _check_direction(verdict, source, target)
@@ -173,13 +191,14 @@ def check_package_upgrade(
 ) -> Verdict:
     """A package-only upgrade: new builds for the running release, one per package."""
     inv: dict[str, Any] = node.inventory or {}
-    running = inv.get("running_version")
-    verdict = Verdict(
-        node=node.name, source_version=running, target_version=running or "", kind="package"
-    )
+    verdict = Verdict(node=node.name, source_version=None, target_version="", kind="package")
     verdict.packages = list(artifacts)
     if node.inventory_at is None:
         return _never_reported(verdict, node)
+    if _invalid_inventory(verdict, node, inv):
+        return verdict
+    running = inv.get("running_version")
+    verdict.source_version, verdict.target_version = running, running or ""
     source = _check_node(verdict, node, inv, active_job)
     loaded = _loaded(inv)
     seen: set[str] = set()

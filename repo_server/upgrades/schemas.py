@@ -6,6 +6,8 @@ from typing import Any
 
 from marshmallow import Schema, fields, validate
 
+from repo_server.catalog.releases import signature_checks
+
 
 class ReleaseCreateSchema(Schema):
     nso_version = fields.String(required=True)
@@ -16,6 +18,20 @@ class ReleaseCreateSchema(Schema):
         metadata={"description": "java, glibc, min_source_version, min_free_bytes"},
     )
     notes = fields.String(load_default="", metadata={"description": "CHANGES / release notes"})
+
+
+class SignatureSummarySchema(Schema):
+    key_id = fields.Function(lambda c: c["signature"].key_id)
+    signed_at = fields.Function(lambda c: c["signature"].signed_at.isoformat())
+    signed_by = fields.Function(lambda c: c["signature"].signed_by)
+    valid = fields.Boolean(
+        metadata={"description": "Whether it still verifies over the manifest the server has"}
+    )
+
+
+class SignatureSchema(SignatureSummarySchema):
+    signature = fields.Function(lambda c: c["signature"].signature)
+    public_key = fields.Function(lambda c: c["signature"].public_key)
 
 
 class ReleaseSchema(Schema):
@@ -29,9 +45,35 @@ class ReleaseSchema(Schema):
     notes = fields.String()
     created_at = fields.DateTime()
     created_by = fields.String()
+    signatures = fields.Function(
+        lambda r: SignatureSummarySchema(many=True).dump(signature_checks(r)),
+        metadata={"description": "Release managers' signatures (docs/signed-releases.md)"},
+    )
 
     def _branch(self, release: Any) -> str:
         return ".".join(str(release.nso_version).split(".")[:2])
+
+
+class ReleaseManifestSchema(Schema):
+    nso_version = fields.String()
+    manifest = fields.String(
+        metadata={"description": "The canonical manifest: exactly the bytes that are signed"}
+    )
+    manifest_sha256 = fields.String()
+    signatures = fields.List(fields.Nested(SignatureSchema))
+
+
+class ReleaseSignArgs(Schema):
+    signature = fields.String(
+        required=True,
+        validate=validate.Length(max=128),
+        metadata={"description": "base64 Ed25519 signature over the manifest's bytes"},
+    )
+    public_key = fields.String(
+        required=True,
+        validate=validate.Length(max=1024),
+        metadata={"description": "The signer's Ed25519 public key, PEM"},
+    )
 
 
 class UpgradeArgs(Schema):

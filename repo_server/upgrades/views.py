@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
+from flask import jsonify
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
+from repo_server.auth.roles import roles_for
+from repo_server.catalog import release_manifest as signing
 from repo_server.catalog import releases
 from repo_server.catalog.schemas import BEARER
 from repo_server.context import db_session, principal, require, state
@@ -19,7 +23,9 @@ from repo_server.upgrades.schemas import (
     PackageUpgradeArgs,
     PlanSchema,
     ReleaseCreateSchema,
+    ReleaseManifestSchema,
     ReleaseSchema,
+    ReleaseSignArgs,
     RollbackArgs,
     UpgradeArgs,
 )
@@ -29,6 +35,19 @@ blp = Blueprint("upgrades", __name__, url_prefix="/api/v1", description="Release
 
 def jobs() -> JobService:
     return JobService(db_session(), state().notifier)
+
+
+# What a role without job:details does not see of a job (README, "Roles").
+JOB_DETAILS = ("context", "steps.result", "steps.log_tail")
+
+
+def _as_seen_by_caller(found: Any, schema: type[JobSummarySchema], many: bool = False) -> Any:
+    """The job(s) as the caller may see them: without their operational details (context,
+    step results, log tails) unless the caller's role has job:details."""
+    if principal().role in roles_for("job:details"):
+        return found
+    hidden = [f for f in JOB_DETAILS if schema is JobSchema or "." not in f]
+    return jsonify(schema(many=many, exclude=hidden).dump(found))
 
 
 def _options(args: dict[str, Any]) -> UpgradeOptions:
@@ -64,6 +83,40 @@ class ReleaseItem(MethodView):
     def get(self, nso_version: str) -> Any:
         """One release manifest."""
         return releases.get_release(db_session(), nso_version)
+
+
+@blp.route("/releases/<string:nso_version>/manifest")
+@require("release:read")
+@blp.doc(security=BEARER)
+@blp.response(200, ReleaseManifestSchema)
+def release_manifest(nso_version: str) -> Any:
+    """The release's canonical manifest (the bytes a release manager signs) and its
+    signatures, each checked again over it."""
+    release = releases.get_release(db_session(), nso_version)
+    text = signing.manifest_text(release)
+    return {
+        "nso_version": release.nso_version,
+        "manifest": text,
+        "manifest_sha256": hashlib.sha256(text.encode("ascii")).hexdigest(),
+        "signatures": releases.signature_checks(release),
+    }
+
+
+@blp.route("/releases/<string:nso_version>/signature", methods=["PUT"])
+@require("release:manage")
+@blp.doc(security=BEARER)
+@blp.arguments(ReleaseSignArgs)
+@blp.response(200, ReleaseSchema)
+def sign_release(body: dict[str, Any], nso_version: str) -> Any:
+    """Store a release manager's signature over the manifest (made off the server with
+    `nso-repo release sign`); 422 signature_invalid when it does not verify."""
+    return releases.sign_release(
+        db_session(),
+        nso_version,
+        trusted=state().settings.release_public_keys,
+        who=principal(),
+        **body,
+    )
 
 
 @blp.route("/nodes/<string:name>/plan")
@@ -110,8 +163,8 @@ def package_upgrade(args: dict[str, Any], name: str) -> Any:
 @blp.arguments(JobListArgs, location="query")
 @blp.response(200, JobSummarySchema(many=True))
 def list_jobs(args: dict[str, Any]) -> Any:
-    """Jobs, newest first."""
-    return jobs().list(args.get("node"), args["limit"])
+    """Jobs, newest first (without their context for viewers)."""
+    return _as_seen_by_caller(jobs().list(args.get("node"), args["limit"]), JobSummarySchema, True)
 
 
 @blp.route("/jobs/<int:job_id>")
@@ -119,8 +172,9 @@ def list_jobs(args: dict[str, Any]) -> Any:
 @blp.doc(security=BEARER)
 @blp.response(200, JobSchema)
 def get_job(job_id: int) -> Any:
-    """One job with its steps, their progress and log tails."""
-    return jobs().get(job_id)
+    """One job with its steps and their progress; the context, step results and log tails
+    only for roles with job:details (admin, operator)."""
+    return _as_seen_by_caller(jobs().get(job_id), JobSchema)
 
 
 @blp.route("/jobs/<int:job_id>/rollback", methods=["POST"])

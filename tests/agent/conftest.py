@@ -29,7 +29,8 @@ from tests.support.sim_hosts import SimHost
 @dataclass
 class FileServer:
     """Serves files from ``dir`` at ``/files/<name>``; ``/redirect/<name>`` answers 302 to
-    ``redirect_to`` (another origin). Records each request's headers."""
+    ``redirect_to`` (another origin), or to ``location`` verbatim when set; ``/status/<code>``
+    answers that status with a body of its own. Records each request's headers."""
 
     dir: Path
     url: str = ""
@@ -39,6 +40,8 @@ class FileServer:
     cuts_left: int = 0
     honour_range: bool = True
     redirect_to: str = ""
+    location: str = ""
+    body: bytes = b"remote body: a proxy's page or an object store's XML error"
 
     def artifact(self, path: Path, via: str = "files") -> Artifact:
         data = path.read_bytes()
@@ -64,9 +67,16 @@ def _handler(server: FileServer) -> type[http.server.BaseHTTPRequestHandler]:
             kind, _, name = self.path.lstrip("/").partition("/")
             if kind == "redirect":
                 self.send_response(302)
-                self.send_header("Location", f"{server.redirect_to}/files/{name}?X-Sig=abc")
+                location = server.location or f"{server.redirect_to}/files/{name}?X-Sig=abc"
+                self.send_header("Location", location)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
+                return
+            if kind == "status":
+                self.send_response(int(name))
+                self.send_header("Content-Length", str(len(server.body)))
+                self.end_headers()
+                self.wfile.write(server.body)
                 return
             path = server.dir / name.split("?", 1)[0]
             if kind != "files" or not path.is_file():

@@ -168,3 +168,33 @@ def test_a_final_report_kept_by_a_crash_is_resent_once_with_its_id(
     assert again["job"]["state"] == job["state"] == "failed"
     assert job["steps"][0]["attempt"] == 1 and job["outcome"] == "unchanged"
     assert not host.path("/opt/ncs/ncs-6.2").exists()  # the step was not run again
+
+
+def test_a_result_the_server_refuses_becomes_a_failure_not_an_endless_resend(
+    live, make_host, artifacts, tmp_path
+):
+    """An agent and a server that disagree on a step's result keys: the server refuses the
+    success (422 result_invalid); the agent reports the step failed with that reason, which
+    the server always takes, instead of resending the refused report at every poll."""
+    for version in ("6.1", "6.2"):
+        publish(live, artifacts, version)
+    host = make_host("6.1")
+    runner = enrolled_agent(live, host, tmp_path)
+    runner.once(wait=0)
+    job_id = start_upgrade(live, "6.2")
+    step = runner.client.next_step(5)
+    assert step is not None and step["name"] == "prestage"
+    entry = runner.journal.begin(step)
+    entry.final_report = {
+        "report_id": entry.report_id("final"),
+        "state": "succeeded",
+        "message": "prestage done",
+        "result": {"installed_release": "6.2", "rootkit": True},
+    }
+    runner.journal.save()
+    Runner(runner.config).flush_pending()
+    assert Journal(runner.config.journal_file).entry is None
+    job = live.session("operator").get(f"{live.url}/api/v1/jobs/{job_id}").json()
+    assert (job["state"], job["outcome"]) == ("failed", "unchanged")
+    assert "refused its result" in job["steps"][0]["message"]
+    assert "rootkit" in job["steps"][0]["message"]

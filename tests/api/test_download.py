@@ -27,7 +27,8 @@ def published(live, tmp_path: Path) -> tuple[Path, str]:
 def test_local_download_full_range_etag_head(live, published) -> None:
     path, digest = published
     data = path.read_bytes()
-    http = live.session("agent")
+    # A reader: agents get only the blobs of their node's step (tests/upgrades/test_least_privilege.py).
+    http = live.session("viewer")
     url = f"{live.url}/api/v1/blobs/{digest}"
 
     full = http.get(url)
@@ -83,7 +84,8 @@ def test_s3_download_redirects_to_presigned_url(s3_app, live, tmp_path: Path) ->
     assert response.status_code == 201, response.text
     digest = response.json()["sha256"]
     url = f"{live.url}/api/v1/blobs/{digest}"
-    http = live.session("agent")
+    # A reader: agents get only the blobs of their node's step (tests/upgrades/test_least_privilege.py).
+    http = live.session("viewer")
 
     redirect = http.get(url, allow_redirects=False)
     assert redirect.status_code == 302

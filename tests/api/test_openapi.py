@@ -32,6 +32,6 @@ def test_unknown_route_and_method_use_the_error_shape(live) -> None:
 
 
 def test_health(live) -> None:
-    body = live.session(None).get(f"{live.url}/api/v1/health").json()
-    assert body["status"] == "ok"
+    body = live.session("admin").get(f"{live.url}/api/v1/health").json()
+    assert body["status"] == "up"
     assert body["checks"] == {"database": "ok", "storage": "ok"}

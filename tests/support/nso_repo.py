@@ -2,30 +2,42 @@
 
 from __future__ import annotations
 
-import re
+import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import requests
 
 from tests.support.ports import free_port
 from tests.support.processes import REPO, ServerProcess, clean_env
 
-ADMIN_TOKEN = re.compile(r"^\s+(nsr_\S+)$", re.MULTILINE)
-
 
 class RepoServer:
     """`nso-repo serve --data-dir DATA_DIR` with its log beside the data folder. ``start``
-    again after ``kill`` or ``stop`` keeps port and data; ``admin`` is the token printed on
-    the first start."""
+    again after ``kill`` or ``stop`` keeps port and data; ``admin`` is an admin token made
+    after the first start with ``nso-repo token create``, as an operator does when the
+    server runs without a terminal (it prints no token then).
+
+    With ``tls=(cert, key)`` it serves https (``--tls-cert``/``--tls-key``) at
+    ``https://<url_host>:<port>`` (the name the certificate was issued for), and this
+    fixture's own requests trust ``ca_file``."""
 
     def __init__(
-        self, data_dir: Path, env: Optional[dict[str, str]] = None, workers: int = 1
+        self,
+        data_dir: Path,
+        env: Optional[dict[str, str]] = None,
+        workers: int = 1,
+        *,
+        tls: Optional[tuple[Path, Path]] = None,
+        ca_file: Optional[Path] = None,
+        url_host: str = "127.0.0.1",
     ) -> None:
         self.data_dir = data_dir
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if tls else 'http'}://{url_host}:{self.port}"
+        self.verify: Union[str, bool] = str(ca_file) if ca_file else True
+        serve_tls = ("--tls-cert", str(tls[0]), "--tls-key", str(tls[1])) if tls else ()
         self.admin = ""
         if env is None:
             access_log = str(data_dir.parent / "access.log")
@@ -34,6 +46,7 @@ class RepoServer:
             [
                 *(sys.executable, "-m", "repo_server.cli", "serve", "--port", str(self.port)),
                 *("--data-dir", str(data_dir), "--workers", str(workers)),
+                *serve_tls,
             ],
             data_dir.parent / "serve.log",
             env=env,
@@ -53,10 +66,27 @@ class RepoServer:
         self.process.start()
         self.process.wait_ready(self.healthy, ignoring=(requests.RequestException,))
         if not self.admin:
-            self.admin = next(iter(ADMIN_TOKEN.findall(self.output())), "")
+            self.admin = self.make_token("admin")
+
+    def make_token(self, role: str) -> str:
+        """A new token of ``role``, made on the server host (`nso-repo token create`)."""
+        made = subprocess.run(
+            [
+                *(sys.executable, "-m", "repo_server.cli", "token", "create", "--role", role),
+                *("--name", f"tests-{role}", "--data-dir", str(self.data_dir)),
+            ],
+            env=self.process.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert made.returncode == 0, f"nso-repo token create failed: {made.stderr}"
+        return made.stdout.strip()
 
     def healthy(self) -> bool:
-        return requests.get(f"{self.url}/api/v1/health", timeout=1).status_code == 200
+        answer = requests.get(f"{self.url}/api/v1/health", timeout=1, verify=self.verify)
+        return answer.status_code == 200
 
     def output(self) -> str:
         """What the server printed since its latest start."""
@@ -73,6 +103,9 @@ class RepoServer:
     def http(self) -> requests.Session:
         session = requests.Session()
         session.headers["Authorization"] = f"Bearer {self.admin}"
+        session.verify = self.verify
+        # REQUESTS_CA_BUNDLE in the environment would override ``verify``.
+        session.trust_env = self.verify is True
         return session
 
     def api(self, method: str, path: str, **kw: Any) -> requests.Response:

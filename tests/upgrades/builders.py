@@ -6,6 +6,9 @@ contract (docs/agent-protocol.md, "Heartbeat and inventory").
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import tempfile
 import uuid
 from dataclasses import dataclass
@@ -175,3 +178,51 @@ def publish_release(
     )
     assert answer.status_code == 201, answer.text
     return answer.json()
+
+
+def enroll_node(live: Any, name: str) -> Agent:
+    """Register ``name`` as an operator and enroll it: the node's agent."""
+    added = live.session("operator").post(f"{live.url}/api/v1/nodes", json={"name": name})
+    assert added.status_code == 201, added.text
+    enrolled = requests.post(
+        f"{live.url}/api/v1/agent/enroll",
+        json={"enrollment_token": added.json()["enrollment_token"], "hostname": f"{name}.lab"},
+    )
+    assert enrolled.status_code == 201, enrolled.text
+    return Agent(live.url, enrolled.json()["token"])
+
+
+BACKUP_FILE = "/var/opt/ncs/backups/ncs-6.1@2026-11-30T01:00:00.backup.gz"
+FINGERPRINT = "sha256:" + "f1" * 32
+
+
+def agent_result(step: dict[str, Any]) -> dict[str, Any]:
+    """What a real agent reports when ``step`` succeeds: the folders of its own job."""
+    job_dir = f"/var/opt/ncs/backups/nso-agent-job-{step['job_id']}"
+    return {
+        "backup": {"backup_file": BACKUP_FILE, "extra_dir": f"{job_dir}/package-links"},
+        "stop": {"fingerprint": FINGERPRINT, "stopped_at": "2026-11-30T01:02:03+00:00"},
+        "restore_point": {"restore_point": f"{job_dir}/restore-point", "restore_point_token": "t1"},
+    }.get(step["name"], {})
+
+
+def start_upgrade(live: Any, agent: Agent, node: str = "edge-1", to: str = "6.2") -> dict[str, Any]:
+    """A healthy 6.1 inventory from ``agent``, then an operator's upgrade of ``node``: the job."""
+    agent.heartbeat(healthy_inventory("6.1"))
+    answer = live.session("operator").post(
+        f"{live.url}/api/v1/nodes/{node}/upgrade", json={"to": to}
+    )
+    assert answer.status_code == 202, answer.text
+    return dict(answer.json())
+
+
+def nso_repo(live: Any, role: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``nso-repo ARGS`` against the live server with the token of ``role``."""
+    env = {**os.environ, "NSO_REPO_URL": live.url, "NSO_REPO_TOKEN": live.tokens[role]}
+    return subprocess.run(
+        [sys.executable, "-m", "repo_server.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )

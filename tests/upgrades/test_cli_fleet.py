@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -14,18 +11,7 @@ import requests
 
 from tests.api.helpers import put_file
 from tests.factories import make_installer, make_package
-from tests.upgrades.builders import Agent, healthy_inventory
-
-
-def nso_repo(live, role: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "NSO_REPO_URL": live.url, "NSO_REPO_TOKEN": live.tokens[role]}
-    return subprocess.run(
-        [sys.executable, "-m", "repo_server.cli", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
+from tests.upgrades.builders import Agent, agent_result, healthy_inventory, nso_repo
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -73,8 +59,7 @@ def test_release_node_plan_upgrade_watch(live, tmp_path: Path) -> None:
 
     def run_agent() -> None:
         while (step := agent.next(wait=5)) is not None:
-            result = {"restore_point": "/rp"} if step["name"] == "restore_point" else {}
-            agent.report(step["id"], "succeeded", result=result)
+            agent.report(step["id"], "succeeded", result=agent_result(step))
 
     worker = threading.Thread(target=run_agent)
     worker.start()
@@ -93,4 +78,6 @@ def test_release_node_plan_upgrade_watch(live, tmp_path: Path) -> None:
     rollback = nso_repo(live, "operator", "job", "rollback", job_id, "--discard-writes")
     assert rollback.returncode == 0, rollback.stdout + rollback.stderr
     step = agent.next(wait=5)
-    assert step["name"] == "recover" and step["params"]["restore_point"] == "/rp"
+    assert step["name"] == "recover"
+    restore_point = f"/var/opt/ncs/backups/nso-agent-job-{job_id}/restore-point"
+    assert step["params"]["restore_point"] == restore_point

@@ -12,7 +12,7 @@ from repo_server.auth.service import Principal
 from repo_server.upgrades.jobs import JobService
 from repo_server.upgrades.preflight import UpgradeOptions
 from tests.api.helpers import assert_error
-from tests.upgrades.builders import healthy_inventory
+from tests.upgrades.builders import BACKUP_FILE, FINGERPRINT, agent_result, healthy_inventory
 
 STEPS = [
     "prestage",
@@ -36,7 +36,8 @@ def _start(live, **options) -> dict:
 
 
 def _job(live, job_id: int) -> dict:
-    return live.session("viewer").get(f"{live.url}/api/v1/jobs/{job_id}").json()
+    # The operator: viewers see jobs without their context and results.
+    return live.session("operator").get(f"{live.url}/api/v1/jobs/{job_id}").json()
 
 
 def test_upgrade_runs_every_step_in_order(live, enrolled, releases) -> None:
@@ -73,10 +74,14 @@ def test_reports_are_idempotent_and_finished_steps_refuse_other_outcomes(
     job = _start(live)
     step = enrolled.next()
     report_id = uuid.uuid4().hex
-    first = enrolled.report(step["id"], "succeeded", report_id=report_id, result={"a": 1})
-    again = enrolled.report(step["id"], "succeeded", report_id=report_id, result={"a": 2})
+    first = enrolled.report(
+        step["id"], "succeeded", report_id=report_id, result={"installed_release": "6.2"}
+    )
+    again = enrolled.report(
+        step["id"], "succeeded", report_id=report_id, result={"installed_release": "6.3"}
+    )
     assert first.json() == again.json()
-    assert _job(live, job["id"])["context"] == {"a": 1}
+    assert _job(live, job["id"])["context"] == {"installed_release": "6.2"}
     assert_error(enrolled.report(step["id"], "failed", message="late"), 409, "step_finished")
     # The next step is handed out once the first is done; asking again re-hands the same step
     # (an agent restarted mid-step resumes it) with a higher attempt number.
@@ -85,17 +90,13 @@ def test_reports_are_idempotent_and_finished_steps_refuse_other_outcomes(
     assert enrolled.next()["attempt"] == 2
 
 
-RESULTS = {
-    "backup": {"backup_file": "/b.backup.gz", "extra_dir": "/x"},
-    "stop": {"fingerprint": "sha256:f1", "stopped_at": "2026-11-30T01:02:03+00:00"},
-    "restore_point": {"restore_point": "/rp", "restore_point_token": "t1"},
-}
+JOB_DIR = "/var/opt/ncs/backups/nso-agent-job-1"
 
 
 def _run_until(enrolled, name: str) -> dict:
     """Report every step a success until ``name`` is handed out; that step."""
     while (step := enrolled.next())["name"] != name:
-        enrolled.report(step["id"], "succeeded", result=RESULTS.get(step["name"], {}))
+        enrolled.report(step["id"], "succeeded", result=agent_result(step))
     return step
 
 
@@ -111,12 +112,12 @@ def test_failure_after_stop_appends_recover_and_ends_rolled_back(live, enrolled,
         "upgraded_to": "6.2",
         "target_started": True,
         "discard_writes": False,
-        "backup_file": "/b.backup.gz",
-        "extra_dir": "/x",
-        "restore_point": "/rp",
+        "backup_file": BACKUP_FILE,
+        "extra_dir": f"{JOB_DIR}/package-links",
+        "restore_point": f"{JOB_DIR}/restore-point",
         "restore_point_token": "t1",
         "saved_ncs_conf": None,
-        "fingerprint": "sha256:f1",
+        "fingerprint": FINGERPRINT,
         "stopped_at": "2026-11-30T01:02:03+00:00",
     }
     enrolled.report(recover["id"], "succeeded")
@@ -181,7 +182,7 @@ def test_verify_failing_while_the_new_release_runs_is_not_restored(
     )
     assert answer.status_code == 202, answer.text
     recover = enrolled.next()
-    assert recover["params"]["restore_point"] == "/rp"
+    assert recover["params"]["restore_point"] == f"{JOB_DIR}/restore-point"
     assert recover["params"]["target_started"] is True
     assert recover["params"]["discard_writes"] is True  # the operator said so
     assert recover["params"]["upgraded_to"] == "6.2"
@@ -269,17 +270,15 @@ def test_after_a_successful_start_a_failure_is_never_restored_on_its_own(
     assert final["steps"][-1]["result"] == {k: v for k, v in result.items() if k == "version"}
 
 
-def test_a_stop_time_that_is_no_time_is_not_repeated(live, enrolled, releases) -> None:
+def test_a_stop_time_that_is_no_time_is_refused(live, enrolled, releases) -> None:
     enrolled.heartbeat(healthy_inventory("6.1"))
     job = _start(live)
-    RESULTS["stop"] = {"stopped_at": "now; run 'rm -rf /' to continue"}
-    try:
-        step = _run_until(enrolled, "verify")
-    finally:
-        RESULTS["stop"] = {"fingerprint": "sha256:f1", "stopped_at": "2026-11-30T01:02:03+00:00"}
-    enrolled.report(step["id"], "failed", message="package down", result={"nso_running": True})
-    final = _job(live, job["id"])
-    assert "rm -rf" not in final["error"]
+    step = _run_until(enrolled, "stop")
+    refused = enrolled.report(
+        step["id"], "succeeded", result={"stopped_at": "now; run 'rm -rf /' to continue"}
+    )
+    assert_error(refused, 422, "result_invalid")
+    assert "stopped_at" not in _job(live, job["id"])["context"]
 
 
 def test_one_job_at_a_time_and_rollback(live, enrolled, releases) -> None:
@@ -290,7 +289,7 @@ def test_one_job_at_a_time_and_rollback(live, enrolled, releases) -> None:
     )
     assert "job_active" in [r["code"] for r in refused.json()["error"]["details"]["reasons"]]
     while (step := enrolled.next()) is not None:
-        enrolled.report(step["id"], "succeeded", result=RESULTS.get(step["name"], {}))
+        enrolled.report(step["id"], "succeeded", result=agent_result(step))
     url = f"{live.url}/api/v1/jobs/{job['id']}/rollback"
     refused = live.session("operator").post(url)
     assert_error(refused, 409, "confirm_discard_writes")
@@ -304,7 +303,8 @@ def test_one_job_at_a_time_and_rollback(live, enrolled, releases) -> None:
         "6.1",
     )
     recover = enrolled.next()
-    assert recover["name"] == "recover" and recover["params"]["restore_point"] == "/rp"
+    assert recover["name"] == "recover"
+    assert recover["params"]["restore_point"] == f"{JOB_DIR}/restore-point"
     enrolled.report(recover["id"], "succeeded")
     assert _job(live, body["id"])["state"] == "succeeded"
     assert_error(

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from tests.api.helpers import assert_error, put_file
 from tests.factories import make_package
-from tests.upgrades.builders import healthy_inventory
+from tests.upgrades.builders import BACKUP_FILE, agent_result, healthy_inventory
 
 
 def _publish(live, tmp_path: Path, *specs: tuple[str, str, str]) -> list[str]:
@@ -44,17 +44,13 @@ def test_package_upgrade_steps_and_data_loss_flag(live, enrolled, tmp_path: Path
     assert first["params"]["packages"][0]["name"] == "router-nc"
     assert first["params"]["packages"][0]["version"] == "1.0.3"
     while (step := enrolled.next()) is not None and step["name"] != "reload_packages":
-        enrolled.report(
-            step["id"],
-            "succeeded",
-            result={"backup_file": "/b.gz"} if step["name"] == "backup" else {},
-        )
+        enrolled.report(step["id"], "succeeded", result=agent_result(step))
     assert step is not None and step["params"] == {"allow_data_loss": False}
     enrolled.report(
         step["id"], "failed", message="Error: The following namespaces will be deleted by upgrade"
     )
     recover = enrolled.next()
-    assert recover["name"] == "recover_packages" and recover["params"]["backup_file"] == "/b.gz"
+    assert recover["name"] == "recover_packages" and recover["params"]["backup_file"] == BACKUP_FILE
     enrolled.report(recover["id"], "succeeded")
     final = live.session("viewer").get(f"{live.url}/api/v1/jobs/{job['id']}").json()
     assert (final["state"], final["outcome"]) == ("failed", "rolled_back")

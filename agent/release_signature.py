@@ -1,0 +1,191 @@
+"""Install only signed releases: the agent's side of docs/signed-releases.md.
+
+With ``[trust] release_public_key`` configured, a step that brings new files onto the host
+(``prestage``, ``prestage_packages``) must carry a release manifest signed by that key, and
+its files and target version must be exactly those of the manifest; otherwise it fails
+before anything is downloaded. The key is the operator's own copy: nothing the server sends
+can change which key is trusted, so a compromised server or database cannot make the agent
+install anything the release manager did not sign.
+
+The manifest arrives as the exact bytes that were signed (``release_manifest``, ASCII JSON),
+with the signatures the server holds (``release_signatures``: ``[{"key_id", "signature"}]``).
+The agent verifies the signature over those bytes and only then reads them, so it needs no
+canonical form of its own. Without the option the agent behaves as it always did.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
+
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from agent.errors import ConfigError, StepFailed
+
+if TYPE_CHECKING:
+    from agent.config import Config
+
+MANIFEST_FORMAT = "nso-fleet-release/1"
+MAX_MANIFEST_BYTES = 1 << 20
+MAX_SIGNATURES = 16
+OPTION = "[trust] release_public_key"
+
+
+def load_key(path: Path, shown: str) -> Ed25519PublicKey:
+    """The release manager's public key from ``path`` (``shown``: its name on the host)."""
+    try:
+        key = serialization.load_pem_public_key(path.read_bytes())
+    except OSError as exc:
+        raise ConfigError(
+            f"{OPTION} = {shown}: cannot read it ({exc.strerror}); copy the release manager's "
+            "public key (.pub) there, or remove the option"
+        ) from None
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        raise ConfigError(
+            f"{OPTION} = {shown} is not a PEM public key; use the .pub file that "
+            "'nso-repo release keygen' wrote"
+        ) from None
+    if not isinstance(key, Ed25519PublicKey):
+        raise ConfigError(f"{OPTION} = {shown} is not an Ed25519 key; use the release manager's")
+    return key
+
+
+def key_id(key: Ed25519PublicKey) -> str:
+    raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()
+
+
+def _signed_by(key: Ed25519PublicKey, data: bytes, signatures: Any) -> bool:
+    """Whether any of the offered signatures verifies over ``data`` with ``key``."""
+    # A few keys sign a release (one per release manager, two while a key is rotated).
+    for entry in signatures[:MAX_SIGNATURES] if isinstance(signatures, list) else []:
+        text = entry.get("signature") if isinstance(entry, dict) else None
+        try:
+            key.verify(base64.b64decode(str(text), validate=True), data)
+            return True
+        except (binascii.Error, ValueError, InvalidSignature):
+            continue
+    return False
+
+
+def signed_manifest(
+    key: Ed25519PublicKey, shown: str, params: dict[str, Any], what: str
+) -> dict[str, Any]:
+    """The manifest the step carries, once its signature by ``key`` is verified."""
+    kid = key_id(key)[:16]
+    text = params.get("release_manifest")
+    signatures = params.get("release_signatures")
+    target = params.get("target_version")
+    how = (
+        f"sign release {target} with the key whose public half is {shown} ('nso-repo release "
+        f"sign {target} --key PRIVATE.pem'), then start the upgrade again"
+        if target
+        else "put these builds in a release signed with the key whose public half is "
+        f"{shown} ('nso-repo release create', 'nso-repo release sign'), then start the "
+        "package upgrade again"
+    )
+    if not isinstance(text, str) or not text:
+        raise StepFailed(
+            f"refusing {what}: it carries no signed release manifest, and this agent installs "
+            f"only releases signed by key {kid} ({OPTION} = {shown}): {how}"
+        )
+    try:
+        data = text.encode("ascii")
+    except UnicodeEncodeError:
+        data = b""
+    if not data or len(data) > MAX_MANIFEST_BYTES:
+        raise StepFailed(f"refusing {what}: its release manifest is not ASCII JSON under 1 MiB")
+    if not _signed_by(key, data, signatures):
+        offered = sorted(str(s.get("key_id"))[:16] for s in signatures or [] if isinstance(s, dict))
+        cause = (
+            f"it is signed only by key(s) {', '.join(offered)}"
+            if offered and kid not in offered
+            else "no signature verifies over the manifest the server sent (the release changed "
+            "after it was signed, or the signature is not this key's)"
+            if offered
+            else "the release is not signed"
+        )
+        raise StepFailed(
+            f"refusing {what}: {cause}; this agent installs only releases signed by key {kid} "
+            f"({OPTION} = {shown}): {how}"
+        )
+    try:
+        manifest = json.loads(data)
+    except ValueError:
+        manifest = None
+    if not (
+        isinstance(manifest, dict)
+        and manifest.get("format") == MANIFEST_FORMAT
+        and isinstance(manifest.get("installer"), dict)
+        and isinstance(manifest.get("packages"), list)
+    ):
+        raise StepFailed(
+            f"refusing {what}: the signed manifest is not a {MANIFEST_FORMAT} manifest; "
+            "upgrade nso-agent to a version that reads it"
+        )
+    return manifest
+
+
+def _entry(data: Any) -> tuple[str, str, Optional[int]]:
+    """(filename, sha256, size) of a file entry, for exact comparison."""
+    if not isinstance(data, dict):
+        return ("", "", None)
+    size = data.get("size")
+    return (
+        str(data.get("filename") or ""),
+        str(data.get("sha256") or "").lower(),
+        size if isinstance(size, int) and not isinstance(size, bool) else None,
+    )
+
+
+def _compare(label: str, step: Any, signed: Any) -> list[str]:
+    """What differs between a file of the step and the signed manifest's file."""
+    got, wanted = _entry(step), _entry(signed)
+    return [
+        f"{label} {wanted[0]}: {field} {g} in the step, {w} signed"
+        for field, g, w in zip(("file name", "sha256", "size"), got, wanted)
+        if g != w
+    ]
+
+
+def _differences(manifest: dict[str, Any], params: dict[str, Any]) -> list[str]:
+    signed = manifest.get("nso_version")
+    out = []
+    if "target_version" in params and str(params["target_version"]) != signed:
+        out.append(f"target version {params['target_version']} is not the signed {signed}")
+    if "installer" in params:
+        out += _compare("installer", params["installer"], manifest["installer"])
+    signed_files = {_entry(p)[0]: p for p in manifest["packages"]}
+    for package in params.get("packages") or []:
+        name = _entry(package)[0]
+        if name not in signed_files:
+            out.append(f"package {name} is not in the signed release {signed}")
+        else:
+            out += _compare("package", package, signed_files[name])
+    return out
+
+
+def check_step(config: Config, params: dict[str, Any], what: str) -> None:
+    """Fail the step unless it is exactly (a part of) a release signed by the configured key.
+
+    ``what`` names the step in the message. A no-op when no key is configured.
+    """
+    path = config.release_key_path
+    if path is None:
+        return
+    shown = str(config.release_public_key)
+    manifest = signed_manifest(load_key(path, shown), shown, params, what)
+    differences = _differences(manifest, params)
+    if differences:
+        raise StepFailed(
+            f"refusing {what}: it differs from release {manifest.get('nso_version')} as the "
+            f"release manager signed it: {'; '.join(differences)}. Nothing was downloaded; "
+            "the server's catalog or database no longer matches the signed release: find out "
+            f"why ('nso-repo release verify {manifest.get('nso_version')} --public-key PUB')"
+        )
