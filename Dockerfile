@@ -7,7 +7,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     NSO_REPO_DATA_DIR=/data \
-    NSO_REPO_BIND=0.0.0.0:8420
+    NSO_REPO_BIND=0.0.0.0:8420 \
+    NSO_REPO_FIRST_ADMIN_TOKEN=never
 
 RUN groupadd --system --gid 10001 nsorepo \
     && useradd --system --uid 10001 --gid nsorepo --home-dir /data --shell /usr/sbin/nologin nsorepo \
@@ -25,6 +26,7 @@ USER nsorepo
 VOLUME ["/data"]
 EXPOSE 8420
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s CMD python -c "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8420/api/v1/health').status != 200)"
-# gunicorn's master migrates the database. It prints no admin token to docker logs; make one
-# with: docker exec <container> nso-repo token create --role admin --name NAME
+# gunicorn's master migrates the database. It prints no admin token, even under `docker run -t`
+# (docker logs keeps a terminal's output too); make one with:
+#   docker exec <container> nso-repo token create --role admin --name NAME
 CMD ["gunicorn", "-c", "gunicorn.conf.py"]

@@ -10,6 +10,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import signal
 import sys
 from pathlib import Path
@@ -86,8 +87,14 @@ def enroll(ctx: click.Context, server: str, enrollment_token: str, root: Optiona
     except AgentError as exc:
         raise click.ClickException(str(exc)) from None
     token = answer.get("token")
-    if not token:
-        raise click.ClickException(f"the server's answer has no token: {answer}")
+    # It becomes a file and an HTTP header: printable ASCII without spaces, nothing else.
+    if not isinstance(token, str) or not re.fullmatch(r"[\x21-\x7e]{16,512}", token):
+        raise click.ClickException(
+            "the server's answer holds no usable node token (printable ASCII, 16 to 512 "
+            "characters): nothing was written. Check that --server is the repository server's "
+            "URL and that no proxy in between rewrites its answers, then enroll again with a "
+            "new token ('nso-repo node enroll-token NODE')"
+        )
     cfg.save(path)
     cfg.state_path.mkdir(parents=True, exist_ok=True)
     fd = os.open(cfg.token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -25,6 +25,16 @@ from agent.errors import ServerError, StepFinished
 from agent.transport import CaFile, check_server_url, opener, redact, tls_failure
 
 USER_AGENT = f"nso-agent/{__version__}"
+# The largest answer of the server the agent reads: a step with its signed manifest (at most
+# 1 MiB) fits many times over. Anything longer is not the server's answer and is not read
+# into the memory of a process that runs as root (a proxy, or a server that is not ours).
+MAX_ANSWER_BYTES = 16 << 20
+MAX_ERROR_BYTES = 64 << 10
+MAX_ID = 2**63 - 1
+NOT_THE_SERVER = (
+    "check that [server] url is the repository server and that no proxy in between rewrites "
+    "its answers"
+)
 # Errors worth another try: the server restarting, a load balancer hiccup, a dropped link.
 TRANSIENT = (urllib.error.URLError, http.client.HTTPException, ConnectionError, socket.timeout)
 
@@ -50,6 +60,74 @@ def status_text(status: int) -> str:
         return f"HTTP {status}"
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def decode_answer(raw: bytes, what: str) -> Any:
+    """The JSON of a server's answer (strict: no NaN, no Infinity, bounded nesting), or a
+    ServerError that says it is not an answer of the repository server."""
+    if len(raw) > MAX_ANSWER_BYTES:
+        raise ServerError(
+            f"{what}: the answer is longer than {MAX_ANSWER_BYTES} bytes, which no answer of "
+            f"the repository server is; it was not read. {NOT_THE_SERVER}"
+        )
+    try:
+        return json.loads(raw, parse_constant=_no_constant) if raw else None
+    except (ValueError, RecursionError):
+        raise ServerError(
+            f"{what}: the answer is not JSON, so not an answer of the repository server; "
+            + NOT_THE_SERVER
+        ) from None
+
+
+def answer_object(answer: Any, what: str) -> dict[str, Any]:
+    """A JSON object answer (None: empty), else a ServerError naming what came instead."""
+    if answer is None:
+        return {}
+    if not isinstance(answer, dict):
+        raise ServerError(
+            f"{what}: the answer is a JSON {type(answer).__name__}, not the object the "
+            f"protocol says; {NOT_THE_SERVER}"
+        )
+    return answer
+
+
+def _is_id(value: Any, low: int = 1) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= MAX_ID
+
+
+def checked_step(step: Any) -> dict[str, Any]:
+    """A handed-out step of the shape docs/agent-protocol.md gives, before anything of it is
+    used: ids are integers, the name is text, params, context and job are objects. What
+    fails is a ServerError naming each field, and nothing of the step is run."""
+    if not isinstance(step, dict):
+        problems = [f"the step is a JSON {type(step).__name__}, not an object"]
+    else:
+        problems = []
+        if not _is_id(step.get("id")):
+            problems.append(f"id {step.get('id')!r} is not a positive integer")
+        name = step.get("name")
+        if not isinstance(name, str) or not 0 < len(name) <= 64 or not name.isprintable():
+            problems.append(f"name {name!r} is not a step name")
+        for key in ("job_id", "attempt", "seq"):
+            if step.get(key) is not None and not _is_id(step[key], 0):
+                problems.append(f"{key} {step[key]!r} is not an integer from 0 to 2^63-1")
+        for key in ("params", "context", "job"):
+            if step.get(key) is not None and not isinstance(step[key], dict):
+                problems.append(f"{key} is a JSON {type(step[key]).__name__}, not an object")
+        job = step.get("job")
+        if isinstance(job, dict) and job.get("id") is not None and not _is_id(job["id"], 0):
+            problems.append(f"job.id {job['id']!r} is not an integer from 0 to 2^63-1")
+    if problems:
+        raise ServerError(
+            f"the server handed out a step this agent cannot read ({'; '.join(problems)}): "
+            f"nothing of it was run. {NOT_THE_SERVER[0].upper()}{NOT_THE_SERVER[1:]}, and that "
+            f"the server's version speaks this agent's protocol (nso-agent {__version__})"
+        )
+    return dict(step)
+
+
 def error_message(status: int, body: bytes) -> tuple[str, str]:
     """(code, message) from the server's one error shape. Anything else (a proxy's page) is
     not repeated: the status, and where to look."""
@@ -57,8 +135,8 @@ def error_message(status: int, body: bytes) -> tuple[str, str]:
         data = json.loads(body)
         err = data.get("error") if isinstance(data, dict) else None
         if isinstance(err, dict) and err.get("message"):
-            return str(err.get("code", "")), str(err["message"])[:2000]
-    except ValueError:
+            return str(err.get("code", ""))[:64], str(err["message"])[:2000]
+    except (ValueError, RecursionError):
         pass
     return "", (
         f"{status_text(status)}, not an answer of the repository server: check [server] url "
@@ -112,10 +190,10 @@ class ServerClient:
                 req.add_unredirected_header("Authorization", f"Bearer {self.token}")
             try:
                 with self._opener.open(req, timeout=timeout or self.timeout) as resp:
-                    raw = resp.read()
-                    return resp.status, json.loads(raw) if raw else None
+                    raw = resp.read(MAX_ANSWER_BYTES + 1)
+                    return resp.status, decode_answer(raw, f"{method} {path}")
             except urllib.error.HTTPError as exc:
-                raw = exc.read()
+                raw = exc.read(MAX_ERROR_BYTES)
                 if 300 <= exc.code < 400:
                     raise ServerError(
                         self._redirected(method, path, exc), status=exc.code
@@ -163,7 +241,7 @@ class ServerClient:
             },
             auth=False,
         )
-        return dict(answer or {})
+        return answer_object(answer, "POST /api/v1/agent/enroll")
 
     def heartbeat(self, inventory: dict[str, Any]) -> dict[str, Any]:
         _, answer = self.request(
@@ -171,7 +249,7 @@ class ServerClient:
             "/api/v1/agent/heartbeat",
             {"agent_version": __version__, "inventory": inventory},
         )
-        return dict(answer or {})
+        return answer_object(answer, "POST /api/v1/agent/heartbeat")
 
     def next_step(self, wait: int) -> Optional[dict[str, Any]]:
         """The next step for this node, or None after ``wait`` seconds without work."""
@@ -181,9 +259,9 @@ class ServerClient:
         )
         if status == 204 or not answer:
             return None
-        step = answer.get("step")
-        return dict(step) if step else None
+        step = answer_object(answer, "GET /api/v1/agent/next").get("step")
+        return checked_step(step) if step is not None else None
 
     def report(self, step_id: int, body: dict[str, Any]) -> dict[str, Any]:
         _, answer = self.request("POST", f"/api/v1/agent/steps/{int(step_id)}", body)
-        return dict(answer or {})
+        return answer_object(answer, f"POST /api/v1/agent/steps/{int(step_id)}")

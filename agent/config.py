@@ -48,6 +48,7 @@ from agent.fsutil import write_atomic
 DEFAULT_CONFIG = "/etc/nso-agent/agent.conf"
 CONFIG_ENV = "NSO_AGENT_CONFIG"
 SERVICE_MANAGERS = ("auto", "initd", "systemd")
+SECTIONS = ("server", "agent", "host", "cli", "trust")
 
 
 @dataclass(frozen=True)
@@ -285,6 +286,29 @@ def load(path: Path) -> Config:
             raise ConfigError(f"{path}: [{section}] {key} = {raw!r}; write true or false")
         return ini.BOOLEAN_STATES[raw.lower()]
 
+    # [trust] decides what this agent installs as root: a section or option it does not
+    # know (a typo: [Trust], release_public_keys) or an empty key path must stop it, never
+    # leave it installing unsigned releases.
+    unknown_sections = sorted(set(ini.sections()) - set(SECTIONS))
+    if unknown_sections:
+        raise ConfigError(
+            f"{path}: unknown section(s) {', '.join(f'[{n}]' for n in unknown_sections)}; "
+            f"the sections are {', '.join(f'[{n}]' for n in SECTIONS)} (names are lower case; "
+            "see agent/packaging/agent.conf.example)"
+        )
+    if ini.has_section("trust"):
+        unknown = sorted(set(ini["trust"]) - set(ini.defaults()) - {"release_public_key"})
+        if unknown:
+            raise ConfigError(
+                f"{path}: [trust] {', '.join(unknown)}: unknown option; the only one is "
+                "release_public_key = PATH (docs/signed-releases.md)"
+            )
+        if ini.has_option("trust", "release_public_key") and not get("trust", "release_public_key"):
+            raise ConfigError(
+                f"{path}: [trust] release_public_key is empty; give the path of the release "
+                "manager's public key (.pub), or remove the option to install without "
+                "signatures"
+            )
     cfg = Config(
         server_url=(get("server", "url") or "").rstrip("/"),
         ca_file=get("server", "ca_file"),

@@ -21,6 +21,7 @@ import hashlib
 import hmac
 import os
 import re
+import shutil
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -117,6 +118,7 @@ class Downloader:
             return dest
         dest.parent.mkdir(parents=True, exist_ok=True)
         part = dest.with_name(dest.name + ".part")
+        self._check_room(artifact, part)
         delays = self.backoff.delays()
         attempt = 0
         restarted = False
@@ -147,6 +149,21 @@ class Downloader:
                 f"{artifact.filename}: sha256 {got} does not match the announced "
                 f"{artifact.sha256}; the file was deleted and not used. Check the artifact "
                 "on the server (it may be corrupt in storage) and retry the job"
+            )
+
+    @staticmethod
+    def _check_room(artifact: Artifact, part: Path) -> None:
+        """Refuse, before a byte is fetched, a file that cannot fit: the announced size is
+        the server's word, and a huge one would fill the host's disk (NSO's too) before the
+        sha256 could refuse it."""
+        have = part.stat().st_size if part.exists() else 0
+        need = (artifact.size or 0) - have
+        free = shutil.disk_usage(part.parent).free
+        if need > free:
+            raise DownloadError(
+                f"{artifact.filename}: the step announces {artifact.size} bytes and only "
+                f"{free} are free in {part.parent}: nothing was downloaded. Free space there "
+                "(or check the artifact's size in the catalog), then retry the job"
             )
 
     def _transfer(
@@ -230,7 +247,8 @@ class Downloader:
                         f"{total} bytes; cut off and refused, nothing kept. Check the "
                         "artifact on the server and any proxy in between, then retry the job"
                     )
-                length = resp.headers.get("Content-Length")
+                length = resp.headers.get("Content-Length", "")
+                length = length if re.fullmatch(r"[0-9]{1,20}", length) else ""  # not echoed
                 if total is not None and have < total:
                     # The connection closed early: resume on the next try.
                     raise ConnectionError(

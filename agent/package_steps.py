@@ -37,7 +37,7 @@ def package_refs(ctx: StepContext) -> list[tuple[str, str, str]]:
     server sends must agree with it."""
     checked = [
         trust.package_identity(a, f"packages[{i}]")
-        for i, a in enumerate(ctx.params.get("packages") or [])
+        for i, a in enumerate(trust.listed(ctx.params, "packages"))
     ]
     refs = []
     for i, (filename, name, version) in enumerate(checked):
@@ -73,7 +73,7 @@ def reload_failures(text: str) -> list[str]:
 
 
 def reload_packages(ctx: StepContext) -> dict[str, Any]:
-    allow = bool(ctx.params.get("allow_data_loss"))
+    allow = trust.flag(ctx.params, "allow_data_loss")
     try:
         out = ctx.cli.run("packages reload", timeout=3600)
     except CliError as exc:

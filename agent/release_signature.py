@@ -19,6 +19,7 @@ import base64
 import binascii
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -40,7 +41,16 @@ OPTION = "[trust] release_public_key"
 def load_key(path: Path, shown: str) -> Ed25519PublicKey:
     """The release manager's public key from ``path`` (``shown``: its name on the host)."""
     try:
-        key = serialization.load_pem_public_key(path.read_bytes())
+        data = path.read_bytes()
+        # One key per file: with two, the PEM reader would silently trust only the first.
+        if data.count(b"-----BEGIN ") > 1:
+            raise ConfigError(
+                f"{OPTION} = {shown} holds more than one PEM block; it must hold exactly the "
+                "one public key the release manager gave you (the .pub file of 'nso-repo "
+                "release keygen'). While keys rotate, releases are signed with both keys: give "
+                "each agent the one key it should trust"
+            )
+        key = serialization.load_pem_public_key(data)
     except OSError as exc:
         raise ConfigError(
             f"{OPTION} = {shown}: cannot read it ({exc.strerror}); copy the release manager's "
@@ -61,11 +71,17 @@ def key_id(key: Ed25519PublicKey) -> str:
     return hashlib.sha256(raw).hexdigest()
 
 
+def _offered(signatures: Any) -> list[dict[str, Any]]:
+    """The well-formed entries of ``release_signatures`` (a few keys sign a release: one per
+    release manager, two while a key is rotated); anything else the server sent is ignored."""
+    entries = signatures[:MAX_SIGNATURES] if isinstance(signatures, list) else []
+    return [e for e in entries if isinstance(e, dict)]
+
+
 def _signed_by(key: Ed25519PublicKey, data: bytes, signatures: Any) -> bool:
     """Whether any of the offered signatures verifies over ``data`` with ``key``."""
-    # A few keys sign a release (one per release manager, two while a key is rotated).
-    for entry in signatures[:MAX_SIGNATURES] if isinstance(signatures, list) else []:
-        text = entry.get("signature") if isinstance(entry, dict) else None
+    for entry in _offered(signatures):
+        text = entry.get("signature")
         try:
             key.verify(base64.b64decode(str(text), validate=True), data)
             return True
@@ -102,7 +118,9 @@ def signed_manifest(
     if not data or len(data) > MAX_MANIFEST_BYTES:
         raise StepFailed(f"refusing {what}: its release manifest is not ASCII JSON under 1 MiB")
     if not _signed_by(key, data, signatures):
-        offered = sorted(str(s.get("key_id"))[:16] for s in signatures or [] if isinstance(s, dict))
+        offered = sorted(
+            re.sub(r"[^0-9a-f]", "?", str(s.get("key_id"))[:16]) for s in _offered(signatures)
+        )
         cause = (
             f"it is signed only by key(s) {', '.join(offered)}"
             if offered and kid not in offered

@@ -6,6 +6,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
+from agent import trust
 from agent.config import Config, HostPaths
 from agent.download import Downloader
 from agent.errors import StepFailed
@@ -74,7 +75,9 @@ class StepContext:
         return self.downloader
 
     def start_timeout(self) -> float:
-        return float(self.params.get("start_timeout") or self.config.start_timeout)
+        return trust.seconds(
+            self.params.get("start_timeout"), "start_timeout", self.config.start_timeout
+        )
 
     def close(self) -> None:
         self.cli.close()

@@ -57,6 +57,34 @@ def _match(
     return match
 
 
+def flag(params: dict[str, Any], name: str, default: bool = False) -> bool:
+    """A yes/no parameter: a JSON ``true`` or ``false`` (absent or null: ``default``). Text
+    such as ``"false"`` is refused, never read as yes: these flags allow data loss."""
+    value = params.get(name)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise refuse(name, value, "expected true or false")
+    return value
+
+
+MAX_SECONDS = 7 * 24 * 3600
+
+
+def seconds(value: object, what: str, default: float) -> float:
+    """A duration in seconds (absent or null: ``default``): a JSON number from 1 to a week.
+    NaN, infinity, text or a huge number would make a wait never end, or never begin."""
+    if value is None:
+        return default
+    if (
+        not isinstance(value, (int, float))
+        or isinstance(value, bool)
+        or not 1 <= value <= MAX_SECONDS  # NaN compares false
+    ):
+        raise refuse(what, value, f"expected a number of seconds from 1 to {MAX_SECONDS}")
+    return float(value)
+
+
 def nso_version(value: object, what: str) -> str:
     """An NSO version as the catalog writes it (``6.2``, ``6.1.2``, ``5.0.20181016.1``)."""
     rule = "an NSO version is X.Y[.Z...] in ASCII digits, e.g. 6.2.1"
@@ -90,11 +118,20 @@ def installer_file(value: object, what: str, target: Optional[str] = None) -> st
     return match[0]
 
 
-def _items(params: dict[str, Any], key: str) -> list[Any]:
-    value = params.get(key) or []
+def listed(params: dict[str, Any], key: str, of: str = "files") -> list[Any]:
+    """``params[key]`` as a list (absent or null: empty); text or an object is refused, never
+    taken apart into characters or keys."""
+    value = params.get(key)
+    if value is None:
+        return []
     if not isinstance(value, list):
-        raise refuse(key, value, "expected a list of files")
+        raise refuse(key, value, f"expected a list of {of}")
     return value
+
+
+def xml_names(params: dict[str, Any], key: str) -> list[str]:
+    """``params[key]``: a list of ncs.conf element names, each checked."""
+    return [xml_name(n, f"{key}[{i}]") for i, n in enumerate(listed(params, key, "names"))]
 
 
 def _artifact(data: object, what: str, check_name: Any) -> Artifact:
@@ -106,7 +143,7 @@ def _artifact(data: object, what: str, check_name: Any) -> Artifact:
 
 def package_artifacts(params: dict[str, Any], key: str = "packages") -> list[Artifact]:
     """``params[key]`` as artifacts, every file name checked first."""
-    return [_artifact(a, f"{key}[{i}]", package_file) for i, a in enumerate(_items(params, key))]
+    return [_artifact(a, f"{key}[{i}]", package_file) for i, a in enumerate(listed(params, key))]
 
 
 def installer_artifact(params: dict[str, Any], target: str) -> Artifact:
@@ -188,7 +225,7 @@ def checked_path(
         rel = str(under_root(paths, value, name).relative_to(top))
     except (StepFailed, ValueError):
         rel = ""
-    if not rel or not re.fullmatch(pattern, rel):
+    if not rel or not re.fullmatch(pattern, rel, re.ASCII):
         raise StepFailed(
             f"{name} {value!r} is not a place this agent writes "
             f"({paths.host_path(folder)}/{pattern}): refused"

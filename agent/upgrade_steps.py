@@ -221,10 +221,7 @@ def remove_conf_elements(text: str, names: list[str]) -> tuple[str, list[str]]:
 
 
 def ncs_conf(ctx: StepContext) -> dict[str, Any]:
-    names = [
-        trust.xml_name(n, f"remove_elements[{i}]")
-        for i, n in enumerate(ctx.params.get("remove_elements") or [])
-    ]
+    names = trust.xml_names(ctx.params, "remove_elements")
     conf = ctx.paths.ncs_conf
     original = conf.read_text()
     text, removed = remove_conf_elements(original, names)
@@ -340,8 +337,8 @@ def recover(ctx: StepContext) -> dict[str, Any]:
     source = trust.nso_version(
         ctx.param("source_version") or ctx.job.get("source_version"), "source_version"
     )
-    discard = bool(ctx.params.get("discard_writes"))
-    target_started = bool(ctx.params.get("target_started", True))
+    discard = trust.flag(ctx.params, "discard_writes")
+    target_started = trust.flag(ctx.params, "target_started", default=True)
     done: list[str] = list(ctx.journal.fact("recover_done", []))
 
     def mark(what: str) -> None:

@@ -32,7 +32,9 @@ def prepare(settings: Optional[Settings] = None, out: TextIO = sys.stdout) -> Op
             # empty folder, or revoking every admin token, must not lock everyone out.
             if has_active_admin(session):
                 return None
-            if not _is_terminal(out):
+            # B105 below: "never" is the setting's choice, not a password.
+            never = settings.first_admin_token == "never"  # nosec B105
+            if never or not _is_terminal(out):
                 out.write(_make_one_yourself(settings))
                 out.flush()
                 return None

@@ -57,6 +57,10 @@ class Settings:
     tar_max_ratio: int = 200
     gc_protect_seconds: int = 24 * 3600
     log_level: str = "INFO"
+    # "terminal": the first admin token is printed on first start when stdout is a terminal;
+    # "never": it never is (a container started with -t has a terminal that `docker logs`
+    # keeps). Either way, `nso-repo token create --role admin` makes one on the host.
+    first_admin_token: str = "terminal"
     # PEM files of the release managers' Ed25519 public keys; empty: any key's signature
     # that verifies is stored (agents hold the key that matters; docs/signed-releases.md).
     release_public_keys: tuple[str, ...] = ()
@@ -99,6 +103,11 @@ class Settings:
             raise ConfigError(
                 "NSO_REPO_STORAGE=s3 needs NSO_REPO_S3_BUCKET (and usually an endpoint)"
             )
+        if self.first_admin_token not in ("terminal", "never"):
+            raise ConfigError(
+                f"NSO_REPO_FIRST_ADMIN_TOKEN={self.first_admin_token!r} is not a choice: use "
+                "'terminal' (print the first admin token on a terminal) or 'never'"
+            )
         if self.max_polls_per_node < 1:
             raise ConfigError(
                 f"NSO_REPO_MAX_POLLS_PER_NODE={self.max_polls_per_node} lets no agent wait for "
@@ -140,6 +149,7 @@ ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
     "NSO_REPO_TAR_MAX_RATIO": ("tar_max_ratio", int),
     "NSO_REPO_GC_PROTECT_SECONDS": ("gc_protect_seconds", int),
     "NSO_REPO_LOG_LEVEL": ("log_level", str),
+    "NSO_REPO_FIRST_ADMIN_TOKEN": ("first_admin_token", str),
     "NSO_REPO_RELEASE_PUBLIC_KEYS": ("release_public_keys", _paths),
 }
 

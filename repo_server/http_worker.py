@@ -16,8 +16,15 @@ without a thread, and gives the connection to a thread only when the request is 
   NSO_REPO_IO_TIMEOUT seconds without progress (a stalled upload or download), so a thread
   is never held by a peer that went silent.
 
-Bodies of more than NSO_REPO_MAX_JSON_SIZE (uploads) and chunked bodies are streamed by the
-thread, as before. The worker speaks HTTP/1.1 (with or without gunicorn's TLS).
+Only the upload routes (PUT /api/v1/artifacts/<filename>, POST /api/v1/artifacts) stream a
+body larger than NSO_REPO_MAX_JSON_SIZE, or a chunked one, in their thread. Every other
+request's body is read here whole, chunked or not, and one over the limit is answered 413
+without a thread; `Expect: 100-continue` is answered here too. And a connection whose
+request body the application did not read to its end is closed after the answer, never
+kept alive: the thread would otherwise read the rest of that body, at the client's pace,
+to find the next request. (Each of these used to let 40 connections without a token hold
+every thread: tests/api/test_slow_bodies.py.) The worker speaks HTTP/1.1 (with or without
+gunicorn's TLS).
 """
 
 from __future__ import annotations
@@ -31,14 +38,77 @@ import ssl
 import time
 from collections import defaultdict
 from functools import partial
-from typing import Any, Optional
+from typing import Any, Callable, Optional
+from urllib.parse import unquote_to_bytes
 
 from gunicorn import http
 from gunicorn import sock as gsock
+from gunicorn.http.body import ChunkedReader, LengthReader
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
 MAX_HEAD_BYTES = 64 << 10
 READ_CHUNK = 64 << 10
+LINGER_SECONDS = 2.0  # gunicorn's own linger (util.close_graceful)
+LINGER_BYTES = 64 << 10
+MAX_CHUNK_SIZE_LINE = 1024  # a chunk's size in hex and its extensions
+MAX_TRAILER_LINE = 8 << 10
+HEX = frozenset(b"0123456789abcdefABCDEF")
+# (status, reason, code, message, details) of an answer the event loop gives by itself.
+Answer = tuple[int, str, str, str, Optional[dict[str, Any]]]
+
+
+class Refused(Exception):
+    """A request the event loop answers itself, and then closes the connection."""
+
+    def __init__(self, answer: Answer) -> None:
+        super().__init__(answer[3])
+        self.answer = answer
+
+
+def is_upload(method: bytes, target: bytes) -> bool:
+    """Whether a request line names an upload route, the only ones that stream a body of any
+    size (the app's request_guards.UPLOAD_ENDPOINTS). werkzeug decodes the path before it
+    routes, so this does too."""
+    path = target.split(b"?", 1)[0]
+    if b"://" in path:  # absolute-form: http://host/path
+        path = b"/" + path.split(b"://", 1)[1].partition(b"/")[2]
+    path = unquote_to_bytes(path)
+    if method == b"POST":
+        return path == b"/api/v1/artifacts"
+    prefix = b"/api/v1/artifacts/"
+    return method == b"PUT" and path.startswith(prefix) and b"/" not in path[len(prefix) :]
+
+
+def close_unless_body_read(app: Callable[..., Any]) -> Callable[..., Any]:
+    """WSGI middleware: when the application answers without having read the request body
+    to its end (refused it, or had no use for it), the answer closes the connection. Kept
+    alive, the thread would read the rest of that body to find the next request, for as
+    long as the client cares to trickle it."""
+
+    def guarded(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            response: Any = getattr(start_response, "__self__", None)  # gunicorn's Response
+            if _body_left(environ.get("wsgi.input")) and hasattr(response, "force_close"):
+                response.force_close()
+            return start_response(status, headers, exc_info)
+
+        return app(environ, start)
+
+    return guarded
+
+
+def _body_left(body: Any) -> bool:
+    """Whether gunicorn's request body still has bytes to come or to hand out."""
+    if body is None:
+        return False
+    if getattr(body, "failed", False) or body.buf.tell():
+        return True
+    reader = body.reader
+    if isinstance(reader, LengthReader):
+        return reader.length > 0
+    if isinstance(reader, ChunkedReader):
+        return reader.parser is not None or reader.buf.tell() > 0
+    return True  # a body read to the connection's end: nothing may follow it anyway
 
 
 class PendingConn(TConn):
@@ -48,11 +118,29 @@ class PendingConn(TConn):
         super().__init__(*args)
         self.data = bytearray()
         self.scanned = 0  # bytes of data searched for the end of the head
-        self.wanted = 0  # bytes of data that make the request whole, once the head is in
+        self.head_end = 0  # where the body starts in data, once the head is in
+        self.wanted = 0  # bytes of data that make the request whole, once known
+        # A chunked body read here: where the next chunk's size line starts in data (-1:
+        # not chunked), whether the CRLF ending the previous chunk's data is still to be
+        # checked, the body's decoded bytes so far, and whether the trailer section began.
+        self.chunk_at = -1
+        self.chunk_crlf = False
+        self.decoded = 0
+        self.in_trailers = False
         self.deadline = 0.0
         self.address = self.client[0] if isinstance(self.client, tuple) else str(self.client)
         self.handshaking = False
         self.ready = False  # the request is all there: the next enqueue goes to a thread
+        self.linger: Optional[Callable[[socket.socket], None]] = None
+
+    def close(self, graceful: bool = False) -> None:
+        # gthread closes gracefully from its event loop: a blocking drain of up to 2 s, so
+        # a client that trickled bytes into a closing connection stopped the loop for 2 s,
+        # and 40 of them stopped it for a minute. The worker lingers without blocking.
+        if graceful and self.linger is not None:
+            self.linger(self.sock)
+        else:
+            super().close(graceful)
 
 
 class GuardedThreadWorker(ThreadWorker):
@@ -72,6 +160,8 @@ class GuardedThreadWorker(ThreadWorker):
         # order, and every deadline is start + the same timeout); and the same by address.
         self.reading: dict[PendingConn, None] = {}
         self.reading_from: defaultdict[str, dict[PendingConn, None]] = defaultdict(dict)
+        # Closing sockets, drained until the client closes too (RFC 9112 9.6), oldest first.
+        self.lingering: dict[socket.socket, float] = {}
 
     @classmethod
     def check_config(cls, cfg: Any, log: Any) -> None:
@@ -95,6 +185,7 @@ class GuardedThreadWorker(ThreadWorker):
             return
         self.nr_conns += 1
         conn = PendingConn(self.cfg, client_sock, client_addr, listener.getsockname())
+        conn.linger = self._linger
         if self.cfg.is_ssl:
             if self.tls is None:  # once: gunicorn would load the key for every connection
                 self.tls = gsock.ssl_context(self.cfg)
@@ -130,9 +221,7 @@ class GuardedThreadWorker(ThreadWorker):
             self._close(next(iter(self.reading_from[conn.address])))
         self.reading[conn] = None
         self.reading_from[conn.address][conn] = None
-        if self._complete(conn):
-            self._dispatch(conn)
-        else:
+        if not self._settled(conn):
             self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._readable, conn))
 
     def _forget(self, conn: PendingConn) -> None:
@@ -146,11 +235,14 @@ class GuardedThreadWorker(ThreadWorker):
         with contextlib.suppress(KeyError, ValueError, OSError):
             self.poller.unregister(conn.sock)
 
-    def _close(self, conn: PendingConn, answer: Optional[tuple[int, str, str, str]] = None) -> None:
+    def _close(self, conn: PendingConn, answer: Optional[Answer] = None) -> None:
         self._forget(conn)
         if answer is not None:
-            status, reason, code, message = answer
-            body = json.dumps({"error": {"code": code, "message": message}}).encode()
+            status, reason, code, message, details = answer
+            error: dict[str, Any] = {"code": code, "message": message}
+            if details:
+                error["details"] = details
+            body = json.dumps({"error": error}).encode()
             head = (
                 f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
                 f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
@@ -158,7 +250,45 @@ class GuardedThreadWorker(ThreadWorker):
             with contextlib.suppress(OSError, ValueError):  # best effort: it must not block
                 conn.sock.send(head.encode() + body)
         self.nr_conns -= 1
-        conn.close()
+        conn.close(graceful=answer is not None)
+
+    def _linger(self, sock: socket.socket) -> None:
+        """Close ``sock`` after its answer: send FIN, then drain what the client still
+        sends, in the event loop, until it closes, LINGER_SECONDS pass or LINGER_BYTES came
+        (closing with unread bytes would reset the connection and could cut the answer)."""
+        try:
+            sock.shutdown(socket.SHUT_WR)
+            sock.setblocking(False)
+            self.poller.register(sock, selectors.EVENT_READ, self._drain)
+        except (OSError, ValueError, KeyError):
+            with contextlib.suppress(OSError):
+                sock.close()
+            return
+        self.lingering[sock] = time.monotonic() + LINGER_SECONDS
+        self._drain(sock)
+
+    def _drain(self, sock: socket.socket, *_args: Any) -> None:
+        drained = 0
+        while True:
+            try:
+                data = sock.recv(READ_CHUNK)
+            except (BlockingIOError, InterruptedError):
+                if drained < LINGER_BYTES:
+                    return
+                data = b""
+            except OSError:
+                data = b""
+            drained += len(data)
+            if not data or drained >= LINGER_BYTES:
+                self._unlinger(sock)
+                return
+
+    def _unlinger(self, sock: socket.socket) -> None:
+        self.lingering.pop(sock, None)
+        with contextlib.suppress(KeyError, ValueError, OSError):
+            self.poller.unregister(sock)
+        with contextlib.suppress(OSError):
+            sock.close()
 
     # -- reading a request in the event loop -------------------------------------------
 
@@ -187,10 +317,9 @@ class GuardedThreadWorker(ThreadWorker):
                 self._close(conn)  # gone before its request was complete
                 return
             conn.data.extend(data)
-            if self._complete(conn):
-                self._dispatch(conn)
+            if self._settled(conn):
                 return
-            if not conn.wanted and len(conn.data) > MAX_HEAD_BYTES:
+            if not conn.head_end and len(conn.data) > MAX_HEAD_BYTES:
                 self._close(
                     conn,
                     (
@@ -199,9 +328,22 @@ class GuardedThreadWorker(ThreadWorker):
                         "headers_too_large",
                         f"the request head is over {MAX_HEAD_BYTES} bytes: send fewer or "
                         "shorter headers",
+                        None,
                     ),
                 )
                 return
+
+    def _settled(self, conn: PendingConn) -> bool:
+        """Hand the request to a thread once it is all there, or answer it here when it is
+        refused; False while more is to come."""
+        try:
+            if not self._complete(conn):
+                return False
+        except Refused as refused:
+            self._close(conn, refused.answer)
+            return True
+        self._dispatch(conn)
+        return True
 
     def _handshake(self, conn: PendingConn) -> bool:
         """One step of a TLS handshake; True once it is done."""
@@ -221,33 +363,127 @@ class GuardedThreadWorker(ThreadWorker):
         return True
 
     def _complete(self, conn: PendingConn) -> bool:
-        """Whether the head has come, and the body too when the event loop should wait for
-        it: a Content-Length up to the JSON limit, and no `Expect: 100-continue` (such a
-        client sends its body only once the server answers)."""
-        if not conn.wanted:
+        """Whether the request is all there: its head, and the body when the event loop
+        waits for it (every body but an upload's stream). Raises Refused for a request
+        answered here."""
+        if not conn.head_end:
             # Look only at what came since the last look: a head sent a byte at a time
             # must not cost a scan of everything before each byte.
             end = conn.data.find(b"\r\n\r\n", max(0, conn.scanned - 3))
             conn.scanned = len(conn.data)
             if end < 0:
                 return False
-            conn.wanted = end + 4 + self._body_to_wait_for(bytes(conn.data[:end]))
+            self._plan_body(conn, end)
+        if conn.chunk_at >= 0:
+            return self._chunked_complete(conn)
         return len(conn.data) >= conn.wanted
 
-    def _body_to_wait_for(self, head: bytes) -> int:
+    def _plan_body(self, conn: PendingConn, end: int) -> None:
+        """Decide, from the head ending at ``end``, what of the body to wait for."""
+        head = bytes(conn.data[:end])
+        lines = head.split(b"\r\n")
+        request_line = lines[0].split(b" ")
+        upload = len(request_line) == 3 and is_upload(request_line[0], request_line[1])
         length: Optional[int] = None
-        for line in head.split(b"\r\n")[1:]:
+        chunked = expect = malformed = False
+        for line in lines[1:]:
             name, _, value = line.partition(b":")
             name, value = name.strip().lower(), value.strip().lower()
-            if name == b"expect" or name == b"transfer-encoding":
-                return 0  # the thread reads the body
-            if name == b"content-length":
-                if not value.isdigit() or length is not None:
-                    return 0  # malformed or repeated: gunicorn's parser answers 400
-                length = int(value)
-        if length is None or length > self.preread_limit:
-            return 0
-        return length
+            if name == b"expect":
+                expect = True
+            elif name == b"transfer-encoding":
+                chunked = value == b"chunked"
+                malformed = malformed or not chunked  # gunicorn's parser answers it
+            elif name == b"content-length":
+                malformed = malformed or not value.isdigit() or length is not None
+                length = int(value) if value.isdigit() else None
+        conn.head_end = conn.wanted = end + 4
+        if malformed or (chunked and length is not None):
+            return  # gunicorn's parser answers 400 (or 501) and closes: no body is read
+        if upload:
+            # The thread streams an upload (the app checks the token and the name first);
+            # a small one with a Content-Length comes whole, as any other request.
+            if not (expect or chunked) and length is not None and length <= self.preread_limit:
+                conn.wanted += length
+            return
+        if length is not None and length > self.preread_limit:
+            raise Refused(self._too_large())
+        if expect and request_line[-1] == b"HTTP/1.1":
+            # Answer it here, and drop it from the head: gunicorn would send a second one.
+            kept = [line for line in lines if line.partition(b":")[0].strip().lower() != b"expect"]
+            conn.data[:end] = b"\r\n".join(kept)
+            conn.head_end = conn.wanted = len(b"\r\n".join(kept)) + 4
+            with contextlib.suppress(OSError, ValueError):  # a client gone is read as gone
+                conn.sock.send(b"HTTP/1.1 100 Continue\r\n\r\n")
+        if chunked:
+            conn.chunk_at = conn.head_end
+        elif length:
+            conn.wanted += length
+
+    def _chunked_complete(self, conn: PendingConn) -> bool:
+        """Walk the chunked body read so far from where the last walk stopped; True once
+        its last chunk and trailer section are in."""
+        data = conn.data
+        # Framing (size lines, extensions, trailers) may double a body, no more.
+        if len(data) - conn.head_end > 2 * self.preread_limit + MAX_HEAD_BYTES:
+            raise Refused(self._too_large())
+        while True:
+            if len(data) < conn.chunk_at:
+                return False  # the rest of a chunk's data, and its CRLF, are to come
+            if conn.chunk_crlf:
+                if data[conn.chunk_at - 2 : conn.chunk_at] != b"\r\n":
+                    raise Refused(self._bad_chunk("a chunk's data is not followed by CRLF"))
+                conn.chunk_crlf = False
+            line_end = data.find(b"\r\n", conn.chunk_at)
+            longest = MAX_TRAILER_LINE if conn.in_trailers else MAX_CHUNK_SIZE_LINE
+            if (line_end if line_end >= 0 else len(data)) - conn.chunk_at > longest:
+                raise Refused(
+                    self._bad_chunk(f"a line of the chunked body is over {longest} bytes")
+                )
+            if line_end < 0:
+                return False
+            line = bytes(data[conn.chunk_at : line_end])
+            conn.chunk_at = line_end + 2
+            if conn.in_trailers:
+                if not line:
+                    conn.wanted = conn.chunk_at
+                    return True
+                continue
+            size = line.split(b";", 1)[0].strip()
+            if not size or len(size) > 16 or not set(size) <= HEX:
+                raise Refused(self._bad_chunk(f"{line[:40]!r} is not a chunk size in hex"))
+            conn.decoded += int(size, 16)
+            if conn.decoded > self.preread_limit:
+                raise Refused(self._too_large())
+            if int(size, 16) == 0:
+                conn.in_trailers = True
+            else:
+                conn.chunk_at += int(size, 16) + 2
+                conn.chunk_crlf = True
+
+    def _too_large(self) -> Answer:
+        limit = self.preread_limit
+        # The same answer as the app's (request_guards), given before a thread is taken.
+        return (
+            413,
+            "Content Too Large",
+            "payload_too_large",
+            f"the request body is over {limit} bytes, the limit for this endpoint "
+            "(NSO_REPO_MAX_JSON_SIZE for JSON): send a smaller body; files are uploaded "
+            "with PUT /api/v1/artifacts/<filename>",
+            {"limit": limit},
+        )
+
+    @staticmethod
+    def _bad_chunk(why: str) -> Answer:
+        return (
+            400,
+            "Bad Request",
+            "bad_request",
+            f"the chunked request body is malformed: {why}; send a valid HTTP/1.1 chunked "
+            "body, or the body with a Content-Length",
+            None,
+        )
 
     def _dispatch(self, conn: PendingConn) -> None:
         """Give the connection, with what was read of it, to a thread."""
@@ -258,7 +494,9 @@ class GuardedThreadWorker(ThreadWorker):
         conn.data_ready = True
         conn.parser.unreader.unread(bytes(conn.data))
         conn.data = bytearray()
-        conn.scanned = conn.wanted = 0
+        conn.scanned = conn.head_end = conn.wanted = conn.decoded = 0
+        conn.chunk_at = -1
+        conn.chunk_crlf = conn.in_trailers = False
         conn.ready = True
         self.enqueue_req(conn)
 
@@ -269,11 +507,16 @@ class GuardedThreadWorker(ThreadWorker):
         that did not arrive in time, and every one still coming when the worker stops."""
         super().murder_pending()
         now = time.monotonic()
+        while self.lingering:
+            sock, until = next(iter(self.lingering.items()))
+            if until > now and self.alive:
+                break
+            self._unlinger(sock)
         while self.reading:
             conn = next(iter(self.reading))
             if conn.deadline > now and self.alive:
                 break
-            answer = None
+            answer: Optional[Answer] = None
             if conn.data and self.alive:
                 answer = (
                     408,
@@ -282,10 +525,15 @@ class GuardedThreadWorker(ThreadWorker):
                     f"the request did not arrive within {self.request_timeout:g} s "
                     "(NSO_REPO_REQUEST_TIMEOUT): send the request head and its JSON body "
                     "without pausing",
+                    None,
                 )
             self._close(conn, answer)
 
     # -- in a thread ---------------------------------------------------------------------
+
+    def load_wsgi(self) -> None:
+        super().load_wsgi()
+        self.wsgi: Callable[..., Any] = close_unless_body_read(self.wsgi)
 
     def handle_request(self, req: Any, conn: TConn) -> Any:
         # The thread's reads of the rest of the body and its writes of the answer; the base

@@ -204,3 +204,25 @@ def _upload_checks_temp_file(server: RepoServer, tmp_dir: Path, folder: Path) ->
         while chunk := sock.recv(65536):
             answer += chunk
     assert answer.split()[1] == b"201", answer[:400]
+
+
+def test_a_terminal_that_is_kept_gets_no_token_when_told_never(tmp_path: Path) -> None:
+    # `docker run -t` gives the server a terminal whose output `docker logs` keeps: the image
+    # sets NSO_REPO_FIRST_ADMIN_TOKEN=never.
+    env = clean_env(PYTHONPATH=str(REPO), NSO_REPO_FIRST_ADMIN_TOKEN="never")
+    server = TerminalServe(tmp_path / "data", env)
+    try:
+        assert not TOKEN.search(server.output), server.output
+        assert "nso-repo token create --role admin" in server.output
+    finally:
+        server.stop()
+    assert "NSO_REPO_FIRST_ADMIN_TOKEN=never" in (REPO / "Dockerfile").read_text()
+    bad = subprocess.run(
+        [sys.executable, "-m", "repo_server.cli", "serve", "--data-dir", str(tmp_path / "d")],
+        env=clean_env(PYTHONPATH=str(REPO), NSO_REPO_FIRST_ADMIN_TOKEN="sometimes"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode != 0
+    assert "NSO_REPO_FIRST_ADMIN_TOKEN='sometimes'" in bad.stderr + bad.stdout

@@ -2,7 +2,8 @@
 
 Failed authentication is counted, not listed: one `auth.failed` row per source address and
 calendar minute, updated in place (`details.count`), so a flood of bad tokens adds at most
-one row a minute per address. Job and step states are audited as they are flushed, inside
+one row a minute per address; and past MAX_ADDRESSES_PER_MINUTE addresses in a minute (an
+IPv6 prefix, a botnet), new addresses are counted together in one `address:*` row. Job and step states are audited as they are flushed, inside
 the transaction that changes them, so a change and its audit row commit or roll back together.
 """
 
@@ -13,7 +14,7 @@ import logging
 from datetime import datetime
 from typing import Any, Optional
 
-from sqlalchemy import event, false, inspect, select, text, update
+from sqlalchemy import event, false, func, inspect, select, text, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -24,6 +25,8 @@ from repo_server.upgrades.models import Job, Step
 log = logging.getLogger(__name__)
 
 FAILED_AUTH = "auth.failed"
+MAX_ADDRESSES_PER_MINUTE = 100
+OVERFLOW_TARGET = "address:*"
 # Job states that are outcomes; the start of a job shows as its first step's dispatch.
 JOB_OUTCOMES = ("succeeded", "failed", "cancelled")
 _TRACKING = "audit_job_states"
@@ -66,19 +69,17 @@ def record_failed_authentication(
     now = now or utcnow()
     target = _clean(f"address:{address}", 300)
     stamp = now.isoformat()
+    minute = now.replace(second=0, microsecond=0)
     try:
         with sessions() as session:
             _serialise(session, target)
-            row = session.scalars(
-                select(AuditEvent)
-                .where(
-                    AuditEvent.action == FAILED_AUTH,
-                    AuditEvent.target == target,
-                    AuditEvent.at >= now.replace(second=0, microsecond=0),
-                )
-                .order_by(AuditEvent.id)
-                .limit(1)
-            ).first()
+            row = _row_of_this_minute(session, target, minute)
+            if row is None and _addresses_this_minute(session, minute) >= MAX_ADDRESSES_PER_MINUTE:
+                # Racing requests may each add their address's row past the cap: by at
+                # most the number of threads, not without bound.
+                target = OVERFLOW_TARGET
+                _serialise(session, target)
+                row = _row_of_this_minute(session, target, minute)
             if row is None:
                 details: dict[str, Any] = {"count": 0, "reasons": {}, "first_at": stamp}
                 row = AuditEvent(
@@ -104,11 +105,38 @@ def record_failed_authentication(
                 "last_at": stamp,
                 "last_path": _clean(path),
             }
+            if target == OVERFLOW_TARGET:
+                row.details["last_address"] = _clean(address, 100)
             session.commit()
     except SQLAlchemyError as exc:
         log.warning(
             "could not audit a failed authentication from %s: %s", address, type(exc).__name__
         )
+
+
+def _row_of_this_minute(session: Session, target: str, minute: datetime) -> Optional[AuditEvent]:
+    return session.scalars(
+        select(AuditEvent)
+        .where(
+            AuditEvent.action == FAILED_AUTH,
+            AuditEvent.target == target,
+            AuditEvent.at >= minute,
+        )
+        .order_by(AuditEvent.id)
+        .limit(1)
+    ).first()
+
+
+def _addresses_this_minute(session: Session, minute: datetime) -> int:
+    """Rows of `auth.failed` begun this minute (on the `at` index)."""
+    return int(
+        session.scalar(
+            select(func.count())
+            .select_from(AuditEvent)
+            .where(AuditEvent.at >= minute, AuditEvent.action == FAILED_AUTH)
+        )
+        or 0
+    )
 
 
 def audit_state_changes(session: Session) -> None:

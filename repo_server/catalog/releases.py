@@ -50,6 +50,22 @@ def live_artifact(session: Session, filename: str) -> Artifact:
     return artifact
 
 
+# A free-space figure larger than any disk is a typo, not a requirement.
+MAX_FREE_BYTES = 1 << 60
+
+
+def _byte_count(value: Any) -> int:
+    # bool is an int in Python, and "12" or 1e999 from JSON would pass int(); only a whole
+    # JSON number of bytes is a byte count.
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_FREE_BYTES:
+        raise ValidationFailed(
+            f"requirements.min_free_bytes={str(value)[:40]!r} is not a byte count: "
+            f"give a whole number from 0 to {MAX_FREE_BYTES}",
+            field="requirements.min_free_bytes",
+        )
+    return value
+
+
 def _check_requirements(requirements: dict[str, Any]) -> dict[str, Any]:
     unknown = set(requirements) - set(REQUIREMENT_KEYS)
     if unknown:
@@ -62,11 +78,11 @@ def _check_requirements(requirements: dict[str, Any]) -> dict[str, Any]:
         if value in (None, ""):
             continue
         if key == "min_free_bytes":
-            clean[key] = int(value)
+            clean[key] = _byte_count(value)
         elif key == "min_source_version":
             clean[key] = str(parse_version(str(value), "requirements.min_source_version"))
         else:
-            if not re.match(r"\d+(\.\d+)*$", str(value).strip()):
+            if not re.fullmatch(r"[0-9]+(\.[0-9]+)*", str(value).strip()):
                 raise ValidationFailed(
                     f"requirements.{key}={value!r} is not a version such as 17 or 2.28",
                     field=f"requirements.{key}",

@@ -8,6 +8,7 @@ from urllib.parse import quote
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -68,7 +69,10 @@ def upload(files: tuple[str, ...], as_json: bool, url: Optional[str], token: Opt
                     {"file": str(path), "error": {"code": exc.code, "message": exc.message}}
                 )
                 if not as_json:
-                    console.print(f"[red]failed[/] {path.name}: {exc.message} [{exc.code}]")
+                    console.print(
+                        f"[red]failed[/] {escape(path.name)}: {escape(exc.message)} "
+                        f"{escape(f'[{exc.code}]')}"
+                    )
                 continue
             finally:
                 progress.remove_task(task)

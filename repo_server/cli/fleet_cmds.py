@@ -10,6 +10,7 @@ import click
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from repo_server.cli.common import client_options, fail, handle_errors, make_client, print_json
 from repo_server.cli.release_signing_cmds import release_keygen, release_sign, release_verify
@@ -312,16 +313,18 @@ def _render(data: dict[str, Any]) -> Table:
         f"{data['target_version']} — {data['state']}"
         + (f" ({data['outcome']})" if data.get("outcome") else "")
     )
-    table = Table(title=title, box=None, pad_edge=False)
+    # Messages and log tails are an agent's words: shown as text, never read as rich markup
+    # (a "[/x]" in a log line would stop the watch, a "[bold red]" would restyle it).
+    table = Table(title=Text(title), box=None, pad_edge=False)
     for column in ("#", "STEP", "STATE", "%", "MESSAGE"):
         table.add_column(column)
     for step in data["steps"]:
         table.add_row(
             str(step["seq"]),
-            step["name"],
-            step["state"],
+            Text(step["name"]),
+            Text(step["state"]),
             str(step["progress"]),
-            step["message"] or "",
+            Text(step["message"] or ""),
         )
     running = [
         # Log tails are absent for roles without job:details (viewers).
@@ -331,7 +334,7 @@ def _render(data: dict[str, Any]) -> Table:
     ]
     if running:
         tail = "\n".join(running[-1]["log_tail"].splitlines()[-5:])
-        table.caption = tail
+        table.caption = Text(tail)
     return table
 
 

@@ -127,11 +127,35 @@ def _check_tls(cert: Optional[str], key: Optional[str]) -> None:
             "--tls-cert and --tls-key go together (or NSO_REPO_TLS_CERT and NSO_REPO_TLS_KEY): "
             "give the PEM certificate chain and its private key"
         )
+    for option, path in (("--tls-cert", cert), ("--tls-key", key)):
+        try:
+            with open(path, "rb") as fh:
+                text = fh.read(1 << 20)
+        except OSError as exc:
+            raise click.ClickException(
+                f"cannot read {option} {path}: {exc.strerror}; give the path of a PEM file "
+                "that this user can read"
+            ) from None
+        marker = b"-----BEGIN CERTIFICATE-----" if option == "--tls-cert" else b"PRIVATE KEY-----"
+        if marker not in text:
+            what, tool = ("certificate", "x509") if option == "--tls-cert" else ("key", "pkey")
+            raise click.ClickException(
+                f"{option} {path} holds no PEM {what} (a '-----BEGIN ...' block): give the "
+                f"PEM file, or convert it with 'openssl {tool} -in {path} -out FILE.pem'"
+            )
     try:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(cert, key, password=lambda: b"")
     except (OSError, ssl.SSLError) as exc:
         why = getattr(exc, "reason", None) or exc.strerror or exc
+        if why == "KEY_VALUES_MISMATCH":
+            why = f"the key in {key} is not the key of the certificate in {cert}"
+        elif why in ("PEM_LIB", "BAD_DECRYPT") or "PEM lib" in str(why):
+            why = (
+                f"the certificate in {cert} or the key in {key} cannot be loaded (a damaged "
+                "PEM block, or a key encrypted with a passphrase: the server cannot ask for "
+                f"one; 'openssl pkey -in {key} -out server.key' writes it unencrypted)"
+            )
         raise click.ClickException(
             f"cannot serve https with --tls-cert {cert} and --tls-key {key}: {why}; give a "
             "PEM certificate chain and the unencrypted private key that matches it, both "

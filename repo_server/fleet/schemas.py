@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from marshmallow import INCLUDE, Schema, ValidationError, fields, validate, validates_schema
@@ -146,11 +147,33 @@ class InventorySchema(_Open):
                     "JSON under a name of at most 64 characters",
                     str(key)[:64],
                 )
+        if _non_finite(original):
+            # 1e999 parses as infinity: stored, it would be served as `Infinity`, which is
+            # not JSON (SQLite), or refused by the database with no field named (PostgreSQL).
+            raise ValidationError(
+                "a number in the inventory is too large to be finite (such as 1e999): send "
+                "integers from 0 to 2^63-1",
+                "_schema",
+            )
         size = _json_size(original)
         if size > INVENTORY_MAX_BYTES:
             raise ValidationError(
                 f"the inventory is {size} bytes of JSON, over {INVENTORY_MAX_BYTES}", "_schema"
             )
+
+
+def _non_finite(value: Any) -> bool:
+    """Whether ``value`` holds a float that is infinite or NaN, however deep."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            return True
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 def _json_size(value: Any) -> int:
@@ -199,7 +222,9 @@ class StepReportSchema(Schema):
     state = fields.String(
         required=True, validate=validate.OneOf(("running", "succeeded", "failed"))
     )
-    progress = fields.Integer(load_default=None, allow_none=True, validate=validate.Range(0, 100))
+    progress = fields.Integer(
+        strict=True, load_default=None, allow_none=True, validate=validate.Range(0, 100)
+    )
     message = fields.String(
         load_default=None, allow_none=True, validate=validate.Length(max=MESSAGE_MAX)
     )

@@ -12,8 +12,16 @@ from sqlalchemy.orm import Session
 from repo_server.auth.models import ApiToken
 from repo_server.auth.service import TOKEN_PREFIX, Principal, audit, hash_token
 from repo_server.db import utcnow
-from repo_server.errors import AppError, Conflict, Forbidden, NotFound, ValidationFailed
+from repo_server.errors import (
+    AppError,
+    Conflict,
+    Forbidden,
+    NotFound,
+    Unauthenticated,
+    ValidationFailed,
+)
 from repo_server.fleet.models import EnrollmentToken, Node
+from repo_server.upgrades.results import printable, printable_tree
 
 ENROLLMENT_PREFIX = "nse_"
 ENROLLMENT_VALID = timedelta(hours=24)
@@ -145,14 +153,14 @@ def enroll(
     )
     node.enrolled_at = now
     node.last_seen_at = now
-    node.hostname = hostname
-    node.agent_version = agent_version
+    node.hostname = printable(hostname) if hostname else hostname
+    node.agent_version = printable(agent_version) if agent_version else agent_version
     audit(
         session,
         f"agent:{node.name}",
         "node.enroll",
         f"node:{node.name}",
-        hostname=hostname,
+        hostname=node.hostname,
         revoked_enrollment_tokens=revoked,
     )
     session.commit()
@@ -171,6 +179,22 @@ def node_of(session: Session, who: Principal) -> Node:
     return node
 
 
+def still_active(session: Session, who: Principal) -> None:
+    """Refuse a token revoked since the request authenticated it: a long-poll waits up to
+    60 s, and enrolling the node again (or an admin) may revoke the token it began with in
+    the meantime. That poll must not take the node's next step."""
+    active = session.scalar(
+        select(ApiToken.id).where(ApiToken.id == who.token_id, ApiToken.revoked_at.is_(None))
+    )
+    if active is None:
+        session.rollback()
+        raise Unauthenticated(
+            "this agent token was revoked while the request waited (the node was enrolled "
+            "again, or an admin revoked it): enroll the agent again with a new enrollment "
+            "token ('nso-repo node enroll-token NODE')"
+        )
+
+
 def touch(session: Session, node: Node) -> None:
     node.last_seen_at = utcnow()
 
@@ -179,10 +203,11 @@ def heartbeat(
     session: Session, node: Node, inventory: dict[str, Any], agent_version: Optional[str]
 ) -> Node:
     now = utcnow()
-    node.inventory = inventory
+    # Operators read inventories in a terminal (`nso-repo node ls`, preflight reasons).
+    node.inventory = printable_tree(inventory)
     node.inventory_at = now
     node.last_seen_at = now
     if agent_version:
-        node.agent_version = agent_version
+        node.agent_version = printable(agent_version)
     session.commit()
     return node

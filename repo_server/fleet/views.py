@@ -121,6 +121,7 @@ def next_step(args: dict[str, Any]) -> Any:
         node.id, seen, deadline - time.monotonic(), ticket, limit
     ):
         seen = app.notifier.counter(node.id)
+        service.still_active(session, principal())
         step = jobs.claim_next(node)
     if step is None:
         return Response(status=204)

@@ -195,6 +195,7 @@ class JobService:
         if active is not None:
             raise Conflict(f"job {active.id} is running on {node.name}: wait for it first")
         self._check_nothing_since(done, node)
+        recovery = _checked_recovery_context(done)
         if not discard_writes:
             raise DiscardConfirmation(
                 f"rolling back job {job_id} puts {node.name} back on NSO {done.source_version} "
@@ -205,7 +206,7 @@ class JobService:
                 stopped_at=_stop_time(done) or None,
             )
         spec = plans.recover_step(
-            done.context,
+            recovery,
             done.source_version or "",
             done.target_version or "",
             target_started=True,
@@ -217,7 +218,7 @@ class JobService:
             source_version=done.target_version,
             target_version=done.source_version,
             options={"rollback_of": done.id, "discard_writes": True},
-            context={k: done.context[k] for k in plans.RECOVERY_CONTEXT if k in done.context},
+            context={k: recovery[k] for k in plans.RECOVERY_CONTEXT if k in recovery},
             plan={"rollback_of": done.id},
             created_by=who.actor,
         )
@@ -340,6 +341,11 @@ class JobService:
             if not same_step:
                 raise Conflict(f"report_id {report_id} was used for another step: make a new one")
             return dict(answer)
+        # Only the report that finishes a step is remembered by its report_id: that is the
+        # one an agent resends after a crash. A progress report applied twice only sets
+        # progress and message again; a finished step reported again changes nothing. So a
+        # node cannot grow the table by reporting: one row per step at most.
+        remember = state != "running" and step.state not in FINISHED
         if step.state in FINISHED:
             if step.state != state:
                 self.session.rollback()
@@ -363,7 +369,8 @@ class JobService:
             "step": step_dict(step),
             "job": {"id": job.id, "state": job.state, "outcome": job.outcome},
         }
-        self.session.add(StepReport(report_id=report_id, step_id=step.id, answer=answer))
+        if remember:
+            self.session.add(StepReport(report_id=report_id, step_id=step.id, answer=answer))
         if state in ("succeeded", "failed"):
             announce(self.session, self.notifier, node.id)
         self.session.commit()
@@ -398,10 +405,11 @@ class JobService:
     ) -> None:
         now = utcnow()
         step.progress = max(0, min(100, int(body.get("progress") or step.progress or 0)))
+        # Operators read these in a terminal: no escape sequence of the agent's reaches it.
         if body.get("message"):
-            step.message = str(body["message"])[: results.MESSAGE_MAX]
+            step.message = results.printable(str(body["message"]))[: results.MESSAGE_MAX]
         if body.get("log_tail") is not None:
-            step.log_tail = str(body["log_tail"])[-results.LOG_TAIL_MAX :]
+            step.log_tail = results.printable(str(body["log_tail"]))[-results.LOG_TAIL_MAX :]
         if body.get("nso_seconds") is not None:
             step.nso_seconds = float(body["nso_seconds"])
         if state == "running":
@@ -453,7 +461,7 @@ class JobService:
             self._skip_pending(job)
             spec = plans.recovery_for(
                 job.kind,
-                job.context,
+                results.checked_context(job.id, job.context),
                 job.source_version or "",
                 job.target_version or "",
                 self._target_started(job),
@@ -500,6 +508,29 @@ class JobService:
             job.outcome = "rolled_back"
         else:
             job.state = "succeeded"
+
+
+def _paths_job(job: Job) -> int:
+    """The job whose folders a job's context names: a rollback's are the rolled back job's."""
+    of = (job.options or {}).get("rollback_of") if job.kind == "rollback" else None
+    return of if type(of) is int else job.id
+
+
+def _checked_recovery_context(done: Job) -> dict[str, Any]:
+    """What a rollback of ``done`` hands its recovery step; refused when a value that
+    recovery needs does not pass its step's declaration (a context an older server stored)."""
+    recovery = results.checked_context(done.id, done.context)
+    refused = sorted(k for k in plans.RECOVERY_CONTEXT if k in done.context and k not in recovery)
+    if refused:
+        raise Conflict(
+            f"job {done.id} recorded {', '.join(refused)} in a form this server no longer "
+            "accepts (a host path outside the job's folders, or a value of the wrong type; "
+            "stored by an older server): it cannot be rolled back automatically. Restore "
+            "the node by hand from its restore point under /var/opt/ncs/backups "
+            "(docs/upgrades.md)",
+            refused=refused,
+        )
+    return recovery
 
 
 def _stop_time(job: Job) -> str:
@@ -557,7 +588,9 @@ def step_payload(step: Step) -> dict[str, Any]:
     return {
         **step_dict(step),
         "params": step.params,
-        "context": job.context,
+        # As the steps reported it: a context stored by an older server may not hand a
+        # later step an undeclared key or a path outside the job's folders.
+        "context": results.checked_context(_paths_job(job), job.context),
         "job": {
             "id": job.id,
             "kind": job.kind,

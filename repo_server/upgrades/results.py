@@ -32,6 +32,30 @@ COUNT_MAX = 2**63 - 1
 _PART = r"[^/\x00-\x1f\x7f]+"
 
 
+# What an agent's text may not bring to an operator's terminal (`nso-repo job watch`,
+# `node ls`): C0 and C1 control characters but tab and newline (escape sequences start with
+# ESC or CSI; a carriage return overwrites a line), and the bidirectional overrides that
+# make text read other than it is stored.
+_UNPRINTABLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """``text`` with every character an agent must not send to a terminal replaced by
+    U+FFFD; line breaks are kept (CRLF as LF)."""
+    return _UNPRINTABLE.sub("\ufffd", text.replace("\r\n", "\n"))
+
+
+def printable_tree(value: Any) -> Any:
+    """``value`` (JSON) with ``printable`` applied to every string in it, keys included."""
+    if isinstance(value, str):
+        return printable(value)
+    if isinstance(value, dict):
+        return {printable(str(k)): printable_tree(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [printable_tree(v) for v in value]
+    return value
+
+
 class ResultInvalid(ValidationFailed):
     code = "result_invalid"
 
@@ -98,7 +122,9 @@ class Key:
             return "\x00" not in value
         if self.path and not _normal_path(value):
             return False
-        return re.fullmatch(self.pattern.replace("{job}", str(job_id)), value) is not None
+        # ASCII: \d is 0-9 only, not the digits of every script.
+        pattern = self.pattern.replace("{job}", str(job_id))
+        return re.fullmatch(pattern, value, re.ASCII) is not None
 
 
 def _normal_path(value: str) -> bool:
@@ -214,7 +240,7 @@ def succeeded_result(step: str, job_id: int, raw: Any) -> dict[str, Any]:
         for key, value in raw.items():
             spec = declared.get(key)
             if spec is None:
-                problem = f"{key!r} is not a result of {step}"
+                problem = f"{key[:64]!r}{'...' if len(key) > 64 else ''} is not a result of {step}"
                 break
             if not spec.accepts(value, job_id):
                 shown = json.dumps(value)
@@ -242,4 +268,21 @@ def failed_result(job_id: int, raw: Any) -> dict[str, Any]:
         key: raw[key]
         for key, spec in FAILURE.items()
         if key in raw and spec.accepts(raw[key], job_id)
+    }
+
+
+def checked_context(job_id: int, context: Any) -> dict[str, Any]:
+    """The keys of a job's context that some step of job ``job_id`` may report, as that
+    step may report them. A context stored before results were checked (by an older
+    server) keeps only these, so no undeclared key and no escaping path in it reaches a
+    later step, which reads its context as parameters (agent/step_context.py)."""
+    if not isinstance(context, dict):
+        return {}
+    return {
+        key: value
+        for key, value in context.items()
+        if any(
+            key in declared and declared[key].accepts(value, job_id)
+            for declared in STEP_RESULTS.values()
+        )
     }

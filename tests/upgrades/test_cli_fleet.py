@@ -81,3 +81,35 @@ def test_release_node_plan_upgrade_watch(live, tmp_path: Path) -> None:
     assert step["name"] == "recover"
     restore_point = f"/var/opt/ncs/backups/nso-agent-job-{job_id}/restore-point"
     assert step["params"]["restore_point"] == restore_point
+
+
+def test_an_agents_words_are_shown_as_text_never_as_markup() -> None:
+    # A log line such as "[/x]" stopped `job watch` with a markup error; "[bold red]" restyled it.
+    from rich.console import Console
+
+    from repo_server.cli.fleet_cmds import _render
+
+    hostile = "[/x] closing tag [bold red]restyled[/] [link=file:///etc/passwd]x[/link]"
+    job = {
+        "id": 7,
+        "node": "[red]n1",
+        "kind": "upgrade",
+        "source_version": "6.1",
+        "target_version": "6.2",
+        "state": "running",
+        "steps": [
+            {
+                "seq": 1,
+                "name": "start",
+                "state": "running",
+                "progress": 5,
+                "message": hostile,
+                "log_tail": "line one\n" + hostile,
+            }
+        ],
+    }
+    console = Console(record=True, width=400, color_system=None)
+    console.print(_render(job))
+    text = console.export_text()
+    assert text.count(hostile) == 2
+    assert "[red]n1" in text

@@ -213,18 +213,22 @@ def test_rollback_only_of_the_last_change_still_in_effect(
     later, expected = HISTORIES[history]
     with app_state.sessions() as session:
         node = session.query(Node).filter_by(name="edge-1").one()
-        context = {"restore_point": "/rp", "restore_point_token": "t1"}
         first = Job(
             node_id=node.id,
             kind="upgrade",
             state="succeeded",
             source_version="6.1",
             target_version="6.2",
-            context=context,
             created_by="test",
         )
         session.add(first)
         session.flush()
+        # As the agent reports it: the restore point in the job's own folder.
+        context = {
+            "restore_point": f"/var/opt/ncs/backups/nso-agent-job-{first.id}/restore-point",
+            "restore_point_token": "t1",
+        }
+        first.context = context
         ids = [first.id]
         for kind, state, outcome, of in later:
             job = Job(

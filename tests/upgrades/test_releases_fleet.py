@@ -106,3 +106,46 @@ def test_enrollment_is_one_time_and_heartbeat_records_inventory(live) -> None:
     )
     # Ordinary tokens cannot use agent endpoints.
     assert_error(live.session("admin").get(f"{live.url}/api/v1/agent/next"), 403, "forbidden")
+
+
+def test_requirements_that_are_not_figures_are_refused_not_a_server_error(
+    live, tmp_path: Path
+) -> None:
+    # schemathesis never reaches this: its runs have no installer to define a release with.
+    installer = make_installer(tmp_path, "6.2")
+    assert put_file(live.session("uploader"), live.url, installer).status_code == 201
+    operator = live.session("operator")
+    bad = [
+        {"min_free_bytes": "abc"},
+        {"min_free_bytes": "12"},
+        {"min_free_bytes": -5},
+        {"min_free_bytes": True},
+        {"min_free_bytes": 1.5},
+        {"min_free_bytes": 1 << 70},
+        {"java": "\u0661\u0667"},  # Arabic-Indic "17"
+    ]
+    for requirements in bad:
+        answer = operator.post(
+            f"{live.url}/api/v1/releases",
+            json={"nso_version": "6.2", "installer": installer.name, "requirements": requirements},
+        )
+        error = assert_error(answer, 422, "validation_failed")
+        assert error["details"]["field"].startswith("requirements.")
+    # 1e999 is infinity to a JSON parser: refused before it reaches the release.
+    answer = operator.post(
+        f"{live.url}/api/v1/releases",
+        data=f'{{"nso_version": "6.2", "installer": "{installer.name}", '
+        '"requirements": {"min_free_bytes": 1e999}}',
+        headers={"Content-Type": "application/json"},
+    )
+    assert answer.status_code in (400, 422), answer.text
+    good = operator.post(
+        f"{live.url}/api/v1/releases",
+        json={
+            "nso_version": "6.2",
+            "installer": installer.name,
+            "requirements": {"min_free_bytes": 1 << 30, "java": "17"},
+        },
+    )
+    assert good.status_code == 201, good.text
+    assert good.json()["requirements"] == {"min_free_bytes": 1 << 30, "java": "17"}

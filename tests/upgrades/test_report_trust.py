@@ -236,3 +236,38 @@ def test_a_failed_report_keeps_its_declared_keys_and_is_never_refused_for_others
     final = _job(live, job["id"])
     assert final["steps"][-1]["result"] == {"nso_running": True, "version": "6.2"}
     assert final["context"]["backup_file"] == BACKUP_FILE
+
+
+def test_reporting_again_and_again_grows_no_table(live, enrolled, releases, app_state) -> None:
+    # An enrolled node sending a new report_id for every report kept a row each: a table
+    # any node could grow without bound. Only the report that finishes a step is kept.
+    from sqlalchemy import func, select
+
+    from repo_server.upgrades.models import StepReport
+
+    def rows() -> int:
+        with app_state.sessions() as session:
+            return int(session.scalar(select(func.count()).select_from(StepReport)) or 0)
+
+    start_upgrade(live, enrolled)
+    step = enrolled.next()
+    for percent in range(50):
+        assert enrolled.report(step["id"], "running", progress=percent).status_code == 200
+    finish = uuid.uuid4().hex
+    done = enrolled.report(step["id"], "succeeded", report_id=finish, result=agent_result(step))
+    assert done.status_code == 200, done.text
+    for _ in range(50):
+        again = enrolled.report(step["id"], "succeeded", result=agent_result(step))
+        assert again.status_code == 200, again.text
+    assert rows() == 1
+    # The finishing report is still idempotent by its id: a resend gets the first answer.
+    assert enrolled.report(step["id"], "succeeded", report_id=finish).json() == done.json()
+
+
+@pytest.mark.parametrize("progress", [5.5, "5", True, -1, 101])
+def test_progress_is_a_whole_percentage(live, enrolled, releases, progress: Any) -> None:
+    start_upgrade(live, enrolled)
+    step = enrolled.next()
+    answer = enrolled.report(step["id"], "running", progress=progress)
+    error = assert_error(answer, 422, "validation_failed")
+    assert "progress" in error["details"]["fields"]["json"]
