@@ -11,8 +11,9 @@ SQLite, local storage, one gunicorn worker, 32 threads) on a free port:
 
 * `/health` latency (a new connection each time, every --pause seconds) with the server idle:
   the baseline; then the same while each abuse goes on, from 127.0.0.1 like the probe
-  unless said otherwise: 50 idle connections, 50 slowloris heads, 50 slow JSON bodies (more
-  than the threads, fewer than the per-address limit),
+  unless said otherwise: 50 idle connections, 50 slowloris heads, 50 slow JSON bodies, 50
+  slow chunked JSON bodies, 50 clients that keep sending after a `Connection: close`
+  answer (more than the threads, fewer than the per-address limit),
   1200 slowloris heads from 127.0.0.2, one node token holding 40 long-polls;
 * a 300 MiB JSON body without a token, by Content-Length and chunked: the answer, how long
   it took, and how much the worker's peak RSS (VmHWM) grew.
@@ -147,6 +148,8 @@ def measure(
         ("idle_connections", "50 connections that send nothing", slow("idle", 50)),
         ("slowloris", "50 half heads, a line a second", slow("slow_head", 50)),
         ("slow_body", "50 JSON bodies, a byte a second", slow("slow_body", 50)),
+        ("slow_chunked", "50 chunked JSON bodies, a chunk a second", slow("slow_chunked", 50)),
+        ("after_close", "50 closed requests, a byte a second after", slow("after_close", 50)),
         (
             "slowloris_one_address",
             "1200 half heads from 127.0.0.2",

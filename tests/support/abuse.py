@@ -163,7 +163,16 @@ def health_seconds(
 # ---------------------------------------------------------------------------- slow clients
 
 
-SLOW_KINDS = ("idle", "slow_head", "slow_body", "slow_tls")
+SLOW_KINDS = ("idle", "slow_head", "slow_body", "slow_chunked", "after_close", "slow_tls")
+ENROLL_HEAD = b"POST /api/v1/agent/enroll HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+# What each kind sends when it connects, and then every ``interval`` seconds.
+SLOW_SENDS: dict[str, tuple[bytes, bytes]] = {
+    "idle": (b"", b""),
+    "slow_head": (b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\n", b"X-Slow: 1\r\n"),
+    "slow_body": (ENROLL_HEAD + b"Content-Length: 4096\r\n\r\n{", b" "),
+    "slow_chunked": (ENROLL_HEAD + b"Transfer-Encoding: chunked\r\n\r\n1\r\n{\r\n", b"1\r\n \r\n"),
+    "after_close": (b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", b" "),
+}
 # The start of a TLS record carrying a ClientHello: the rest never comes.
 TLS_RECORD_START = b"\x16\x03\x01\x02\x00\x01"
 
@@ -178,6 +187,9 @@ class SlowClients:
       never the blank line that ends the head (slowloris);
     - ``slow_body``: a whole head of `POST /api/v1/agent/enroll` announcing a small JSON
       body, then one byte of it every ``interval`` seconds (R-U-Dead-Yet);
+    - ``slow_chunked``: the same with a chunked body, one 1-byte chunk every ``interval``;
+    - ``after_close``: a whole `GET /api/v1/health` with `Connection: close`, then a byte
+      every ``interval`` seconds after the answer (the server's graceful close drains them);
     - ``slow_tls``: the first bytes of a TLS ClientHello, then one more byte every
       ``interval`` seconds (a handshake that never ends).
 
@@ -226,16 +238,9 @@ class SlowClients:
             return
         sock.setblocking(False)
         self.opened += 1
-        if self.kind == "slow_head":
-            self._send(sock, b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\n")
-        elif self.kind == "slow_body":
-            self._send(
-                sock,
-                b"POST /api/v1/agent/enroll HTTP/1.1\r\nHost: x\r\n"
-                b"Content-Type: application/json\r\nContent-Length: 4096\r\n\r\n{",
-            )
-        elif self.kind == "slow_tls":
-            self._send(sock, TLS_RECORD_START)
+        first = TLS_RECORD_START if self.kind == "slow_tls" else SLOW_SENDS[self.kind][0]
+        if first:
+            self._send(sock, first)
         self._selector.register(sock, selectors.EVENT_READ)
 
     @staticmethod
@@ -264,10 +269,10 @@ class SlowClients:
                 self._drop(sock)
             if time.monotonic() >= next_trickle:
                 next_trickle += self.interval
-                trickle = {"slow_head": b"X-Slow: 1\r\n", "slow_tls": b"\x00"}.get(self.kind, b" ")
+                trickle = b"\x00" if self.kind == "slow_tls" else SLOW_SENDS[self.kind][1]
                 for key in list(self._selector.get_map().values()):
                     sock = key.fileobj  # type: ignore[assignment]
-                    if self.kind != "idle" and not self._send(sock, trickle):
+                    if trickle and not self._send(sock, trickle):
                         self._drop(sock)
             for _ in range(self.count - len(self._selector.get_map())):
                 self._open()
