@@ -39,6 +39,15 @@ NOT_THE_SERVER = (
 TRANSIENT = (urllib.error.URLError, http.client.HTTPException, ConnectionError, socket.timeout)
 
 
+def retry_seconds(header: Optional[str]) -> int:
+    """A Retry-After of whole seconds, bounded to 1..60; 0 for none or anything else (an
+    HTTP date, a negative or huge number: the agent trusts no figure it did not bound)."""
+    text = (header or "").strip()
+    if not (text.isascii() and text.isdigit() and len(text) <= 6):
+        return 0
+    return max(1, min(60, int(text)))
+
+
 @dataclass
 class Backoff:
     """Exponential backoff: 1, 2, 4... seconds up to ``cap``, for ``tries`` attempts."""
@@ -163,6 +172,10 @@ class ServerClient:
         self.backoff = backoff or Backoff()
         self.timeout = timeout
         self._opener = opener(ca_file)
+        # Seconds the server asked for before the next poll (a 204 with Retry-After: every
+        # place to wait was taken); 0 when it asked for none.
+        self.retry_after = 0
+        self._last_retry_after: Optional[str] = None
 
     def url(self, path: str) -> str:
         """A path the server gave (``/api/v1/blobs/...``) or an absolute URL."""
@@ -190,6 +203,7 @@ class ServerClient:
                 req.add_unredirected_header("Authorization", f"Bearer {self.token}")
             try:
                 with self._opener.open(req, timeout=timeout or self.timeout) as resp:
+                    self._last_retry_after = resp.headers.get("Retry-After")
                     raw = resp.read(MAX_ANSWER_BYTES + 1)
                     return resp.status, decode_answer(raw, f"{method} {path}")
             except urllib.error.HTTPError as exc:
@@ -257,7 +271,9 @@ class ServerClient:
         status, answer = self.request(
             "GET", f"/api/v1/agent/next?wait={int(wait)}", timeout=wait + self.timeout
         )
+        self.retry_after = 0
         if status == 204 or not answer:
+            self.retry_after = retry_seconds(self._last_retry_after) if status == 204 else 0
             return None
         step = answer_object(answer, "GET /api/v1/agent/next").get("step")
         return checked_step(step) if step is not None else None

@@ -220,6 +220,10 @@ class Runner:
                 if between_steps:
                     self.heartbeat()  # the job is done: report the node as it is now
                     between_steps = False
+                elif self.client.retry_after:
+                    # The server had no place for this poll to wait: come back when it said,
+                    # not at once (a fleet polling in a loop would be the overload itself).
+                    self.sleep(float(self.client.retry_after))
             except ServerError as exc:
                 # The client retried already; wait a little and keep serving.
                 log.error("%s", exc)

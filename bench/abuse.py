@@ -14,7 +14,8 @@ SQLite, local storage, one gunicorn worker, 32 threads) on a free port:
   unless said otherwise: 50 idle connections, 50 slowloris heads, 50 slow JSON bodies, 50
   slow chunked JSON bodies, 50 clients that keep sending after a `Connection: close`
   answer (more than the threads, fewer than the per-address limit),
-  1200 slowloris heads from 127.0.0.2, one node token holding 40 long-polls;
+  1200 slowloris heads from 127.0.0.2, one node token holding 40 long-polls, 24 node
+  tokens holding 2 long-polls each (48 polls for 32 threads);
 * a 300 MiB JSON body without a token, by Content-Length and chunked: the answer, how long
   it took, and how much the worker's peak RSS (VmHWM) grew.
 
@@ -34,7 +35,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, nullcontext, suppress
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext, suppress
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -88,8 +89,8 @@ def api(base: str, token: str, method: str, path: str, body: Any = None) -> Any:
         return json.loads(answer.read() or b"null")
 
 
-def node_token(base: str, admin: str) -> str:
-    added = api(base, admin, "POST", "/nodes", {"name": "bench-node"})
+def node_token(base: str, admin: str, name: str = "bench-node") -> str:
+    added = api(base, admin, "POST", "/nodes", {"name": name})
     enrolled = api(
         base, "", "POST", "/agent/enroll", {"enrollment_token": added["enrollment_token"]}
     )
@@ -143,6 +144,18 @@ def measure(
     def polls() -> AbstractContextManager[Any]:
         return LongPollers(base, node_token(base, admin), 40, wait=60)
 
+    fleet_tokens: list[str] = []
+
+    @contextmanager
+    def fleet() -> Iterator[None]:
+        # More nodes than threads, each holding its 2 places: 48 polls for 32 threads.
+        if not fleet_tokens:
+            fleet_tokens.extend(node_token(base, admin, f"fleet-{i}") for i in range(24))
+        with ExitStack() as stack:
+            for token in fleet_tokens:
+                stack.enter_context(LongPollers(base, token, 2, wait=60))
+            yield
+
     scenarios: list[tuple[str, str, Callable[[], AbstractContextManager[Any]]]] = [
         ("idle", "nothing else (baseline)", nullcontext),
         ("idle_connections", "50 connections that send nothing", slow("idle", 50)),
@@ -156,6 +169,7 @@ def measure(
             slow("slow_head", 1200, "127.0.0.2"),
         ),
         ("long_polls", "one node token holding 40 long-polls", polls),
+        ("fleet_polls", "24 node tokens holding 2 long-polls each", fleet),
     ]
     latency: dict[str, dict[str, Any]] = {}
     for key, label, abuse in scenarios:

@@ -33,6 +33,11 @@ def _size(text: str) -> int:
     return int(text)
 
 
+# Threads of a worker that long-polls never take, whatever the fleet does: /health, the
+# operators' API and uploads always find one.
+WAITING_POLLS_RESERVE = 8
+
+
 @dataclass(frozen=True)
 class Settings:
     data_dir: Path = Path("nso-repo-data")
@@ -52,6 +57,9 @@ class Settings:
     max_json_bytes: int = 1 << 20
     # Long-polls one node may hold at once; a newer one answers the oldest 204 at once.
     max_polls_per_node: int = 2
+    # Long-polls that may wait at once in one server process; each holds a thread. Unset:
+    # NSO_REPO_THREADS (32) less WAITING_POLLS_RESERVE, for /health, the API and uploads.
+    max_waiting_polls: int = 32 - WAITING_POLLS_RESERVE
     tar_max_members: int = 10_000
     tar_max_unpacked_bytes: int = 2 << 30
     tar_max_ratio: int = 200
@@ -108,6 +116,11 @@ class Settings:
                 f"NSO_REPO_FIRST_ADMIN_TOKEN={self.first_admin_token!r} is not a choice: use "
                 "'terminal' (print the first admin token on a terminal) or 'never'"
             )
+        if self.max_waiting_polls < 1:
+            raise ConfigError(
+                f"NSO_REPO_MAX_WAITING_POLLS={self.max_waiting_polls} lets no agent wait for "
+                f"work: use 1 or more (default NSO_REPO_THREADS less {WAITING_POLLS_RESERVE})"
+            )
         if self.max_polls_per_node < 1:
             raise ConfigError(
                 f"NSO_REPO_MAX_POLLS_PER_NODE={self.max_polls_per_node} lets no agent wait for "
@@ -144,6 +157,7 @@ ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
     "NSO_REPO_MAX_UPLOAD_SIZE": ("max_upload_bytes", _size),
     "NSO_REPO_MAX_JSON_SIZE": ("max_json_bytes", _size),
     "NSO_REPO_MAX_POLLS_PER_NODE": ("max_polls_per_node", int),
+    "NSO_REPO_MAX_WAITING_POLLS": ("max_waiting_polls", int),
     "NSO_REPO_TAR_MAX_MEMBERS": ("tar_max_members", int),
     "NSO_REPO_TAR_MAX_UNPACKED_SIZE": ("tar_max_unpacked_bytes", _size),
     "NSO_REPO_TAR_MAX_RATIO": ("tar_max_ratio", int),
@@ -168,4 +182,7 @@ def load_settings(environ: Optional[dict[str, str]] = None) -> Settings:
                 f"{var}={raw!r} is not valid: expected {parse.__name__.lstrip('_')}; "
                 "fix the environment variable and start again"
             ) from None
+    if "max_waiting_polls" not in values and environ.get("NSO_REPO_THREADS", "").isdigit():
+        threads = int(environ["NSO_REPO_THREADS"])
+        values["max_waiting_polls"] = max(1, threads - WAITING_POLLS_RESERVE)
     return Settings(**values).validated()

@@ -8,7 +8,10 @@ sends `pg_notify` inside its transaction, which PostgreSQL delivers at commit.
 Each waiting poll holds a server thread, so one node may hold only a few at once
 (NSO_REPO_MAX_POLLS_PER_NODE): every long-poll that starts takes a ticket from a per-node
 count, announced to the other processes on the same channel, and a poll with that many
-newer tickets behind it stops waiting and answers 204.
+newer tickets behind it stops waiting and answers 204. And only so many polls may wait at
+once in one process (NSO_REPO_MAX_WAITING_POLLS, the threads less a reserve): past that, a
+poll looks for work once and answers 204 with `Retry-After`, so a fleet larger than the
+threads, or many stolen node tokens, leave threads for `/health` and the API.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ class Notifier:
         self._cond = threading.Condition()
         self._counters: defaultdict[int, int] = defaultdict(int)
         self._polls: defaultdict[int, int] = defaultdict(int)  # long-polls started, per node
+        self._waiting = 0  # long-polls of any node waiting in this process now
         # Tells this process's own poll announcements apart from other processes' ones.
         self.tag = secrets.token_hex(8)
 
@@ -44,6 +48,19 @@ class Notifier:
         with self._cond:
             self._counters[node_id] += 1
             self._cond.notify_all()
+
+    def hold(self, cap: int) -> bool:
+        """Take one of this process's `cap` places for a waiting long-poll; False when all
+        are taken. Give it back with `release`."""
+        with self._cond:
+            if self._waiting >= cap:
+                return False
+            self._waiting += 1
+            return True
+
+    def release(self) -> None:
+        with self._cond:
+            self._waiting -= 1
 
     def poll_started(self, node_id: int) -> int:
         """Count a long-poll of the node that starts, here or in another process; its ticket."""

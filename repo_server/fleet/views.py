@@ -25,6 +25,9 @@ from repo_server.fleet.schemas import (
 )
 from repo_server.upgrades.jobs import JobService, step_payload
 
+# Retry-After of a long-poll that found every place to wait taken.
+BUSY_RETRY_SECONDS = 10
+
 blp = Blueprint("fleet", __name__, url_prefix="/api/v1", description="Nodes and the agent protocol")
 
 
@@ -108,24 +111,38 @@ def next_step(args: dict[str, Any]) -> Any:
     session = db_session()
     node = service.node_of(session, principal())
     service.touch(session, node)
-    # A poll that may wait holds a thread: the node's oldest polls past the limit give way.
-    limit = app.settings.max_polls_per_node
-    ticket = announce_poll(session, app.notifier, node.id) if args["wait"] else 0
-    session.commit()
-    jobs = JobService(session, app.notifier)
-    deadline = time.monotonic() + args["wait"]
-    seen = app.notifier.counter(node.id)
-    step = jobs.claim_next(node)
-    # Sleep on the notifier, not on the database: one query per wake-up, none while idle.
-    while step is None and app.notifier.wait(
-        node.id, seen, deadline - time.monotonic(), ticket, limit
-    ):
-        seen = app.notifier.counter(node.id)
-        service.still_active(session, principal())
+    # A poll that waits holds a thread: only so many may wait in this process, and the
+    # node's oldest polls past its own limit give way.
+    waits = bool(args["wait"]) and app.notifier.hold(app.settings.max_waiting_polls)
+    try:
+        limit = app.settings.max_polls_per_node
+        ticket = announce_poll(session, app.notifier, node.id) if waits else 0
+        session.commit()
+        jobs = JobService(session, app.notifier)
+        deadline = time.monotonic() + (args["wait"] if waits else 0)
+        # Read once, now: claim_next ends its transaction, and reading an attribute of the
+        # expired row afterwards would open another one and hold a database connection
+        # for the whole wait (with enough waiting polls, /health waited for the pool).
+        node_id = node.id
+        seen = app.notifier.counter(node_id)
         step = jobs.claim_next(node)
-    if step is None:
-        return Response(status=204)
-    return {"step": step_payload(step)}
+        # Sleep on the notifier, not on the database: one query per wake-up, none while idle.
+        while step is None and app.notifier.wait(
+            node_id, seen, deadline - time.monotonic(), ticket, limit
+        ):
+            seen = app.notifier.counter(node_id)
+            service.still_active(session, principal())
+            step = jobs.claim_next(node)
+    finally:
+        if waits:
+            app.notifier.release()
+    if step is not None:
+        return {"step": step_payload(step)}
+    answer = Response(status=204)
+    if args["wait"] and not waits:
+        # Every place to wait is taken: come back later rather than at once.
+        answer.headers["Retry-After"] = str(min(args["wait"], BUSY_RETRY_SECONDS))
+    return answer
 
 
 @blp.route("/agent/steps/<int:step_id>", methods=["POST"])

@@ -285,3 +285,25 @@ def test_malformed_signatures_are_an_unsigned_release_not_a_crash(tmp_path, driv
     }
     with pytest.raises(StepFailed, match="refusing this upgrade's prestage: the release is not"):
         drive.step("prestage", params)
+
+
+@pytest.mark.parametrize(
+    "header, seconds",
+    [
+        (None, 0),
+        ("", 0),
+        ("10", 10),
+        ("0", 1),
+        ("99999999999", 0),
+        ("3600", 60),
+        ("-5", 0),
+        ("1.5", 0),
+        ("Wed, 21 Oct 2026 07:28:00 GMT", 0),
+        ("\u0661\u0660", 0),  # Arabic-Indic "10"
+    ],
+)
+def test_a_retry_after_is_bounded_before_the_agent_sleeps_on_it(header, seconds):
+    # tests/upgrades/test_long_poll_limit.py has the agent sleep on a real server's header.
+    from agent.client import retry_seconds
+
+    assert retry_seconds(header) == seconds

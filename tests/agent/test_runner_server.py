@@ -138,9 +138,10 @@ def test_failed_start_is_recovered_and_the_job_says_why(live, make_host, artifac
     assert host.cli("show running-config")[0] == before
 
 
-def test_a_final_report_kept_by_a_crash_is_resent_once_with_its_id(
-    live, make_host, artifacts, tmp_path
-):
+def _prestage_handed_out(
+    live: Any, make_host: Any, artifacts: Any, tmp_path: Path
+) -> tuple[Runner, Any, int, dict[str, Any]]:
+    """An enrolled agent on a 6.1 host whose upgrade to 6.2 handed it its prestage step."""
     for version in ("6.1", "6.2"):
         publish(live, artifacts, version)
     host = make_host("6.1")
@@ -149,6 +150,13 @@ def test_a_final_report_kept_by_a_crash_is_resent_once_with_its_id(
     job_id = start_upgrade(live, "6.2")
     step = runner.client.next_step(5)
     assert step is not None and step["name"] == "prestage"
+    return runner, host, job_id, step
+
+
+def test_a_final_report_kept_by_a_crash_is_resent_once_with_its_id(
+    live, make_host, artifacts, tmp_path
+):
+    runner, host, job_id, step = _prestage_handed_out(live, make_host, artifacts, tmp_path)
     # The agent finished the step and journaled its report, then died before sending it.
     entry = runner.journal.begin(step)
     entry.final_report = {
@@ -176,14 +184,7 @@ def test_a_result_the_server_refuses_becomes_a_failure_not_an_endless_resend(
     """An agent and a server that disagree on a step's result keys: the server refuses the
     success (422 result_invalid); the agent reports the step failed with that reason, which
     the server always takes, instead of resending the refused report at every poll."""
-    for version in ("6.1", "6.2"):
-        publish(live, artifacts, version)
-    host = make_host("6.1")
-    runner = enrolled_agent(live, host, tmp_path)
-    runner.once(wait=0)
-    job_id = start_upgrade(live, "6.2")
-    step = runner.client.next_step(5)
-    assert step is not None and step["name"] == "prestage"
+    runner, _host, job_id, step = _prestage_handed_out(live, make_host, artifacts, tmp_path)
     entry = runner.journal.begin(step)
     entry.final_report = {
         "report_id": entry.report_id("final"),
