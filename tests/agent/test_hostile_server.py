@@ -219,8 +219,9 @@ def test_the_agents_own_folders_are_named_in_ascii_digits_only(tmp_path, driver)
 def test_a_download_larger_than_the_free_space_is_refused_before_a_request(tmp_path, file_server):
     """Reading stops at the announced size, but a huge announced size filled the disk
     (NSO's too, on most hosts) before the sha256 could refuse the bytes."""
+    # Far past the free space: other tests free and fill the same disk meanwhile.
     free = shutil.disk_usage(tmp_path).free
-    artifact = Artifact("ncs-6.2-l3vpn-1.0.tar.gz", "0" * 64, "/files/x", free + 1)
+    artifact = Artifact("ncs-6.2-l3vpn-1.0.tar.gz", "0" * 64, "/files/x", 2 * free + (1 << 40))
     with pytest.raises(DownloadError, match=r"only \d+ are free .* nothing was downloaded"):
         Downloader(file_server.url).fetch(artifact, tmp_path / "dl" / artifact.filename)
     assert file_server.requests == []
