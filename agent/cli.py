@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import signal
+import socket
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -24,7 +25,6 @@ from agent.config import Config, config_path, load
 from agent.errors import AgentError
 from agent.journal import Journal, write_json_atomic
 from agent.nso import Nso
-from agent.steps import hostname
 from agent.transport import insecure_warning
 
 log = logging.getLogger("nso-agent")
@@ -83,7 +83,7 @@ def enroll(ctx: click.Context, server: str, enrollment_token: str, root: Optiona
         client = ServerClient(
             cfg.server_url, ca_file=cfg.ca_path, allow_insecure_http=cfg.allow_insecure_http
         )
-        answer = client.enroll(enrollment_token, hostname())
+        answer = client.enroll(enrollment_token, socket.getfqdn())
     except AgentError as exc:
         raise click.ClickException(str(exc)) from None
     token = answer.get("token")

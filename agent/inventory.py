@@ -16,8 +16,8 @@ from typing import Any, Optional
 
 from agent import packages as pkgs
 from agent.config import Config
-from agent.errors import AgentError, CliError
-from agent.nso import STARTED, Nso, NsoCli
+from agent.errors import AgentError
+from agent.nso import STARTED, Nso
 
 
 def _os_release(path: str) -> dict[str, str]:
@@ -95,21 +95,6 @@ def _crypto_keys(path: str) -> Optional[list[str]]:
         return None
 
 
-def _oper_status(cli: NsoCli) -> dict[str, str]:
-    """Package name -> oper-status, from the CLI (raises AgentError when it cannot answer)."""
-    oper: dict[str, str] = {}
-    text = cli.run("show packages | nomore")
-    name = None
-    for line in text.splitlines():
-        m = re.match(r"^\s*packages package (\S+)", line)
-        if m:
-            name = m.group(1)
-        m = re.match(r"^\s*oper-status (\S+)$", line)
-        if m and name:
-            oper[name] = m.group(1)
-    return oper
-
-
 def _packages(config: Config, oper: dict[str, str]) -> list[dict[str, Any]]:
     """The load path's packages; ``oper_status`` only where NSO told it (absent: unknown)."""
     load_dir = config.paths.load_dir
@@ -124,30 +109,6 @@ def _packages(config: Config, oper: dict[str, str]) -> list[dict[str, Any]]:
             item["oper_status"] = oper[name]
         out.append(item)
     return out
-
-
-def _ha(cli: NsoCli) -> dict[str, Any]:
-    text = cli.run("show high-availability")
-    if re.search(r"No entries found", text):
-        # NSO's answer for an empty operational tree: HA is not in use on this node.
-        return {"enabled": False, "mode": "none", "current_id": None, "read_only": False}
-    if "high-availability" not in text:
-        # Not a refusal, but nothing to read either: unknown, not "HA off".
-        raise CliError(f"'show high-availability' printed nothing recognisable: {text[:200]!r}")
-    ha: dict[str, Any] = {
-        "enabled": bool(re.search(r"^high-availability enabled", text, re.MULTILINE)),
-        "mode": "none",
-        "current_id": None,
-        "read_only": False,
-    }
-    for key, field in (("mode", "mode"), ("current-id", "current_id")):
-        m = re.search(rf"status {key} (\S+)", text)
-        if m:
-            ha[field] = m.group(1)
-    m = re.search(r"status read-only-mode (\S+)", text)
-    if m:
-        ha["read_only"] = m.group(1) == "true"
-    return ha
 
 
 def _patches(config: Config) -> list[dict[str, str]]:
@@ -224,14 +185,13 @@ def collect(config: Config, with_cli: bool = True) -> dict[str, Any]:
         inv["crypto_keys"] = keys
     oper: dict[str, str] = {}
     if with_cli and status == STARTED:
-        cli = NsoCli(config)
         try:
-            oper = _oper_status(cli)
-            inv["ha"] = _ha(cli)
+            oper = nso.packages_oper_status()
+            inv["ha"] = dict(nso.show_ha_status())
         except AgentError as exc:
             inv["cli_error"] = str(exc)
         finally:
-            cli.close()
+            nso.close()
     inv["packages"] = _packages(config, oper)
     if errors:
         inv["errors"] = errors

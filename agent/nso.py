@@ -1,161 +1,89 @@
-"""Talking to NSO: local commands for the shell steps, the NSO CLI over SSH for the rest.
+"""The NSO adapter (a step's ``ctx.nso``): NSO's local commands, its service and its CLI,
+behind typed methods.
 
-Every command runs by its path under the host root (``/opt/ncs/current/bin/ncs``,
-``/etc/init.d/ncs``), as an operator types it. Output is parsed tolerantly (formats that no
-public source shows are matched loosely) and, when a command fails, surfaced verbatim.
+Steps never write an NSO command or read what NSO prints: they call typed methods
+(``stop``, ``backup``, ``packages_reload``, ``show_ha_status``...). CLI text is built only
+here, from values ``agent/trust.py`` checks where the command is written. Beneath:
+``agent/nso_commands.py`` runs the local commands by path and reads what they print,
+``agent/nso_cli.py`` is the CLI's SSH transport, ``agent/nso_cli_output.py`` reads its answers.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-import signal
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, TypedDict
 
-import paramiko
-
+from agent import nso_cli_output as answers
+from agent import trust
 from agent.config import Config, HostPaths
 from agent.errors import CliError, NsoError
-from agent.fsutil import write_atomic
+from agent.nso_cli import NsoCli
+from agent.nso_cli_output import Fingerprint
+from agent.nso_commands import (
+    START_EXIT_CODES,
+    STARTED,
+    STOPPED,
+    UNKNOWN,
+    CommandResult,
+    parse_backup_path,
+    parse_daemon_version,
+    parse_status,
+    parse_version,
+    run,
+    set_env_line,
+)
 
-_VERSION = re.compile(r"^\s*(\d+(?:\.\d+)+)(?:[_\s].*)?$")
-_STATUS = re.compile(r"^\s*status:\s*(\S+)", re.MULTILINE)
-# `ncs --status` starts with the running daemon's own version: `vsn: 6.2`.
-_VSN = re.compile(r"^\s*vsn:\s*(\S+)", re.MULTILINE)
-_BACKUP_CREATED = re.compile(r"Backup\s+(\S+)\s+created successfully")
-# Lines with which the NSO CLI refuses a command.
-_CLI_FAILURE = re.compile(r"^\s*(Error:|Aborted:|syntax error:|% Invalid|% Error)", re.MULTILINE)
-# Start-up exit codes documented for NSO (nso-behaviour.md).
-START_EXIT_CODES = {
-    11: "CDB configuration changed in an unsupported way",
-    13: "package upgrade failed",
-    14: "package upgrade failed and the database is corrupt",
-    20: "cannot bind a socket",
-    21: "faulty configuration file",
-    22: "installation problem",
-}
-STOPPED = "stopped"
-STARTED = "started"
+
+class ReloadRefusedDataLoss(CliError):
+    """NSO refused ``packages reload`` because namespaces (and their data) would be deleted."""
 
 
 @dataclass
-class CommandResult:
-    args: list[str]
-    returncode: int
-    stdout: str
-    stderr: str
-    seconds: float
-    timed_out: bool = False
+class ReloadResult:
+    """A ``packages reload`` NSO carried out: the packages that failed (``result false``)."""
 
-    @property
-    def output(self) -> str:
-        return (self.stdout + ("\n" if self.stdout and self.stderr else "") + self.stderr).strip()
-
-    @property
-    def ok(self) -> bool:
-        return self.returncode == 0 and not self.timed_out
-
-    def describe(self) -> str:
-        """The command line, its exit status and its output, for a report's log."""
-        how = "timed out" if self.timed_out else f"exit {self.returncode}"
-        return f"$ {' '.join(self.args)}  ({how}, {self.seconds:.1f} s)\n{self.output}".rstrip()
+    failures: list[str]
+    output: str
 
 
-def run(
-    args: list[str],
-    cwd: Optional[Path] = None,
-    timeout: Optional[float] = None,
-    env: Optional[dict[str, str]] = None,
-    input: Optional[str] = None,
-) -> CommandResult:
-    """Run a command; on timeout its whole process group is killed (not a daemon it started:
-    NSO's daemon runs in a session of its own)."""
-    base = {k: v for k, v in os.environ.items() if not k.startswith("NCS_")}
-    began = time.monotonic()
-    proc = subprocess.Popen(  # nosec B603 # an argv list, never a shell: NSO's own commands under the host root
-        args,
-        cwd=str(cwd) if cwd else None,
-        env={**base, **(env or {})},
-        stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        out, err = proc.communicate(input=input, timeout=timeout)
-        timed_out = False
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        timed_out = True
-    return CommandResult(
-        [str(a) for a in args],
-        proc.returncode,
-        out or "",
-        err or "",
-        time.monotonic() - began,
-        timed_out,
-    )
+@dataclass
+class PackageStatus:
+    """A package's ``oper-status`` (None when NSO printed none) and why it is not up."""
+
+    oper_status: Optional[str]
+    detail: str
 
 
-def parse_version(text: str) -> Optional[str]:
-    """``6.2`` from ``ncs --version`` output; tolerant of build suffixes (``6.2_230101``)."""
-    for line in text.splitlines():
-        match = _VERSION.match(line)
-        if match:
-            return match.group(1)
-    return None
+class HaStatus(TypedDict):
+    """``show high-availability`` as the heartbeat reports it."""
 
-
-UNKNOWN = "unknown"
-
-
-def parse_status(result: CommandResult) -> str:
-    """``started``, a start-up phase (``starting``, ``phase0``...), ``stopped`` only when
-    NSO positively is not there (``connection refused``), else ``unknown``: a status that
-    timed out or failed otherwise must never read as "stopped" (the agent would copy,
-    compact or restore under a running NSO)."""
-    if result.timed_out:
-        return UNKNOWN
-    match = _STATUS.search(result.stdout)
-    if result.returncode == 0 and match:
-        return match.group(1)
-    if result.returncode != 0 and "connection refused" in result.output.lower():
-        return STOPPED
-    return UNKNOWN
-
-
-def parse_daemon_version(result: CommandResult) -> Optional[str]:
-    """The version the running daemon reports (``vsn:`` of ``ncs --status``), or None."""
-    match = _VSN.search(result.stdout) if result.returncode == 0 else None
-    return parse_version(match.group(1)) if match else None
-
-
-def parse_backup_path(output: str) -> Optional[str]:
-    match = _BACKUP_CREATED.search(output)
-    return match.group(1) if match else None
-
-
-def version_branch(version: str) -> str:
-    """``6.1`` for ``6.1.2``: the part that decides maintenance vs major."""
-    return ".".join(version.split(".")[:2])
+    enabled: bool
+    mode: str
+    current_id: Optional[str]
+    read_only: bool
 
 
 class Nso:
-    """The local side of one NSO installation: its commands and its service."""
+    """One NSO installation: its commands, its service and its CLI."""
 
     def __init__(self, config: Config, log: Optional[Callable[[str], None]] = None) -> None:
         self.config = config
         self.paths: HostPaths = config.paths
         self.log = log or (lambda _line: None)
         self.nso_seconds = 0.0  # time spent waiting on NSO's own commands
+        self._cli = NsoCli(config, self.log)
+
+    def seconds_in_nso(self) -> float:
+        """Time spent in NSO's commands and its CLI (connecting included)."""
+        return self.nso_seconds + self._cli.nso_seconds
+
+    def close(self) -> None:
+        """Close the CLI's connection (a later CLI call opens a new one)."""
+        self._cli.close()
 
     def cmd(self, args: list[str], timeout: Optional[float] = 600, **kw: object) -> CommandResult:
         result = run(args, timeout=timeout, **kw)  # type: ignore[arg-type]
@@ -366,6 +294,16 @@ class Nso:
             raise NsoError("ncs-backup said nothing about the file it made", result.output)
         return made[-1]
 
+    def run_installer(self, installer: Path) -> CommandResult:
+        """``sh <installer> --system-install --non-interactive``: installs a release beside
+        the running one. cwd is the host root: ``/`` on a real host, where it does not
+        matter."""
+        return self.cmd(
+            ["sh", str(installer), "--system-install", "--non-interactive"],
+            timeout=3600,
+            cwd=self.paths.root,
+        )
+
     def restore(self, backup: Path) -> CommandResult:
         result = self.cmd(
             [str(self.paths.bin("ncs-backup")), "--restore", str(backup), "--non-interactive"],
@@ -375,159 +313,65 @@ class Nso:
             raise NsoError(f"ncs-backup --restore {backup} failed", result.output)
         return result
 
+    # -- the NSO CLI --------------------------------------------------------------------
 
-def set_env_line(path: Path, key: str, value: str) -> None:
-    """Set ``KEY=value`` in an environment file, keeping its other lines."""
-    try:
-        lines = path.read_text().splitlines()
-    except FileNotFoundError:
-        lines = []
-    out, found = [], False
-    for line in lines:
-        if re.match(rf"^\s*{re.escape(key)}\s*=", line):
-            if not found:
-                out.append(f"{key}={value}")
-            found = True
-        else:
-            out.append(line)
-    if not found:
-        out.append(f"{key}={value}")
-    write_atomic(path, "\n".join(out) + "\n", like=path)
+    def show_ncs_state_version(self) -> Optional[str]:
+        """``show ncs-state version``: the version the CLI's NSO says it is."""
+        return answers.show_value(self._cli.run("show ncs-state version"), "version")
 
+    def loaded_packages(self) -> set[str]:
+        """The names of the packages NSO has loaded."""
+        return answers.package_names(self._cli.run("show packages | nomore"))
 
-class NsoCli:
-    """The NSO CLI over SSH (paramiko): one connection, one exec channel per command.
+    def packages_oper_status(self) -> dict[str, str]:
+        """Package name -> oper-status of every loaded package."""
+        return answers.packages_oper_status(self._cli.run("show packages | nomore"))
 
-    Host keys are trusted on first use and kept in ``<state dir>/cli_known_hosts``; a changed
-    key is refused (paramiko's BadHostKeyException, surfaced as is).
-    """
+    def package_oper_status(self, name: str) -> PackageStatus:
+        name = trust.package_name(name, "package name")
+        text = self._cli.run(f"show packages package {name} oper-status", check=False)
+        return PackageStatus(
+            answers.show_value(text, "oper-status"),
+            answers.show_value(text, "error-info") or text.strip(),
+        )
 
-    def __init__(self, config: Config, log: Optional[Callable[[str], None]] = None) -> None:
-        self.config = config
-        self.log = log or (lambda _line: None)
-        self.known_hosts = config.state_path / "cli_known_hosts"
-        self._client: Optional[paramiko.SSHClient] = None
-        self.nso_seconds = 0.0  # time spent in NSO's CLI (connecting included)
+    def package_version(self, name: str) -> Optional[str]:
+        name = trust.package_name(name, "package name")
+        text = self._cli.run(f"show packages package {name} package-version", check=False)
+        return answers.show_value(text, "package-version")
 
-    def connect(self, timeout: float = 60.0) -> paramiko.SSHClient:
-        if self._client is not None and self._transport_ok():
-            return self._client
-        cfg = self.config
-        if not cfg.cli_password and not cfg.key_path:
-            # paramiko would say "No authentication methods available", which looks transient.
-            raise CliError(
-                "no way to log in to the NSO CLI: set [cli] password or key_file in the "
-                "agent's configuration"
-            )
-        deadline = time.monotonic() + timeout
-        while True:
-            client = paramiko.SSHClient()
-            if self.known_hosts.exists():
-                client.load_host_keys(str(self.known_hosts))
-            client.set_missing_host_key_policy(paramiko.AutoAddPolicy)  # nosec B507 # trust on first use: the key is pinned in cli_known_hosts, a changed one is refused
-            try:
-                key_path = cfg.key_path
-                client.connect(
-                    cfg.cli_host,
-                    cfg.cli_port,
-                    username=cfg.cli_user,
-                    password=cfg.cli_password,
-                    key_filename=str(key_path) if key_path else None,
-                    look_for_keys=False,
-                    allow_agent=False,
-                    timeout=10,
-                    banner_timeout=10,
-                    auth_timeout=10,
-                )
-            except (paramiko.BadHostKeyException, paramiko.AuthenticationException) as exc:
-                client.close()
-                raise CliError(
-                    f"NSO CLI at {cfg.cli_host}:{cfg.cli_port} refused the agent: {exc}; check "
-                    f"[cli] user/password/key_file (and {self.known_hosts} if the host key "
-                    "changed on purpose)"
-                ) from None
-            except (OSError, paramiko.SSHException) as exc:
-                client.close()
-                if time.monotonic() >= deadline:
-                    raise CliError(
-                        f"cannot reach the NSO CLI at {cfg.cli_host}:{cfg.cli_port}: {exc}; "
-                        "is NSO started and [cli] host/port right?"
-                    ) from None
-                time.sleep(0.5)
-                continue
-            self.known_hosts.parent.mkdir(parents=True, exist_ok=True)
-            client.save_host_keys(str(self.known_hosts))
-            self._client = client
-            return client
+    def install_package(self, name: str, version: str) -> str:
+        """``software packages install ... replace-existing``; what NSO printed."""
+        name = trust.package_name(name, "package name")
+        version = trust.package_version(version, "package version")
+        command = f"software packages install package {name}-{version} replace-existing"
+        return self._cli.run(command).strip()
 
-    def _transport_ok(self) -> bool:
-        transport = self._client.get_transport() if self._client else None
-        return bool(transport and transport.is_active())
+    def packages_reload(self, force: bool = False) -> ReloadResult:
+        """``packages reload`` (``force``: even if NSO deletes namespaces and their data).
 
-    def run(self, command: str, check: bool = True, timeout: float = 600) -> str:
-        """Run one CLI command; its output. Raises CliError with NSO's lines verbatim when
-        the CLI refuses it (exit status or ``Error:``/``Aborted:`` lines)."""
-        began = time.monotonic()
+        Raises ReloadRefusedDataLoss when NSO refuses it for the data it would delete, with
+        NSO's lines verbatim; CliError for any other refusal.
+        """
+        command = "packages reload force" if force else "packages reload"
         try:
-            return self._run(command, check, timeout)
-        finally:
-            self.nso_seconds += time.monotonic() - began
+            text = self._cli.run(command, timeout=3600)
+        except CliError as exc:
+            if answers.refuses_data_loss(exc.output):
+                raise ReloadRefusedDataLoss(str(exc), exc.output) from None
+            raise
+        return ReloadResult(answers.reload_failures(text), text)
 
-    def _run(self, command: str, check: bool, timeout: float) -> str:
-        for attempt in (1, 2):
-            client = self.connect()
-            try:
-                _, stdout, stderr = client.exec_command(command, timeout=timeout)  # nosec B601 # NSO CLI commands, not a shell; names and versions in them passed agent/trust.py
-                out = stdout.read().decode(errors="replace")
-                err = stderr.read().decode(errors="replace")
-                status = stdout.channel.recv_exit_status()
-                break
-            except (OSError, paramiko.SSHException, EOFError) as exc:
-                # NSO restarted under us: one fresh connection, then give up.
-                self.close()
-                if attempt == 2:
-                    raise CliError(
-                        f"lost the NSO CLI at {self.config.cli_host}:{self.config.cli_port} "
-                        f"during '{command}': {exc or type(exc).__name__}"
-                    ) from None
-        text = (out + err).rstrip()
-        self.log(f"ncs# {command}\n{text}".rstrip())
-        if check and (status != 0 or _CLI_FAILURE.search(text)):
-            failing = [ln for ln in text.splitlines() if _CLI_FAILURE.match(ln)]
-            raise CliError(
-                f"NSO CLI refused '{command}': {failing[0].strip() if failing else text[:300]}",
-                text,
-            )
-        return text
+    def running_config_fingerprint(self) -> Fingerprint:
+        """The data fingerprint (docs/agent.md): ``show running-config``, normalised."""
+        return answers.running_config_fingerprint(self._cli.run("show running-config | nomore"))
 
-    def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
-
-
-def running_config_fingerprint(cli: NsoCli) -> tuple[str, int]:
-    """(``sha256:<hex>``, number of lines) of ``show running-config``.
-
-    What "data intact" means to the agent: the configuration NSO serves, byte for byte after
-    normalising whitespace, is the same before the upgrade and after it (or after a restore).
-    Volatile parts are excluded: the ``high-availability`` subtree changes during HA
-    choreography, and trailing whitespace/blank lines depend on the CLI's rendering.
-    """
-    import hashlib
-
-    text = cli.run("show running-config | nomore")
-    kept: list[str] = []
-    skipping = False
-    for raw in text.splitlines():
-        line = raw.rstrip()
-        if not line.strip():
-            continue
-        # A top-level line opens a new subtree; "!" closes the one before it.
-        if not line.startswith(" ") and line != "!":
-            skipping = line.startswith("high-availability")
-        if skipping:
-            continue
-        kept.append(line)
-    digest = hashlib.sha256("\n".join(kept).encode()).hexdigest()
-    return f"sha256:{digest}", len(kept)
+    def show_ha_status(self) -> HaStatus:
+        """``show high-availability``; raises CliError when it cannot be read."""
+        status = answers.ha_status(self._cli.run("show high-availability"))
+        return HaStatus(
+            enabled=bool(status["enabled"]),
+            mode=str(status["mode"]),
+            current_id=status["current_id"],
+            read_only=bool(status["read_only"]),
+        )

@@ -19,7 +19,8 @@ from agent.config import Config
 from agent.download import Downloader
 from agent.errors import AgentError, ServerError, StepFailed, StepFinished
 from agent.journal import Journal
-from agent.steps import StepContext, run_step
+from agent.steps.context import StepContext
+from agent.steps.registry import run_step
 
 log = logging.getLogger("nso-agent")
 
@@ -182,7 +183,7 @@ class Runner:
                 "result": {},
             }
         final["log_tail"] = ctx.log_tail()
-        final["nso_seconds"] = round(ctx.nso.nso_seconds + ctx.cli.nso_seconds, 3)
+        final["nso_seconds"] = round(ctx.nso.seconds_in_nso(), 3)
         final["report_id"] = entry.report_id("final")
         entry.final_report = final
         self.journal.save()

@@ -21,7 +21,7 @@ from agent.download import Artifact
 from agent.errors import StepFailed
 
 if TYPE_CHECKING:
-    from agent.step_context import StepContext
+    from agent.steps.context import StepContext
 
 MAX_NAME = 128
 MAX_FILENAME = 255  # the catalog's limit, one path component

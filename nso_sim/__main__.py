@@ -1,3 +1,3 @@
-from nso_sim.cli import main
+from nso_sim.commands import main
 
 main()

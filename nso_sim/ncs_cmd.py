@@ -164,9 +164,9 @@ def cdb_compact(layout: HostLayout, directory: str) -> int:
 def start(
     layout: HostLayout, reload_mode: Optional[str], conf: Optional[Path], foreground: bool
 ) -> int:
-    # Not "-m nso_sim.daemon": the module must not run as __main__, or its exception
-    # classes would exist twice (once as __main__, once when other modules import it).
-    bootstrap = "import sys; from nso_sim.daemon import main; main(sys.argv[1:])"
+    # Not "-m nso_sim.ncs_daemon": the module must not run as __main__, or its classes
+    # would exist twice (once as __main__, once when other modules import it).
+    bootstrap = "import sys; from nso_sim.ncs_daemon import main; main(sys.argv[1:])"
     cmd = [sys.executable, "-c", bootstrap, "--root", str(layout.root)]
     if reload_mode:
         cmd += ["--reload", reload_mode]

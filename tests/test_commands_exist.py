@@ -19,7 +19,7 @@ import click
 import pytest
 
 from agent.cli import main as agent_cli
-from nso_sim.cli import main as sim_cli
+from nso_sim.commands import main as sim_cli
 from repo_server.cli import cli as repo_cli
 
 ROOT = Path(__file__).resolve().parents[1]

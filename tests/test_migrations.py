@@ -1,17 +1,22 @@
 """The models and the Alembic migrations describe the same schema, on SQLite and on
 PostgreSQL: a database migrated to head has exactly the tables, columns, types, defaults,
-indexes and constraints the models declare."""
+indexes and constraints the models declare. A migration that reshapes data keeps the data
+working, both ways."""
 
 from __future__ import annotations
 
 import pprint
+from typing import Any
 
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from sqlalchemy import MetaData, text
+from sqlalchemy.orm import Session
 
 from repo_server import migrate
-from repo_server.db import Base, make_engine
+from repo_server.db import Base, make_engine, utcnow
 from repo_server.models import register_models
 
 
@@ -29,3 +34,123 @@ def test_models_and_migrations_agree(database_url: str) -> None:
     finally:
         engine.dispose()
     assert differences == [], pprint.pformat(differences)
+
+
+def _rows(url: str, sql: str) -> list[tuple[Any, ...]]:
+    engine = make_engine(url)
+    try:
+        with engine.connect() as connection:
+            return [tuple(row) for row in connection.execute(text(sql))]
+    finally:
+        engine.dispose()
+
+
+def _jobs_as_of_0003(url: str) -> dict[str, int]:
+    """A node with a running upgrade half done and an older finished job, written as
+    revision 0003 stored them (a job names its one node)."""
+    engine = make_engine(url)
+    meta = MetaData()
+    now = utcnow()
+    try:
+        with engine.begin() as connection:
+            meta.reflect(connection, only=["nodes", "jobs", "steps"])
+            nodes, jobs, steps = (meta.tables[t] for t in ("nodes", "jobs", "steps"))
+            node = connection.execute(
+                nodes.insert().values(
+                    name="edge-1", inventory={}, created_at=now, created_by="test"
+                )
+            ).inserted_primary_key[0]
+            job = {
+                "node_id": node,
+                "kind": "upgrade",
+                "options": {},
+                "context": {},
+                "plan": {},
+                "created_at": now,
+                "created_by": "test",
+                "revision": 0,
+            }
+            old = connection.execute(
+                jobs.insert().values(**job, state="succeeded")
+            ).inserted_primary_key[0]
+            running = connection.execute(
+                jobs.insert().values(**job, state="running")
+            ).inserted_primary_key[0]
+            step = {"params": {}, "attempt": 1, "progress": 0, "result": {}}
+            connection.execute(
+                steps.insert(),
+                [
+                    {**step, "job_id": old, "seq": 1, "name": "compact", "state": "succeeded"},
+                    {**step, "job_id": running, "seq": 1, "name": "prestage", "state": "succeeded"},
+                    {**step, "job_id": running, "seq": 2, "name": "compact", "state": "pending"},
+                ],
+            )
+    finally:
+        engine.dispose()
+    return {"node": node, "old": old, "running": running}
+
+
+def test_0004_makes_existing_jobs_one_node_jobs_and_back(database_url: str) -> None:
+    """Migration 0004 on a database with jobs: each becomes a one-node job, its steps bound
+    to that node, the running one holding it; the job then runs on; and down again."""
+    from repo_server.fleet.models import Node
+    from repo_server.fleet.notify import Notifier
+    from repo_server.upgrades.jobs import JobService
+
+    register_models()
+    config = migrate.alembic_config(database_url)
+    command.downgrade(config, "0003")
+    ids = _jobs_as_of_0003(database_url)
+    command.upgrade(config, "head")
+
+    node, old, running = ids["node"], ids["old"], ids["running"]
+    assert sorted(_rows(database_url, "SELECT job_id, node_id FROM job_nodes")) == [
+        (old, node),
+        (running, node),
+    ]
+    assert _rows(database_url, "SELECT node_id, job_id FROM node_holds") == [(node, running)]
+    assert set(_rows(database_url, "SELECT node_id FROM steps")) == {(node,)}
+
+    engine = make_engine(database_url)
+    try:
+        with Session(engine) as session:
+            jobs = JobService(session, Notifier())
+            edge = session.get(Node, node)
+            assert edge is not None
+            step = jobs.claim_next(edge)
+            assert step is not None and (step.job_id, step.seq) == (running, 2)
+            answer = jobs.report(
+                edge, step.id, {"report_id": "migrated-0004", "state": "succeeded", "result": {}}
+            )
+            assert answer["job"]["state"] == "succeeded"
+            assert [j.node_names for j in jobs.list("edge-1")] == [["edge-1"], ["edge-1"]]
+            assert jobs.get(running).holds == []
+    finally:
+        engine.dispose()
+
+    command.downgrade(config, "0003")
+    assert sorted(_rows(database_url, "SELECT id, node_id, state FROM jobs")) == [
+        (old, node, "succeeded"),
+        (running, node, "succeeded"),
+    ]
+    command.upgrade(config, "head")
+    assert _rows(database_url, "SELECT node_id FROM node_holds") == []
+
+
+def test_a_database_two_revisions_behind_with_jobs_upgrades_in_one_go(database_url: str) -> None:
+    """An operator upgrading from 0002 (issue 7's release) runs 0003 and 0004 in one
+    `alembic upgrade head`: on SQLite one transaction, where 0004's own switch of foreign
+    keys comes too late (SQLite ignores it inside a transaction)."""
+    register_models()
+    config = migrate.alembic_config(database_url)
+    command.downgrade(config, "0002")
+    ids = _jobs_as_of_0003(database_url)  # 0003 changed no job table: the same rows
+    command.upgrade(config, "head")
+    assert sorted(_rows(database_url, "SELECT id, state FROM jobs")) == [
+        (ids["old"], "succeeded"),
+        (ids["running"], "running"),
+    ]
+    assert len(_rows(database_url, "SELECT id FROM steps")) == 3
+    assert _rows(database_url, "SELECT node_id, job_id FROM node_holds") == [
+        (ids["node"], ids["running"])
+    ]

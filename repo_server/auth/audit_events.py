@@ -176,7 +176,7 @@ def _audit_flushed_states(session: Session, _context: Any, _instances: Any) -> N
                     target=f"job:{job.id}",
                     details={
                         "job": job.id,
-                        "node": job.node.name,
+                        "node": step.node.name,
                         "step": step.name,
                         "seq": step.seq,
                         "attempt": step.attempt,
@@ -193,7 +193,7 @@ def _audit_flushed_states(session: Session, _context: Any, _instances: Any) -> N
                     action=f"job.{after}",
                     target=f"job:{job.id}",
                     details={
-                        "node": job.node.name,
+                        "node": job.node_name,
                         "kind": job.kind,
                         "from": before,
                         "outcome": job.outcome,

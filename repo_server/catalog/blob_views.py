@@ -13,7 +13,7 @@ from repo_server.catalog.views import catalog
 from repo_server.context import db_session, principal, require, state
 from repo_server.errors import BadRequest, NotFound
 from repo_server.storage import is_digest
-from repo_server.upgrades.jobs import node_may_download
+from repo_server.upgrades.step_payloads import node_may_download
 
 blp = Blueprint("blobs", __name__, url_prefix="/api/v1", description="Download blobs")
 

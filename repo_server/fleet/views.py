@@ -23,7 +23,8 @@ from repo_server.fleet.schemas import (
     NodeSchema,
     StepReportSchema,
 )
-from repo_server.upgrades.jobs import JobService, step_payload
+from repo_server.upgrades.jobs import JobService
+from repo_server.upgrades.step_payloads import step_payload
 
 # Retry-After of a long-poll that found every place to wait taken.
 BUSY_RETRY_SECONDS = 10

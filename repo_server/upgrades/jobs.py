@@ -2,7 +2,12 @@
 
 Every state change happens inside one transaction that first bumps the job's `revision`
 with an UPDATE: on PostgreSQL that row lock serialises concurrent reports and claims for
-one job across workers and replicas; on SQLite it takes the database's write lock.
+one job across workers and replicas; on SQLite it takes the database's write lock. The
+moves themselves are `job_states.transition`'s.
+
+A job holds its nodes while it is active; its steps run in `seq` order across the job, each
+on the node it is bound to: a node's agent gets a step only when every earlier step of the
+job has finished.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from datetime import datetime
 from typing import Any, Optional
 
 from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from repo_server.auth.service import Principal, audit
@@ -27,10 +33,14 @@ from repo_server.fleet.models import Node
 from repo_server.fleet.notify import Notifier, announce
 from repo_server.fleet.service import get_node, lock_node
 from repo_server.upgrades import plans, preflight, results
-from repo_server.upgrades.models import JOB_ACTIVE, Job, Step, StepReport
+from repo_server.upgrades.job_states import (
+    STEP_FINISHED,
+    STEP_HANDED_OUT,
+    transition,
+)
+from repo_server.upgrades.models import Job, NodeHold, Step, StepReport, job_nodes
+from repo_server.upgrades.step_payloads import step_dict
 
-FINISHED = ("succeeded", "failed", "skipped")
-HANDED_OUT = ("dispatched", "running")
 REPORT_STATES = ("running", "succeeded", "failed")
 
 
@@ -77,8 +87,9 @@ class JobService:
     # -- planning ---------------------------------------------------------------------
 
     def _active_job(self, node: Node) -> Optional[Job]:
+        """The job that holds the node now, if any."""
         return self.session.scalar(
-            select(Job).where(Job.node_id == node.id, Job.state.in_(JOB_ACTIVE)).order_by(Job.id)
+            select(Job).join(NodeHold, NodeHold.job_id == Job.id).where(NodeHold.node_id == node.id)
         )
 
     def plan(
@@ -140,7 +151,6 @@ class JobService:
             )
         node = get_node(self.session, verdict.node)
         job = Job(
-            node_id=node.id,
             kind=kind,
             source_version=verdict.source_version,
             target_version=verdict.target_version,
@@ -149,11 +159,10 @@ class JobService:
             **fields,
         )
         job.steps = [
-            Step(seq=i, name=spec.name, params=spec.params, message=spec.title)
+            Step(seq=i, node_id=node.id, name=spec.name, params=spec.params, message=spec.title)
             for i, spec in enumerate(steps, start=1)
         ]
-        self.session.add(job)
-        self.session.flush()
+        self._hold(job, [node])
         audit(
             self.session,
             who.actor,
@@ -188,8 +197,7 @@ class JobService:
                 f"job {job_id} recorded no restore point (it never stopped NSO, or predates "
                 "restore points): it cannot be rolled back; restore its ncs-backup archive by hand"
             )
-        node = self.session.get(Node, done.node_id)
-        assert node is not None  # nosec B101 # narrows the type for mypy; under python -O the next line fails on None, it never lets anything through
+        node = _only_node(done)
         self._lock_node(node)
         active = self._active_job(node)
         if active is not None:
@@ -213,7 +221,6 @@ class JobService:
             discard_writes=True,
         )
         job = Job(
-            node_id=node.id,
             kind="rollback",
             source_version=done.target_version,
             target_version=done.source_version,
@@ -222,9 +229,10 @@ class JobService:
             plan={"rollback_of": done.id},
             created_by=who.actor,
         )
-        job.steps = [Step(seq=1, name=spec.name, params=spec.params, message=spec.title)]
-        self.session.add(job)
-        self.session.flush()
+        job.steps = [
+            Step(seq=1, node_id=node.id, name=spec.name, params=spec.params, message=spec.title)
+        ]
+        self._hold(job, [node])
         audit(
             self.session,
             who.actor,
@@ -242,12 +250,30 @@ class JobService:
         """Two requests cannot both find the node free and both start a job on it."""
         lock_node(self.session, node.id)
 
+    def _hold(self, job: Job, nodes: list[Node]) -> None:
+        """Add the job, holding ``nodes``. The node lock and the active-job check come
+        first; the holds' primary key is what the database itself refuses."""
+        job.nodes = list(nodes)
+        job.holds = [NodeHold(node_id=node.id) for node in nodes]
+        self.session.add(job)
+        try:
+            self.session.flush()
+        except IntegrityError:
+            names = ", ".join(node.name for node in nodes)
+            self.session.rollback()
+            raise Conflict(
+                f"another job holds {names} now: wait for it ('nso-repo job ls') and try again"
+            ) from None
+
     def _check_nothing_since(self, done: Job, node: Node) -> None:
         """Refuse to roll ``done`` back when a later job changed the node and was not itself
         rolled back, or when ``done`` was rolled back already."""
         later = list(
             self.session.scalars(
-                select(Job).where(Job.node_id == node.id, Job.id > done.id).order_by(Job.id)
+                select(Job)
+                .join(job_nodes, job_nodes.c.job_id == Job.id)
+                .where(job_nodes.c.node_id == node.id, Job.id > done.id)
+                .order_by(Job.id)
             )
         )
         undone = {
@@ -280,7 +306,8 @@ class JobService:
     def list(self, node_name: Optional[str] = None, limit: int = 50) -> list[Job]:
         query = select(Job).order_by(Job.id.desc()).limit(limit)
         if node_name:
-            query = query.where(Job.node_id == get_node(self.session, node_name).id)
+            node = get_node(self.session, node_name)
+            query = query.where(Job.nodes.any(Node.id == node.id))
         return list(self.session.scalars(query))
 
     # -- the agent's side -------------------------------------------------------------
@@ -290,22 +317,24 @@ class JobService:
         self.session.refresh(job)
 
     def claim_next(self, node: Node) -> Optional[Step]:
-        """The step this node should run now, marked dispatched; None when there is none."""
+        """The step this node should run now, marked dispatched; None when there is none
+        (no job holds the node, or the job's next step is another node's)."""
         job = self._active_job(node)
         if job is None:
             self.session.rollback()
             return None
         self._lock(job)
-        step = next((s for s in job.steps if s.state not in FINISHED), None)
-        if step is None or not job.active:
+        step = next((s for s in job.steps if s.state not in STEP_FINISHED), None)
+        if step is None or not job.active or step.node_id != node.id:
             self.session.rollback()
             return None
         now = utcnow()
-        step.state = "dispatched" if step.state == "pending" else step.state
+        if step.state == "pending":
+            transition(step, "dispatched")
         step.attempt += 1
         step.started_at = step.started_at or now
         if job.state == "queued":
-            job.state = "running"
+            transition(job, "running")
             job.started_at = now
         self.session.commit()
         return step
@@ -327,7 +356,7 @@ class JobService:
         step = self.session.get(Step, step_id)
         # Ownership before the report_id: a known report_id is no key to another node's
         # step, nor to the answer it got.
-        if step is None or step.job.node_id != node.id:
+        if step is None or step.node_id != node.id:
             raise NotFound(
                 f"no step {step_id} for node {node.name}: report only the steps that "
                 "'GET /api/v1/agent/next' hands to this node's agent"
@@ -345,8 +374,8 @@ class JobService:
         # one an agent resends after a crash. A progress report applied twice only sets
         # progress and message again; a finished step reported again changes nothing. So a
         # node cannot grow the table by reporting: one row per step at most.
-        remember = state != "running" and step.state not in FINISHED
-        if step.state in FINISHED:
+        remember = state != "running" and step.state not in STEP_FINISHED
+        if step.state in STEP_FINISHED:
             if step.state != state:
                 self.session.rollback()
                 raise StepFinished(
@@ -372,7 +401,9 @@ class JobService:
         if remember:
             self.session.add(StepReport(report_id=report_id, step_id=step.id, answer=answer))
         if state in ("succeeded", "failed"):
-            announce(self.session, self.notifier, node.id)
+            # The next step may be another node's, or there may be none: wake them all.
+            for member in job.nodes:
+                announce(self.session, self.notifier, member.id)
         self.session.commit()
         return answer
 
@@ -380,10 +411,10 @@ class JobService:
         """The step is the one this node runs now: handed out, the job's first unfinished
         step, of a job still running. Anything else is refused, so no report skips ahead
         (a ``verify`` reported before it was handed out) or finishes a job."""
-        current = next((s for s in job.steps if s.state not in FINISHED), None)
-        if job.active and step.state in HANDED_OUT and current is step:
+        current = next((s for s in job.steps if s.state not in STEP_FINISHED), None)
+        if job.active and step.state in STEP_HANDED_OUT and current is step:
             return
-        handed = current if current is not None and current.state in HANDED_OUT else None
+        handed = current if current is not None and current.state in STEP_HANDED_OUT else None
         message = (
             f"step {step.id} ({step.name}) of job {job.id} is {step.state}, not handed out to "
             "this node: "
@@ -413,22 +444,22 @@ class JobService:
         if body.get("nso_seconds") is not None:
             step.nso_seconds = float(body["nso_seconds"])
         if state == "running":
-            step.state = "running"
+            transition(step, "running")
             return
         step.finished_at = now
         if state == "succeeded":
-            step.state = "succeeded"
+            transition(step, "succeeded")
             step.progress = 100
             step.result = result
             job.context = {**job.context, **step.result}
-            if all(s.state in FINISHED for s in job.steps):
+            if all(s.state in STEP_FINISHED for s in job.steps):
                 self._finish(job, now)
             return
-        step.state = "failed"
+        transition(step, "failed")
         step.result = result
         cause = f"{step.name} failed: {step.message or 'no message'}"
         if step.name.startswith("recover"):
-            job.state = "failed"
+            transition(job, "failed")
             job.outcome = "needs_attention"
             job.error = (
                 f"{job.error + '; ' if job.error else ''}{cause}; the node needs an operator"
@@ -439,7 +470,7 @@ class JobService:
             # would take out of NSO. Restoring is for a release that does not run; after
             # this point the operator decides (and says so with --discard-writes).
             self._skip_pending(job)
-            job.state = "failed"
+            transition(job, "failed")
             job.outcome = "needs_attention"
             version = step.result.get("version") or job.target_version
             how = (
@@ -466,12 +497,19 @@ class JobService:
                 job.target_version or "",
                 self._target_started(job),
             )
+            # Recovery runs where the step failed.
             job.steps.append(
-                Step(seq=len(job.steps) + 1, name=spec.name, params=spec.params, message=spec.title)
+                Step(
+                    seq=len(job.steps) + 1,
+                    node_id=step.node_id,
+                    name=spec.name,
+                    params=spec.params,
+                    message=spec.title,
+                )
             )
         else:
             self._skip_pending(job)
-            job.state = "failed"
+            transition(job, "failed")
             job.outcome = "unchanged"
             job.error = cause
             job.finished_at = now
@@ -480,7 +518,7 @@ class JobService:
     def _skip_pending(job: Job) -> None:
         for later in job.steps:
             if later.state == "pending":
-                later.state = "skipped"
+                transition(later, "skipped")
 
     @staticmethod
     def _target_started(job: Job) -> bool:
@@ -504,16 +542,20 @@ class JobService:
     def _finish(job: Job, now: Any) -> None:
         job.finished_at = now
         if job.error:  # recovery ran: the node is back where it was, the upgrade did not happen
-            job.state = "failed"
+            transition(job, "failed")
             job.outcome = "rolled_back"
         else:
-            job.state = "succeeded"
+            transition(job, "succeeded")
 
 
-def _paths_job(job: Job) -> int:
-    """The job whose folders a job's context names: a rollback's are the rolled back job's."""
-    of = (job.options or {}).get("rollback_of") if job.kind == "rollback" else None
-    return of if type(of) is int else job.id
+def _only_node(job: Job) -> Node:
+    """The node of a one-node job; a job over several nodes is not rolled back as one."""
+    if len(job.nodes) != 1:
+        raise Conflict(
+            f"job {job.id} spans {len(job.nodes)} nodes ({job.node_name}): only a one-node "
+            "job can be rolled back"
+        )
+    return job.nodes[0]
 
 
 def _checked_recovery_context(done: Job) -> dict[str, Any]:
@@ -542,59 +584,3 @@ def _stop_time(job: Job) -> str:
         return datetime.fromisoformat(text).isoformat(timespec="seconds")
     except ValueError:
         return ""
-
-
-def node_may_download(session: Session, node_id: int, sha256: str) -> bool:
-    """Whether a step handed out to the node now names ``sha256`` as a download: all an
-    agent may fetch (least privilege; docs/agent-protocol.md)."""
-    steps = session.scalars(
-        select(Step)
-        .join(Job, Step.job_id == Job.id)
-        .where(Job.node_id == node_id, Job.state.in_(JOB_ACTIVE), Step.state.in_(HANDED_OUT))
-    )
-    return any(sha256 in _downloads(step.params) for step in steps)
-
-
-def _downloads(params: Any) -> set[str]:
-    """The sha256 of every artifact reference (``{"sha256", "url", ...}``) in step params."""
-    found: set[str] = set()
-    if isinstance(params, dict):
-        if isinstance(params.get("sha256"), str) and "url" in params:
-            found.add(params["sha256"])
-        for value in params.values():
-            found |= _downloads(value)
-    elif isinstance(params, list):
-        for value in params:
-            found |= _downloads(value)
-    return found
-
-
-def step_dict(step: Step) -> dict[str, Any]:
-    return {
-        "id": step.id,
-        "job_id": step.job_id,
-        "seq": step.seq,
-        "name": step.name,
-        "state": step.state,
-        "attempt": step.attempt,
-        "progress": step.progress,
-        "message": step.message,
-    }
-
-
-def step_payload(step: Step) -> dict[str, Any]:
-    """What the agent gets from `next`: the step, its params and the job's context."""
-    job = step.job
-    return {
-        **step_dict(step),
-        "params": step.params,
-        # As the steps reported it: a context stored by an older server may not hand a
-        # later step an undeclared key or a path outside the job's folders.
-        "context": results.checked_context(_paths_job(job), job.context),
-        "job": {
-            "id": job.id,
-            "kind": job.kind,
-            "source_version": job.source_version,
-            "target_version": job.target_version,
-        },
-    }

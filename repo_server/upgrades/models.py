@@ -1,8 +1,11 @@
 """Jobs and their steps: the state the agent protocol advances.
 
-A job is one change to one node (an NSO upgrade, a package upgrade, a rollback); its steps
-run in `seq` order on that node. Step reports are kept by `report_id` so a retried report
-changes nothing twice.
+A job is one change (an NSO upgrade, a package upgrade, a rollback) to a set of nodes
+(`job_nodes`), which it holds exclusively while it is active: `node_holds` has one row per
+held node, keyed by the node, so the database itself refuses a second active job on a node.
+Each step is bound to one node of its job; the steps run in `seq` order across the whole job.
+Step reports are kept by `report_id` so a retried report changes nothing twice. The states
+and their moves are in `job_states`.
 """
 
 from __future__ import annotations
@@ -10,22 +13,48 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Optional
 
-from sqlalchemy import ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    CheckConstraint,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from repo_server.db import Base, utcnow
 from repo_server.fleet.models import Node
+from repo_server.upgrades.job_states import JOB_ACTIVE, JOB_STATES, STEP_STATES, state_check
 
-JOB_ACTIVE = ("queued", "running")
-JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
-STEP_STATES = ("pending", "dispatched", "running", "succeeded", "failed", "skipped")
+# Which nodes a job changes, whether or not it is still active.
+job_nodes = Table(
+    "job_nodes",
+    Base.metadata,
+    Column("job_id", ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True),
+    Column("node_id", ForeignKey("nodes.id", ondelete="CASCADE"), primary_key=True),
+    Index("ix_job_nodes_node_id", "node_id"),
+)
+
+
+class NodeHold(Base):
+    """A node held by an active job: the primary key on the node is the exclusivity."""
+
+    __tablename__ = "node_holds"
+
+    node_id: Mapped[int] = mapped_column(
+        ForeignKey("nodes.id", ondelete="CASCADE"), primary_key=True
+    )
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
 
 
 class Job(Base):
     __tablename__ = "jobs"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    node_id: Mapped[int] = mapped_column(ForeignKey("nodes.id", ondelete="CASCADE"))
     kind: Mapped[str] = mapped_column(String(32))  # upgrade | package_upgrade | rollback
     state: Mapped[str] = mapped_column(String(16), default="queued")
     # rolled_back | needs_attention | None: what a failed job left the node in.
@@ -47,12 +76,14 @@ class Job(Base):
     # Bumped by every state change: the UPDATE that bumps it is the row lock (see service).
     revision: Mapped[int] = mapped_column(Integer, default=0)
 
-    node: Mapped[Node] = relationship()
+    nodes: Mapped[list[Node]] = relationship(secondary=job_nodes, order_by=Node.id)
+    # Present exactly while the job is active (job_states.transition lets them go).
+    holds: Mapped[list[NodeHold]] = relationship(cascade="all, delete-orphan")
     steps: Mapped[list[Step]] = relationship(
         back_populates="job", order_by="Step.seq", cascade="all, delete-orphan"
     )
 
-    __table_args__ = (Index("ix_jobs_node_state", "node_id", "state"),)
+    __table_args__ = (CheckConstraint(state_check(JOB_STATES), name="state"),)
 
     @property
     def active(self) -> bool:
@@ -60,7 +91,12 @@ class Job(Base):
 
     @property
     def node_name(self) -> str:
-        return self.node.name
+        """The job's node; the nodes, comma-separated, of a job that spans several."""
+        return ",".join(node.name for node in self.nodes)
+
+    @property
+    def node_names(self) -> list[str]:
+        return [node.name for node in self.nodes]
 
 
 class Step(Base):
@@ -68,6 +104,8 @@ class Step(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    # The node whose agent runs the step: one of the job's nodes.
+    node_id: Mapped[int] = mapped_column(ForeignKey("nodes.id", ondelete="CASCADE"))
     seq: Mapped[int] = mapped_column(Integer)
     name: Mapped[str] = mapped_column(String(64))
     params: Mapped[dict[str, Any]] = mapped_column(default=dict)
@@ -83,8 +121,13 @@ class Step(Base):
     nso_seconds: Mapped[Optional[float]] = mapped_column(default=None)
 
     job: Mapped[Job] = relationship(back_populates="steps")
+    node: Mapped[Node] = relationship()
 
-    __table_args__ = (UniqueConstraint("job_id", "seq", name="uq_steps_job_seq"),)
+    __table_args__ = (
+        UniqueConstraint("job_id", "seq", name="uq_steps_job_seq"),
+        CheckConstraint(state_check(STEP_STATES), name="state"),
+        Index("ix_steps_node_state", "node_id", "state"),
+    )
 
 
 class StepReport(Base):

@@ -20,7 +20,7 @@ from typing import Any, Optional
 
 from repo_server.errors import ValidationFailed
 
-# Report texts: what the agent sends at most (agent/runner.py, step_context.py).
+# Report texts: what the agent sends at most (agent/runner.py, agent/steps/context.py).
 MESSAGE_MAX = 2000
 LOG_TAIL_MAX = 16_000
 BACKUPS = "/var/opt/ncs/backups"
@@ -275,7 +275,7 @@ def checked_context(job_id: int, context: Any) -> dict[str, Any]:
     """The keys of a job's context that some step of job ``job_id`` may report, as that
     step may report them. A context stored before results were checked (by an older
     server) keeps only these, so no undeclared key and no escaping path in it reaches a
-    later step, which reads its context as parameters (agent/step_context.py)."""
+    later step, which reads its context as parameters (agent/steps/context.py)."""
     if not isinstance(context, dict):
         return {}
     return {

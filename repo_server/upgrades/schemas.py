@@ -136,6 +136,9 @@ class PlanSchema(Schema):
 class StepSchema(Schema):
     id = fields.Integer()
     seq = fields.Integer()
+    node = fields.Function(
+        lambda s: s.node.name, metadata={"description": "The node whose agent runs the step"}
+    )
     name = fields.String()
     state = fields.String()
     attempt = fields.Integer()
@@ -150,7 +153,14 @@ class StepSchema(Schema):
 
 class JobSummarySchema(Schema):
     id = fields.Integer()
-    node = fields.Function(lambda j: j.node_name)
+    node = fields.Function(
+        lambda j: j.node_name,
+        metadata={"description": "The job's node (its nodes, comma-separated, if several)"},
+    )
+    nodes = fields.Function(
+        lambda j: j.node_names,
+        metadata={"description": "Every node the job changes (and holds while it is active)"},
+    )
     kind = fields.String()
     state = fields.String()
     outcome = fields.String(allow_none=True)

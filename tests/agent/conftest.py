@@ -22,7 +22,8 @@ import pytest
 from agent.config import Config
 from agent.download import Artifact, Downloader
 from agent.journal import Journal
-from agent.steps import StepContext, run_step
+from agent.steps.context import StepContext
+from agent.steps.registry import run_step
 from tests.support.sim_hosts import SimHost
 
 

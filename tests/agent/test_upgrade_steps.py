@@ -16,7 +16,9 @@ from agent import restore_point as rp
 from agent.errors import StepFailed
 from agent.journal import Journal
 from agent.nso import Nso
-from agent.steps import StepContext, run_step, switch_current_to
+from agent.steps.context import StepContext
+from agent.steps.registry import run_step
+from agent.steps.shared import switch_current_to
 from tests.support.sim_hosts import sim
 
 from .conftest import agent_config

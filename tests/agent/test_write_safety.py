@@ -11,8 +11,10 @@ import pytest
 
 from agent import inventory
 from agent.errors import StepFailed
-from agent.nso import CommandResult, Nso, parse_status
-from agent.steps import StepContext, run_step
+from agent.nso import Nso
+from agent.nso_commands import CommandResult, parse_status
+from agent.steps.context import StepContext
+from agent.steps.registry import run_step
 from tests.support.sim_hosts import sim
 
 from .conftest import agent_config

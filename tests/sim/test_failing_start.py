@@ -10,7 +10,7 @@ import time
 import pytest
 from click.testing import CliRunner
 
-from nso_sim.cli import main as nso_sim
+from nso_sim.commands import main as nso_sim
 
 
 def _switch_to(host, artifacts, shell, vsn: str, packages_for: str) -> None:

@@ -9,7 +9,7 @@ import tarfile
 
 from click.testing import CliRunner
 
-from nso_sim.cli import main as nso_sim
+from nso_sim.commands import main as nso_sim
 
 LINK = ("--packages-dir-link", "/srv/ncs-packages")
 

@@ -8,7 +8,7 @@ import tarfile
 
 from click.testing import CliRunner
 
-from nso_sim.cli import main as nso_sim
+from nso_sim.commands import main as nso_sim
 
 
 def _config_lines(host, path: str) -> list[list[str]]:

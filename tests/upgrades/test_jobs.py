@@ -214,7 +214,7 @@ def test_rollback_only_of_the_last_change_still_in_effect(
     with app_state.sessions() as session:
         node = session.query(Node).filter_by(name="edge-1").one()
         first = Job(
-            node_id=node.id,
+            nodes=[node],
             kind="upgrade",
             state="succeeded",
             source_version="6.1",
@@ -232,7 +232,7 @@ def test_rollback_only_of_the_last_change_still_in_effect(
         ids = [first.id]
         for kind, state, outcome, of in later:
             job = Job(
-                node_id=node.id,
+                nodes=[node],
                 kind=kind,
                 state=state,
                 outcome=outcome,

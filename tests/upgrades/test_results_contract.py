@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import pytest
 
-from agent.steps import STEPS
+from agent.steps.registry import STEPS
 from repo_server.upgrades import results
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "agent-protocol.md"

@@ -11,7 +11,7 @@ import inspect
 import itertools
 from pathlib import Path
 
-from agent.steps import STEPS
+from agent.steps.registry import STEPS
 from repo_server.catalog.models import Artifact
 from repo_server.catalog.release_models import Release
 from repo_server.upgrades import plans

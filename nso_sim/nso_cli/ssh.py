@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
 import paramiko
 from paramiko.common import (
@@ -20,10 +20,10 @@ from paramiko.common import (
     OPEN_SUCCEEDED,
 )
 
-from nso_sim.cli_commands import CliSession
-
-if TYPE_CHECKING:
-    from nso_sim.daemon import Daemon
+from nso_sim.ha.manager import HaManager
+from nso_sim.installer import HOST_KEY, generate_host_key
+from nso_sim.node.daemon import Daemon
+from nso_sim.nso_cli.session import CliSession
 
 
 class _ChannelState:
@@ -92,11 +92,10 @@ class _Server(paramiko.ServerInterface):
 
 
 class SshServer:
-    def __init__(self, daemon: Daemon, sock: socket.socket) -> None:
+    def __init__(self, daemon: Daemon, ha: HaManager, sock: socket.socket) -> None:
         self.d = daemon
+        self.ha = ha
         self.sock = sock
-        from nso_sim.installer import HOST_KEY, generate_host_key
-
         key_path = daemon.layout.config_dir / HOST_KEY
         if not key_path.exists():
             generate_host_key(key_path)
@@ -148,7 +147,7 @@ class SshServer:
         if not st.ready.wait(30) or server.user is None:
             chan.close()
             return
-        session = CliSession(self.d, server.user, peer, "ssh")
+        session = CliSession(self.d, self.ha, server.user, peer, "ssh")
         try:
             if st.exec_command is not None:
                 self._exec(chan, session, st.exec_command)

@@ -10,31 +10,29 @@ twice over a started NSO, an installer never twice).
 
 from __future__ import annotations
 
-import socket
 from typing import Any, Callable
 
-from agent import package_steps, upgrade_steps
 from agent.errors import AgentError, StepFailed
-from agent.step_context import StepContext
-from agent.step_helpers import switch_current_to
+from agent.steps import packages, recovery, single_node
+from agent.steps.context import StepContext
 
 STEPS: dict[str, Callable[[StepContext], dict[str, Any]]] = {
-    "prestage": upgrade_steps.prestage,
-    "backup": upgrade_steps.backup,
-    "stop": upgrade_steps.stop,
-    "restore_point": upgrade_steps.restore_point,
-    "compact": upgrade_steps.compact,
-    "switch_current": upgrade_steps.switch_current,
-    "ncs_conf": upgrade_steps.ncs_conf,
-    "relink_packages": upgrade_steps.relink_packages,
-    "start": upgrade_steps.start,
-    "verify": upgrade_steps.verify,
-    "recover": upgrade_steps.recover,
-    "prestage_packages": package_steps.prestage_packages,
-    "install_packages": package_steps.install_packages,
-    "reload_packages": package_steps.reload_packages,
-    "verify_packages": package_steps.verify_packages,
-    "recover_packages": package_steps.recover_packages,
+    "prestage": single_node.prestage,
+    "backup": single_node.backup,
+    "stop": single_node.stop,
+    "restore_point": single_node.restore_point,
+    "compact": single_node.compact,
+    "switch_current": single_node.switch_current,
+    "ncs_conf": single_node.ncs_conf,
+    "relink_packages": single_node.relink_packages,
+    "start": single_node.start,
+    "verify": single_node.verify,
+    "recover": recovery.recover,
+    "prestage_packages": packages.prestage_packages,
+    "install_packages": packages.install_packages,
+    "reload_packages": packages.reload_packages,
+    "verify_packages": packages.verify_packages,
+    "recover_packages": recovery.recover_packages,
 }
 
 
@@ -58,10 +56,3 @@ def run_step(ctx: StepContext) -> dict[str, Any]:
         raise StepFailed(str(exc)) from exc
     finally:
         ctx.close()
-
-
-def hostname() -> str:
-    return socket.getfqdn()
-
-
-__all__ = ["STEPS", "StepContext", "run_step", "switch_current_to"]

@@ -6,7 +6,10 @@ start-up and on ``enable`` follow the start-up table of the gitbook's high-avail
 failover follows its rule-based consensus algorithm: the failover-primary retries the lost
 primary, then takes over in read-only mode, which a joining secondary clears (the hazard the
 upgrade guide works around); a nominal primary that loses all its secondaries takes role
-none. The wire format (JSON lines) is the simulator's own.
+none. The wire format (JSON lines) is the simulator's own (``nso_sim.ha.link``).
+
+The manager reports state and outcomes as data (``HaStatus``, ``SyncReport``); the CLI
+renders them.
 """
 
 from __future__ import annotations
@@ -18,15 +21,16 @@ import shutil
 import socket
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from dataclasses import dataclass, field
+from typing import Any, Optional
 
 from nso_sim import faults, ncsconf, packages
 from nso_sim.cdb import Op
+from nso_sim.ha.link import HaLink
 from nso_sim.ipc import Connection
+from nso_sim.node.daemon import Daemon
+from nso_sim.node.errors import ReloadRefused
 from nso_sim.package_meta import package_file_bytes
-
-if TYPE_CHECKING:
-    from nso_sim.daemon import Daemon
 
 CONNECT_TIMEOUT = 2.0
 # Defaults of high-availability settings reconnect-interval (nominal seconds) and -attempts.
@@ -34,81 +38,32 @@ RECONNECT_INTERVAL = 10.0
 RECONNECT_ATTEMPTS = 3
 
 
-class _Link:
-    """One HA connection: a reader thread, request/reply matching, serialized sends."""
+@dataclass
+class HaStatus:
+    """What ``show high-availability`` shows, read under the node's lock."""
 
-    _ids = itertools.count(1)
+    enabled: bool
+    mode: str
+    current_id: Optional[str]  # None in mode none
+    assigned_role: str
+    be_secondary_result: Optional[str]
+    primary_id: Optional[str]
+    read_only: bool
+    # (id, address) of the connected secondaries, on a primary
+    secondaries: list[tuple[str, str]] = field(default_factory=list)
 
-    def __init__(
-        self,
-        conn: Connection,
-        peer_id: str,
-        address: str,
-        on_message: Callable[[_Link, dict[str, Any]], None],
-        on_close: Callable[[_Link], None],
-    ) -> None:
-        self.conn = conn
-        self.peer_id = peer_id
-        self.address = address
-        self._on_message = on_message
-        self._on_close = on_close
-        self._send_lock = threading.Lock()
-        self._replies: dict[int, dict[str, Any]] = {}
-        self._cond = threading.Condition()
-        self.closed = False
 
-    def start(self) -> None:
-        threading.Thread(target=self._read_loop, daemon=True).start()
+@dataclass
+class SyncReport:
+    """The outcome of ``packages ha sync``: ``started`` once the load paths matched and the
+    upgrade began; ``synced`` is (node, ok) per secondary reached; ``loaded`` the packages
+    loaded on success; ``errors`` the error lines."""
 
-    def send(self, msg: dict[str, Any]) -> bool:
-        try:
-            with self._send_lock:
-                self.conn.send(msg)
-            return True
-        except OSError:
-            self.close()
-            return False
-
-    def request(self, msg: dict[str, Any], timeout: float = 300.0) -> dict[str, Any]:
-        req = next(self._ids)
-        if not self.send({**msg, "req": req}):
-            return {"ok": False, "info": f"connection to {self.peer_id} lost"}
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while req not in self._replies:
-                left = deadline - time.monotonic()
-                if left <= 0 or self.closed:
-                    return {"ok": False, "info": f"no reply from {self.peer_id}"}
-                self._cond.wait(min(left, 0.1))
-            return self._replies.pop(req)
-
-    def _read_loop(self) -> None:
-        try:
-            while True:
-                msg = self.conn.recv()
-                if msg is None:
-                    break
-                if msg.get("type") == "reply":
-                    with self._cond:
-                        self._replies[msg["req"]] = msg
-                        self._cond.notify_all()
-                else:
-                    self._on_message(self, msg)
-        except (OSError, ValueError):
-            pass
-        self.close()
-
-    def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        with contextlib.suppress(OSError):
-            self.conn.sock.shutdown(socket.SHUT_RDWR)
-        with contextlib.suppress(OSError):
-            self.conn.sock.close()
-        with self._cond:
-            self._cond.notify_all()
-        self._on_close(self)
+    ok: bool
+    started: bool = False
+    synced: list[tuple[str, bool]] = field(default_factory=list)
+    loaded: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
 
 
 class HaManager:
@@ -122,8 +77,8 @@ class HaManager:
         self.primary_id: Optional[str] = None
         self.be_secondary_result: Optional[str] = None
         self.promoted_by_failover = False
-        self.secondaries: dict[str, _Link] = {}
-        self.upstream: Optional[_Link] = None
+        self.secondaries: dict[str, HaLink] = {}
+        self.upstream: Optional[HaLink] = None
         self.generation = 0
         self.token = ncsconf.ha_token(daemon.keys)
         daemon.commit_listeners.append(self._on_commit)
@@ -415,7 +370,9 @@ class HaManager:
                 return False, "error (27) - superseded by another HA action"
             self.d.replace_tree(first["tree"], first["txid"])
             # The Connection's buffered reader may already hold the next lines: reuse it.
-            link = _Link(conn, node_id, address, self._on_upstream_message, self._on_upstream_close)
+            link = HaLink(
+                conn, node_id, address, self._on_upstream_message, self._on_upstream_close
+            )
             self.upstream = link
             self.mode = self.assigned_role = "secondary"
             self.primary_id = node_id
@@ -426,7 +383,7 @@ class HaManager:
         return True, "initialized"
 
     # ----- secondary side -----
-    def _on_upstream_message(self, link: _Link, msg: dict[str, Any]) -> None:
+    def _on_upstream_message(self, link: HaLink, msg: dict[str, Any]) -> None:
         kind = msg.get("type")
         if kind == "tx":
             self.d.apply_remote([(k, p, v) for k, p, v in msg["ops"]], msg["txid"])
@@ -437,8 +394,6 @@ class HaManager:
         elif kind == "sync-packages":
             link.send({"type": "reply", "req": msg["req"], **self._receive_packages(msg)})
         elif kind == "reload":
-            from nso_sim.daemon import ReloadRefused
-
             try:
                 self.d.reload_packages(force=bool(msg.get("force")))
                 reply: dict[str, Any] = {"ok": True}
@@ -446,7 +401,7 @@ class HaManager:
                 reply = {"ok": False, "info": " ".join(exc.lines)}
             link.send({"type": "reply", "req": msg["req"], **reply})
 
-    def _on_upstream_close(self, link: _Link) -> None:
+    def _on_upstream_close(self, link: HaLink) -> None:
         with self.lock:
             if self.upstream is not link:
                 return  # closed on purpose (disable, be-primary, ...)
@@ -545,7 +500,7 @@ class HaManager:
             old = self.secondaries.pop(node_id, None)
             if old is not None:
                 old.close()
-            link = _Link(
+            link = HaLink(
                 conn,
                 node_id,
                 str(hello.get("address", peer_addr)),
@@ -560,7 +515,7 @@ class HaManager:
             link.start()
         self.d.log("INFO", f"HA: secondary {node_id} connected")
 
-    def _on_secondary_close(self, link: _Link) -> None:
+    def _on_secondary_close(self, link: HaLink) -> None:
         with self.lock:
             if self.secondaries.get(link.peer_id) is not link:
                 return  # closed on purpose (disable, a reconnecting secondary, ...)
@@ -608,12 +563,9 @@ class HaManager:
                     link.send({"type": "ping"})
 
     # ----- packages ha sync -----
-    def sync_packages(self, add_only: bool, wait_queue: bool) -> tuple[bool, list[str]]:
-        from nso_sim.cli_commands import RELOAD_BANNER, reload_blocks
-        from nso_sim.daemon import ReloadRefused
-
+    def sync_packages(self, add_only: bool, wait_queue: bool) -> SyncReport:
         if self.mode != "primary":
-            return False, ["Error: packages ha sync must run on the HA primary"]
+            return SyncReport(False, errors=["Error: packages ha sync must run on the HA primary"])
         if wait_queue:
             self.d.wait_commit_queue_empty()
         links = list(self.secondaries.values())
@@ -621,13 +573,16 @@ class HaManager:
         for link in links:
             theirs = link.request({"type": "load-path"}).get("load_path")
             if theirs != mine:
-                return False, [
-                    f"Error: load-path on node {link.peer_id} differs: {theirs} != {mine}",
-                    "The packages were not distributed.",
-                ]
+                return SyncReport(
+                    False,
+                    errors=[
+                        f"Error: load-path on node {link.peer_id} differs: {theirs} != {mine}",
+                        "The packages were not distributed.",
+                    ],
+                )
         previous = self.d.read_only
         self.d.read_only = True
-        out = list(RELOAD_BANNER)
+        report = SyncReport(False, started=True)
         try:
             self.d.check_commit_queue()
             old = {(i.name, i.version) for i in self.d.package_infos(only_up=False)}
@@ -640,12 +595,7 @@ class HaManager:
                 files[name] = base64.b64encode(package_file_bytes(entry)).decode()
             for link in links:
                 reply = link.request({"type": "sync-packages", "files": files})
-                out += [
-                    "sync-result {",
-                    f"    node {link.peer_id}",
-                    f"    result {str(reply.get('ok')).lower()}",
-                    "}",
-                ]
+                report.synced.append((link.peer_id, bool(reply.get("ok"))))
                 if not reply.get("ok"):
                     raise ReloadRefused(
                         [f"Error: sync to {link.peer_id} failed: {reply.get('info')}"]
@@ -659,48 +609,28 @@ class HaManager:
             names = self.d.reload_packages(force=False)
         except ReloadRefused as exc:
             self.d.read_only = False  # upstream: the node is left read-write on error
-            return False, [*out, ">>> System upgrade has been aborted.", *exc.lines]
+            report.errors = exc.lines
+            return report
         self.d.read_only = previous
         self.broadcast_snapshot()
-        return True, [*out, ">>> System upgrade has completed successfully.", *reload_blocks(names)]
+        report.ok, report.loaded = True, names
+        return report
 
-    # ----- show -----
-    def show_lines(self, args: list[str]) -> list[str]:
-        """``show high-availability [status [LEAF]]`` in the order and layout of real NSO 6.x
-        (mode, current-id, assigned-role, be-secondary-result, primary-id, read-only-mode,
-        then the connected secondaries as an ``ID  ADDRESS`` table)."""
+    # ----- status -----
+    def status(self) -> HaStatus:
         with self.lock:
-            p = "high-availability"
-            lines = [f"{p} enabled" if self.enabled else f"{p} disabled"]
-            lines.append(f"{p} status mode {self.mode}")
             own = self.own_id()
-            if own and self.mode != "none":
-                lines.append(f"{p} status current-id {own}")
-            lines.append(f"{p} status assigned-role {self.assigned_role}")
-            if self.be_secondary_result:
-                lines.append(f"{p} status be-secondary-result {_quote(self.be_secondary_result)}")
-            if self.primary_id:
-                lines.append(f"{p} status primary-id {self.primary_id}")
-            lines.append(f"{p} status read-only-mode {str(self.d.read_only).lower()}")
-            rows = []
-            if self.mode == "primary":
-                rows = [(n, link.address) for n, link in sorted(self.secondaries.items())]
-        want = " ".join([p, *args])
-        out = [ln for ln in lines if ln == want or ln.startswith(want + " ")]
-        if rows and (not args or args in (["status"], ["status", "connected-secondary"])):
-            out += _table(("ID", "ADDRESS"), rows)
-        return out or ["% No entries found."]
-
-
-def _quote(text: str) -> str:
-    return f'"{text}"' if " " in text else text
-
-
-def _table(head: tuple[str, str], rows: list[tuple[str, str]]) -> list[str]:
-    """An NSO CLI table: columns padded to their widest cell plus two spaces, a dashed rule."""
-    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(2)]
-
-    def line(cells: tuple[str, str]) -> str:
-        return "".join(c.ljust(w + 2) for c, w in zip(cells, widths)).rstrip()
-
-    return [line(head), "-" * (sum(widths) + 4), *[line(r) for r in rows]]
+            return HaStatus(
+                enabled=self.enabled,
+                mode=self.mode,
+                current_id=own if own and self.mode != "none" else None,
+                assigned_role=self.assigned_role,
+                be_secondary_result=self.be_secondary_result,
+                primary_id=self.primary_id,
+                read_only=self.d.read_only,
+                secondaries=(
+                    [(n, link.address) for n, link in sorted(self.secondaries.items())]
+                    if self.mode == "primary"
+                    else []
+                ),
+            )

@@ -1,4 +1,4 @@
-"""The NSO CLI (C-style) shared by SSH sessions and ``ncs_cli``.
+"""One NSO CLI (C-style) session: command dispatch, shared by SSH sessions and ``ncs_cli``.
 
 Only the commands the upgrade procedures use are simulated; see docs/nso-sim.md for which
 output formats come from public sources and which are invented.
@@ -9,22 +9,18 @@ from __future__ import annotations
 import shlex
 import shutil
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
 
 from nso_sim import cdb, faults, packages
+from nso_sim.ha.manager import HaManager
+from nso_sim.node.daemon import RELOAD_OPEN_TX_WAIT, Daemon
+from nso_sim.node.errors import ReloadRefused, WriteRefused
+from nso_sim.nso_cli.ha_output import show_ha_lines, sync_lines
+from nso_sim.nso_cli.render import NO_ENTRIES, RELOAD_BANNER, reload_blocks, table
+from nso_sim.nso_cli.render import lines as _lines
 from nso_sim.package_meta import PackageError, read_package
-
-if TYPE_CHECKING:
-    from nso_sim.daemon import Daemon
-
-RELOAD_BANNER = [
-    ">>> System upgrade is starting.",
-    ">>> Sessions in configure mode must exit to operational mode.",
-    ">>> No configuration changes can be performed until upgrade has completed.",
-]
-NO_ENTRIES = "% No entries found."
 
 
 class CliError(Exception):
@@ -38,25 +34,10 @@ class Result:
     exit: bool = False
 
 
-def _lines(*lines: str) -> str:
-    return "\n".join(lines)
-
-
-def reload_blocks(names: list[str], failures: Optional[dict[str, str]] = None) -> list[str]:
-    out = []
-    for name in names:
-        out += ["reload-result {", f"    package {name}"]
-        if failures and name in failures:
-            out += ["    result false", f'    info "{failures[name]}"']
-        else:
-            out.append("    result true")
-        out.append("}")
-    return out
-
-
 class CliSession:
-    def __init__(self, daemon: Daemon, user: str, peer: str, via: str) -> None:
+    def __init__(self, daemon: Daemon, ha: HaManager, user: str, peer: str, via: str) -> None:
         self.d = daemon
+        self.ha = ha
         self.user = user
         self.peer = peer
         self.via = via
@@ -91,8 +72,6 @@ class CliSession:
         )
 
     def _execute_one(self, line: str) -> Result:
-        from nso_sim.daemon import ReloadRefused, WriteRefused
-
         line = line.strip()
         if " | " in line:  # output pipes (| nomore, | tab) do not change what is shown here
             line = line.split(" | ", 1)[0].strip()
@@ -113,8 +92,6 @@ class CliSession:
         except faults.DiskFull as exc:
             return Result(f"Error: {exc}", ok=False)
         except Exception as exc:  # a session must survive a simulator bug
-            import traceback
-
             self.d.log("ERROR", f"CLI command {line!r} failed: {traceback.format_exc()}")
             return Result(f"Error: internal error: {exc}", ok=False)
 
@@ -230,7 +207,7 @@ class CliSession:
             lines = cdb.render(tree, schema)
             return Result(_lines(*lines) if lines else NO_ENTRIES)
         if what == "high-availability":
-            return Result(_lines(*self.d.ha.show_lines(rest)))
+            return Result(_lines(*show_ha_lines(self.ha.status(), rest)))
         if what == "ncs-state":
             version = f"ncs-state version {self.d.version}"
             if rest == ["version"]:
@@ -262,14 +239,9 @@ class CliSession:
             patches = sorted(self.d.patches.values(), key=lambda p: p.module)
         if not patches:
             return [NO_ENTRIES]
-        rows = [("NAME", "VERSION", "PATCH-ID", "COMPILE TIME")] + [
-            (p.module, p.nso_version, p.patch_id, p.compile_time) for p in patches
-        ]
-        widths = [max(len(r[i]) for r in rows) for i in range(3)]
-        out = ["ncs-state patches"]
-        for r in rows:
-            out.append("  ".join(r[i].ljust(widths[i]) for i in range(3)) + "  " + r[3])
-        return out
+        rows = [(p.module, p.nso_version, p.patch_id, p.compile_time) for p in patches]
+        head = ("NAME", "VERSION", "PATCH-ID", "COMPILE TIME")
+        return ["ncs-state patches", *table(head, rows, rule=False)]
 
     def _show_packages(self, args: list[str]) -> Result:
         pkgs = list(self.d.packages)
@@ -316,7 +288,7 @@ class CliSession:
 
     # ----- high availability -----
     def _ha_action(self, args: list[str]) -> Result:
-        ha = self.d.ha
+        ha = self.ha
         if args == ["enable"]:
             out = ha.enable()
             return Result(out, ok=not out.startswith("Error:"))
@@ -431,11 +403,11 @@ class CliSession:
             opts = [a for a in args[2:] if a not in ("{", "}")]
             if not opts or opts[0] not in ("and-reload", "and-add"):
                 raise CliError("syntax error: packages ha sync needs and-reload or and-add")
-            ok, lines = self.d.ha.sync_packages(
+            report = self.ha.sync_packages(
                 add_only=opts[0] == "and-add",
                 wait_queue="wait-commit-queue-empty" in opts,
             )
-            return Result(_lines(*lines), ok=ok)
+            return Result(_lines(*sync_lines(report)), ok=report.ok)
         raise CliError("syntax error: unknown packages command")
 
     def _wait_open_transactions(self, nominal: float) -> bool:
@@ -451,8 +423,6 @@ class CliSession:
             time.sleep(0.02)
 
     def _reload(self, args: list[str]) -> Result:
-        from nso_sim.daemon import RELOAD_OPEN_TX_WAIT, ReloadRefused
-
         force = "force" in args
         max_wait = RELOAD_OPEN_TX_WAIT
         if "max-wait-time" in args:

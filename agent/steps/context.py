@@ -11,7 +11,7 @@ from agent.config import Config, HostPaths
 from agent.download import Downloader
 from agent.errors import StepFailed
 from agent.journal import Journal
-from agent.nso import Nso, NsoCli
+from agent.nso import Nso
 
 LOG_LINES = 400
 
@@ -26,8 +26,8 @@ class StepContext:
     lines: deque[str] = field(default_factory=lambda: deque(maxlen=LOG_LINES))
 
     def __post_init__(self) -> None:
+        # The NSO adapter, logging into this step's log: all a step knows of NSO.
         self.nso = Nso(self.config, self.log)
-        self.cli = NsoCli(self.config, self.log)
 
     @property
     def paths(self) -> HostPaths:
@@ -80,4 +80,4 @@ class StepContext:
         )
 
     def close(self) -> None:
-        self.cli.close()
+        self.nso.close()

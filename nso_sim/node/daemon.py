@@ -1,36 +1,29 @@
-"""The simulated NSO daemon: one process per host, started by ``ncs``.
+"""The simulated NSO daemon's state: one per host process, started by ``ncs``.
 
-Start-up follows the real phases (starting, phase0, phase1, started) and exits with the
-documented codes: 11/13/14 upgrade problems, 20 cannot bind, 21 bad ncs.conf, 22 bad install.
+Start-up follows the real phases (starting, phase0, phase1, started); the process around it
+(exit codes, signals) is ``nso_sim.node.process``. The HA manager and the CLI are started in
+phase1 through the ``StartParts`` function the process passes in (``nso_sim.node.parts``).
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import copy
 import os
-import signal
 import socket
-import sys
 import threading
 import time
-import traceback
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, NoReturn, Optional
+from typing import Any, Callable, Optional
 
 from nso_sim import beam, cdb, faults, ncsconf, packages
 from nso_sim.cdb import CdbStore, Op, Tree
 from nso_sim.cdb_lock import CdbLock, CdbLocked
 from nso_sim.ipc import Connection
-from nso_sim.layout import (
-    HostConfig,
-    HostLayout,
-    check_password,
-    release_version,
-    write_json_atomic,
-)
+from nso_sim.layout import HostConfig, HostLayout, check_password, release_version
+from nso_sim.node.errors import ReloadRefused, StartupFailure, StopDuringStart, WriteRefused
+from nso_sim.node.parts import HaPeer, Parts, Service
 from nso_sim.package_meta import PackageInfo
 
 EXIT_UPGRADE = 13
@@ -51,35 +44,21 @@ RELOAD_OPEN_TX_WAIT = 10.0
 COMMIT_QUEUE_ITEM = 30.0  # pushing one item to the devices
 
 
-class StartupFailure(Exception):
-    def __init__(self, code: int, reason: str) -> None:
-        super().__init__(reason)
-        self.code = code
-        self.reason = reason
-
-
-class ReloadRefused(Exception):
-    """A reload that must not proceed; ``lines`` are what the CLI prints."""
-
-    def __init__(self, lines: list[str], per_package: Optional[dict[str, str]] = None) -> None:
-        super().__init__("\n".join(lines))
-        self.lines = lines
-        self.per_package = per_package or {}
-
-
-class WriteRefused(Exception):
-    pass
-
-
-class StopDuringStart(Exception):
-    pass
+# Called in phase1 with the bound CLI socket and the HA socket (None without
+# /ncs-config/ha/enabled); starts the HA manager and the CLI on top of the node.
+StartParts = Callable[["Daemon", socket.socket, Optional[socket.socket]], Parts]
 
 
 class Daemon:
     def __init__(
-        self, layout: HostLayout, reload_mode: Optional[str], conf_path: Optional[Path] = None
+        self,
+        layout: HostLayout,
+        reload_mode: Optional[str],
+        start_parts: StartParts,
+        conf_path: Optional[Path] = None,
     ) -> None:
         self.layout = layout
+        self._start_parts = start_parts
         self.conf_path = conf_path
         self.config = HostConfig.load(layout)
         self.reload_mode = reload_mode
@@ -103,8 +82,9 @@ class Daemon:
         self._queue_seq = int(time.time() * 1000)
         self.commit_listeners: list[Callable[[list[Op], int], None]] = []
         self.sockets: list[socket.socket] = []
-        self.ha: Any = None
-        self.ssh: Any = None
+        self.ha: Optional[HaPeer] = None
+        self.ssh: Optional[Service] = None
+        self._console: Optional[Callable[[Connection, str], None]] = None
 
     # ----- logging -----
     def log(self, level: str, msg: str) -> None:
@@ -150,23 +130,19 @@ class Daemon:
         self._load_packages_at_start()
         self.state = "phase0"
 
-        from nso_sim.cli_ssh import SshServer
-        from nso_sim.ha import HaManager
-
         self.state = "phase1"
         cli_sock = self._bind(self.conf.cli_address, self.conf.cli_port, "CLI SSH")
-        self.ssh = SshServer(self, cli_sock)
-        self.ssh.start()
         ha_sock = None
         if self.conf.ha_enabled:
             ha_sock = self._bind(self.conf.ha_address, self.conf.ha_port, "HA")
-        self.ha = HaManager(self, ha_sock)
+        parts = self._start_parts(self, cli_sock, ha_sock)
+        self.ha, self.ssh, self._console = parts.ha, parts.ssh, parts.console
         self.load_patches()
         threading.Thread(target=self._commit_queue_loop, daemon=True).start()
         self.state = "started"
         self.started_event.set()
         self.log("INFO", "Started")
-        self.ha.at_start_up()
+        parts.ha.at_start_up()
 
     def _open_cdb(self) -> int:
         """Lock and read CDB; returns the length of its write log."""
@@ -446,31 +422,10 @@ class Daemon:
             conn.close()
 
     def _ipc_cli(self, conn: Connection, user: str) -> None:
-        from nso_sim.cli_commands import CliSession
-
-        if not self.started_event.is_set():
+        if not self.started_event.is_set() or self._console is None:
             conn.send({"error": "NCS is not started"})
             return
-        session = CliSession(self, user, "127.0.0.1", "console")
-        conn.send({"prompt": session.prompt()})
-        try:
-            while True:
-                msg = conn.recv()
-                if msg is None or "line" not in msg:
-                    return
-                result = session.execute(msg["line"])
-                conn.send(
-                    {
-                        "out": result.output,
-                        "ok": result.ok,
-                        "exit": result.exit,
-                        "prompt": session.prompt(),
-                    }
-                )
-                if result.exit:
-                    return
-        finally:
-            session.close()
+        self._console(conn, user)
 
     def status(self) -> dict[str, Any]:
         return {"status": self.state, "version": self.version, "pid": os.getpid()}
@@ -488,53 +443,3 @@ class Daemon:
         for sock in self.sockets:
             with contextlib.suppress(OSError):
                 sock.close()
-
-
-def main(argv: Optional[list[str]] = None) -> None:
-    p = argparse.ArgumentParser(prog="nso-sim-daemon")
-    p.add_argument("--root", required=True)
-    p.add_argument("--reload", choices=["true", "force"])
-    p.add_argument("--conf")
-    args = p.parse_args(argv)
-    layout = HostLayout.at(args.root)
-    daemon = Daemon(layout, args.reload, Path(args.conf) if args.conf else None)
-    # SIGTERM (kill, a service manager) stops cleanly, like ncs --stop.
-    signal.signal(signal.SIGTERM, lambda _sig, _frame: daemon.request_stop())
-    try:
-        daemon.start()
-    except StopDuringStart:
-        daemon.shutdown()
-        daemon.log("INFO", "Stopped during start-up")
-        _exit(daemon, 0)
-    except StartupFailure as exc:
-        daemon.log("ERROR", exc.reason)
-        daemon.log("ERROR", f"Daemon died status={exc.code}")
-        print(exc.reason, file=sys.stderr)
-        print(f"Daemon died status={exc.code}", file=sys.stderr)
-        _exit(daemon, exc.code)
-    except Exception:
-        daemon.log("ERROR", "internal error: " + traceback.format_exc())
-        traceback.print_exc()
-        _exit(daemon, 1)
-    daemon.stop_event.wait()
-    daemon.shutdown()
-    daemon.log("INFO", "Stopped")
-    _exit(daemon, 0)
-
-
-def _exit(daemon: Daemon, code: int) -> NoReturn:
-    """Record the exit status (``systemctl status`` shows it), let go of CDB, then the pid
-    file: ``ncs --stop`` returns once that is gone, so CDB is free by then."""
-    layout = daemon.layout
-    write_json_atomic(layout.exit_file, {"pid": os.getpid(), "status": code})
-    daemon.cdb_lock.release()
-    with contextlib.suppress(FileNotFoundError, ValueError):
-        if int(layout.pid_file.read_text()) == os.getpid():
-            layout.pid_file.unlink()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
-
-
-if __name__ == "__main__":
-    main()

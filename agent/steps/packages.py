@@ -1,24 +1,17 @@
 """The single-node package-only upgrade (the guide's Package Upgrade), one function per step:
 stage the builds, back up, ``software packages install ... replace-existing``,
-``packages reload`` (refused if NSO would delete data, unless the job allows it), verify."""
+``packages reload`` (refused if NSO would delete data, unless the job allows it), verify.
+Its recovery, ``recover_packages``, is in ``recovery.py``."""
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from agent import release_signature, trust
-from agent.errors import CliError, StepFailed
-from agent.nso import STARTED
-from agent.step_context import StepContext
-from agent.step_helpers import (
-    EXTRA_DIR,
-    check_packages,
-    restore_package_links,
-    show_value,
-    stage_package,
-    wait_started_or_start,
-)
+from agent.errors import StepFailed
+from agent.nso import ReloadRefusedDataLoss
+from agent.steps.context import StepContext
+from agent.steps.shared import check_packages, stage_package
 
 
 def prestage_packages(ctx: StepContext) -> dict[str, Any]:
@@ -56,29 +49,15 @@ def package_refs(ctx: StepContext) -> list[tuple[str, str, str]]:
 def install_packages(ctx: StepContext) -> dict[str, Any]:
     installed = []
     for _filename, name, version in package_refs(ctx):
-        out = ctx.cli.run(f"software packages install package {name}-{version} replace-existing")
-        installed.append(out.strip() or f"installed {name}-{version}")
+        installed.append(ctx.nso.install_package(name, version) or f"installed {name}-{version}")
     return {"installed": installed}
-
-
-def reload_failures(text: str) -> list[str]:
-    """``result false`` blocks of a reload's output, with their ``info``."""
-    failures = []
-    for block in re.findall(r"reload-result\s*\{(.*?)\}", text, re.DOTALL):
-        if re.search(r"result\s+false", block):
-            package = show_value(block, "package") or "?"
-            info = show_value(block, "info") or ""
-            failures.append(f"{package}: {info}".strip(": "))
-    return failures
 
 
 def reload_packages(ctx: StepContext) -> dict[str, Any]:
     allow = trust.flag(ctx.params, "allow_data_loss")
     try:
-        out = ctx.cli.run("packages reload", timeout=3600)
-    except CliError as exc:
-        if "namespaces will be deleted" not in exc.output:
-            raise
+        reloaded = ctx.nso.packages_reload()
+    except ReloadRefusedDataLoss as exc:
         if not allow:
             raise StepFailed(
                 "NSO refused the reload because it would delete data; NSO said:\n"
@@ -86,10 +65,9 @@ def reload_packages(ctx: StepContext) -> dict[str, Any]:
                 + "\nPlan the upgrade with allow_data_loss only if that loss is intended"
             ) from None
         ctx.log("NSO would delete namespaces and the job allows data loss: packages reload force")
-        out = ctx.cli.run("packages reload force", timeout=3600)
-    failures = reload_failures(out)
-    if failures:
-        raise StepFailed("packages reload failed: " + "; ".join(failures))
+        reloaded = ctx.nso.packages_reload(force=True)
+    if reloaded.failures:
+        raise StepFailed("packages reload failed: " + "; ".join(reloaded.failures))
     return {"reloaded": True}
 
 
@@ -99,18 +77,3 @@ def verify_packages(ctx: StepContext) -> dict[str, Any]:
     if problems:
         raise StepFailed("; ".join(problems))
     return {"packages": [f"{n}-{v}" for _, n, v in refs]}
-
-
-def recover_packages(ctx: StepContext) -> dict[str, Any]:
-    extra_dir = trust.checked_path(ctx, "extra_dir", EXTRA_DIR)
-    if extra_dir is None:
-        raise StepFailed("no extra_dir recorded at backup: the package links cannot be restored")
-    restore_package_links(ctx, extra_dir)
-    if ctx.nso.status() != STARTED:
-        wait_started_or_start(ctx, reload=True)
-    else:
-        out = ctx.cli.run("packages reload", timeout=3600)
-        failures = reload_failures(out)
-        if failures:
-            raise StepFailed("packages reload of the saved set failed: " + "; ".join(failures))
-    return {"rolled_back": True}

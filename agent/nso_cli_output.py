@@ -1,0 +1,111 @@
+"""Reading what the NSO CLI prints: pure functions over its text, one per kind of answer.
+
+Formats that no public source shows are matched loosely (tolerant of indentation and
+quoting); what cannot be read is None or an error, never a default.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Any, NamedTuple, Optional
+
+from agent.errors import CliError
+
+
+class Fingerprint(NamedTuple):
+    """``sha256:<hex>`` of the normalised ``show running-config`` and its number of lines."""
+
+    digest: str
+    lines: int
+
+
+def show_value(text: str, leaf: str) -> Optional[str]:
+    """``oper-status up`` -> ``up`` from CLI output (first match, tolerant of indentation)."""
+    match = re.search(
+        rf"^[ \t]*(?:\S+[ \t]+)*?{re.escape(leaf)}[ \t]+(.+?)[ \t]*$", text, re.MULTILINE
+    )
+    return match.group(1).strip('"') if match else None
+
+
+def package_names(text: str) -> set[str]:
+    """The packages ``show packages`` lists."""
+    return set(re.findall(r"^\s*packages package (\S+)", text, re.MULTILINE))
+
+
+def packages_oper_status(text: str) -> dict[str, str]:
+    """Package name -> oper-status, from ``show packages``."""
+    oper: dict[str, str] = {}
+    name = None
+    for line in text.splitlines():
+        m = re.match(r"^\s*packages package (\S+)", line)
+        if m:
+            name = m.group(1)
+        m = re.match(r"^\s*oper-status (\S+)$", line)
+        if m and name:
+            oper[name] = m.group(1)
+    return oper
+
+
+def reload_failures(text: str) -> list[str]:
+    """``result false`` blocks of a reload's output, with their ``info``."""
+    failures = []
+    for block in re.findall(r"reload-result\s*\{(.*?)\}", text, re.DOTALL):
+        if re.search(r"result\s+false", block):
+            package = show_value(block, "package") or "?"
+            info = show_value(block, "info") or ""
+            failures.append(f"{package}: {info}".strip(": "))
+    return failures
+
+
+def refuses_data_loss(output: str) -> bool:
+    """NSO's refusal of a reload that would delete namespaces (and the data in them)."""
+    return "namespaces will be deleted" in output
+
+
+def ha_status(text: str) -> dict[str, Any]:
+    """``show high-availability`` as enabled, mode, current_id and read_only; raises
+    CliError when the text says nothing recognisable (unknown is not "HA off")."""
+    if re.search(r"No entries found", text):
+        # NSO's answer for an empty operational tree: HA is not in use on this node.
+        return {"enabled": False, "mode": "none", "current_id": None, "read_only": False}
+    if "high-availability" not in text:
+        raise CliError(f"'show high-availability' printed nothing recognisable: {text[:200]!r}")
+    ha: dict[str, Any] = {
+        "enabled": bool(re.search(r"^high-availability enabled", text, re.MULTILINE)),
+        "mode": "none",
+        "current_id": None,
+        "read_only": False,
+    }
+    for key, field in (("mode", "mode"), ("current-id", "current_id")):
+        m = re.search(rf"status {key} (\S+)", text)
+        if m:
+            ha[field] = m.group(1)
+    m = re.search(r"status read-only-mode (\S+)", text)
+    if m:
+        ha["read_only"] = m.group(1) == "true"
+    return ha
+
+
+def running_config_fingerprint(text: str) -> Fingerprint:
+    """The fingerprint of ``show running-config`` output.
+
+    What "data intact" means to the agent: the configuration NSO serves, byte for byte after
+    normalising whitespace, is the same before the upgrade and after it (or after a restore).
+    Volatile parts are excluded: the ``high-availability`` subtree changes during HA
+    choreography, and trailing whitespace/blank lines depend on the CLI's rendering.
+    """
+    kept: list[str] = []
+    skipping = False
+    for raw in text.splitlines():
+        line = raw.rstrip()
+        if not line.strip():
+            continue
+        # A top-level line opens a new subtree; "!" closes the one before it.
+        if not line.startswith(" ") and line != "!":
+            skipping = line.startswith("high-availability")
+        if skipping:
+            continue
+        kept.append(line)
+    digest = hashlib.sha256("\n".join(kept).encode()).hexdigest()
+    return Fingerprint(f"sha256:{digest}", len(kept))
