@@ -154,3 +154,26 @@ def test_a_database_two_revisions_behind_with_jobs_upgrades_in_one_go(database_u
     assert _rows(database_url, "SELECT node_id, job_id FROM node_holds") == [
         (ids["node"], ids["running"])
     ]
+
+
+def test_two_active_jobs_on_one_node_leave_none_without_its_hold(database_url: str) -> None:
+    """The code never let two jobs be active on one node, but should a database hold them,
+    the newer would be active without its hold: never handed out, never ending."""
+    register_models()
+    config = migrate.alembic_config(database_url)
+    command.downgrade(config, "0003")
+    ids = _jobs_as_of_0003(database_url)
+    engine = make_engine(database_url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(text(f"UPDATE jobs SET state = 'queued' WHERE id = {ids['old']}"))
+    finally:
+        engine.dispose()
+    command.upgrade(config, "head")
+    first, second = sorted((ids["old"], ids["running"]))
+    assert _rows(database_url, "SELECT node_id, job_id FROM node_holds") == [(ids["node"], first)]
+    ((state, outcome, error),) = _rows(
+        database_url, f"SELECT state, outcome, error FROM jobs WHERE id = {second}"
+    )
+    assert (state, outcome) == ("failed", "needs_attention")
+    assert "another active job held this node" in error

@@ -79,7 +79,16 @@ def upgrade() -> None:
     )
     op.create_index("ix_node_holds_job_id", "node_holds", ["job_id"])
     op.execute("INSERT INTO job_nodes (job_id, node_id) SELECT id, node_id FROM jobs")
-    # One active job per node was what the code kept; should there be more, the oldest holds.
+    # One active job per node was what the code kept. Should there be more, the oldest holds
+    # the node and the others end failed, saying why: an active job without its hold would
+    # never be handed out, nor ever end.
+    op.execute(
+        "UPDATE jobs SET state = 'failed', outcome = 'needs_attention', error = "
+        "'migration 0004: another active job held this node; this one never ran past here. "
+        "Check the node (nso-repo node ls) and start the change again' "
+        "WHERE state IN ('queued', 'running') AND id NOT IN "
+        "(SELECT MIN(id) FROM jobs WHERE state IN ('queued', 'running') GROUP BY node_id)"
+    )
     op.execute(
         "INSERT INTO node_holds (node_id, job_id) SELECT node_id, MIN(id) FROM jobs "
         "WHERE state IN ('queued', 'running') GROUP BY node_id"
@@ -90,8 +99,10 @@ def upgrade() -> None:
     op.execute("UPDATE steps SET node_id = (SELECT node_id FROM jobs WHERE jobs.id = steps.job_id)")
     with op.batch_alter_table("steps") as batch:
         batch.alter_column("node_id", existing_type=sa.Integer(), nullable=False)
+        # RESTRICT: deleting a node must not silently drop its steps from a job that spans
+        # other nodes too.
         batch.create_foreign_key(
-            "fk_steps_node_id_nodes", "nodes", ["node_id"], ["id"], ondelete="CASCADE"
+            "fk_steps_node_id_nodes", "nodes", ["node_id"], ["id"], ondelete="RESTRICT"
         )
         batch.create_index("ix_steps_node_state", ["node_id", "state"])
         batch.create_check_constraint("state", STEP_STATES)
