@@ -36,6 +36,8 @@ def _size(text: str) -> int:
 # Threads of a worker that long-polls never take, whatever the fleet does: /health, the
 # operators' API and uploads always find one.
 WAITING_POLLS_RESERVE = 8
+# Threads of a worker when NSO_REPO_THREADS is unset (repo_server/gunicorn_settings.py).
+DEFAULT_THREADS = 32
 
 
 @dataclass(frozen=True)
@@ -58,8 +60,8 @@ class Settings:
     # Long-polls one node may hold at once; a newer one answers the oldest 204 at once.
     max_polls_per_node: int = 2
     # Long-polls that may wait at once in one server process; each holds a thread. Unset:
-    # NSO_REPO_THREADS (32) less WAITING_POLLS_RESERVE, for /health, the API and uploads.
-    max_waiting_polls: int = 32 - WAITING_POLLS_RESERVE
+    # NSO_REPO_THREADS less WAITING_POLLS_RESERVE, for /health, the API and uploads.
+    max_waiting_polls: int = DEFAULT_THREADS - WAITING_POLLS_RESERVE
     tar_max_members: int = 10_000
     tar_max_unpacked_bytes: int = 2 << 30
     tar_max_ratio: int = 200

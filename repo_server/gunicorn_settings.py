@@ -11,6 +11,8 @@ import ssl
 import sys
 from typing import Any, Callable
 
+from repo_server.config import DEFAULT_THREADS
+
 bind = os.environ.get("NSO_REPO_BIND", "127.0.0.1:8420")
 
 
@@ -46,7 +48,7 @@ request_timeout = _positive("NSO_REPO_REQUEST_TIMEOUT", "10")
 io_timeout = _positive("NSO_REPO_IO_TIMEOUT", "60")
 max_pending_per_address = int(_positive("NSO_REPO_MAX_PENDING_PER_ADDRESS", "64"))
 # Each waiting agent holds a thread for up to a minute: size this to the fleet.
-threads = int(os.environ.get("NSO_REPO_THREADS", "32"))
+threads = int(os.environ.get("NSO_REPO_THREADS") or DEFAULT_THREADS)
 timeout = int(os.environ.get("NSO_REPO_WORKER_TIMEOUT", "900"))
 graceful_timeout = 30
 keepalive = 5

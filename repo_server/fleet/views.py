@@ -121,16 +121,16 @@ def next_step(args: dict[str, Any]) -> Any:
         session.commit()
         jobs = JobService(session, app.notifier)
         deadline = time.monotonic() + (args["wait"] if waits else 0)
-        # Read once, now: claim_next ends its transaction, and reading an attribute of the
-        # expired row afterwards would open another one and hold a database connection
-        # for the whole wait (with enough waiting polls, /health waited for the pool).
-        node_id = node.id
+        node_id = node.id  # read now: the row is expired once a transaction ends
         seen = app.notifier.counter(node_id)
         step = jobs.claim_next(node)
-        # Sleep on the notifier, not on the database: one query per wake-up, none while idle.
-        while step is None and app.notifier.wait(
-            node_id, seen, deadline - time.monotonic(), ticket, limit
-        ):
+        # Sleep on the notifier, not on the database: one query per wake-up, none while idle,
+        # and no transaction (nor the pooled connection it holds) kept across a wait: with
+        # enough waiting polls, every other request waited for the pool and failed.
+        while step is None:
+            session.rollback()
+            if not app.notifier.wait(node_id, seen, deadline - time.monotonic(), ticket, limit):
+                break
             seen = app.notifier.counter(node_id)
             service.still_active(session, principal())
             step = jobs.claim_next(node)

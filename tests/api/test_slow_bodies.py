@@ -24,7 +24,13 @@ from pathlib import Path
 import pytest
 
 from tests.factories import make_installer
-from tests.support.abuse import chunked, health_during, send_request
+from tests.support.abuse import (
+    ENROLL_HEAD,
+    SLOW_SENDS,
+    chunked,
+    health_during,
+    send_request,
+)
 from tests.support.nso_repo import RepoServer
 from tests.support.processes import REPO, clean_env
 
@@ -33,14 +39,13 @@ CONNECTIONS = 40  # more than the worker's 32 threads
 ABUSE_SECONDS = 6
 LIMIT = 64 << 10  # NSO_REPO_MAX_JSON_SIZE here
 
-ENROLL = b"POST /api/v1/agent/enroll HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
 HEADS = {
-    "chunked": (ENROLL + b"Transfer-Encoding: chunked\r\n\r\n1\r\n{\r\n", b"1\r\n \r\n"),
-    "expect_100": (ENROLL + b"Content-Length: 4000\r\nExpect: 100-continue\r\n\r\n{", b" "),
+    "chunked": SLOW_SENDS["slow_chunked"],
+    "expect_100": (ENROLL_HEAD + b"Content-Length: 4000\r\nExpect: 100-continue\r\n\r\n{", b" "),
     # The view answers at once (413: over the limit); the thread then read the rest of the
     # body to find the next request, which the client had already started in the body.
     "over_the_limit": (
-        ENROLL + b"Content-Length: 4000000000\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n",
+        ENROLL_HEAD + b"Content-Length: 4000000000\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n",
         b" ",
     ),
     "unread_body": (
@@ -50,10 +55,7 @@ HEADS = {
     ),
     # Not a body: bytes sent after a request that closes the connection. gthread drained
     # them for up to 2 s per connection in its event loop before it closed the socket.
-    "after_connection_close": (
-        b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-        b" ",
-    ),
+    "after_connection_close": SLOW_SENDS["after_close"],
     "upload_without_a_token": (
         b"PUT /api/v1/artifacts/nso-6.9.linux.x86_64.installer.bin HTTP/1.1\r\nHost: x\r\n"
         b"Transfer-Encoding: chunked\r\n\r\n1\r\na\r\n",
