@@ -7,11 +7,12 @@ to skip the heartbeat, since the server needs ``running_version`` and ``status``
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import platform
 import re
 import subprocess
-import xml.etree.ElementTree as ET  # nosec B405 # parses ncs.conf only, see _conf_elements
+import xml.etree.ElementTree as ET  # nosec B405 # parses ncs.conf only, see _read_conf
 from typing import Any, Optional
 
 from agent import packages as pkgs
@@ -73,13 +74,60 @@ def _dir_size(path: str) -> Optional[int]:
     return None if failed else total
 
 
-def _conf_elements(path: str) -> Optional[list[str]]:
-    """Element names of ncs.conf; None (unknown) when it cannot be read, never ``[]``."""
+def _read_conf(path: str) -> Optional[ET.Element]:
+    """ncs.conf's root element; None (unknown) when it cannot be read."""
     try:
-        root = ET.parse(path).getroot()  # nosec B314 # ncs.conf is root's own file on this host, not input from the server; expat >= 2.4.1 stops entity bombs and etree fetches no external entities
+        return ET.parse(path).getroot()  # nosec B314 # ncs.conf is root's own file on this host, not input from the server; expat >= 2.4.1 stops entity bombs and etree fetches no external entities
     except (OSError, ET.ParseError):
         return None
-    return sorted({el.tag.rsplit("}", 1)[-1] for el in root.iter()})
+
+
+def _local(tag: str) -> str:
+    return tag.rsplit("}", 1)[-1]
+
+
+def _conf_children(el: ET.Element, *path: str) -> list[ET.Element]:
+    """The elements at ``path`` below ``el``, by local name (ncs.conf has a namespace)."""
+    found = [el]
+    for part in path:
+        found = [c for f in found for c in f if _local(c.tag) == part]
+    return found
+
+
+def _load_paths(root: ET.Element) -> list[str]:
+    """``/ncs-config/load-path/dir`` as written (``${NCS_RUN_DIR}/packages``): HA members
+    must load packages from the same places (``packages ha sync`` refuses otherwise)."""
+    return [(d.text or "").strip() for d in _conf_children(root, "load-path", "dir")]
+
+
+# ncs.conf's variables as an NSO System Install sets them (its init script and unit).
+_CONF_VARIABLES = {
+    "NCS_DIR": "/opt/ncs/current",
+    "NCS_CONFIG_DIR": "/etc/ncs",
+    "NCS_RUN_DIR": "/var/opt/ncs",
+    "NCS_LOG_DIR": "/var/log/ncs",
+}
+
+
+def _crypto_keys_fingerprint(config: Config, root: ET.Element) -> Optional[str]:
+    """``sha256:<hex>`` of the keys file ncs.conf names (``encrypted-strings/external-keys/
+    command-argument``): HA members must hold the same keys, and the server compares this,
+    never the key material. None when ncs.conf names no file or it cannot be read."""
+    named = _conf_children(root, "encrypted-strings", "external-keys", "command-argument")
+    if not named or not (named[0].text or "").strip():
+        return None
+    host_path = re.sub(
+        r"\$\{(\w+)\}",
+        lambda m: _CONF_VARIABLES.get(m.group(1), m.group(0)),
+        (named[0].text or "").strip(),
+    )
+    if "${" in host_path or not host_path.startswith("/"):
+        return None  # a variable this agent does not know: unknown, not guessed
+    try:
+        data = config.paths.path(host_path).read_bytes()
+    except OSError:
+        return None
+    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def _crypto_keys(path: str) -> Optional[list[str]]:
@@ -177,9 +225,13 @@ def collect(config: Config, with_cli: bool = True) -> dict[str, Any]:
     ):
         if size is not None:
             inv[key] = size
-    conf_elements = _conf_elements(str(paths.ncs_conf))
-    if conf_elements is not None:
-        inv["ncs_conf_elements"] = conf_elements
+    conf = _read_conf(str(paths.ncs_conf))
+    if conf is not None:
+        inv["ncs_conf_elements"] = sorted({_local(el.tag) for el in conf.iter()})
+        inv["load_paths"] = _load_paths(conf)
+        keys_fingerprint = _crypto_keys_fingerprint(config, conf)
+        if keys_fingerprint is not None:
+            inv["crypto_keys_fingerprint"] = keys_fingerprint
     keys = _crypto_keys(str(paths.crypto_keys))
     if keys is not None:
         inv["crypto_keys"] = keys

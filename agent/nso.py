@@ -59,12 +59,26 @@ class PackageStatus:
 
 
 class HaStatus(TypedDict):
-    """``show high-availability`` as the heartbeat reports it."""
+    """``show high-availability`` as the heartbeat reports it and the HA steps read it."""
 
     enabled: bool
     mode: str
     current_id: Optional[str]
+    assigned_role: Optional[str]
+    primary_id: Optional[str]
+    be_secondary_result: Optional[str]  # why the last join failed (`error (26) - ...`)
     read_only: bool
+    connected_secondaries: list[str]  # ids, on a primary
+
+
+PHASE0, PHASE1 = "phase0", "phase1"
+# `ncs --status` during start-up, in order ("starting" is before phase0, ncs(1)).
+START_PHASES = ("starting", PHASE0, PHASE1, STARTED)
+
+
+def _phase_index(state: str) -> int:
+    """How far a start has come (-1: not starting, or unknown)."""
+    return START_PHASES.index(state) if state in START_PHASES else -1
 
 
 class Nso:
@@ -190,7 +204,13 @@ class Nso:
             self.log("NSO is already stopped")
             return
         timeout = self.config.stop_timeout
-        result = self._service("stop", timeout)
+        if self.config.uses_systemd() and not self._unit_active():
+            # Started outside ncs.service (``start_read_only``'s phases): `systemctl stop`
+            # would do nothing and the fallback below would come only after the timeout.
+            self.log("NSO runs outside ncs.service (started in phases): ncs --stop")
+            result = self.cmd([str(self.paths.bin("ncs")), "--stop"], timeout=timeout)
+        else:
+            result = self._service("stop", timeout)
         state = self.wait_status(lambda s: s == STOPPED, timeout)
         if state != STOPPED:
             # The service did not bring it down: ask the daemon directly, as the guide's
@@ -201,6 +221,11 @@ class Nso:
             raise NsoError(
                 f"NSO is still {state} after stopping it; stop it by hand and retry", result.output
             )
+
+    def _unit_active(self) -> bool:
+        """``systemctl is-active ncs`` says active (or activating, deactivating)."""
+        result = self._timed([str(self.paths.systemctl), "is-active", "ncs"])
+        return result.stdout.strip() in ("active", "activating", "deactivating", "reloading")
 
     def start(self, reload: bool, timeout: float) -> CommandResult:
         """Start NSO (with package reload if asked) and wait until it says ``started``.
@@ -227,15 +252,99 @@ class Nso:
                     "is not a start failure)"
                 )
             return result
+        raise self._start_failure(result)
+
+    def _start_failure(self, result: CommandResult, what: str = "NSO did not start") -> NsoError:
+        """Why NSO did not start: the exit status, its meaning and NSO's reason from ncs.log."""
         code = self.exit_code_from_log() if result.returncode in (0, 1) else result.returncode
         meaning = START_EXIT_CODES.get(code or -1, "")
-        raise NsoError(
-            f"NSO did not start (exit status {code}"
+        return NsoError(
+            f"{what} (exit status {code}"
             + (f": {meaning}" if meaning else "")
             + ")"
             + (f"; {self.last_failure_reason()}" if self.last_failure_reason() else ""),
             result.output,
         )
+
+    def start_read_only(self, reload: bool, timeout: float) -> bool:
+        """Start NSO through its start phases with read-only mode set in phase1, before
+        phase2 opens the northbound interfaces (SSH CLI, NETCONF, RESTCONF...): NSO accepts
+        no write before read-only mode is on. A start left in a phase (a restarted agent)
+        goes on from there. True when read-only mode was set before phase2; False when NSO
+        was already started, so the caller sets it (writes may have been accepted).
+
+        The phases run ``ncs`` by path with the arguments and environment NSO's init script
+        and ncs.service give it (``--cd`` the run dir, ``-c`` ncs.conf, ``NCS_*_DIR``), not
+        through the service: neither knows the phases.
+        """
+        began = time.monotonic()
+
+        def left() -> float:
+            return max(1.0, timeout - (time.monotonic() - began))
+
+        ncs = str(self.paths.bin("ncs"))
+        state = self.state()
+        if state == STOPPED:
+            args = [ncs, "--cd", str(self.paths.run_dir), "-c", str(self.paths.ncs_conf)]
+            args += ["--with-package-reload"] if reload else []
+            state = self._to_phase([*args, "--start-phase0"], PHASE0, left())
+        elif _phase_index(state) < _phase_index(PHASE0):
+            self.log(f"NSO is {state} (a start in progress): waiting for phase0")
+            state = self._to_phase([], PHASE0, left())
+        if state == PHASE0:
+            state = self._to_phase([ncs, "--start-phase1"], PHASE1, left())
+        if state != PHASE1:
+            return False  # started already: the read-only mode is the caller's to set
+        self.console_read_only(True)
+        self._to_phase([ncs, "--start-phase2"], STARTED, left())
+        return True
+
+    def _to_phase(self, args: list[str], phase: str, timeout: float) -> str:
+        """Run ``args`` (if any) and wait until NSO reaches ``phase`` (or a later one);
+        raises NsoError when NSO stops or does not get there in ``timeout``."""
+        result = self.cmd(args, timeout=timeout, env=self._start_env()) if args else None
+        state = self.wait_status(
+            lambda s: s == STOPPED or _phase_index(s) >= _phase_index(phase), timeout
+        )
+        if _phase_index(state) >= _phase_index(phase):
+            return state
+        what = f"NSO did not reach {phase}: it is {state}"
+        if result is not None and state == STOPPED:
+            raise self._start_failure(result, what)
+        raise NsoError(
+            f"{what} after {timeout:.0f} s; look at ncs.log, stop NSO (ncs --stop) and retry",
+            result.output if result else "",
+        )
+
+    def _start_env(self) -> dict[str, str]:
+        """The environment NSO's init script and ncs.service start the daemon with."""
+        env = {
+            "NCS_DIR": str(self.paths.current),
+            "NCS_CONFIG_DIR": str(self.paths.config_dir),
+            "NCS_RUN_DIR": str(self.paths.run_dir),
+            "NCS_LOG_DIR": str(self.paths.ncs_log.parent),
+        }
+        if self.config.uses_systemd():
+            # ncs.service's EnvironmentFile; reload is asked for by the phase0 argument.
+            env.update(_env_file(self.paths.systemd_conf))
+            env.pop("NCS_RELOAD_PACKAGES", None)
+        return env
+
+    def console_read_only(self, on: bool) -> None:
+        """``high-availability read-only mode true|false`` on the console (``ncs_cli -C``
+        over IPC: the SSH CLI is not open before phase2), confirmed by reading it back."""
+        command = f"high-availability read-only mode {_cli_bool(on)}"
+        result = self.cmd(
+            [str(self.paths.bin("ncs_cli")), "-C", "-u", self.config.cli_user],
+            timeout=120,
+            input=f"{command}\nshow high-availability status read-only-mode\n",
+        )
+        if answers.read_only_mode(result.stdout) != on:
+            raise NsoError(
+                f"'{command}' on the console (ncs_cli) did not take: NSO stays in phase1 and "
+                "takes no writes; stop it (ncs --stop), check ncs.log and retry the step",
+                result.output,
+            )
 
     def _start_systemd(self, reload: bool, timeout: float) -> CommandResult:
         # ncs.service reads NCS_RELOAD_PACKAGES at every start: set it back afterwards or
@@ -373,5 +482,67 @@ class Nso:
             enabled=bool(status["enabled"]),
             mode=str(status["mode"]),
             current_id=status["current_id"],
+            assigned_role=status["assigned_role"],
+            primary_id=status["primary_id"],
+            be_secondary_result=status["be_secondary_result"],
             read_only=bool(status["read_only"]),
+            connected_secondaries=list(status["connected_secondaries"]),
         )
+
+    def ha_read_only_mode(self) -> bool:
+        """``show high-availability status read-only-mode``; raises CliError when NSO does
+        not say (unknown is not "writable")."""
+        text = self._cli.run("show high-availability status read-only-mode")
+        on = answers.read_only_mode(text)
+        if on is None:
+            raise CliError(
+                "'show high-availability status read-only-mode' did not say true or false: "
+                f"{text[:200]!r}; check HA on this node by hand",
+                text,
+            )
+        return on
+
+    def set_ha_read_only(self, on: bool) -> None:
+        """``high-availability read-only mode true|false`` (NSO prints nothing)."""
+        self._cli.run(f"high-availability read-only mode {_cli_bool(on)}")
+
+    def ensure_ha_read_only(self, on: bool) -> bool:
+        """Read-only mode as asked, set only when it differs and confirmed by reading it
+        back (NSO prints nothing when it sets it); what NSO says at the end."""
+        if self.ha_read_only_mode() == on:
+            self.log(f"read-only mode is {_cli_bool(on)} already")
+            return on
+        self.set_ha_read_only(on)
+        if self.ha_read_only_mode() != on:
+            raise NsoError(
+                f"read-only mode is still {_cli_bool(not on)} after 'high-availability "
+                f"read-only mode {_cli_bool(on)}'; set it by hand on this node and retry the step"
+            )
+        return on
+
+    def ha_be_primary(self) -> str:
+        """``high-availability be-primary``; what NSO printed (``result ok``)."""
+        return self._cli.run("high-availability be-primary").strip()
+
+    def ha_enable(self) -> str:
+        """``high-availability enable``; what NSO printed (``result enabled``). The role is
+        taken afterwards, by the HA start-up settings: read it with ``show_ha_status``."""
+        return self._cli.run("high-availability enable").strip()
+
+
+def _cli_bool(on: bool) -> str:
+    """A Python bool as NSO's CLI writes a boolean leaf; anything else is refused, so no other
+    text reaches a command."""
+    if not isinstance(on, bool):
+        raise TypeError(f"expected True or False, got {on!r}")
+    return "true" if on else "false"
+
+
+def _env_file(path: Path) -> dict[str, str]:
+    """``KEY=value`` lines of a systemd EnvironmentFile (comments and others skipped)."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return {}
+    found = (re.match(r"^\s*([A-Za-z_]\w*)\s*=\s*(.*?)\s*$", line) for line in lines)
+    return {m.group(1): m.group(2).strip('"') for m in found if m}

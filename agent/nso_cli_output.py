@@ -64,27 +64,61 @@ def refuses_data_loss(output: str) -> bool:
 
 
 def ha_status(text: str) -> dict[str, Any]:
-    """``show high-availability`` as enabled, mode, current_id and read_only; raises
-    CliError when the text says nothing recognisable (unknown is not "HA off")."""
+    """``show high-availability`` as enabled, mode, current_id, assigned_role,
+    be_secondary_result, primary_id, read_only and connected_secondaries (the ids of the
+    ``ID  ADDRESS`` table a primary prints); raises CliError when the text says nothing
+    recognisable (unknown is not "HA off")."""
     if re.search(r"No entries found", text):
         # NSO's answer for an empty operational tree: HA is not in use on this node.
-        return {"enabled": False, "mode": "none", "current_id": None, "read_only": False}
+        return {
+            "enabled": False,
+            "mode": "none",
+            "current_id": None,
+            "assigned_role": None,
+            "be_secondary_result": None,
+            "primary_id": None,
+            "read_only": False,
+            "connected_secondaries": [],
+        }
     if "high-availability" not in text:
         raise CliError(f"'show high-availability' printed nothing recognisable: {text[:200]!r}")
     ha: dict[str, Any] = {
         "enabled": bool(re.search(r"^high-availability enabled", text, re.MULTILINE)),
-        "mode": "none",
-        "current_id": None,
         "read_only": False,
+        "connected_secondaries": secondaries_table(text),
     }
-    for key, field in (("mode", "mode"), ("current-id", "current_id")):
-        m = re.search(rf"status {key} (\S+)", text)
-        if m:
-            ha[field] = m.group(1)
+    for key in ("mode", "current-id", "assigned-role", "be-secondary-result", "primary-id"):
+        # Values with spaces are quoted (`"error (25) - could not connect to primary"`).
+        m = re.search(rf"^\s*high-availability status {key} (.+?)\s*$", text, re.MULTILINE)
+        ha[key.replace("-", "_")] = m.group(1).strip('"') if m else None
+    ha["mode"] = ha["mode"] or "none"  # NSO leaves mode out only when it has none
     m = re.search(r"status read-only-mode (\S+)", text)
     if m:
         ha["read_only"] = m.group(1) == "true"
     return ha
+
+
+def secondaries_table(text: str) -> list[str]:
+    """The ids of NSO's connected-secondaries table (``ID  ADDRESS``, a dashed rule, one row
+    per secondary); rows end at the first line that is not one."""
+    ids: list[str] = []
+    rows = False
+    for line in text.splitlines():
+        if re.match(r"^\s*ID\s+ADDRESS\s*$", line):
+            rows = True
+        elif rows and re.match(r"^\s*-+\s*$", line):
+            continue
+        elif rows and re.match(r"^\s*\S+\s+\S+\s*$", line) and "high-availability" not in line:
+            ids.append(line.split()[0])
+        else:
+            rows = False
+    return ids
+
+
+def read_only_mode(text: str) -> Optional[bool]:
+    """``show high-availability status read-only-mode``: True/False, None if not shown."""
+    value = show_value(text, "read-only-mode")
+    return {"true": True, "false": False}.get(value or "")
 
 
 def running_config_fingerprint(text: str) -> Fingerprint:

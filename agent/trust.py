@@ -68,6 +68,36 @@ def flag(params: dict[str, Any], name: str, default: bool = False) -> bool:
     return value
 
 
+def boolean(value: object, what: str) -> bool:
+    """A required yes/no parameter: a JSON ``true`` or ``false``, nothing else."""
+    if not isinstance(value, bool):
+        raise refuse(what, value, "expected true or false")
+    return value
+
+
+HA_MODES = ("primary", "secondary")
+# HA node ids (`ha-node n1`): NSO allows any string; ours are compared, never put into CLI
+# text, but a plain grammar keeps messages and logs readable.
+HA_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", re.ASCII)
+
+
+def ha_mode(value: object, what: str) -> str:
+    """``primary`` or ``secondary``: the HA roles a step may ask for."""
+    if value not in HA_MODES:
+        raise refuse(what, value, f"expected one of {', '.join(HA_MODES)}")
+    return str(value)
+
+
+def ha_id(value: object, what: str) -> str:
+    rule = "an HA node id is ASCII letters, digits and _ . - (e.g. n1)"
+    return _match(value, what, HA_ID, rule)[0]
+
+
+def ha_ids(params: dict[str, Any], key: str) -> list[str]:
+    """``params[key]``: a list of HA node ids, each checked."""
+    return [ha_id(v, f"{key}[{i}]") for i, v in enumerate(listed(params, key, "HA node ids"))]
+
+
 MAX_SECONDS = 7 * 24 * 3600
 
 

@@ -22,7 +22,8 @@ from typing import Optional
 
 from nso_sim import cdb_lock, faults, ipc
 from nso_sim.archive import UnsafeArchive, check_member, check_not_through_links
-from nso_sim.layout import HostLayout, root_of_release_file
+from nso_sim.layout import HostConfig, HostLayout, root_of_release_file
+from nso_sim.timings import TIMINGS
 
 MANIFEST = "nso-sim-backup.json"
 LOAD_PATH = "var/opt/ncs/packages"
@@ -60,17 +61,24 @@ def create_backup(layout: HostLayout, vsn: str, compress: bool = True) -> int:
         print(f"ERROR  Backup failed: {exc}", file=sys.stderr)
         return 1
     buf = io.BytesIO()
+    archived = 0
+
+    def keep(member: tarfile.TarInfo) -> Optional[tarfile.TarInfo]:
+        nonlocal archived
+        if member.name.startswith(SKIPPED):
+            return None
+        archived += member.size
+        return member
+
     with tarfile.open(fileobj=buf, mode="w:gz" if compress else "w") as tar:
         manifest = json.dumps({"version": vsn, "created": target.name}).encode()
         info = tarfile.TarInfo(MANIFEST)
         info.size = len(manifest)
         tar.addfile(info, io.BytesIO(manifest))
-        tar.add(layout.config_dir, arcname="etc/ncs")
-        tar.add(
-            layout.run_dir,
-            arcname="var/opt/ncs",
-            filter=lambda m: None if m.name.startswith(SKIPPED) else m,
-        )
+        tar.add(layout.config_dir, arcname="etc/ncs", filter=keep)
+        tar.add(layout.run_dir, arcname="var/opt/ncs", filter=keep)
+    # The backup takes the table's time for what it archived, before the file appears.
+    time.sleep(HostConfig.load_or_default(layout).scaled(TIMINGS.backup(archived)))
     data = buf.getvalue()
     if faults.fire(layout, "backup-corrupt") is not None:
         data = data[: len(data) // 2]

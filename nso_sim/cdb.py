@@ -61,6 +61,7 @@ _DEVICE = Container(
 )
 _HA = Container(
     {
+        "token": Leaf(),  # tailf:aes-256-cfb-128-encrypted-string, encrypted on commit
         "ha-node": List(
             Container({"address": Leaf(), "nominal-role": Leaf(), "failover-primary": Leaf()})
         ),

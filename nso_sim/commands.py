@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import time
 from pathlib import Path
 from typing import Optional
 
 import click
 
 from nso_sim import beam, faults, host, installer, package_build
-from nso_sim.layout import HostConfig, HostLayout
+from nso_sim.layout import HostConfig, HostLayout, find_root
 from nso_sim.package_meta import Requirement
+from nso_sim.timings import DESCRIPTIONS, TIMINGS
 
 
 @click.group()
@@ -149,6 +152,12 @@ _root = click.option("--root", required=True, type=click.Path(file_okay=False))
 @click.option("--ha-port", default=4570, show_default=True, type=int)
 @click.option("--ha-id", help="this node's HA id")
 @click.option("--ha-node", "ha_nodes", multiple=True, metavar="ID=ADDRESS:ROLE[:failover]")
+@click.option(
+    "--ha-token",
+    default=host.DEFAULT_HA_TOKEN,
+    show_default=True,
+    help="/high-availability/token: HA nodes must share it (and their crypto keys)",
+)
 @click.option("--enable-failover/--no-enable-failover", default=True, show_default=True)
 @click.option(
     "--start-up/--no-start-up",
@@ -194,6 +203,7 @@ def host_create(
     ha_port: int,
     ha_id: Optional[str],
     ha_nodes: tuple[str, ...],
+    ha_token: str,
     enable_failover: bool,
     start_up: bool,
     pkgs: tuple[str, ...],
@@ -238,6 +248,7 @@ def host_create(
         ha_port=ha_port,
         ha_id=ha_id,
         ha_nodes=nodes,
+        ha_token=ha_token,
         enable_failover=enable_failover,
         start_up=start_up,
         packages=[Path(p) for p in pkgs],
@@ -303,6 +314,45 @@ def host_set(
     if time_scale is not None:
         config.time_scale = time_scale
     config.save(layout)
+
+
+@main.command("timings")
+@click.option("--json", "as_json", is_flag=True, help="one JSON object, name -> seconds")
+def timings(as_json: bool) -> None:
+    """Print the nominal seconds each slow NSO operation takes (times a host's time scale)."""
+    table = TIMINGS.as_dict()
+    if as_json:
+        click.echo(json.dumps(table, sort_keys=True))
+        return
+    width = max(len(name) for name in table)
+    click.echo(f"{'NAME':{width}}  {'NOMINAL S':>9}  WHAT")
+    for name, seconds in table.items():
+        click.echo(f"{name:{width}}  {seconds:9g}  {DESCRIPTIONS[name]}")
+
+
+@main.command("copy")
+@click.argument("src", type=click.Path(dir_okay=False, exists=True))
+@click.argument("dst", type=click.Path())
+@click.option(
+    "--root",
+    type=click.Path(file_okay=False, exists=True),
+    help="the host whose time scale applies (default: the host root DST lies in)",
+)
+def copy(src: str, dst: str, root: Optional[str]) -> None:
+    """Copy SRC to DST (a file or a folder) taking the time an scp of it would take."""
+    target = Path(dst)
+    if target.is_dir():
+        target = target / Path(src).name
+    host_root = Path(root) if root else find_root(target.parent)
+    if host_root is not None:
+        scale = HostConfig.load_or_default(HostLayout.at(host_root)).time_scale
+    else:
+        scale = float(os.environ.get("NSO_SIM_TIME_SCALE", "1"))
+    time.sleep(max(0.0, TIMINGS.copy(Path(src).stat().st_size) * scale))
+    try:
+        shutil.copyfile(src, target)
+    except OSError as exc:
+        raise click.ClickException(f"cannot copy {src} to {target}: {exc.strerror}") from None
 
 
 @main.group("fault")

@@ -8,11 +8,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from nso_sim import ncsconf, systemd
+from nso_sim import encrypted_strings, ncsconf, systemd
 from nso_sim.cdb import CdbStore, Tree
 from nso_sim.installer import HOST_KEY, _split, build_installer, install
 from nso_sim.layout import HostConfig, HostLayout, hash_password
 from nso_sim.package_meta import PackageInfo, read_package
+
+# INVENTED default, so that hosts made alike form a cluster as Cisco's examples configure it.
+DEFAULT_HA_TOKEN = "nso-sim-ha-token"
 
 
 @dataclass
@@ -46,6 +49,8 @@ class HostSpec:
     ha_port: int = ncsconf.DEFAULT_HA_PORT
     ha_id: Optional[str] = None
     ha_nodes: list[HaNode] = field(default_factory=list)
+    # /high-availability/token, the secret HA nodes must share (stored encrypted).
+    ha_token: str = DEFAULT_HA_TOKEN
     enable_failover: bool = True
     start_up: bool = True
     packages: list[Path] = field(default_factory=list)
@@ -110,7 +115,11 @@ def create_host(spec: HostSpec) -> HostLayout:
             link.symlink_to(stored)
         infos.append(read_package(stored))
 
-    CdbStore(layout.cdb_dir).write_snapshot(initial_data(spec, infos), 1)
+    tree = initial_data(spec, infos)
+    if spec.ha_nodes:
+        crypto = ncsconf.read_crypto_keys(layout.crypto_keys)
+        tree["high-availability"]["token"] = encrypted_strings.encrypt(crypto, spec.ha_token)
+    CdbStore(layout.cdb_dir).write_snapshot(tree, 1)
     return layout
 
 

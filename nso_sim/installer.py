@@ -16,12 +16,14 @@ import shutil
 import sys
 import tarfile
 import tempfile
+import time
 from pathlib import Path
 from typing import Optional
 
 from nso_sim import faults, ncsconf, scripts, systemd, versions
 from nso_sim.archive import Files, UnsafeArchive, check_member, reproducible_targz
 from nso_sim.layout import HostConfig, HostLayout, find_root
+from nso_sim.timings import TIMINGS
 
 MARKER = b"__NSO_SIM_PAYLOAD__\n"
 ARCHES = ("x86_64", "arm64")
@@ -145,6 +147,9 @@ def run_installer(installer_path: str, argv: list[str]) -> int:
     except InstallFailed as exc:
         print(f"ERROR  {exc}", file=sys.stderr)
         return 1
+    # The installer command takes the table's time (host create installs without it).
+    nominal = TIMINGS.install(installer.stat().st_size)
+    time.sleep(HostConfig.load_or_default(layout).scaled(nominal))
     return 0
 
 
@@ -186,7 +191,7 @@ def install(
     print(f"INFO  Unpacked ncs-{vsn} in {target}")
 
     first_install = not layout.current.exists() and not layout.current.is_symlink()
-    config = HostConfig.load(layout) if layout.host_file.exists() else HostConfig()
+    config = HostConfig.load_or_default(layout)
     if first_install or config.installer_moves_current:
         switch_current(layout, vsn)
         print(f"INFO  Set {layout.current} -> ncs-{vsn}")

@@ -195,6 +195,11 @@ class HostConfig:
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         return cls(**known)
 
+    @classmethod
+    def load_or_default(cls, layout: HostLayout) -> HostConfig:
+        """The host's knobs, or the defaults (time scale 1) for a root that has none yet."""
+        return cls.load(layout) if layout.host_file.exists() else cls()
+
     def save(self, layout: HostLayout) -> None:
         write_json_atomic(layout.host_file, asdict(self))
 

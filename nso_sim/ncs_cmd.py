@@ -12,7 +12,8 @@ from typing import Optional
 
 from nso_sim import cdb_lock, ipc, scripts
 from nso_sim.cdb import CdbCorrupt, CdbStore
-from nso_sim.layout import HostLayout, root_of_release_file
+from nso_sim.layout import HostConfig, HostLayout, root_of_release_file
+from nso_sim.timings import TIMINGS, tree_bytes
 
 # Exit status when the daemon cannot be reached (EX_UNAVAILABLE); not documented upstream.
 EXIT_UNREACHABLE = 69
@@ -25,6 +26,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--stop", action="store_true")
     p.add_argument("--reload", action="store_true")
     p.add_argument("--wait-started", nargs="?", const=5.0, type=float)
+    p.add_argument("--wait-phase0", nargs="?", const=5.0, type=float)
+    p.add_argument("--start-phase0", action="store_true")
+    p.add_argument("--start-phase1", action="store_true")
+    p.add_argument("--start-phase2", action="store_true")
     p.add_argument("--cdb-compact", metavar="DIR")
     p.add_argument("-c", "--conf")
     p.add_argument("--cd")
@@ -54,6 +59,10 @@ def main(script: str, vsn: str, argv: list[str]) -> int:
         return stop(layout, args.timeout)
     if args.wait_started is not None:
         return wait_started(layout, args.wait_started)
+    if args.wait_phase0 is not None:
+        return wait_started(layout, args.wait_phase0, op="wait-phase0")
+    if args.start_phase1 or args.start_phase2:
+        return next_phase(layout, "start-phase1" if args.start_phase1 else "start-phase2")
     if args.reload:
         return _simple(layout, "reload-conf")
     reload_mode: Optional[str] = None
@@ -62,7 +71,7 @@ def main(script: str, vsn: str, argv: list[str]) -> int:
     elif args.with_package_reload:
         reload_mode = "true"
     conf = layout.host_path(args.conf) if args.conf else None
-    return start(layout, reload_mode, conf, args.foreground)
+    return start(layout, reload_mode, conf, args.foreground, args.start_phase0)
 
 
 def _refused(what: str) -> int:
@@ -118,18 +127,34 @@ def _wait_pid_gone(layout: HostLayout, deadline: float) -> None:
         time.sleep(0.02)
 
 
-def wait_started(layout: HostLayout, try_time: float) -> int:
+# What each wait accepts as reached (phase0 is reached by every later phase too).
+_REACHED = {"wait-started": ("started",), "wait-phase0": ("phase0", "phase1", "started")}
+
+
+def wait_started(layout: HostLayout, try_time: float, op: str = "wait-started") -> int:
     deadline = time.monotonic() + try_time
     while True:
         try:
-            reply = ipc.request(layout, {"op": "wait-started", "timeout": try_time}, timeout=None)
-            if reply.get("status") == "started":
+            reply = ipc.request(layout, {"op": op, "timeout": try_time}, timeout=None)
+            if reply.get("status") in _REACHED[op]:
                 return 0
         except OSError:
             pass
         if time.monotonic() >= deadline:
-            return _refused("wait-started")
+            return _refused(op)
         time.sleep(0.05)
+
+
+def next_phase(layout: HostLayout, op: str) -> int:
+    """``ncs --start-phase1|2``: move a daemon started with ``--start-phase0`` on."""
+    try:
+        reply = ipc.request(layout, {"op": op}, timeout=120)
+    except OSError:
+        return _refused(op)
+    if not reply.get("ok"):
+        print(f"ncs: {reply.get('error')}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _simple(layout: HostLayout, op: str) -> int:
@@ -146,9 +171,12 @@ def cdb_compact(layout: HostLayout, directory: str) -> int:
     if not store.exists():
         print(f"ncs: no CDB files in {cdb_dir}", file=sys.stderr)
         return 1
+    nominal = TIMINGS.compact(tree_bytes(cdb_dir))
     try:
         # A running NSO owns these files: rewriting them under it would lose its writes.
         with cdb_lock.held(cdb_dir):
+            # Held for the whole (simulated) work, so no NSO starts on a half-compacted CDB.
+            time.sleep(HostConfig.load(layout).scaled(nominal))
             folded, size = store.compact()
     except cdb_lock.CdbLocked as exc:
         print(f"ncs: cannot compact: {exc}; stop NSO first", file=sys.stderr)
@@ -162,8 +190,14 @@ def cdb_compact(layout: HostLayout, directory: str) -> int:
 
 
 def start(
-    layout: HostLayout, reload_mode: Optional[str], conf: Optional[Path], foreground: bool
+    layout: HostLayout,
+    reload_mode: Optional[str],
+    conf: Optional[Path],
+    foreground: bool,
+    phase0: bool = False,
 ) -> int:
+    """Start the daemon; return once it is started (with ``phase0``: once it is in phase0,
+    where it waits for ``ncs --start-phase1``)."""
     # Not "-m nso_sim.ncs_daemon": the module must not run as __main__, or its classes
     # would exist twice (once as __main__, once when other modules import it).
     bootstrap = "import sys; from nso_sim.ncs_daemon import main; main(sys.argv[1:])"
@@ -172,6 +206,8 @@ def start(
         cmd += ["--reload", reload_mode]
     if conf is not None:
         cmd += ["--conf", str(conf)]
+    if phase0:
+        cmd.append("--start-phase0")
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
         p for p in (scripts.SIM_PATH, env.get("PYTHONPATH", "")) if p
@@ -198,7 +234,9 @@ def start(
         try:
             reply = ipc.request(layout, {"op": "status"}, timeout=5)
             # The pid check keeps an older daemon on the same port from answering for ours.
-            if reply.get("status") == "started" and reply.get("pid") == proc.pid:
+            if reply.get("status") == ("phase0" if phase0 else "started") and (
+                reply.get("pid") == proc.pid
+            ):
                 return 0
         except OSError:
             pass

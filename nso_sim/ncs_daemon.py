@@ -20,8 +20,8 @@ from nso_sim.nso_cli.ssh import SshServer
 
 def start_parts(daemon: Daemon, cli_sock: socket.socket, ha_sock: Optional[socket.socket]) -> Parts:
     ha = HaManager(daemon, ha_sock)
+    # Serves SSH from phase2 on, when the node starts it (nso_sim.node.daemon).
     ssh = SshServer(daemon, ha, cli_sock)
-    ssh.start()
 
     def console(conn: Connection, user: str) -> None:
         serve_console(daemon, ha, conn, user)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import re
 import secrets
 import xml.etree.ElementTree as ET  # nosec B405 # the simulator, run by tests and demos only: reads the ncs.conf of a simulated host
@@ -208,9 +207,3 @@ def check_crypto_keys(path: Path, vsn: str) -> dict[str, str]:
     if versions.at_least(vsn, "5.3") and "AES256CFB128_KEY" not in keys:
         raise ConfError(f"{path}: AES256CFB128_KEY missing, required from NSO 5.3")
     return keys
-
-
-def ha_token(keys: dict[str, str]) -> str:
-    """HA nodes prove they share the crypto keys by this digest (never the keys themselves)."""
-    material = "\n".join(f"{k}={keys[k]}" for k in sorted(keys) if k != "EXTERNAL_KEY_FORMAT")
-    return hashlib.sha256(material.encode()).hexdigest()

@@ -106,9 +106,18 @@ def create_app(
     from repo_server.catalog.views import blp as catalog_blp
     from repo_server.fleet.views import blp as fleet_blp
     from repo_server.health import blp as health_blp
+    from repo_server.upgrades.group_views import blp as groups_blp
     from repo_server.upgrades.views import blp as upgrades_blp
 
-    for blueprint in (catalog_blp, blob_blp, upgrades_blp, fleet_blp, auth_blp, health_blp):
+    for blueprint in (
+        catalog_blp,
+        blob_blp,
+        upgrades_blp,
+        groups_blp,
+        fleet_blp,
+        auth_blp,
+        health_blp,
+    ):
         api.register_blueprint(blueprint)
 
     _register_error_handlers(app)

@@ -8,8 +8,9 @@
   ``recover_packages``);
 - ``package_links.py``: saving and restoring the load path's links ``ncs-backup`` skips;
 - ``shared.py``: what steps of several kinds do alike (stage a package, switch ``current``,
-  start NSO, check its packages).
+  start NSO, check its packages);
+- ``ha.py``: the steps of an HA group's upgrade (read-only, be-primary, enable...).
 
-HA steps (issue 9) go into their own ``ha.py`` beside these. Steps reach NSO only through
-``ctx.nso`` (``agent/nso.py``): no step writes a CLI command or reads its output.
+Steps reach NSO only through ``ctx.nso`` (``agent/nso.py``): no step writes a CLI command or
+reads its output.
 """

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from agent.errors import AgentError, StepFailed
-from agent.steps import packages, recovery, single_node
+from agent.steps import ha, packages, recovery, single_node
 from agent.steps.context import StepContext
 
 STEPS: dict[str, Callable[[StepContext], dict[str, Any]]] = {
@@ -33,6 +33,12 @@ STEPS: dict[str, Callable[[StepContext], dict[str, Any]]] = {
     "reload_packages": packages.reload_packages,
     "verify_packages": packages.verify_packages,
     "recover_packages": recovery.recover_packages,
+    "ha_check": ha.ha_check,
+    "ha_read_only": ha.ha_read_only,
+    "ha_be_primary": ha.ha_be_primary,
+    "ha_enable": ha.ha_enable,
+    "ha_wait_secondaries": ha.ha_wait_secondaries,
+    "ha_verify": ha.ha_verify,
 }
 
 

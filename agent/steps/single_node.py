@@ -253,9 +253,27 @@ def relink_packages(ctx: StepContext) -> dict[str, Any]:
 
 
 def start(ctx: StepContext) -> dict[str, Any]:
+    if trust.flag(ctx.params, "read_only"):
+        return _start_read_only(ctx)
     ctx.progress(10, "starting NSO with package reload")
     wait_started_or_start(ctx, reload=True)
     return {"nso_status": STARTED}
+
+
+def _start_read_only(ctx: StepContext) -> dict[str, Any]:
+    """``start`` of an HA member under the "safe" write policy: NSO started through its
+    phases, read-only mode set in phase1, so it takes no write before its secondary is back
+    (docs/agent-protocol.md, "HA steps")."""
+    if ctx.nso.state() == STARTED:
+        ctx.log(
+            "NSO was started already, not through this step's phases: read-only mode is "
+            "checked over the CLI, and set if it is off (writes before that were accepted)"
+        )
+    else:
+        ctx.progress(10, "starting NSO with package reload, in phases: read-only before phase2")
+        if not ctx.nso.start_read_only(reload=True, timeout=ctx.start_timeout()):
+            ctx.log("NSO reached started before phase1 was seen: read-only mode set over the CLI")
+    return {"nso_status": STARTED, "read_only": ctx.nso.ensure_ha_read_only(True)}
 
 
 def verify(ctx: StepContext) -> dict[str, Any]:

@@ -16,15 +16,17 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
 import itertools
 import shutil
 import socket
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any, Optional
 
-from nso_sim import faults, ncsconf, packages
+from nso_sim import encrypted_strings, faults, ncsconf, packages
 from nso_sim.cdb import Op
 from nso_sim.ha.link import HaLink
 from nso_sim.ipc import Connection
@@ -36,6 +38,8 @@ CONNECT_TIMEOUT = 2.0
 # Defaults of high-availability settings reconnect-interval (nominal seconds) and -attempts.
 RECONNECT_INTERVAL = 10.0
 RECONNECT_ATTEMPTS = 3
+# Real seconds: however small the time scale, HA loops sleep at least this long.
+MIN_INTERVAL = 0.05
 
 
 @dataclass
@@ -51,6 +55,17 @@ class HaStatus:
     read_only: bool
     # (id, address) of the connected secondaries, on a primary
     secondaries: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass
+class Alarm:
+    """One HA alarm of ``/alarms/alarm-list`` (``ha-primary-down`` or ``ha-secondary-down``
+    on ``/high-availability/ha-node[id=...]``), with its status changes, oldest first."""
+
+    kind: str
+    node_id: str
+    # (ISO time, alarm text, cleared)
+    changes: list[tuple[str, str, bool]] = field(default_factory=list)
 
 
 @dataclass
@@ -80,7 +95,7 @@ class HaManager:
         self.secondaries: dict[str, HaLink] = {}
         self.upstream: Optional[HaLink] = None
         self.generation = 0
-        self.token = ncsconf.ha_token(daemon.keys)
+        self.alarms: dict[tuple[str, str], Alarm] = {}
         daemon.commit_listeners.append(self._on_commit)
         if sock is not None:
             threading.Thread(target=self._accept_loop, daemon=True).start()
@@ -114,6 +129,51 @@ class HaManager:
         node = self.nodes().get(node_id or "", {})
         return node.get("failover-primary") == "true" or node.get("nominal-role") == "primary"
 
+    def local_node_id(self) -> Optional[str]:
+        """The ``ha-node`` whose address is this host's (the ``local-node-id`` action)."""
+        own = self.own_id()
+        return own if own in self.nodes() else None
+
+    def _token_proof(self) -> Optional[str]:
+        """What this node proves it knows of ``/high-availability/token``: a digest of the
+        decrypted token (never the token itself, as NSO's CHAP-like exchange), or None when
+        no token is configured. Other crypto keys decrypt it to other bytes: a mismatch."""
+        stored = (self.d.tree.get("high-availability") or {}).get("token")
+        if not isinstance(stored, str) or not stored:
+            return None
+        clear = encrypted_strings.decrypt(self.d.keys, stored)
+        return hashlib.sha256(b"nso-sim-ha\0" + (clear or stored.encode())).hexdigest()
+
+    def _clears_read_only_on_join(self) -> bool:
+        """Under the rule-based algorithm a failover-primary acting as primary (by failover,
+        or promoted with be-primary as the guide's stage 4 does) leaves read-only mode when a
+        secondary joins it: why the guide disables the third node first."""
+        node = self.nodes().get(self.own_id() or "", {})
+        return self._consensus() and (
+            self.promoted_by_failover or node.get("failover-primary") == "true"
+        )
+
+    # ----- alarms -----
+    def _alarm(self, kind: str, node_id: str, text: str, cleared: bool) -> None:
+        """Raise (or clear) an alarm; called under the lock. A clear of an alarm that was
+        never raised, or a repeat of the same state, changes nothing."""
+        alarm = self.alarms.get((kind, node_id))
+        if alarm is None and cleared:
+            return
+        if alarm is None:
+            alarm = self.alarms[(kind, node_id)] = Alarm(kind, node_id)
+        if alarm.changes and alarm.changes[-1][2] == cleared:
+            return
+        alarm.changes.append((datetime.now(timezone.utc).isoformat(), text, cleared))
+        self.d.log("WARNING" if not cleared else "INFO", f"HA alarm {kind} {node_id}: {text}")
+
+    def alarm_list(self) -> list[Alarm]:
+        with self.lock:
+            return [
+                Alarm(a.kind, a.node_id, list(a.changes))
+                for _, a in sorted(self.alarms.items(), key=lambda item: item[0])
+            ]
+
     def _consensus(self) -> bool:
         """The rule-based consensus algorithm, on by default since NSO 5.8."""
         return self.setting("consensus", "enabled") != "false"
@@ -132,7 +192,7 @@ class HaManager:
             return RECONNECT_ATTEMPTS
 
     def _interval(self, nominal: float) -> float:
-        return min(1.0, max(0.05, self.d.config.scaled(nominal)))
+        return max(MIN_INTERVAL, self.d.config.scaled(nominal))
 
     # ----- start-up -----
     def at_start_up(self) -> None:
@@ -196,15 +256,22 @@ class HaManager:
             attempts = None if role == "primary" else self._reconnect_attempts()
             self._start_reconnect(gen, attempts)
 
+    def _leave_role(self, assigned_role: str) -> int:
+        """Drop every HA connection on purpose and take mode none (under the lock); returns
+        the new generation, which ends whatever the old role had running."""
+        self.generation += 1
+        self._drop_links()
+        self.mode = "none"
+        self.assigned_role = assigned_role
+        self.primary_id = None
+        self.be_secondary_result = None
+        self.promoted_by_failover = False
+        return self.generation
+
     def disable(self) -> str:
         with self.lock:
             self.enabled = False
-            self.generation += 1
-            self._drop_links()
-            self.mode = self.assigned_role = "none"
-            self.primary_id = None
-            self.be_secondary_result = None
-            self.promoted_by_failover = False
+            self._leave_role("none")
             self.d.read_only = False  # current releases reset read-only when HA is disabled
         self.d.log("INFO", "HA disabled")
         return "result NSO Built-in HA disabled"
@@ -218,16 +285,20 @@ class HaManager:
             self._become_primary(failover=False)
         return "result ok"
 
+    def be_none(self) -> str:
+        """Role none, HA staying enabled (unlike ``disable``); read-only mode is kept."""
+        if self.sock is None:
+            return "Error: HA is not enabled in ncs.conf (/ncs-config/ha/enabled)"
+        with self.lock:
+            self._leave_role("none")
+        self.d.log("INFO", "HA: assumed role none (be-none)")
+        return "result ok"
+
     def be_secondary_to(self, node: str) -> str:
         """Asynchronous, as upstream: the outcome shows in ``status be-secondary-result``."""
         with self.lock:
             self.enabled = True
-            self.generation += 1
-            gen = self.generation
-            self._drop_links()
-            self.mode = "none"
-            self.assigned_role = "secondary"
-            self.be_secondary_result = None
+            gen = self._leave_role("secondary")
         threading.Thread(target=self._join, args=(node, gen), daemon=True).start()
         return f"result Attempting to be secondary to node {node}"
 
@@ -331,7 +402,18 @@ class HaManager:
         fail = "error (25) - could not connect to primary"
         address = self._address(node_id)
         own = self.own_id()
-        if address is None or node_id == own or faults.active(self.d.layout, "ha-link-down"):
+        proof = self._token_proof()
+        if proof is None:
+            fail = (
+                "error (26) - no HA token configured (/high-availability/token);"
+                " set the same token on every node"
+            )
+        if (
+            proof is None
+            or address is None
+            or node_id == own
+            or faults.active(self.d.layout, "ha-link-down")
+        ):
             with self.lock:
                 if self.generation == gen:
                     self.be_secondary_result = fail
@@ -347,7 +429,7 @@ class HaManager:
                     "type": "hello",
                     "id": own,
                     "version": self.d.version,
-                    "token": self.token,
+                    "token": proof,
                     "address": self.d.config.address,
                 }
             )
@@ -378,6 +460,9 @@ class HaManager:
             self.primary_id = node_id
             self.promoted_by_failover = False
             self.be_secondary_result = "initialized"
+            for kind, lost in list(self.alarms):
+                if kind == "ha-primary-down":
+                    self._alarm(kind, lost, f"Connected to primary {node_id}", cleared=True)
             link.start()
         self.d.log("INFO", f"HA: secondary to {node_id}")
         return True, "initialized"
@@ -409,15 +494,23 @@ class HaManager:
             self.upstream = None
             self.mode = "none"
             gen = self.generation
+            self._alarm(
+                "ha-primary-down",
+                link.peer_id,
+                "Lost connection to primary due to: Primary closed connection",
+                cleared=False,
+            )
             if not self.enabled:
                 return
             failover = self.setting("enable-failover") == "true" and self._may_fail_over(
                 self.own_id()
             )
+            # Other secondaries look for a new primary only with reconnect-secondaries.
+            reconnect = self.setting("reconnect-secondaries") != "false"
         self.d.log("WARNING", f"HA: lost connection to primary {link.peer_id}")
         if failover:
             threading.Thread(target=self._fail_over, args=(gen, link.peer_id), daemon=True).start()
-        else:
+        elif reconnect:
             self._start_reconnect(gen, None)
 
     def _load_path(self) -> list[str]:
@@ -478,7 +571,12 @@ class HaManager:
                     f"incompatible NSO version {hello.get('version')}, "
                     f"primary runs {self.d.version}"
                 )
-            elif hello.get("token") != self.token:
+            elif self._token_proof() is None:
+                reason = (
+                    "no HA token configured on the primary (/high-availability/token);"
+                    " set the same token on every node"
+                )
+            elif hello.get("token") != self._token_proof():
                 reason = "Token mismatch, secondary is not allowed"
             if reason is not None:
                 self.d.log("WARNING", f"HA: refused secondary {hello.get('id')}: {reason}")
@@ -508,8 +606,8 @@ class HaManager:
                 self._on_secondary_close,
             )
             self.secondaries[node_id] = link
-            if self.promoted_by_failover and self.d.read_only:
-                # A secondary joining the failover-primary clears read-only mode (upgrade guide).
+            self._alarm("ha-secondary-down", node_id, "Secondary connected", cleared=True)
+            if self.d.read_only and self._clears_read_only_on_join():
                 self.d.read_only = False
                 self.d.log("WARNING", f"HA: read-only mode cleared as {node_id} joined")
             link.start()
@@ -520,6 +618,9 @@ class HaManager:
             if self.secondaries.get(link.peer_id) is not link:
                 return  # closed on purpose (disable, a reconnecting secondary, ...)
             del self.secondaries[link.peer_id]
+            self._alarm(
+                "ha-secondary-down", link.peer_id, "Lost connection to secondary", cleared=False
+            )
             # Consensus: a nominal primary that loses all its secondaries takes role none.
             demote = (
                 not self.secondaries

@@ -1,8 +1,10 @@
 """The simulated NSO daemon's state: one per host process, started by ``ncs``.
 
-Start-up follows the real phases (starting, phase0, phase1, started); the process around it
-(exit codes, signals) is ``nso_sim.node.process``. The HA manager and the CLI are started in
-phase1 through the ``StartParts`` function the process passes in (``nso_sim.node.parts``).
+Start-up follows the real phases (starting, phase0, phase1, started), all at once or one
+``ncs --start-phase1|2`` at a time after ``ncs --start-phase0``; the process around it (exit
+codes, signals) is ``nso_sim.node.process``. The HA manager and the console are started in
+phase1 through the ``StartParts`` function the process passes in (``nso_sim.node.parts``);
+the CLI over SSH listens from phase2.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from nso_sim import beam, cdb, faults, ncsconf, packages
+from nso_sim import beam, cdb, encrypted_strings, faults, ncsconf, packages
 from nso_sim.cdb import CdbStore, Op, Tree
 from nso_sim.cdb_lock import CdbLock, CdbLocked
 from nso_sim.ipc import Connection
@@ -25,6 +27,7 @@ from nso_sim.layout import HostConfig, HostLayout, check_password, release_versi
 from nso_sim.node.errors import ReloadRefused, StartupFailure, StopDuringStart, WriteRefused
 from nso_sim.node.parts import HaPeer, Parts, Service
 from nso_sim.package_meta import PackageInfo
+from nso_sim.timings import TIMINGS
 
 EXIT_UPGRADE = 13
 EXIT_UPGRADE_CORRUPT = 14
@@ -34,15 +37,12 @@ EXIT_INSTALL = 22
 # Another daemon holds the CDB lock: like a port in use (the code is not documented).
 EXIT_CDB_LOCKED = EXIT_BIND
 
-# Nominal (unscaled) seconds; HostConfig.time_scale shrinks them for tests.
-START_BASE = 5.0
-START_PER_PACKAGE = 2.0
-RELOAD_PER_PACKAGE = 4.0
-START_PER_100_LEAVES = 1.0
-START_PER_LOG_ENTRY = 0.05
+# packages reload's default max-wait-time for other sessions' open transactions (nominal
+# seconds); how long NSO's work takes is in nso_sim.timings.
 RELOAD_OPEN_TX_WAIT = 10.0
-COMMIT_QUEUE_ITEM = 30.0  # pushing one item to the devices
 
+
+HA_TOKEN_PATH = ["high-availability", "token"]
 
 # Called in phase1 with the bound CLI socket and the HA socket (None without
 # /ncs-config/ha/enabled); starts the HA manager and the CLI on top of the node.
@@ -65,7 +65,10 @@ class Daemon:
         self.state = "starting"
         self.lock = threading.RLock()
         self.stop_event = threading.Event()
+        self.phase0_event = threading.Event()
         self.started_event = threading.Event()
+        # Serializes the moves between start phases (ncs --start-phase1/2 arrive over IPC).
+        self._phase_lock = threading.Lock()
         self.version = ""
         self.conf: ncsconf.NcsConf
         self.keys: dict[str, str] = {}
@@ -82,6 +85,9 @@ class Daemon:
         self._queue_seq = int(time.time() * 1000)
         self.commit_listeners: list[Callable[[list[Op], int], None]] = []
         self.sockets: list[socket.socket] = []
+        self._ipc_sock: Optional[socket.socket] = None
+        self._cli_sock: Optional[socket.socket] = None
+        self._ha_sock: Optional[socket.socket] = None
         self.ha: Optional[HaPeer] = None
         self.ssh: Optional[Service] = None
         self._console: Optional[Callable[[Connection, str], None]] = None
@@ -98,7 +104,9 @@ class Daemon:
         time.sleep(self.config.scaled(seconds))
 
     # ----- start-up -----
-    def start(self) -> None:
+    def start(self, phased: bool = False) -> None:
+        """Start up to phase0; without ``phased`` (``ncs --start-phase0``) go on through
+        phase1 and phase2 at once, as a plain ``ncs`` start does."""
         release = self.layout.current_release()
         if release is None or not (release / "VERSION").is_file():
             raise StartupFailure(EXIT_INSTALL, f"{self.layout.current}: no installed release")
@@ -106,7 +114,7 @@ class Daemon:
         self.log("INFO", f"Starting NCS vsn: {self.version}")
         code = faults.fire(self.layout, "start-exit")
         if code is not None:
-            self.sleep_nominal(START_BASE)
+            self.sleep_nominal(TIMINGS.start_base)
             raise StartupFailure(int(code), "injected start-up failure (fault start-exit)")
         try:
             self.conf = ncsconf.load(self.layout, self.conf_path)
@@ -116,6 +124,7 @@ class Daemon:
             raise StartupFailure(EXIT_CONF, f"Bad configuration: {exc}") from None
 
         ipc_sock = self._bind(self.conf.ipc_address, self.conf.ipc_port, "IPC")
+        self._ipc_sock = ipc_sock
         threading.Thread(target=self._ipc_loop, args=(ipc_sock,), daemon=True).start()
 
         # "starting" (pre-phase0, ncs(1)) lasts while CDB is read and its data upgraded to
@@ -128,21 +137,56 @@ class Daemon:
         # The upgrade is what took that time: a package set that cannot load fails only now
         # (exit 13), after the CDB load, as on a real host.
         self._load_packages_at_start()
-        self.state = "phase0"
-
-        self.state = "phase1"
-        cli_sock = self._bind(self.conf.cli_address, self.conf.cli_port, "CLI SSH")
-        ha_sock = None
+        # Bound now, so a port in use fails the start (exit 20) before anything is served;
+        # each listens only from its phase on (a bound socket that does not listen refuses
+        # connections, as a port nobody has opened yet).
+        self._cli_sock = self._bind(
+            self.conf.cli_address, self.conf.cli_port, "CLI SSH", listen=False
+        )
         if self.conf.ha_enabled:
-            ha_sock = self._bind(self.conf.ha_address, self.conf.ha_port, "HA")
-        parts = self._start_parts(self, cli_sock, ha_sock)
-        self.ha, self.ssh, self._console = parts.ha, parts.ssh, parts.console
-        self.load_patches()
-        threading.Thread(target=self._commit_queue_loop, daemon=True).start()
-        self.state = "started"
-        self.started_event.set()
-        self.log("INFO", "Started")
+            self._ha_sock = self._bind(self.conf.ha_address, self.conf.ha_port, "HA", listen=False)
+        self.state = "phase0"
+        self.phase0_event.set()
+        self.log("INFO", "Start phase0: CDB loaded and upgraded, packages loaded")
+        if not phased:
+            self.start_phase1()
+            self.start_phase2()
+
+    def start_phase1(self) -> Optional[str]:
+        """Phase1: the HA manager (which takes its start-up role) and the ``ncs_cli`` console;
+        no northbound yet. Returns what was wrong, or None."""
+        with self._phase_lock:
+            if self.state != "phase0":
+                return (
+                    f"cannot start phase1: NSO is {self.state}, not in phase0;"
+                    " start it with ncs --start-phase0 first"
+                )
+            assert self._cli_sock is not None  # nosec B101 # bound before phase0; narrows the type for mypy
+            if self._ha_sock is not None:
+                self._ha_sock.listen(64)
+            parts = self._start_parts(self, self._cli_sock, self._ha_sock)
+            self.ha, self.ssh, self._console = parts.ha, parts.ssh, parts.console
+            self.load_patches()
+            threading.Thread(target=self._commit_queue_loop, daemon=True).start()
+            self.state = "phase1"
+            self.log("INFO", "Start phase1: HA and the console are up, no northbound yet")
         parts.ha.at_start_up()
+        return None
+
+    def start_phase2(self) -> Optional[str]:
+        """Phase2: open the northbound (the CLI over SSH); the node is ``started``."""
+        with self._phase_lock:
+            if self.state != "phase1" or self.ssh is None or self._cli_sock is None:
+                return (
+                    f"cannot start phase2: NSO is {self.state}, not in phase1;"
+                    " run ncs --start-phase1 first"
+                )
+            self._cli_sock.listen(64)
+            self.ssh.start()
+            self.state = "started"
+            self.started_event.set()
+            self.log("INFO", "Started")
+        return None
 
     def _open_cdb(self) -> int:
         """Lock and read CDB; returns the length of its write log."""
@@ -169,16 +213,10 @@ class Daemon:
         else:
             count = len(in_use)
         extra = faults.fire(self.layout, "start-slow")
-        return (
-            START_BASE
-            + START_PER_PACKAGE * count
-            + START_PER_100_LEAVES * cdb.count_leaves(self.tree) / 100
-            + START_PER_LOG_ENTRY * log_len
-            + (RELOAD_PER_PACKAGE * count if self.reload_mode else 0)
-            + (float(extra) if extra is not None else 0.0)
-        )
+        nominal = TIMINGS.start(count, cdb.count_leaves(self.tree), log_len, bool(self.reload_mode))
+        return nominal + (float(extra) if extra is not None else 0.0)
 
-    def _bind(self, address: str, port: int, what: str) -> socket.socket:
+    def _bind(self, address: str, port: int, what: str, listen: bool = True) -> socket.socket:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -188,7 +226,8 @@ class Daemon:
             raise StartupFailure(
                 EXIT_BIND, f"Cannot bind to {what} address {address}:{port}: {exc.strerror}"
             ) from None
-        sock.listen(64)
+        if listen:
+            sock.listen(64)
         self.sockets.append(sock)
         return sock
 
@@ -305,6 +344,7 @@ class Daemon:
 
     def commit(self, ops: list[Op], queue: bool = False) -> Optional[int]:
         """Apply a transaction; returns the commit-queue id when queued."""
+        ops = [self._encrypt_secret(op) for op in ops]
         with self.lock:
             self.writable_check()
             faults.check_disk(self.layout, str(self.store.path))
@@ -318,6 +358,19 @@ class Daemon:
                 self.commit_queue.append({"id": self._queue_seq, "since": time.monotonic()})
                 return self._queue_seq
             return None
+
+    def _encrypt_secret(self, op: Op) -> Op:
+        """The HA token is an encrypted string: CDB (and a secondary's copy) holds only the
+        ciphertext, which the keys of ncs.crypto_keys open."""
+        kind, path, value = op
+        if (
+            kind == "set"
+            and path == HA_TOKEN_PATH
+            and value
+            and not encrypted_strings.is_encrypted(value)
+        ):
+            return kind, path, encrypted_strings.encrypt(self.keys, value)
+        return op
 
     def replace_tree(self, tree: Tree, txid: int) -> None:
         """A full copy from the HA primary."""
@@ -336,7 +389,9 @@ class Daemon:
             with self.lock:
                 if self.commit_queue:
                     head = self.commit_queue[0]
-                    if time.monotonic() - head["since"] >= self.config.scaled(COMMIT_QUEUE_ITEM):
+                    if time.monotonic() - head["since"] >= self.config.scaled(
+                        TIMINGS.commit_queue_item
+                    ):
                         self.commit_queue.pop(0)
                         if self.commit_queue:
                             self.commit_queue[0]["since"] = time.monotonic()
@@ -407,6 +462,12 @@ class Daemon:
             elif op == "wait-started":
                 self.started_event.wait(float(msg.get("timeout", 5)))
                 conn.send(self.status())
+            elif op == "wait-phase0":
+                self.phase0_event.wait(float(msg.get("timeout", 5)))
+                conn.send(self.status())
+            elif op in ("start-phase1", "start-phase2"):
+                error = self.start_phase1() if op == "start-phase1" else self.start_phase2()
+                conn.send({"ok": error is None, "error": error, **self.status()})
             elif op == "stop":
                 conn.send({"ok": True})
                 self.request_stop()
@@ -422,8 +483,13 @@ class Daemon:
             conn.close()
 
     def _ipc_cli(self, conn: Connection, user: str) -> None:
-        if not self.started_event.is_set() or self._console is None:
-            conn.send({"error": "NCS is not started"})
+        if self._console is None:
+            conn.send(
+                {
+                    "error": f"NSO is {self.state}: the console opens in phase1"
+                    " (ncs --start-phase1, or wait for the start to finish)"
+                }
+            )
             return
         self._console(conn, user)
 
@@ -441,5 +507,12 @@ class Daemon:
         if self.ssh is not None:
             self.ssh.shutdown()
         for sock in self.sockets:
+            if sock is not self._ipc_sock:
+                with contextlib.suppress(OSError):
+                    sock.close()
+        # Stopping takes its time (subsystems close, CDB is written out) while ncs --status
+        # still answers "stopping"; ncs --stop returns only after it.
+        self.sleep_nominal(TIMINGS.stop_base)
+        if self._ipc_sock is not None:
             with contextlib.suppress(OSError):
-                sock.close()
+                self._ipc_sock.close()

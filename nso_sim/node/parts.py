@@ -26,6 +26,8 @@ class HaPeer(Protocol):
 
 
 class Service(Protocol):
+    def start(self) -> None: ...
+
     def shutdown(self) -> None: ...
 
 

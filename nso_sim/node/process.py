@@ -23,13 +23,14 @@ def run(start_parts: StartParts, argv: Optional[list[str]] = None) -> None:
     p.add_argument("--root", required=True)
     p.add_argument("--reload", choices=["true", "force"])
     p.add_argument("--conf")
+    p.add_argument("--start-phase0", action="store_true")
     args = p.parse_args(argv)
     layout = HostLayout.at(args.root)
     daemon = Daemon(layout, args.reload, start_parts, Path(args.conf) if args.conf else None)
     # SIGTERM (kill, a service manager) stops cleanly, like ncs --stop.
     signal.signal(signal.SIGTERM, lambda _sig, _frame: daemon.request_stop())
     try:
-        daemon.start()
+        daemon.start(phased=args.start_phase0)
     except StopDuringStart:
         daemon.shutdown()
         daemon.log("INFO", "Stopped during start-up")

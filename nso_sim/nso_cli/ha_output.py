@@ -3,7 +3,7 @@ reports."""
 
 from __future__ import annotations
 
-from nso_sim.ha.manager import HaStatus, SyncReport
+from nso_sim.ha.manager import Alarm, HaStatus, SyncReport
 from nso_sim.nso_cli.render import NO_ENTRIES, RELOAD_BANNER, quote, reload_blocks, table
 
 
@@ -39,3 +39,29 @@ def sync_lines(report: SyncReport) -> list[str]:
     if not report.ok:
         return [*out, ">>> System upgrade has been aborted.", *report.errors]
     return [*out, ">>> System upgrade has completed successfully.", *reload_blocks(report.loaded)]
+
+
+def alarm_lines(alarms: list[Alarm]) -> list[str]:
+    """``show alarms alarm-list`` for the HA alarms, in the layout of the gitbook's
+    high-availability.md examples (one ``status-change`` block per change)."""
+    out = []
+    for alarm in alarms:
+        when, text, cleared = alarm.changes[-1]
+        severity = "cleared" if cleared else "critical"
+        head = f"alarms alarm-list alarm ncs {alarm.kind} /high-availability/ha-node[id='{alarm.node_id}']"
+        out += [
+            # The gitbook's ha-secondary-down example shows the empty specific-problem key.
+            head + (' ""' if alarm.kind == "ha-secondary-down" else ""),
+            f" is-cleared              {str(cleared).lower()}",
+            f" last-status-change      {when}",
+            f" last-perceived-severity {severity}",
+            f' last-alarm-text         "{text}"',
+        ]
+        for when, text, cleared in alarm.changes:
+            out += [
+                f" status-change {when}",
+                f"  received-time      {when}",
+                f"  perceived-severity {'cleared' if cleared else 'critical'}",
+                f'  alarm-text         "{text}"',
+            ]
+    return out or [NO_ENTRIES]

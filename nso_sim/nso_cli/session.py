@@ -17,7 +17,7 @@ from nso_sim import cdb, faults, packages
 from nso_sim.ha.manager import HaManager
 from nso_sim.node.daemon import RELOAD_OPEN_TX_WAIT, Daemon
 from nso_sim.node.errors import ReloadRefused, WriteRefused
-from nso_sim.nso_cli.ha_output import show_ha_lines, sync_lines
+from nso_sim.nso_cli.ha_output import alarm_lines, show_ha_lines, sync_lines
 from nso_sim.nso_cli.render import NO_ENTRIES, RELOAD_BANNER, reload_blocks, table
 from nso_sim.nso_cli.render import lines as _lines
 from nso_sim.package_meta import PackageError, read_package
@@ -208,6 +208,8 @@ class CliSession:
             return Result(_lines(*lines) if lines else NO_ENTRIES)
         if what == "high-availability":
             return Result(_lines(*show_ha_lines(self.ha.status(), rest)))
+        if what == "alarms" and rest in ([], ["alarm-list"]):
+            return Result(_lines(*alarm_lines(self.ha.alarm_list())))
         if what == "ncs-state":
             version = f"ncs-state version {self.d.version}"
             if rest == ["version"]:
@@ -296,6 +298,17 @@ class CliSession:
             return Result(ha.disable())
         if args == ["be-primary"]:
             return Result(ha.be_primary())
+        if args == ["be-none"]:
+            out = ha.be_none()
+            return Result(out, ok=not out.startswith("Error:"))
+        if args == ["local-node-id"]:
+            own = ha.local_node_id()
+            if own is None:
+                raise CliError(
+                    "Error: no high-availability ha-node has this host's address;"
+                    " configure one (high-availability ha-node ID address ADDRESS)"
+                )
+            return Result(f"id {own}")
         if len(args) == 3 and args[:2] == ["be-secondary-to", "node"]:
             return Result(ha.be_secondary_to(args[2]))
         if args == ["read-only"]:  # the action's mode defaults to true

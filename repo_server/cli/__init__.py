@@ -7,6 +7,7 @@ import click
 from repo_server import __version__
 from repo_server.cli.client_cmds import ls, release_name, rm, show, upload
 from repo_server.cli.fleet_cmds import job, node, release
+from repo_server.cli.group_cmds import group
 from repo_server.cli.server_cmds import db, gc, serve, token
 
 
@@ -16,7 +17,21 @@ def cli() -> None:
     """NSO artifact repository and upgrade orchestrator."""
 
 
-for command in (serve, db, token, gc, upload, ls, show, rm, release_name, release, node, job):
+for command in (
+    serve,
+    db,
+    token,
+    gc,
+    upload,
+    ls,
+    show,
+    rm,
+    release_name,
+    release,
+    node,
+    group,
+    job,
+):
     cli.add_command(command)
 
 

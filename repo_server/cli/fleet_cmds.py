@@ -209,7 +209,7 @@ def node_upgrade(
     )
     click.echo(job["id"])
     if watch:
-        _watch(client, job["id"])
+        watch_job(client, job["id"])
 
 
 @node.command("upgrade-packages")
@@ -236,7 +236,7 @@ def node_upgrade_packages(
     )
     click.echo(created["id"])
     if watch:
-        _watch(client, created["id"])
+        watch_job(client, created["id"])
 
 
 @click.group()
@@ -278,9 +278,9 @@ def job_show(job_id: int, url: Optional[str], token: Optional[str]) -> None:
 @click.option("--interval", default=1.0, show_default=True, help="Seconds between refreshes.")
 @client_options
 @handle_errors
-def job_watch(job_id: int, interval: float, url: Optional[str], token: Optional[str]) -> None:
+def jobwatch_job(job_id: int, interval: float, url: Optional[str], token: Optional[str]) -> None:
     """Follow a job: live per-step progress, log tail, final verdict. Exit 1 if it failed."""
-    _watch(make_client(url, token), job_id, interval)
+    watch_job(make_client(url, token), job_id, interval)
 
 
 @job.command("rollback")
@@ -304,7 +304,7 @@ def job_rollback(
     )
     click.echo(created["id"])
     if watch:
-        _watch(client, created["id"])
+        watch_job(client, created["id"])
 
 
 def _render(data: dict[str, Any]) -> Table:
@@ -315,12 +315,17 @@ def _render(data: dict[str, Any]) -> Table:
     )
     # Messages and log tails are an agent's words: shown as text, never read as rich markup
     # (a "[/x]" in a log line would stop the watch, a "[bold red]" would restyle it).
+    windows = data.get("windows")
+    if windows:
+        title += "\n" + windows_line(windows)
     table = Table(title=Text(title), box=None, pad_edge=False)
-    for column in ("#", "STEP", "STATE", "%", "MESSAGE"):
+    several = len(data.get("nodes") or []) > 1
+    for column in ("#", *(("NODE",) if several else ()), "STEP", "STATE", "%", "MESSAGE"):
         table.add_column(column)
     for step in data["steps"]:
         table.add_row(
             str(step["seq"]),
+            *((Text(step.get("node") or ""),) if several else ()),
             Text(step["name"]),
             Text(step["state"]),
             str(step["progress"]),
@@ -338,7 +343,7 @@ def _render(data: dict[str, Any]) -> Table:
     return table
 
 
-def _watch(client: Any, job_id: int, interval: float = 1.0) -> None:
+def watch_job(client: Any, job_id: int, interval: float = 1.0) -> None:
     console = Console()
     data = client.call("GET", f"/api/v1/jobs/{job_id}")
     if console.is_terminal:
@@ -349,16 +354,38 @@ def _watch(client: Any, job_id: int, interval: float = 1.0) -> None:
                 live.update(_render(data))
     else:
         shown: dict[int, str] = {}
+        several = len(data.get("nodes") or []) > 1
         while True:
             for step in data["steps"]:
                 if shown.get(step["seq"]) != step["state"]:
                     shown[step["seq"]] = step["state"]
-                    click.echo(f"{step['seq']:>2} {step['name']:<16} {step['state']}")
+                    where = f" {step.get('node') or '':<16}" if several else ""
+                    click.echo(f"{step['seq']:>2}{where} {step['name']:<16} {step['state']}")
             if data["state"] in TERMINAL:
                 break
             time.sleep(interval)
             data = client.call("GET", f"/api/v1/jobs/{job_id}")
     verdict = data["state"] + (f" ({data['outcome']})" if data.get("outcome") else "")
     click.echo(f"job {job_id} {verdict}" + (f": {data['error']}" if data.get("error") else ""))
+    if data.get("windows"):
+        click.echo(windows_line(data["windows"]))
     if data["state"] != "succeeded":
         fail(f"job {job_id} did not succeed")
+
+
+def windows_line(windows: dict[str, Any]) -> str:
+    """An HA job's write windows, as `job watch` and `group upgrade` print them."""
+
+    def shown(key: str) -> str:
+        value = windows.get(key)
+        if value is None:
+            return "not yet"
+        return f"{value:.1f} s" + (
+            " so far" if windows.get(f"{key.removesuffix('_s')}_open") else ""
+        )
+
+    return (
+        f"write policy {windows.get('write_policy')}: no member took writes for "
+        f"{shown('write_unavailable_s')}; writes with no secondary behind them: "
+        f"{shown('unprotected_s')}"
+    )

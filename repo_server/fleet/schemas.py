@@ -103,6 +103,8 @@ class InventoryHaSchema(_Open):
     mode = _text(32, allow_none=True)
     current_id = _text(255, allow_none=True)
     read_only = _Flag()
+    assigned_role = _text(32, allow_none=True)
+    connected_secondaries = _list(_text(255), 64)
 
 
 class InventorySchema(_Open):
@@ -125,6 +127,12 @@ class InventorySchema(_Open):
     glibc = _text(64, allow_none=True)
     ncs_conf_elements = _list(_text(256), 5000)
     crypto_keys = _list(_text(128), 100)
+    crypto_keys_fingerprint = fields.String(
+        allow_none=True,
+        validate=validate.Regexp(r"^sha256:[0-9a-f]{64}$"),
+        metadata={"description": "sha256 of the crypto keys file, never the keys"},
+    )
+    load_paths = _list(_text(4096), 64)
     cdb_bytes = _count()
     run_dir_bytes = _count()
     errors = _list(_text(4000), 50)

@@ -29,10 +29,11 @@ from repo_server.catalog.releases import (
 )
 from repo_server.db import utcnow
 from repo_server.errors import AppError, Conflict, NotFound, ValidationFailed
+from repo_server.fleet.groups import group_of
 from repo_server.fleet.models import Node
 from repo_server.fleet.notify import Notifier, announce
 from repo_server.fleet.service import get_node, lock_node
-from repo_server.upgrades import plans, preflight, results
+from repo_server.upgrades import ha_recovery, plans, preflight, results
 from repo_server.upgrades.job_states import (
     STEP_FINISHED,
     STEP_HANDED_OUT,
@@ -86,7 +87,7 @@ class JobService:
 
     # -- planning ---------------------------------------------------------------------
 
-    def _active_job(self, node: Node) -> Optional[Job]:
+    def active_job(self, node: Node) -> Optional[Job]:
         """The job that holds the node now, if any."""
         return self.session.scalar(
             select(Job).join(NodeHold, NodeHold.job_id == Job.id).where(NodeHold.node_id == node.id)
@@ -97,16 +98,22 @@ class JobService:
     ) -> tuple[preflight.Verdict, list[plans.StepSpec]]:
         node = get_node(self.session, node_name)
         release = get_release(self.session, to)
-        active = self._active_job(node)
+        active = self.active_job(node)
+        group = group_of(self.session, node)
         verdict = preflight.check(
-            node, release, list_releases(self.session), options, active.id if active else None
+            node,
+            release,
+            list_releases(self.session),
+            options,
+            active.id if active else None,
+            group=group.name if group is not None else None,
         )
         return verdict, plans.upgrade_steps(verdict, release)
 
     def start_upgrade(
         self, node_name: str, to: str, options: preflight.UpgradeOptions, who: Principal
     ) -> Job:
-        self._lock_node(get_node(self.session, node_name))
+        self.lock_node(get_node(self.session, node_name))
         verdict, steps = self.plan(node_name, to, options)
         release = get_release(self.session, to)
         return self._create(
@@ -118,7 +125,7 @@ class JobService:
     ) -> tuple[preflight.Verdict, list[plans.StepSpec]]:
         node = get_node(self.session, node_name)
         artifacts = [live_artifact(self.session, name) for name in filenames]
-        active = self._active_job(node)
+        active = self.active_job(node)
         verdict = preflight.check_package_upgrade(node, artifacts, active.id if active else None)
         signed = signed_release_containing(self.session, artifacts)
         return verdict, plans.package_upgrade_steps(artifacts, allow_data_loss, signed)
@@ -126,7 +133,7 @@ class JobService:
     def start_package_upgrade(
         self, node_name: str, filenames: list[str], allow_data_loss: bool, who: Principal
     ) -> Job:
-        self._lock_node(get_node(self.session, node_name))
+        self.lock_node(get_node(self.session, node_name))
         verdict, steps = self.plan_package_upgrade(node_name, filenames, allow_data_loss)
         return self._create(
             "package_upgrade", verdict, steps, who, options={"allow_data_loss": allow_data_loss}
@@ -162,7 +169,7 @@ class JobService:
             Step(seq=i, node_id=node.id, name=spec.name, params=spec.params, message=spec.title)
             for i, spec in enumerate(steps, start=1)
         ]
-        self._hold(job, [node])
+        self.hold(job, [node])
         audit(
             self.session,
             who.actor,
@@ -198,8 +205,8 @@ class JobService:
                 "restore points): it cannot be rolled back; restore its ncs-backup archive by hand"
             )
         node = _only_node(done)
-        self._lock_node(node)
-        active = self._active_job(node)
+        self.lock_node(node)
+        active = self.active_job(node)
         if active is not None:
             raise Conflict(f"job {active.id} is running on {node.name}: wait for it first")
         self._check_nothing_since(done, node)
@@ -232,7 +239,7 @@ class JobService:
         job.steps = [
             Step(seq=1, node_id=node.id, name=spec.name, params=spec.params, message=spec.title)
         ]
-        self._hold(job, [node])
+        self.hold(job, [node])
         audit(
             self.session,
             who.actor,
@@ -246,11 +253,11 @@ class JobService:
         self.session.commit()
         return job
 
-    def _lock_node(self, node: Node) -> None:
+    def lock_node(self, node: Node) -> None:
         """Two requests cannot both find the node free and both start a job on it."""
         lock_node(self.session, node.id)
 
-    def _hold(self, job: Job, nodes: list[Node]) -> None:
+    def hold(self, job: Job, nodes: list[Node]) -> None:
         """Add the job, holding ``nodes``. The node lock and the active-job check come
         first; the holds' primary key is what the database itself refuses."""
         job.nodes = list(nodes)
@@ -319,7 +326,7 @@ class JobService:
     def claim_next(self, node: Node) -> Optional[Step]:
         """The step this node should run now, marked dispatched; None when there is none
         (no job holds the node, or the job's next step is another node's)."""
-        job = self._active_job(node)
+        job = self.active_job(node)
         if job is None:
             self.session.rollback()
             return None
@@ -447,18 +454,24 @@ class JobService:
             transition(step, "running")
             return
         step.finished_at = now
+        if state == "succeeded" and job.kind == "ha_upgrade":
+            differs = ha_recovery.data_differs(job, step, result)
+            if differs is not None:
+                state, step.message = "failed", differs
         if state == "succeeded":
             transition(step, "succeeded")
             step.progress = 100
             step.result = result
-            job.context = {**job.context, **step.result}
+            _merge_result(job, step)
             if all(s.state in STEP_FINISHED for s in job.steps):
                 self._finish(job, now)
             return
         transition(step, "failed")
         step.result = result
         cause = f"{step.name} failed: {step.message or 'no message'}"
-        if step.name.startswith("recover"):
+        if job.kind == "ha_upgrade":
+            self._way_back(job, step, now)
+        elif step.name.startswith("recover"):
             transition(job, "failed")
             job.outcome = "needs_attention"
             job.error = (
@@ -514,6 +527,28 @@ class JobService:
             job.error = cause
             job.finished_at = now
 
+    def _way_back(self, job: Job, step: Step, now: datetime) -> None:
+        """An HA group upgrade's step failed: the way back from where it failed
+        (ha_recovery.py), run by the members' agents, or the end of the job."""
+        back = ha_recovery.way_back(job, step)
+        self._skip_pending(job)
+        job.error = f"{job.error + '; ' if job.error else ''}{back.error}"
+        if back.steps:
+            for node_id, spec in back.steps:
+                job.steps.append(
+                    Step(
+                        seq=len(job.steps) + 1,
+                        node_id=node_id,
+                        name=spec.name,
+                        params=spec.params,
+                        message=spec.title,
+                    )
+                )
+            return
+        transition(job, "failed")
+        job.outcome = back.outcome
+        job.finished_at = now
+
     @staticmethod
     def _skip_pending(job: Job) -> None:
         for later in job.steps:
@@ -546,6 +581,19 @@ class JobService:
             job.outcome = "rolled_back"
         else:
             transition(job, "succeeded")
+
+
+def _merge_result(job: Job, step: Step) -> None:
+    """Keep a succeeded step's result for the later steps: in the job's context, or, for a
+    job over several nodes, in its node's part of it (each member has its own backup file,
+    restore point and fingerprint; step_payloads.py hands a step its node's part)."""
+    if len(job.nodes) <= 1:
+        job.context = {**job.context, **step.result}
+        return
+    by_node = dict(job.context.get("by_node") or {})
+    key = str(step.node_id)
+    by_node[key] = {**(by_node.get(key) or {}), **step.result}
+    job.context = {**job.context, "by_node": by_node}
 
 
 def _only_node(job: Job) -> Node:

@@ -116,7 +116,11 @@ def _invalid_inventory(verdict: Verdict, node: Node, inv: Any) -> bool:
 
 
 def _check_node(
-    verdict: Verdict, node: Node, inv: dict[str, Any], active_job: Optional[int]
+    verdict: Verdict,
+    node: Node,
+    inv: dict[str, Any],
+    active_job: Optional[int],
+    member: bool = False,
 ) -> Optional[NsoVersion]:
     """Rules every change to a node shares; returns the running version when known."""
     if active_job is not None:
@@ -147,7 +151,7 @@ def _check_node(
             "upgrade it: a plan without the loaded packages would leave them out and delete "
             "their data",
         )
-    _check_cli_facts(verdict, node, inv)
+    _check_cli_facts(verdict, node, inv, member)
     _check_current(verdict, node, inv, source)
     return source
 
@@ -158,17 +162,30 @@ def check(
     releases: list[Release],
     options: UpgradeOptions,
     active_job: Optional[int] = None,
+    group: Optional[str] = None,
+    member: bool = False,
 ) -> Verdict:
+    """Whether ``node`` may be upgraded to ``release``. ``group``: the HA group the node
+    belongs to, whose members only a group upgrade changes; ``member``: the check is for
+    that group upgrade."""
     inv: dict[str, Any] = node.inventory or {}
     target = NsoVersion.parse(release.nso_version)
     verdict = Verdict(node=node.name, source_version=None, target_version=str(target))
+    if group is not None and not member:
+        verdict.refuse(
+            "group_member",
+            f"{node.name} is a member of HA group {group}: a single-node upgrade would take "
+            "it out of the cluster (other NSO versions cannot form one)",
+            f"upgrade the group as a whole: 'nso-repo group plan {group} --to "
+            f"{release.nso_version}', then 'nso-repo group upgrade'",
+        )
     if node.inventory_at is None:
         return _never_reported(verdict, node)
     if _invalid_inventory(verdict, node, inv):
         verdict.packages = list(release.packages)
         return verdict
     verdict.source_version = inv.get("running_version")
-    source = _check_node(verdict, node, inv, active_job)
+    source = _check_node(verdict, node, inv, active_job, member)
     if source is not None:
         _check_direction(verdict, source, target)
         _check_path(verdict, source, target, release, releases)
@@ -274,10 +291,12 @@ def _catalog_builds(node: Node, inv: dict[str, Any], skip: set[str]) -> list[Pac
     return [PackageBuild.of(a) for a in found if a.kind in ("package", "ned")]
 
 
-def _check_cli_facts(verdict: Verdict, node: Node, inv: dict[str, Any]) -> None:
+def _check_cli_facts(verdict: Verdict, node: Node, inv: dict[str, Any], member: bool) -> None:
     """What the agent learns through NSO's CLI: package oper-status and HA status.
 
     The agent leaves a fact out when the CLI did not answer; unknown is not healthy.
+    ``member``: the node is planned as a member of its HA group, whose HA state the group
+    plan checks (upgrades/ha_plan.py).
     """
     packages = _packages(inv)
     unknown = []
@@ -305,7 +324,7 @@ def _check_cli_facts(verdict: Verdict, node: Node, inv: dict[str, Any]) -> None:
             f"packages not up on the node: {', '.join(down)}",
             "fix them first (show packages package NAME oper-status); an upgrade must start healthy",
         )
-    if isinstance(inv.get("ha"), dict):
+    if isinstance(inv.get("ha"), dict) and not member:
         _check_ha(verdict, inv["ha"])
 
 

@@ -152,6 +152,8 @@ VERSION = text(64, r"[A-Za-z0-9._+-]*")
 FILE_NAME = text(255, _PART)
 FINGERPRINT = text(71, r"sha256:[0-9a-f]{64}", nullable=True)
 TIME = text(40, r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?([+-]\d\d:\d\d|Z)?", nullable=True)
+HA_MODE = text(16, r"primary|secondary|none")
+HA_IDS = items(text(128, r"[A-Za-z0-9._-]+"), 64)
 JOB_FOLDER = re.escape(BACKUPS) + "/nso-agent-job-{job}"
 
 STEP_RESULTS: dict[str, dict[str, Key]] = {
@@ -185,7 +187,7 @@ STEP_RESULTS: dict[str, dict[str, Key]] = {
         ),
     },
     "relink_packages": {"packages": items(FILE_NAME)},
-    "start": {"nso_status": text(32)},
+    "start": {"nso_status": text(32), "read_only": FLAG},
     "verify": {
         "version": VERSION,
         "packages": items(text(255)),
@@ -209,6 +211,19 @@ STEP_RESULTS: dict[str, dict[str, Key]] = {
     "reload_packages": {"reloaded": FLAG},
     "verify_packages": {"packages": items(text(255))},
     "recover_packages": {"rolled_back": FLAG},
+    # HA group upgrades (docs/agent-protocol.md, "HA steps")
+    "ha_check": {"ha_mode": HA_MODE, "connected_secondaries": HA_IDS, "read_only": FLAG},
+    "ha_read_only": {"read_only": FLAG},
+    "ha_be_primary": {"ha_mode": HA_MODE, "read_only": FLAG},
+    "ha_enable": {"ha_mode": HA_MODE, "read_only": FLAG},
+    "ha_wait_secondaries": {"connected_secondaries": HA_IDS},
+    "ha_verify": {
+        "ha_mode": HA_MODE,
+        "connected_secondaries": HA_IDS,
+        "version": VERSION,
+        "fingerprint": FINGERPRINT,
+        "fingerprint_lines": COUNT,
+    },
 }
 
 # What a failed report may carry, whatever the step (docs/agent-protocol.md).

@@ -7,6 +7,8 @@ from typing import Any
 from marshmallow import Schema, fields, validate
 
 from repo_server.catalog.releases import signature_checks
+from repo_server.fleet.groups import heartbeat_problems
+from repo_server.upgrades import ha_windows
 
 
 class ReleaseCreateSchema(Schema):
@@ -175,12 +177,86 @@ class JobSummarySchema(Schema):
     started_at = fields.DateTime(allow_none=True)
     finished_at = fields.DateTime(allow_none=True)
     url = fields.Function(lambda j: f"/api/v1/jobs/{j.id}")
+    group = fields.Function(
+        lambda j: (j.options or {}).get("group") if j.kind == "ha_upgrade" else None,
+        allow_none=True,
+        metadata={"description": "The HA group an ha_upgrade job upgrades"},
+    )
 
 
 class JobSchema(JobSummarySchema):
     steps = fields.List(fields.Nested(StepSchema))
+    windows = fields.Function(
+        ha_windows.windows,
+        allow_none=True,
+        metadata={
+            "description": "HA group upgrades: the write-unavailable window (no member takes "
+            "writes) and the unprotected window (writes with no secondary connected), in "
+            "seconds; null for other jobs"
+        },
+    )
 
 
 class JobListArgs(Schema):
     node = fields.String()
     limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=500))
+
+
+class GroupMemberSchema(Schema):
+    node = fields.String(required=True, validate=validate.Length(min=1, max=128))
+    ha_id = fields.String(required=True, validate=validate.Length(min=1, max=128))
+    role = fields.String(required=True, validate=validate.OneOf(["primary", "secondary"]))
+    failover = fields.Boolean(load_default=False)
+
+
+class GroupCreateSchema(Schema):
+    name = fields.String(required=True, validate=validate.Length(min=1, max=128))
+    members = fields.List(
+        fields.Nested(GroupMemberSchema), required=True, validate=validate.Length(min=2, max=8)
+    )
+
+
+class GroupSchema(Schema):
+    name = fields.String()
+    created_at = fields.DateTime()
+    created_by = fields.String()
+    members = fields.Function(
+        lambda g: [
+            {
+                "node": m.node.name,
+                "ha_id": m.ha_id,
+                "role": m.nominal_role,
+                "failover": m.failover_primary,
+                "ha": (m.node.inventory or {}).get("ha"),
+                "running_version": (m.node.inventory or {}).get("running_version"),
+                "last_seen_at": m.node.last_seen_at.isoformat() if m.node.last_seen_at else None,
+            }
+            for m in g.members
+        ]
+    )
+    problems = fields.Function(
+        lambda g: heartbeat_problems(g),
+        metadata={"description": "How the members' last heartbeats contradict the group"},
+    )
+
+
+class GroupUpgradeArgs(UpgradeArgs):
+    write_policy = fields.String(
+        load_default="safe",
+        validate=validate.OneOf(["safe", "available"]),
+        metadata={
+            "description": "safe: no write is accepted without a secondary behind it; "
+            "available: the upgraded primary takes writes as soon as it starts"
+        },
+    )
+
+
+class GroupPlanSchema(Schema):
+    group = fields.String()
+    to = fields.String()
+    write_policy = fields.String()
+    ok = fields.Boolean()
+    problems = fields.List(fields.String())
+    members = fields.List(fields.Dict())
+    steps = fields.List(fields.Dict())
+    marks = fields.Dict()

@@ -57,15 +57,27 @@ def step_dict(step: Step) -> dict[str, Any]:
     }
 
 
+def node_context(job: Job, node_id: int) -> dict[str, Any]:
+    """The job's context as the steps on ``node_id`` see it: what the steps on that node
+    reported (a job over several nodes keeps each node's part apart), nothing of another
+    member's."""
+    by_node = job.context.get("by_node")
+    if not isinstance(by_node, dict):
+        return dict(job.context)
+    shared = {k: v for k, v in job.context.items() if k != "by_node"}
+    mine = by_node.get(str(node_id))
+    return {**shared, **(mine if isinstance(mine, dict) else {})}
+
+
 def step_payload(step: Step) -> dict[str, Any]:
-    """What the agent gets from `next`: the step, its params and the job's context."""
+    """What the agent gets from `next`: the step, its params and its node's context."""
     job = step.job
     return {
         **step_dict(step),
         "params": step.params,
         # As the steps reported it: a context stored by an older server may not hand a
         # later step an undeclared key or a path outside the job's folders.
-        "context": results.checked_context(_paths_job(job), job.context),
+        "context": results.checked_context(_paths_job(job), node_context(job, step.node_id)),
         "job": {
             "id": job.id,
             "kind": job.kind,

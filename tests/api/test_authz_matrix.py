@@ -53,6 +53,12 @@ DECISIONS: dict[tuple[str, str], str] = {
     ("POST", "/api/v1/tokens"): "token:manage",
     ("DELETE", "/api/v1/tokens/<int:token_id>"): "token:manage",
     ("GET", "/api/v1/audit"): "audit:read",
+    ("GET", "/api/v1/groups"): "node:read",
+    ("POST", "/api/v1/groups"): "node:manage",
+    ("GET", "/api/v1/groups/<string:name>"): "node:read",
+    ("DELETE", "/api/v1/groups/<string:name>"): "node:manage",
+    ("GET", "/api/v1/groups/<string:name>/plan"): "job:read",
+    ("POST", "/api/v1/groups/<string:name>/upgrade"): "job:manage",
 }
 
 # Values for path parameters that name nothing: an allowed role gets a 404 or a 422, never a

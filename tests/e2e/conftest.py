@@ -321,19 +321,13 @@ class Node:
 
 
 @pytest.fixture
-def make_node(make_host: Any, tmp_path: Path, builds: Builds) -> Iterator[Callable[..., Node]]:
-    """``make_node(server, version, via=None, extra=())``: a started simulated host, its node
-    registered and enrolled with ``nso-agent enroll``, and ``nso-agent run`` serving it
-    (through ``via``, a proxy URL, when given). Agents stop before their hosts do."""
+def make_agent(tmp_path: Path) -> Iterator[Callable[..., Node]]:
+    """``make_agent(server, host, via=None)``: register a node for a started simulated host,
+    enroll it with ``nso-agent enroll`` and run ``nso-agent run`` for it (through ``via``, a
+    proxy URL, when given). Agents stop at teardown, before their hosts do."""
     agents: list[AgentProcess] = []
 
-    def factory(
-        server: RepoServer,
-        version: str = "6.1",
-        via: Optional[str] = None,
-        extra: tuple[str, ...] = (),
-    ) -> Node:
-        host = make_host(version, builds.packages(branch(version)), extra=extra)
+    def factory(server: RepoServer, host: SimHost, via: Optional[str] = None) -> Node:
         name = f"edge-{WORKER}-{next(_node_numbers)}"
         added = server.api("POST", "/nodes", json={"name": name})
         assert added.status_code == 201, added.text
@@ -374,6 +368,25 @@ def make_node(make_host: Any, tmp_path: Path, builds: Builds) -> Iterator[Callab
     yield factory
     for agent in agents:
         agent.stop()
+
+
+@pytest.fixture
+def make_node(
+    make_host: Any, make_agent: Callable[..., Node], builds: Builds
+) -> Callable[..., Node]:
+    """``make_node(server, version, via=None, extra=())``: a started simulated host, its node
+    registered and enrolled, and ``nso-agent run`` serving it."""
+
+    def factory(
+        server: RepoServer,
+        version: str = "6.1",
+        via: Optional[str] = None,
+        extra: tuple[str, ...] = (),
+    ) -> Node:
+        host = make_host(version, builds.packages(branch(version)), extra=extra)
+        return make_agent(server, host, via)
+
+    return factory
 
 
 # -- what a healthy node looks like ------------------------------------------------------

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import gzip
+import json
 import re
 import struct
 import tarfile
 import xml.etree.ElementTree as ET
 
-from tests.support.sim_hosts import sim
+from tests.support.sim_hosts import TIME_SCALE, sim
 
 NS = "{http://tail-f.com/ns/ncs-packages}"
 
@@ -22,7 +23,8 @@ def test_installer_is_self_extracting_and_installs_beside_current(tmp_path, shel
     assert arm.read_bytes().startswith(b"#!/bin/sh")
     root = tmp_path / "root"
     (root / ".nso-sim").mkdir(parents=True)
-    (root / ".nso-sim" / "host.json").write_text("{}")
+    # The installer takes its nominal time (nso_sim/timings.py) times this scale.
+    (root / ".nso-sim" / "host.json").write_text(json.dumps({"time_scale": TIME_SCALE}))
     first = shell(
         "sh", arm, "--system-install", "--non-interactive", env={"NSO_SIM_ROOT": str(root)}
     )

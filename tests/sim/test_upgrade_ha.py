@@ -7,8 +7,9 @@ import shutil
 from tests.support.sim_hosts import run
 
 
-def _upgrade_node(host, artifacts, vsn: str) -> None:
-    """``upgrade_nso`` and ``upgrade_packages`` of the guide's script, on one host."""
+def upgrade_node(host, artifacts, vsn: str) -> None:
+    """``upgrade_nso`` and ``upgrade_packages`` of the guide's script, on one host (also
+    replayed by test_ha_traps.py)."""
     R = host.root
     shutil.copy(artifacts.installer(vsn), R)
     for pkg in (artifacts.ned(vsn), artifacts.service(vsn)):
@@ -47,7 +48,7 @@ def test_two_node_ha_major_upgrade_transcript(make_cluster, artifacts):
     assert secondary.cli("high-availability be-primary")[0] == "result ok\n"
     assert secondary.cli("show high-availability status read-only-mode")[0].strip().endswith("true")
     # primary shell: upgrade node, restart with package reload
-    _upgrade_node(primary, artifacts, "6.2")
+    upgrade_node(primary, artifacts, "6.2")
     restart = run(primary.init, "restart-with-package-reload")
     assert restart.returncode == 0 and restart.stdout == "Stopping ncs: .\nStarting ncs: .\n"
     primary.clients.clear()
@@ -63,7 +64,7 @@ def test_two_node_ha_major_upgrade_transcript(make_cluster, artifacts):
     assert primary.cli("high-availability enable")[0] == "result enabled\n"
     assert primary.wait_for("show high-availability status mode", "primary").endswith("primary\n")
     # secondary shell: upgrade node, restart with package reload
-    _upgrade_node(secondary, artifacts, "6.2")
+    upgrade_node(secondary, artifacts, "6.2")
     assert run(secondary.init, "restart-with-package-reload").returncode == 0
     secondary.clients.clear()
     # secondary CLI: enable

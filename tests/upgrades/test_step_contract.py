@@ -14,7 +14,9 @@ from pathlib import Path
 from agent.steps.registry import STEPS
 from repo_server.catalog.models import Artifact
 from repo_server.catalog.release_models import Release
-from repo_server.upgrades import plans
+from repo_server.fleet.group_models import HaGroup, HaGroupMember
+from repo_server.fleet.models import Node
+from repo_server.upgrades import ha_plan, plans
 from repo_server.upgrades.preflight import Verdict
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "agent-protocol.md"
@@ -43,6 +45,35 @@ def every_plan() -> list[list[plans.StepSpec]]:
     made.append([plans.recover_step(context, "6.1", "6.2", True, discard_writes=True)])
     for allow in (False, True):
         made.append(plans.package_upgrade_steps([artifact("ncs-6.2-a-1.1.tar.gz")], allow))
+    made += ha_plans(release)
+    return made
+
+
+def ha_plans(release: Release) -> list[list[plans.StepSpec]]:
+    """The HA group plans: 2 and 3 members, both write policies."""
+    made = []
+    for size, policy in itertools.product((2, 3), ha_plan.WRITE_POLICIES):
+        roles = [("primary", False), ("secondary", True), ("secondary", False)][:size]
+        group = HaGroup(name="g", created_by="t")
+        group.members = [
+            HaGroupMember(
+                node=Node(id=i, name=f"n{i}", created_by="t"),
+                node_id=i,
+                ha_id=f"n{i}",
+                nominal_role=role,
+                failover_primary=failover,
+                position=i,
+            )
+            for i, (role, failover) in enumerate(roles, start=1)
+        ]
+        verdicts = {}
+        for member in group.members:
+            verdict = Verdict(node=member.node.name, source_version="6.1", target_version="6.2")
+            verdict.packages = list(release.packages)
+            verdicts[member.node_id] = verdict
+        made.append(
+            [s.spec for s in ha_plan.ha_upgrade_steps(group, verdicts, release, policy).steps]
+        )
     return made
 
 

@@ -1,0 +1,183 @@
+"""HA group upgrades: plan one (every stage on every member) and start it as one job that
+holds every member.
+
+The group plan is refused with every reason when any member's own preflight refuses it,
+when the members' heartbeats contradict the group (fleet/groups.py), or when they do not
+all run the same release.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from repo_server.auth.service import Principal, audit
+from repo_server.catalog.releases import get_release, list_releases
+from repo_server.errors import ValidationFailed
+from repo_server.fleet.group_models import HaGroup
+from repo_server.fleet.groups import get_group, heartbeat_problems
+from repo_server.fleet.notify import announce
+from repo_server.upgrades import preflight
+from repo_server.upgrades.ha_plan import WRITE_POLICIES, HaPlan, ha_upgrade_steps
+from repo_server.upgrades.jobs import JobService, PreflightFailed, verdict_dict
+from repo_server.upgrades.models import Job, Step
+
+
+@dataclass
+class GroupPlan:
+    group: HaGroup
+    to: str
+    write_policy: str
+    verdicts: list[preflight.Verdict]
+    problems: list[str] = field(default_factory=list)
+    plan: HaPlan = field(default_factory=HaPlan)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems and all(v.ok for v in self.verdicts)
+
+    def reasons(self) -> list[str]:
+        return self.problems + [
+            f"{v.node}: {r.message} ({r.remedy})" for v in self.verdicts for r in v.reasons
+        ]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "group": self.group.name,
+            "to": self.to,
+            "write_policy": self.write_policy,
+            "ok": self.ok,
+            "problems": self.problems,
+            "members": [verdict_dict(v) for v in self.verdicts],
+            "steps": [
+                {
+                    "seq": i,
+                    "node": s.member.node.name,
+                    "stage": s.stage,
+                    "name": s.spec.name,
+                    "title": s.spec.title,
+                    "params": s.spec.params,
+                }
+                for i, s in enumerate(self.plan.steps, start=1)
+            ],
+            "marks": {k: v + 1 for k, v in self.plan.marks.items()},
+        }
+
+
+class GroupUpgrades:
+    def __init__(self, jobs: JobService) -> None:
+        self.jobs = jobs
+        self.session = jobs.session
+
+    def plan(
+        self, name: str, to: str, write_policy: str, options: preflight.UpgradeOptions
+    ) -> GroupPlan:
+        if write_policy not in WRITE_POLICIES:
+            raise ValidationFailed(
+                f"write policy {write_policy!r} is unknown: choose safe (no write without a "
+                "secondary behind it) or available (writes as soon as the primary is back)",
+                field="write_policy",
+            )
+        group = get_group(self.session, name)
+        release = get_release(self.session, to)
+        releases = list_releases(self.session)
+        verdicts = []
+        for member in group.members:
+            active = self.jobs.active_job(member.node)
+            verdicts.append(
+                preflight.check(
+                    member.node,
+                    release,
+                    releases,
+                    options,
+                    active.id if active else None,
+                    group=group.name,
+                    member=True,
+                )
+            )
+        problems = heartbeat_problems(group)
+        primary_ha = (group.primary.node.inventory or {}).get("ha") or {}
+        if primary_ha.get("read_only"):
+            problems.append(
+                f"the primary {group.primary.node.name} is read-only already: another "
+                "procedure may be running; find out why, then 'high-availability read-only "
+                "mode false' and plan again"
+            )
+        result = GroupPlan(group, release.nso_version, write_policy, verdicts, problems)
+        if result.ok:
+            by_node = {m.node_id: v for m, v in zip(group.members, verdicts)}
+            result.plan = ha_upgrade_steps(group, by_node, release, write_policy)
+        return result
+
+    def start(
+        self,
+        name: str,
+        to: str,
+        write_policy: str,
+        options: preflight.UpgradeOptions,
+        who: Principal,
+    ) -> Job:
+        group = get_group(self.session, name)
+        for member in group.members:
+            self.jobs.lock_node(member.node)
+        planned = self.plan(name, to, write_policy, options)
+        if not planned.ok:
+            self.session.rollback()
+            reasons = planned.reasons()
+            raise PreflightFailed(
+                f"the upgrade of group {name} to {to} is refused: " + "; ".join(reasons),
+                reasons=reasons,
+            )
+        release = get_release(self.session, to)
+        primary = group.primary
+        source = planned.verdicts[0].source_version
+        job = Job(
+            kind="ha_upgrade",
+            source_version=source,
+            target_version=release.nso_version,
+            release_id=release.id,
+            options={
+                **asdict(options),
+                "group": group.name,
+                "write_policy": write_policy,
+                "primary": primary.node_id,
+                "failover": group.failover.node_id,
+                "others": [m.node_id for m in group.others],
+                "ha_ids": {str(m.node_id): m.ha_id for m in group.members},
+            },
+            plan={
+                "group": group.name,
+                "members": [verdict_dict(v) for v in planned.verdicts],
+                "marks": {k: v + 1 for k, v in planned.plan.marks.items()},
+                "step_count": len(planned.plan.steps),
+            },
+            created_by=who.actor,
+        )
+        job.steps = [
+            Step(
+                seq=i,
+                node_id=s.member.node_id,
+                name=s.spec.name,
+                params=s.spec.params,
+                message=s.spec.title,
+            )
+            for i, s in enumerate(planned.plan.steps, start=1)
+        ]
+        nodes = [m.node for m in group.members]
+        self.jobs.hold(job, nodes)
+        audit(
+            self.session,
+            who.actor,
+            "job.create",
+            f"job:{job.id}",
+            group=group.name,
+            nodes=[n.name for n in nodes],
+            kind="ha_upgrade",
+            write_policy=write_policy,
+            source_version=source,
+            target_version=release.nso_version,
+        )
+        for node in nodes:
+            announce(self.session, self.jobs.notifier, node.id)
+        self.session.commit()
+        return job

@@ -1,0 +1,236 @@
+"""The HA-coordinated upgrade of a rule-based HA group: its steps, in order, each on a member.
+
+The guide's eleven stages ("NSO HA Version Upgrade"), with four changes (docs/ha-upgrades.md):
+
+- Everything slow happens first, while the cluster still takes writes: every member
+  downloads, verifies and installs the target beside the running release and stages its
+  package builds. Inside the write window only NSO's own work is left.
+- The third (non-failover) secondary is stopped, not HA-disabled: disabling resets
+  read-only mode, so it would take writes as a standalone node that are lost when it
+  rejoins; and stopped it cannot join the failover primary either (the guide's trap).
+- The designated primary is stopped instead of HA-disabled, and the designated secondary
+  stopped instead of HA-disabled at stage 6, for the same reason: no member that is about
+  to be overwritten, or is leaving, ever becomes writable.
+- Under the ``safe`` write policy the upgraded primary starts read-only (NSO's start
+  phases: read-only is set before the northbound interfaces open) and takes writes only
+  once the secondary has rejoined. ``available`` lets it take writes as soon as it starts,
+  as the guide's script does.
+
+Each step is bound to one member's node; the agents of all members run them in ``seq``
+order. ``marks`` name the steps whose end moves the group's write windows (ha_windows.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from repo_server.catalog.release_models import Release
+from repo_server.fleet.group_models import HaGroup, HaGroupMember
+from repo_server.upgrades import plans
+from repo_server.upgrades.plans import StepSpec
+from repo_server.upgrades.preflight import Verdict
+
+WRITE_POLICIES = ("safe", "available")
+# Nominal seconds a member gets to take its HA role after it starts (or to be joined).
+HA_TIMEOUT = 600
+
+
+@dataclass
+class HaStep:
+    member: HaGroupMember
+    spec: StepSpec
+    stage: str  # the guide's stage, as shown by `nso-repo group plan`
+
+
+@dataclass
+class HaPlan:
+    steps: list[HaStep] = field(default_factory=list)
+    # window event -> index into steps (0-based): see ha_windows.py
+    marks: dict[str, int] = field(default_factory=dict)
+
+    def add(self, member: HaGroupMember, spec: StepSpec, stage: str, mark: str = "") -> None:
+        if mark:
+            self.marks[mark] = len(self.steps)
+        self.steps.append(HaStep(member, spec, stage))
+
+
+def _ha(name: str, title: str, **params: Any) -> StepSpec:
+    return StepSpec(name, params, title)
+
+
+def ha_upgrade_steps(
+    group: HaGroup, verdicts: dict[int, Verdict], release: Release, policy: str
+) -> HaPlan:
+    """The steps of the group's upgrade to ``release`` (``verdicts``: by node id, all ok)."""
+    primary, failover, others = group.primary, group.failover, group.others
+    members = [primary, failover, *others]
+    single = {
+        m.node_id: {s.name: s for s in plans.upgrade_steps(verdicts[m.node_id], release)}
+        for m in members
+    }
+    target = release.nso_version
+    plan = HaPlan()
+
+    def own(member: HaGroupMember, name: str) -> StepSpec:
+        return single[member.node_id][name]
+
+    def switch_over(member: HaGroupMember, stage: str, compact: bool) -> None:
+        """restore point, (compact), current, ncs.conf, package links: the node is stopped."""
+        names = ["restore_point", *(["compact"] if compact else []), "switch_current"]
+        names += [n for n in ("ncs_conf",) if n in single[member.node_id]]
+        for name in [*names, "relink_packages"]:
+            plan.add(member, own(member, name), stage)
+
+    # 0. Pre-staging on every member, while the cluster takes writes.
+    for member in members:
+        plan.add(member, own(member, "prestage"), "0 pre-stage")
+    plan.add(
+        primary,
+        _ha(
+            "ha_check",
+            "the cluster is whole: primary with every secondary connected, not read-only",
+            mode="primary",
+            ha_id=primary.ha_id,
+            secondaries=[m.ha_id for m in members if m is not primary],
+        ),
+        "0 pre-stage",
+    )
+    # 1. Read-only on the designated primary, then on the failover secondary.
+    plan.add(
+        primary,
+        _ha("ha_read_only", "high-availability read-only mode true", mode=True),
+        "1 read-only",
+        mark="writes_stop",
+    )
+    plan.add(
+        failover,
+        _ha("ha_read_only", "high-availability read-only mode true", mode=True),
+        "1 read-only",
+    )
+    # 2. A proven backup on every member.
+    for member in members:
+        plan.add(member, own(member, "backup"), "2 backups")
+    # 3. The third node leaves: stopped, so it neither joins the failover primary nor
+    #    takes writes as a standalone node.
+    for member in others:
+        plan.add(member, own(member, "stop"), "3 third node out")
+    # 4. The primary leaves (stopped), the failover secondary serves read-only.
+    plan.add(primary, own(primary, "stop"), "4 primary out")
+    plan.add(
+        failover,
+        _ha(
+            "ha_be_primary",
+            "high-availability be-primary, still read-only",
+            read_only=True,
+            timeout=HA_TIMEOUT,
+        ),
+        "4 primary out",
+    )
+    # 5. Upgrade the primary (it is stopped).
+    switch_over(primary, "5 upgrade primary", compact=True)
+    # 6. The failover secondary leaves: stopped, never writable on its own.
+    plan.add(failover, own(failover, "stop"), "6 secondary out")
+    # 7. The upgraded primary starts and takes its role.
+    start = own(primary, "start")
+    safe = policy == "safe"
+    plan.add(
+        primary,
+        StepSpec(
+            "start",
+            {**start.params, "read_only": safe},
+            "start NSO with package reload"
+            + (", read-only before anything can write" if safe else ""),
+        ),
+        "7 primary back",
+        mark="" if safe else "writes_resume",
+    )
+    plan.add(
+        primary,
+        _ha(
+            "ha_enable",
+            "take the primary role (high-availability enable)",
+            mode="primary",
+            timeout=HA_TIMEOUT,
+        ),
+        "7 primary back",
+    )
+    # 8-9. Upgrade the failover secondary and let it join.
+    switch_over(failover, "8 upgrade secondary", compact=False)
+    plan.add(failover, own(failover, "start"), "8 upgrade secondary")
+    plan.add(
+        failover,
+        _ha(
+            "ha_enable",
+            "join the primary (high-availability enable)",
+            mode="secondary",
+            timeout=HA_TIMEOUT,
+        ),
+        "9 secondary back",
+    )
+    plan.add(
+        primary,
+        _ha(
+            "ha_wait_secondaries",
+            f"{failover.ha_id} connected to the primary",
+            secondaries=[failover.ha_id],
+            timeout=HA_TIMEOUT,
+        ),
+        "9 secondary back",
+        mark="protected",
+    )
+
+    def verify(
+        member: HaGroupMember, joined: list[HaGroupMember], compare: bool, stage: str
+    ) -> None:
+        plan.add(
+            member,
+            _ha(
+                "ha_verify",
+                "mode, role, version and packages"
+                + (", and the data the same as the primary's" if compare else ""),
+                mode=member.nominal_role,
+                ha_id=member.ha_id,
+                secondaries=[m.ha_id for m in joined] if member is primary else [],
+                target_version=target,
+                packages=own(member, "verify").params["packages"],
+                compare_data=compare,
+            ),
+            stage,
+        )
+
+    # 10. Verify. The data is compared only while no member takes writes (``safe``: before
+    #     the primary leaves read-only mode): under writes two members never show the same
+    #     data at the same moment, so the comparison would prove nothing.
+    verify(primary, [failover], safe, "10 verify")
+    verify(failover, [failover], safe, "10 verify")
+    if safe:
+        plan.add(
+            primary,
+            _ha("ha_read_only", "high-availability read-only mode false", mode=False),
+            "10 verify",
+            mark="writes_resume",
+        )
+    # 11. The third node: upgraded, back, verified.
+    for member in others:
+        switch_over(member, "11 third node", compact=False)
+        plan.add(member, own(member, "start"), "11 third node")
+        plan.add(
+            member,
+            _ha("ha_enable", "join the primary", mode="secondary", timeout=HA_TIMEOUT),
+            "11 third node",
+        )
+    if others:
+        plan.add(
+            primary,
+            _ha(
+                "ha_wait_secondaries",
+                "every secondary connected",
+                secondaries=[m.ha_id for m in members if m is not primary],
+                timeout=HA_TIMEOUT,
+            ),
+            "11 third node",
+        )
+        for member in [primary, *others]:
+            verify(member, members[1:], False, "11 third node")
+    return plan
