@@ -207,20 +207,28 @@ class Runner:
     def run_forever(self, should_stop: Callable[[], bool] = lambda: False) -> None:
         self.flush_pending()
         self.heartbeat()
-        between_steps = False
+        # in_job: this agent ran a step of a job that may hand it another soon (an HA
+        # group's members take turns); just_ran: that step has just ended.
+        in_job = just_ran = False
         while not should_stop():
             try:
-                self.heartbeat_if_due()
-                # Right after a step, ask for the next one without waiting and before the
-                # inventory: collecting it takes about a second that the job would wait for.
-                step = self.client.next_step(0 if between_steps else self.config.poll_wait)
+                if not in_job:
+                    self.heartbeat_if_due()
+                # Right after a step, ask for the next one without waiting; while in a job,
+                # keep listening rather than collect the inventory (about a second in which
+                # a step handed to this node would wait): it is sent once a whole wait
+                # brought nothing.
+                step = self.client.next_step(0 if just_ran else self.config.poll_wait)
                 if step is not None:
                     self.execute(step)
-                    between_steps = True
+                    in_job = just_ran = True
                     continue
-                if between_steps:
+                if just_ran:
+                    just_ran = False
+                    continue
+                if in_job:
                     self.heartbeat()  # the job is done: report the node as it is now
-                    between_steps = False
+                    in_job = False
                 elif self.client.retry_after:
                     # The server had no place for this poll to wait: come back when it said,
                     # not at once (a fleet polling in a loop would be the overload itself).

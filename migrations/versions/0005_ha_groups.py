@@ -1,4 +1,5 @@
-"""HA groups: the fleet's rule-based HA clusters and their members.
+"""HA groups: the fleet's rule-based HA clusters and their members; step batches (steps
+that run at the same time on different nodes of a job).
 
 Revision ID: 0005
 Revises: 0004
@@ -61,6 +62,12 @@ def upgrade() -> None:
     )
 
 
+    op.add_column("steps", sa.Column("batch", sa.Integer(), nullable=True))
+
+
 def downgrade() -> None:
+    # A plain DROP COLUMN (SQLite >= 3.35 has it): batch mode would copy the steps table,
+    # and dropping the old one cascades to step_reports.
+    op.drop_column("steps", "batch")
     op.drop_table("ha_group_members")
     op.drop_table("ha_groups")

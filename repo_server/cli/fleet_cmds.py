@@ -241,7 +241,7 @@ def node_upgrade_packages(
 
 @click.group()
 def job() -> None:
-    """Jobs: list, show, watch, roll back."""
+    """Jobs: list, show, watch, roll back, cancel."""
 
 
 @job.command("ls")
@@ -305,6 +305,20 @@ def job_rollback(
     click.echo(created["id"])
     if watch:
         watch_job(client, created["id"])
+
+
+@job.command("cancel")
+@click.argument("job_id", type=int)
+@click.option("--reason", required=True, help="Why (kept in the job and the audit).")
+@client_options
+@handle_errors
+def job_cancel(job_id: int, reason: str, url: Optional[str], token: Optional[str]) -> None:
+    """End an active job whose agent will not come back (its host died). Nothing on any
+    host is changed or undone: the job says what it had changed, for you to check."""
+    ended = make_client(url, token).call(
+        "POST", f"/api/v1/jobs/{job_id}/cancel", json={"reason": reason}
+    )
+    click.echo(f"job {job_id} {ended['state']} ({ended['outcome']}): {ended['error']}")
 
 
 def _render(data: dict[str, Any]) -> Table:

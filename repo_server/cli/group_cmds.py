@@ -153,13 +153,17 @@ def group_plan(
             )
     stage = None
     marks = {v: k for k, v in plan.get("marks", {}).items()}
+    if any(step.get("batch") for step in plan["steps"]):
+        click.echo("(&: runs at the same time as the & steps next to it, each on its member)")
     for step in plan["steps"]:
         if step["stage"] != stage:
             stage = step["stage"]
             click.echo(f"stage {stage}")
         mark = f"   <- {marks[step['seq']].replace('_', ' ')}" if step["seq"] in marks else ""
+        together = "&" if step.get("batch") else " "
         click.echo(
-            f"  {step['seq']:>2}. {step['node']:<16} {step['name']:<20} {step['title']}{mark}"
+            f"  {step['seq']:>2}.{together}{step['node']:<16} {step['name']:<20} "
+            f"{step['title']}{mark}"
         )
     if not plan["ok"]:
         raise SystemExit(1)

@@ -52,6 +52,7 @@ class GroupPlan:
             "steps": [
                 {
                     "seq": i,
+                    "batch": s.batch,
                     "node": s.member.node.name,
                     "stage": s.stage,
                     "name": s.spec.name,
@@ -156,6 +157,7 @@ class GroupUpgrades:
         job.steps = [
             Step(
                 seq=i,
+                batch=s.batch,
                 node_id=s.member.node_id,
                 name=s.spec.name,
                 params=s.spec.params,

@@ -22,8 +22,10 @@ order. ``marks`` name the steps whose end moves the group's write windows (ha_wi
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Optional
 
 from repo_server.catalog.release_models import Release
 from repo_server.fleet.group_models import HaGroup, HaGroupMember
@@ -41,6 +43,7 @@ class HaStep:
     member: HaGroupMember
     spec: StepSpec
     stage: str  # the guide's stage, as shown by `nso-repo group plan`
+    batch: Optional[int] = None  # steps of one batch run at the same time on their members
 
 
 @dataclass
@@ -48,15 +51,37 @@ class HaPlan:
     steps: list[HaStep] = field(default_factory=list)
     # window event -> index into steps (0-based): see ha_windows.py
     marks: dict[str, int] = field(default_factory=dict)
+    _batch: Optional[int] = None
+    _batches: int = 0
 
     def add(self, member: HaGroupMember, spec: StepSpec, stage: str, mark: str = "") -> None:
         if mark:
             self.marks[mark] = len(self.steps)
-        self.steps.append(HaStep(member, spec, stage))
+        self.steps.append(HaStep(member, spec, stage, self._batch))
+
+    @contextmanager
+    def together(self) -> Iterator[None]:
+        """The steps added inside run at the same time on their members (each member's in
+        the order added): work on different hosts that does not depend on each other."""
+        self._batches += 1
+        self._batch = self._batches
+        try:
+            yield
+        finally:
+            self._batch = None
 
 
 def _ha(name: str, title: str, **params: Any) -> StepSpec:
     return StepSpec(name, params, title)
+
+
+def secondary_start(start: StepSpec) -> StepSpec:
+    """A secondary's start: read-only before anything can write to it (NSO's start phases)."""
+    return StepSpec(
+        "start",
+        {**start.params, "read_only": True},
+        "start NSO with package reload, read-only until it has joined",
+    )
 
 
 def ha_upgrade_steps(
@@ -75,6 +100,30 @@ def ha_upgrade_steps(
     def own(member: HaGroupMember, name: str) -> StepSpec:
         return single[member.node_id][name]
 
+    def rejoin(member: HaGroupMember, stage: str) -> None:
+        """Start a secondary read-only, let it join, then clear read-only mode: a
+        secondary that cannot join (its link down, the primary away) would otherwise
+        take writes as a standalone node, writes lost when it joins and takes the
+        primary's copy. Joined, it refuses writes as a secondary."""
+        plan.add(member, secondary_start(own(member, "start")), stage)
+        plan.add(
+            member,
+            _ha(
+                "ha_enable",
+                "join the primary (high-availability enable)",
+                mode="secondary",
+                timeout=HA_TIMEOUT,
+            ),
+            stage,
+        )
+        plan.add(
+            member,
+            _ha(
+                "ha_read_only", "read-only mode off (a joined secondary refuses writes)", mode=False
+            ),
+            stage,
+        )
+
     def switch_over(member: HaGroupMember, stage: str, compact: bool) -> None:
         """restore point, (compact), current, ncs.conf, package links: the node is stopped."""
         names = ["restore_point", *(["compact"] if compact else []), "switch_current"]
@@ -82,9 +131,10 @@ def ha_upgrade_steps(
         for name in [*names, "relink_packages"]:
             plan.add(member, own(member, name), stage)
 
-    # 0. Pre-staging on every member, while the cluster takes writes.
-    for member in members:
-        plan.add(member, own(member, "prestage"), "0 pre-stage")
+    # 0. Pre-staging on every member at once, while the cluster takes writes.
+    with plan.together():
+        for member in members:
+            plan.add(member, own(member, "prestage"), "0 pre-stage")
     plan.add(
         primary,
         _ha(
@@ -108,29 +158,29 @@ def ha_upgrade_steps(
         _ha("ha_read_only", "high-availability read-only mode true", mode=True),
         "1 read-only",
     )
-    # 2. A proven backup on every member.
-    for member in members:
-        plan.add(member, own(member, "backup"), "2 backups")
-    # 3. The third node leaves: stopped, so it neither joins the failover primary nor
-    #    takes writes as a standalone node.
-    for member in others:
-        plan.add(member, own(member, "stop"), "3 third node out")
+    # 2. A proven backup on every member, all at once. 3. The third node leaves once its
+    #    backup is made: stopped, so it neither joins the failover primary nor takes writes
+    #    as a standalone node.
+    with plan.together():
+        for member in members:
+            plan.add(member, own(member, "backup"), "2 backups")
+        for member in others:
+            plan.add(member, own(member, "stop"), "3 third node out")
     # 4. The primary leaves (stopped), the failover secondary serves read-only.
     plan.add(primary, own(primary, "stop"), "4 primary out")
-    plan.add(
-        failover,
-        _ha(
-            "ha_be_primary",
-            "high-availability be-primary, still read-only",
-            read_only=True,
-            timeout=HA_TIMEOUT,
-        ),
-        "4 primary out",
-    )
-    # 5. Upgrade the primary (it is stopped).
-    switch_over(primary, "5 upgrade primary", compact=True)
-    # 6. The failover secondary leaves: stopped, never writable on its own.
-    plan.add(failover, own(failover, "stop"), "6 secondary out")
+    with plan.together():
+        plan.add(
+            failover,
+            _ha(
+                "ha_be_primary",
+                "high-availability be-primary, still read-only",
+                read_only=True,
+                timeout=HA_TIMEOUT,
+            ),
+            "4 primary out",
+        )
+        # 5. Upgrade the primary (it is stopped), while the secondary takes over reads.
+        switch_over(primary, "5 upgrade primary", compact=True)
     # 7. The upgraded primary starts and takes its role.
     start = own(primary, "start")
     safe = policy == "safe"
@@ -145,6 +195,11 @@ def ha_upgrade_steps(
         "7 primary back",
         mark="" if safe else "writes_resume",
     )
+    # 6. The failover secondary leaves, now that the primary is up: stopped, never writable
+    #    on its own. The primary started while it still served read-only as the acting
+    #    primary (as in the guide), so its stop is outside the write window; the
+    #    upgraded primary could not join it (another release) and has no role until:
+    plan.add(failover, own(failover, "stop"), "6 secondary out")
     plan.add(
         primary,
         _ha(
@@ -153,21 +208,11 @@ def ha_upgrade_steps(
             mode="primary",
             timeout=HA_TIMEOUT,
         ),
-        "7 primary back",
+        "7 primary role",
     )
     # 8-9. Upgrade the failover secondary and let it join.
     switch_over(failover, "8 upgrade secondary", compact=False)
-    plan.add(failover, own(failover, "start"), "8 upgrade secondary")
-    plan.add(
-        failover,
-        _ha(
-            "ha_enable",
-            "join the primary (high-availability enable)",
-            mode="secondary",
-            timeout=HA_TIMEOUT,
-        ),
-        "9 secondary back",
-    )
+    rejoin(failover, "9 secondary back")
     plan.add(
         primary,
         _ha(
@@ -214,12 +259,7 @@ def ha_upgrade_steps(
     # 11. The third node: upgraded, back, verified.
     for member in others:
         switch_over(member, "11 third node", compact=False)
-        plan.add(member, own(member, "start"), "11 third node")
-        plan.add(
-            member,
-            _ha("ha_enable", "join the primary", mode="secondary", timeout=HA_TIMEOUT),
-            "11 third node",
-        )
+        rejoin(member, "11 third node")
     if others:
         plan.add(
             primary,

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from repo_server.upgrades import plans, results
-from repo_server.upgrades.ha_plan import HA_TIMEOUT
+from repo_server.upgrades.ha_plan import HA_TIMEOUT, secondary_start
 from repo_server.upgrades.job_states import STEP_FINISHED
 from repo_server.upgrades.models import Job, Step
 from repo_server.upgrades.plans import StepSpec
@@ -83,12 +83,15 @@ def _ha(name: str, title: str, **params: Any) -> StepSpec:
 
 
 def _rejoin(roles: Roles, node_id: int) -> list[tuple[int, StepSpec]]:
+    """Start a secondary again, read-only until it has joined (ha_plan.secondary_start)."""
+    start = StepSpec("start", {"start_timeout": plans.START_TIMEOUT}, "")
     return [
-        (node_id, StepSpec("start", {"start_timeout": plans.START_TIMEOUT}, "start NSO again")),
+        (node_id, secondary_start(start)),
         (
             node_id,
             _ha("ha_enable", "join the primary again", mode="secondary", timeout=HA_TIMEOUT),
         ),
+        (node_id, _ha("ha_read_only", "read-only mode off (joined)", mode=False)),
     ]
 
 
@@ -169,6 +172,11 @@ def way_back(job: Job, failed: Step) -> WayBack:
             steps,
         )
     return WayBack("needs_attention", f"{cause}; " + state_of(job, roles))
+
+
+def primary_ran_target(job: Job) -> bool:
+    """The new release reached "started" on the primary."""
+    return _done(job, int(job.options["primary"]), "start")
 
 
 def state_of(job: Job, roles: Roles) -> str:

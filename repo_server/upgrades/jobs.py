@@ -7,7 +7,8 @@ moves themselves are `job_states.transition`'s.
 
 A job holds its nodes while it is active; its steps run in `seq` order across the job, each
 on the node it is bound to: a node's agent gets a step only when every earlier step of the
-job has finished.
+job has finished, or, for the steps of one batch, when its own earlier steps of the batch
+have (`runnable`): the nodes of a batch work at the same time.
 """
 
 from __future__ import annotations
@@ -43,6 +44,15 @@ from repo_server.upgrades.models import Job, NodeHold, Step, StepReport, job_nod
 from repo_server.upgrades.step_payloads import step_dict
 
 REPORT_STATES = ("running", "succeeded", "failed")
+# Steps that change nothing on a host a cancelled job must be checked for.
+READ_ONLY_STEPS = (
+    "prestage",
+    "prestage_packages",
+    "ha_check",
+    "verify",
+    "verify_packages",
+    "ha_verify",
+)
 
 
 class PreflightFailed(AppError):
@@ -253,6 +263,63 @@ class JobService:
         self.session.commit()
         return job
 
+    def cancel(self, job_id: int, reason: str, who: Principal) -> Job:
+        """End an active job without its agents: for a member whose host died, or an agent
+        that will not come back. Nothing on a host is changed or undone: the step handed out
+        ends failed, the rest skipped, the nodes are let go, and the job says what it had
+        changed so the operator knows what to check (docs/upgrades.md, "Cancelling")."""
+        reason = results.printable(reason.strip())[:500]
+        if not reason:
+            raise ValidationFailed(
+                "say why the job is cancelled (--reason): it is kept in the job and the audit",
+                field="reason",
+            )
+        job = self.get(job_id)
+        self._lock(job)
+        if not job.active:
+            state = job.state
+            self.session.rollback()
+            raise Conflict(
+                f"job {job_id} is {state} already: only a queued or running job can be cancelled"
+            )
+        now = utcnow()
+        changed = [s for s in job.steps if s.state == "succeeded" and s.name not in READ_ONLY_STEPS]
+        for step in job.steps:
+            if step.state in STEP_HANDED_OUT:
+                transition(step, "failed")
+                step.message = f"cancelled by {who.actor} while it ran: {reason}"
+                step.finished_at = now
+        self._skip_pending(job)
+        transition(job, "cancelled")
+        job.finished_at = now
+        job.outcome = "needs_attention" if changed else "unchanged"
+        what = (
+            "it had changed "
+            + ", ".join(sorted({f"{s.node.name} ({s.name})" for s in changed}))
+            + ": check those nodes before anything else (nso-repo node ls"
+            + (", nso-repo group ls" if job.kind == "ha_upgrade" else "")
+            + ")"
+            if changed
+            else "it had changed nothing on any node"
+        )
+        if job.kind == "ha_upgrade" and ha_recovery.primary_ran_target(job):
+            what += "; " + ha_recovery.state_of(job, ha_recovery.Roles.of(job))
+        job.error = (
+            f"{job.error + '; ' if job.error else ''}cancelled by {who.actor}: {reason}; {what}"
+        )
+        audit(
+            self.session,
+            who.actor,
+            "job.cancel",
+            f"job:{job.id}",
+            reason=reason,
+            outcome=job.outcome,
+        )
+        for member in job.nodes:
+            announce(self.session, self.notifier, member.id)
+        self.session.commit()
+        return job
+
     def lock_node(self, node: Node) -> None:
         """Two requests cannot both find the node free and both start a job on it."""
         lock_node(self.session, node.id)
@@ -331,8 +398,8 @@ class JobService:
             self.session.rollback()
             return None
         self._lock(job)
-        step = next((s for s in job.steps if s.state not in STEP_FINISHED), None)
-        if step is None or not job.active or step.node_id != node.id:
+        step = runnable(job, node.id)
+        if step is None or not job.active:
             self.session.rollback()
             return None
         now = utcnow()
@@ -418,7 +485,7 @@ class JobService:
         """The step is the one this node runs now: handed out, the job's first unfinished
         step, of a job still running. Anything else is refused, so no report skips ahead
         (a ``verify`` reported before it was handed out) or finishes a job."""
-        current = next((s for s in job.steps if s.state not in STEP_FINISHED), None)
+        current = runnable(job, step.node_id)
         if job.active and step.state in STEP_HANDED_OUT and current is step:
             return
         handed = current if current is not None and current.state in STEP_HANDED_OUT else None
@@ -530,6 +597,12 @@ class JobService:
     def _way_back(self, job: Job, step: Step, now: datetime) -> None:
         """An HA group upgrade's step failed: the way back from where it failed
         (ha_recovery.py), run by the members' agents, or the end of the job."""
+        planned = int(job.plan.get("step_count") or 0)
+        if len(job.steps) > planned and step.seq <= planned:
+            # A step of the same batch failed after another one did: the way back is on
+            # its way already, planned from the first failure.
+            job.error = f"{job.error + '; ' if job.error else ''}{step.name} failed on {step.node.name} too: {step.message or 'no message'}"
+            return
         back = ha_recovery.way_back(job, step)
         self._skip_pending(job)
         job.error = f"{job.error + '; ' if job.error else ''}{back.error}"
@@ -581,6 +654,25 @@ class JobService:
             job.outcome = "rolled_back"
         else:
             transition(job, "succeeded")
+
+
+def runnable(job: Job, node_id: int) -> Optional[Step]:
+    """The step the node runs now, if any: the job's first unfinished step when it is the
+    node's; within a batch, the node's first unfinished step of that batch (the nodes of a
+    batch run at the same time, each its own steps in order)."""
+    current = next((s for s in job.steps if s.state not in STEP_FINISHED), None)
+    if current is None:
+        return None
+    if current.batch is None:
+        return current if current.node_id == node_id else None
+    return next(
+        (
+            s
+            for s in job.steps
+            if s.batch == current.batch and s.node_id == node_id and s.state not in STEP_FINISHED
+        ),
+        None,
+    )
 
 
 def _merge_result(job: Job, step: Step) -> None:

@@ -3,7 +3,8 @@
 A job is one change (an NSO upgrade, a package upgrade, a rollback) to a set of nodes
 (`job_nodes`), which it holds exclusively while it is active: `node_holds` has one row per
 held node, keyed by the node, so the database itself refuses a second active job on a node.
-Each step is bound to one node of its job; the steps run in `seq` order across the whole job.
+Each step is bound to one node of its job; the steps run in `seq` order across the whole job
+(the steps of one `batch` at the same time on their nodes).
 Step reports are kept by `report_id` so a retried report changes nothing twice. The states
 and their moves are in `job_states`.
 """
@@ -107,6 +108,10 @@ class Step(Base):
     # The node whose agent runs the step: one of the job's nodes.
     node_id: Mapped[int] = mapped_column(ForeignKey("nodes.id", ondelete="RESTRICT"))
     seq: Mapped[int] = mapped_column(Integer)
+    # Steps of one batch (consecutive in seq) run at the same time on different nodes, each
+    # node's in seq order; a step without a batch runs alone. HA upgrades batch the members'
+    # pre-staging and backups, and the secondary's moves while the primary upgrades.
+    batch: Mapped[Optional[int]] = mapped_column(Integer, default=None)
     name: Mapped[str] = mapped_column(String(64))
     params: Mapped[dict[str, Any]] = mapped_column(default=dict)
     state: Mapped[str] = mapped_column(String(16), default="pending")

@@ -99,6 +99,14 @@ class PackageUpgradeArgs(Schema):
     )
 
 
+class CancelArgs(Schema):
+    reason = fields.String(
+        required=True,
+        validate=validate.Length(min=1, max=500),
+        metadata={"description": "Why (kept in the job's error and the audit)"},
+    )
+
+
 class RollbackArgs(Schema):
     discard_writes = fields.Boolean(
         load_default=False,
@@ -138,6 +146,10 @@ class PlanSchema(Schema):
 class StepSchema(Schema):
     id = fields.Integer()
     seq = fields.Integer()
+    batch = fields.Integer(
+        allow_none=True,
+        metadata={"description": "Steps of one batch run at the same time on their nodes"},
+    )
     node = fields.Function(
         lambda s: s.node.name, metadata={"description": "The node whose agent runs the step"}
     )

@@ -17,6 +17,7 @@ from repo_server.context import db_session, principal, require, state
 from repo_server.upgrades.jobs import JobService, verdict_dict
 from repo_server.upgrades.preflight import UpgradeOptions
 from repo_server.upgrades.schemas import (
+    CancelArgs,
     JobListArgs,
     JobSchema,
     JobSummarySchema,
@@ -187,3 +188,15 @@ def rollback(args: dict[str, Any], job_id: int) -> Any:
     409 confirm_discard_writes unless `discard_writes` is true."""
     job = jobs().rollback(job_id, principal(), discard_writes=args["discard_writes"])
     return job, 202, {"Location": f"/api/v1/jobs/{job.id}"}
+
+
+@blp.route("/jobs/<int:job_id>/cancel", methods=["POST"])
+@require("job:manage")
+@blp.doc(security=BEARER)
+@blp.arguments(CancelArgs)
+@blp.response(200, JobSchema)
+def cancel(args: dict[str, Any], job_id: int) -> Any:
+    """End an active job without its agents (a host that died): the step handed out ends
+    failed, the rest skipped, the nodes are let go; nothing on a host is changed or undone,
+    and the job says what it had changed. 409 when the job has ended already."""
+    return jobs().cancel(job_id, args["reason"], principal())

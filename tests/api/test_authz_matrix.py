@@ -46,6 +46,7 @@ DECISIONS: dict[tuple[str, str], str] = {
     ("GET", "/api/v1/jobs"): "job:read",
     ("GET", "/api/v1/jobs/<int:job_id>"): "job:read",
     ("POST", "/api/v1/jobs/<int:job_id>/rollback"): "job:manage",
+    ("POST", "/api/v1/jobs/<int:job_id>/cancel"): "job:manage",
     ("POST", "/api/v1/agent/heartbeat"): "agent",
     ("GET", "/api/v1/agent/next"): "agent",
     ("POST", "/api/v1/agent/steps/<int:step_id>"): "agent",

@@ -77,10 +77,12 @@ def devices(node: Node) -> set[str]:
     return set(re.findall(r"^devices device (inv-\d+)$", running_config(node.host), re.M))
 
 
-def lost_on(group: Group, writer: GroupWriter) -> dict[str, list[str]]:
-    """Per member, the acknowledged writes it does not hold."""
+def lost_on(
+    group: Group, writer: GroupWriter, nodes: Optional[list[Node]] = None
+) -> dict[str, list[str]]:
+    """Per member (of ``nodes``: those running), the acknowledged writes it does not hold."""
     lost = {}
-    for node in group.nodes:
+    for node in nodes or group.nodes:
         present = devices(node)
         missing = [n for n in writer.names if n not in present]
         if missing:
@@ -121,3 +123,15 @@ def assert_group_on(group: Group, version: str, builds: Builds) -> None:
         linked = sorted(p.resolve().name for p in node.host.path("/var/opt/ncs/packages").iterdir())
         assert linked == files, (node.name, linked)
         assert running_config(node.host) == config, node.name
+
+
+def report(scenario: str, job: dict, writer, lost: dict) -> None:
+    windows = job.get("windows") or {}
+    print(
+        f"HA-INVARIANT {scenario}: job {job['state']}"
+        + (f" ({job['outcome']})" if job.get("outcome") else "")
+        + f", acknowledged {len(writer.acknowledged)}, lost {sum(map(len, lost.values()))},"
+        f" refused {writer.refused}, unreachable {writer.unreachable},"
+        f" unavailable {windows.get('write_unavailable_s')} s,"
+        f" unprotected {windows.get('unprotected_s')} s"
+    )

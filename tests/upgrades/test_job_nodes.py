@@ -121,3 +121,35 @@ def test_every_state_change_follows_the_table() -> None:
     assert len(job.holds) == 1
     transition(job, "succeeded")
     assert job.holds == []
+
+
+def test_the_steps_of_a_batch_run_at_the_same_time_each_node_in_order(
+    live, enrolled, releases, app_state
+) -> None:
+    """Steps 1-2 on edge-1 and 3 on edge-2 form one batch: both nodes work at once, edge-1
+    its two steps in order; step 4 (edge-2, no batch) waits for the whole batch."""
+    other = enroll_node(live, "edge-2")
+    other.heartbeat(healthy_inventory("6.1"))
+    job = start_upgrade(live, enrolled)
+    _span(app_state, job["id"], "edge-2", from_seq=3)
+    with app_state.sessions() as session:
+        for step in session.get(Job, job["id"]).steps:
+            step.batch = 7 if step.seq <= 3 else None
+        session.commit()
+
+    first, third = enrolled.next(), other.next()
+    assert (first["seq"], third["seq"]) == (1, 3)  # both handed out at once
+    # edge-1's second step of the batch waits for its first; nothing skips ahead.
+    early = enrolled.report(first["id"] + 1, "succeeded", result={})
+    assert early.status_code == 409, early.text
+    assert other.report(third["id"], "succeeded", result=agent_result(third)).ok
+    assert other.next() is None  # step 4 waits for the batch: edge-1 is still at work
+    assert enrolled.report(first["id"], "succeeded", result=agent_result(first)).ok
+    second = enrolled.next()
+    assert second["seq"] == 2
+    assert other.next() is None
+    assert enrolled.report(second["id"], "succeeded", result=agent_result(second)).ok
+    fourth = other.next()
+    assert fourth is not None and fourth["seq"] == 4
+    shown = live.session("operator").get(f"{live.url}/api/v1/jobs/{job['id']}").json()
+    assert [s["batch"] for s in shown["steps"][:4]] == [7, 7, 7, None]
