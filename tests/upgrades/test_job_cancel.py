@@ -33,9 +33,11 @@ def test_a_job_cancelled_before_it_changed_anything(live, enrolled, releases) ->
         f"{live.url}/api/v1/jobs/{job['id']}/cancel", json={"reason": "again"}
     )
     assert twice.status_code == 409 and "cancelled already" in twice.json()["error"]["message"]
-    audit = live.session("admin").get(
-        f"{live.url}/api/v1/audit", params={"action": "job.cancel"}
-    ).json()
+    audit = (
+        live.session("admin")
+        .get(f"{live.url}/api/v1/audit", params={"action": "job.cancel"})
+        .json()
+    )
     assert audit[0]["target"] == f"job:{job['id']}"
     assert audit[0]["details"]["reason"] == "host died"
 
