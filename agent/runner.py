@@ -47,6 +47,8 @@ class Runner:
         self.journal = Journal(config.journal_file)
         self.sleep = sleep
         self._last_heartbeat = 0.0
+        # Whether the job of the step reported last is still active (_send).
+        self.job_active = False
 
     # -- heartbeats -------------------------------------------------------------------
 
@@ -66,7 +68,12 @@ class Runner:
     def _send(self, step_id: int, body: dict[str, Any]) -> Optional[dict[str, Any]]:
         """Send a report; None when the server says the step is finished otherwise."""
         try:
-            return self.client.report(step_id, body)
+            answer = self.client.report(step_id, body)
+            # The job's state after this report: whether the job may hand this node
+            # another step (an HA group's members take turns) or has ended.
+            job = (answer or {}).get("job") if isinstance(answer, dict) else None
+            self.job_active = isinstance(job, dict) and job.get("state") in ("queued", "running")
+            return answer
         except StepFinished as exc:
             log.warning("step %s: %s", step_id, exc)
             return None
@@ -207,27 +214,30 @@ class Runner:
     def run_forever(self, should_stop: Callable[[], bool] = lambda: False) -> None:
         self.flush_pending()
         self.heartbeat()
-        # in_job: this agent ran a step of a job that may hand it another soon (an HA
-        # group's members take turns); just_ran: that step has just ended.
+        # in_job: the job of the step this agent ran last is still active and may hand it
+        # another soon (an HA group's members take turns); just_ran: that step has just
+        # ended.
         in_job = just_ran = False
         while not should_stop():
             try:
-                if not in_job:
-                    self.heartbeat_if_due()
-                # Right after a step, ask for the next one without waiting; while in a job,
-                # keep listening rather than collect the inventory (about a second in which
-                # a step handed to this node would wait): it is sent once a whole wait
-                # brought nothing.
+                self.heartbeat_if_due()
+                # Right after a step, ask for the next one without waiting. While the job
+                # goes on, keep listening rather than collect the inventory at once (about
+                # a second in which a step handed to this node would wait); once it has
+                # ended, report the node as it is now.
                 step = self.client.next_step(0 if just_ran else self.config.poll_wait)
                 if step is not None:
+                    self.job_active = False
                     self.execute(step)
-                    in_job = just_ran = True
+                    just_ran, in_job = True, self.job_active
                     continue
                 if just_ran:
                     just_ran = False
+                    if not in_job:
+                        self.heartbeat()  # the job is done: the node as it is now
                     continue
                 if in_job:
-                    self.heartbeat()  # the job is done: report the node as it is now
+                    self.heartbeat()  # a whole wait brought nothing
                     in_job = False
                 elif self.client.retry_after:
                     # The server had no place for this poll to wait: come back when it said,

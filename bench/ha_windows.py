@@ -308,9 +308,10 @@ def wait_ha(host: Host, ok: Callable[[str], bool], what: str, timeout: float = 1
 def start_agents(
     api: Api, work: Path, group: str, members: list[Member], cleanup: list[Callable[[], None]]
 ) -> None:
-    """A node, `nso-agent enroll` and `nso-agent run` per member (1 s long-poll wait, a
-    heartbeat a second as the e2e tests use), then the group registered once the primary's
-    heartbeat lists its secondary."""
+    """A node, `nso-agent enroll` and `nso-agent run` per member (1 s long-poll wait, the
+    default heartbeat interval of 60 s: an agent collecting its inventory every second
+    would not be the agent operators run), then the group registered once the primary's
+    heartbeat lists its secondary (the one an agent sends when it starts)."""
     for m in members:
         m.node = f"{group}-{m.ha_id}"
         added = api.call("POST", "/api/v1/nodes", {"name": m.node})
@@ -318,7 +319,7 @@ def start_agents(
         conf.write_text(
             f"[host]\nroot = {m.host.root}\n[cli]\nhost = {m.host.address}\n"
             f"port = {m.host.cli_port}\nuser = admin\npassword = admin\n"
-            "[agent]\npoll_wait = 1\nheartbeat_interval = 1\n"
+            "[agent]\npoll_wait = 1\nheartbeat_interval = 60\n"
         )
         agent_cmd = [sys.executable, "-m", "agent", "--config", str(conf)]
         run_checked(

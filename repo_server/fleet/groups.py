@@ -212,9 +212,17 @@ def heartbeat_problems(group: HaGroup) -> list[str]:
                 f"nominal {member.nominal_role}: bring the cluster back to its nominal roles "
                 "first, or describe it as it is"
             )
-        if ha.get("current_id") not in (None, member.ha_id):
+        if ha.get("current_id") != member.ha_id:
             problems.append(
                 f"{node.name} is HA node {ha.get('current_id')!r}, not {member.ha_id!r}"
+            )
+        primary_id = ha.get("primary_id")
+        if member is not group.primary and primary_id not in (None, group.primary.ha_id):
+            # Another cluster's node with the same HA id: the primary's list of connected
+            # ids would not tell them apart.
+            problems.append(
+                f"{node.name} is a secondary of HA node {primary_id!r}, not of the group's "
+                f"primary {group.primary.ha_id!r}: it belongs to another cluster"
             )
     primary = group.primary
     connected = ha_of.get(primary.node.name, {}).get("connected_secondaries")

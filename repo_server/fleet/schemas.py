@@ -105,6 +105,8 @@ class InventoryHaSchema(_Open):
     read_only = _Flag()
     assigned_role = _text(32, allow_none=True)
     connected_secondaries = _list(_text(255), 64)
+    primary_id = _text(255, allow_none=True)
+    be_secondary_result = _text(512, allow_none=True)
 
 
 class InventorySchema(_Open):

@@ -135,17 +135,23 @@ def ha_upgrade_steps(
     with plan.together():
         for member in members:
             plan.add(member, own(member, "prestage"), "0 pre-stage")
-    plan.add(
-        primary,
-        _ha(
-            "ha_check",
-            "the cluster is whole: primary with every secondary connected, not read-only",
-            mode="primary",
-            ha_id=primary.ha_id,
-            secondaries=[m.ha_id for m in members if m is not primary],
-        ),
-        "0 pre-stage",
-    )
+    # Every member in the role the group gives it, the primary with every secondary
+    # connected, none read-only: checked on the members themselves, at once.
+    with plan.together():
+        for member in members:
+            plan.add(
+                member,
+                _ha(
+                    "ha_check",
+                    "the cluster is whole: primary with every secondary connected, not read-only"
+                    if member is primary
+                    else "secondary of the primary, not read-only",
+                    mode=member.nominal_role,
+                    ha_id=member.ha_id,
+                    secondaries=[m.ha_id for m in members[1:]] if member is primary else [],
+                ),
+                "0 pre-stage",
+            )
     # 1. Read-only on the designated primary, then on the failover secondary.
     plan.add(
         primary,
@@ -210,9 +216,14 @@ def ha_upgrade_steps(
         ),
         "7 primary role",
     )
-    # 8-9. Upgrade the failover secondary and let it join.
-    switch_over(failover, "8 upgrade secondary", compact=False)
-    rejoin(failover, "9 secondary back")
+    # 8-9, 11. Upgrade the secondaries and let them join: the failover secondary and the
+    #    third nodes at once (each is stopped, and each joins the upgraded primary).
+    with plan.together():
+        switch_over(failover, "8 upgrade secondary", compact=False)
+        rejoin(failover, "9 secondary back")
+        for member in others:
+            switch_over(member, "11 third node", compact=False)
+            rejoin(member, "11 third node")
     plan.add(
         primary,
         _ha(
@@ -224,31 +235,37 @@ def ha_upgrade_steps(
         "9 secondary back",
         mark="protected",
     )
+    if others:
+        plan.add(
+            primary,
+            _ha(
+                "ha_wait_secondaries",
+                "every secondary connected",
+                secondaries=[m.ha_id for m in members[1:]],
+                timeout=HA_TIMEOUT,
+            ),
+            "11 third node",
+        )
 
-    def verify(
-        member: HaGroupMember, joined: list[HaGroupMember], compare: bool, stage: str
-    ) -> None:
+    # 10. Verify every member. The data is compared only while no member takes writes
+    #     (``safe``: before the primary leaves read-only mode): under writes two members
+    #     never show the same data at the same moment, so the comparison would prove nothing.
+    for member in members:
         plan.add(
             member,
             _ha(
                 "ha_verify",
                 "mode, role, version and packages"
-                + (", and the data the same as the primary's" if compare else ""),
+                + (", and the data the same as the primary's" if safe else ""),
                 mode=member.nominal_role,
                 ha_id=member.ha_id,
-                secondaries=[m.ha_id for m in joined] if member is primary else [],
+                secondaries=[m.ha_id for m in members[1:]] if member is primary else [],
                 target_version=target,
                 packages=own(member, "verify").params["packages"],
-                compare_data=compare,
+                compare_data=safe,
             ),
-            stage,
+            "10 verify",
         )
-
-    # 10. Verify. The data is compared only while no member takes writes (``safe``: before
-    #     the primary leaves read-only mode): under writes two members never show the same
-    #     data at the same moment, so the comparison would prove nothing.
-    verify(primary, [failover], safe, "10 verify")
-    verify(failover, [failover], safe, "10 verify")
     if safe:
         plan.add(
             primary,
@@ -256,21 +273,4 @@ def ha_upgrade_steps(
             "10 verify",
             mark="writes_resume",
         )
-    # 11. The third node: upgraded, back, verified.
-    for member in others:
-        switch_over(member, "11 third node", compact=False)
-        rejoin(member, "11 third node")
-    if others:
-        plan.add(
-            primary,
-            _ha(
-                "ha_wait_secondaries",
-                "every secondary connected",
-                secondaries=[m.ha_id for m in members if m is not primary],
-                timeout=HA_TIMEOUT,
-            ),
-            "11 third node",
-        )
-        for member in [primary, *others]:
-            verify(member, members[1:], False, "11 third node")
     return plan

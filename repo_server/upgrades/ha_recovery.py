@@ -22,9 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from repo_server.upgrades import plans, results
+from repo_server.upgrades import ha_state, plans, results
 from repo_server.upgrades.ha_plan import HA_TIMEOUT, secondary_start
-from repo_server.upgrades.job_states import STEP_FINISHED
 from repo_server.upgrades.models import Job, Step
 from repo_server.upgrades.plans import StepSpec
 from repo_server.upgrades.step_payloads import node_context
@@ -78,6 +77,14 @@ def _done(job: Job, node_id: int, name: str) -> bool:
     )
 
 
+def _started_read_only(job: Job, node_id: int) -> bool:
+    return any(
+        s.node_id == node_id and s.name == "start" and s.params.get("read_only") is True
+        for s in _planned(job)
+        if s.attempt > 0
+    )
+
+
 def _ha(name: str, title: str, **params: Any) -> StepSpec:
     return StepSpec(name, params, title)
 
@@ -112,7 +119,8 @@ def way_back(job: Job, failed: Step) -> WayBack:
     cause = f"{failed.name} failed on {failed.node.name}: {failed.message or 'no message'}"
     if failed.seq > int(job.plan.get("step_count") or 0):
         return WayBack(
-            "needs_attention", f"{cause} (while putting the group back); " + state_of(job, roles)
+            "needs_attention",
+            f"{cause} (while putting the group back); " + ha_state.describe(job),
         )
     p = roles.primary
     if not _handed(job, p, "ha_read_only"):
@@ -154,6 +162,9 @@ def way_back(job: Job, failed: Step) -> WayBack:
                     job.source_version or "",
                     job.target_version or "",
                     target_started=_handed(job, p, "start"),
+                    # A start under ``safe`` set read-only mode before NSO could take a
+                    # write: an NSO it left running holds nothing a restore would lose.
+                    discard_writes=_started_read_only(job, p),
                 ),
             )
         )
@@ -171,76 +182,17 @@ def way_back(job: Job, failed: Step) -> WayBack:
             "the secondaries rejoin it",
             steps,
         )
-    return WayBack("needs_attention", f"{cause}; " + state_of(job, roles))
+    return WayBack(
+        "needs_attention",
+        f"{cause}; the job did not put the old release back: the secondaries cannot rejoin "
+        f"it, and {roles.names[p]} may have taken writes since NSO "
+        f"{job.target_version} started on it. " + ha_state.describe(job),
+    )
 
 
 def primary_ran_target(job: Job) -> bool:
     """The new release reached "started" on the primary."""
     return _done(job, int(job.options["primary"]), "start")
-
-
-def state_of(job: Job, roles: Roles) -> str:
-    """The group's state after the new release ran on the primary, member by member, with
-    the commands that finish the upgrade by hand."""
-    target, source = job.target_version, job.source_version
-    p = roles.names[roles.primary]
-    read_only = job.options.get("write_policy") == "safe" and not _done_read_only_off(job, roles)
-    parts = [
-        f"the group is on mixed versions: {p} runs NSO {target} as primary, "
-        + (
-            "read-only (no member takes writes)"
-            if read_only
-            else "taking writes with no secondary behind it"
-        )
-    ]
-    todo = []
-    for node_id in roles.secondaries:
-        name = roles.names[node_id]
-        if _done(job, node_id, "ha_enable") or _done(job, node_id, "ha_verify"):
-            parts.append(f"{name} runs {target} and has joined")
-            continue
-        switched = _done(job, node_id, "switch_current")
-        parts.append(
-            f"{name} is stopped"
-            + (f", switched to {target}" if switched else f", still on {source}")
-            + (f", at step {_last(job, node_id)}" if _last(job, node_id) else "")
-        )
-        todo.append(
-            f"on {name}: fix the cause, point /opt/ncs/current at ncs-{target} with the "
-            f"{target} package builds linked in /var/opt/ncs/packages (the job staged them), "
-            "start NSO with package reload, then 'high-availability enable'"
-        )
-    if read_only:
-        todo.append(
-            f"on {p}, once 'show high-availability' lists the secondaries: "
-            "'high-availability read-only mode false'"
-        )
-    return (
-        "; ".join(parts)
-        + ". The job did not put the old release back: the secondaries cannot rejoin it, and "
-        f"{p} may have taken writes since it started. To finish by hand: "
-        + "; ".join(todo or ["check each member with 'show high-availability'"])
-    )
-
-
-def _done_read_only_off(job: Job, roles: Roles) -> bool:
-    return any(
-        s.node_id == roles.primary
-        and s.name == "ha_read_only"
-        and s.params.get("mode") is False
-        and s.state == "succeeded"
-        for s in job.steps
-    )
-
-
-def _last(job: Job, node_id: int) -> Optional[str]:
-    mine = [
-        s for s in _planned(job) if s.node_id == node_id and s.state not in ("pending", "skipped")
-    ]
-    if not mine:
-        return None
-    last = mine[-1]
-    return f"{last.name} ({last.state})" if last.state in STEP_FINISHED else last.name
 
 
 def data_differs(job: Job, step: Step, result: dict[str, Any]) -> Optional[str]:

@@ -8,9 +8,11 @@
   to the end of the step that saw the failover secondary connected (``protected``), when
   writes resumed first.
 
-Times are the server's, when each step's report arrived: one clock for the whole group.
-A window still open is measured to now; a job that ended on the way back closes it where
-it ended.
+Times are the server's, when each step's report arrived: one clock for the whole group
+(so a window opened by NSO a moment before the step's report is counted from the report).
+A window still open is measured to now; on the way back, writes resume when the primary is
+recovered or leaves read-only mode; a job that ended ``needs_attention`` leaves its open
+windows open.
 """
 
 from __future__ import annotations
@@ -30,15 +32,31 @@ def _ended(job: Job, mark: str) -> Optional[datetime]:
     return step.finished_at
 
 
+def _writes_back(job: Job) -> Optional[datetime]:
+    """When the way back let the primary take writes again: its recovery (read-only mode
+    does not survive a restart) or read-only mode off."""
+    planned = int(job.plan.get("step_count") or 0)
+    primary = int(job.options.get("primary") or 0)
+    for step in job.steps:
+        if step.seq <= planned or step.node_id != primary or step.state != "succeeded":
+            continue
+        if step.name == "recover" or (
+            step.name == "ha_read_only" and step.params.get("mode") is False
+        ):
+            return step.finished_at
+    return None
+
+
 def windows(job: Job) -> Optional[dict[str, Any]]:
     """``write_unavailable_s``, ``unprotected_s`` (None until the window opened) and whether
-    each is still ``open``; None for a job that is not an HA group upgrade."""
+    each is still ``open``; None for a job that is not an HA group upgrade. A job that
+    ended ``needs_attention`` leaves the group as it is: its open windows stay open."""
     if job.kind != "ha_upgrade":
         return None
-    stop, resume, protected = (
-        _ended(job, m) for m in ("writes_stop", "writes_resume", "protected")
-    )
-    end = job.finished_at or utcnow()
+    stop, protected = _ended(job, "writes_stop"), _ended(job, "protected")
+    resume = _ended(job, "writes_resume") or _writes_back(job)
+    ongoing = job.finished_at is None or job.outcome == "needs_attention"
+    end = utcnow() if ongoing else job.finished_at or utcnow()
     answer: dict[str, Any] = {
         "write_policy": job.options.get("write_policy"),
         "write_unavailable_s": None,
@@ -49,14 +67,14 @@ def windows(job: Job) -> Optional[dict[str, Any]]:
     if stop is not None:
         until = resume or end
         answer["write_unavailable_s"] = round(max(0.0, (until - stop).total_seconds()), 3)
-        answer["write_unavailable_open"] = resume is None and job.finished_at is None
+        answer["write_unavailable_open"] = resume is None and ongoing
     if resume is not None:
         if protected is not None and protected <= resume:
             answer["unprotected_s"] = 0.0
         else:
             until = protected or end
             answer["unprotected_s"] = round(max(0.0, (until - resume).total_seconds()), 3)
-            answer["unprotected_open"] = protected is None and job.finished_at is None
+            answer["unprotected_open"] = protected is None and ongoing
     elif stop is not None:
         answer["unprotected_s"] = 0.0
     return answer

@@ -34,7 +34,7 @@ from repo_server.fleet.groups import group_of
 from repo_server.fleet.models import Node
 from repo_server.fleet.notify import Notifier, announce
 from repo_server.fleet.service import get_node, lock_node
-from repo_server.upgrades import ha_recovery, plans, preflight, results
+from repo_server.upgrades import ha_recovery, ha_state, plans, preflight, results
 from repo_server.upgrades.job_states import (
     STEP_FINISHED,
     STEP_HANDED_OUT,
@@ -302,8 +302,8 @@ class JobService:
             if changed
             else "it had changed nothing on any node"
         )
-        if job.kind == "ha_upgrade" and ha_recovery.primary_ran_target(job):
-            what += "; " + ha_recovery.state_of(job, ha_recovery.Roles.of(job))
+        if job.kind == "ha_upgrade" and changed:
+            what += "; " + ha_state.describe(job)
         job.error = (
             f"{job.error + '; ' if job.error else ''}cancelled by {who.actor}: {reason}; {what}"
         )
@@ -598,25 +598,33 @@ class JobService:
         """An HA group upgrade's step failed: the way back from where it failed
         (ha_recovery.py), run by the members' agents, or the end of the job."""
         planned = int(job.plan.get("step_count") or 0)
-        if len(job.steps) > planned and step.seq <= planned:
-            # A step of the same batch failed after another one did: the way back is on
-            # its way already, planned from the first failure.
-            job.error = f"{job.error + '; ' if job.error else ''}{step.name} failed on {step.node.name} too: {step.message or 'no message'}"
+        if job.plan.get("way_back") and step.seq <= planned:
+            # A step of the same batch failed after another one did: the way back was
+            # planned from the first failure, which it follows.
+            job.error = (
+                f"{job.error + '; ' if job.error else ''}{step.name} failed on "
+                f"{step.node.name} too: {step.message or 'no message'}"
+            )
+            if all(s.state in STEP_FINISHED for s in job.steps):
+                self._finish(job, now)
             return
         back = ha_recovery.way_back(job, step)
         self._skip_pending(job)
         job.error = f"{job.error + '; ' if job.error else ''}{back.error}"
-        if back.steps:
-            for node_id, spec in back.steps:
-                job.steps.append(
-                    Step(
-                        seq=len(job.steps) + 1,
-                        node_id=node_id,
-                        name=spec.name,
-                        params=spec.params,
-                        message=spec.title,
-                    )
+        job.plan = {**job.plan, "way_back": back.outcome}
+        for node_id, spec in back.steps:
+            job.steps.append(
+                Step(
+                    seq=len(job.steps) + 1,
+                    node_id=node_id,
+                    name=spec.name,
+                    params=spec.params,
+                    message=spec.title,
                 )
+            )
+        if back.steps or any(s.state in STEP_HANDED_OUT for s in job.steps):
+            # The way back runs, or a member of the failed step's batch is still at work:
+            # the job ends when the last of them reports (_finish).
             return
         transition(job, "failed")
         job.outcome = back.outcome
@@ -651,7 +659,8 @@ class JobService:
         job.finished_at = now
         if job.error:  # recovery ran: the node is back where it was, the upgrade did not happen
             transition(job, "failed")
-            job.outcome = "rolled_back"
+            # An HA upgrade's way back says what it leads to (ha_recovery.WayBack).
+            job.outcome = job.plan.get("way_back") or "rolled_back"
         else:
             transition(job, "succeeded")
 

@@ -126,7 +126,7 @@ def test_a_secondary_that_fails_to_start_leaves_the_job_saying_what_to_do(group_
     assert (job["state"], job["outcome"]) == ("failed", "needs_attention"), job["error"]
     error = job["error"]
     assert f"{primary.name} runs NSO 6.2 as primary, read-only" in error
-    assert f"{secondary.name} is stopped, switched to 6.2" in error
+    assert f"{secondary.name} is stopped, on NSO 6.2" in error
     assert "high-availability read-only mode false" in error  # the command to finish by hand
     # Safe policy: nothing took writes without a secondary; the primary is still read-only.
     assert job["windows"]["unprotected_s"] is None or job["windows"]["unprotected_s"] == 0
