@@ -15,7 +15,7 @@ from nso_sim.layout import HostConfig, HostLayout, hash_password
 from nso_sim.package_meta import PackageInfo, read_package
 
 # INVENTED default, so that hosts made alike form a cluster as Cisco's examples configure it.
-DEFAULT_HA_TOKEN = "nso-sim-ha-token"
+DEFAULT_HA_TOKEN = "nso-sim-ha-token"  # nosec B105 # a simulated cluster's shared HA token, no secret
 
 
 @dataclass
