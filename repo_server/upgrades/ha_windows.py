@@ -32,19 +32,32 @@ def _ended(job: Job, mark: str) -> Optional[datetime]:
     return step.finished_at
 
 
-def _writes_back(job: Job) -> Optional[datetime]:
-    """When the way back let the primary take writes again: its recovery (read-only mode
-    does not survive a restart) or read-only mode off."""
+def _way_back(job: Job) -> tuple[Optional[datetime], Optional[datetime]]:
+    """When the way back let the primary take writes again (its recovery: read-only mode
+    does not survive a restart; or read-only mode off), and when a secondary was behind
+    it again: at once if the primary never stopped (its secondaries never left it), else
+    when it saw them rejoin."""
     planned = int(job.plan.get("step_count") or 0)
     primary = int(job.options.get("primary") or 0)
+    stopped = any(
+        s.node_id == primary and s.name == "stop" and s.attempt > 0
+        for s in job.steps
+        if s.seq <= planned
+    )
+    resume = protected = None
     for step in job.steps:
         if step.seq <= planned or step.node_id != primary or step.state != "succeeded":
             continue
-        if step.name == "recover" or (
-            step.name == "ha_read_only" and step.params.get("mode") is False
+        if resume is None and (
+            step.name == "recover"
+            or (step.name == "ha_read_only" and step.params.get("mode") is False)
         ):
-            return step.finished_at
-    return None
+            resume = step.finished_at
+            if not stopped:
+                protected = resume
+        elif resume is not None and protected is None and step.name == "ha_wait_secondaries":
+            protected = step.finished_at
+    return resume, protected
 
 
 def windows(job: Job) -> Optional[dict[str, Any]]:
@@ -54,7 +67,9 @@ def windows(job: Job) -> Optional[dict[str, Any]]:
     if job.kind != "ha_upgrade":
         return None
     stop, protected = _ended(job, "writes_stop"), _ended(job, "protected")
-    resume = _ended(job, "writes_resume") or _writes_back(job)
+    resume = _ended(job, "writes_resume")
+    if resume is None:
+        resume, protected = _way_back(job)
     ongoing = job.finished_at is None or job.outcome == "needs_attention"
     end = utcnow() if ongoing else job.finished_at or utcnow()
     answer: dict[str, Any] = {

@@ -77,6 +77,10 @@ def test_a_failed_backup_puts_the_group_back_as_it_was(group_of, builds):
     ]
     assert_group_on(group, "6.1", builds)
     assert read_only(group.nodes[1]) is False
+    # The primary never left its secondaries: writes resumed with them behind it.
+    windows = job["windows"]
+    assert windows["write_unavailable_s"] > 0 and windows["unprotected_s"] == 0
+    assert not windows["write_unavailable_open"] and not windows["unprotected_open"]
 
 
 @pytest.mark.parametrize("policy", ["safe", "available"])
@@ -110,6 +114,10 @@ def test_a_primary_that_fails_to_start_is_recovered_and_the_secondary_rejoins(
     ], back
     assert_group_on(group, "6.1", builds)
     assert len(writer.acknowledged) >= 10
+    # The recovered primary took writes before its secondary rejoined: counted, and closed.
+    windows = job["windows"]
+    assert windows["unprotected_s"] > 0 and not windows["unprotected_open"]
+    assert not windows["write_unavailable_open"]
 
 
 def test_a_secondary_that_fails_to_start_leaves_the_job_saying_what_to_do(group_of, builds):
