@@ -17,7 +17,13 @@ from agent.fsutil import write_atomic
 from agent.nso import STARTED, STOPPED
 from agent.steps.context import StepContext
 from agent.steps.package_links import EXTRA_DIR, restore_package_links
-from agent.steps.shared import check_version, job_dir, switch_current_to, wait_started_or_start
+from agent.steps.shared import (
+    check_version,
+    job_dir,
+    start_read_only,
+    switch_current_to,
+    wait_started_or_start,
+)
 
 
 def recover(ctx: StepContext) -> dict[str, Any]:
@@ -109,7 +115,12 @@ def recover(ctx: StepContext) -> dict[str, Any]:
         restore_package_links(ctx, extra)
         mark("links")
     ctx.progress(80, f"starting NSO {source}")
-    wait_started_or_start(ctx, reload=False)
+    if trust.flag(ctx.params, "read_only", default=False):
+        # An HA primary put back while its secondaries are away: no write before they
+        # rejoin (the server turns read-only off then).
+        start_read_only(ctx, reload=False)
+    else:
+        wait_started_or_start(ctx, reload=False)
     check_version(ctx, source)
     check_running(ctx, source)
     return {"rolled_back": True, "version": source, "replaced_data": sorted(set(replaced))}

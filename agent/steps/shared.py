@@ -82,6 +82,21 @@ def wait_started_or_start(ctx: StepContext, reload: bool) -> None:
     ctx.nso.start(reload=reload, timeout=timeout)
 
 
+def start_read_only(ctx: StepContext, reload: bool) -> bool:
+    """Start NSO through its phases with read-only mode set in phase1 (an HA member that
+    must take no write yet); True once read-only mode is confirmed over the CLI."""
+    if ctx.nso.state() == STARTED:
+        ctx.log(
+            "NSO was started already, not through this step's phases: read-only mode is "
+            "checked over the CLI, and set if it is off (writes before that were accepted)"
+        )
+    else:
+        ctx.progress(10, "starting NSO in phases: read-only before phase2")
+        if not ctx.nso.start_read_only(reload=reload, timeout=ctx.start_timeout()):
+            ctx.log("NSO reached started before phase1 was seen: read-only mode set over the CLI")
+    return ctx.nso.ensure_ha_read_only(True)
+
+
 def check_packages(ctx: StepContext, expected: list[tuple[str, str]]) -> list[str]:
     """Problems with the loaded packages: each expected one up at its version."""
     problems = []

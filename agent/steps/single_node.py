@@ -31,6 +31,7 @@ from agent.steps.shared import (
     check_version,
     job_dir,
     stage_package,
+    start_read_only,
     switch_current_to,
     wait_started_or_start,
 )
@@ -264,16 +265,7 @@ def _start_read_only(ctx: StepContext) -> dict[str, Any]:
     """``start`` of an HA member under the "safe" write policy: NSO started through its
     phases, read-only mode set in phase1, so it takes no write before its secondary is back
     (docs/agent-protocol.md, "HA steps")."""
-    if ctx.nso.state() == STARTED:
-        ctx.log(
-            "NSO was started already, not through this step's phases: read-only mode is "
-            "checked over the CLI, and set if it is off (writes before that were accepted)"
-        )
-    else:
-        ctx.progress(10, "starting NSO with package reload, in phases: read-only before phase2")
-        if not ctx.nso.start_read_only(reload=True, timeout=ctx.start_timeout()):
-            ctx.log("NSO reached started before phase1 was seen: read-only mode set over the CLI")
-    return {"nso_status": STARTED, "read_only": ctx.nso.ensure_ha_read_only(True)}
+    return {"nso_status": STARTED, "read_only": start_read_only(ctx, reload=True)}
 
 
 def verify(ctx: StepContext) -> dict[str, Any]:

@@ -154,20 +154,18 @@ def way_back(job: Job, failed: Step) -> WayBack:
             steps.append(
                 (roles.failover, StepSpec("stop", {}, "stop NSO so the primary takes its role"))
             )
-        steps.append(
-            (
-                p,
-                plans.recover_step(
-                    context,
-                    job.source_version or "",
-                    job.target_version or "",
-                    target_started=_handed(job, p, "start"),
-                    # A start under ``safe`` set read-only mode before NSO could take a
-                    # write: an NSO it left running holds nothing a restore would lose.
-                    discard_writes=_started_read_only(job, p),
-                ),
-            )
+        recover = plans.recover_step(
+            context,
+            job.source_version or "",
+            job.target_version or "",
+            target_started=_handed(job, p, "start"),
+            # A start under ``safe`` set read-only mode before NSO could take a write: an
+            # NSO it left running holds nothing a restore would lose.
+            discard_writes=_started_read_only(job, p),
         )
+        # Back on the old release read-only: no write until its secondaries have rejoined.
+        recover.params["read_only"] = True
+        steps.append((p, recover))
         steps.append(
             (p, _ha("ha_enable", "take the primary role", mode="primary", timeout=HA_TIMEOUT))
         )

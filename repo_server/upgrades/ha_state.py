@@ -56,7 +56,8 @@ def _apply(state: Member, step: Step, source: str, target: str) -> None:
     if name == "switch_current":
         state.release = target
     elif name == "recover":
-        state.release, state.running, state.read_only, state.role = source, True, False, "none"
+        state.release, state.running, state.role = source, True, "none"
+        state.read_only = params.get("read_only") is True
     elif name == "stop":
         state.running = False
     elif name == "start":

@@ -33,10 +33,9 @@ def _ended(job: Job, mark: str) -> Optional[datetime]:
 
 
 def _way_back(job: Job) -> tuple[Optional[datetime], Optional[datetime]]:
-    """When the way back let the primary take writes again (its recovery: read-only mode
-    does not survive a restart; or read-only mode off), and when a secondary was behind
-    it again: at once if the primary never stopped (its secondaries never left it), else
-    when it saw them rejoin."""
+    """When the way back let the primary take writes again (read-only mode off), and when
+    a secondary was behind it again: at once if the primary never stopped (its secondaries
+    never left it), else when it saw them rejoin."""
     planned = int(job.plan.get("step_count") or 0)
     primary = int(job.options.get("primary") or 0)
     stopped = any(
@@ -48,10 +47,9 @@ def _way_back(job: Job) -> tuple[Optional[datetime], Optional[datetime]]:
     for step in job.steps:
         if step.seq <= planned or step.node_id != primary or step.state != "succeeded":
             continue
-        if resume is None and (
-            step.name == "recover"
-            or (step.name == "ha_read_only" and step.params.get("mode") is False)
-        ):
+        # A recovered primary starts read-only (ha_recovery.py): read-only off lets
+        # writes in, on either way back.
+        if resume is None and step.name == "ha_read_only" and step.params.get("mode") is False:
             resume = step.finished_at
             if not stopped:
                 protected = resume

@@ -114,10 +114,11 @@ def test_a_primary_that_fails_to_start_is_recovered_and_the_secondary_rejoins(
     ], back
     assert_group_on(group, "6.1", builds)
     assert len(writer.acknowledged) >= 10
-    # The recovered primary took writes before its secondary rejoined: counted, and closed.
+    # The primary came back read-only and took writes only once its secondary had rejoined.
     windows = job["windows"]
-    assert windows["unprotected_s"] > 0 and not windows["unprotected_open"]
-    assert not windows["write_unavailable_open"]
+    assert windows["unprotected_s"] == 0 and not windows["write_unavailable_open"]
+    recovered = next(s for s in job["steps"] if s["name"] == "recover")
+    assert recovered["node"] == primary.name and recovered["state"] == "succeeded"
 
 
 def test_a_secondary_that_fails_to_start_leaves_the_job_saying_what_to_do(group_of, builds):
