@@ -13,7 +13,6 @@ from repo_server.context import db_session, principal, require, state
 from repo_server.fleet import groups
 from repo_server.upgrades.ha_jobs import GroupUpgrades
 from repo_server.upgrades.jobs import JobService
-from repo_server.upgrades.preflight import UpgradeOptions
 from repo_server.upgrades.schemas import (
     GroupCreateSchema,
     GroupPlanSchema,
@@ -21,6 +20,7 @@ from repo_server.upgrades.schemas import (
     GroupUpgradeArgs,
     JobSchema,
 )
+from repo_server.upgrades.views import upgrade_options
 
 blp = Blueprint(
     "groups", __name__, url_prefix="/api/v1", description="HA groups and their upgrades"
@@ -29,13 +29,6 @@ blp = Blueprint(
 
 def _group_upgrades() -> GroupUpgrades:
     return GroupUpgrades(JobService(db_session(), state().notifier))
-
-
-def _options(args: dict[str, Any]) -> UpgradeOptions:
-    return UpgradeOptions(
-        allow_extra_packages=args["allow_extra_packages"],
-        strip_removed_ncs_conf=args["strip_removed_ncs_conf"],
-    )
 
 
 @blp.route("/groups")
@@ -86,7 +79,7 @@ class GroupItem(MethodView):
 @blp.response(200, GroupPlanSchema)
 def group_plan(args: dict[str, Any], name: str) -> Any:
     """Every stage on every member of the group's upgrade, with each member's preflight."""
-    planned = _group_upgrades().plan(name, args["to"], args["write_policy"], _options(args))
+    planned = _group_upgrades().plan(name, args["to"], args["write_policy"], upgrade_options(args))
     return planned.as_dict()
 
 
@@ -98,6 +91,6 @@ def group_plan(args: dict[str, Any], name: str) -> Any:
 def group_upgrade(args: dict[str, Any], name: str) -> Any:
     """Start the HA-coordinated upgrade of the group; 422 preflight_failed with every reason."""
     job = _group_upgrades().start(
-        name, args["to"], args["write_policy"], _options(args), principal()
+        name, args["to"], args["write_policy"], upgrade_options(args), principal()
     )
     return job, 202, {"Location": f"/api/v1/jobs/{job.id}"}

@@ -61,7 +61,7 @@ class GroupPlan:
                 }
                 for i, s in enumerate(self.plan.steps, start=1)
             ],
-            "marks": {k: v + 1 for k, v in self.plan.marks.items()},
+            "marks": self.plan.marks_by_seq,
         }
 
 
@@ -149,7 +149,7 @@ class GroupUpgrades:
             plan={
                 "group": group.name,
                 "members": [verdict_dict(v) for v in planned.verdicts],
-                "marks": {k: v + 1 for k, v in planned.plan.marks.items()},
+                "marks": planned.plan.marks_by_seq,
                 "step_count": len(planned.plan.steps),
             },
             created_by=who.actor,

@@ -59,6 +59,11 @@ class HaPlan:
             self.marks[mark] = len(self.steps)
         self.steps.append(HaStep(member, spec, stage, self._batch))
 
+    @property
+    def marks_by_seq(self) -> dict[str, int]:
+        """The marks as the job's step ``seq`` numbers (from 1)."""
+        return {mark: index + 1 for mark, index in self.marks.items()}
+
     @contextmanager
     def together(self) -> Iterator[None]:
         """The steps added inside run at the same time on their members (each member's in
@@ -71,17 +76,32 @@ class HaPlan:
             self._batch = None
 
 
-def _ha(name: str, title: str, **params: Any) -> StepSpec:
+def ha_step(name: str, title: str, **params: Any) -> StepSpec:
     return StepSpec(name, params, title)
 
 
-def secondary_start(start: StepSpec) -> StepSpec:
-    """A secondary's start: read-only before anything can write to it (NSO's start phases)."""
-    return StepSpec(
-        "start",
-        {**start.params, "read_only": True},
-        "start NSO with package reload, read-only until it has joined",
-    )
+def rejoin_steps(start: StepSpec) -> list[StepSpec]:
+    """Start a secondary read-only, let it join, then clear read-only mode: a secondary
+    that cannot join (its link down, the primary away) would otherwise take writes as a
+    standalone node, writes lost when it joins and takes the primary's copy. Joined, it
+    refuses writes as a secondary. ``start``: its start step (NSO's start phases make it
+    read-only before anything can write to it)."""
+    return [
+        StepSpec(
+            "start",
+            {**start.params, "read_only": True},
+            "start NSO with package reload, read-only until it has joined",
+        ),
+        ha_step(
+            "ha_enable",
+            "join the primary (high-availability enable)",
+            mode="secondary",
+            timeout=HA_TIMEOUT,
+        ),
+        ha_step(
+            "ha_read_only", "read-only mode off (a joined secondary refuses writes)", mode=False
+        ),
+    ]
 
 
 def ha_upgrade_steps(
@@ -101,28 +121,8 @@ def ha_upgrade_steps(
         return single[member.node_id][name]
 
     def rejoin(member: HaGroupMember, stage: str) -> None:
-        """Start a secondary read-only, let it join, then clear read-only mode: a
-        secondary that cannot join (its link down, the primary away) would otherwise
-        take writes as a standalone node, writes lost when it joins and takes the
-        primary's copy. Joined, it refuses writes as a secondary."""
-        plan.add(member, secondary_start(own(member, "start")), stage)
-        plan.add(
-            member,
-            _ha(
-                "ha_enable",
-                "join the primary (high-availability enable)",
-                mode="secondary",
-                timeout=HA_TIMEOUT,
-            ),
-            stage,
-        )
-        plan.add(
-            member,
-            _ha(
-                "ha_read_only", "read-only mode off (a joined secondary refuses writes)", mode=False
-            ),
-            stage,
-        )
+        for spec in rejoin_steps(own(member, "start")):
+            plan.add(member, spec, stage)
 
     def switch_over(member: HaGroupMember, stage: str, compact: bool) -> None:
         """restore point, (compact), current, ncs.conf, package links: the node is stopped."""
@@ -141,7 +141,7 @@ def ha_upgrade_steps(
         for member in members:
             plan.add(
                 member,
-                _ha(
+                ha_step(
                     "ha_check",
                     "the cluster is whole: primary with every secondary connected, not read-only"
                     if member is primary
@@ -155,13 +155,13 @@ def ha_upgrade_steps(
     # 1. Read-only on the designated primary, then on the failover secondary.
     plan.add(
         primary,
-        _ha("ha_read_only", "high-availability read-only mode true", mode=True),
+        ha_step("ha_read_only", "high-availability read-only mode true", mode=True),
         "1 read-only",
         mark="writes_stop",
     )
     plan.add(
         failover,
-        _ha("ha_read_only", "high-availability read-only mode true", mode=True),
+        ha_step("ha_read_only", "high-availability read-only mode true", mode=True),
         "1 read-only",
     )
     # 2. A proven backup on every member, all at once. 3. The third node leaves once its
@@ -177,7 +177,7 @@ def ha_upgrade_steps(
     with plan.together():
         plan.add(
             failover,
-            _ha(
+            ha_step(
                 "ha_be_primary",
                 "high-availability be-primary, still read-only",
                 read_only=True,
@@ -208,7 +208,7 @@ def ha_upgrade_steps(
     plan.add(failover, own(failover, "stop"), "6 secondary out")
     plan.add(
         primary,
-        _ha(
+        ha_step(
             "ha_enable",
             "take the primary role (high-availability enable)",
             mode="primary",
@@ -226,7 +226,7 @@ def ha_upgrade_steps(
             rejoin(member, "11 third node")
     plan.add(
         primary,
-        _ha(
+        ha_step(
             "ha_wait_secondaries",
             f"{failover.ha_id} connected to the primary",
             secondaries=[failover.ha_id],
@@ -238,7 +238,7 @@ def ha_upgrade_steps(
     if others:
         plan.add(
             primary,
-            _ha(
+            ha_step(
                 "ha_wait_secondaries",
                 "every secondary connected",
                 secondaries=[m.ha_id for m in members[1:]],
@@ -253,7 +253,7 @@ def ha_upgrade_steps(
     for member in members:
         plan.add(
             member,
-            _ha(
+            ha_step(
                 "ha_verify",
                 "mode, role, version and packages"
                 + (", and the data the same as the primary's" if safe else ""),
@@ -269,7 +269,7 @@ def ha_upgrade_steps(
     if safe:
         plan.add(
             primary,
-            _ha("ha_read_only", "high-availability read-only mode false", mode=False),
+            ha_step("ha_read_only", "high-availability read-only mode false", mode=False),
             "10 verify",
             mark="writes_resume",
         )

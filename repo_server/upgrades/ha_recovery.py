@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from repo_server.upgrades import ha_state, plans, results
-from repo_server.upgrades.ha_plan import HA_TIMEOUT, secondary_start
+from repo_server.upgrades.ha_plan import HA_TIMEOUT, ha_step, rejoin_steps
 from repo_server.upgrades.models import Job, Step
 from repo_server.upgrades.plans import StepSpec
 from repo_server.upgrades.step_payloads import node_context
@@ -85,27 +85,16 @@ def _started_read_only(job: Job, node_id: int) -> bool:
     )
 
 
-def _ha(name: str, title: str, **params: Any) -> StepSpec:
-    return StepSpec(name, params, title)
-
-
-def _rejoin(roles: Roles, node_id: int) -> list[tuple[int, StepSpec]]:
-    """Start a secondary again, read-only until it has joined (ha_plan.secondary_start)."""
+def _rejoin(node_id: int) -> list[tuple[int, StepSpec]]:
+    """Start a secondary again on the release it has, as the plan does (rejoin_steps)."""
     start = StepSpec("start", {"start_timeout": plans.START_TIMEOUT}, "")
-    return [
-        (node_id, secondary_start(start)),
-        (
-            node_id,
-            _ha("ha_enable", "join the primary again", mode="secondary", timeout=HA_TIMEOUT),
-        ),
-        (node_id, _ha("ha_read_only", "read-only mode off (joined)", mode=False)),
-    ]
+    return [(node_id, spec) for spec in rejoin_steps(start)]
 
 
 def _wait_all(roles: Roles) -> tuple[int, StepSpec]:
     return (
         roles.primary,
-        _ha(
+        ha_step(
             "ha_wait_secondaries",
             "every secondary connected again",
             secondaries=[roles.ha_ids[i] for i in roles.secondaries],
@@ -127,15 +116,15 @@ def way_back(job: Job, failed: Step) -> WayBack:
         return WayBack("unchanged", f"{cause}; nothing was changed on the group yet")
     if not _handed(job, p, "stop"):
         steps: list[tuple[int, StepSpec]] = [
-            (p, _ha("ha_read_only", "take writes again", mode=False))
+            (p, ha_step("ha_read_only", "take writes again", mode=False))
         ]
         if _handed(job, roles.failover, "ha_read_only"):
             steps.append(
-                (roles.failover, _ha("ha_read_only", "read-only mode off again", mode=False))
+                (roles.failover, ha_step("ha_read_only", "read-only mode off again", mode=False))
             )
         stopped = [t for t in roles.others if _handed(job, t, "stop")]
         for other in stopped:
-            steps += _rejoin(roles, other)
+            steps += _rejoin(other)
         if stopped:
             steps.append(_wait_all(roles))
         return WayBack(
@@ -167,12 +156,12 @@ def way_back(job: Job, failed: Step) -> WayBack:
         recover.params["read_only"] = True
         steps.append((p, recover))
         steps.append(
-            (p, _ha("ha_enable", "take the primary role", mode="primary", timeout=HA_TIMEOUT))
+            (p, ha_step("ha_enable", "take the primary role", mode="primary", timeout=HA_TIMEOUT))
         )
         for secondary in [roles.failover, *[t for t in roles.others if _handed(job, t, "stop")]]:
-            steps += _rejoin(roles, secondary)
+            steps += _rejoin(secondary)
         steps.append(_wait_all(roles))
-        steps.append((p, _ha("ha_read_only", "take writes again", mode=False)))
+        steps.append((p, ha_step("ha_read_only", "take writes again", mode=False)))
         return WayBack(
             "rolled_back",
             f"{cause}; the primary is put back on NSO {job.source_version} with its data as it "
@@ -186,11 +175,6 @@ def way_back(job: Job, failed: Step) -> WayBack:
         f"it, and {roles.names[p]} may have taken writes since NSO "
         f"{job.target_version} started on it. " + ha_state.describe(job),
     )
-
-
-def primary_ran_target(job: Job) -> bool:
-    """The new release reached "started" on the primary."""
-    return _done(job, int(job.options["primary"]), "start")
 
 
 def data_differs(job: Job, step: Step, result: dict[str, Any]) -> Optional[str]:

@@ -578,15 +578,7 @@ class JobService:
                 self._target_started(job),
             )
             # Recovery runs where the step failed.
-            job.steps.append(
-                Step(
-                    seq=len(job.steps) + 1,
-                    node_id=step.node_id,
-                    name=spec.name,
-                    params=spec.params,
-                    message=spec.title,
-                )
-            )
+            _append(job, step.node_id, spec)
         else:
             self._skip_pending(job)
             transition(job, "failed")
@@ -613,15 +605,7 @@ class JobService:
         job.error = f"{job.error + '; ' if job.error else ''}{back.error}"
         job.plan = {**job.plan, "way_back": back.outcome}
         for node_id, spec in back.steps:
-            job.steps.append(
-                Step(
-                    seq=len(job.steps) + 1,
-                    node_id=node_id,
-                    name=spec.name,
-                    params=spec.params,
-                    message=spec.title,
-                )
-            )
+            _append(job, node_id, spec)
         if back.steps or any(s.state in STEP_HANDED_OUT for s in job.steps):
             # The way back runs, or a member of the failed step's batch is still at work:
             # the job ends when the last of them reports (_finish).
@@ -663,6 +647,19 @@ class JobService:
             job.outcome = job.plan.get("way_back") or "rolled_back"
         else:
             transition(job, "succeeded")
+
+
+def _append(job: Job, node_id: int, spec: plans.StepSpec) -> None:
+    """Add a step after the job's last one (a recovery, the way back of an HA upgrade)."""
+    job.steps.append(
+        Step(
+            seq=len(job.steps) + 1,
+            node_id=node_id,
+            name=spec.name,
+            params=spec.params,
+            message=spec.title,
+        )
+    )
 
 
 def runnable(job: Job, node_id: int) -> Optional[Step]:

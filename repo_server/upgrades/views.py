@@ -51,7 +51,8 @@ def _as_seen_by_caller(found: Any, schema: type[JobSummarySchema], many: bool = 
     return jsonify(schema(many=many, exclude=hidden).dump(found))
 
 
-def _options(args: dict[str, Any]) -> UpgradeOptions:
+def upgrade_options(args: dict[str, Any]) -> UpgradeOptions:
+    """The preflight options of a node's or a group's upgrade request."""
     return UpgradeOptions(
         allow_extra_packages=args["allow_extra_packages"],
         strip_removed_ncs_conf=args["strip_removed_ncs_conf"],
@@ -127,7 +128,7 @@ def sign_release(body: dict[str, Any], nso_version: str) -> Any:
 @blp.response(200, PlanSchema)
 def plan(args: dict[str, Any], name: str) -> Any:
     """What an upgrade of this node would do: the preflight verdict and the ordered steps."""
-    verdict, steps = jobs().plan(name, args["to"], _options(args))
+    verdict, steps = jobs().plan(name, args["to"], upgrade_options(args))
     answer = verdict_dict(verdict)
     answer["steps"] = [
         {"seq": i, "name": s.name, "title": s.title, "params": s.params}
@@ -143,7 +144,7 @@ def plan(args: dict[str, Any], name: str) -> Any:
 @blp.response(202, JobSchema)
 def upgrade(args: dict[str, Any], name: str) -> Any:
     """Start an upgrade; 422 preflight_failed with every reason when it may not."""
-    job = jobs().start_upgrade(name, args["to"], _options(args), principal())
+    job = jobs().start_upgrade(name, args["to"], upgrade_options(args), principal())
     return job, 202, {"Location": f"/api/v1/jobs/{job.id}"}
 
 

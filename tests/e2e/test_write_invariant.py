@@ -11,14 +11,12 @@ figures (`pytest tests/e2e/test_write_invariant.py -s -p no:randomly | grep INVA
 from __future__ import annotations
 
 import re
-import threading
 import time
-from dataclasses import dataclass, field
 from typing import Optional
 
-import paramiko
 import pytest
 
+from tests.support.group_writer import GroupWriter
 from tests.support.processes import log_tail
 
 from .conftest import (
@@ -30,90 +28,18 @@ from .conftest import (
     running_config,
 )
 
-WRITE_EVERY = 0.05
 
-
-@dataclass
-class Writer:
-    """Commits ``devices device inv-<n>`` one at a time; keeps what NSO acknowledged."""
-
-    address: str
-    port: int
-    acknowledged: list[str] = field(default_factory=list)
-    refused: int = 0
-    unreachable: int = 0
-    stop_event: threading.Event = field(default_factory=threading.Event)
-    thread: Optional[threading.Thread] = None
-    client: Optional[paramiko.SSHClient] = None
-
-    def start(self) -> None:
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.stop_event.set()
-        assert self.thread is not None
-        self.thread.join(timeout=60)
-        if self.client is not None:
-            self.client.close()
-
-    def _connect(self) -> paramiko.SSHClient:
-        if self.client is not None:
-            transport = self.client.get_transport()
-            if transport is not None and transport.is_active():
-                return self.client
-            self.client.close()
-        client = paramiko.SSHClient()
-        client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
-        client.connect(
-            self.address,
-            self.port,
-            username="admin",
-            password="admin",
-            look_for_keys=False,
-            allow_agent=False,
-            timeout=2,
-            banner_timeout=2,
-            auth_timeout=2,
-        )
-        self.client = client
-        return client
-
-    def _run(self) -> None:
-        n = 0
-        while not self.stop_event.is_set():
-            n += 1
-            name = f"inv-{n}"
-            try:
-                client = self._connect()
-                _, out, _ = client.exec_command(
-                    f"config\ndevices device {name} address 192.0.2.{n % 250 + 1}\ncommit",
-                    timeout=10,
-                )
-                text = out.read().decode(errors="replace")
-                status = out.channel.recv_exit_status()
-            except (OSError, EOFError, paramiko.SSHException):
-                self.unreachable += 1
-                if self.client is not None:
-                    self.client.close()
-                    self.client = None
-            else:
-                if status == 0 and "Commit complete." in text:
-                    self.acknowledged.append(name)
-                else:
-                    self.refused += 1
-            self.stop_event.wait(WRITE_EVERY)
-
-
-def lost_writes(node: Node, writer: Writer) -> list[str]:
+def lost_writes(node: Node, writer: GroupWriter) -> list[str]:
     present = set(re.findall(r"^devices device (inv-\d+)$", running_config(node.host), re.M))
-    return [name for name in writer.acknowledged if name not in present]
+    return [name for name in writer.names if name not in present]
 
 
-def run_with_writer(node: Node, to: str, proxy: Optional[KillProxy] = None) -> tuple[dict, Writer]:
+def run_with_writer(
+    node: Node, to: str, proxy: Optional[KillProxy] = None
+) -> tuple[dict, GroupWriter]:
     """Upgrade ``node`` while a writer commits; with ``proxy`` armed, restart the agent the
     proxy killed."""
-    writer = Writer(node.host.address, node.host.cli_port)
+    writer = GroupWriter([(node.host.address, node.host.cli_port)])  # one member: the node
     writer.start()
     time.sleep(0.5)  # writes acknowledged before the job exists count too
     try:
@@ -128,7 +54,7 @@ def run_with_writer(node: Node, to: str, proxy: Optional[KillProxy] = None) -> t
     return job, writer
 
 
-def report(scenario: str, job: dict, writer: Writer, lost: list[str]) -> None:
+def report(scenario: str, job: dict, writer: GroupWriter, lost: list[str]) -> None:
     print(
         f"INVARIANT {scenario}: job {job['state']}"
         + (f" ({job['outcome']})" if job.get("outcome") else "")

@@ -1,6 +1,6 @@
-"""A steady writer for an HA group: commits one new device every ~50 ms to whichever member
-takes writes (the one that acknowledged last, else the next one that does), over the NSO CLI
-(real SSH). It keeps every commit NSO acknowledged with `Commit complete.`, with the member
+"""A steady writer for an HA group, or for one node (a group of one): commits one new device
+every ~50 ms to whichever member takes writes (the one that acknowledged last, else the next
+one that does), over the NSO CLI (real SSH). It keeps every commit NSO acknowledged with `Commit complete.`, with the member
 and the moment, so a test can check that every acknowledged write is on every member at the
 end, and a benchmark can see when writes were refused.
 """
