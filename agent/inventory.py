@@ -19,6 +19,7 @@ from agent import packages as pkgs
 from agent.config import Config
 from agent.errors import AgentError
 from agent.nso import STARTED, Nso
+from agent.patch_bundle import LoadedPatch
 
 
 def _os_release(path: str) -> dict[str, str]:
@@ -159,11 +160,24 @@ def _packages(config: Config, oper: dict[str, str]) -> list[dict[str, Any]]:
     return out
 
 
-def _patches(config: Config) -> list[dict[str, str]]:
+def _patches(config: Config, loaded: Optional[dict[str, LoadedPatch]]) -> list[dict[str, Any]]:
+    """The patches of the release ``current`` points at: each module with a file in its
+    ``lib/ncs/patches/`` or loaded by NSO. ``loaded`` (with NSO's patch id and release)
+    only where NSO's listing was read (None: unknown, left out); ``file`` null for a module
+    NSO still runs whose file is gone."""
     folder = config.paths.current / "lib" / "ncs" / "patches"
-    if not folder.is_dir():
-        return []
-    return [{"module": p.stem, "file": p.name} for p in sorted(folder.glob("*.beam"))]
+    files = {p.stem: p.name for p in sorted(folder.glob("*.beam"))} if folder.is_dir() else {}
+    out = []
+    for module in sorted(set(files) | set(loaded or {})):
+        item: dict[str, Any] = {"module": module, "file": files.get(module)}
+        if loaded is not None:
+            row = loaded.get(module)
+            item["loaded"] = row is not None
+            if row is not None:
+                item["patch_id"] = row.patch_id
+                item["nso_version"] = row.version
+        out.append(item)
+    return out
 
 
 def _run_dir_bytes(config: Config) -> Optional[int]:
@@ -208,7 +222,6 @@ def collect(config: Config, with_cli: bool = True) -> dict[str, Any]:
         "current": nso.current_version(),
         "running_version": running if status == STARTED else None,
         "status": status,
-        "patches": _patches(config),
         "disk_free_bytes": {
             "/opt/ncs": _disk_free(str(paths.install_dir)),
             "/var/opt/ncs": _disk_free(str(paths.run_dir)),
@@ -236,15 +249,18 @@ def collect(config: Config, with_cli: bool = True) -> dict[str, Any]:
     if keys is not None:
         inv["crypto_keys"] = keys
     oper: dict[str, str] = {}
+    loaded: Optional[dict[str, LoadedPatch]] = None
     if with_cli and status == STARTED:
         try:
             oper = nso.packages_oper_status()
             inv["ha"] = dict(nso.show_ha_status())
+            loaded = nso.loaded_patches()
         except AgentError as exc:
             inv["cli_error"] = str(exc)
         finally:
             nso.close()
     inv["packages"] = _packages(config, oper)
+    inv["patches"] = _patches(config, loaded)
     if errors:
         inv["errors"] = errors
     return inv

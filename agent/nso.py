@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, TypedDict
 
+from agent import ned, patch_bundle, trust
 from agent import nso_cli_output as answers
-from agent import trust
 from agent.config import Config, HostPaths
 from agent.errors import CliError, NsoError
 from agent.nso_cli import NsoCli
@@ -71,6 +71,8 @@ class HaStatus(TypedDict):
     connected_secondaries: list[str]  # ids, on a primary
 
 
+# `packages ha sync and-reload`, or `and-add` when the change only adds packages.
+HA_SYNC_VARIANTS = ("and-reload", "and-add")
 PHASE0, PHASE1 = "phase0", "phase1"
 # `ncs --status` during start-up, in order ("starting" is before phase0, ncs(1)).
 START_PHASES = ("starting", PHASE0, PHASE1, STARTED)
@@ -428,6 +430,19 @@ class Nso:
         """``show ncs-state version``: the version the CLI's NSO says it is."""
         return answers.show_value(self._cli.run("show ncs-state version"), "version")
 
+    def loaded_patches(self) -> dict[str, patch_bundle.LoadedPatch]:
+        """``show ncs-state patches``: module -> what NSO lists of it (emergency patches);
+        raises CliError when the answer cannot be read."""
+        return patch_bundle.patches_table(self._cli.run("show ncs-state patches"))
+
+    def load_patch_modules(self) -> dict[str, str]:
+        """``ncs-state patches load-modules``: NSO loads the ``.beam`` files of its patches
+        folder; module -> NSO's reason, for each it could not load (empty: all loaded)."""
+        # NSO's exit status says only "not every module": the lines say which, and why.
+        return patch_bundle.load_failures(
+            self._cli.run("ncs-state patches load-modules", check=False)
+        )
+
     def loaded_packages(self) -> set[str]:
         """The names of the packages NSO has loaded."""
         return answers.package_names(self._cli.run("show packages | nomore"))
@@ -456,6 +471,19 @@ class Nso:
         command = f"software packages install package {name}-{version} replace-existing"
         return self._cli.run(command).strip()
 
+    def deinstall_package(self, name: str, version: str) -> str:
+        """``software packages deinstall package NAME-VERSION``: out of the load path, gone
+        at the next reload; what NSO printed. A package already out of it is no error (the
+        step runs again after a restart)."""
+        name = trust.package_name(name, "package name")
+        version = trust.package_version(version, "package version")
+        try:
+            return self._cli.run(f"software packages deinstall package {name}-{version}").strip()
+        except CliError as exc:
+            if "is not installed" not in exc.output:
+                raise
+            return f"{name}-{version} was deinstalled already"
+
     def packages_reload(self, force: bool = False) -> ReloadResult:
         """``packages reload`` (``force``: even if NSO deletes namespaces and their data).
 
@@ -469,6 +497,18 @@ class Nso:
             if answers.refuses_data_loss(exc.output):
                 raise ReloadRefusedDataLoss(str(exc), exc.output) from None
             raise
+        return ReloadResult(answers.reload_failures(text), text)
+
+    def packages_ha_sync(self, variant: str) -> ReloadResult:
+        """``packages ha sync and-reload { wait-commit-queue-empty }`` (``and-add``: only new
+        packages) on the HA primary: NSO sends its packages to the secondaries and reloads
+        every member. Raises CliError with NSO's lines verbatim when it refuses or fails."""
+        if variant not in HA_SYNC_VARIANTS:
+            raise ValueError(f"packages ha sync {variant!r}: expected one of {HA_SYNC_VARIANTS}")
+        # The guide pairs wait-commit-queue-empty with and-reload: queue items written for
+        # the old schema would break the reload.
+        wait = " { wait-commit-queue-empty }" if variant == "and-reload" else ""
+        text = self._cli.run(f"packages ha sync {variant}{wait}", timeout=3600)
         return ReloadResult(answers.reload_failures(text), text)
 
     def running_config_fingerprint(self) -> Fingerprint:
@@ -528,6 +568,37 @@ class Nso:
         """``high-availability enable``; what NSO printed (``result enabled``). The role is
         taken afterwards, by the HA start-up settings: read it with ``show_ha_status``."""
         return self._cli.run("high-availability enable").strip()
+
+    # -- NED migration (agent/ned.py checks every name before it is written here) ------
+
+    def device_ned_id(self, device: str) -> Optional[str]:
+        """The ned-id ``device`` uses now; None when NSO has no such device."""
+        device = ned.device_name(device, "device")
+        text = self._cli.run(f"show running-config devices device {device} device-type | nomore")
+        return ned.device_ned_id(text)
+
+    def device_group_members(self, group: str) -> Optional[list[str]]:
+        """The devices of device group ``group``; None when NSO has no such group."""
+        group = ned.group_name(group, "device group")
+        text = self._cli.run(
+            f"show running-config devices device-group {group} device-name | nomore"
+        )
+        return ned.group_members(text)
+
+    def migrate_ned(
+        self, where: str, name: str, new_ned_id: str, dry_run: bool
+    ) -> dict[str, ned.Migration]:
+        """``devices device|device-group NAME migrate new-ned-id ID [dry-run]``: device ->
+        what NSO reported for it. Raises CliError with NSO's words when it refuses."""
+        if where not in ("device", "device-group"):
+            raise ValueError(f"migrate on a device or a device-group, not {where!r}")
+        checker = ned.device_name if where == "device" else ned.group_name
+        name = checker(name, where.replace("-", " "))
+        new_ned_id = ned.ned_id(new_ned_id, "new_ned_id")
+        command = f"devices {where} {name} migrate new-ned-id {new_ned_id}"
+        _cli_bool(dry_run)  # a bool, nothing else: no other value may mean a real migration
+        text = self._cli.run(command + (" dry-run" if dry_run else ""), timeout=3600)
+        return ned.migrations(text, name if where == "device" else None)
 
 
 def _cli_bool(on: bool) -> str:

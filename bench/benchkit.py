@@ -125,9 +125,9 @@ class Served:
 
 
 def serve_repo(
-    work: Path, cleanup: list[Callable[[], None]], role: str, env: dict[str, str]
+    work: Path, cleanup: list[Callable[[], None]], role: str, env: dict[str, str], workers: int = 1
 ) -> Served:
-    """`nso-repo serve --workers 1` on a free port with its data in `work/data`, stopped by
+    """`nso-repo serve --workers WORKERS` (default 1) on a free port with its data in `work/data`, stopped by
     `cleanup`; `env` on top of this environment without its NSO_REPO_* (a developer's
     bucket, PostgreSQL URL or thread count would measure something else). The token is made
     with `nso-repo token create --role ROLE`, as an operator does."""
@@ -136,7 +136,7 @@ def serve_repo(
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("NSO_REPO_")}, **env}
     cli = [sys.executable, "-m", "repo_server.cli"]
     serve = [*cli, "serve", "--host", "127.0.0.1", "--port", str(port)]
-    serve += ["--data-dir", str(data), "--workers", "1"]
+    serve += ["--data-dir", str(data), "--workers", str(workers)]
     server = start("nso-repo serve", serve, work / "server.log", env)
     cleanup.append(server.stop)
     base = f"http://127.0.0.1:{port}"

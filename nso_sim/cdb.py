@@ -30,6 +30,11 @@ class Free:
     """Free-form leaf/value pairs: device config under a NED, a service instance's body."""
 
 
+class LeafList:
+    """A leaf-list (``device-name [ r1 r2 ]``), kept as ``{value: {}}`` so values are added
+    (``create``) and removed (``delete``) one by one, as list keys are."""
+
+
 @dataclass
 class Container:
     children: dict[str, Any] = field(default_factory=dict)
@@ -40,7 +45,7 @@ class List:
     entry: Union[Container, Free]
 
 
-Schema = Union[Leaf, Free, Container, List]
+Schema = Union[Leaf, LeafList, Free, Container, List]
 
 _DEVICE = Container(
     {
@@ -77,7 +82,12 @@ _HA = Container(
         ),
     }
 )
-BUILTIN_TOP = {"devices": Container({"device": List(_DEVICE)}), "high-availability": _HA}
+# Real NSO's device-group also nests groups (`device-group [ ... ]`); not simulated.
+_DEVICE_GROUP = Container({"device-name": LeafList()})
+BUILTIN_TOP = {
+    "devices": Container({"device": List(_DEVICE), "device-group": List(_DEVICE_GROUP)}),
+    "high-availability": _HA,
+}
 
 
 class SchemaError(Exception):
@@ -114,6 +124,9 @@ def parse_set(tokens: list[str], schema: Container) -> list[Op]:
                 raise SchemaError(f"syntax error: incomplete command, {tok} needs a value")
             ops.append(("set", [*path, tok], tokens[i + 1]))
             i += 2
+        elif isinstance(child, LeafList):
+            values, i = _leaf_list_values(tokens, i + 1, tok)
+            ops += [("create", [*path, tok, value], None) for value in values]
         elif isinstance(child, List):
             if i + 1 >= len(tokens):
                 raise SchemaError(f"syntax error: incomplete command, {tok} needs a key")
@@ -132,6 +145,18 @@ def parse_set(tokens: list[str], schema: Container) -> list[Op]:
     return ops
 
 
+def _leaf_list_values(tokens: list[str], i: int, name: str) -> tuple[list[str], int]:
+    """``[ a b ]`` or a single value at ``tokens[i]``: (values, index after them)."""
+    if i >= len(tokens):
+        raise SchemaError(f"syntax error: incomplete command, {name} needs a value")
+    if tokens[i] != "[":
+        return [tokens[i]], i + 1
+    if "]" not in tokens[i:]:
+        raise SchemaError(f"syntax error: {name} [ ... needs a closing ]")
+    end = tokens.index("]", i)
+    return tokens[i + 1 : end], end + 1
+
+
 def parse_path(tokens: list[str], schema: Container) -> list[str]:
     """A path for ``no``/``show``: like parse_set but a trailing leaf needs no value."""
     node: Schema = schema
@@ -148,6 +173,8 @@ def parse_path(tokens: list[str], schema: Container) -> list[str]:
             raise SchemaError(f"syntax error: unknown element: {tok}")
         if isinstance(child, Leaf):
             return [*path, tok]
+        if isinstance(child, LeafList):
+            return [*path, tok, *tokens[i + 1 : i + 2]]
         if isinstance(child, List):
             if i + 1 >= len(tokens):
                 return [*path, tok]
@@ -217,14 +244,17 @@ def _render(data: Tree, schema: Schema, depth: int, words: list[str], out: list[
         if isinstance(schema, Free):
             if isinstance(value, dict):
                 continue
-            out.append(f"{pad}{' '.join([*words, name.ljust(width)])} {_quote(value)}".rstrip())
+            out.append(f"{pad}{' '.join([*words, name.ljust(width)])} {quote(value)}".rstrip())
             continue
         assert isinstance(schema, Container)  # nosec B101 # narrows the type for mypy; under python -O the next line fails on None, it never lets anything through
         child = schema.children.get(name)
         if child is None:
             continue
         if isinstance(child, Leaf):
-            out.append(f"{pad}{' '.join([*words, name.ljust(width)])} {_quote(value)}".rstrip())
+            out.append(f"{pad}{' '.join([*words, name.ljust(width)])} {quote(value)}".rstrip())
+        elif isinstance(child, LeafList):
+            shown = " ".join(quote(v) for v in sorted(value, key=_natural))
+            out.append(f"{pad}{' '.join([*words, name.ljust(width)])} [ {shown} ]")
         elif isinstance(child, List):
             for key in sorted(value, key=_natural):
                 out.append(f"{pad}{' '.join([*words, name, key])}")
@@ -241,10 +271,11 @@ def _render(data: Tree, schema: Schema, depth: int, words: list[str], out: list[
 def _is_leaf(schema: Schema, name: str, value: Any) -> bool:
     if isinstance(schema, Free):
         return not isinstance(value, dict)
-    return isinstance(schema, Container) and isinstance(schema.children.get(name), Leaf)
+    return isinstance(schema, Container) and isinstance(schema.children.get(name), (Leaf, LeafList))
 
 
-def _quote(value: Any) -> str:
+def quote(value: Any) -> str:
+    """A value as the CLI prints it: quoted when it holds a space."""
     text = "" if value is None else str(value)
     return f'"{text}"' if " " in text else text
 

@@ -65,6 +65,14 @@ def make_installer(vsn: str, arch: str, out_dir: str) -> None:
     "loads this build in place of another",
 )
 @click.option("--file-prefix", help="version in the file name prefix if not --nso")
+@click.option(
+    "--ned-leaf",
+    "ned_leaves",
+    multiple=True,
+    metavar="LEAF",
+    help="with --ned-id: a config leaf the NED's device model defines (repeat; default: any "
+    "leaf); migrating a device to this ned-id deletes the leaves it lacks",
+)
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
 def make_package(
     name: str,
@@ -79,6 +87,7 @@ def make_package(
     ncs_max_versions: tuple[str, ...],
     upgrade_sets: tuple[str, ...],
     file_prefix: Optional[str],
+    ned_leaves: tuple[str, ...],
     out_dir: str,
 ) -> None:
     """Write ncs-NSO-NAME-VERSION.tar.gz with package-meta-data.xml and compiled fxs."""
@@ -112,6 +121,7 @@ def make_package(
             ncs_max_versions=list(ncs_max_versions),
             upgrade_sets=sets,
             file_prefix=file_prefix,
+            ned_leaves=list(ned_leaves),
         )
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None

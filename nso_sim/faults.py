@@ -20,6 +20,10 @@ FAULTS: dict[str, tuple[str, str]] = {
     "disk-full": ("writes by installer, ncs-backup and fetch fail with ENOSPC", "ignored"),
     "backup-corrupt": ("ncs-backup writes a truncated file; restore of it fails", "ignored"),
     "ha-link-down": ("the HA connections of this node drop and cannot be made", "ignored"),
+    "ha-sync-reload-fails": (
+        "on a secondary: the reload `packages ha sync` asks of it fails, nothing loaded",
+        "NSO's reason (text)",
+    ),
 }
 
 

@@ -103,6 +103,7 @@ def build_package(
     ncs_max_versions: Optional[list[str]] = None,
     upgrade_sets: Optional[list[tuple[str, str]]] = None,
     file_prefix: Optional[str] = None,
+    ned_leaves: Optional[list[str]] = None,
 ) -> Path:
     """Write the package; the same arguments always give the same bytes.
 
@@ -111,7 +112,8 @@ def build_package(
     ``ncs_min_versions`` are given. ``upgrade_sets`` (leaf, value) add an upgrade component
     that sets them on the package's data when NSO loads this build in place of another.
     ``file_prefix`` overrides the ``ncs-<nso>-`` file name prefix's version (vendors
-    sometimes use the full version there).
+    sometimes use the full version there). ``ned_leaves`` (a NED only): the config leaves
+    its device model defines, stamped into its fxs (invented).
     """
     if not _NAME_RE.match(name):
         raise ValueError(f"bad package name {name!r}")
@@ -121,12 +123,18 @@ def build_package(
     for leaf, _value in upgrade_sets or []:
         if not is_leaf_name(leaf):
             raise ValueError(f"bad leaf name {leaf!r} for the upgrade component")
+    if ned_leaves and not ned_id:
+        raise ValueError("--ned-leaf describes a NED's device model: give --ned-id too")
+    for leaf in ned_leaves or []:
+        if not is_leaf_name(leaf):
+            raise ValueError(f"bad leaf name {leaf!r} for the NED's model")
     module = prefix or name
     fxs = Fxs(
         module=module,
         namespace=namespace or f"http://example.com/nso-sim/{name}",
         prefix=module,
         compiled_for=versions.major(nso),
+        leaves=sorted(set(ned_leaves or [])),
     )
     upgrade = upgrade_component(name) if upgrade_sets else None
     files: Files = {

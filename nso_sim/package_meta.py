@@ -34,6 +34,9 @@ class Fxs:
     namespace: str
     prefix: str
     compiled_for: str
+    # A NED's device model: the config leaves it defines (invented; empty: any leaf). A NED
+    # migration deletes, and reports as lost, the leaves the new ned-id's model lacks.
+    leaves: list[str] = field(default_factory=list)
 
     @classmethod
     def parse(cls, text: str, where: str) -> Fxs:
@@ -46,7 +49,11 @@ class Fxs:
                 fields[k.strip()] = v.strip()
         try:
             return cls(
-                fields["module"], fields["namespace"], fields["prefix"], fields["compiled-for"]
+                fields["module"],
+                fields["namespace"],
+                fields["prefix"],
+                fields["compiled-for"],
+                fields.get("leaves", "").split(),
             )
         except KeyError as exc:
             raise PackageError(f"{where}: fxs lacks {exc.args[0]}") from None
@@ -58,6 +65,7 @@ class Fxs:
             f"namespace: {self.namespace}\n"
             f"prefix: {self.prefix}\n"
             f"compiled-for: {self.compiled_for}\n"
+            + (f"leaves: {' '.join(self.leaves)}\n" if self.leaves else "")
         )
 
 
@@ -106,6 +114,13 @@ class PackageInfo:
     @property
     def is_ned(self) -> bool:
         return bool(self.ned_ids)
+
+    @property
+    def ned_leaves(self) -> Optional[set[str]]:
+        """The config leaves a NED's device model defines; None when it declares none
+        (then it takes any leaf)."""
+        declared = {leaf for f in self.fxs for leaf in f.leaves}
+        return declared or None
 
     @property
     def build(self) -> tuple[str, tuple[str, ...]]:

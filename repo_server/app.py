@@ -106,7 +106,10 @@ def create_app(
     from repo_server.catalog.views import blp as catalog_blp
     from repo_server.fleet.views import blp as fleet_blp
     from repo_server.health import blp as health_blp
+    from repo_server.patches.views import blp as patches_blp
     from repo_server.upgrades.group_views import blp as groups_blp
+    from repo_server.upgrades.ha_package_views import blp as group_packages_blp
+    from repo_server.upgrades.ned_views import blp as ned_blp
     from repo_server.upgrades.views import blp as upgrades_blp
 
     for blueprint in (
@@ -114,6 +117,9 @@ def create_app(
         blob_blp,
         upgrades_blp,
         groups_blp,
+        group_packages_blp,
+        ned_blp,
+        patches_blp,
         fleet_blp,
         auth_blp,
         health_blp,

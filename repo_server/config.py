@@ -33,9 +33,8 @@ def _size(text: str) -> int:
     return int(text)
 
 
-# Threads of a worker that long-polls never take, whatever the fleet does: /health, the
-# operators' API and uploads always find one.
-WAITING_POLLS_RESERVE = 8
+# Long-polls one process keeps waiting at once by default: parked, each costs a socket.
+MAX_PARKED_POLLS = 10_000
 # Threads of a worker when NSO_REPO_THREADS is unset (repo_server/gunicorn_settings.py).
 DEFAULT_THREADS = 32
 
@@ -59,9 +58,10 @@ class Settings:
     max_json_bytes: int = 1 << 20
     # Long-polls one node may hold at once; a newer one answers the oldest 204 at once.
     max_polls_per_node: int = 2
-    # Long-polls that may wait at once in one server process; each holds a thread. Unset:
-    # NSO_REPO_THREADS less WAITING_POLLS_RESERVE, for /health, the API and uploads.
-    max_waiting_polls: int = DEFAULT_THREADS - WAITING_POLLS_RESERVE
+    # Long-polls that may wait at once in one server process. Under the server's worker
+    # they are parked (repo_server/parking.py) and hold no thread; the worker lowers it to
+    # what its open-file limit allows. Under another server each holds a thread.
+    max_waiting_polls: int = MAX_PARKED_POLLS
     tar_max_members: int = 10_000
     tar_max_unpacked_bytes: int = 2 << 30
     tar_max_ratio: int = 200
@@ -121,7 +121,7 @@ class Settings:
         if self.max_waiting_polls < 1:
             raise ConfigError(
                 f"NSO_REPO_MAX_WAITING_POLLS={self.max_waiting_polls} lets no agent wait for "
-                f"work: use 1 or more (default NSO_REPO_THREADS less {WAITING_POLLS_RESERVE})"
+                f"work: use 1 or more (default {MAX_PARKED_POLLS})"
             )
         if self.max_polls_per_node < 1:
             raise ConfigError(
@@ -184,7 +184,4 @@ def load_settings(environ: Optional[dict[str, str]] = None) -> Settings:
                 f"{var}={raw!r} is not valid: expected {parse.__name__.lstrip('_')}; "
                 "fix the environment variable and start again"
             ) from None
-    if "max_waiting_polls" not in values and environ.get("NSO_REPO_THREADS", "").isdigit():
-        threads = int(environ["NSO_REPO_THREADS"])
-        values["max_waiting_polls"] = max(1, threads - WAITING_POLLS_RESERVE)
     return Settings(**values).validated()

@@ -11,7 +11,11 @@ import ssl
 import sys
 from typing import Any, Callable
 
-from repo_server.config import DEFAULT_THREADS
+from repo_server.config import DEFAULT_THREADS, MAX_PARKED_POLLS
+
+# Connections a worker takes beside the waiting long-polls: operators, uploads, agents'
+# reports and downloads.
+CONNECTIONS_BESIDES_POLLS = 1000
 
 bind = os.environ.get("NSO_REPO_BIND", "127.0.0.1:8420")
 
@@ -47,8 +51,12 @@ def _positive(name: str, default: str) -> float:
 request_timeout = _positive("NSO_REPO_REQUEST_TIMEOUT", "10")
 io_timeout = _positive("NSO_REPO_IO_TIMEOUT", "60")
 max_pending_per_address = int(_positive("NSO_REPO_MAX_PENDING_PER_ADDRESS", "64"))
-# Each waiting agent holds a thread for up to a minute: size this to the fleet.
+# Threads serve requests that run now; an agent waiting for work holds none (its long-poll
+# is parked in the event loop: repo_server/parking.py), only a connection.
 threads = int(os.environ.get("NSO_REPO_THREADS") or DEFAULT_THREADS)
+worker_connections = int(
+    os.environ.get("NSO_REPO_WORKER_CONNECTIONS") or MAX_PARKED_POLLS + CONNECTIONS_BESIDES_POLLS
+)
 timeout = int(os.environ.get("NSO_REPO_WORKER_TIMEOUT", "900"))
 graceful_timeout = 30
 keepalive = 5

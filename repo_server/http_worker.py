@@ -25,16 +25,25 @@ kept alive: the thread would otherwise read the rest of that body, at the client
 to find the next request. (Each of these used to let 40 connections without a token hold
 every thread: tests/api/test_slow_bodies.py.) The worker speaks HTTP/1.1 (with or without
 gunicorn's TLS).
+
+A request may also *park* (repo_server/parking.py): an agent's long-poll with no work yet
+gives its thread back and waits here, in the event loop, until it is woken or its deadline
+passes; then the same request runs again in a thread. A thousand waiting agents cost a
+thousand sockets, not a thousand threads, database connections or transactions.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import heapq
+import itertools
 import json
+import resource
 import selectors
 import socket
 import ssl
+import threading
 import time
 from collections import defaultdict
 from functools import partial
@@ -46,6 +55,8 @@ from gunicorn import sock as gsock
 from gunicorn.http.body import ChunkedReader, LengthReader
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
+from repo_server.parking import PARK, RESUMED, Parked
+
 MAX_HEAD_BYTES = 64 << 10
 READ_CHUNK = 64 << 10
 LINGER_SECONDS = 2.0  # gunicorn's own linger (util.close_graceful)
@@ -55,6 +66,18 @@ MAX_TRAILER_LINE = 8 << 10
 HEX = frozenset(b"0123456789abcdefABCDEF")
 # (status, reason, code, message, details) of an answer the event loop gives by itself.
 Answer = tuple[int, str, str, str, Optional[dict[str, Any]]]
+# File descriptors a worker keeps for its own files, database and listener connections
+# beyond the parked requests' sockets.
+FD_RESERVE = 256
+PARKED = object()  # a thread's result when its request parked
+
+
+class Park(Exception):
+    """Raised through gunicorn's request handling when the app parked the request."""
+
+    def __init__(self, parked: Parked) -> None:
+        super().__init__("parked")
+        self.parked = parked
 
 
 class Refused(Exception):
@@ -132,6 +155,12 @@ class PendingConn(TConn):
         self.handshaking = False
         self.ready = False  # the request is all there: the next enqueue goes to a thread
         self.linger: Optional[Callable[[socket.socket], None]] = None
+        # A request that may park: its bytes, to run it again; what the app parked; what
+        # its next run gets back; the wake-up the event loop registered for it.
+        self.replay: Optional[bytes] = None
+        self.park: Optional[Parked] = None
+        self.resumed: Optional[Parked] = None
+        self.wake: Optional[Callable[[], None]] = None
 
     def close(self, graceful: bool = False) -> None:
         # gthread closes gracefully from its event loop: a blocking drain of up to 2 s, so
@@ -162,6 +191,13 @@ class GuardedThreadWorker(ThreadWorker):
         self.reading_from: defaultdict[str, dict[PendingConn, None]] = defaultdict(dict)
         # Closing sockets, drained until the client closes too (RFC 9112 9.6), oldest first.
         self.lingering: dict[socket.socket, float] = {}
+        # Parked requests, and their deadlines as a heap of (deadline, n, conn, parked);
+        # an entry whose conn has since left or parked again is skipped when it comes up.
+        self.parked: dict[PendingConn, Parked] = {}
+        self.deadlines: list[tuple[float, int, PendingConn, Parked]] = []
+        self.parks = itertools.count()
+        self.max_parked = load_settings().max_waiting_polls
+        self.thread_conn = threading.local()  # the connection a thread serves
 
     @classmethod
     def check_config(cls, cfg: Any, log: Any) -> None:
@@ -173,6 +209,19 @@ class GuardedThreadWorker(ThreadWorker):
             )
         if getattr(cfg, "protocol", "http") != "http":
             raise RuntimeError("GuardedThreadWorker serves HTTP: remove the protocol setting")
+
+    def init_process(self) -> None:
+        # Every parked request keeps its socket: take the file descriptors the system allows
+        # (the soft limit is often 1024), and park no more than they leave room for.
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        wanted = hard if hard != resource.RLIM_INFINITY else 1 << 16
+        if soft != resource.RLIM_INFINITY and soft < wanted:
+            with contextlib.suppress(ValueError, OSError):
+                resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+                soft = wanted
+        if soft != resource.RLIM_INFINITY:
+            self.max_parked = max(1, min(self.max_parked, soft - FD_RESERVE))
+        super().init_process()
 
     # -- connections enter the event loop, not a thread --------------------------------
 
@@ -492,6 +541,9 @@ class GuardedThreadWorker(ThreadWorker):
             conn.parser = http.get_parser(self.cfg, conn.sock, conn.client)
         conn.initialized = True
         conn.data_ready = True
+        # Only a GET with nothing after it may park: it is run again from these bytes.
+        whole = conn.head_end == conn.wanted == len(conn.data)
+        conn.replay = bytes(conn.data) if whole and conn.data.startswith(b"GET ") else None
         conn.parser.unreader.unread(bytes(conn.data))
         conn.data = bytearray()
         conn.scanned = conn.head_end = conn.wanted = conn.decoded = 0
@@ -507,6 +559,10 @@ class GuardedThreadWorker(ThreadWorker):
         that did not arrive in time, and every one still coming when the worker stops."""
         super().murder_pending()
         now = time.monotonic()
+        while self.deadlines and (self.deadlines[0][0] <= now or not self.alive):
+            _, _, conn, parked = heapq.heappop(self.deadlines)
+            if self.parked.get(conn) is parked:
+                self._resume(conn)
         while self.lingering:
             sock, until = next(iter(self.lingering.items()))
             if until > now and self.alive:
@@ -529,14 +585,106 @@ class GuardedThreadWorker(ThreadWorker):
                 )
             self._close(conn, answer)
 
+    # -- parked requests -----------------------------------------------------------------
+
+    def finish_request(self, conn: Any, fs: Any) -> None:
+        if not fs.cancelled() and fs.exception() is None and fs.result() is PARKED:
+            self._park(conn)
+            return
+        super().finish_request(conn, fs)
+
+    def _park(self, conn: PendingConn) -> None:
+        """Keep the connection of a parked request here until it is woken or due."""
+        parked, conn.park = conn.park, None
+        if parked is None:  # handle() returns PARKED only with it set: never parked blind
+            self.nr_conns -= 1
+            conn.close()
+            return
+        conn.sock.setblocking(False)
+        conn.wake = partial(self.method_queue.defer, self._woken, conn, parked)
+        self.parked[conn] = parked
+        heapq.heappush(self.deadlines, (parked.deadline, next(self.parks), conn, parked))
+        # Readable while parked: the client closed (or sent what it should not have).
+        self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._parked_readable, conn))
+        if not self.alive or not parked.watch(conn.wake):
+            self._resume(conn)
+
+    def _woken(self, conn: PendingConn, parked: Parked) -> None:
+        if self.parked.get(conn) is parked:  # not resumed, gone or parked again meanwhile
+            self._resume(conn)
+
+    def _unpark(self, conn: PendingConn) -> Optional[Parked]:
+        parked = self.parked.pop(conn, None)
+        if parked is not None and conn.wake is not None:
+            parked.unwatch(conn.wake)
+        with contextlib.suppress(KeyError, ValueError, OSError):
+            self.poller.unregister(conn.sock)
+        return parked
+
+    def _resume(self, conn: PendingConn) -> None:
+        """Run a parked request again, in a thread, with what it parked."""
+        conn.resumed = self._unpark(conn)
+        # A fresh parser: gunicorn's stops after a request that asked for `Connection:
+        # close`, and would end the connection without an answer.
+        conn.parser = None
+        conn.data = bytearray(conn.replay or b"")
+        conn.head_end = conn.wanted = len(conn.data)
+        self._dispatch(conn)
+
+    def _parked_readable(self, conn: PendingConn, _sock: Any) -> None:
+        try:
+            if conn.sock.recv(1):
+                self.log.debug("a parked request's client sent more: closing")
+        except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            return  # TLS records only: still parked
+        except OSError:
+            pass
+        if self._unpark(conn) is not None:
+            self.nr_conns -= 1
+            conn.close()
+
     # -- in a thread ---------------------------------------------------------------------
 
     def load_wsgi(self) -> None:
         super().load_wsgi()
-        self.wsgi: Callable[..., Any] = close_unless_body_read(self.wsgi)
+        self.wsgi: Callable[..., Any] = close_unless_body_read(self._parking(self.wsgi))
 
-    def handle_request(self, req: Any, conn: TConn) -> Any:
+    def _parking(self, app: Callable[..., Any]) -> Callable[..., Any]:
+        """WSGI middleware: offer the app to park the request (repo_server/parking.py), hand
+        it what it parked when it runs again, and turn a park into `Park`."""
+
+        def parking(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+            conn: Optional[PendingConn] = getattr(self.thread_conn, "conn", None)
+            if conn is None or conn.replay is None:
+                return app(environ, start_response)
+            parks: list[Parked] = []
+            room = self.alive and len(self.parked) < self.max_parked
+            environ[PARK] = parks.append if room else None
+            if conn.resumed is not None:
+                environ[RESUMED], conn.resumed = conn.resumed, None
+            answer = app(environ, start_response)
+            if not parks:
+                return answer
+            if hasattr(answer, "close"):
+                answer.close()
+            raise Park(parks[-1])
+
+        return parking
+
+    def handle(self, conn: Any) -> Any:
+        result = super().handle(conn)
+        return PARKED if getattr(conn, "park", None) is not None else result
+
+    def handle_request(self, req: Any, conn: PendingConn) -> Any:
         # The thread's reads of the rest of the body and its writes of the answer; the base
         # class set the socket blocking (no timeout) just before.
         conn.sock.settimeout(self.io_timeout)
-        return super().handle_request(req, conn)
+        self.thread_conn.conn = conn
+        try:
+            return super().handle_request(req, conn)
+        except Park as park:
+            # Nothing was written: the answer comes when the request runs again.
+            conn.park = park.parked
+            return PARKED
+        finally:
+            self.thread_conn.conn = None

@@ -50,7 +50,23 @@ def install_packages(ctx: StepContext) -> dict[str, Any]:
     installed = []
     for _filename, name, version in package_refs(ctx):
         installed.append(ctx.nso.install_package(name, version) or f"installed {name}-{version}")
+    for name in removals(ctx):
+        # NSO shows the package until the reload: its version names the file to take out.
+        loaded = ctx.nso.package_version(name)
+        if loaded is None:
+            installed.append(f"{name} is not loaded: nothing to deinstall")
+            continue
+        said = ctx.nso.deinstall_package(name, loaded)
+        installed.append(said or f"deinstalled {name}-{loaded}")
     return {"installed": installed}
+
+
+def removals(ctx: StepContext) -> list[str]:
+    """The names of the packages the step takes out (``remove``), each checked."""
+    return [
+        trust.package_name(n, f"remove[{i}]")
+        for i, n in enumerate(trust.listed(ctx.params, "remove", "package names"))
+    ]
 
 
 def reload_packages(ctx: StepContext) -> dict[str, Any]:
@@ -74,6 +90,10 @@ def reload_packages(ctx: StepContext) -> dict[str, Any]:
 def verify_packages(ctx: StepContext) -> dict[str, Any]:
     refs = package_refs(ctx)
     problems = check_packages(ctx, [(name, version) for _, name, version in refs])
+    removed = removals(ctx)
+    still = sorted(set(removed) & ctx.nso.loaded_packages()) if removed else []
+    if still:
+        problems.append(f"{', '.join(still)} still loaded after the reload")
     if problems:
         raise StepFailed("; ".join(problems))
     return {"packages": [f"{n}-{v}" for _, n, v in refs]}

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from agent.errors import AgentError, StepFailed
-from agent.steps import ha, packages, recovery, single_node
+from agent.steps import ha, ha_packages, ned_migration, packages, patches, recovery, single_node
 from agent.steps.context import StepContext
 
 STEPS: dict[str, Callable[[StepContext], dict[str, Any]]] = {
@@ -39,6 +39,12 @@ STEPS: dict[str, Callable[[StepContext], dict[str, Any]]] = {
     "ha_enable": ha.ha_enable,
     "ha_wait_secondaries": ha.ha_wait_secondaries,
     "ha_verify": ha.ha_verify,
+    "ha_package_check": ha_packages.ha_package_check,
+    "ha_sync_packages": ha_packages.ha_sync_packages,
+    "ha_verify_packages": ha_packages.ha_verify_packages,
+    "ned_migrate": ned_migration.ned_migrate,
+    "apply_patch": patches.apply_patch,
+    "remove_patch": patches.remove_patch,
 }
 
 

@@ -480,6 +480,12 @@ class HaManager:
             link.send({"type": "reply", "req": msg["req"], **self._receive_packages(msg)})
         elif kind == "reload":
             try:
+                failure = faults.fire(self.d.layout, "ha-sync-reload-fails")
+                if failure is not None:
+                    # INVENTED: the secondary's side of a failed `packages ha sync and-reload`.
+                    reason = failure if isinstance(failure, str) else "package reload failed"
+                    self.d.log("ERROR", f"HA: package reload refused: {reason}")
+                    raise ReloadRefused([reason])
                 self.d.reload_packages(force=bool(msg.get("force")))
                 reply: dict[str, Any] = {"ok": True}
             except ReloadRefused as exc:

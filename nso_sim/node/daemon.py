@@ -412,14 +412,20 @@ class Daemon:
         return base / "lib" / "ncs" / "patches"
 
     def load_patches(self) -> list[tuple[str, bool, str]]:
-        """Load every ``.beam`` in the patches folder: (module, loaded, message)."""
+        """Load every ``.beam`` in the patches folder, and unload every patch module whose
+        file is gone (the release's own module is back in use): (module, ok, what
+        happened: ``loaded``, ``unloaded`` or why it failed). Unloading is INVENTED: the
+        reference says only that load-modules loads the folder's files."""
         results = []
+        present = set()
         for path in sorted(self.patches_dir().glob("*.beam")):
+            present.add(path.stem)
             try:
                 info = beam.parse_beam(path.read_bytes(), path.name)
             except (beam.BeamError, ValueError) as exc:
                 results.append((path.stem, False, str(exc)))
                 continue
+            present.add(info.module)
             if info.nso_version not in ("?", self.version):
                 msg = f"built for NSO {info.nso_version}, running {self.version}"
                 results.append((info.module, False, msg))
@@ -428,6 +434,13 @@ class Daemon:
                 self.patches[info.module] = info
             results.append((info.module, True, "loaded"))
             self.log("INFO", f"Loaded patch module {info.module} ({info.patch_id})")
+        with self.lock:
+            gone = sorted(m for m in self.patches if m not in present)
+            for module in gone:
+                del self.patches[module]
+        for module in gone:
+            results.append((module, True, "unloaded"))
+            self.log("INFO", f"Unloaded patch module {module}: its file is gone")
         return results
 
     # ----- users -----

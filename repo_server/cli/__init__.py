@@ -8,6 +8,8 @@ from repo_server import __version__
 from repo_server.cli.client_cmds import ls, release_name, rm, show, upload
 from repo_server.cli.fleet_cmds import job, node, release
 from repo_server.cli.group_cmds import group
+from repo_server.cli.ned_cmds import ned
+from repo_server.cli.patch_cmds import patch
 from repo_server.cli.server_cmds import db, gc, serve, token
 
 
@@ -30,7 +32,9 @@ for command in (
     release,
     node,
     group,
+    patch,
     job,
+    ned,
 ):
     cli.add_command(command)
 

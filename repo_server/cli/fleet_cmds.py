@@ -13,6 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from repo_server.cli.common import client_options, fail, handle_errors, make_client, print_json
+from repo_server.cli.patch_cmds import dropped_line
 from repo_server.cli.release_signing_cmds import release_keygen, release_sign, release_verify
 
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -172,6 +173,9 @@ def node_plan(
     )
     for reason in plan["reasons"]:
         click.echo(f"  - {reason['message']}\n    what to do: {reason['remedy']}")
+    dropped = dropped_line(plan.get("drops_patches") or [])
+    if dropped:
+        click.echo(f"  ! {dropped}")
     click.echo("steps:")
     for step in plan["steps"]:
         click.echo(f"  {step['seq']:>2}. {step['name']:<16} {step['title']}")
@@ -214,7 +218,13 @@ def node_upgrade(
 
 @node.command("upgrade-packages")
 @click.argument("name")
-@click.option("--package", "packages", multiple=True, required=True, help="Package file (repeat).")
+@click.option("--package", "packages", multiple=True, help="Package file (repeat).")
+@click.option(
+    "--remove",
+    "removals",
+    multiple=True,
+    help="Name of a loaded package to deinstall (repeat): the old NED after a migration.",
+)
 @click.option("--allow-data-loss", is_flag=True, help="Reload with force if NSO would delete data.")
 @click.option("--watch", is_flag=True, help="Follow the job until it ends.")
 @client_options
@@ -222,17 +232,25 @@ def node_upgrade(
 def node_upgrade_packages(
     name: str,
     packages: tuple[str, ...],
+    removals: tuple[str, ...],
     allow_data_loss: bool,
     watch: bool,
     url: Optional[str],
     token: Optional[str],
 ) -> None:
-    """Replace or add packages on NAME (built for the release it runs); prints the job id."""
+    """Replace, add or remove packages on NAME (built for the release it runs); prints the
+    job id."""
+    if not packages and not removals:
+        raise click.UsageError("name packages to install (--package) or remove (--remove)")
     client = make_client(url, token)
     created = client.call(
         "POST",
         f"/api/v1/nodes/{name}/package-upgrade",
-        json={"packages": [Path(p).name for p in packages], "allow_data_loss": allow_data_loss},
+        json={
+            "packages": [Path(p).name for p in packages],
+            "remove": list(removals),
+            "allow_data_loss": allow_data_loss,
+        },
     )
     click.echo(created["id"])
     if watch:

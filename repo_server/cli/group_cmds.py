@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Optional
 
 import click
 
 from repo_server.cli.common import client_options, handle_errors, make_client, print_json
 from repo_server.cli.fleet_cmds import watch_job
+from repo_server.cli.patch_cmds import dropped_line
 
 POLICY = click.Choice(["safe", "available"])
 POLICY_HELP = (
@@ -144,6 +146,15 @@ def group_plan(
         f"group {plan['group']} -> {plan['to']}, write policy {plan['write_policy']}: "
         + ("may proceed" if plan["ok"] else "REFUSED")
     )
+    _print_refusals(plan)
+    for member in plan["members"]:
+        dropped = dropped_line(member.get("drops_patches") or [])
+        if dropped:
+            click.echo(f"  ! {member['node']} {dropped}")
+    _print_steps(plan)
+
+
+def _print_refusals(plan: dict[str, Any]) -> None:
     for problem in plan["problems"]:
         click.echo(f"  - {problem}")
     for member in plan["members"]:
@@ -151,6 +162,10 @@ def group_plan(
             click.echo(
                 f"  - {member['node']}: {reason['message']}\n    what to do: {reason['remedy']}"
             )
+
+
+def _print_steps(plan: dict[str, Any]) -> None:
+    """Every step of a group plan by stage, with its member; exits 1 if it is refused."""
     stage = None
     marks = {v: k for k, v in plan.get("marks", {}).items()}
     if any(step.get("batch") for step in plan["steps"]):
@@ -194,6 +209,55 @@ def group_upgrade(
         "POST",
         f"/api/v1/groups/{name}/upgrade",
         json=_plan_args(target, policy, allow_extra_packages, strip_ncs_conf),
+    )
+    click.echo(created["id"])
+    if watch:
+        watch_job(client, created["id"])
+
+
+@group.command("package-plan")
+@click.argument("name")
+@click.option("--package", "packages", multiple=True, required=True, help="Package file (repeat).")
+@click.option("--json", "as_json", is_flag=True)
+@client_options
+@handle_errors
+def group_package_plan(
+    name: str, packages: tuple[str, ...], as_json: bool, url: Optional[str], token: Optional[str]
+) -> None:
+    """Show every step on every member of upgrading packages on group NAME (packages ha
+    sync on its primary); exits 1 when it would be refused."""
+    plan = make_client(url, token).call(
+        "GET",
+        f"/api/v1/groups/{name}/package-plan",
+        params={"packages": [Path(p).name for p in packages]},
+    )
+    if as_json:
+        print_json(plan)
+        return
+    click.echo(
+        f"group {plan['group']}: {', '.join(plan['packages'])} with packages ha sync "
+        f"{plan['sync']}: " + ("may proceed" if plan["ok"] else "REFUSED")
+    )
+    _print_refusals(plan)
+    _print_steps(plan)
+
+
+@group.command("package-upgrade")
+@click.argument("name")
+@click.option("--package", "packages", multiple=True, required=True, help="Package file (repeat).")
+@click.option("--watch", is_flag=True, help="Follow the job until it ends.")
+@client_options
+@handle_errors
+def group_package_upgrade(
+    name: str, packages: tuple[str, ...], watch: bool, url: Optional[str], token: Optional[str]
+) -> None:
+    """Replace or add packages on every member of group NAME (built for the release it
+    runs); prints the job id. A failed job says the way back ('nso-repo job rollback ID')."""
+    client = make_client(url, token)
+    created = client.call(
+        "POST",
+        f"/api/v1/groups/{name}/package-upgrade",
+        json={"packages": [Path(p).name for p in packages]},
     )
     click.echo(created["id"])
     if watch:

@@ -1,17 +1,20 @@
 """Wake long-polling agents when work for their node appears.
 
-`GET /api/v1/agent/next` must not poll the database while it waits. It sleeps on a
-per-node counter here instead. With SQLite the server runs one process, so an in-process
-condition is enough; with PostgreSQL every process LISTENs on one channel and a job change
-sends `pg_notify` inside its transaction, which PostgreSQL delivers at commit.
+`GET /api/v1/agent/next` must not poll the database while it waits. It waits on a per-node
+counter here instead. With SQLite the server runs one process, so in-process wake-ups are
+enough; with PostgreSQL every process LISTENs on one channel (one connection per process,
+whatever the number of agents) and a transaction that made work sends `pg_notify` as it
+commits, which PostgreSQL delivers at commit.
 
-Each waiting poll holds a server thread, so one node may hold only a few at once
-(NSO_REPO_MAX_POLLS_PER_NODE): every long-poll that starts takes a ticket from a per-node
-count, announced to the other processes on the same channel, and a poll with that many
-newer tickets behind it stops waiting and answers 204. And only so many polls may wait at
-once in one process (NSO_REPO_MAX_WAITING_POLLS, the threads less a reserve): past that, a
-poll looks for work once and answers 204 with `Retry-After`, so a fleet larger than the
-threads, or many stolen node tokens, leave threads for `/health` and the API.
+A poll waits in one of two ways. Under the server's own worker it is parked
+(repo_server/parking.py): no thread, and `watch` calls the worker back when the node's
+counter moves. Under any other server it sleeps in its thread (`wait`), and only so many may
+(`hold`, NSO_REPO_MAX_WAITING_POLLS).
+
+One node may hold only a few waiting polls (NSO_REPO_MAX_POLLS_PER_NODE): every long-poll
+that starts takes a ticket from a per-node count, announced to the other processes on the
+same channel, and a poll with that many newer tickets behind it stops waiting and answers
+204, so one node token cannot pile up polls.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import secrets
 import threading
 import time
 from collections import defaultdict
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from sqlalchemy import Engine, event, text
 from sqlalchemy.orm import Session
@@ -29,6 +32,10 @@ from sqlalchemy.orm import Session
 log = logging.getLogger(__name__)
 
 CHANNEL = "nso_repo_work"
+# A NOTIFY payload is at most 8000 bytes: wake-ups for many nodes go out in pieces this long.
+PAYLOAD_BYTES = 7000
+
+Wake = Callable[[], None]
 
 
 class Notifier:
@@ -36,7 +43,9 @@ class Notifier:
         self._cond = threading.Condition()
         self._counters: defaultdict[int, int] = defaultdict(int)
         self._polls: defaultdict[int, int] = defaultdict(int)  # long-polls started, per node
-        self._waiting = 0  # long-polls of any node waiting in this process now
+        self._waiting = 0  # long-polls of any node waiting in a thread of this process now
+        # Parked long-polls: per node, each one's wake-up and its (seen, ticket, limit).
+        self._watchers: defaultdict[int, dict[Wake, tuple[int, int, int]]] = defaultdict(dict)
         # Tells this process's own poll announcements apart from other processes' ones.
         self.tag = secrets.token_hex(8)
 
@@ -48,6 +57,34 @@ class Notifier:
         with self._cond:
             self._counters[node_id] += 1
             self._cond.notify_all()
+            woken = self._watchers.pop(node_id, {})
+        for callback in woken:
+            callback()
+
+    def watch(
+        self, node_id: int, seen: int, callback: Wake, ticket: int = 0, limit: int = 0
+    ) -> bool:
+        """Call `callback` (once, from any thread) when the node's counter moves past `seen`
+        or, with a `ticket`, when `limit` newer long-polls of the node have started. False,
+        and no call, when that has happened already."""
+        with self._cond:
+            if self._counters[node_id] != seen or self.superseded(node_id, ticket, limit):
+                return False
+            self._watchers[node_id][callback] = (seen, ticket, limit)
+            return True
+
+    def unwatch(self, node_id: int, callback: Wake) -> None:
+        with self._cond:
+            mine = self._watchers.get(node_id)
+            if mine is not None:
+                mine.pop(callback, None)
+                if not mine:
+                    del self._watchers[node_id]
+
+    def superseded(self, node_id: int, ticket: int, limit: int) -> bool:
+        """Whether `limit` newer long-polls of the node started after the one with `ticket`."""
+        with self._cond:  # reentrant: the methods above call it holding the lock
+            return bool(ticket) and self._polls[node_id] - ticket >= limit
 
     def hold(self, cap: int) -> bool:
         """Take one of this process's `cap` places for a waiting long-poll; False when all
@@ -67,7 +104,14 @@ class Notifier:
         with self._cond:
             self._polls[node_id] += 1
             self._cond.notify_all()
-            return self._polls[node_id]
+            ticket = self._polls[node_id]
+            mine = self._watchers.get(node_id, {})
+            superseded = [c for c, (_, t, lim) in mine.items() if self.superseded(node_id, t, lim)]
+            for callback in superseded:
+                del mine[callback]
+        for callback in superseded:
+            callback()
+        return ticket
 
     def wait(
         self, node_id: int, seen: int, timeout: float, ticket: int = 0, limit: int = 0
@@ -77,7 +121,7 @@ class Notifier:
         deadline = time.monotonic() + timeout
         with self._cond:
             while self._counters[node_id] == seen:
-                if ticket and self._polls[node_id] - ticket >= limit:
+                if self.superseded(node_id, ticket, limit):
                     return False
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -90,13 +134,10 @@ def announce(session: Session, notifier: Notifier, node_id: int) -> None:
     """Call inside the transaction that made work for `node_id`; waiters wake at its commit.
 
     Waking before the commit would let a waiter look, find nothing yet, and sleep through
-    the change it was woken for.
+    the change it was woken for. The other processes hear of it in one NOTIFY per
+    PAYLOAD_BYTES of node ids, sent as the transaction commits: a rollout to 1,000 nodes
+    costs one statement, not 1,000.
     """
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(
-            text("SELECT pg_notify(:channel, :payload)"),
-            {"channel": CHANNEL, "payload": str(node_id)},
-        )
     pending = session.info.setdefault("wake_after_commit", set())
     pending.add((notifier, node_id))
 
@@ -110,6 +151,25 @@ def announce_poll(session: Session, notifier: Notifier, node_id: int) -> int:
             {"channel": CHANNEL, "payload": f"poll:{node_id}:{notifier.tag}"},
         )
     return notifier.poll_started(node_id)
+
+
+@event.listens_for(Session, "before_commit")
+def _notify_other_processes(session: Session) -> None:
+    pending = session.info.get("wake_after_commit")
+    if not pending or session.get_bind().dialect.name != "postgresql":
+        return
+    payloads, piece = [], ""
+    for node_id in sorted({node_id for _, node_id in pending}):
+        if len(piece) + len(str(node_id)) + 1 > PAYLOAD_BYTES:
+            payloads.append(piece)
+            piece = ""
+        piece = f"{piece},{node_id}" if piece else str(node_id)
+    payloads.append(piece)
+    for payload in payloads:
+        session.execute(
+            text("SELECT pg_notify(:channel, :payload)"),
+            {"channel": CHANNEL, "payload": payload},
+        )
 
 
 @event.listens_for(Session, "after_commit")
@@ -158,8 +218,10 @@ class PostgresListener(threading.Thread):
             raw.close()
 
     def _relay(self, payload: Optional[str]) -> None:
-        if payload and payload.isdigit():
-            self.notifier.wake(int(payload))
+        ids = (payload or "").split(",")
+        if all(node.isdigit() for node in ids):
+            for node in ids:
+                self.notifier.wake(int(node))
             return
         kind, _, rest = (payload or "").partition(":")
         node, _, tag = rest.partition(":")

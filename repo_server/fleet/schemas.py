@@ -95,7 +95,10 @@ class InventoryPackageSchema(_Open):
 
 class InventoryPatchSchema(_Open):
     module = _text(255)
-    file = _text(255)
+    file = _text(255, allow_none=True, metadata={"description": "null: loaded, no file"})
+    loaded = _Flag(metadata={"description": "Listed by NSO; absent: unknown"})
+    patch_id = _text(128, allow_none=True)
+    nso_version = _text(64, allow_none=True)
 
 
 class InventoryHaSchema(_Open):

@@ -195,8 +195,19 @@ def still_active(session: Session, who: Principal) -> None:
         )
 
 
+# How stale `last_seen_at` may get before an agent's request writes it again. Every poll and
+# report used to write the node's row: a write (and a commit) per request, and a row lock on
+# `nodes` that a waiting migration queued behind.
+SEEN_GRANULARITY_S = 10
+
+
 def touch(session: Session, node: Node) -> None:
-    node.last_seen_at = utcnow()
+    now = utcnow()
+    seen = node.last_seen_at
+    if seen is not None and seen.tzinfo is None:
+        seen = seen.replace(tzinfo=now.tzinfo)  # SQLite hands back naive UTC
+    if seen is None or (now - seen).total_seconds() >= SEEN_GRANULARITY_S:
+        node.last_seen_at = now
 
 
 def heartbeat(

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Optional
 
-from flask import Response
+from flask import Response, request
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
@@ -23,11 +23,13 @@ from repo_server.fleet.schemas import (
     NodeSchema,
     StepReportSchema,
 )
+from repo_server.parking import PARK, RESUMED, Parked
 from repo_server.upgrades.jobs import JobService
 from repo_server.upgrades.step_payloads import step_payload
 
 # Retry-After of a long-poll that found every place to wait taken.
 BUSY_RETRY_SECONDS = 10
+NOT_PARKABLE = object()  # no PARK in the environ: not served by the server's own worker
 
 blp = Blueprint("fleet", __name__, url_prefix="/api/v1", description="Nodes and the agent protocol")
 
@@ -112,21 +114,61 @@ def next_step(args: dict[str, Any]) -> Any:
     session = db_session()
     node = service.node_of(session, principal())
     service.touch(session, node)
-    # A poll that waits holds a thread: only so many may wait in this process, and the
-    # node's oldest polls past its own limit give way.
-    waits = bool(args["wait"]) and app.notifier.hold(app.settings.max_waiting_polls)
+    node_id = node.id  # read now: the row is expired once a transaction ends
+    park = request.environ.get(PARK, NOT_PARKABLE)
+    if park is NOT_PARKABLE:
+        return _wait_in_thread(args["wait"], node)
+    resumed: Optional[Parked] = request.environ.get(RESUMED)
+    if resumed is not None:  # the worker runs a parked poll again: it started before
+        poll = resumed.state
+    elif not args["wait"] or park is None:
+        poll = {"deadline": 0.0, "ticket": 0}
+    else:
+        ticket = announce_poll(session, app.notifier, node_id)
+        poll = {"deadline": time.monotonic() + args["wait"], "ticket": ticket}
+    session.commit()
+    limit = app.settings.max_polls_per_node
+    seen = app.notifier.counter(node_id)
+    step = JobService(session, app.notifier).claim_next(node)
+    if step is not None:
+        return {"step": step_payload(step)}
+    session.rollback()  # nothing of this request is kept while it is parked
+    ticket = poll["ticket"]
+    if (
+        park is not None
+        and poll["deadline"] > time.monotonic()
+        and not app.notifier.superseded(node_id, ticket, limit)
+    ):
+        # Nothing yet: the worker keeps the connection, without this thread, until the node
+        # is woken, a newer poll of the node supersedes this one, or the deadline passes.
+        park(
+            Parked(
+                deadline=poll["deadline"],
+                watch=lambda wake: app.notifier.watch(node_id, seen, wake, ticket, limit),
+                unwatch=lambda wake: app.notifier.unwatch(node_id, wake),
+                state=poll,
+            )
+        )
+    return _no_work(args["wait"], busy=park is None)
+
+
+def _wait_in_thread(wait: int, node: Any) -> Any:
+    """The long-poll under a server that cannot park it (the test client, werkzeug): it
+    waits in its thread, and only so many may wait at once (NSO_REPO_MAX_WAITING_POLLS)."""
+    app = state()
+    session = db_session()
+    waits = bool(wait) and app.notifier.hold(app.settings.max_waiting_polls)
     try:
         limit = app.settings.max_polls_per_node
         ticket = announce_poll(session, app.notifier, node.id) if waits else 0
         session.commit()
         jobs = JobService(session, app.notifier)
-        deadline = time.monotonic() + (args["wait"] if waits else 0)
-        node_id = node.id  # read now: the row is expired once a transaction ends
+        deadline = time.monotonic() + (wait if waits else 0)
+        node_id = node.id
         seen = app.notifier.counter(node_id)
         step = jobs.claim_next(node)
         # Sleep on the notifier, not on the database: one query per wake-up, none while idle,
-        # and no transaction (nor the pooled connection it holds) kept across a wait: with
-        # enough waiting polls, every other request waited for the pool and failed.
+        # and no transaction (nor the pooled connection it holds) kept across a wait.
         while step is None:
             session.rollback()
             if not app.notifier.wait(node_id, seen, deadline - time.monotonic(), ticket, limit):
@@ -139,10 +181,14 @@ def next_step(args: dict[str, Any]) -> Any:
             app.notifier.release()
     if step is not None:
         return {"step": step_payload(step)}
+    return _no_work(wait, busy=bool(wait) and not waits)
+
+
+def _no_work(wait: int, busy: bool) -> Response:
     answer = Response(status=204)
-    if args["wait"] and not waits:
+    if busy:
         # Every place to wait is taken: come back later rather than at once.
-        answer.headers["Retry-After"] = str(min(args["wait"], BUSY_RETRY_SECONDS))
+        answer.headers["Retry-After"] = str(min(wait, BUSY_RETRY_SECONDS))
     return answer
 
 

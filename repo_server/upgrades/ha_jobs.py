@@ -16,6 +16,7 @@ from repo_server.catalog.releases import get_release, list_releases
 from repo_server.errors import ValidationFailed
 from repo_server.fleet.group_models import HaGroup
 from repo_server.fleet.groups import get_group, heartbeat_problems
+from repo_server.fleet.models import Node
 from repo_server.fleet.notify import announce
 from repo_server.upgrades import preflight
 from repo_server.upgrades.ha_plan import WRITE_POLICIES, HaPlan, ha_upgrade_steps
@@ -41,6 +42,23 @@ class GroupPlan:
             f"{v.node}: {r.message} ({r.remedy})" for v in self.verdicts for r in v.reasons
         ]
 
+    def start(self, jobs: JobService, what: str, job: Job, who: Principal, **details: Any) -> Job:
+        """Queue ``job`` with this plan's steps, holding every member, or refuse ``what``
+        (the change, as the error names it) with every reason and start nothing."""
+        if not self.ok:
+            jobs.session.rollback()
+            reasons = self.reasons()
+            raise PreflightFailed(f"{what} is refused: " + "; ".join(reasons), reasons=reasons)
+        job.plan = {
+            "group": self.group.name,
+            "members": [verdict_dict(v) for v in self.verdicts],
+            "step_count": len(self.plan.steps),
+            **job.plan,
+        }
+        job.steps = job_steps(self.plan)
+        nodes = [m.node for m in self.group.members]
+        return create_group_job(jobs, job, nodes, who, group=self.group.name, **details)
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "group": self.group.name,
@@ -49,20 +67,77 @@ class GroupPlan:
             "ok": self.ok,
             "problems": self.problems,
             "members": [verdict_dict(v) for v in self.verdicts],
-            "steps": [
-                {
-                    "seq": i,
-                    "batch": s.batch,
-                    "node": s.member.node.name,
-                    "stage": s.stage,
-                    "name": s.spec.name,
-                    "title": s.spec.title,
-                    "params": s.spec.params,
-                }
-                for i, s in enumerate(self.plan.steps, start=1)
-            ],
+            "steps": plan_steps(self.plan),
             "marks": self.plan.marks_by_seq,
         }
+
+
+def plan_steps(plan: HaPlan) -> list[dict[str, Any]]:
+    """A group plan's steps as the API shows them, each with its member and stage."""
+    return [
+        {
+            "seq": i,
+            "batch": s.batch,
+            "node": s.member.node.name,
+            "stage": s.stage,
+            "name": s.spec.name,
+            "title": s.spec.title,
+            "params": s.spec.params,
+        }
+        for i, s in enumerate(plan.steps, start=1)
+    ]
+
+
+def role_options(group: HaGroup) -> dict[str, Any]:
+    """Who is who in the group, as a group job keeps it (ha_recovery.Roles reads it)."""
+    return {
+        "group": group.name,
+        "primary": group.primary.node_id,
+        "failover": group.failover.node_id,
+        "others": [m.node_id for m in group.others],
+        "ha_ids": {str(m.node_id): m.ha_id for m in group.members},
+    }
+
+
+def job_steps(plan: HaPlan) -> list[Step]:
+    """A group plan's steps as a job's, each bound to its member's node."""
+    return [
+        Step(
+            seq=i,
+            batch=s.batch,
+            node_id=s.member.node_id,
+            name=s.spec.name,
+            params=s.spec.params,
+            message=s.spec.title,
+        )
+        for i, s in enumerate(plan.steps, start=1)
+    ]
+
+
+def create_group_job(
+    jobs: JobService,
+    job: Job,
+    nodes: list[Node],
+    who: Principal,
+    action: str = "job.create",
+    **details: Any,
+) -> Job:
+    """Queue ``job`` (its steps set), holding ``nodes`` (every member), audited as
+    ``action`` with ``details``, and wake every member's agent."""
+    jobs.hold(job, nodes)
+    audit(
+        jobs.session,
+        who.actor,
+        action,
+        f"job:{job.id}",
+        nodes=[n.name for n in nodes],
+        kind=job.kind,
+        **details,
+    )
+    for node in nodes:
+        announce(jobs.session, jobs.notifier, node.id)
+    jobs.session.commit()
+    return job
 
 
 class GroupUpgrades:
@@ -122,64 +197,23 @@ class GroupUpgrades:
         for member in group.members:
             self.jobs.lock_node(member.node)
         planned = self.plan(name, to, write_policy, options)
-        if not planned.ok:
-            self.session.rollback()
-            reasons = planned.reasons()
-            raise PreflightFailed(
-                f"the upgrade of group {name} to {to} is refused: " + "; ".join(reasons),
-                reasons=reasons,
-            )
         release = get_release(self.session, to)
-        primary = group.primary
         source = planned.verdicts[0].source_version
         job = Job(
             kind="ha_upgrade",
             source_version=source,
             target_version=release.nso_version,
             release_id=release.id,
-            options={
-                **asdict(options),
-                "group": group.name,
-                "write_policy": write_policy,
-                "primary": primary.node_id,
-                "failover": group.failover.node_id,
-                "others": [m.node_id for m in group.others],
-                "ha_ids": {str(m.node_id): m.ha_id for m in group.members},
-            },
-            plan={
-                "group": group.name,
-                "members": [verdict_dict(v) for v in planned.verdicts],
-                "marks": planned.plan.marks_by_seq,
-                "step_count": len(planned.plan.steps),
-            },
+            options={**asdict(options), **role_options(group), "write_policy": write_policy},
+            plan={"marks": planned.plan.marks_by_seq},
             created_by=who.actor,
         )
-        job.steps = [
-            Step(
-                seq=i,
-                batch=s.batch,
-                node_id=s.member.node_id,
-                name=s.spec.name,
-                params=s.spec.params,
-                message=s.spec.title,
-            )
-            for i, s in enumerate(planned.plan.steps, start=1)
-        ]
-        nodes = [m.node for m in group.members]
-        self.jobs.hold(job, nodes)
-        audit(
-            self.session,
-            who.actor,
-            "job.create",
-            f"job:{job.id}",
-            group=group.name,
-            nodes=[n.name for n in nodes],
-            kind="ha_upgrade",
+        return planned.start(
+            self.jobs,
+            f"the upgrade of group {name} to {to}",
+            job,
+            who,
             write_policy=write_policy,
             source_version=source,
             target_version=release.nso_version,
         )
-        for node in nodes:
-            announce(self.session, self.jobs.notifier, node.id)
-        self.session.commit()
-        return job

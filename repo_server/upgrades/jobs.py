@@ -34,7 +34,14 @@ from repo_server.fleet.groups import group_of
 from repo_server.fleet.models import Node
 from repo_server.fleet.notify import Notifier, announce
 from repo_server.fleet.service import get_node, lock_node
-from repo_server.upgrades import ha_recovery, ha_state, plans, preflight, results
+from repo_server.upgrades import (
+    ha_package_plan,
+    ha_recovery,
+    ha_state,
+    plans,
+    preflight,
+    results,
+)
 from repo_server.upgrades.job_states import (
     STEP_FINISHED,
     STEP_HANDED_OUT,
@@ -52,6 +59,8 @@ READ_ONLY_STEPS = (
     "verify",
     "verify_packages",
     "ha_verify",
+    "ha_package_check",
+    "ha_verify_packages",
 )
 
 
@@ -83,6 +92,7 @@ def verdict_dict(verdict: preflight.Verdict) -> dict[str, Any]:
         "reasons": [asdict(r) for r in verdict.reasons],
         "packages": [a.filename for a in verdict.packages],
         "remove_ncs_conf": verdict.remove_ncs_conf,
+        "drops_patches": verdict.drops_patches,
     }
 
 
@@ -131,23 +141,36 @@ class JobService:
         )
 
     def plan_package_upgrade(
-        self, node_name: str, filenames: list[str], allow_data_loss: bool
+        self,
+        node_name: str,
+        filenames: list[str],
+        allow_data_loss: bool,
+        remove: tuple[str, ...] = (),
     ) -> tuple[preflight.Verdict, list[plans.StepSpec]]:
         node = get_node(self.session, node_name)
         artifacts = [live_artifact(self.session, name) for name in filenames]
         active = self.active_job(node)
-        verdict = preflight.check_package_upgrade(node, artifacts, active.id if active else None)
-        signed = signed_release_containing(self.session, artifacts)
-        return verdict, plans.package_upgrade_steps(artifacts, allow_data_loss, signed)
+        verdict = preflight.check_package_upgrade(
+            node, artifacts, active.id if active else None, remove
+        )
+        signed = signed_release_containing(self.session, artifacts) if artifacts else None
+        return verdict, plans.package_upgrade_steps(artifacts, allow_data_loss, signed, remove)
 
     def start_package_upgrade(
-        self, node_name: str, filenames: list[str], allow_data_loss: bool, who: Principal
+        self,
+        node_name: str,
+        filenames: list[str],
+        allow_data_loss: bool,
+        who: Principal,
+        remove: tuple[str, ...] = (),
     ) -> Job:
         self.lock_node(get_node(self.session, node_name))
-        verdict, steps = self.plan_package_upgrade(node_name, filenames, allow_data_loss)
-        return self._create(
-            "package_upgrade", verdict, steps, who, options={"allow_data_loss": allow_data_loss}
-        )
+        verdict, steps = self.plan_package_upgrade(node_name, filenames, allow_data_loss, remove)
+        options = {
+            "allow_data_loss": allow_data_loss,
+            **({"remove": list(remove)} if remove else {}),
+        }
+        return self._create("package_upgrade", verdict, steps, who, options=options)
 
     def _create(
         self,
@@ -199,6 +222,10 @@ class JobService:
         point taken when NSO stopped. Writes NSO took since then leave NSO (the agent keeps
         them aside on the host), so the operator must say so: ``discard_writes``."""
         done = self.get(job_id)
+        if done.kind == ha_package_plan.UPGRADE:
+            from repo_server.upgrades.ha_package_jobs import rollback_packages
+
+            return rollback_packages(self, done, who)
         rollbackable = done.state == "succeeded" or (
             done.state == "failed" and done.outcome == "needs_attention"
         )
@@ -536,7 +563,15 @@ class JobService:
         transition(step, "failed")
         step.result = result
         cause = f"{step.name} failed: {step.message or 'no message'}"
-        if job.kind == "ha_upgrade":
+        if job.kind == "patch":
+            # Patches are files on each node: a node that took it keeps it (a rollout with
+            # remove takes it off); the rest of the job does not run. A member of the same
+            # batch still at work reports first; the job ends with the last of them.
+            job.error = f"{job.error + '; ' if job.error else ''}{cause} ({step.node.name})"
+            self._skip_pending(job)
+            if not any(s.state in STEP_HANDED_OUT for s in job.steps):
+                self._finish(job, now)
+        elif job.kind in ("ha_upgrade", *ha_package_plan.KINDS):
             self._way_back(job, step, now)
         elif step.name.startswith("recover"):
             transition(job, "failed")
@@ -582,7 +617,9 @@ class JobService:
         else:
             self._skip_pending(job)
             transition(job, "failed")
-            job.outcome = "unchanged"
+            # A step with no recovery may have changed the node before it failed, and
+            # says so (a NED migration that moved some devices): not "unchanged" then.
+            job.outcome = "needs_attention" if result.get("changed") else "unchanged"
             job.error = cause
             job.finished_at = now
 
@@ -600,7 +637,11 @@ class JobService:
             if all(s.state in STEP_FINISHED for s in job.steps):
                 self._finish(job, now)
             return
-        back = ha_recovery.way_back(job, step)
+        back = (
+            ha_package_plan.way_back(job, step)
+            if job.kind in ha_package_plan.KINDS
+            else ha_recovery.way_back(job, step)
+        )
         self._skip_pending(job)
         job.error = f"{job.error + '; ' if job.error else ''}{back.error}"
         job.plan = {**job.plan, "way_back": back.outcome}
@@ -645,6 +686,12 @@ class JobService:
             transition(job, "failed")
             # An HA upgrade's way back says what it leads to (ha_recovery.WayBack).
             job.outcome = job.plan.get("way_back") or "rolled_back"
+            if job.kind in ha_package_plan.KINDS:
+                job.error = ha_package_plan.finished_error(job)
+            if job.kind == "patch":
+                # The failed node put back what it had; another may have taken the patch.
+                took = any(s.state == "succeeded" for s in job.steps)
+                job.outcome = "needs_attention" if took else "unchanged"
         else:
             transition(job, "succeeded")
 

@@ -151,27 +151,37 @@ def recovery_for(
 
 
 def package_upgrade_steps(
-    packages: list[Artifact], allow_data_loss: bool, signed: Optional[Release] = None
+    packages: list[Artifact],
+    allow_data_loss: bool,
+    signed: Optional[Release] = None,
+    remove: tuple[str, ...] = (),
 ) -> list[StepSpec]:
     """The guide's single-node Package Upgrade: stage, back up, install, reload, verify.
 
     ``signed``: a signed release holding every build, whose manifest the staging step
-    carries for agents that install only signed releases."""
+    carries for agents that install only signed releases. ``remove``: packages (by name) to
+    deinstall in the same reload, such as the old NED after a major NED upgrade."""
     refs = [{**artifact_ref(a), "name": a.name, "version": a.version} for a in packages]
     names = ", ".join(f"{a.name} {a.version}" for a in packages)
     stage = {"packages": refs, **(signed_params(signed) if signed is not None else {})}
+    change: dict[str, Any] = {"packages": refs, **({"remove": list(remove)} if remove else {})}
+    removal = f"; software packages deinstall {', '.join(remove)}" if remove else ""
     return [
-        StepSpec("prestage_packages", stage, f"download and verify {names}"),
+        *([StepSpec("prestage_packages", stage, f"download and verify {names}")] if refs else []),
         StepSpec("backup", {}, "ncs-backup, plus a copy of the package files and links it skips"),
         StepSpec(
             "install_packages",
-            {"packages": refs},
-            "software packages install package ... replace-existing",
+            change,
+            "software packages install package ... replace-existing" + removal,
         ),
         StepSpec(
             "reload_packages",
             {"allow_data_loss": allow_data_loss},
             "packages reload (refused if NSO would delete data, unless allowed)",
         ),
-        StepSpec("verify_packages", {"packages": refs}, "check versions and oper-status up"),
+        StepSpec(
+            "verify_packages",
+            change,
+            "check versions and oper-status up" + (", and the removed ones gone" if remove else ""),
+        ),
     ]

@@ -54,6 +54,8 @@ class Verdict:
     path: list[str] = field(default_factory=list)
     packages: list[Artifact] = field(default_factory=list)
     remove_ncs_conf: list[str] = field(default_factory=list)
+    # Emergency patches the node has that the upgrade leaves behind (docs/patches.md).
+    drops_patches: list[dict[str, Optional[str]]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -185,6 +187,7 @@ def check(
         verdict.packages = list(release.packages)
         return verdict
     verdict.source_version = inv.get("running_version")
+    verdict.drops_patches = dropped_patches(inv, str(target))
     source = _check_node(verdict, node, inv, active_job, member)
     if source is not None:
         _check_direction(verdict, source, target)
@@ -203,10 +206,29 @@ def check(
     return verdict
 
 
+def dropped_patches(inv: dict[str, Any], target: str) -> list[dict[str, Optional[str]]]:
+    """The patches (module, patch id: null when unknown) a move to ``target`` leaves
+    behind: they live in the running release's own folder (``lib/ncs/patches``) and are
+    built for that release only."""
+    release = inv.get("running_version") or inv.get("current")
+    patches = inv.get("patches")
+    if release == target or not isinstance(patches, list):
+        return []
+    return [
+        {"module": str(p.get("module")), "patch_id": p.get("patch_id")}
+        for p in patches
+        if isinstance(p, dict) and p.get("module")
+    ]
+
+
 def check_package_upgrade(
-    node: Node, artifacts: list[Artifact], active_job: Optional[int] = None
+    node: Node,
+    artifacts: list[Artifact],
+    active_job: Optional[int] = None,
+    remove: tuple[str, ...] = (),
 ) -> Verdict:
-    """A package-only upgrade: new builds for the running release, one per package."""
+    """A package-only upgrade: new builds for the running release, one per package, and
+    packages to take out (``remove``, by name: the old NED after a major NED upgrade)."""
     inv: dict[str, Any] = node.inventory or {}
     verdict = Verdict(node=node.name, source_version=None, target_version="", kind="package")
     verdict.packages = list(artifacts)
@@ -246,20 +268,53 @@ def check_package_upgrade(
                 f"the node already runs {artifact.name} {artifact.version}",
                 "leave it out of the upgrade",
             )
-    _check_resulting_set(verdict, node, inv, builds)
+    if not artifacts and not remove:
+        verdict.refuse(
+            "no_change", "no package was named", "name builds to install or packages to remove"
+        )
+    _check_removals(verdict, node, inv, seen, remove)
+    _check_resulting_set(verdict, node, inv, builds, set(remove))
     _check_disk(verdict, inv, sum(a.size for a in artifacts), None)
     return verdict
 
 
+def _check_removals(
+    verdict: Verdict, node: Node, inv: dict[str, Any], named: set[str], remove: tuple[str, ...]
+) -> None:
+    """Each package to remove is one the node runs, and not upgraded in the same change.
+    Whether NSO would lose data with it (devices still on a NED's ned-id) is NSO's to say:
+    the reload refuses it, unless the upgrade allows data loss."""
+    loaded = _loaded(inv) if _packages_known(inv) else None
+    for name in remove:
+        if name in named:
+            verdict.refuse(
+                "package_twice",
+                f"{name} is both installed and removed",
+                "name it in one of the two lists",
+            )
+        elif loaded is not None and name not in loaded:
+            verdict.refuse(
+                "package_not_loaded",
+                f"{node.name} does not run a package named {name}",
+                "leave it out of the packages to remove (nso-repo node ls --json shows them)",
+            )
+
+
 def _check_resulting_set(
-    verdict: Verdict, node: Node, inv: dict[str, Any], builds: list[PackageBuild]
+    verdict: Verdict,
+    node: Node,
+    inv: dict[str, Any],
+    builds: list[PackageBuild],
+    removed: Optional[set[str]] = None,
 ) -> None:
     """Required packages hold in the set the node runs after a package upgrade: the new builds
-    need theirs, and the packages staying loaded must still accept what replaced theirs."""
+    need theirs, and the packages staying loaded must still accept what replaced theirs (and
+    not need one that is removed)."""
     if not _packages_known(inv):
         return  # packages_unknown: the resulting set is unknown too
+    removed = removed or set()
     changed = {b.name: b.version for b in builds}
-    after = {**_loaded(inv), **changed}
+    after = {k: v for k, v in {**_loaded(inv), **changed}.items() if k not in removed}
     where = f"{node.name} after this upgrade"
     for unmet in unmet_requirements(builds, after):
         verdict.refuse(
@@ -267,9 +322,15 @@ def _check_resulting_set(
             unmet.fact(where),
             f"add a build of {unmet.requirement.wanted} to this upgrade (upload it first)",
         )
-    staying = _catalog_builds(node, inv, skip=set(changed))
+    staying = _catalog_builds(node, inv, skip=set(changed) | removed)
     for unmet in unmet_requirements(staying, after):
-        if unmet.requirement.name in changed:
+        if unmet.requirement.name in removed:
+            verdict.refuse(
+                "package_requires",
+                unmet.fact(where),
+                f"keep {unmet.requirement.name}, or remove {unmet.build.name} too",
+            )
+        elif unmet.requirement.name in changed:
             verdict.refuse(
                 "package_requires",
                 unmet.fact(where),

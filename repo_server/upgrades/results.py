@@ -155,6 +155,12 @@ TIME = text(40, r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?([+-]\d\d:\d\d|Z)?", nul
 HA_MODE = text(16, r"primary|secondary|none")
 HA_IDS = items(text(128, r"[A-Za-z0-9._-]+"), 64)
 JOB_FOLDER = re.escape(BACKUPS) + "/nso-agent-job-{job}"
+# An Erlang module of a patch bundle, as the catalog accepts it (catalog/inspect.py).
+BEAM_MODULE = r"[a-z][A-Za-z0-9_]*"
+
+# NED migration: what NSO printed for one path (agent/steps/ned_migration.py cuts it).
+NSO_BLOCK = Key("object", fields={"path": text(512), "info": text(512), "value": text(512)})
+DEVICE_NAME = text(128, r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 STEP_RESULTS: dict[str, dict[str, Key]] = {
     "prestage": {"installed_release": VERSION, "staged_packages": items(FILE_NAME)},
@@ -224,10 +230,65 @@ STEP_RESULTS: dict[str, dict[str, Key]] = {
         "fingerprint": FINGERPRINT,
         "fingerprint_lines": COUNT,
     },
+    # Package upgrades on an HA group (docs/ha-upgrades.md)
+    "ha_package_check": {"ha_mode": HA_MODE, "connected_secondaries": HA_IDS, "read_only": FLAG},
+    "ha_sync_packages": {"read_only_before": FLAG, "read_only": FLAG},
+    "ha_verify_packages": {
+        "loaded": items(
+            Key(
+                "object",
+                fields={
+                    "name": text(255, r"[A-Za-z0-9._-]+"),
+                    "version": text(64, VERSION.pattern, nullable=True),
+                    "oper_status": text(64, nullable=True),
+                },
+            )
+        ),
+        "read_only": FLAG,
+    },
+    # Emergency patches (docs/patches.md): the modules NSO lists with the patch id after
+    # the step (apply), or no longer lists with it (remove); kept: modules of the bundle
+    # whose file there holds another build, left alone.
+    "apply_patch": {"modules": items(text(128, BEAM_MODULE)), "changed": FLAG},
+    "remove_patch": {
+        "modules": items(text(128, BEAM_MODULE)),
+        "kept": items(text(128, BEAM_MODULE)),
+        "changed": FLAG,
+    },
+    # A major NED upgrade's migrate, per device (docs/upgrades.md, "Major NED upgrade").
+    "ned_migrate": {
+        "ned_migration": Key(
+            "object",
+            fields={
+                "new_ned_id": text(128, r"[A-Za-z0-9_.:-]+"),
+                "dry_run": FLAG,
+                "devices_total": COUNT,
+                "lost_data_total": COUNT,
+                "truncated": FLAG,
+                "devices": items(
+                    Key(
+                        "object",
+                        fields={
+                            "device": DEVICE_NAME,
+                            "groups": items(DEVICE_NAME, 100),
+                            "old_ned_id": text(128, nullable=True),
+                            "new_ned_id": text(128, r"[A-Za-z0-9_.:-]+"),
+                            "state": text(16, r"dry_run|migrated|already"),
+                            "modified_paths": items(NSO_BLOCK, 100),
+                            "modified_paths_total": COUNT,
+                            "lost_data": items(NSO_BLOCK, 100),
+                            "lost_data_total": COUNT,
+                        },
+                    )
+                ),
+            },
+        )
+    },
 }
 
-# What a failed report may carry, whatever the step (docs/agent-protocol.md).
-FAILURE: dict[str, Key] = {"nso_running": FLAG, "version": VERSION}
+# What a failed report may carry, whatever the step (docs/agent-protocol.md). `changed`:
+# the step changed the node before it failed (a NED migration that moved some devices).
+FAILURE: dict[str, Key] = {"nso_running": FLAG, "version": VERSION, "changed": FLAG}
 
 
 def _size(raw: Any) -> int:

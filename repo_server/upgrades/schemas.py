@@ -87,10 +87,18 @@ class UpgradeArgs(Schema):
 class PackageUpgradeArgs(Schema):
     packages = fields.List(
         fields.String(),
-        required=True,
-        validate=validate.Length(min=1),
+        load_default=list,
         metadata={
             "description": "Package file names in the catalog, built for the running release"
+        },
+    )
+    remove = fields.List(
+        fields.String(validate=validate.Length(min=1, max=255)),
+        load_default=list,
+        validate=validate.Length(max=100),
+        metadata={
+            "description": "Names of loaded packages to deinstall in the same reload (the old "
+            "NED after a major NED upgrade); at least one of packages and remove"
         },
     )
     allow_data_loss = fields.Boolean(
@@ -140,6 +148,13 @@ class PlanSchema(Schema):
     reasons = fields.List(fields.Nested(ReasonSchema))
     packages = fields.List(fields.String())
     remove_ncs_conf = fields.List(fields.String())
+    drops_patches = fields.List(
+        fields.Dict(),
+        metadata={
+            "description": "Emergency patches ({module, patch_id}) the node has that a move "
+            "to another release leaves behind (docs/patches.md)"
+        },
+    )
     steps = fields.List(fields.Nested(PlanStepSchema))
 
 

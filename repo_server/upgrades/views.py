@@ -154,8 +154,10 @@ def upgrade(args: dict[str, Any], name: str) -> Any:
 @blp.arguments(PackageUpgradeArgs)
 @blp.response(202, JobSchema)
 def package_upgrade(args: dict[str, Any], name: str) -> Any:
-    """Replace or add packages on a running node without an NSO upgrade."""
-    job = jobs().start_package_upgrade(name, args["packages"], args["allow_data_loss"], principal())
+    """Replace, add or remove packages on a running node without an NSO upgrade."""
+    job = jobs().start_package_upgrade(
+        name, args["packages"], args["allow_data_loss"], principal(), tuple(args["remove"])
+    )
     return job, 202, {"Location": f"/api/v1/jobs/{job.id}"}
 
 

@@ -43,6 +43,7 @@ DECISIONS: dict[tuple[str, str], str] = {
     ("GET", "/api/v1/nodes/<string:name>/plan"): "job:read",
     ("POST", "/api/v1/nodes/<string:name>/upgrade"): "job:manage",
     ("POST", "/api/v1/nodes/<string:name>/package-upgrade"): "job:manage",
+    ("POST", "/api/v1/nodes/<string:name>/ned-migrations"): "job:manage",
     ("GET", "/api/v1/jobs"): "job:read",
     ("GET", "/api/v1/jobs/<int:job_id>"): "job:read",
     ("POST", "/api/v1/jobs/<int:job_id>/rollback"): "job:manage",
@@ -60,6 +61,11 @@ DECISIONS: dict[tuple[str, str], str] = {
     ("DELETE", "/api/v1/groups/<string:name>"): "node:manage",
     ("GET", "/api/v1/groups/<string:name>/plan"): "job:read",
     ("POST", "/api/v1/groups/<string:name>/upgrade"): "job:manage",
+    ("GET", "/api/v1/groups/<string:name>/package-plan"): "job:read",
+    ("POST", "/api/v1/groups/<string:name>/package-upgrade"): "job:manage",
+    ("GET", "/api/v1/patch-rollouts"): "job:read",
+    ("POST", "/api/v1/patch-rollouts"): "job:manage",
+    ("GET", "/api/v1/patch-rollouts/<int:rollout_id>"): "job:read",
 }
 
 # Values for path parameters that name nothing: an allowed role gets a 404 or a 422, never a

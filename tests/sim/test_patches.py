@@ -40,3 +40,34 @@ def test_patch_for_another_release_is_not_loaded(make_host, tmp_path):
     out, status = host.cli("ncs-state patches load-modules")
     assert status == 1 and "built for NSO 6.1" in out
     assert "ncs_old" not in host.cli("show ncs-state patches")[0]
+
+
+def test_load_modules_unloads_a_patch_whose_file_was_removed(make_host, tmp_path):
+    host = make_host("6.2", [])
+    patches = host.path("/opt/ncs/current/lib/ncs/patches")
+    sim(
+        "make-patch",
+        "6.2",
+        "P1",
+        "--module",
+        "ncs_a",
+        "--module",
+        "ncs_b",
+        "--beam-only",
+        "--out",
+        str(patches),
+    )
+    out, status = host.cli("ncs-state patches load-modules")
+    assert status == 0 and "module ncs_a loaded" in out and "module ncs_b loaded" in out
+    (patches / "ncs_a.beam").unlink()
+    # Until load-modules runs again, NSO keeps what it loaded.
+    assert "ncs_a" in host.cli("show ncs-state patches")[0]
+    out, status = host.cli("ncs-state patches load-modules")
+    assert status == 0, out
+    assert "module ncs_a unloaded" in out and "module ncs_b loaded" in out
+    listing = host.cli("show ncs-state patches")[0]
+    assert "ncs_a" not in listing and "ncs_b" in listing
+    (patches / "ncs_b.beam").unlink()
+    out, _ = host.cli("ncs-state patches load-modules")
+    assert "module ncs_b unloaded" in out
+    assert host.cli("show ncs-state patches")[0].strip() == "% No entries found."

@@ -90,7 +90,7 @@ def _pg_run(argv: list[str], log_path: Path, timeout: float = 120) -> None:
         )
 
 
-def _pg_stop(server: PostgresServer) -> None:
+def stop_postgres(server: PostgresServer) -> None:
     ctl = str(PG_BIN / "pg_ctl")
     with open(server.log_path, "ab") as log:
         result = subprocess.run(
@@ -112,7 +112,9 @@ def _pg_stop(server: PostgresServer) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
-def start_postgres() -> PostgresServer:
+def start_postgres(durable: bool = False, max_connections: int = 100) -> PostgresServer:
+    """A new cluster. Tests run it without fsync (they never survive a power cut);
+    `durable` keeps PostgreSQL's defaults, as a benchmark of the deployed shape wants."""
     if not (PG_BIN / "initdb").exists():
         raise ServiceStartError(
             f"PostgreSQL 15 binaries not found in {PG_BIN}: install postgresql-15 or set "
@@ -132,9 +134,10 @@ def start_postgres() -> PostgresServer:
         shutil.chown(server.log_path, "postgres", "postgres")
     options = (
         f"-p {server.port} -k {root / 'sock'} -c listen_addresses=127.0.0.1 "
-        "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
-        "-c shared_buffers=32MB -c max_connections=100"
+        f"-c shared_buffers=32MB -c max_connections={max_connections}"
     )
+    if not durable:
+        options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
     try:
         _pg_run(
             [
@@ -152,7 +155,7 @@ def start_postgres() -> PostgresServer:
                 server.log_path,
             )
         except ServiceStartError:
-            _pg_stop(server)
+            stop_postgres(server)
             raise
     except BaseException:
         shutil.rmtree(root, ignore_errors=True)
@@ -168,5 +171,5 @@ def postgres_server() -> Iterator[PostgresServer]:
     try:
         yield server
     finally:
-        _pg_stop(server)
+        stop_postgres(server)
         shutil.rmtree(server.root, ignore_errors=True)

@@ -16,7 +16,9 @@ from repo_server.catalog.models import Artifact
 from repo_server.catalog.release_models import Release
 from repo_server.fleet.group_models import HaGroup, HaGroupMember
 from repo_server.fleet.models import Node
-from repo_server.upgrades import ha_plan, plans
+from repo_server.patches.rollouts import patch_step
+from repo_server.upgrades import ha_package_plan, ha_plan, ned_migrations, plans
+from repo_server.upgrades.ned_migrations import MigrationRequest
 from repo_server.upgrades.preflight import Verdict
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "agent-protocol.md"
@@ -46,6 +48,43 @@ def every_plan() -> list[list[plans.StepSpec]]:
     for allow in (False, True):
         made.append(plans.package_upgrade_steps([artifact("ncs-6.2-a-1.1.tar.gz")], allow))
     made += ha_plans(release)
+    for dry_run in (True, False):
+        request = MigrationRequest("n", "router-nc-2.0", ("r1",), ("edge",), dry_run, 1)
+        made.append([ned_migrations.migrate_step(request)])
+    made.append(plans.package_upgrade_steps([], False, remove=("router-nc",)))
+    bundle = artifact("nso-6.2-patch-P1.tar.gz", "patch")
+    made += [[patch_step(action, bundle)] for action in ("apply", "remove")]
+    made += ha_package_plans()
+    return made
+
+
+def _group(size: int) -> HaGroup:
+    roles = [("primary", False), ("secondary", True), ("secondary", False)][:size]
+    group = HaGroup(name="g", created_by="t")
+    group.members = [
+        HaGroupMember(
+            node=Node(id=i, name=f"n{i}", created_by="t"),
+            node_id=i,
+            ha_id=f"n{i}",
+            nominal_role=role,
+            failover_primary=failover,
+            position=i,
+        )
+        for i, (role, failover) in enumerate(roles, start=1)
+    ]
+    return group
+
+
+def ha_package_plans() -> list[list[plans.StepSpec]]:
+    """Package upgrades on an HA group, both sync variants; the survey of a failed one, and
+    the steps of its rollback."""
+    made = []
+    for size, variant in itertools.product((2, 3), ("and-reload", "and-add")):
+        new = [artifact("ncs-6.2-a-1.1.tar.gz")]
+        steps = ha_package_plan.package_steps(_group(size), new, None, {"a": "1.1"}, variant)
+        made.append([s.spec for s in steps.steps])
+    made.append([ha_package_plan.survey_step()])
+    made.append([ha_package_plan.sync_step("and-reload", {}, restore_links="/x")])
     return made
 
 
@@ -53,19 +92,7 @@ def ha_plans(release: Release) -> list[list[plans.StepSpec]]:
     """The HA group plans: 2 and 3 members, both write policies."""
     made = []
     for size, policy in itertools.product((2, 3), ha_plan.WRITE_POLICIES):
-        roles = [("primary", False), ("secondary", True), ("secondary", False)][:size]
-        group = HaGroup(name="g", created_by="t")
-        group.members = [
-            HaGroupMember(
-                node=Node(id=i, name=f"n{i}", created_by="t"),
-                node_id=i,
-                ha_id=f"n{i}",
-                nominal_role=role,
-                failover_primary=failover,
-                position=i,
-            )
-            for i, (role, failover) in enumerate(roles, start=1)
-        ]
+        group = _group(size)
         verdicts = {}
         for member in group.members:
             verdict = Verdict(node=member.node.name, source_version="6.1", target_version="6.2")

@@ -1,0 +1,191 @@
+"""A major NED upgrade's migration (the guide's ``migrate`` action): move devices, named one
+by one or by device group, to a new ned-id whose NED package is loaded beside the old one.
+
+With ``dry_run`` NSO only reports what it would change; the operator reads that and then
+confirms the real migration (docs/upgrades.md, "Major NED upgrade"). Every name is checked
+before it reaches NSO (agent/ned.py), and every device is looked at before anything changes:
+one that does not exist, or a group that does not, fails the step with nothing migrated.
+Running the step again is safe: a device already on the new ned-id is not migrated twice.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Optional
+
+from agent import ned, trust
+from agent.errors import NsoError, StepFailed
+from agent.steps.context import StepContext
+
+MAX_TARGETS = 1000  # devices plus device groups one step may name
+# What a result may carry (repo_server/upgrades/results.py checks the same): NSO's lines
+# are cut to TEXT_MAX characters, and each device's lists shortened until the whole result
+# fits RESULT_BUDGET bytes of JSON; the totals say how much there was, the log has it all.
+TEXT_MAX = 512
+ITEMS_MAX = 100
+RESULT_BUDGET = 120_000
+
+
+def ned_migrate(ctx: StepContext) -> dict[str, Any]:
+    params = ctx.params
+    new_id = ned.ned_id(params.get("new_ned_id"), "new_ned_id")
+    dry_run = trust.boolean(params.get("dry_run"), "dry_run")
+    devices = [
+        ned.device_name(v, f"devices[{i}]")
+        for i, v in enumerate(trust.listed(params, "devices", "device names"))
+    ]
+    groups = [
+        ned.group_name(v, f"device_groups[{i}]")
+        for i, v in enumerate(trust.listed(params, "device_groups", "device group names"))
+    ]
+    if not devices and not groups:
+        raise StepFailed(
+            "the step names no device and no device group: nothing to migrate; name them "
+            "in the request (devices, device_groups)"
+        )
+    if len(devices) + len(groups) > MAX_TARGETS:
+        raise trust.refuse("devices", len(devices) + len(groups), f"at most {MAX_TARGETS}")
+
+    members = {g: _members(ctx, g) for g in groups}
+    targets = list(dict.fromkeys([*devices, *(d for g in groups for d in members[g])]))
+    before = _ned_ids(ctx, targets)
+    missing = [d for d in targets if before[d] is None]
+    if missing:
+        raise StepFailed(
+            f"NSO has no device {', '.join(missing[:20])}"
+            + (f" (and {len(missing) - 20} more)" if len(missing) > 20 else "")
+            + ": nothing was migrated; check the names (show running-config devices device)"
+        )
+    ctx.progress(10, f"{len(targets)} device(s) to {new_id}" + (" (dry-run)" if dry_run else ""))
+
+    reported: dict[str, ned.Migration] = {}
+    try:
+        for i, device in enumerate(devices):
+            if before[device] != new_id:
+                reported.update(ctx.nso.migrate_ned("device", device, new_id, dry_run))
+            ctx.progress(10 + 80 * (i + 1) // (len(devices) + len(groups)), f"{device} done")
+        for group in groups:
+            # NSO migrates the whole group; a member on the new ned-id already has nothing to do.
+            if any(before[d] != new_id for d in members[group]):
+                for device, found in ctx.nso.migrate_ned(
+                    "device-group", group, new_id, dry_run
+                ).items():
+                    reported.setdefault(device, found)
+    except NsoError as exc:
+        raise _failed(ctx, exc, new_id, dry_run, before) from None
+
+    after = _ned_ids(ctx, targets)
+    wrong = [d for d in targets if after[d] != (before[d] if dry_run else new_id)]
+    if wrong:
+        raise StepFailed(
+            f"after the {'dry-run' if dry_run else 'migration'} NSO shows "
+            + ", ".join(f"{d} on {after[d]}" for d in wrong[:20])
+            + f"; expected {'no change' if dry_run else new_id}: check them by hand",
+            result={"changed": any(after[d] != before[d] for d in targets)},
+        )
+    entries = [_entry(d, before[d], new_id, dry_run, reported.get(d), members) for d in targets]
+    return {"ned_migration": _bounded(new_id, dry_run, entries)}
+
+
+def _members(ctx: StepContext, group: str) -> list[str]:
+    found = ctx.nso.device_group_members(group)
+    if found is None:
+        raise StepFailed(
+            f"NSO has no device group {group}: nothing was migrated; check the name "
+            "(show running-config devices device-group)"
+        )
+    # Names NSO gives us go into commands too: the same grammar as the server's.
+    return [ned.device_name(d, f"member of {group}", f"NSO's device group {group}") for d in found]
+
+
+def _ned_ids(ctx: StepContext, devices: list[str]) -> dict[str, Optional[str]]:
+    return {d: ctx.nso.device_ned_id(d) for d in devices}
+
+
+def _failed(
+    ctx: StepContext,
+    exc: NsoError,
+    new_id: str,
+    dry_run: bool,
+    before: dict[str, Optional[str]],
+) -> StepFailed:
+    """NSO refused: say so in its words, and which devices it had migrated by then (read
+    back, not assumed), so the job says whether the node changed."""
+    what = "dry-run" if dry_run else "migration"
+    moved: list[str] = []
+    if not dry_run:
+        try:
+            after = _ned_ids(ctx, list(before))
+        except NsoError:
+            after = {}
+        moved = [d for d, was in before.items() if was != new_id and after.get(d) == new_id]
+    done = (
+        f"; already on {new_id}: {', '.join(moved[:20])}" + (" ..." if len(moved) > 20 else "")
+        if moved
+        else "; no device was migrated"
+    )
+    return StepFailed(
+        f"NSO refused the {what} to {new_id}: {exc}{done}; fix the cause and run the "
+        "migration again (a dry-run first): devices already on the new ned-id are skipped",
+        result={"changed": bool(moved)},
+    )
+
+
+def _entry(
+    device: str,
+    old: Optional[str],
+    new_id: str,
+    dry_run: bool,
+    found: Optional[ned.Migration],
+    members: dict[str, list[str]],
+) -> dict[str, Any]:
+    modified = [_fields(f) for f in (found.modified_paths if found else [])]
+    lost = [_fields(f) for f in (found.lost_data if found else [])]
+    return {
+        "device": device,
+        "groups": [g for g, names in members.items() if device in names],
+        "old_ned_id": old,
+        "new_ned_id": new_id,
+        "state": "already" if old == new_id else "dry_run" if dry_run else "migrated",
+        "modified_paths": modified,
+        "modified_paths_total": len(modified),
+        "lost_data": lost,
+        "lost_data_total": len(lost),
+    }
+
+
+def _fields(block: dict[str, str]) -> dict[str, str]:
+    """The parts of one NSO block that travel: ``path``, ``info``, ``value``, cut short."""
+    return {k: _cut(v) for k, v in block.items() if k in ("path", "info", "value")}
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= TEXT_MAX else text[: TEXT_MAX - 3] + "..."
+
+
+def _bounded(new_id: str, dry_run: bool, entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """The result within the server's limits: each device's lists shortened (then devices
+    left out) until it fits; ``truncated`` says so, and the totals stay whole."""
+    result: dict[str, Any] = {
+        "new_ned_id": new_id,
+        "dry_run": dry_run,
+        "devices_total": len(entries),
+        "lost_data_total": sum(e["lost_data_total"] for e in entries),
+        "truncated": False,
+    }
+    cap, shown = ITEMS_MAX, len(entries)
+    while True:
+        kept = [
+            {**e, "modified_paths": e["modified_paths"][:cap], "lost_data": e["lost_data"][:cap]}
+            for e in entries[:shown]
+        ]
+        result["devices"] = kept
+        result["truncated"] = shown < len(entries) or any(
+            e["modified_paths_total"] > cap or e["lost_data_total"] > cap for e in entries[:shown]
+        )
+        if len(json.dumps(result)) <= RESULT_BUDGET or shown == 0:
+            return result
+        if cap > 0:
+            cap //= 2
+        else:
+            shown //= 2

@@ -1,0 +1,324 @@
+"""From an operator's emergency-patch rollout to every agent's report, with 1,000 agents.
+
+Run from the repository root:
+
+    python bench/patch_latency.py                 # 1,000 agents
+    python bench/patch_latency.py --agents 200    # quick try
+
+The server runs as it is deployed for a fleet: `nso-repo serve` (gunicorn, 4 worker
+processes, the default on PostgreSQL) on a throwaway PostgreSQL 15 cluster with its durable
+defaults (fsync on). AGENTS light agent clients (tests/support/light_agents.py: asyncio,
+one keep-alive connection each, each from a loopback address of its own as agents on their
+own hosts) enroll, report an inventory on the patch's release, and long-poll
+`GET /api/v1/agent/next?wait=30` as `nso-agent` does. Each step they get is run the agent's
+way, in a throwaway folder instead of an NSO host: download the bundle, check its sha256,
+write each `.beam` file atomically (temporary file, rename), report the result.
+
+Measured in the same run:
+
+* baseline: a rollout to one node while every other agent waits (three times; the median);
+* the fleet: `POST /api/v1/patch-rollouts {"all_affected": true}` to every agent, twice
+  (the second apply finds the files in place: the server's path is the same).
+
+For each: how long the trigger's own answer took, and the time from sending the trigger to
+each agent's report being answered: p50, p99, max, and p99 against the baseline. Also the
+connections to PostgreSQL while every agent waits (one LISTEN per worker process, whatever
+the number of agents). Goal: p99 under 2 s with 1,000 agents. The last line printed is one
+JSON object with the figures and the goals.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import io
+import os
+import statistics
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from benchkit import BenchError, loadavg, run_benchmark, serve_repo  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from nso_sim import beam  # noqa: E402
+from tests.support.light_agents import (  # noqa: E402
+    LightAgent,
+    enroll_many,
+    percentile,
+    serve_steps,
+)
+from tests.support.postgres import start_postgres, stop_postgres  # noqa: E402
+from tests.upgrades.builders import healthy_inventory  # noqa: E402
+
+NSO_VERSION = "6.2.3"
+PATCH_ID = "CSCbench01"
+MODULES = ["ncs_cli_bench", "ncs_conf_bench"]
+GOAL_P99_S = 2.0
+WORKERS = 4
+WAIT = 30
+
+
+def make_bundle(folder: Path) -> Path:
+    (bundle,) = beam.make_patch(NSO_VERSION, PATCH_ID, MODULES, folder)
+    return bundle
+
+
+def _api(agent: LightAgent) -> Callable[..., Any]:
+    async def call(method: str, path: str, body: Any = None, expect: int = 200) -> Any:
+        answer = await agent.request(method, path, body)
+        if answer.status != expect:
+            raise BenchError(f"{method} {path} answered {answer.status}: {answer.body[:400]!r}")
+        return answer.json() if answer.body else None
+
+    return call
+
+
+async def upload(base: str, token: str, bundle: Path) -> None:
+    # One PUT of a small file: the light client's request() speaks JSON, so send it raw.
+    host, port = base.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    data = bundle.read_bytes()
+    writer.write(
+        (
+            f"PUT /api/v1/artifacts/{bundle.name} HTTP/1.1\r\nHost: {host}\r\n"
+            f"Authorization: Bearer {token}\r\nContent-Length: {len(data)}\r\n"
+            "Content-Type: application/octet-stream\r\nConnection: close\r\n\r\n"
+        ).encode()
+        + data
+    )
+    await writer.drain()
+    answer = await reader.read()
+    writer.close()
+    status = int(answer.split(b" ", 2)[1])
+    if status not in (200, 201):
+        raise BenchError(f"uploading {bundle.name} answered {status}: {answer[-400:]!r}")
+
+
+def apply_in(root: Path) -> Any:
+    """The step handler: write the bundle's .beam files into the agent's own folder."""
+
+    async def handler(agent: LightAgent, step: dict[str, Any], blobs: dict[str, bytes]) -> Any:
+        folder = root / agent.name
+        folder.mkdir(exist_ok=True)
+        modules, changed = [], False
+        for data in blobs.values():
+            with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+                for member in tar.getmembers():
+                    if not (member.isfile() and member.name.endswith(".beam")):
+                        continue
+                    body = tar.extractfile(member)
+                    content = body.read() if body else b""
+                    target = folder / Path(member.name).name
+                    modules.append(target.stem)
+                    if target.exists() and target.read_bytes() == content:
+                        continue
+                    temporary = target.with_suffix(".tmp")
+                    temporary.write_bytes(content)
+                    os.replace(temporary, target)
+                    changed = True
+        return {"modules": sorted(modules), "changed": changed}
+
+    return handler
+
+
+async def fleet_run(
+    args: argparse.Namespace, served: Any, pg_url: str, root: Path, pg_pid: int
+) -> Any:
+    admin = LightAgent(served.base, served.token, "admin")
+    api = _api(admin)
+    bundle = make_bundle(root)
+    await upload(served.base, served.token, bundle)
+    names = [f"edge-{i:04d}" for i in range(args.agents)]
+    agents = await enroll_many(served.base, served.token, names)
+    inventory = healthy_inventory(NSO_VERSION)
+    gate = asyncio.Semaphore(50)
+
+    async def beat(agent: LightAgent) -> None:
+        async with gate:
+            answer = await agent.request(
+                "POST", "/api/v1/agent/heartbeat", {"inventory": inventory}
+            )
+            if answer.status != 200:
+                raise BenchError(f"heartbeat of {agent.name} answered {answer.status}")
+
+    await asyncio.gather(*(beat(a) for a in agents))
+    stop = asyncio.Event()
+    trigger_at = [0.0]
+    handler = apply_in(root)
+    runners = [
+        asyncio.ensure_future(serve_steps(a, handler, stop, lambda: trigger_at[0], WAIT))
+        for a in agents
+    ]
+    await asyncio.sleep(3)  # every agent has asked and is waiting
+    connections = await asyncio.to_thread(pg_connections, pg_url)
+
+    async def rollout(body: dict[str, Any], expected: int) -> dict[str, Any]:
+        for agent in agents:
+            agent.done.clear()
+        server, database = family(served.started.proc.pid), family(pg_pid)
+        cpu = (cpu_seconds(server), cpu_seconds(database), time.process_time())
+        trigger_at[0] = time.monotonic()
+        created = await api("POST", "/api/v1/patch-rollouts", body, expect=201)
+        answered = time.monotonic() - trigger_at[0]
+        deadline = time.monotonic() + 120
+        while sum(len(a.done) for a in agents) < expected:
+            if time.monotonic() > deadline:
+                late = sum(len(a.done) for a in agents)
+                raise BenchError(f"only {late} of {expected} agents reported within 120 s")
+            await asyncio.sleep(0.05)
+        used = (cpu_seconds(server), cpu_seconds(database), time.process_time())
+        cpu_ms = [round(1000 * (after - before) / expected, 2) for before, after in zip(cpu, used)]
+        latencies = [reported for a in agents for *_, reported in a.done]
+        arrivals = [arrived for a in agents for _, arrived, _, _ in a.done]
+        fetches = [fetched for a in agents for _, _, fetched, _ in a.done]
+        await asyncio.sleep(1)  # the agents are back to waiting
+        return {
+            "id": created.get("id"),
+            "trigger_s": answered,
+            "latencies": latencies,
+            "arrivals": arrivals,
+            "fetches": fetches,
+            "cpu_ms_per_agent": dict(zip(("server", "postgres", "agents"), cpu_ms)),
+        }
+
+    baselines = [await rollout({"patch": bundle.name, "nodes": [names[0]]}, 1) for _ in range(3)]
+    fleets = [await rollout({"patch": bundle.name, "all_affected": True}, len(agents))]
+    fleets.append(await rollout({"patch": bundle.name, "all_affected": True}, len(agents)))
+    stop.set()
+    for runner in runners:
+        runner.cancel()
+    await asyncio.gather(*runners, return_exceptions=True)
+    await asyncio.gather(*(a.close() for a in [*agents, admin]))
+    return baselines, fleets, connections
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User and system CPU seconds the processes (and their reaped children) used so far."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += sum(int(v) for v in fields[11:15]) / ticks  # utime stime cutime cstime
+    return total
+
+
+def family(pid: int) -> list[int]:
+    """`pid` and every process below it."""
+    seen, i = [pid], 0
+    while i < len(seen):
+        for task in Path(f"/proc/{seen[i]}/task").glob("*"):
+            with contextlib.suppress(OSError):
+                seen.extend(int(k) for k in (task / "children").read_text().split())
+        i += 1
+    return seen
+
+
+def pg_connections(url: str) -> dict[str, int]:
+    import psycopg
+
+    with psycopg.connect(url.replace("+psycopg", ""), autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT coalesce(state, ''), coalesce(query, '') FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        ).fetchall()
+    return {
+        "total": len(rows),
+        "listening": sum(str(q).startswith("LISTEN") for _, q in rows),
+        "idle_in_transaction": sum(str(s).startswith("idle in transaction") for s, _ in rows),
+    }
+
+
+def figures(run: dict[str, Any]) -> dict[str, float]:
+    values = run["latencies"]
+    return {
+        "trigger_s": round(run["trigger_s"], 3),
+        "p50_s": round(percentile(values, 0.5), 3),
+        "p99_s": round(percentile(values, 0.99), 3),
+        "max_s": round(max(values), 3),
+        "step_p50_s": round(percentile(run["arrivals"], 0.5), 3),
+        "step_p99_s": round(percentile(run["arrivals"], 0.99), 3),
+        "fetched_p99_s": round(percentile(run["fetches"], 0.99), 3),
+        **{f"cpu_ms_{k}": v for k, v in run["cpu_ms_per_agent"].items()},
+    }
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--agents", type=int, default=1000, help="light agents (default 1000)")
+    parser.add_argument("--tmp-dir", default=None, help="where the throwaway folders go")
+    args = parser.parse_args(argv)
+    console = Console()
+
+    def body(work: Path, cleanup: list[Callable[[], None]], load: list[float]) -> dict[str, Any]:
+        pg = start_postgres(durable=True)
+        cleanup.append(lambda: stop_postgres(pg))
+        url = pg.create_database("bench")
+        served = serve_repo(work, cleanup, "admin", {"NSO_REPO_DATABASE_URL": url}, workers=WORKERS)
+        root = Path(tempfile.mkdtemp(dir=work))
+        console.print(
+            f"{args.agents} agents, nso-repo serve with {WORKERS} workers on PostgreSQL 15 "
+            f"(durable defaults), {os.cpu_count()} CPUs"
+        )
+        postmaster = int((pg.data_dir / "postmaster.pid").read_text().split()[0])
+        baselines, fleets, connections = asyncio.run(fleet_run(args, served, url, root, postmaster))
+        load.append(loadavg())
+        base = {k: statistics.median(figures(b)[k] for b in baselines) for k in ("p50_s",)}
+        table = Table(title="Emergency patch: seconds from the trigger to each agent's report")
+        columns = ("run", "agents", "trigger", "step p50", "p50", "p99", "max", "p99/base")
+        for column in (*columns, "CPU ms/agent srv+pg+agt"):
+            table.add_column(column, justify="right")
+        rows = [(f"one node #{i + 1}", 1, figures(b)) for i, b in enumerate(baselines)]
+        rows += [(f"fleet #{i + 1}", args.agents, figures(f)) for i, f in enumerate(fleets)]
+        for name, count, fig in rows:
+            table.add_row(
+                name,
+                str(count),
+                f"{fig['trigger_s']:.2f}",
+                f"{fig['step_p50_s']:.2f}",
+                f"{fig['p50_s']:.2f}",
+                f"{fig['p99_s']:.2f}",
+                f"{fig['max_s']:.2f}",
+                f"{fig['p99_s'] / base['p50_s']:.1f}",
+                f"{fig['cpu_ms_server']:.1f}+{fig['cpu_ms_postgres']:.1f}+"
+                f"{fig['cpu_ms_agents']:.1f}",
+            )
+        console.print(table)
+        console.print(
+            f"PostgreSQL connections while {args.agents} agents waited: {connections['total']} "
+            f"({connections['listening']} LISTEN, {connections['idle_in_transaction']} idle "
+            "in transaction)"
+        )
+        worst = max((figures(f) for f in fleets), key=lambda f: f["p99_s"])
+        return {
+            "benchmark": "patch_latency",
+            "agents": args.agents,
+            "workers": WORKERS,
+            "p50_s": worst["p50_s"],
+            "p99_s": worst["p99_s"],
+            "max_s": worst["max_s"],
+            "trigger_s": worst["trigger_s"],
+            "baseline_one_node_s": base["p50_s"],
+            "p99_baseline_ratio": round(worst["p99_s"] / base["p50_s"], 2),
+            "fleet_runs": [figures(f) for f in fleets],
+            "pg_connections_waiting": connections,
+            "loadavg_start_end": load,
+            "goals": {"p99_s": {"below": GOAL_P99_S, "met": worst["p99_s"] < GOAL_P99_S}},
+        }
+
+    return run_benchmark(console, "nso-bench-patch-", args.tmp_dir, body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

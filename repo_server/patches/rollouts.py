@@ -1,0 +1,591 @@
+"""Patch rollouts: apply (or remove) an emergency patch bundle on every node that runs its
+release, or on the named nodes and groups, as jobs the agents pick up at once.
+
+One job per standalone node, one per HA group (every targeted member, the secondaries'
+steps in one batch, then the primary's: patches are local files, never replicated). The
+whole target set is checked before anything is written, and a refusal creates nothing.
+
+A rollout may reach a thousand nodes and its latency is the point of it, so the service
+reads every target in a constant number of queries and writes jobs, steps, holds and
+links with one bulk INSERT per table, in one transaction that also wakes the agents.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from sqlalchemy import (
+    ColumnElement,
+    Integer,
+    any_,
+    bindparam,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from repo_server.auth.service import Principal, audit
+from repo_server.catalog.models import Artifact
+from repo_server.db import utcnow
+from repo_server.errors import Conflict, NotFound, ValidationFailed
+from repo_server.fleet.group_models import HaGroup, HaGroupMember
+from repo_server.fleet.models import Node
+from repo_server.fleet.notify import Notifier, announce
+from repo_server.patches.models import ACTIONS, PatchRollout, patch_rollout_jobs
+from repo_server.upgrades.jobs import JobService
+from repo_server.upgrades.models import Job, NodeHold, Step, job_nodes
+from repo_server.upgrades.plans import StepSpec, artifact_ref
+
+JOB_KIND = "patch"
+STEP_NAMES = {"apply": "apply_patch", "remove": "remove_patch"}
+# What a node of a rollout shows, by its step's state.
+NODE_STATES = {
+    "pending": "queued",
+    "dispatched": "running",
+    "running": "running",
+    "succeeded": "succeeded",
+    "failed": "failed",
+    "skipped": "skipped",
+}
+# How many names an error message lists before "and N more" (details list them all).
+SHOWN = 10
+
+
+class ReleaseMismatch(Conflict):
+    code = "release_mismatch"
+
+
+class NoTargets(Conflict):
+    code = "no_targets"
+
+
+class NodeBusy(Conflict):
+    code = "node_busy"
+
+
+class NoHeartbeat(Conflict):
+    code = "no_heartbeat"
+
+
+@dataclass
+class Target:
+    """A node the rollout patches, as its last heartbeat describes it."""
+
+    id: int
+    name: str
+    heard: bool  # it has sent an inventory
+    running_version: Optional[str]
+    status: Optional[str]
+    ha_mode: Optional[str]
+    group: Optional[str] = None
+    nominal_role: Optional[str] = None
+
+    @property
+    def primary(self) -> bool:
+        """Whether it serves writes: its HA mode says so, else its nominal role in the group
+        (patched last, after every secondary)."""
+        if self.ha_mode in ("primary", "secondary"):
+            return self.ha_mode == "primary"
+        return self.nominal_role == "primary"
+
+
+@dataclass
+class Plan:
+    """The jobs of a rollout: (group or None, targets in step order, how many batch)."""
+
+    jobs: list[tuple[Optional[str], list[Target], int]] = field(default_factory=list)
+
+
+def _listed(names: list[str]) -> str:
+    shown = ", ".join(names[:SHOWN])
+    return shown + (f" and {len(names) - SHOWN} more" if len(names) > SHOWN else "")
+
+
+def _unique(values: list[str]) -> list[str]:
+    return list(dict.fromkeys(values))
+
+
+class PatchRollouts:
+    def __init__(self, session: Session, notifier: Notifier) -> None:
+        self.session = session
+        self.notifier = notifier
+        # The audit of step and job states, as for every other job.
+        JobService(session, notifier)
+
+    # -- starting ---------------------------------------------------------------------
+
+    def start(
+        self,
+        patch: str,
+        who: Principal,
+        action: str = "apply",
+        nodes: Optional[list[str]] = None,
+        groups: Optional[list[str]] = None,
+        all_affected: bool = False,
+    ) -> dict[str, Any]:
+        """Check the whole target set, then create every job in one transaction and wake
+        the agents; refused with nothing created (docs/patches.md, "Refusals")."""
+        nodes, groups = _unique(nodes or []), _unique(groups or [])
+        if action not in ACTIONS:
+            raise ValidationFailed(
+                f"action {action!r} is unknown: use apply or remove", field="action"
+            )
+        if all_affected and (nodes or groups):
+            raise ValidationFailed(
+                "all_affected patches every node that runs the bundle's release: name nodes "
+                "and groups without it, or use it alone",
+                field="all_affected",
+            )
+        if not all_affected and not nodes and not groups:
+            raise ValidationFailed(
+                "name the nodes to patch (nodes, groups), or ask for every node that runs "
+                "the bundle's release (all_affected)",
+                field="nodes",
+            )
+        bundle = self._bundle(patch)
+        vsn = bundle.nso_version
+        chosen = self._selection(nodes, groups, all_affected, vsn)
+        targets = self._targets(chosen)
+        if not targets:
+            raise NoTargets(
+                f"no node runs NSO {vsn}, the release {patch} is built for, by their last "
+                "heartbeats: nothing to patch ('nso-repo node ls' shows what each runs)",
+                nso_version=vsn,
+            )
+        # From here on, exactly the nodes locked and read: a node that starts to match the
+        # request meanwhile (a heartbeat of another one) is not this rollout's.
+        chosen = self._exactly([t.id for t in targets])
+        self._check(targets, chosen, patch, vsn)
+        plan = _plan(targets)
+        rollout = PatchRollout(
+            artifact_id=bundle.id,
+            filename=bundle.filename,
+            patch_id=bundle.name,
+            nso_version=vsn,
+            action=action,
+            request={"nodes": nodes, "groups": groups, "all_affected": all_affected},
+            created_by=who.actor,
+        )
+        self.session.add(rollout)
+        self.session.flush()
+        job_ids = self._create_jobs(rollout, bundle, plan, chosen)
+        by_node = {
+            t.name: job_id for (_, members, _), job_id in zip(plan.jobs, job_ids) for t in members
+        }
+        audit(
+            self.session,
+            who.actor,
+            "patch.rollout",
+            f"patch-rollout:{rollout.id}",
+            patch=bundle.filename,
+            change=action,
+            nso_version=vsn,
+            all_affected=all_affected,
+            nodes=nodes,
+            groups=groups,
+            jobs=by_node,
+        )
+        for target in targets:
+            announce(self.session, self.notifier, target.id)
+        self.session.commit()
+        answer = _rollout_dict(rollout)
+        answer["nodes"] = [
+            {
+                "node": t.name,
+                "group": group,
+                "job_id": job_id,
+                "state": "queued",
+                "result": None,
+                "message": None,
+                "finished_at": None,
+            }
+            for (group, members, _), job_id in zip(plan.jobs, job_ids)
+            for t in members
+        ]
+        answer["counts"] = {"queued": len(targets)}
+        answer["state"] = "running"
+        return answer
+
+    def _bundle(self, filename: str) -> Artifact:
+        bundle = self.session.scalar(select(Artifact).where(Artifact.filename == filename))
+        if bundle is None or bundle.deleted:
+            raise NotFound(
+                f"no patch bundle {filename} in the catalog: upload it first "
+                f"('nso-repo upload {filename}'); list bundles with 'nso-repo ls patches'",
+                patch=filename,
+            )
+        if bundle.kind != "patch":
+            raise ValidationFailed(
+                f"{filename} is a {bundle.kind}, not a patch bundle "
+                "(nso-<VSN>-patch-<ID>.tar.gz): name the bundle to roll out",
+                field="patch",
+            )
+        return bundle
+
+    def _selection(
+        self, nodes: list[str], groups: list[str], all_affected: bool, vsn: str
+    ) -> ColumnElement[bool]:
+        """Which nodes the request names, as a condition on ``nodes`` (every later query
+        joins on it, so none carries a list of a thousand ids); NotFound naming every
+        unknown node and group."""
+        if all_affected:
+            return Node.inventory["running_version"].as_string() == vsn
+        found = self._ids(Node, nodes)
+        known_groups = self._ids(HaGroup, groups)
+        unknown_nodes = [n for n in nodes if n not in found]
+        unknown_groups = [g for g in groups if g not in known_groups]
+        if unknown_nodes or unknown_groups:
+            what = [
+                *([f"no node named {_listed(unknown_nodes)}"] if unknown_nodes else []),
+                *([f"no HA group named {_listed(unknown_groups)}"] if unknown_groups else []),
+            ]
+            raise NotFound(
+                "; ".join(what) + ": nothing was started. List them with 'nso-repo node ls' "
+                "and 'nso-repo group ls'",
+                nodes=unknown_nodes,
+                groups=unknown_groups,
+            )
+        members = select(HaGroupMember.node_id).where(
+            HaGroupMember.group_id.in_(list(known_groups.values()))
+        )
+        return or_(Node.name.in_(nodes), Node.id.in_(members))
+
+    def _ids(self, model: type[Node] | type[HaGroup], names: list[str]) -> dict[str, int]:
+        """Name -> id of the rows of ``model`` (nodes, groups) named ``names``."""
+        if not names:
+            return {}
+        rows = self.session.execute(select(model.name, model.id).where(model.name.in_(names)))
+        return {name: row_id for name, row_id in rows}
+
+    def _targets(self, chosen: ColumnElement[bool]) -> list[Target]:
+        """Every target as its last heartbeat describes it, and its HA group, locked against
+        every other change to these nodes (JobService.lock_node) so two requests cannot both
+        find a node free. Two queries, whatever the number of nodes; no inventory is loaded
+        whole."""
+        inv = Node.inventory
+        query = select(
+            Node.id,
+            Node.name,
+            Node.inventory_at,
+            inv["running_version"].as_string(),
+            inv["status"].as_string(),
+            inv[("ha", "mode")].as_string(),
+        ).where(chosen)
+        if self.session.get_bind().dialect.name == "postgresql":
+            # In id order, so two rollouts over overlapping sets wait rather than deadlock.
+            query = query.order_by(Node.id).with_for_update(of=Node)
+        else:
+            # SQLite: a write statement takes the database's write lock.
+            self.session.execute(
+                update(Node).where(chosen).values(id=Node.id),
+                execution_options={"synchronize_session": False},
+            )
+        targets = sorted(
+            (
+                Target(i, name, heard is not None, running, status, mode)
+                for i, name, heard, running, status, mode in self.session.execute(query)
+            ),
+            key=lambda t: t.name,
+        )
+        members = self.session.execute(
+            select(HaGroupMember.node_id, HaGroup.name, HaGroupMember.nominal_role)
+            .join(HaGroup, HaGroup.id == HaGroupMember.group_id)
+            .join(Node, Node.id == HaGroupMember.node_id)
+            .where(chosen)
+        ).all()
+        of = {node_id: (group, role) for node_id, group, role in members}
+        for target in targets:
+            target.group, target.nominal_role = of.get(target.id, (None, None))
+        return targets
+
+    def _exactly(self, ids: list[int]) -> ColumnElement[bool]:
+        """The nodes of ``ids``: one array parameter on PostgreSQL, where a thousand bind
+        parameters cost more to send than the rows they select."""
+        if self.session.get_bind().dialect.name == "postgresql":
+            return Node.id == any_(bindparam("target_ids", ids, type_=ARRAY(Integer)))
+        return Node.id.in_(ids)
+
+    def _check(
+        self, targets: list[Target], chosen: ColumnElement[bool], patch: str, vsn: str
+    ) -> None:
+        """Refuse the whole request when any target may not take the patch now."""
+        silent = [t.name for t in targets if not t.heard]
+        if silent:
+            raise NoHeartbeat(
+                f"{_listed(silent)} sent no heartbeat yet, so what they run is unknown: "
+                "enroll and start their agents (nso-agent run), then try again; nothing "
+                "was started",
+                nodes=silent,
+            )
+        other = [t for t in targets if t.running_version != vsn]
+        if other:
+            said = [
+                f"{t.name} runs NSO {t.running_version}"
+                if t.running_version
+                else f"{t.name} runs no NSO now (status {t.status or 'unknown'})"
+                for t in other
+            ]
+            raise ReleaseMismatch(
+                f"{patch} is built for NSO {vsn} exactly: {_listed(said)}. A patch is loaded "
+                "into the release it was built for only: leave those nodes out (or use "
+                "all_affected), or start NSO first; nothing was started",
+                nso_version=vsn,
+                nodes={t.name: t.running_version for t in other},
+            )
+        held = self.session.execute(
+            select(Node.name, NodeHold.job_id)
+            .join(Node, Node.id == NodeHold.node_id)
+            .where(chosen)
+            .order_by(Node.name)
+        ).all()
+        if held:
+            said = [f"{name} (job {job_id})" for name, job_id in held]
+            raise NodeBusy(
+                f"{_listed(said)} {'is' if len(held) == 1 else 'are'} held by a job now: a node "
+                "takes one change at a time. Wait for it ('nso-repo job watch ID') or leave "
+                "those nodes out; nothing was started",
+                jobs={name: job_id for name, job_id in held},
+            )
+
+    def _create_jobs(
+        self, rollout: PatchRollout, bundle: Artifact, plan: Plan, chosen: ColumnElement[bool]
+    ) -> list[int]:
+        """Every job, step, hold and link of the rollout: one bulk INSERT per table."""
+        now = utcnow()
+        spec = patch_step(rollout.action, bundle)
+        jobs = [
+            {
+                "kind": JOB_KIND,
+                "state": "queued",
+                "source_version": bundle.nso_version,
+                "target_version": bundle.nso_version,
+                "options": {
+                    "rollout": rollout.id,
+                    "action": rollout.action,
+                    "patch": bundle.filename,
+                    **({"group": group} if group else {}),
+                },
+                "context": {},
+                # Its place in the rollout: what maps the ids the INSERT returns back to
+                # the jobs (RETURNING keeps no order on every backend).
+                "plan": {"rollout": rollout.id, "position": i, "step_count": len(members)},
+                "created_at": now,
+                "created_by": rollout.created_by,
+                "revision": 0,
+            }
+            for i, (group, members, _) in enumerate(plan.jobs)
+        ]
+        position = {
+            job_plan["position"]: job_id
+            for job_id, job_plan in self.session.execute(
+                insert(Job).returning(Job.id, Job.plan), jobs
+            )
+        }
+        job_ids = [position[i] for i in range(len(jobs))]
+        holds = [
+            {"node_id": t.id, "job_id": job_id}
+            for job_id, (_, members, _) in zip(job_ids, plan.jobs)
+            for t in members
+        ]
+        try:
+            self.session.execute(insert(NodeHold), holds)
+        except IntegrityError:
+            self.session.rollback()
+            raise NodeBusy(
+                "another job took one of these nodes meanwhile: see 'nso-repo job ls' and try "
+                "again; nothing was started"
+            ) from None
+        # Steps of a job over several nodes, in the plan's order (an HA group: its
+        # secondaries in one batch, the primary last)...
+        grouped = [
+            {**step_row(spec, job_id, t.id), "seq": seq, "batch": 1 if seq <= batched else None}
+            for job_id, (_, members, batched) in zip(job_ids, plan.jobs)
+            if len(members) > 1
+            for seq, t in enumerate(members, start=1)
+        ]
+        if grouped:
+            self.session.execute(insert(Step), grouped)
+        # ...and everything else follows from the holds of the targets, which are exactly
+        # this rollout's (they are locked and were free): one INSERT ... SELECT each, not a
+        # row per node.
+        held = (
+            select(NodeHold.job_id, NodeHold.node_id)
+            .join(Node, Node.id == NodeHold.node_id)
+            .where(chosen)
+        ).subquery()
+        self.session.execute(
+            insert(job_nodes).from_select(
+                ["job_id", "node_id"], select(held.c.job_id, held.c.node_id)
+            )
+        )
+        self.session.execute(
+            insert(patch_rollout_jobs).from_select(
+                ["rollout_id", "job_id"],
+                select(literal(rollout.id), held.c.job_id).distinct(),
+            )
+        )
+        lone = step_row(spec, 0, 0)
+        columns = [c for c in lone if c not in ("job_id", "node_id")]
+        has_steps = select(Step.id).where(Step.job_id == held.c.job_id).exists()
+        self.session.execute(
+            insert(Step).from_select(
+                ["job_id", "node_id", *columns],
+                select(
+                    held.c.job_id,
+                    held.c.node_id,
+                    *(literal(lone[c], Step.__table__.c[c].type) for c in columns),
+                ).where(~has_steps),
+            )
+        )
+        return job_ids
+
+    # -- reading ----------------------------------------------------------------------
+
+    def get(self, rollout_id: int) -> dict[str, Any]:
+        """One rollout with every node's state and its agent's result: one query for the
+        nodes, whatever their number."""
+        rollout = self.session.get(PatchRollout, rollout_id)
+        if rollout is None:
+            raise NotFound(f"no patch rollout {rollout_id}: list them with 'nso-repo patch ls'")
+        rows = self.session.execute(
+            select(
+                Node.name,
+                Job.options,
+                Step.job_id,
+                Step.state,
+                Step.result,
+                Step.message,
+                Step.finished_at,
+            )
+            .join(patch_rollout_jobs, patch_rollout_jobs.c.job_id == Step.job_id)
+            .join(Job, Job.id == Step.job_id)
+            .join(Node, Node.id == Step.node_id)
+            .where(patch_rollout_jobs.c.rollout_id == rollout.id)
+            .order_by(Node.name, Step.seq)
+        ).all()
+        nodes = [
+            {
+                "node": name,
+                "group": (options or {}).get("group"),
+                "job_id": job_id,
+                "state": NODE_STATES.get(state, state),
+                "result": result or None,
+                "message": message,
+                "finished_at": finished,
+            }
+            for name, options, job_id, state, result, message, finished in rows
+        ]
+        answer = _rollout_dict(rollout)
+        answer["nodes"] = nodes
+        answer["counts"] = dict(Counter(n["state"] for n in nodes))
+        answer["state"] = _overall(answer["counts"])
+        return answer
+
+    def list(self, limit: int = 50) -> list[dict[str, Any]]:
+        """The newest rollouts with how many of their nodes are in each state."""
+        rollouts = list(
+            self.session.scalars(select(PatchRollout).order_by(PatchRollout.id.desc()).limit(limit))
+        )
+        counts: dict[int, dict[str, int]] = defaultdict(dict)
+        if rollouts:
+            rows = self.session.execute(
+                select(patch_rollout_jobs.c.rollout_id, Step.state, func.count())
+                .join(patch_rollout_jobs, patch_rollout_jobs.c.job_id == Step.job_id)
+                .where(patch_rollout_jobs.c.rollout_id.in_([r.id for r in rollouts]))
+                .group_by(patch_rollout_jobs.c.rollout_id, Step.state)
+            ).all()
+            for rollout_id, state, count in rows:
+                shown = NODE_STATES.get(state, state)
+                counts[rollout_id][shown] = counts[rollout_id].get(shown, 0) + int(count)
+        answers = []
+        for rollout in rollouts:
+            answer = _rollout_dict(rollout)
+            answer["counts"] = counts[rollout.id]
+            answer["state"] = _overall(counts[rollout.id])
+            answers.append(answer)
+        return answers
+
+
+def patch_step(action: str, bundle: Artifact) -> StepSpec:
+    """The step every node of a rollout runs (docs/agent-protocol.md, "Emergency patches"):
+    the bundle as every step names an artifact, what the agent checks it against (the
+    patch id, the release it is built for, its modules, from the catalog's inspection)."""
+    modules = [str(m) for m in (bundle.meta or {}).get("modules") or []]
+    return StepSpec(
+        STEP_NAMES[action],
+        {
+            "patch": artifact_ref(bundle),
+            "patch_id": bundle.name,
+            "nso_version": bundle.nso_version,
+            "modules": modules,
+        },
+        f"{action} patch {bundle.name} ({', '.join(modules)}) "
+        f"{'to' if action == 'apply' else 'from'} NSO {bundle.nso_version}",
+    )
+
+
+def step_row(spec: StepSpec, job_id: int, node_id: int) -> dict[str, Any]:
+    """A pending step of ``spec``, alone in its job, as a row of ``steps``."""
+    return {
+        "job_id": job_id,
+        "node_id": node_id,
+        "seq": 1,
+        "batch": None,
+        "name": spec.name,
+        "params": spec.params,
+        "state": "pending",
+        "attempt": 0,
+        "progress": 0,
+        "message": spec.title,
+        "result": {},
+    }
+
+
+def _plan(targets: list[Target]) -> Plan:
+    """One job per standalone node; one per HA group, its secondaries first (one batch:
+    they take the patch at the same time), the member that serves writes last."""
+    plan = Plan()
+    grouped: dict[str, list[Target]] = defaultdict(list)
+    for target in targets:
+        if target.group is None:
+            plan.jobs.append((None, [target], 0))
+        else:
+            grouped[target.group].append(target)
+    for group, members in sorted(grouped.items()):
+        secondaries = [m for m in members if not m.primary]
+        primaries = [m for m in members if m.primary]
+        # A batch of one is no batch: a lone secondary's step runs alone anyway.
+        batched = len(secondaries) if len(secondaries) > 1 else 0
+        plan.jobs.append((group, secondaries + primaries, batched))
+    return plan
+
+
+def _overall(counts: dict[str, int]) -> str:
+    """running while any node waits or works; succeeded when every node did; else failed."""
+    if counts.get("queued") or counts.get("running"):
+        return "running"
+    if set(counts) <= {"succeeded"}:
+        return "succeeded"
+    return "failed"
+
+
+def _rollout_dict(rollout: PatchRollout) -> dict[str, Any]:
+    return {
+        "id": rollout.id,
+        "patch": rollout.filename,
+        "patch_id": rollout.patch_id,
+        "nso_version": rollout.nso_version,
+        "action": rollout.action,
+        "request": rollout.request,
+        "created_by": rollout.created_by,
+        "created_at": rollout.created_at,
+        "url": f"/api/v1/patch-rollouts/{rollout.id}",
+    }

@@ -1,0 +1,64 @@
+"""Patch rollouts over HTTP: thin views over patches/rollouts.py."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask.views import MethodView
+from flask_smorest import Blueprint
+
+from repo_server.catalog.schemas import BEARER
+from repo_server.context import db_session, principal, require, state
+from repo_server.patches.rollouts import PatchRollouts
+from repo_server.patches.schemas import (
+    RolloutArgs,
+    RolloutListArgs,
+    RolloutSchema,
+    RolloutSummarySchema,
+)
+
+blp = Blueprint("patches", __name__, url_prefix="/api/v1", description="Emergency patch rollouts")
+
+
+def rollouts() -> PatchRollouts:
+    return PatchRollouts(db_session(), state().notifier)
+
+
+@blp.route("/patch-rollouts")
+class Rollouts(MethodView):
+    @require("job:read")
+    @blp.doc(security=BEARER)
+    @blp.arguments(RolloutListArgs, location="query")
+    @blp.response(200, RolloutSummarySchema(many=True))
+    def get(self, args: dict[str, Any]) -> Any:
+        """Patch rollouts, newest first, with how many nodes are in each state."""
+        return rollouts().list(args["limit"])
+
+    @require("job:manage")
+    @blp.doc(security=BEARER)
+    @blp.arguments(RolloutArgs)
+    @blp.response(201, RolloutSchema)
+    def post(self, body: dict[str, Any]) -> Any:
+        """Apply (or remove) a patch bundle on every node that runs its release
+        (all_affected) or on the named nodes and groups; the agents get it at once. 404 for
+        an unknown bundle, node or group; 409 release_mismatch, node_busy, no_heartbeat,
+        no_targets; nothing is created when refused."""
+        started = rollouts().start(
+            body["patch"],
+            principal(),
+            action=body["action"],
+            nodes=body["nodes"],
+            groups=body["groups"],
+            all_affected=body["all_affected"],
+        )
+        return started, 201, {"Location": started["url"]}
+
+
+@blp.route("/patch-rollouts/<int:rollout_id>")
+@require("job:read")
+@blp.doc(security=BEARER)
+@blp.response(200, RolloutSchema)
+def get_rollout(rollout_id: int) -> Any:
+    """One rollout: every node's state (queued, running, succeeded, failed, skipped) and
+    what its agent reported (the modules NSO lists with the patch id)."""
+    return rollouts().get(rollout_id)

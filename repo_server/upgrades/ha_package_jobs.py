@@ -1,0 +1,217 @@
+"""Package upgrades on an HA group: plan one (each member's package preflight, the group's
+checks, every step on every member), start it as one job that holds every member, and roll
+it back (the primary's saved package links, synced to every member).
+
+The plan is refused with every reason when a member's own package preflight refuses it,
+when the members' heartbeats contradict the group (fleet/groups.py: among them load paths
+that differ, which ``packages ha sync`` refuses), or when a member's load paths are unknown.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import select
+
+from repo_server.auth.service import Principal
+from repo_server.catalog.releases import live_artifact, signed_release_containing
+from repo_server.errors import Conflict
+from repo_server.fleet.group_models import HaGroup
+from repo_server.fleet.groups import get_group, heartbeat_problems
+from repo_server.fleet.models import Node
+from repo_server.upgrades import preflight, results
+from repo_server.upgrades.ha_jobs import GroupPlan, create_group_job, role_options
+from repo_server.upgrades.ha_package_plan import (
+    ROLLBACK,
+    UPGRADE,
+    package_steps,
+    read_only_before,
+    sync_step,
+    sync_variant,
+    verify_step,
+)
+from repo_server.upgrades.ha_recovery import Roles
+from repo_server.upgrades.jobs import JobService
+from repo_server.upgrades.models import Job, Step, job_nodes
+from repo_server.upgrades.step_payloads import node_context
+
+
+@dataclass
+class GroupPackagePlan(GroupPlan):
+    packages: list[str] = field(default_factory=list)
+    sync: str = ""
+    before: dict[str, str] = field(default_factory=dict)  # what the primary loads now
+    after: dict[str, str] = field(default_factory=dict)  # what every member loads after
+
+    def as_dict(self) -> dict[str, Any]:
+        shown = super().as_dict()
+        for key in ("to", "write_policy", "marks"):  # an NSO upgrade's, not this change's
+            del shown[key]
+        return {**shown, "packages": self.packages, "sync": self.sync}
+
+
+def _versions(node: Node) -> dict[str, str]:
+    """The packages ``node`` reported, by name: what the group loads before the change."""
+    listed = (node.inventory or {}).get("packages")
+    return {
+        str(p["name"]): str(p.get("version") or "")
+        for p in (listed if isinstance(listed, list) else [])
+        if isinstance(p, dict) and p.get("name")
+    }
+
+
+def _load_paths_unknown(group: HaGroup) -> list[str]:
+    """Members whose load paths nobody knows: whether ``packages ha sync`` would refuse
+    them (it does when they differ) cannot be told."""
+    return [
+        f"{m.node.name} did not report its load paths (ncs.conf's load-path): packages ha "
+        "sync refuses members whose load paths differ, so they must be known; check that "
+        "nso-agent can read /etc/ncs/ncs.conf ('nso-agent status'), then plan again"
+        for m in group.members
+        if m.node.inventory_at is not None
+        and not isinstance((m.node.inventory or {}).get("load_paths"), list)
+    ]
+
+
+class GroupPackageUpgrades:
+    def __init__(self, jobs: JobService) -> None:
+        self.jobs = jobs
+        self.session = jobs.session
+
+    def plan(self, name: str, filenames: list[str]) -> GroupPackagePlan:
+        group = get_group(self.session, name)
+        artifacts = [live_artifact(self.session, filename) for filename in filenames]
+        verdicts = []
+        for member in group.members:
+            active = self.jobs.active_job(member.node)
+            verdict = preflight.check_package_upgrade(
+                member.node, artifacts, active.id if active else None
+            )
+            # The single-node refusal of an HA member: here the group's own checks (its
+            # heartbeats, then ha_package_check on every member) take its place.
+            verdict.reasons = [r for r in verdict.reasons if r.code != "ha_member"]
+            verdicts.append(verdict)
+        before = _versions(group.primary.node)
+        planned = GroupPackagePlan(
+            group,
+            "",
+            "",
+            verdicts,
+            heartbeat_problems(group) + _load_paths_unknown(group),
+            packages=[a.filename for a in artifacts],
+            sync=sync_variant(artifacts, before),
+            before=before,
+        )
+        if planned.ok:
+            planned.after = {**before, **{str(a.name): str(a.version) for a in artifacts}}
+            signed = signed_release_containing(self.session, artifacts)
+            planned.plan = package_steps(group, artifacts, signed, planned.after, planned.sync)
+        return planned
+
+    def start(self, name: str, filenames: list[str], who: Principal) -> Job:
+        group = get_group(self.session, name)
+        for member in group.members:
+            self.jobs.lock_node(member.node)
+        planned = self.plan(name, filenames)
+        running = planned.verdicts[0].source_version
+        job = Job(
+            kind=UPGRADE,
+            source_version=running,
+            target_version=running,
+            options={
+                **role_options(group),
+                "packages": planned.packages,
+                "sync": planned.sync,
+                "before": planned.before,
+                "after": planned.after,
+            },
+            plan={"sync": planned.sync},
+            created_by=who.actor,
+        )
+        return planned.start(
+            self.jobs,
+            f"the package upgrade of group {name}",
+            job,
+            who,
+            packages=planned.packages,
+            sync=planned.sync,
+        )
+
+
+def rollback_packages(jobs: JobService, done: Job, who: Principal) -> Job:
+    """Every member of ``done``'s group back on the packages it loaded before: on the
+    primary the package links its backup saved go back into the load path, and
+    ``packages ha sync and-reload`` brings the secondaries along; then every member is
+    verified against what the primary loaded before ``done``."""
+    if not (done.state == "succeeded" or done.outcome == "needs_attention"):
+        raise Conflict(
+            f"job {done.id} is a {done.state} {done.kind}"
+            + (f" ({done.outcome})" if done.outcome else "")
+            + "; only a package upgrade that succeeded or needs attention can be rolled back "
+            "(one that failed unchanged changed nothing)"
+        )
+    roles = Roles.of(done)
+    primary = roles.primary
+    saved = results.checked_context(done.id, node_context(done, primary)).get("extra_dir")
+    if not saved:
+        raise Conflict(
+            f"job {done.id} recorded no package links of {roles.names[primary]} (its backup "
+            "did not finish): nothing to roll back to; check /var/opt/ncs/packages there by hand"
+        )
+    nodes = list(done.nodes)
+    for node in nodes:
+        jobs.lock_node(node)
+    for node in nodes:
+        active = jobs.active_job(node)
+        if active is not None:
+            raise Conflict(f"job {active.id} is running on {node.name}: wait for it first")
+    _check_nothing_since(jobs, done)
+    before = dict(done.options.get("before") or {})
+    steps = [(primary, sync_step("and-reload", {}, restore_links=saved))]
+    steps += [(i, verify_step(before, i == primary)) for i in [primary, *roles.secondaries]]
+    backups = {
+        str(i): node_context(done, i).get("backup_file")
+        for i in [primary, *roles.secondaries]
+        if node_context(done, i).get("backup_file")
+    }
+    job = Job(
+        kind=ROLLBACK,
+        source_version=done.target_version,
+        target_version=done.source_version,
+        options={
+            **{k: done.options.get(k) for k in ("group", "primary", "failover", "others")},
+            "ha_ids": done.options.get("ha_ids"),
+            "rollback_of": done.id,
+            "before": done.options.get("after"),
+            "after": before,
+            "backups": backups,
+            "read_only_before": read_only_before(done, primary),
+        },
+        plan={"rollback_of": done.id, "step_count": len(steps)},
+        created_by=who.actor,
+    )
+    job.steps = [
+        Step(seq=i, node_id=node_id, name=spec.name, params=spec.params, message=spec.title)
+        for i, (node_id, spec) in enumerate(steps, start=1)
+    ]
+    return create_group_job(jobs, job, nodes, who, action="job.rollback", of_job=done.id)
+
+
+def _check_nothing_since(jobs: JobService, done: Job) -> None:
+    """Refuse when a later job changed a member, or ``done`` was rolled back already."""
+    members = select(job_nodes.c.job_id).where(job_nodes.c.node_id.in_([n.id for n in done.nodes]))
+    later = jobs.session.scalars(
+        select(Job).where(Job.id.in_(members), Job.id > done.id).order_by(Job.id)
+    )
+    for other in later:
+        if other.kind == ROLLBACK and other.options.get("rollback_of") == done.id:
+            if other.state == "succeeded":
+                raise Conflict(f"job {done.id} was rolled back already, by job {other.id}")
+            continue  # a rollback that failed: trying again is the way forward
+        if other.state == "failed" and other.outcome == "unchanged":
+            continue
+        raise Conflict(
+            f"job {other.id} ({other.kind}, {other.state}) changed {other.node_name} after "
+            f"job {done.id}: roll that back first"
+        )

@@ -1,0 +1,78 @@
+"""The steps of a package upgrade on an HA group (agent/steps/ha_packages.py) against a real
+simulated HA pair, driven directly as the server would hand them out."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from agent.errors import StepFailed
+from agent.journal import Journal
+from agent.steps.context import StepContext
+from agent.steps.registry import run_step
+from tests.support.sim_hosts import sim
+
+from .conftest import agent_config
+
+PRIMARY = {"mode": "primary", "ha_id": "n1", "secondaries": ["n2"]}
+NEW_SERVICE = [{"name": "l3vpn", "version": "1.1"}]
+
+
+def read_only(host) -> bool:
+    return host.cli("show high-availability status read-only-mode")[0].strip().endswith("true")
+
+
+def test_sync_check_and_verify_on_a_pair(make_cluster, artifacts, driver) -> None:
+    primary, secondary = make_cluster("6.2")
+    secondary.wait_for("show high-availability status mode", "secondary")
+    d1, d2 = driver(agent_config(primary)), driver(agent_config(secondary))
+    shutil.copy(artifacts.service("6.2", "1.1"), primary.path("/opt/ncs/packages"))
+    assert primary.cli("software packages install package l3vpn-1.1 replace-existing")[1] == 0
+    sim("fault", "set", "--root", str(secondary.root), "ha-sync-reload-fails", "--once")
+
+    # An agent restarted during the sync: the mode before is the one its first attempt
+    # recorded (here read-only), not the read-write NSO leaves after a failure.
+    step = {
+        "id": 900,
+        "job_id": 7,
+        "attempt": 2,
+        "name": "ha_sync_packages",
+        "params": {"sync": "and-reload", "packages": NEW_SERVICE},
+        "context": {},
+        "job": {"id": 7, "kind": "ha_package_upgrade"},
+    }
+    journal = Journal(d1.config.journal_file)
+    journal.begin(step)
+    journal.update("read_only_recorded", read_only_before=True)
+    with pytest.raises(StepFailed) as failed:
+        run_step(StepContext(d1.config, step, journal))
+    journal.clear()
+    message = str(failed.value)
+    assert "Error: reload on n2 failed: package reload failed" in message
+    assert "This primary did not reload: it loads l3vpn 1.0." in message
+    assert "Read-only mode is back to true, as before the sync" in message
+    assert read_only(primary)
+
+    # The checks: a secondary runs no sync; a read-only primary passes the package check.
+    with pytest.raises(StepFailed, match="runs on the HA primary, and this node is not one"):
+        d2.step("ha_sync_packages", {"sync": "and-reload", "packages": NEW_SERVICE})
+    checked = d1.step("ha_package_check", PRIMARY)
+    assert checked == {"ha_mode": "primary", "connected_secondaries": ["n2"], "read_only": True}
+
+    primary.cli("high-availability read-only mode false")
+    synced = d1.step("ha_sync_packages", {"sync": "and-reload", "packages": NEW_SERVICE})
+    assert synced == {"read_only_before": False, "read_only": False}
+    expected = [{"name": "l3vpn", "version": "1.1"}, {"name": "router-nc", "version": "1.0"}]
+    for d, is_primary in ((d1, True), (d2, False)):
+        seen = d.step("ha_verify_packages", {"packages": expected, "primary": is_primary})
+        assert seen["loaded"] == [
+            {"name": "l3vpn", "version": "1.1", "oper_status": "up"},
+            {"name": "router-nc", "version": "1.0", "oper_status": "up"},
+        ]
+    with pytest.raises(StepFailed, match=r"l3vpn 1\.1 is loaded, expected 1\.0") as wrong:
+        d2.step("ha_verify_packages", {"packages": [{"name": "l3vpn", "version": "1.0"}]})
+    assert wrong.value.result == {"nso_running": True}
+    assert "router-nc loaded, which the job does not expect" in str(wrong.value)
+    survey = d2.step("ha_verify_packages", {"packages": [], "survey": True})
+    assert survey["read_only"] is False and len(survey["loaded"]) == 2

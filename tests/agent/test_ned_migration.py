@@ -1,0 +1,120 @@
+"""The ``ned_migrate`` step against a simulated NSO, driven directly: a dry-run that changes
+nothing, the migration, a second run that finds nothing to do, data a new model lacks, and
+hostile names from the server (or from NSO) refused before any command runs."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from agent.errors import StepFailed
+
+from .conftest import agent_config
+
+NEW = "router-nc-2.0"
+
+
+@pytest.fixture
+def nso(make_host, artifacts):
+    """NSO 6.2 with the old NED's devices, l3vpn service instances on them, a device group,
+    and the new ned-id's NED loaded beside the old one (its model: hostname only)."""
+    host = make_host("6.2", [artifacts.ned("6.2"), artifacts.service("6.2")])
+    new = artifacts.package("router-nc2", "2.0", "6.2", "--ned-id", NEW, "--ned-leaf", "hostname")
+    shutil.copy(new, host.path("/var/opt/ncs/packages"))
+    for command in (
+        "packages reload",
+        "config; devices device-group edge device-name [ router-nc-2 ]; commit",
+    ):
+        out, status = host.cli(command)
+        assert status == 0, out
+    return host
+
+
+def running_config(host) -> str:
+    out, status = host.cli("show running-config")
+    assert status == 0, out
+    return out
+
+
+def test_dry_run_changes_nothing_then_the_migration(nso, driver):
+    drive = driver(agent_config(nso))
+    before = running_config(nso)
+    params = {"new_ned_id": NEW, "devices": ["router-nc-1"], "device_groups": ["edge"]}
+    dry = drive.step("ned_migrate", {**params, "dry_run": True})["ned_migration"]
+    assert running_config(nso) == before
+    assert (dry["dry_run"], dry["devices_total"], dry["lost_data_total"]) == (True, 2, 2)
+    first, second = dry["devices"]
+    assert (first["device"], first["groups"], first["state"]) == ("router-nc-1", [], "dry_run")
+    assert (second["device"], second["groups"]) == ("router-nc-2", ["edge"])
+    assert (first["old_ned_id"], first["new_ned_id"]) == ("router-nc-1.0", NEW)
+    assert first["modified_paths"][0] == {
+        "path": "/ncs:devices/device{router-nc-1}/device-type/netconf/ned-id",
+        "info": f"ned-id changed from router-nc-1.0 to {NEW}",
+    }
+    assert second["lost_data"] == [
+        {"path": "/ncs:devices/device{router-nc-2}/config/router-nc:mtu", "value": "1500"}
+    ]
+
+    done = drive.step("ned_migrate", {**params, "dry_run": False})["ned_migration"]
+    assert [d["state"] for d in done["devices"]] == ["migrated", "migrated"]
+    after = running_config(nso)
+    for device in ("router-nc-1", "router-nc-2"):
+        shown = nso.cli(f"show running-config devices device {device}")[0]
+        assert f"ned-id {NEW}" in shown and f"hostname {device}" in shown and "mtu" not in shown
+    # Service data is untouched: the same instances with the same values.
+    assert after[after.index("l3vpn l3vpn-1") :] == before[before.index("l3vpn l3vpn-1") :]
+
+    # Run again (a restarted agent): nothing to do, nothing changes.
+    again = drive.step("ned_migrate", {**params, "dry_run": False})["ned_migration"]
+    assert [d["state"] for d in again["devices"]] == ["already", "already"]
+    assert all(d["modified_paths"] == [] for d in again["devices"])
+    assert running_config(nso) == after
+
+
+@pytest.mark.parametrize(
+    "params,said",
+    [
+        ({"devices": ["router-nc-1; devices device router-nc-2 migrate"]}, "devices[0]"),
+        ({"devices": ["router-nc-1 migrate new-ned-id router-nc-2.0"]}, "devices[0]"),
+        ({"devices": ["../router-nc-1"]}, "devices[0]"),
+        ({"devices": ["router-nc-1 | nomore"]}, "devices[0]"),
+        ({"devices": "router-nc-1"}, "expected a list"),
+        ({"devices": [], "device_groups": ['edge" dry-run']}, "device_groups[0]"),
+        ({"new_ned_id": f"{NEW};config"}, "new_ned_id"),
+        ({"new_ned_id": None}, "new_ned_id"),
+        ({"dry_run": "false"}, "expected true or false"),
+        ({"devices": []}, "names no device and no device group"),
+    ],
+)
+def test_hostile_names_are_refused_before_any_command(nso, driver, params, said):
+    drive = driver(agent_config(nso))
+    before = running_config(nso)
+    step = {"new_ned_id": NEW, "devices": ["router-nc-1"], "dry_run": False, **params}
+    with pytest.raises(StepFailed) as refused:
+        drive.step("ned_migrate", step)
+    assert said in str(refused.value)
+    assert drive.last is not None
+    assert not any("migrate" in line for line in drive.last.lines), list(drive.last.lines)
+    assert running_config(nso) == before
+
+
+def test_names_nso_gives_are_checked_too_and_nso_refusals_come_verbatim(nso, driver):
+    drive = driver(agent_config(nso))
+    assert nso.cli('config; devices device-group odd device-name [ "a b" ]; commit')[1] == 0
+    before = running_config(nso)
+    with pytest.raises(StepFailed) as refused:
+        drive.step("ned_migrate", {"new_ned_id": NEW, "device_groups": ["odd"], "dry_run": False})
+    assert "'a b' from NSO's device group odd is refused" in str(refused.value)
+    for params, said in [
+        ({"devices": ["router-nc-9"]}, "NSO has no device router-nc-9"),
+        ({"device_groups": ["nope"]}, "NSO has no device group nope"),
+        ({"new_ned_id": "other-9.9"}, "Error: ned-id other-9.9 is not loaded"),
+    ]:
+        step = {"new_ned_id": NEW, "devices": ["router-nc-1"], "dry_run": False, **params}
+        with pytest.raises(StepFailed) as failed:
+            drive.step("ned_migrate", step)
+        message = str(failed.value)
+        assert said in message, message
+        assert "no device was migrated" in message or "nothing was migrated" in message
+    assert running_config(nso) == before

@@ -1,0 +1,151 @@
+"""A waiting long-poll holds no thread, no database connection and no transaction: it is
+parked in the worker's event loop (repo_server/parking.py), against a real gunicorn.
+
+Before: every waiting agent held one of a worker's threads, so the embedded default (one
+process, 32 threads) served about 30 agents before `/health` stopped answering; and on
+PostgreSQL each waiting poll showed in pg_stat_activity."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.support.abuse import children, health_seconds
+from tests.support.light_agents import LightAgent, enroll_many
+from tests.support.nso_repo import RepoServer
+from tests.support.processes import REPO, clean_env
+
+AGENTS = 300  # ten times the threads that used to cap the fleet
+THREADS = "4"
+BOUND = 5.0  # seconds /health may take while the agents wait (tests/api/test_starvation.py)
+
+
+def _serve(folder: Path, workers: int = 1, **env: str) -> RepoServer:
+    server = RepoServer(
+        folder / "data",
+        env=clean_env(PYTHONPATH=str(REPO), NSO_REPO_THREADS=THREADS, **env),
+        workers=workers,
+    )
+    server.start()
+    return server
+
+
+@pytest.fixture
+def sqlite_server(tmp_path: Path) -> Iterator[RepoServer]:
+    server = _serve(tmp_path)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _threads(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Threads:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no Threads: line for {pid}")
+
+
+async def _waiting(agents: list[LightAgent], wait: int) -> list[asyncio.Task[Any]]:
+    polls = [asyncio.ensure_future(agent.next_step(wait)) for agent in agents]
+    await asyncio.sleep(2)  # every poll has arrived and found no work
+    return polls
+
+
+def test_hundreds_of_waiting_agents_leave_the_threads_free(sqlite_server: RepoServer) -> None:
+    server = sqlite_server
+
+    async def scenario() -> dict[str, Any]:
+        names = [f"edge-{i}" for i in range(AGENTS)]
+        agents = await enroll_many(server.url, server.admin, names)
+        polls = await _waiting(agents, wait=30)
+        (worker,) = children(server.process.process.pid)
+        seen: dict[str, Any] = {"threads": _threads(worker)}
+        seen["health"] = [
+            await asyncio.to_thread(health_seconds, server.url, BOUND * 2) for _ in range(5)
+        ]
+        seen["answered_early"] = sum(poll.done() for poll in polls)
+        # Two newer polls of one node supersede its first (NSO_REPO_MAX_POLLS_PER_NODE=2):
+        # the parked one is woken and answers 204 at once, not after 30 s.
+        first, extra = polls[0], []
+        for _ in range(2):
+            again = LightAgent(server.url, agents[0].token)  # a connection of its own
+            extra.append(asyncio.ensure_future(again.next_step(30)))
+            await asyncio.sleep(0.3)
+        began = time.monotonic()
+        seen["superseded"] = await asyncio.wait_for(first, 10)
+        seen["superseded_after"] = time.monotonic() - began
+        for task in [*polls[1:], *extra]:
+            task.cancel()
+        return seen
+
+    seen = asyncio.run(scenario())
+    # The worker has its 4 request threads and a few of gunicorn's own, not one per agent.
+    assert seen["threads"] < 20, seen
+    assert max(seen["health"]) < BOUND, seen["health"]
+    assert seen["answered_early"] == 0, "a waiting poll answered before its work or deadline"
+    assert seen["superseded"] is None and seen["superseded_after"] < 5, seen
+
+
+def test_a_parked_poll_that_asked_to_close_the_connection_is_answered(
+    sqlite_server: RepoServer,
+) -> None:
+    # The agent's urllib sends `Connection: close`; a parked poll runs again on a fresh
+    # parser, or gunicorn's would end the connection without the answer.
+    server = sqlite_server
+    (agent,) = asyncio.run(enroll_many(server.url, server.admin, ["closer"]))
+    request = urllib.request.Request(
+        f"{server.url}/api/v1/agent/next?wait=2",
+        headers={"Authorization": f"Bearer {agent.token}", "Connection": "close"},
+    )
+    began = time.monotonic()
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        assert answer.status == 204
+        assert answer.headers["Connection"].lower() == "close"
+    assert 1.5 < time.monotonic() - began < 10
+
+
+def _server_connections(url: str) -> list[tuple[str, str]]:
+    """(state, query) of every connection to the server's database but this one."""
+    with psycopg.connect(url.replace("+psycopg", ""), autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT coalesce(state, ''), coalesce(query, '') FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        ).fetchall()
+    return [(str(state), str(query)) for state, query in rows]
+
+
+def test_waiting_agents_hold_no_database_connection(tmp_path: Path, postgres_server) -> None:
+    url = postgres_server.create_database()
+    server = _serve(tmp_path, workers=2, NSO_REPO_DATABASE_URL=url)
+    try:
+
+        async def scenario() -> list[list[tuple[str, str]]]:
+            agents = await enroll_many(server.url, server.admin, [f"pg-{i}" for i in range(200)])
+            polls = await _waiting(agents, wait=30)
+            samples = []
+            for _ in range(5):
+                samples.append(await asyncio.to_thread(_server_connections, url))
+                await asyncio.sleep(0.5)
+            assert not any(poll.done() for poll in polls)
+            for poll in polls:
+                poll.cancel()
+            return samples
+
+        samples = asyncio.run(scenario())
+    finally:
+        server.stop()
+    for sample in samples:
+        assert not [s for s in sample if s[0].startswith("idle in transaction")], sample
+        # One LISTEN connection per worker process and what its pool keeps idle (at most
+        # SQLAlchemy's pool_size, 5): never one per waiting agent.
+        listening = [s for s in sample if s[1].startswith("LISTEN")]
+        assert len(listening) <= 2, sample
+        assert len(sample) <= 2 * (1 + 5), sample

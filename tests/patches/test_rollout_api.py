@@ -1,0 +1,431 @@
+"""Patch rollouts over the real HTTP API (SQLite and PostgreSQL), with protocol-speaking
+agents: who gets a job, what the step carries, the HA group's order, every refusal creating
+nothing, the audit, the plan's dropped patches, and the cost of a large rollout."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import pytest
+from sqlalchemy import event
+
+from tests.api.helpers import assert_error, put_file
+from tests.factories import make_package, make_patch_bundle
+from tests.upgrades.builders import (
+    Agent,
+    enroll_node,
+    healthy_inventory,
+    inventory,
+    nso_repo,
+    publish_release,
+)
+
+BUNDLE = "nso-6.2-patch-CSCfix1.tar.gz"
+MODULES = ["ncs_fix", "ncs_fix2"]
+
+
+@pytest.fixture
+def bundle(live, tmp_path: Path) -> dict[str, Any]:
+    """nso-6.2-patch-CSCfix1.tar.gz (two modules) in the catalog."""
+    path = make_patch_bundle(tmp_path, "6.2", "CSCfix1", tuple(MODULES))
+    answer = put_file(live.session("uploader"), live.url, path)
+    assert answer.status_code == 201, answer.text
+    return dict(answer.json())
+
+
+def node_on(live, name: str, version: Optional[str], **changes: Any) -> Agent:
+    """An enrolled node whose last heartbeat says it runs ``version`` (None: no heartbeat)."""
+    agent = enroll_node(live, name)
+    if version is not None:
+        answer = agent.heartbeat(inventory(version, **changes))
+        assert answer.status_code == 200, answer.text
+    return agent
+
+
+def rollout(live, role: str = "operator", **body: Any) -> Any:
+    return live.session(role).post(
+        f"{live.url}/api/v1/patch-rollouts", json={"patch": BUNDLE, **body}
+    )
+
+
+def get(live, path: str) -> Any:
+    answer = live.session("operator").get(f"{live.url}/api/v1{path}")
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+def ha(mode: str, ha_id: str, **more: Any) -> dict[str, Any]:
+    return {
+        "ha": {
+            "enabled": True,
+            "mode": mode,
+            "current_id": ha_id,
+            "read_only": False,
+            "connected_secondaries": [],
+            "primary_id": None,
+            **more,
+        }
+    }
+
+
+def group_on(live, name: str, size: int, version: str = "6.2") -> list[Agent]:
+    """HA group ``name`` of ``size`` members (n1 primary), each heartbeat agreeing with it."""
+    ids = [f"n{i}" for i in range(1, size + 1)]
+    agents = [
+        node_on(live, f"{name}-a", version, **ha("primary", "n1", connected_secondaries=ids[1:]))
+    ]
+    for i in ids[1:]:
+        agents.append(node_on(live, f"{name}-{i}", version, **ha("secondary", i, primary_id="n1")))
+    members = [
+        {"node": f"{name}-a", "ha_id": "n1", "role": "primary"},
+        *(
+            {"node": f"{name}-{i}", "ha_id": i, "role": "secondary", "failover": i == "n2"}
+            for i in ids[1:]
+        ),
+    ]
+    added = live.session("operator").post(
+        f"{live.url}/api/v1/groups", json={"name": name, "members": members}
+    )
+    assert added.status_code == 201, added.text
+    return agents
+
+
+def test_all_affected_patches_exactly_the_nodes_on_the_bundles_release(live, bundle) -> None:
+    on_62 = {name: node_on(live, name, "6.2") for name in ("edge-a", "edge-b")}
+    other = node_on(live, "edge-old", "6.1")
+    node_on(live, "edge-silent", None)
+    answer = rollout(live, all_affected=True)
+    assert answer.status_code == 201, answer.text
+    started = answer.json()
+    assert answer.headers["Location"] == f"/api/v1/patch-rollouts/{started['id']}"
+    assert {k: started[k] for k in ("patch", "patch_id", "nso_version", "action")} == {
+        "patch": BUNDLE,
+        "patch_id": "CSCfix1",
+        "nso_version": "6.2",
+        "action": "apply",
+    }
+    assert started["created_by"] == "operator:test-operator"
+    assert sorted(n["node"] for n in started["nodes"]) == ["edge-a", "edge-b"]
+    assert {n["state"] for n in started["nodes"]} == {"queued"}
+    assert len({n["job_id"] for n in started["nodes"]}) == 2  # one job per node
+
+    # The node on another release got nothing: no job, no step, no blob.
+    assert other.next() is None
+    assert get(live, "/jobs?node=edge-old") == []
+    sha = bundle["sha256"]
+    assert other.http.get(f"{live.url}/api/v1/blobs/{sha}").status_code == 404
+
+    agent = on_62["edge-a"]
+    # Least privilege: the bundle is the node's to download only while its step runs.
+    assert agent.http.get(f"{live.url}/api/v1/blobs/{sha}").status_code == 404
+    step = agent.next()
+    assert step is not None and step["name"] == "apply_patch"
+    assert step["job"]["kind"] == "patch"
+    assert step["params"] == {
+        "patch": {
+            "filename": BUNDLE,
+            "sha256": sha,
+            "size": bundle["size"],
+            "url": f"/api/v1/blobs/{sha}",
+        },
+        "patch_id": "CSCfix1",
+        "nso_version": "6.2",
+        "modules": MODULES,
+    }
+    assert agent.http.get(f"{live.url}/api/v1/blobs/{sha}").status_code == 200
+    done = agent.report(
+        step["id"], "succeeded", result={"modules": MODULES, "changed": True}, progress=100
+    )
+    assert done.status_code == 200, done.text
+    assert agent.http.get(f"{live.url}/api/v1/blobs/{sha}").status_code == 404
+
+    shown = get(live, f"/patch-rollouts/{started['id']}")
+    states = {n["node"]: (n["state"], n["result"]) for n in shown["nodes"]}
+    assert states == {
+        "edge-a": ("succeeded", {"modules": MODULES, "changed": True}),
+        "edge-b": ("queued", None),
+    }
+    assert shown["state"] == "running" and shown["counts"] == {"succeeded": 1, "queued": 1}
+    listed = get(live, "/patch-rollouts")
+    assert [(r["id"], r["counts"]) for r in listed] == [(started["id"], shown["counts"])]
+
+    # An undeclared result key is refused, as for every step.
+    second = on_62["edge-b"].next()
+    assert second is not None
+    refused = on_62["edge-b"].report(second["id"], "succeeded", result={"file": "/etc/x"})
+    assert_error(refused, 422, "result_invalid")
+
+    audit = live.session("admin").get(
+        f"{live.url}/api/v1/audit", params={"action": "patch.rollout"}
+    )
+    [event_] = audit.json()
+    assert event_["actor"] == "operator:test-operator"
+    assert event_["target"] == f"patch-rollout:{started['id']}"
+    assert event_["details"]["patch"] == BUNDLE and event_["details"]["all_affected"] is True
+    assert sorted(event_["details"]["jobs"]) == ["edge-a", "edge-b"]
+
+
+def test_a_waiting_agent_gets_its_step_as_the_rollout_commits(live, bundle) -> None:
+    agent = node_on(live, "edge-wait", "6.2")
+    got: list[Any] = []
+
+    def wait() -> None:
+        got.append((agent.next(wait=20), time.monotonic()))
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    time.sleep(0.5)  # the long-poll is waiting
+    began = time.monotonic()
+    assert rollout(live, nodes=["edge-wait"]).status_code == 201
+    waiter.join(timeout=25)
+    [(step, at)] = got
+    assert step is not None and step["name"] == "apply_patch"
+    assert at - began < 2.0
+
+
+def test_an_ha_group_is_one_job_secondaries_first(live, bundle) -> None:
+    primary, secondary, third = group_on(live, "trio", 3)
+    answer = rollout(live, groups=["trio"], action="remove")
+    assert answer.status_code == 201, answer.text
+    nodes = answer.json()["nodes"]
+    assert {n["group"] for n in nodes} == {"trio"}
+    [job_id] = {n["job_id"] for n in nodes}
+    job = get(live, f"/jobs/{job_id}")
+    assert sorted(job["nodes"]) == ["trio-a", "trio-n2", "trio-n3"]
+    assert [(s["node"], s["name"], s["batch"]) for s in job["steps"]] == [
+        ("trio-n2", "remove_patch", 1),
+        ("trio-n3", "remove_patch", 1),
+        ("trio-a", "remove_patch", None),
+    ]
+    # The secondaries work at the same time; the primary waits for both.
+    assert primary.next() is None
+    steps = [secondary.next(), third.next()]
+    assert all(s is not None for s in steps)
+    assert primary.next() is None
+    for agent, step in zip((secondary, third), steps):
+        result = {"modules": MODULES, "kept": [], "changed": True}
+        assert agent.report(step["id"], "succeeded", result=result).status_code == 200
+    last = primary.next()
+    assert last is not None and last["name"] == "remove_patch"
+    assert primary.report(last["id"], "failed", message="NSO refused").status_code == 200
+    job = get(live, f"/jobs/{job_id}")
+    # The secondaries took the change: the failed job says so.
+    assert (job["state"], job["outcome"]) == ("failed", "needs_attention")
+    shown = get(live, f"/patch-rollouts/{answer.json()['id']}")
+    assert shown["state"] == "failed"
+    assert shown["counts"] == {"succeeded": 2, "failed": 1}
+
+
+def test_a_failed_secondary_skips_the_primary_and_changes_nothing_else(live, bundle) -> None:
+    primary, secondary = group_on(live, "pair", 2)
+    started = rollout(live, groups=["pair"]).json()
+    step = secondary.next()
+    assert step is not None
+    assert secondary.report(step["id"], "failed", message="load-modules failed").status_code == 200
+    assert primary.next() is None
+    shown = get(live, f"/patch-rollouts/{started['id']}")
+    assert {n["node"]: n["state"] for n in shown["nodes"]} == {
+        "pair-a": "skipped",
+        "pair-n2": "failed",
+    }
+    job = get(live, f"/jobs/{shown['nodes'][0]['job_id']}")
+    assert (job["state"], job["outcome"]) == ("failed", "unchanged")
+    assert "pair-n2" in job["error"]
+
+
+def _counts(live) -> tuple[int, int]:
+    return len(get(live, "/patch-rollouts")), len(get(live, "/jobs"))
+
+
+def test_each_refusal_says_why_and_creates_nothing(live, bundle, tmp_path: Path) -> None:
+    node_on(live, "edge-62", "6.2")
+    node_on(live, "edge-61", "6.1")
+    node_on(live, "edge-down", "6.2", running_version=None, status="stopped")
+    node_on(live, "edge-new", None)
+    group_on(live, "mixed", 2)
+    package = make_package(tmp_path, "router-nc", "1.0.2", "6.2")
+    assert put_file(live.session("uploader"), live.url, package).status_code == 201
+    before = _counts(live)
+
+    error = assert_error(
+        rollout(live, patch="nso-6.2-patch-nope.tar.gz", nodes=["edge-62"]), 404, "not_found"
+    )
+    assert "nso-6.2-patch-nope.tar.gz" in error["message"]
+    error = assert_error(
+        rollout(live, nodes=["edge-62", "ghost"], groups=["nogroup"]), 404, "not_found"
+    )
+    assert "ghost" in error["message"] and "nogroup" in error["message"]
+    assert error["details"] == {"nodes": ["ghost"], "groups": ["nogroup"]}
+    error = assert_error(rollout(live, nodes=["edge-62", "edge-61"]), 409, "release_mismatch")
+    assert "edge-61 runs NSO 6.1" in error["message"] and "6.2" in error["message"]
+    assert error["details"]["nodes"] == {"edge-61": "6.1"}
+    error = assert_error(rollout(live, nodes=["edge-down"]), 409, "release_mismatch")
+    assert "edge-down runs no NSO now (status stopped)" in error["message"]
+    error = assert_error(rollout(live, nodes=["edge-new"]), 409, "no_heartbeat")
+    assert "edge-new" in error["message"]
+    assert_error(rollout(live, patch=package.name, nodes=["edge-62"]), 422, "validation_failed")
+    assert_error(rollout(live), 422, "validation_failed")
+    assert_error(rollout(live, all_affected=True, nodes=["edge-62"]), 422, "validation_failed")
+    assert_error(rollout(live, action="undo", nodes=["edge-62"]), 422, "validation_failed")
+    assert_error(rollout(live, "viewer", nodes=["edge-62"]), 403, "forbidden")
+    assert _counts(live) == before
+
+    # No node runs 6.3: an empty target set.
+    other = make_patch_bundle(tmp_path, "6.3", "CSCfix9", ("ncs_fix",))
+    assert put_file(live.session("uploader"), live.url, other).status_code == 201
+    error = assert_error(rollout(live, patch=other.name, all_affected=True), 409, "no_targets")
+    assert "no node runs NSO 6.3" in error["message"]
+    assert _counts(live) == before
+
+    # A node held by a job is refused, naming the job; the others in the request too.
+    first = rollout(live, nodes=["edge-62"])
+    assert first.status_code == 201
+    job_id = first.json()["nodes"][0]["job_id"]
+    before = _counts(live)
+    error = assert_error(rollout(live, groups=["mixed"], nodes=["edge-62"]), 409, "node_busy")
+    assert f"edge-62 (job {job_id})" in error["message"]
+    assert error["details"]["jobs"] == {"edge-62": job_id}
+    assert_error(rollout(live, all_affected=True), 409, "node_busy")
+    assert _counts(live) == before
+
+
+def test_a_patch_job_holds_its_node_against_an_upgrade(live, tmp_path: Path) -> None:
+    pkgs = {"router-nc": "1.0.2", "l3vpn": "2.1"}
+    publish_release(live, tmp_path, "6.1", pkgs)
+    publish_release(live, tmp_path, "6.2", pkgs)
+    agent = enroll_node(live, "edge-up")
+    assert agent.heartbeat(healthy_inventory("6.1")).status_code == 200
+    path = make_patch_bundle(tmp_path, "6.1", "CSCold", ("ncs_fix",))
+    assert put_file(live.session("uploader"), live.url, path).status_code == 201
+    started = rollout(live, patch=path.name, nodes=["edge-up"])
+    assert started.status_code == 201, started.text
+    job_id = started.json()["nodes"][0]["job_id"]
+    upgrade = live.session("operator").post(
+        f"{live.url}/api/v1/nodes/edge-up/upgrade", json={"to": "6.2"}
+    )
+    error = assert_error(upgrade, 422, "preflight_failed")
+    assert [r["code"] for r in error["details"]["reasons"]] == ["job_active"]
+    assert f"job {job_id}" in error["message"]
+
+
+def test_a_plan_to_another_release_says_which_patches_it_drops(live, tmp_path: Path) -> None:
+    pkgs = {"router-nc": "1.0.2", "l3vpn": "2.1"}
+    publish_release(live, tmp_path, "6.1", pkgs)
+    publish_release(live, tmp_path, "6.2", pkgs)
+    agent = enroll_node(live, "edge-p")
+    facts = healthy_inventory("6.1")
+    facts["patches"] = [
+        {
+            "module": "ncs_fix",
+            "file": "ncs_fix.beam",
+            "loaded": True,
+            "patch_id": "CSCfix1",
+            "nso_version": "6.1",
+        },
+        {"module": "ncs_old", "file": "ncs_old.beam", "loaded": False},
+    ]
+    assert agent.heartbeat(facts).status_code == 200
+    plan = (
+        live.session("viewer")
+        .get(f"{live.url}/api/v1/nodes/edge-p/plan", params={"to": "6.2"})
+        .json()
+    )
+    assert plan["ok"] is True, plan["reasons"]
+    assert plan["drops_patches"] == [
+        {"module": "ncs_fix", "patch_id": "CSCfix1"},
+        {"module": "ncs_old", "patch_id": None},
+    ]
+    shown = nso_repo(live, "viewer", "node", "plan", "edge-p", "--to", "6.2")
+    assert shown.returncode == 0, shown.stderr
+    assert "drops patches: ncs_fix (CSCfix1), ncs_old (patch id unknown)" in shown.stdout
+    # A heartbeat's patch entries are checked like the rest of the inventory.
+    facts["patches"][0]["loaded"] = "yes"
+    refused = agent.heartbeat(facts)
+    assert_error(refused, 422, "validation_failed")
+    assert "patches" in str(refused.json()["error"]["details"])
+
+
+def test_a_group_plan_says_which_patches_each_member_drops(live, tmp_path: Path) -> None:
+    pkgs = {"router-nc": "1.0.2", "l3vpn": "2.1"}
+    publish_release(live, tmp_path, "6.1", pkgs)
+    publish_release(live, tmp_path, "6.2", pkgs)
+    patched = {"patches": [{"module": "ncs_fix", "file": "ncs_fix.beam", "patch_id": "P1"}]}
+    primary, _secondary = group_on(live, "grp", 2, "6.1")
+    healthy = healthy_inventory("6.1")
+    answer = primary.heartbeat(
+        {**healthy, **ha("primary", "n1", connected_secondaries=["n2"]), **patched}
+    )
+    assert answer.status_code == 200, answer.text
+    plan = (
+        live.session("viewer")
+        .get(f"{live.url}/api/v1/groups/grp/plan", params={"to": "6.2"})
+        .json()
+    )
+    drops = {m["node"]: m["drops_patches"] for m in plan["members"]}
+    assert drops == {"grp-a": [{"module": "ncs_fix", "patch_id": "P1"}], "grp-n2": []}
+    shown = nso_repo(live, "viewer", "group", "plan", "grp", "--to", "6.2")
+    assert "grp-a drops patches: ncs_fix (P1)" in shown.stdout, shown.stdout + shown.stderr
+
+
+def test_the_cli_rolls_out_lists_and_shows(live, bundle) -> None:
+    agent = node_on(live, "edge-cli", "6.2")
+    started = nso_repo(live, "operator", "patch", "rollout", BUNDLE, "--node", "edge-cli")
+    assert started.returncode == 0, started.stderr
+    rollout_id = started.stdout.strip()
+    step = agent.next()
+    assert step is not None
+    agent.report(step["id"], "succeeded", result={"modules": MODULES, "changed": False})
+    listed = nso_repo(live, "viewer", "patch", "ls")
+    assert (
+        f"{rollout_id} apply  {BUNDLE} (NSO 6.2) by operator:test-operator: succeeded"
+        in listed.stdout
+    )
+    shown = nso_repo(live, "viewer", "patch", "show", rollout_id)
+    assert "edge-cli" in shown.stdout and "modules ncs_fix, ncs_fix2 (unchanged)" in shown.stdout
+    removed = nso_repo(
+        live, "operator", "patch", "rollout", BUNDLE, "--node", "edge-cli", "--remove", "--json"
+    )
+    assert removed.returncode == 0, removed.stderr
+    assert '"action": "remove"' in removed.stdout
+    refused = nso_repo(live, "operator", "patch", "rollout", BUNDLE, "--node", "nobody")
+    assert refused.returncode == 1 and "no node named nobody" in refused.stderr
+
+
+def _statements(app: Any, request: Any) -> tuple[int, Any]:
+    """How many SQL statements the server ran for ``request()``, and its answer."""
+    engine = app.extensions["nso_repo"].engine
+    seen: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        seen.append(statement)
+
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        answer = request()
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    return len(seen), answer
+
+
+def test_a_rollout_costs_the_same_statements_for_2_nodes_and_for_30(app, live, bundle) -> None:
+    for i in range(30):
+        node_on(live, f"big-{i:02}", "6.2")
+    node_on(live, "small-a", "6.2")
+    node_on(live, "small-b", "6.2")
+    small, answer = _statements(app, lambda: rollout(live, nodes=["small-a", "small-b"]))
+    assert answer.status_code == 201, answer.text
+    big, answer = _statements(app, lambda: rollout(live, nodes=[f"big-{i:02}" for i in range(30)]))
+    assert answer.status_code == 201, answer.text
+    assert len(answer.json()["nodes"]) == 30
+    assert big == small, (small, big)
+    shown, answer = _statements(
+        app,
+        lambda: live.session("viewer").get(
+            answer.headers["Location"].replace("/api/v1", f"{live.url}/api/v1")
+        ),
+    )
+    assert answer.status_code == 200 and len(answer.json()["nodes"]) == 30
+    assert shown < 15, shown

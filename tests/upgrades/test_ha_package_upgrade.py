@@ -1,0 +1,276 @@
+"""Package upgrades on an HA group, the server's side: the plan and its refusals, the job
+driven by two plain-HTTP agents, what a failed job says, and its rollback. The real agents
+and simulated hosts run it in tests/e2e/test_ha_package_upgrade.py."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import pytest
+
+from tests.api.helpers import assert_error
+from tests.upgrades.builders import (
+    Agent,
+    agent_result,
+    enroll_node,
+    healthy_inventory,
+    nso_repo,
+    upload_package,
+)
+
+Outcome = tuple[str, dict[str, Any], str]  # state, result, message
+LOADED = {"router-nc": "1.0.2", "l3vpn": "2.1"}
+
+
+def _inventory(ha_id: str, primary: bool, **changes: Any) -> dict[str, Any]:
+    inv = healthy_inventory("6.2", LOADED)
+    inv["ha"] = {
+        "enabled": True,
+        "mode": "primary" if primary else "secondary",
+        "current_id": ha_id,
+        "assigned_role": "primary" if primary else "secondary",
+        "primary_id": None if primary else "n1",
+        "read_only": bool(changes.pop("read_only", False)),
+        "connected_secondaries": ["n2"] if primary else [],
+    }
+    inv["load_paths"] = ["${NCS_RUN_DIR}/packages", "${NCS_DIR}/etc/ncs"]
+    inv.update(changes)
+    return {k: v for k, v in inv.items() if v is not None}
+
+
+@pytest.fixture
+def pair(live) -> dict[str, Agent]:
+    """nso-a (primary n1) and nso-b (secondary n2) on 6.2, registered as group pair."""
+    agents = {"nso-a": enroll_node(live, "nso-a"), "nso-b": enroll_node(live, "nso-b")}
+    agents["nso-a"].heartbeat(_inventory("n1", True))
+    agents["nso-b"].heartbeat(_inventory("n2", False))
+    members = [
+        {"node": "nso-a", "ha_id": "n1", "role": "primary"},
+        {"node": "nso-b", "ha_id": "n2", "role": "secondary"},
+    ]
+    added = live.session("operator").post(
+        f"{live.url}/api/v1/groups", json={"name": "pair", "members": members}
+    )
+    assert added.status_code == 201, added.text
+    return agents
+
+
+@pytest.fixture
+def builds(live, tmp_path: Path) -> dict[str, str]:
+    return {
+        "router": upload_package(live, tmp_path, "router-nc", "1.0.3", "6.2"),
+        "new-ned": upload_package(live, tmp_path, "switch-nc", "1.0", "6.2", ned_id="sw-1.0"),
+        "new-service": upload_package(live, tmp_path, "l2vpn", "1.0", "6.2"),
+    }
+
+
+def _plan(live, *packages: str) -> dict[str, Any]:
+    answer = live.session("viewer").get(
+        f"{live.url}/api/v1/groups/pair/package-plan", params={"packages": list(packages)}
+    )
+    assert answer.status_code == 200, answer.text
+    return dict(answer.json())
+
+
+def _start(live, *packages: str) -> dict[str, Any]:
+    answer = live.session("operator").post(
+        f"{live.url}/api/v1/groups/pair/package-upgrade", json={"packages": list(packages)}
+    )
+    assert answer.status_code == 202, answer.text
+    return dict(answer.json())
+
+
+def _loaded(versions: dict[str, str]) -> list[dict[str, Any]]:
+    return [{"name": n, "version": v, "oper_status": "up"} for n, v in sorted(versions.items())]
+
+
+def _healthy(node: str, step: dict[str, Any]) -> Outcome:
+    """What a member's agent reports when everything works and the sync reloaded."""
+    result = agent_result(step)
+    name = step["name"]
+    if name == "ha_package_check":
+        primary = node == "nso-a"
+        result = {
+            "ha_mode": "primary" if primary else "secondary",
+            "connected_secondaries": ["n2"] if primary else [],
+            "read_only": False,
+        }
+    elif name == "ha_sync_packages":
+        result = {"read_only_before": False, "read_only": False}
+    elif name == "ha_verify_packages":
+        expected = {p["name"]: p["version"] for p in step["params"]["packages"]}
+        result = {"loaded": _loaded(expected or LOADED), "read_only": False}
+    return "succeeded", result, ""
+
+
+def _drive(
+    live, agents: dict[str, Agent], job_id: int, outcome: Callable[[str, dict], Outcome]
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Hand every member's steps to its agent and report ``outcome`` until the job ends:
+    the job, and every step as its agent got it."""
+    handed = []
+    for _ in range(60):
+        job = live.session("operator").get(f"{live.url}/api/v1/jobs/{job_id}").json()
+        if job["state"] in ("succeeded", "failed", "cancelled"):
+            return dict(job), handed
+        for node, agent in agents.items():
+            step: Optional[dict[str, Any]] = agent.next()
+            if step is not None:
+                handed.append({**step, "node": node})
+                state, result, message = outcome(node, step)
+                answer = agent.report(step["id"], state, result=result, message=message)
+                assert answer.status_code == 200, answer.text
+    raise AssertionError(f"job {job_id} never ended: {job}")
+
+
+def test_the_plan_runs_the_sync_on_the_primary_between_backups_and_verification(
+    live, pair, builds
+) -> None:
+    plan = _plan(live, builds["router"])
+    assert plan["ok"] and plan["sync"] == "and-reload", plan
+    shown = [(s["node"], s["name"], s["batch"] is not None) for s in plan["steps"]]
+    assert shown == [
+        ("nso-a", "prestage_packages", True),
+        ("nso-b", "prestage_packages", True),
+        ("nso-a", "ha_package_check", True),
+        ("nso-b", "ha_package_check", True),
+        ("nso-a", "backup", True),
+        ("nso-b", "backup", True),
+        ("nso-a", "install_packages", False),
+        ("nso-a", "ha_sync_packages", False),
+        ("nso-a", "ha_verify_packages", False),
+        ("nso-b", "ha_verify_packages", False),
+    ]
+    verify = plan["steps"][-1]["params"]
+    assert verify["packages"] == [
+        {"name": "l3vpn", "version": "2.1"},
+        {"name": "router-nc", "version": "1.0.3"},
+    ]
+    # Only new NED packages: the lighter and-add; a new package that is no NED, or a NED
+    # the group loads already, needs and-reload.
+    assert _plan(live, builds["new-ned"])["sync"] == "and-add"
+    assert _plan(live, builds["new-ned"], builds["new-service"])["sync"] == "and-reload"
+    # An operator may hold the cluster read-only: the job keeps that mode, it does not refuse.
+    pair["nso-a"].heartbeat(_inventory("n1", True, read_only=True))
+    job = _start(live, builds["new-ned"])
+    assert job["kind"] == "ha_package_upgrade" and sorted(job["nodes"]) == ["nso-a", "nso-b"]
+    sync = next(s for s in job["steps"] if s["name"] == "ha_sync_packages")
+    assert sync["node"] == "nso-a"
+
+
+@pytest.mark.parametrize("load_paths", [["/opt/other/packages"], None], ids=["differ", "unknown"])
+def test_members_whose_load_paths_differ_or_are_unknown_are_refused_and_nothing_starts(
+    live, pair, builds, load_paths
+) -> None:
+    pair["nso-b"].heartbeat(_inventory("n2", False, load_paths=load_paths))
+    plan = _plan(live, builds["router"])
+    assert not plan["ok"] and plan["steps"] == []
+    expected = "load paths" if load_paths else "did not report its load paths"
+    assert any(expected in p and "nso-b" in p for p in plan["problems"]), plan["problems"]
+    answer = live.session("operator").post(
+        f"{live.url}/api/v1/groups/pair/package-upgrade", json={"packages": [builds["router"]]}
+    )
+    error = assert_error(answer, 422, "preflight_failed")
+    assert any(expected in r for r in error["details"]["reasons"])
+    jobs = live.session("operator").get(f"{live.url}/api/v1/jobs").json()
+    assert jobs == []
+
+
+def test_a_failed_sync_reads_every_member_and_says_the_way_back(live, pair, builds) -> None:
+    job = _start(live, builds["router"])
+
+    def sync_fails(node: str, step: dict[str, Any]) -> Outcome:
+        if step["name"] == "ha_sync_packages":
+            return "failed", {}, "packages ha sync and-reload failed; NSO said: reload on n2"
+        if step["params"].get("survey"):
+            return "succeeded", {"loaded": _loaded(LOADED), "read_only": False}, ""
+        return _healthy(node, step)
+
+    ended, handed = _drive(live, pair, job["id"], sync_fails)
+    assert (ended["state"], ended["outcome"]) == ("failed", "needs_attention")
+    surveyed = [s for s in handed if s["params"].get("survey")]
+    assert sorted(s["node"] for s in surveyed) == ["nso-a", "nso-b"]
+    error = ended["error"]
+    assert "NSO said: reload on n2" in error
+    assert "nso-a (primary) did not reload: it loads router-nc 1.0.2, read-only false" in error
+    assert "nso-b did not reload: it loads router-nc 1.0.2" in error
+    assert f"'nso-repo job rollback {job['id']}'" in error
+    assert "finish the upgrade by hand on nso-a: 'packages ha sync and-reload" in error
+    assert "nso-a /var/opt/ncs/backups/ncs-6.1@" in error  # the proven backups, by member
+
+    answer = live.session("operator").post(f"{live.url}/api/v1/jobs/{job['id']}/rollback", json={})
+    assert answer.status_code == 202, answer.text
+    rollback = answer.json()
+    assert rollback["kind"] == "ha_package_rollback"
+    first = rollback["steps"][0]
+    assert (first["node"], first["name"]) == ("nso-a", "ha_sync_packages")
+    step = pair["nso-a"].next()
+    assert step["params"]["restore_links"] == (
+        f"/var/opt/ncs/backups/nso-agent-job-{job['id']}/package-links"
+    )
+    assert pair["nso-a"].report(step["id"], "running").status_code == 200
+    done, handed = _drive(live, pair, rollback["id"], _healthy)
+    assert done["state"] == "succeeded", done["error"]
+    verified = [s["params"]["packages"] for s in handed if s["name"] == "ha_verify_packages"]
+    assert verified == [[{"name": n, "version": v} for n, v in sorted(LOADED.items())]] * 2
+    again = live.session("operator").post(f"{live.url}/api/v1/jobs/{job['id']}/rollback", json={})
+    assert "rolled back already" in assert_error(again, 409, "conflict")["message"]
+
+
+def test_a_failure_before_the_install_changes_nothing_and_reads_no_member(
+    live, pair, builds
+) -> None:
+    job = _start(live, builds["router"])
+
+    def backup_fails(node: str, step: dict[str, Any]) -> Outcome:
+        if step["name"] == "backup" and node == "nso-b":
+            return "failed", {}, "ncs-backup failed: No space left on device"
+        return _healthy(node, step)
+
+    ended, handed = _drive(live, pair, job["id"], backup_fails)
+    assert (ended["state"], ended["outcome"]) == ("failed", "unchanged")
+    assert "nothing was changed on the group" in ended["error"]
+    assert len(ended["steps"]) == ended["plan"]["step_count"]  # no member was read
+    assert not any(s["name"] == "install_packages" for s in handed)
+    assert [s["state"] for s in ended["steps"] if s["name"] == "install_packages"] == ["skipped"]
+    answer = live.session("operator").post(f"{live.url}/api/v1/jobs/{job['id']}/rollback", json={})
+    assert "changed nothing" in assert_error(answer, 409, "conflict")["message"]
+
+
+def test_a_failed_install_says_the_primary_may_link_new_builds(live, pair, builds) -> None:
+    job = _start(live, builds["router"])
+
+    def install_fails(node: str, step: dict[str, Any]) -> Outcome:
+        if step["name"] == "install_packages":
+            return "failed", {}, "NSO CLI refused 'software packages install ...'"
+        return _healthy(node, step)
+
+    ended, _ = _drive(live, pair, job["id"], install_fails)
+    assert (ended["state"], ended["outcome"]) == ("failed", "needs_attention")
+    assert len(ended["steps"]) == ended["plan"]["step_count"]  # nothing reloaded: none read
+    error = ended["error"]
+    assert "no member reloaded, but /var/opt/ncs/packages on nso-a may link" in error
+    assert "'software packages install package router-nc-1.0.3 replace-existing'" in error
+    assert f"'nso-repo job rollback {job['id']}'" in error
+
+
+def test_the_cli_plans_and_starts_a_group_package_upgrade(live, pair, builds) -> None:
+    shown = nso_repo(live, "viewer", "group", "package-plan", "pair", "--package", builds["router"])
+    assert shown.returncode == 0, shown.stderr
+    assert "with packages ha sync and-reload: may proceed" in shown.stdout
+    assert re.search(r"8\. nso-a\s+ha_sync_packages", shown.stdout), shown.stdout
+    pair["nso-b"].heartbeat(_inventory("n2", False, load_paths=["/opt/other"]))
+    refused = nso_repo(
+        live, "viewer", "group", "package-plan", "pair", "--package", builds["router"]
+    )
+    assert refused.returncode == 1 and "REFUSED" in refused.stdout
+    assert "load paths" in refused.stdout
+    pair["nso-b"].heartbeat(_inventory("n2", False))
+    started = nso_repo(
+        live, "operator", "group", "package-upgrade", "pair", "--package", builds["router"]
+    )
+    assert started.returncode == 0, started.stderr
+    job = live.session("viewer").get(f"{live.url}/api/v1/jobs/{started.stdout.strip()}").json()
+    assert job["kind"] == "ha_package_upgrade"

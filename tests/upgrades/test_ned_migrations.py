@@ -1,0 +1,251 @@
+"""Major NED upgrades on the server: `POST /api/v1/nodes/<name>/ned-migrations`, a dry-run
+first, the real migration only on a confirmed dry-run of exactly the same migration, the
+refusals (each audited, none creating a job), and a failed migration that had moved devices.
+
+The agent here is a plain HTTP client speaking the protocol; tests/e2e/test_ned_migration.py
+drives a real agent and a simulated NSO.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.api.helpers import assert_error, put_file
+from tests.factories import make_package
+from tests.upgrades.builders import Agent, enroll_node, healthy_inventory
+
+NEW = "router-nc-2.0"
+
+
+@pytest.fixture
+def nedded(live, enrolled, tmp_path: Path) -> Agent:
+    """edge-1 running the old NED and, beside it, the new ned-id's package (both in the
+    catalog, so the server knows their ned-ids)."""
+    for name, version, ned_id in (
+        ("router-nc", "1.0.2", "router-nc-1.0"),
+        ("router-nc2", "2.0", NEW),
+        ("l3vpn", "2.1", None),
+    ):
+        folder = tmp_path / name
+        folder.mkdir()
+        path = make_package(folder, name, version, "6.2", ned_id=ned_id)
+        assert put_file(live.session("uploader"), live.url, path).status_code == 201
+    inventory = healthy_inventory(
+        "6.2", {"router-nc": "1.0.2", "router-nc2": "2.0", "l3vpn": "2.1"}
+    )
+    assert enrolled.heartbeat(inventory).status_code == 200
+    return enrolled
+
+
+def migrate(live, role: str = "operator", node: str = "edge-1", **body: Any):
+    body = {"new_ned_id": NEW, "devices": ["r1"], "dry_run": True, **body}
+    return live.session(role).post(f"{live.url}/api/v1/nodes/{node}/ned-migrations", json=body)
+
+
+def result_for(step: dict[str, Any], dry_run: bool) -> dict[str, Any]:
+    devices = step["params"]["devices"]
+    return {
+        "ned_migration": {
+            "new_ned_id": NEW,
+            "dry_run": dry_run,
+            "devices_total": len(devices),
+            "lost_data_total": 0,
+            "truncated": False,
+            "devices": [
+                {
+                    "device": d,
+                    "groups": [],
+                    "old_ned_id": "router-nc-1.0",
+                    "new_ned_id": NEW,
+                    "state": "dry_run" if dry_run else "migrated",
+                    "modified_paths": [
+                        {"path": f"/ncs:devices/device{{{d}}}/device-type/netconf/ned-id"}
+                    ],
+                    "modified_paths_total": 1,
+                    "lost_data": [],
+                    "lost_data_total": 0,
+                }
+                for d in devices
+            ],
+        }
+    }
+
+
+def run_job(live, agent: Agent, answer) -> dict[str, Any]:
+    """The agent runs the job's one step, which succeeds; the job as an operator sees it."""
+    assert answer.status_code == 202, answer.text
+    step = agent.next()
+    assert step is not None and step["name"] == "ned_migrate"
+    done = agent.report(step["id"], "succeeded", result=result_for(step, step["params"]["dry_run"]))
+    assert done.status_code == 200, done.text
+    return dict(
+        live.session("operator").get(f"{live.url}/api/v1/jobs/{answer.json()['id']}").json()
+    )
+
+
+def jobs(live) -> list[dict[str, Any]]:
+    return list(live.session("operator").get(f"{live.url}/api/v1/jobs").json())
+
+
+def audit(live, action: str) -> list[dict[str, Any]]:
+    found = live.session("admin").get(f"{live.url}/api/v1/audit", params={"action": action})
+    return list(found.json())
+
+
+def test_dry_run_then_the_migration_it_confirms(live, nedded) -> None:
+    dry = run_job(live, nedded, migrate(live, devices=["r1", "r2"], device_groups=["edge"]))
+    assert (dry["kind"], dry["state"]) == ("ned_migration", "succeeded")
+    assert dry["options"] == {
+        "new_ned_id": NEW,
+        "devices": ["r1", "r2"],
+        "device_groups": ["edge"],
+        "dry_run": True,
+        "confirm": None,
+    }
+    assert dry["context"]["ned_migration"]["devices"][0]["state"] == "dry_run"
+
+    refused = migrate(live, devices=["r1", "r2"], device_groups=["edge"], dry_run=False)
+    assert "dry-run" in assert_error(refused, 409, "dry_run_required")["message"]
+    # A dry-run of other devices (or another ned-id) confirms nothing.
+    other = run_job(live, nedded, migrate(live, devices=["r3"]))
+    for body in (
+        {"devices": ["r3"], "confirm": dry["id"]},
+        {"devices": ["r1", "r2"], "confirm": other["id"]},
+        {
+            "devices": ["r1", "r2"],
+            "device_groups": ["edge"],
+            "new_ned_id": "router-nc-1.0",
+            "confirm": dry["id"],
+        },
+    ):
+        error = assert_error(migrate(live, dry_run=False, **body), 409, "dry_run_required")
+        assert "is not a dry-run of this migration" in error["message"], error
+
+    # The same devices in another order are the same migration.
+    answer = migrate(
+        live, devices=["r2", "r1"], device_groups=["edge"], dry_run=False, confirm=dry["id"]
+    )
+    real = run_job(live, nedded, answer)
+    assert real["state"] == "succeeded", real
+    assert real["context"]["ned_migration"]["devices"][0]["state"] == "migrated"
+    assert real["options"]["confirm"] == dry["id"]
+    again = migrate(
+        live, devices=["r1", "r2"], device_groups=["edge"], dry_run=False, confirm=dry["id"]
+    )
+    assert (
+        f"confirmed already, by job {real['id']}"
+        in assert_error(again, 409, "dry_run_required")["message"]
+    )
+
+    created = audit(live, "ned.migrate")
+    assert [e["target"] for e in created] == [
+        f"job:{real['id']}",
+        f"job:{other['id']}",
+        f"job:{dry['id']}",
+    ]
+    assert created[0]["details"]["confirm"] == dry["id"]
+    assert {e["actor"] for e in created} == {"operator:test-operator"}
+    refusals = audit(live, "ned.migrate_refused")
+    assert {e["details"]["code"] for e in refusals} == {"dry_run_required"}
+    assert len(refusals) == 5
+
+
+def test_a_dry_run_confirms_only_while_it_holds(live, nedded) -> None:
+    first = run_job(live, nedded, migrate(live))
+    answer = migrate(live)
+    step = nedded.next()
+    failed_report = nedded.report(step["id"], "failed", message="Error: ned-id is not loaded")
+    assert failed_report.status_code == 200
+    failed = answer.json()["id"]
+    error = assert_error(migrate(live, dry_run=False, confirm=failed), 409, "dry_run_required")
+    assert f"dry-run job {failed} is failed, not succeeded" in error["message"]
+    # Another dry-run since leaves the first one valid; a migration that ran since does not.
+    other = run_job(live, nedded, migrate(live, devices=["r9"]))
+    run_job(live, nedded, migrate(live, devices=["r9"], dry_run=False, confirm=other["id"]))
+    error = assert_error(migrate(live, dry_run=False, confirm=first["id"]), 409, "dry_run_required")
+    assert f"ran on edge-1 after dry-run job {first['id']}" in error["message"], error
+
+
+def test_refusals_say_why_and_create_nothing(live, nedded) -> None:
+    cases = [
+        (migrate(live, node="nowhere"), 404, "not_found"),
+        (migrate(live, devices=[]), 422, "validation_failed"),
+        (migrate(live, devices=["r1; devices device r2 migrate"]), 422, "validation_failed"),
+        (migrate(live, devices=["../r1"]), 422, "validation_failed"),
+        (migrate(live, new_ned_id="router-nc-2.0 dry-run"), 422, "validation_failed"),
+        (migrate(live, devices=["r1", "r1"]), 422, "validation_failed"),
+        (migrate(live, new_ned_id="other-9.9"), 409, "ned_id_not_loaded"),
+        (migrate(live, dry_run=False), 409, "dry_run_required"),
+        (migrate(live, "viewer"), 403, "forbidden"),
+    ]
+    for answer, status, code in cases:
+        assert_error(answer, status, code)
+    assert "router-nc-1.0, router-nc-2.0" in cases[6][0].json()["error"]["message"]
+    assert jobs(live) == []
+    refused = audit(live, "ned.migrate_refused")
+    assert len(refused) == len(cases) - 1  # the viewer never got past authorisation
+    assert refused[-1]["target"] == "node:nowhere"
+
+    held = migrate(live)
+    assert held.status_code == 202
+    busy = assert_error(migrate(live, devices=["r2"]), 409, "job_active")
+    assert f"job {held.json()['id']}" in busy["message"]
+
+    other = enroll_node(live, "edge-2")
+    for inventory, said in [
+        (None, "never reported"),
+        (healthy_inventory("6.2") | {"status": "stopped"}, "is not running"),
+        (healthy_inventory("6.2") | {"ha": {"enabled": True, "mode": "secondary"}}, "HA secondary"),
+    ]:
+        if inventory is not None:
+            assert other.heartbeat(inventory).status_code == 200
+        error = assert_error(migrate(live, node="edge-2"), 409, "node_not_ready")
+        assert said in error["message"], error
+    assert len(jobs(live)) == 1
+
+
+def test_a_failed_migration_that_moved_devices_needs_attention(live, nedded) -> None:
+    dry = run_job(live, nedded, migrate(live, devices=["r1", "r2"]))
+    answer = migrate(live, devices=["r1", "r2"], dry_run=False, confirm=dry["id"])
+    assert answer.status_code == 202, answer.text
+    step = nedded.next()
+    said = "NSO refused the migration to router-nc-2.0: ...; already on router-nc-2.0: r1"
+    report = nedded.report(step["id"], "failed", message=said, result={"changed": True})
+    assert report.status_code == 200, report.text
+    job = live.session("operator").get(f"{live.url}/api/v1/jobs/{answer.json()['id']}").json()
+    assert (job["state"], job["outcome"]) == ("failed", "needs_attention"), job
+    assert said in job["error"]
+
+
+def test_the_old_ned_goes_with_a_package_upgrade_that_removes_it(live, nedded) -> None:
+    def upgrade(**body):
+        return live.session("operator").post(
+            f"{live.url}/api/v1/nodes/edge-1/package-upgrade", json=body
+        )
+
+    for body, code in [
+        ({}, "no_change"),
+        ({"remove": ["nothing-here"]}, "package_not_loaded"),
+        (
+            {"packages": ["ncs-6.2-router-nc2-2.0.tar.gz"], "remove": ["router-nc2"]},
+            "package_twice",
+        ),
+    ]:
+        error = assert_error(upgrade(**body), 422, "preflight_failed")
+        assert code in [r["code"] for r in error["details"]["reasons"]], error
+    answer = upgrade(remove=["router-nc"])
+    assert answer.status_code == 202, answer.text
+    job = answer.json()
+    assert job["options"] == {"allow_data_loss": False, "remove": ["router-nc"]}
+    assert [s["name"] for s in job["steps"]] == [
+        "backup",
+        "install_packages",
+        "reload_packages",
+        "verify_packages",
+    ]
+    nedded.report(nedded.next()["id"], "succeeded", result={})
+    install = nedded.next()
+    assert install["params"] == {"packages": [], "remove": ["router-nc"]}
