@@ -98,21 +98,31 @@ class NsoCli:
 
     def _run(self, command: str, check: bool, timeout: float) -> str:
         for attempt in (1, 2):
-            client = self.connect()
             try:
+                client = self.connect()
                 _, stdout, stderr = client.exec_command(command, timeout=timeout)  # nosec B601 # NSO CLI commands, not a shell; names and versions in them passed agent/trust.py
-                out = stdout.read().decode(errors="replace")
-                err = stderr.read().decode(errors="replace")
-                status = stdout.channel.recv_exit_status()
                 break
             except (OSError, paramiko.SSHException, EOFError) as exc:
-                # NSO restarted under us: one fresh connection, then give up.
+                # NSO restarted under us before the command went out: one fresh
+                # connection, then give up.
                 self.close()
                 if attempt == 2:
                     raise CliError(
                         f"lost the NSO CLI at {self.config.cli_host}:{self.config.cli_port} "
-                        f"during '{command}': {exc or type(exc).__name__}"
+                        f"before '{command}' ran: {exc or type(exc).__name__}"
                     ) from None
+        try:
+            out = stdout.read().decode(errors="replace")
+            err = stderr.read().decode(errors="replace")
+            status = stdout.channel.recv_exit_status()
+        except (OSError, paramiko.SSHException, EOFError) as exc:
+            # Sent, then lost: it may have run, in part or whole. Never sent twice: a
+            # `packages ha sync` or a reload run again would do it again.
+            self.close()
+            raise CliError(
+                f"lost the NSO CLI at {self.config.cli_host}:{self.config.cli_port} while "
+                f"'{command}' ran (it may have taken effect): {exc or type(exc).__name__}"
+            ) from None
         text = (out + err).rstrip()
         self.log(f"ncs# {command}\n{text}".rstrip())
         if check and (status != 0 or _CLI_FAILURE.search(text)):

@@ -16,11 +16,12 @@ never "no patches".
 
 from __future__ import annotations
 
+import gzip
 import re
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import IO, Any, Optional, cast
 
 from agent import trust
 from agent.errors import CliError, StepFailed
@@ -34,9 +35,29 @@ BUNDLE_FILE = re.compile(
 )
 BUNDLE_FORM = "nso-<VSN>-patch-<ID>.tar.gz"
 MAX_MEMBERS = 1000
-MAX_BEAM_BYTES = 64 << 20
-MAX_TOTAL_BYTES = 256 << 20
+# A real patch's modules are kilobytes to a few MiB. The whole unpacked stream, headers
+# included, is capped: tarfile reads an extended (PAX) header whole into memory, so a
+# 100 KiB bundle could otherwise make the agent (root) allocate hundreds of MiB.
+MAX_BEAM_BYTES = 16 << 20
+MAX_TOTAL_BYTES = 64 << 20
+MAX_UNPACKED_BYTES = MAX_TOTAL_BYTES + (1 << 20)
 README = "README"
+
+
+class _Capped:
+    """The decompressed bundle, read forward only, refusing to go past `limit` bytes."""
+
+    def __init__(self, raw: Any, limit: int) -> None:
+        self.raw, self.limit, self.done = raw, limit, 0
+
+    def read(self, size: int = -1) -> bytes:
+        if size is None or size < 0 or self.done + size > self.limit:
+            size = self.limit - self.done + 1
+        data: bytes = self.raw.read(size)
+        self.done += len(data)
+        if self.done > self.limit:
+            raise OSError(f"it unpacks to more than {self.limit} bytes")
+        return data
 
 
 def module_name(value: object, what: str) -> str:
@@ -81,6 +102,10 @@ def bundle_file(value: object, what: str, vsn: str, pid: str) -> str:
     return value
 
 
+def _capped(raw: Any) -> IO[bytes]:
+    return cast(IO[bytes], _Capped(raw, MAX_UNPACKED_BYTES))
+
+
 def _refused(bundle: Path, why: str) -> StepFailed:
     return StepFailed(
         f"patch bundle {bundle.name} is refused: {why}; nothing was written. A bundle holds "
@@ -95,7 +120,7 @@ def read_bundle(bundle: Path) -> dict[str, bytes]:
     found: dict[str, bytes] = {}
     total = 0
     try:
-        with tarfile.open(bundle, "r:gz") as tar:
+        with gzip.open(bundle, "rb") as raw, tarfile.open(fileobj=_capped(raw), mode="r|") as tar:
             for count, member in enumerate(tar, start=1):
                 if count > MAX_MEMBERS:
                     raise _refused(bundle, f"more than {MAX_MEMBERS} members")

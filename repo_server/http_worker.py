@@ -69,6 +69,11 @@ Answer = tuple[int, str, str, str, Optional[dict[str, Any]]]
 # File descriptors a worker keeps for its own files, database and listener connections
 # beyond the parked requests' sockets.
 FD_RESERVE = 256
+FD_PAUSE = 0.5  # seconds without accept() after running out of file descriptors
+# A parked request is run again from its bytes: an agent's poll is a few hundred. A larger
+# head does not park (its client waits for a `Retry-After` instead), so what parked
+# requests keep stays small.
+MAX_PARKED_HEAD = 8 << 10
 PARKED = object()  # a thread's result when its request parked
 
 
@@ -198,6 +203,7 @@ class GuardedThreadWorker(ThreadWorker):
         self.parks = itertools.count()
         self.max_parked = load_settings().max_waiting_polls
         self.thread_conn = threading.local()  # the connection a thread serves
+        self.accept_paused_until = 0.0  # no accept() before this time.monotonic()
 
     @classmethod
     def check_config(cls, cfg: Any, log: Any) -> None:
@@ -219,8 +225,15 @@ class GuardedThreadWorker(ThreadWorker):
             with contextlib.suppress(ValueError, OSError):
                 resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
                 soft = wanted
+        connections = int(self.cfg.worker_connections)
         if soft != resource.RLIM_INFINITY:
-            self.max_parked = max(1, min(self.max_parked, soft - FD_RESERVE))
+            # Past the limit accept() fails (EMFILE): take no more connections than it allows.
+            connections = max(1, min(connections, soft - FD_RESERVE))
+        self.worker_connections = connections
+        self.max_keepalived = max(0, connections - self.cfg.threads)
+        # Parked polls leave room for everything else: /health, operators, reports.
+        room = connections - max(16, connections // 10)
+        self.max_parked = max(1, min(self.max_parked, room))
         super().init_process()
 
     # -- connections enter the event loop, not a thread --------------------------------
@@ -229,6 +242,13 @@ class GuardedThreadWorker(ThreadWorker):
         try:
             client_sock, client_addr = listener.accept()
         except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE):
+                # Out of file descriptors (another limit than ours, or the system's): stop
+                # accepting for a moment rather than die with every parked poll.
+                self.log.warning("out of file descriptors: not accepting for %.1f s", FD_PAUSE)
+                self.accept_paused_until = time.monotonic() + FD_PAUSE
+                self.set_accept_enabled(False)
+                return
             if exc.errno not in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
                 raise
             return
@@ -251,6 +271,11 @@ class GuardedThreadWorker(ThreadWorker):
                 return
             conn.handshaking = True
         self._start_reading(conn)
+
+    def set_accept_enabled(self, enabled: bool) -> None:
+        if enabled and time.monotonic() < self.accept_paused_until:
+            return
+        super().set_accept_enabled(enabled)
 
     def enqueue_req(self, conn: PendingConn) -> None:
         """The base class calls this for a kept-alive connection that became readable, and
@@ -542,7 +567,7 @@ class GuardedThreadWorker(ThreadWorker):
         conn.initialized = True
         conn.data_ready = True
         # Only a GET with nothing after it may park: it is run again from these bytes.
-        whole = conn.head_end == conn.wanted == len(conn.data)
+        whole = conn.head_end == conn.wanted == len(conn.data) <= MAX_PARKED_HEAD
         conn.replay = bytes(conn.data) if whole and conn.data.startswith(b"GET ") else None
         conn.parser.unreader.unread(bytes(conn.data))
         conn.data = bytearray()
@@ -604,6 +629,11 @@ class GuardedThreadWorker(ThreadWorker):
         conn.wake = partial(self.method_queue.defer, self._woken, conn, parked)
         self.parked[conn] = parked
         heapq.heappush(self.deadlines, (parked.deadline, next(self.parks), conn, parked))
+        if len(self.deadlines) > 2 * len(self.parked) + 1000:
+            # Polls that left early (closed, woken) leave entries behind until their deadline:
+            # drop them now and then, so the heap follows the parked polls, not their rate.
+            self.deadlines = [e for e in self.deadlines if self.parked.get(e[2]) is e[3]]
+            heapq.heapify(self.deadlines)
         # Readable while parked: the client closed (or sent what it should not have).
         self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._parked_readable, conn))
         if not self.alive or not parked.watch(conn.wake):
@@ -642,6 +672,9 @@ class GuardedThreadWorker(ThreadWorker):
         if self._unpark(conn) is not None:
             self.nr_conns -= 1
             conn.close()
+            # Its deadline entry stays in the heap until due: keep nothing big alive by it.
+            conn.replay = conn.parser = None
+            conn.data = bytearray()
 
     # -- in a thread ---------------------------------------------------------------------
 
@@ -655,10 +688,12 @@ class GuardedThreadWorker(ThreadWorker):
 
         def parking(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
             conn: Optional[PendingConn] = getattr(self.thread_conn, "conn", None)
-            if conn is None or conn.replay is None:
+            if conn is None:
                 return app(environ, start_response)
             parks: list[Parked] = []
-            room = self.alive and len(self.parked) < self.max_parked
+            # A request that cannot park (not a plain GET, a body, pipelined bytes, a large
+            # head) is told there is no room: it must never wait in a thread here.
+            room = conn.replay is not None and self.alive and len(self.parked) < self.max_parked
             environ[PARK] = parks.append if room else None
             if conn.resumed is not None:
                 environ[RESUMED], conn.resumed = conn.resumed, None

@@ -11,6 +11,7 @@ confirmed, before it reports a failure.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from agent import trust
@@ -21,6 +22,9 @@ from agent.steps.ha import _describe, _role_params, _role_problems
 from agent.steps.package_links import EXTRA_DIR, restore_package_links
 
 NSO_SAID_MAX = 1200  # characters of NSO's output a failure message quotes (the end of it)
+# How long a rerun waits for a sync an earlier attempt sent to end, and how often it looks.
+SYNC_SETTLE_S = 600.0
+SYNC_POLL_S = 2.0
 
 
 def _packages(ctx: StepContext) -> list[tuple[str, str]]:
@@ -80,15 +84,23 @@ def ha_sync_packages(ctx: StepContext) -> dict[str, Any]:
             )
         before = st["read_only"]
         ctx.journal.update("read_only_recorded", read_only_before=before)
-    if saved is not None:
-        ctx.progress(10, "putting back the package links saved at the backup")
-        restore_package_links(ctx, saved)
-    ctx.progress(30, f"packages ha sync {variant} (read-only mode {str(before).lower()} before)")
-    try:
-        synced = ctx.nso.packages_ha_sync(str(variant))
-        failures, said = synced.failures, synced.output
-    except CliError as exc:
-        failures, said = [str(exc)], exc.output or str(exc)
+    if ctx.journal.fact("sync_sent"):
+        # An earlier attempt sent the sync and the agent lost track (restarted, or the CLI
+        # went away): never send it twice. Wait for NSO to settle, then judge what it did.
+        failures, said = _earlier_sync(ctx, targets, before)
+    else:
+        if saved is not None:
+            ctx.progress(10, "putting back the package links saved at the backup")
+            restore_package_links(ctx, saved)
+        ctx.progress(
+            30, f"packages ha sync {variant} (read-only mode {str(before).lower()} before)"
+        )
+        ctx.journal.update("sync_sent", sync_sent=True)
+        try:
+            synced = ctx.nso.packages_ha_sync(str(variant))
+            failures, said = synced.failures, synced.output
+        except CliError as exc:
+            failures, said = [str(exc)], exc.output or str(exc)
     if failures:
         raise StepFailed(
             f"packages ha sync {variant} failed; NSO said:\n{said.strip()[-NSO_SAID_MAX:]}\n"
@@ -99,6 +111,33 @@ def ha_sync_packages(ctx: StepContext) -> dict[str, Any]:
         )
     # NSO puts the mode before back after a successful sync: confirmed, set if it did not.
     return {"read_only_before": before, "read_only": ctx.nso.ensure_ha_read_only(before)}
+
+
+def _earlier_sync(
+    ctx: StepContext, targets: list[tuple[str, str]], before: bool
+) -> tuple[list[str], str]:
+    """The outcome of a sync an earlier attempt sent: (failures, what to say). NSO holds the
+    primary read-only while it syncs; with read-only off before, a mode still on means the
+    sync still runs, so the step waits (SYNC_SETTLE_S at most) rather than turn it off
+    under NSO. Then the sync succeeded if this primary loads the job's packages, all up."""
+    ctx.progress(30, "an earlier attempt sent the sync: waiting for NSO to finish it")
+    deadline = time.monotonic() + SYNC_SETTLE_S
+    while not before and ctx.nso.ha_read_only_mode() and time.monotonic() < deadline:
+        time.sleep(SYNC_POLL_S)
+    oper = ctx.nso.packages_oper_status()
+    missing = [
+        f"{name} {version}"
+        for name, version in targets
+        if oper.get(name) != "up" or ctx.nso.package_version(name) != version
+    ]
+    if not missing:
+        return [], ""
+    said = (
+        "an earlier attempt of this step sent 'packages ha sync' and lost track of it (the "
+        "agent restarted, or the CLI went away); it was not sent again. This primary does "
+        f"not load {', '.join(missing)} up"
+    )
+    return [said], said
 
 
 def _read_only_back(ctx: StepContext, before: bool) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 from pathlib import Path
 from typing import Any, Optional
 
@@ -139,8 +140,8 @@ def apply_patch(ctx: StepContext) -> dict[str, Any]:
     patch = _Patch(ctx)
     folder = patch.check_release()
     beams = patch.bundle()
-    before = {m: _existing(folder, m) for m in patch.modules}
-    written = [m for m in patch.modules if before[m] != beams[m]]
+    before = _before_apply(ctx, folder, patch.modules)
+    written = [m for m in patch.modules if _existing(folder, m) != beams[m]]
     for module in written:
         # A temp file beside it, fsynced, renamed over it: NSO never reads half a module.
         dest = folder / f"{module}.beam"
@@ -156,8 +157,19 @@ def apply_patch(ctx: StepContext) -> dict[str, Any]:
         try:
             loaded = patch.load(f"patch {patch.id}")
         except StepFailed as exc:
-            _put_back(ctx, folder, {m: before[m] for m in written})
-            raise StepFailed(f"{exc}; the files it replaced were put back and loaded") from None
+            # Every module this step may have written goes back, also one an earlier attempt
+            # wrote before the agent restarted (its bytes before are the ones saved then).
+            changed_back = [m for m in patch.modules if _existing(folder, m) != before[m]]
+            reloaded = _put_back(ctx, folder, {m: before[m] for m in changed_back})
+            raise StepFailed(
+                f"{exc}; the files it replaced were put back"
+                + (
+                    " and loaded"
+                    if reloaded
+                    else ", but NSO did not load them all again (see the log): "
+                    "'ncs-state patches load-modules' on the host, or restart NSO"
+                )
+            ) from None
     else:
         ctx.log(f"every module of patch {patch.id} is there and loaded already: nothing to do")
     missing = [m for m in patch.modules if not patch.listed(loaded, m)]
@@ -166,6 +178,7 @@ def apply_patch(ctx: StepContext) -> dict[str, Any]:
             f"after load-modules NSO does not list {', '.join(missing)} with patch {patch.id} "
             "('show ncs-state patches'): check ncs.log on the host"
         )
+    shutil.rmtree(_undo_dir(ctx), ignore_errors=True)
     return {"modules": patch.modules, "changed": changed}
 
 
@@ -198,9 +211,36 @@ def remove_patch(ctx: StepContext) -> dict[str, Any]:
     return {"modules": ours, "kept": kept, "changed": changed}
 
 
-def _put_back(ctx: StepContext, folder: Path, before: dict[str, Optional[bytes]]) -> None:
+def _undo_dir(ctx: StepContext) -> Path:
+    return ctx.config.state_path / "patch-undo" / f"job-{ctx.job_id}-step-{int(ctx.step['id'])}"
+
+
+def _before_apply(ctx: StepContext, folder: Path, modules: list[str]) -> dict[str, Optional[bytes]]:
+    """What each module's file held before this step first wrote any: read now on the first
+    attempt and saved under the agent's state folder (journaled) before a byte is written;
+    read from there on a later attempt, when the folder may hold what the first one wrote."""
+    saved = _undo_dir(ctx)
+    if ctx.journal.fact("patch_undo_saved"):
+        return {
+            m: (saved / f"{m}.beam").read_bytes() if (saved / f"{m}.beam").exists() else None
+            for m in modules
+        }
+    before = {m: _existing(folder, m) for m in modules}
+    if saved.exists():
+        shutil.rmtree(saved)  # a save the journal never recorded: incomplete, made again
+    saved.mkdir(parents=True, mode=0o700)
+    for module, data in before.items():
+        if data is not None:
+            write_atomic(saved / f"{module}.beam", data, mode=0o600)
+    fsync_dir(saved)
+    ctx.journal.update("patch_undo_saved", patch_undo_saved=True)
+    return before
+
+
+def _put_back(ctx: StepContext, folder: Path, before: dict[str, Optional[bytes]]) -> bool:
     """Undo a failed apply: each written module's previous bytes back (or the file gone),
-    then load-modules again, so NSO runs what it ran before."""
+    then load-modules again, so NSO runs what it ran before. False when NSO did not load
+    them all again."""
     for module, data in before.items():
         dest = folder / f"{module}.beam"
         if data is None:
@@ -212,3 +252,4 @@ def _put_back(ctx: StepContext, folder: Path, before: dict[str, Optional[bytes]]
     failures = ctx.nso.load_patch_modules()
     if failures:
         ctx.log("load-modules after putting the files back: " + "; ".join(failures.values()))
+    return not failures

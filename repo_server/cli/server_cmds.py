@@ -81,6 +81,7 @@ def serve(
         for name in (
             "worker_class",
             "threads",
+            "worker_connections",
             "timeout",
             "graceful_timeout",
             "keepalive",

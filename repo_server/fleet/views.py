@@ -30,6 +30,8 @@ from repo_server.upgrades.step_payloads import step_payload
 # Retry-After of a long-poll that found every place to wait taken.
 BUSY_RETRY_SECONDS = 10
 NOT_PARKABLE = object()  # no PARK in the environ: not served by the server's own worker
+# Polls that may wait in a thread at once where they cannot park: a thread pool's worth.
+THREAD_WAITING_POLLS = 24
 
 blp = Blueprint("fleet", __name__, url_prefix="/api/v1", description="Nodes and the agent protocol")
 
@@ -110,9 +112,12 @@ def heartbeat(body: dict[str, Any]) -> Any:
 def next_step(args: dict[str, Any]) -> Any:
     """Long-poll for the next step of this node's job (see docs/agent-protocol.md)."""
     app = state()
-    app.start_listener()
     session = db_session()
     node = service.node_of(session, principal())
+    if request.method == "HEAD":
+        # A HEAD would take a step whose body it never reads: it takes nothing, waits never.
+        return _no_work(0, busy=False)
+    app.start_listener()
     service.touch(session, node)
     node_id = node.id  # read now: the row is expired once a transaction ends
     park = request.environ.get(PARK, NOT_PARKABLE)
@@ -154,10 +159,12 @@ def next_step(args: dict[str, Any]) -> Any:
 
 def _wait_in_thread(wait: int, node: Any) -> Any:
     """The long-poll under a server that cannot park it (the test client, werkzeug): it
-    waits in its thread, and only so many may wait at once (NSO_REPO_MAX_WAITING_POLLS)."""
+    waits in its thread, and only so many may wait at once (NSO_REPO_MAX_WAITING_POLLS, at
+    most THREAD_WAITING_POLLS), so threads remain for the rest."""
     app = state()
     session = db_session()
-    waits = bool(wait) and app.notifier.hold(app.settings.max_waiting_polls)
+    cap = min(app.settings.max_waiting_polls, THREAD_WAITING_POLLS)
+    waits = bool(wait) and app.notifier.hold(cap)
     try:
         limit = app.settings.max_polls_per_node
         ticket = announce_poll(session, app.notifier, node.id) if waits else 0

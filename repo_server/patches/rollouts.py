@@ -35,7 +35,7 @@ from sqlalchemy.orm import Session
 from repo_server.auth.service import Principal, audit
 from repo_server.catalog.models import Artifact
 from repo_server.db import utcnow
-from repo_server.errors import Conflict, NotFound, ValidationFailed
+from repo_server.errors import AppError, Conflict, NotFound, ValidationFailed
 from repo_server.fleet.group_models import HaGroup, HaGroupMember
 from repo_server.fleet.models import Node
 from repo_server.fleet.notify import Notifier, announce
@@ -45,6 +45,8 @@ from repo_server.upgrades.models import Job, NodeHold, Step, job_nodes
 from repo_server.upgrades.plans import StepSpec, artifact_ref
 
 JOB_KIND = "patch"
+# Names a refused request's audit keeps (the request may name thousands, or be hostile).
+MAX_AUDITED = 50
 STEP_NAMES = {"apply": "apply_patch", "remove": "remove_patch"}
 # What a node of a rollout shows, by its step's state.
 NODE_STATES = {
@@ -132,8 +134,37 @@ class PatchRollouts:
         all_affected: bool = False,
     ) -> dict[str, Any]:
         """Check the whole target set, then create every job in one transaction and wake
-        the agents; refused with nothing created (docs/patches.md, "Refusals")."""
-        nodes, groups = _unique(nodes or []), _unique(groups or [])
+        the agents; refused with nothing created (docs/patches.md, "Refusals"), and audited
+        either way: an emergency change that was refused is part of the incident's story."""
+        try:
+            return self._start(patch, who, action, nodes or [], groups or [], all_affected)
+        except AppError as exc:
+            self.session.rollback()
+            audit(
+                self.session,
+                who.actor,
+                "patch.rollout_refused",
+                f"patch:{patch[:255]}",
+                code=exc.code,
+                message=exc.message[:500],
+                change=action[:32],
+                all_affected=all_affected,
+                nodes=[n[:128] for n in (nodes or [])[:MAX_AUDITED]],
+                groups=[g[:128] for g in (groups or [])[:MAX_AUDITED]],
+            )
+            self.session.commit()
+            raise
+
+    def _start(
+        self,
+        patch: str,
+        who: Principal,
+        action: str,
+        nodes: list[str],
+        groups: list[str],
+        all_affected: bool,
+    ) -> dict[str, Any]:
+        nodes, groups = _unique(nodes), _unique(groups)
         if action not in ACTIONS:
             raise ValidationFailed(
                 f"action {action!r} is unknown: use apply or remove", field="action"

@@ -194,8 +194,7 @@ class GroupUpgrades:
         who: Principal,
     ) -> Job:
         group = get_group(self.session, name)
-        for member in group.members:
-            self.jobs.lock_node(member.node)
+        self.jobs.lock_nodes([member.node for member in group.members])
         planned = self.plan(name, to, write_policy, options)
         release = get_release(self.session, to)
         source = planned.verdicts[0].source_version

@@ -111,8 +111,7 @@ class GroupPackageUpgrades:
 
     def start(self, name: str, filenames: list[str], who: Principal) -> Job:
         group = get_group(self.session, name)
-        for member in group.members:
-            self.jobs.lock_node(member.node)
+        self.jobs.lock_nodes([member.node for member in group.members])
         planned = self.plan(name, filenames)
         running = planned.verdicts[0].source_version
         job = Job(

@@ -351,6 +351,12 @@ class JobService:
         """Two requests cannot both find the node free and both start a job on it."""
         lock_node(self.session, node.id)
 
+    def lock_nodes(self, nodes: list[Node]) -> None:
+        """`lock_node` each, in id order as a patch rollout does: two requests taking
+        overlapping sets in different orders would deadlock (PostgreSQL aborts one)."""
+        for node in sorted(nodes, key=lambda n: n.id):
+            lock_node(self.session, node.id)
+
     def hold(self, job: Job, nodes: list[Node]) -> None:
         """Add the job, holding ``nodes``. The node lock and the active-job check come
         first; the holds' primary key is what the database itself refuses."""

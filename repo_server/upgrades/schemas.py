@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 from marshmallow import Schema, fields, validate
 
@@ -180,6 +180,11 @@ class StepSchema(Schema):
     nso_seconds = fields.Float(allow_none=True)
 
 
+def _group_of(job: Any) -> Optional[str]:
+    group = (job.options or {}).get("group")
+    return group if isinstance(group, str) else None
+
+
 class JobSummarySchema(Schema):
     id = fields.Integer()
     node = fields.Function(
@@ -205,9 +210,12 @@ class JobSummarySchema(Schema):
     finished_at = fields.DateTime(allow_none=True)
     url = fields.Function(lambda j: f"/api/v1/jobs/{j.id}")
     group = fields.Function(
-        lambda j: (j.options or {}).get("group") if j.kind == "ha_upgrade" else None,
+        _group_of,
         allow_none=True,
-        metadata={"description": "The HA group an ha_upgrade job upgrades"},
+        metadata={
+            "description": "The HA group a group job works on (an HA upgrade, package upgrade "
+            "or patch of the group), else null"
+        },
     )
 
 

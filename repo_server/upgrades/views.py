@@ -187,8 +187,10 @@ def get_job(job_id: int) -> Any:
 @blp.arguments(RollbackArgs)
 @blp.response(202, JobSchema)
 def rollback(args: dict[str, Any], job_id: int) -> Any:
-    """Put the node back on the release and data an upgrade started from (its restore point);
-    409 confirm_discard_writes unless `discard_writes` is true."""
+    """Undo a finished job: an upgrade goes back to the release and data it started from (its
+    restore point; 409 confirm_discard_writes unless `discard_writes` is true); an HA group's
+    package upgrade puts back the package links its backups saved and syncs them to every
+    member."""
     job = jobs().rollback(job_id, principal(), discard_writes=args["discard_writes"])
     return job, 202, {"Location": f"/api/v1/jobs/{job.id}"}
 

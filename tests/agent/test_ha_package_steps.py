@@ -76,3 +76,32 @@ def test_sync_check_and_verify_on_a_pair(make_cluster, artifacts, driver) -> Non
     assert "router-nc loaded, which the job does not expect" in str(wrong.value)
     survey = d2.step("ha_verify_packages", {"packages": [], "survey": True})
     assert survey["read_only"] is False and len(survey["loaded"]) == 2
+
+    # A rerun of a sync an earlier attempt sent (the agent restarted, or the CLI went away
+    # while it ran) never sends it again: it judges what NSO did. The armed fault would fail
+    # a second sync on the secondary; it stays armed, and the step follows the packages.
+    sim("fault", "set", "--root", str(secondary.root), "ha-sync-reload-fails", "--once")
+    for expected_service, succeeds in (("1.1", True), ("1.2", False)):
+        rerun = dict(
+            step,
+            id=901,
+            params={
+                "sync": "and-reload",
+                "packages": [{"name": "l3vpn", "version": expected_service}],
+            },
+        )
+        journal.begin(rerun)
+        journal.update("sync_sent", read_only_before=False, sync_sent=True)
+        if succeeds:
+            assert run_step(StepContext(d1.config, rerun, journal)) == {
+                "read_only_before": False,
+                "read_only": False,
+            }
+        else:
+            with pytest.raises(StepFailed, match="it was not sent again") as lost:
+                run_step(StepContext(d1.config, rerun, journal))
+            assert "does not load l3vpn 1.2 up" in str(lost.value)
+            assert "Read-only mode is back to false" in str(lost.value)
+        journal.clear()
+    faults = sim("fault", "list", "--root", str(secondary.root)).stdout
+    assert "ha-sync-reload-fails" in faults, faults

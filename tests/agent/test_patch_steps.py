@@ -18,6 +18,9 @@ import pytest
 from agent import inventory
 from agent.config import Config
 from agent.errors import StepFailed
+from agent.journal import Journal
+from agent.steps import patches
+from agent.steps.context import StepContext
 from tests.support.sim_hosts import SimHost, sim
 
 PATCHES = "/opt/ncs/current/lib/ncs/patches"
@@ -235,3 +238,40 @@ def test_the_sha256_is_checked_before_the_bundle_is_read(
     with pytest.raises(StepFailed, match=re.escape("does not match")):
         driver(config_for(host), file_server).step("apply_patch", step)
     assert folder_state(host) == before
+
+
+def test_a_rerun_after_a_crash_still_puts_back_what_the_first_attempt_replaced(
+    make_host, file_server, driver, tmp_path
+) -> None:
+    """The agent died after writing a module and before NSO loaded it; on the rerun the
+    folder holds the new bytes. NSO refuses them: what goes back is what was there before
+    the first attempt (saved under the agent's state folder), not the first attempt's bytes."""
+    host = make_host("6.2", [])
+    drive = driver(config_for(host), file_server)
+    good = make_bundle(tmp_path, "6.2", "CSCfix1", "ncs_a")
+    drive.step("apply_patch", params(file_server, good, "6.2", "CSCfix1", "ncs_a"))
+    before = {k: v[1] for k, v in folder_state(host).items()}
+    wrong = make_bundle(tmp_path / "wrong", "6.1", "CSCfix2", "ncs_a")
+    renamed = wrong.with_name("nso-6.2-patch-CSCfix2.tar.gz")
+    wrong.rename(renamed)
+    bad = params(file_server, renamed, "6.2", "CSCfix2", "ncs_a")
+
+    # The first attempt, up to its crash: the bytes before saved, the new ones written.
+    step = {"id": 555, "job_id": 7, "attempt": 1, "name": "apply_patch", "params": bad}
+    journal = Journal(drive.config.journal_file)
+    journal.begin(step)
+    first = StepContext(drive.config, step, journal, drive.downloader)
+    assert patches._before_apply(first, host.path(PATCHES), ["ncs_a"]) == {
+        "ncs_a": before["ncs_a.beam"]
+    }
+    with tarfile.open(renamed) as tar:
+        member = tar.extractfile("ncs_a.beam")
+        assert member is not None
+        host.path(PATCHES + "/ncs_a.beam").write_bytes(member.read())
+    assert {k: v[1] for k, v in folder_state(host).items()} != before
+
+    with pytest.raises(StepFailed, match="put back and loaded") as failed:
+        drive.step("apply_patch", bad, step_id=555)  # the rerun, same step
+    assert "built for NSO 6.1, running 6.2" in str(failed.value)
+    assert {k: v[1] for k, v in folder_state(host).items()} == before
+    assert "CSCfix1" in listed(host)

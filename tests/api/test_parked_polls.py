@@ -8,6 +8,9 @@ PostgreSQL each waiting poll showed in pg_stat_activity."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import socket
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -16,11 +19,14 @@ from typing import Any
 
 import psycopg
 import pytest
+import requests
 
+from nso_sim import beam
 from tests.support.abuse import children, health_seconds
-from tests.support.light_agents import LightAgent, enroll_many
+from tests.support.light_agents import LightAgent, enroll_many, serve_steps, source_address
 from tests.support.nso_repo import RepoServer
 from tests.support.processes import REPO, clean_env
+from tests.upgrades.builders import healthy_inventory
 
 AGENTS = 300  # ten times the threads that used to cap the fleet
 THREADS = "4"
@@ -94,6 +100,58 @@ def test_hundreds_of_waiting_agents_leave_the_threads_free(sqlite_server: RepoSe
     assert seen["superseded"] is None and seen["superseded_after"] < 5, seen
 
 
+def test_more_than_a_thousand_parked_polls_leave_room_for_health(tmp_path: Path) -> None:
+    # gunicorn's own default is 1,000 connections a worker: `nso-repo serve` must pass its
+    # higher NSO_REPO_WORKER_CONNECTIONS, or the 1,001st agent (and /health) waited.
+    server = _serve(tmp_path, NSO_REPO_MAX_POLLS_PER_NODE="5000")
+    try:
+
+        async def scenario() -> tuple[list[float], int]:
+            (agent,) = await enroll_many(server.url, server.admin, ["many"])
+            pollers = [
+                LightAgent(server.url, agent.token, f"p{i}", source=source_address(i))
+                for i in range(1100)
+            ]
+            polls = []
+            for i in range(0, len(pollers), 100):  # as agents come: not all in one instant
+                polls += [asyncio.ensure_future(p.next_step(30)) for p in pollers[i : i + 100]]
+                await asyncio.sleep(0.2)
+            await asyncio.sleep(2)
+            health = [await asyncio.to_thread(health_seconds, server.url, 10) for _ in range(3)]
+            early = sum(poll.done() for poll in polls)
+            for poll in polls:
+                poll.cancel()
+            return health, early
+
+        health, early = asyncio.run(scenario())
+    finally:
+        server.stop()
+    assert early == 0, f"{early} polls answered before their wait ended"
+    assert max(health) < BOUND, health
+
+
+def test_a_poll_that_cannot_park_never_waits_in_a_thread(sqlite_server: RepoServer) -> None:
+    # Only a plain GET parks. A HEAD, or a GET with a body, would otherwise wait in one of
+    # the 4 threads: a few node tokens held them all and /health waited.
+    server = sqlite_server
+    agents = asyncio.run(enroll_many(server.url, server.admin, ["h1", "h2", "h3"]))
+    heads = [
+        b"HEAD /api/v1/agent/next?wait=60 HTTP/1.1\r\nHost: x\r\n",
+        b"GET /api/v1/agent/next?wait=60 HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n",
+    ]
+    answers = []
+    for agent in agents:
+        for head in heads:
+            began = time.monotonic()
+            with socket.create_connection(("127.0.0.1", server.port), timeout=20) as sock:
+                token = f"Authorization: Bearer {agent.token}\r\n\r\n".encode()
+                sock.sendall(head + token + (b"x" if b"Content-Length" in head else b""))
+                answers.append((sock.recv(4096).split(b"\r\n", 1)[0], time.monotonic() - began))
+    assert all(line.split(b" ")[1] == b"204" for line, _ in answers), answers
+    assert max(seconds for _, seconds in answers) < BOUND, answers
+    assert health_seconds(server.url, 10) < BOUND
+
+
 def test_a_parked_poll_that_asked_to_close_the_connection_is_answered(
     sqlite_server: RepoServer,
 ) -> None:
@@ -149,3 +207,76 @@ def test_waiting_agents_hold_no_database_connection(tmp_path: Path, postgres_ser
         listening = [s for s in sample if s[1].startswith("LISTEN")]
         assert len(listening) <= 2, sample
         assert len(sample) <= 2 * (1 + 5), sample
+
+
+def _established(pid: int, port: int) -> int:
+    """Connections to the server's `port` that process `pid` holds open."""
+    mine = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                mine.add(target[8:-1])
+    count = 0
+    for line in Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local_port = int(fields[1].rsplit(":", 1)[1], 16)
+        if local_port == port and fields[3] == "01" and fields[9] in mine:  # 01: ESTABLISHED
+            count += 1
+    return count
+
+
+def test_a_rollout_on_one_process_wakes_agents_parked_on_the_others(
+    tmp_path: Path, postgres_server
+) -> None:
+    url = postgres_server.create_database()
+    server = _serve(tmp_path, workers=2, NSO_REPO_DATABASE_URL=url)
+    bundle = beam.make_patch("6.2.3", "CSCwake1", ["ncs_wake"], tmp_path)[0]
+    admin = requests.Session()
+    admin.headers["Authorization"] = f"Bearer {server.admin}"
+    put = admin.put(f"{server.url}/api/v1/artifacts/{bundle.name}", data=bundle.read_bytes())
+    assert put.status_code == 201, put.text
+
+    async def applied(agent: LightAgent, step: dict[str, Any], blobs: Any) -> dict[str, Any]:
+        return {"modules": ["ncs_wake"], "changed": True}
+
+    try:
+
+        async def scenario() -> tuple[dict[int, int], list[LightAgent], dict[str, Any]]:
+            agents = await enroll_many(server.url, server.admin, [f"w-{i}" for i in range(40)])
+            for agent in agents:
+                beat = await agent.request(
+                    "POST", "/api/v1/agent/heartbeat", {"inventory": healthy_inventory("6.2.3")}
+                )
+                assert beat.status == 200
+            stop, began = asyncio.Event(), [0.0]
+            runners = [
+                asyncio.ensure_future(serve_steps(a, applied, stop, lambda: began[0]))
+                for a in agents
+            ]
+            await asyncio.sleep(2)
+            workers = children(server.process.process.pid)
+            parked = {pid: _established(pid, server.port) for pid in workers}
+            began[0] = time.monotonic()
+            started = await asyncio.to_thread(
+                admin.post,
+                f"{server.url}/api/v1/patch-rollouts",
+                json={"patch": bundle.name, "all_affected": True},
+            )
+            assert started.status_code == 201, started.text
+            while sum(len(a.done) for a in agents) < len(agents):
+                assert time.monotonic() - began[0] < 20, "agents were not woken"
+                await asyncio.sleep(0.1)
+            stop.set()
+            for runner in runners:
+                runner.cancel()
+            return parked, agents, started.json()
+
+        parked, agents, started = asyncio.run(scenario())
+    finally:
+        server.stop()
+    # The agents' polls were parked in both processes, and the trigger was served by one of
+    # them: every agent got its step, through LISTEN/NOTIFY for the other process's ones.
+    assert len(parked) == 2 and all(count > 0 for count in parked.values()), parked
+    assert sorted(a.done[0][0] for a in agents) == ["apply_patch"] * len(agents)
+    assert len(started["nodes"]) == len(agents)

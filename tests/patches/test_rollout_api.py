@@ -291,6 +291,17 @@ def test_each_refusal_says_why_and_creates_nothing(live, bundle, tmp_path: Path)
     assert_error(rollout(live, all_affected=True), 409, "node_busy")
     assert _counts(live) == before
 
+    # Refused triggers are audited too, with who asked and why (a viewer's 403 never
+    # reaches the service: the role check refuses it and audits nothing of a rollout).
+    refused = live.session("admin").get(
+        f"{live.url}/api/v1/audit", params={"action": "patch.rollout_refused", "limit": 100}
+    )
+    assert refused.status_code == 200, refused.text
+    codes = sorted(e["details"]["code"] for e in refused.json())
+    assert codes.count("node_busy") == 2 and "release_mismatch" in codes, codes
+    assert {"no_heartbeat", "no_targets", "not_found", "validation_failed"} <= set(codes)
+    assert all(e["actor"].startswith("operator:") for e in refused.json()), refused.json()
+
 
 def test_a_patch_job_holds_its_node_against_an_upgrade(live, tmp_path: Path) -> None:
     pkgs = {"router-nc": "1.0.2", "l3vpn": "2.1"}
