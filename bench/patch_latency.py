@@ -2,29 +2,31 @@
 
 Run from the repository root:
 
-    python bench/patch_latency.py                 # 1,000 agents
-    python bench/patch_latency.py --agents 200    # quick try
+    python bench/patch_latency.py                                # 1,000 agents, both shapes
+    python bench/patch_latency.py --agents 200 --shape embedded  # quick try
 
-The server runs as it is deployed for a fleet: `nso-repo serve` (gunicorn, 4 worker
-processes, the default on PostgreSQL) on a throwaway PostgreSQL 15 cluster with its durable
-defaults (fsync on). AGENTS light agent clients (tests/support/light_agents.py: asyncio,
-one keep-alive connection each, each from a loopback address of its own as agents on their
-own hosts) enroll, report an inventory on the patch's release, and long-poll
+Two server shapes, one after the other: `nso-repo serve` as it is deployed for a fleet (4
+gunicorn worker processes, the default on PostgreSQL, on a throwaway PostgreSQL 15 cluster
+with its durable defaults: fsync on), and the embedded default (one worker, SQLite, local
+disk). AGENTS light agent clients (tests/support/light_agents.py: asyncio, one keep-alive
+connection each, each from a loopback address of its own as agents on their own hosts)
+enroll, report an inventory on the patch's release, and long-poll
 `GET /api/v1/agent/next?wait=30` as `nso-agent` does. Each step they get is run the agent's
 way, in a throwaway folder instead of an NSO host: download the bundle, check its sha256,
 write each `.beam` file atomically (temporary file, rename), report the result.
 
-Measured in the same run:
+Measured in the same run, for each shape:
 
 * baseline: a rollout to one node while every other agent waits (three times; the median);
 * the fleet: `POST /api/v1/patch-rollouts {"all_affected": true}` to every agent, twice
   (the second apply finds the files in place: the server's path is the same).
 
 For each: how long the trigger's own answer took, and the time from sending the trigger to
-each agent's report being answered: p50, p99, max, and p99 against the baseline. Also the
-connections to PostgreSQL while every agent waits (one LISTEN per worker process, whatever
-the number of agents). Goal: p99 under 2 s with 1,000 agents. The last line printed is one
-JSON object with the figures and the goals.
+each agent's step and to its report being answered: p50, p99, max, and p99 against the
+baseline; the CPU the server, the database and the agents used per agent; and, while every
+agent waits, `/health`'s latency, the server's threads and the connections to PostgreSQL
+(one LISTEN per worker process, whatever the number of agents). Goal: p99 under 2 s with
+1,000 agents. The last line printed is one JSON object with the figures and the goals.
 """
 
 from __future__ import annotations
