@@ -84,16 +84,23 @@ def _role_params(ctx: StepContext) -> tuple[str, str, list[str]]:
 
 def ha_check(ctx: StepContext) -> dict[str, Any]:
     """The node has the role the group gives it and takes writes: nothing has started yet."""
+    return check_role(ctx, "upgrade", read_only_allowed=False)
+
+
+def check_role(ctx: StepContext, job: str, read_only_allowed: bool) -> dict[str, Any]:
+    """The node has the role the group gives it (and, unless `read_only_allowed`, takes
+    writes); StepFailed naming every difference, before `job` (the kind of job, as the
+    operator starts it again) changed anything."""
     mode, ha_id, secondaries = _role_params(ctx)
     st = ctx.nso.show_ha_status()
     problems = _role_problems(st, mode, ha_id, secondaries)
-    if st["read_only"]:
+    if st["read_only"] and not read_only_allowed:
         problems.append("read-only mode is on (another upgrade, or an operator, left it)")
     if problems:
         raise StepFailed(
             f"this node is not the HA {mode} {ha_id} the group describes: {'; '.join(problems)} "
             f"({_describe(st)}). Nothing was changed: bring the cluster back to its nominal "
-            "roles (or correct the group) and start the upgrade again"
+            f"roles (or correct the group) and start the {job} again"
         )
     return {
         "ha_mode": st["mode"],

@@ -18,7 +18,7 @@ from agent import trust
 from agent.errors import AgentError, CliError, StepFailed
 from agent.nso import HA_SYNC_VARIANTS
 from agent.steps.context import StepContext
-from agent.steps.ha import _describe, _role_params, _role_problems
+from agent.steps.ha import _describe, check_role
 from agent.steps.package_links import EXTRA_DIR, restore_package_links
 
 NSO_SAID_MAX = 1200  # characters of NSO's output a failure message quotes (the end of it)
@@ -46,20 +46,7 @@ def ha_package_check(ctx: StepContext) -> dict[str, Any]:
     """The member has the role the group gives it, as ``ha_check`` checks it, but may be
     read-only: an operator may hold the cluster read-only on purpose, and the sync keeps
     the primary's mode as it finds it."""
-    mode, ha_id, secondaries = _role_params(ctx)
-    st = ctx.nso.show_ha_status()
-    problems = _role_problems(st, mode, ha_id, secondaries)
-    if problems:
-        raise StepFailed(
-            f"this node is not the HA {mode} {ha_id} of the group: {'; '.join(problems)} "
-            f"({_describe(st)}). Nothing was changed: restore the nominal roles (or correct "
-            "the group), then start the package upgrade again"
-        )
-    return {
-        "ha_mode": st["mode"],
-        "connected_secondaries": st["connected_secondaries"],
-        "read_only": st["read_only"],
-    }
+    return check_role(ctx, "package upgrade", read_only_allowed=True)
 
 
 def ha_sync_packages(ctx: StepContext) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from repo_server.auth.models import ROLES, ApiToken, AuditEvent
 from repo_server.db import utcnow
-from repo_server.errors import NotFound, Unauthenticated, ValidationFailed
+from repo_server.errors import AppError, NotFound, Unauthenticated, ValidationFailed
 
 TOKEN_PREFIX = "nsr_"  # nosec B105 # a public prefix that marks our tokens, not a secret
 
@@ -41,6 +41,25 @@ def audit(session: Session, actor: str, action: str, target: str, **details: Any
     event = AuditEvent(actor=actor, action=action, target=target, details=details)
     session.add(event)
     return event
+
+
+def audit_refusal(
+    session: Session, actor: str, action: str, target: str, refused: AppError, **details: Any
+) -> None:
+    """Record a request the service refused, with why, in a transaction of its own: what
+    the request did before it was refused is rolled back first, so nothing but the event
+    is written."""
+    session.rollback()
+    audit(
+        session,
+        actor,
+        action,
+        target,
+        code=refused.code,
+        message=refused.message[:500],
+        **details,
+    )
+    session.commit()
 
 
 def create_token(session: Session, *, name: str, role: str, actor: str) -> tuple[ApiToken, str]:

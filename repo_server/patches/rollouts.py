@@ -32,7 +32,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from repo_server.auth.service import Principal, audit
+from repo_server.auth.service import Principal, audit, audit_refusal
 from repo_server.catalog.models import Artifact
 from repo_server.db import utcnow
 from repo_server.errors import AppError, Conflict, NotFound, ValidationFailed
@@ -139,20 +139,17 @@ class PatchRollouts:
         try:
             return self._start(patch, who, action, nodes or [], groups or [], all_affected)
         except AppError as exc:
-            self.session.rollback()
-            audit(
+            audit_refusal(
                 self.session,
                 who.actor,
                 "patch.rollout_refused",
                 f"patch:{patch[:255]}",
-                code=exc.code,
-                message=exc.message[:500],
+                exc,
                 change=action[:32],
                 all_affected=all_affected,
                 nodes=[n[:128] for n in (nodes or [])[:MAX_AUDITED]],
                 groups=[g[:128] for g in (groups or [])[:MAX_AUDITED]],
             )
-            self.session.commit()
             raise
 
     def _start(

@@ -18,7 +18,7 @@ from typing import Any, Optional
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from repo_server.auth.service import Principal, audit
+from repo_server.auth.service import Principal, audit, audit_refusal
 from repo_server.catalog.models import Artifact
 from repo_server.db import utcnow
 from repo_server.errors import AppError, Conflict, ValidationFailed
@@ -85,17 +85,14 @@ class NedMigrationService:
         try:
             return self._start(request, who)
         except AppError as exc:
-            self.session.rollback()
-            audit(
+            audit_refusal(
                 self.session,
                 who.actor,
                 "ned.migrate_refused",
                 f"node:{request.node[:200]}",
-                code=exc.code,
-                message=exc.message[:500],
+                exc,
                 **_described(request),
             )
-            self.session.commit()
             raise
 
     def _start(self, request: MigrationRequest, who: Principal) -> Job:
