@@ -49,6 +49,31 @@ def loadavg() -> float:
     return float(Path("/proc/loadavg").read_text().split()[0])
 
 
+def _children(pid: int) -> list[int]:
+    kids: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return kids
+    for tid in tasks:
+        try:
+            text = Path(f"/proc/{pid}/task/{tid}/children").read_text()
+        except OSError:
+            continue
+        kids.extend(int(k) for k in text.split())
+    return kids
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and all its descendants."""
+    seen = [pid]
+    i = 0
+    while i < len(seen):
+        seen.extend(k for k in _children(seen[i]) if k not in seen)
+        i += 1
+    return seen
+
+
 @dataclass
 class Started:
     """A process this script started, in its own process group, with its log file."""

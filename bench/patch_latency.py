@@ -41,25 +41,25 @@ import sys
 import tarfile
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchkit import BenchError, loadavg, run_benchmark, serve_repo  # noqa: E402
+from benchkit import BenchError, loadavg, process_tree, run_benchmark, serve_repo  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from nso_sim import beam  # noqa: E402
+from tests.support.abuse import health_seconds  # noqa: E402
 from tests.support.light_agents import (  # noqa: E402
     LightAgent,
     enroll_many,
     percentile,
     serve_steps,
 )
-from tests.support.postgres import start_postgres, stop_postgres  # noqa: E402
+from tests.support.postgres import connections, start_postgres, stop_postgres  # noqa: E402
 from tests.upgrades.builders import healthy_inventory  # noqa: E402
 
 NSO_VERSION = "6.2.3"
@@ -133,17 +133,6 @@ def apply_in(root: Path) -> Any:
     return handler
 
 
-def health_seconds(base: str) -> float:
-    """Seconds `/health` takes on a new connection (30 when it does not answer)."""
-    began = time.monotonic()
-    try:
-        with urllib.request.urlopen(f"{base}/api/v1/health", timeout=30) as answer:
-            answer.read()
-    except OSError:
-        return 30.0
-    return time.monotonic() - began
-
-
 def threads_of(pids: list[int]) -> int:
     total = 0
     for pid in pids:
@@ -186,8 +175,10 @@ async def fleet_run(
     ]
     await asyncio.sleep(3)  # every agent has asked and is waiting
     waiting: dict[str, Any] = {
-        "health_s": max([await asyncio.to_thread(health_seconds, served.base) for _ in range(5)]),
-        "server_threads": threads_of(family(served.started.proc.pid)),
+        "health_s": max(
+            [await asyncio.to_thread(health_seconds, served.base, 30) for _ in range(5)]
+        ),
+        "server_threads": threads_of(process_tree(served.started.proc.pid)),
     }
     if pg_url:
         waiting["pg_connections"] = await asyncio.to_thread(pg_connections, pg_url)
@@ -195,8 +186,8 @@ async def fleet_run(
     async def rollout(body: dict[str, Any], expected: int) -> dict[str, Any]:
         for agent in agents:
             agent.done.clear()
-        server = family(served.started.proc.pid)
-        database = family(database_pid) if database_pid else []
+        server = process_tree(served.started.proc.pid)
+        database = process_tree(database_pid) if database_pid else []
         cpu = (cpu_seconds(server), cpu_seconds(database), time.process_time())
         trigger_at[0] = time.monotonic()
         created = await api("POST", "/api/v1/patch-rollouts", body, expect=201)
@@ -246,29 +237,12 @@ def cpu_seconds(pids: list[int]) -> float:
     return total
 
 
-def family(pid: int) -> list[int]:
-    """`pid` and every process below it."""
-    seen, i = [pid], 0
-    while i < len(seen):
-        for task in Path(f"/proc/{seen[i]}/task").glob("*"):
-            with contextlib.suppress(OSError):
-                seen.extend(int(k) for k in (task / "children").read_text().split())
-        i += 1
-    return seen
-
-
 def pg_connections(url: str) -> dict[str, int]:
-    import psycopg
-
-    with psycopg.connect(url.replace("+psycopg", ""), autocommit=True) as conn:
-        rows = conn.execute(
-            "SELECT coalesce(state, ''), coalesce(query, '') FROM pg_stat_activity "
-            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
-        ).fetchall()
+    rows = connections(url)
     return {
         "total": len(rows),
-        "listening": sum(str(q).startswith("LISTEN") for _, q in rows),
-        "idle_in_transaction": sum(str(s).startswith("idle in transaction") for s, _ in rows),
+        "listening": sum(query.startswith("LISTEN") for _, query in rows),
+        "idle_in_transaction": sum(state.startswith("idle in transaction") for state, _ in rows),
     }
 
 

@@ -44,6 +44,7 @@ from benchkit import (
     Started,
     free_port,
     loadavg,
+    process_tree,
     run_benchmark,
     serve_repo,
     start,
@@ -145,31 +146,6 @@ def hashlib_sha256(path: Path) -> float:
 
 
 # ---------------------------------------------------------------------------- memory
-
-
-def _children(pid: int) -> list[int]:
-    kids: list[int] = []
-    try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return kids
-    for tid in tasks:
-        try:
-            text = Path(f"/proc/{pid}/task/{tid}/children").read_text()
-        except OSError:
-            continue
-        kids.extend(int(k) for k in text.split())
-    return kids
-
-
-def process_tree(pid: int) -> list[int]:
-    """`pid` and all its descendants."""
-    seen = [pid]
-    i = 0
-    while i < len(seen):
-        seen.extend(k for k in _children(seen[i]) if k not in seen)
-        i += 1
-    return seen
 
 
 def status_kib(pid: int, key: str) -> Optional[int]:

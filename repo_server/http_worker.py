@@ -188,7 +188,8 @@ class GuardedThreadWorker(ThreadWorker):
         self.request_timeout = gunicorn_settings.request_timeout
         self.io_timeout = gunicorn_settings.io_timeout
         self.max_pending_per_address = gunicorn_settings.max_pending_per_address
-        self.preread_limit = load_settings().max_json_bytes
+        settings = load_settings()
+        self.preread_limit = settings.max_json_bytes
         self.tls: Optional[ssl.SSLContext] = None
         # Connections whose request is being read, oldest first (dicts keep insertion
         # order, and every deadline is start + the same timeout); and the same by address.
@@ -201,7 +202,7 @@ class GuardedThreadWorker(ThreadWorker):
         self.parked: dict[PendingConn, Parked] = {}
         self.deadlines: list[tuple[float, int, PendingConn, Parked]] = []
         self.parks = itertools.count()
-        self.max_parked = load_settings().max_waiting_polls
+        self.max_parked = settings.max_waiting_polls
         self.thread_conn = threading.local()  # the connection a thread serves
         self.accept_paused_until = 0.0  # no accept() before this time.monotonic()
 

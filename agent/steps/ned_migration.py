@@ -29,6 +29,9 @@ RESULT_BUDGET = 120_000
 def ned_migrate(ctx: StepContext) -> dict[str, Any]:
     params = ctx.params
     new_id = ned.ned_id(params.get("new_ned_id"), "new_ned_id")
+    # A device's ned-id reads back bare (`router-nc-2.0`), whether the request named it so
+    # or prefixed (`x:router-nc-2.0`): compare with the bare one.
+    target = ned.bare_ned_id(new_id)
     dry_run = trust.boolean(params.get("dry_run"), "dry_run")
     devices = [
         ned.device_name(v, f"devices[{i}]")
@@ -61,12 +64,12 @@ def ned_migrate(ctx: StepContext) -> dict[str, Any]:
     reported: dict[str, ned.Migration] = {}
     try:
         for i, device in enumerate(devices):
-            if before[device] != new_id:
+            if before[device] != target:
                 reported.update(ctx.nso.migrate_ned("device", device, new_id, dry_run))
             ctx.progress(10 + 80 * (i + 1) // (len(devices) + len(groups)), f"{device} done")
         for group in groups:
             # NSO migrates the whole group; a member on the new ned-id already has nothing to do.
-            if any(before[d] != new_id for d in members[group]):
+            if any(before[d] != target for d in members[group]):
                 for device, found in ctx.nso.migrate_ned(
                     "device-group", group, new_id, dry_run
                 ).items():
@@ -75,7 +78,7 @@ def ned_migrate(ctx: StepContext) -> dict[str, Any]:
         raise _failed(ctx, exc, new_id, dry_run, before) from None
 
     after = _ned_ids(ctx, targets)
-    wrong = [d for d in targets if after[d] != (before[d] if dry_run else new_id)]
+    wrong = [d for d in targets if after[d] != (before[d] if dry_run else target)]
     if wrong:
         raise StepFailed(
             f"after the {'dry-run' if dry_run else 'migration'} NSO shows "
@@ -118,7 +121,8 @@ def _failed(
             after = _ned_ids(ctx, list(before))
         except NsoError:
             after = {}
-        moved = [d for d, was in before.items() if was != new_id and after.get(d) == new_id]
+        target = ned.bare_ned_id(new_id)
+        moved = [d for d, was in before.items() if was != target and after.get(d) == target]
     done = (
         f"; already on {new_id}: {', '.join(moved[:20])}" + (" ..." if len(moved) > 20 else "")
         if moved
@@ -146,7 +150,11 @@ def _entry(
         "groups": [g for g, names in members.items() if device in names],
         "old_ned_id": old,
         "new_ned_id": new_id,
-        "state": "already" if old == new_id else "dry_run" if dry_run else "migrated",
+        "state": "already"
+        if old == ned.bare_ned_id(new_id)
+        else "dry_run"
+        if dry_run
+        else "migrated",
         "modified_paths": modified,
         "modified_paths_total": len(modified),
         "lost_data": lost,

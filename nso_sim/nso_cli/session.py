@@ -500,7 +500,9 @@ class CliSession:
         unknown = [a for a in args[2:] if a not in MIGRATE_FLAGS]
         if unknown:
             raise CliError(f"syntax error: unknown argument: {unknown[0]}")
-        new_id, dry_run = args[1], "dry-run" in args[2:]
+        # An identityref may be named with its module prefix (`router-nc-2.0:router-nc-2.0`);
+        # devices and packages show the bare identity (invented: the reference is silent).
+        new_id, dry_run = args[1].rsplit(":", 1)[-1], "dry-run" in args[2:]
         with self.d.lock:
             if where == "device":
                 names = [name]

@@ -24,18 +24,18 @@ import secrets
 import threading
 import time
 from collections import defaultdict
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from sqlalchemy import Engine, event, text
 from sqlalchemy.orm import Session
+
+from repo_server.parking import Wake
 
 log = logging.getLogger(__name__)
 
 CHANNEL = "nso_repo_work"
 # A NOTIFY payload is at most 8000 bytes: wake-ups for many nodes go out in pieces this long.
 PAYLOAD_BYTES = 7000
-
-Wake = Callable[[], None]
 
 
 class Notifier:

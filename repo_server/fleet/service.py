@@ -202,10 +202,7 @@ SEEN_GRANULARITY_S = 10
 
 
 def touch(session: Session, node: Node) -> None:
-    now = utcnow()
-    seen = node.last_seen_at
-    if seen is not None and seen.tzinfo is None:
-        seen = seen.replace(tzinfo=now.tzinfo)  # SQLite hands back naive UTC
+    now, seen = utcnow(), node.last_seen_at  # UTCDateTime: aware on every backend
     if seen is None or (now - seen).total_seconds() >= SEEN_GRANULARITY_S:
         node.last_seen_at = now
 

@@ -70,6 +70,11 @@ def test_dry_run_changes_nothing_then_the_migration(nso, driver):
     assert [d["state"] for d in again["devices"]] == ["already", "already"]
     assert all(d["modified_paths"] == [] for d in again["devices"])
     assert running_config(nso) == after
+    # The same ned-id with its module prefix: devices show it bare, and it is the same one.
+    prefixed = {**params, "new_ned_id": f"{NEW}:{NEW}", "dry_run": False}
+    again = drive.step("ned_migrate", prefixed)["ned_migration"]
+    assert [d["state"] for d in again["devices"]] == ["already", "already"]
+    assert running_config(nso) == after
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 import requests
 
@@ -25,6 +24,7 @@ from nso_sim import beam
 from tests.support.abuse import children, health_seconds
 from tests.support.light_agents import LightAgent, enroll_many, serve_steps, source_address
 from tests.support.nso_repo import RepoServer
+from tests.support.postgres import connections
 from tests.support.processes import REPO, clean_env
 from tests.upgrades.builders import healthy_inventory
 
@@ -170,16 +170,6 @@ def test_a_parked_poll_that_asked_to_close_the_connection_is_answered(
     assert 1.5 < time.monotonic() - began < 10
 
 
-def _server_connections(url: str) -> list[tuple[str, str]]:
-    """(state, query) of every connection to the server's database but this one."""
-    with psycopg.connect(url.replace("+psycopg", ""), autocommit=True) as conn:
-        rows = conn.execute(
-            "SELECT coalesce(state, ''), coalesce(query, '') FROM pg_stat_activity "
-            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
-        ).fetchall()
-    return [(str(state), str(query)) for state, query in rows]
-
-
 def test_waiting_agents_hold_no_database_connection(tmp_path: Path, postgres_server) -> None:
     url = postgres_server.create_database()
     server = _serve(tmp_path, workers=2, NSO_REPO_DATABASE_URL=url)
@@ -190,7 +180,7 @@ def test_waiting_agents_hold_no_database_connection(tmp_path: Path, postgres_ser
             polls = await _waiting(agents, wait=30)
             samples = []
             for _ in range(5):
-                samples.append(await asyncio.to_thread(_server_connections, url))
+                samples.append(await asyncio.to_thread(connections, url))
                 await asyncio.sleep(0.5)
             assert not any(poll.done() for poll in polls)
             for poll in polls:

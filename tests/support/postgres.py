@@ -90,6 +90,19 @@ def _pg_run(argv: list[str], log_path: Path, timeout: float = 120) -> None:
         )
 
 
+def connections(url: str) -> list[tuple[str, str]]:
+    """(state, query) of every connection to the database of `url` (a SQLAlchemy URL) but
+    the one asking: what a server holds open, idle in a transaction, or LISTENing."""
+    import psycopg
+
+    with psycopg.connect(url.replace("+psycopg", ""), autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT coalesce(state, ''), coalesce(query, '') FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        ).fetchall()
+    return [(str(state), str(query)) for state, query in rows]
+
+
 def stop_postgres(server: PostgresServer) -> None:
     ctl = str(PG_BIN / "pg_ctl")
     with open(server.log_path, "ab") as log:
