@@ -32,6 +32,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from repo_server.auth.audit_events import audit_state_changes
 from repo_server.auth.service import Principal, audit, audit_refusal
 from repo_server.catalog.models import Artifact
 from repo_server.db import utcnow
@@ -40,7 +41,6 @@ from repo_server.fleet.group_models import HaGroup, HaGroupMember
 from repo_server.fleet.models import Node
 from repo_server.fleet.notify import Notifier, announce
 from repo_server.patches.models import ACTIONS, PatchRollout, patch_rollout_jobs
-from repo_server.upgrades.jobs import JobService
 from repo_server.upgrades.models import Job, NodeHold, Step, job_nodes
 from repo_server.upgrades.plans import StepSpec, artifact_ref
 
@@ -119,8 +119,8 @@ class PatchRollouts:
     def __init__(self, session: Session, notifier: Notifier) -> None:
         self.session = session
         self.notifier = notifier
-        # The audit of step and job states, as for every other job.
-        JobService(session, notifier)
+        # The audit of step and job states, as for every other job's session.
+        audit_state_changes(session)
 
     # -- starting ---------------------------------------------------------------------
 
@@ -205,27 +205,7 @@ class PatchRollouts:
         self.session.add(rollout)
         self.session.flush()
         job_ids = self._create_jobs(rollout, bundle, plan, chosen)
-        by_node = {
-            t.name: job_id for (_, members, _), job_id in zip(plan.jobs, job_ids) for t in members
-        }
-        audit(
-            self.session,
-            who.actor,
-            "patch.rollout",
-            f"patch-rollout:{rollout.id}",
-            patch=bundle.filename,
-            change=action,
-            nso_version=vsn,
-            all_affected=all_affected,
-            nodes=nodes,
-            groups=groups,
-            jobs=by_node,
-        )
-        for target in targets:
-            announce(self.session, self.notifier, target.id)
-        self.session.commit()
-        answer = _rollout_dict(rollout)
-        answer["nodes"] = [
+        queued = [
             {
                 "node": t.name,
                 "group": group,
@@ -238,6 +218,24 @@ class PatchRollouts:
             for (group, members, _), job_id in zip(plan.jobs, job_ids)
             for t in members
         ]
+        audit(
+            self.session,
+            who.actor,
+            "patch.rollout",
+            f"patch-rollout:{rollout.id}",
+            patch=bundle.filename,
+            change=action,
+            nso_version=vsn,
+            all_affected=all_affected,
+            nodes=nodes,
+            groups=groups,
+            jobs={n["node"]: n["job_id"] for n in queued},
+        )
+        for target in targets:
+            announce(self.session, self.notifier, target.id)
+        self.session.commit()
+        answer = _rollout_dict(rollout)
+        answer["nodes"] = queued
         answer["counts"] = {"queued": len(targets)}
         answer["state"] = "running"
         return answer

@@ -85,13 +85,13 @@ class GroupPackageUpgrades:
         verdicts = []
         for member in group.members:
             active = self.jobs.active_job(member.node)
-            verdict = preflight.check_package_upgrade(
-                member.node, artifacts, active.id if active else None
+            # As a member: the group's own checks (its heartbeats, then ha_package_check on
+            # every member) take the place of the single-node HA refusal.
+            verdicts.append(
+                preflight.check_package_upgrade(
+                    member.node, artifacts, active.id if active else None, member=True
+                )
             )
-            # The single-node refusal of an HA member: here the group's own checks (its
-            # heartbeats, then ha_package_check on every member) take its place.
-            verdict.reasons = [r for r in verdict.reasons if r.code != "ha_member"]
-            verdicts.append(verdict)
         before = _versions(group.primary.node)
         planned = GroupPackagePlan(
             group,
@@ -159,8 +159,7 @@ def rollback_packages(jobs: JobService, done: Job, who: Principal) -> Job:
             "did not finish): nothing to roll back to; check /var/opt/ncs/packages there by hand"
         )
     nodes = list(done.nodes)
-    for node in nodes:
-        jobs.lock_node(node)
+    jobs.lock_nodes(nodes)
     for node in nodes:
         active = jobs.active_job(node)
         if active is not None:

@@ -226,9 +226,11 @@ def check_package_upgrade(
     artifacts: list[Artifact],
     active_job: Optional[int] = None,
     remove: tuple[str, ...] = (),
+    member: bool = False,
 ) -> Verdict:
     """A package-only upgrade: new builds for the running release, one per package, and
-    packages to take out (``remove``, by name: the old NED after a major NED upgrade)."""
+    packages to take out (``remove``, by name: the old NED after a major NED upgrade).
+    ``member``: the node is checked as one member of an HA group's upgrade (`check`)."""
     inv: dict[str, Any] = node.inventory or {}
     verdict = Verdict(node=node.name, source_version=None, target_version="", kind="package")
     verdict.packages = list(artifacts)
@@ -238,7 +240,7 @@ def check_package_upgrade(
         return verdict
     running = inv.get("running_version")
     verdict.source_version, verdict.target_version = running, running or ""
-    source = _check_node(verdict, node, inv, active_job)
+    source = _check_node(verdict, node, inv, active_job, member)
     loaded = _loaded(inv)
     seen: set[str] = set()
     builds: list[PackageBuild] = []

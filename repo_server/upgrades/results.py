@@ -18,6 +18,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from repo_server.catalog import inspect
 from repo_server.errors import ValidationFailed
 
 # Report texts: what the agent sends at most (agent/runner.py, agent/steps/context.py).
@@ -156,7 +157,7 @@ HA_MODE = text(16, r"primary|secondary|none")
 HA_IDS = items(text(128, r"[A-Za-z0-9._-]+"), 64)
 JOB_FOLDER = re.escape(BACKUPS) + "/nso-agent-job-{job}"
 # An Erlang module of a patch bundle, as the catalog accepts it (catalog/inspect.py).
-BEAM_MODULE = r"[a-z][A-Za-z0-9_]*"
+BEAM_MODULE = inspect.BEAM_MODULE.pattern
 
 # NED migration: what NSO printed for one path (agent/steps/ned_migration.py cuts it).
 NSO_BLOCK = Key("object", fields={"path": text(512), "info": text(512), "value": text(512)})
