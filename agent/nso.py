@@ -451,6 +451,11 @@ class Nso:
         """Package name -> oper-status of every loaded package."""
         return answers.packages_oper_status(self._cli.run("show packages | nomore"))
 
+    def package_states(self) -> dict[str, tuple[Optional[str], Optional[str]]]:
+        """Package name -> (package-version, oper-status) of every loaded package, in one
+        ``show packages`` (not one command per package)."""
+        return answers.package_states(self._cli.run("show packages | nomore"))
+
     def package_oper_status(self, name: str) -> PackageStatus:
         name = trust.package_name(name, "package name")
         text = self._cli.run(f"show packages package {name} oper-status", check=False)

@@ -35,16 +35,28 @@ def package_names(text: str) -> set[str]:
 
 def packages_oper_status(text: str) -> dict[str, str]:
     """Package name -> oper-status, from ``show packages``."""
-    oper: dict[str, str] = {}
+    return {name: oper for name, (_, oper) in package_states(text).items() if oper}
+
+
+def package_states(text: str) -> dict[str, tuple[Optional[str], Optional[str]]]:
+    """Package name -> (package-version, oper-status), from ``show packages``: every
+    loaded package, each field None when not shown."""
+    found: dict[str, tuple[Optional[str], Optional[str]]] = {}
     name = None
     for line in text.splitlines():
         m = re.match(r"^\s*packages package (\S+)", line)
         if m:
             name = m.group(1)
-        m = re.match(r"^\s*oper-status (\S+)$", line)
+            found[name] = (None, None)
+            continue
+        m = re.match(r"^\s*(package-version|oper-status) (\S+)$", line)
         if m and name:
-            oper[name] = m.group(1)
-    return oper
+            version, oper = found[name]
+            if m.group(1) == "package-version":
+                found[name] = (m.group(2), oper)
+            else:
+                found[name] = (version, m.group(2))
+    return found
 
 
 def reload_failures(text: str) -> list[str]:

@@ -111,11 +111,11 @@ def _earlier_sync(
     deadline = time.monotonic() + SYNC_SETTLE_S
     while not before and ctx.nso.ha_read_only_mode() and time.monotonic() < deadline:
         time.sleep(SYNC_POLL_S)
-    oper = ctx.nso.packages_oper_status()
+    loaded = ctx.nso.package_states()
     missing = [
         f"{name} {version}"
         for name, version in targets
-        if oper.get(name) != "up" or ctx.nso.package_version(name) != version
+        if loaded.get(name, (None, None)) != (version, "up")
     ]
     if not missing:
         return [], ""
@@ -161,10 +161,10 @@ def ha_verify_packages(ctx: StepContext) -> dict[str, Any]:
     read-only mode. Unless ``survey`` (after a failure, so the job can say what each member
     runs), it must load exactly ``packages``, each up, and the primary (``primary``) be as
     read-only as before the sync."""
-    oper = ctx.nso.packages_oper_status()
     loaded = [
-        {"name": name, "version": ctx.nso.package_version(name), "oper_status": status}
-        for name, status in sorted(oper.items())
+        {"name": name, "version": version, "oper_status": status}
+        for name, (version, status) in sorted(ctx.nso.package_states().items())
+        if status is not None
     ]
     read_only = ctx.nso.ha_read_only_mode()
     if not trust.flag(ctx.params, "survey"):
