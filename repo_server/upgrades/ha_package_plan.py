@@ -23,7 +23,7 @@ from repo_server.catalog.models import Artifact
 from repo_server.catalog.release_models import Release
 from repo_server.fleet.group_models import HaGroup
 from repo_server.upgrades import plans
-from repo_server.upgrades.ha_plan import HaPlan, ha_step
+from repo_server.upgrades.ha_plan import HaPlan, ha_step, role_params
 from repo_server.upgrades.ha_recovery import Roles, WayBack
 from repo_server.upgrades.models import Job, Step
 from repo_server.upgrades.plans import StepSpec
@@ -109,9 +109,7 @@ def package_steps(
                     "ha_package_check",
                     "its nominal HA role"
                     + (", every secondary connected" if member is primary else ""),
-                    mode=member.nominal_role,
-                    ha_id=member.ha_id,
-                    secondaries=[m.ha_id for m in members[1:]] if member is primary else [],
+                    **role_params(member, members),
                 ),
                 "0 check",
             )

@@ -80,6 +80,17 @@ def ha_step(name: str, title: str, **params: Any) -> StepSpec:
     return StepSpec(name, params, title)
 
 
+def role_params(member: HaGroupMember, members: list[HaGroupMember]) -> dict[str, Any]:
+    """The role a step checks a member has: its mode and HA id, and for the primary
+    (``members[0]``) the secondaries it must list as connected."""
+    primary = members[0]
+    return {
+        "mode": member.nominal_role,
+        "ha_id": member.ha_id,
+        "secondaries": [m.ha_id for m in members[1:]] if member is primary else [],
+    }
+
+
 def rejoin_steps(start: StepSpec) -> list[StepSpec]:
     """Start a secondary read-only, let it join, then clear read-only mode: a secondary
     that cannot join (its link down, the primary away) would otherwise take writes as a
@@ -146,9 +157,7 @@ def ha_upgrade_steps(
                     "the cluster is whole: primary with every secondary connected, not read-only"
                     if member is primary
                     else "secondary of the primary, not read-only",
-                    mode=member.nominal_role,
-                    ha_id=member.ha_id,
-                    secondaries=[m.ha_id for m in members[1:]] if member is primary else [],
+                    **role_params(member, members),
                 ),
                 "0 pre-stage",
             )
@@ -257,9 +266,7 @@ def ha_upgrade_steps(
                 "ha_verify",
                 "mode, role, version and packages"
                 + (", and the data the same as the primary's" if safe else ""),
-                mode=member.nominal_role,
-                ha_id=member.ha_id,
-                secondaries=[m.ha_id for m in members[1:]] if member is primary else [],
+                **role_params(member, members),
                 target_version=target,
                 packages=own(member, "verify").params["packages"],
                 compare_data=safe,
