@@ -24,7 +24,7 @@ from repo_server.catalog.release_models import Release
 from repo_server.fleet.group_models import HaGroup
 from repo_server.upgrades import plans
 from repo_server.upgrades.ha_plan import HaPlan, ha_step, role_params
-from repo_server.upgrades.ha_recovery import Roles, WayBack
+from repo_server.upgrades.ha_recovery import Roles, WayBack, handed
 from repo_server.upgrades.models import Job, Step
 from repo_server.upgrades.plans import StepSpec
 from repo_server.upgrades.step_payloads import node_context
@@ -127,14 +127,6 @@ def _planned(job: Job) -> int:
     return int(job.plan.get("step_count") or len(job.steps))
 
 
-def _handed(job: Job, node_id: int, name: str) -> bool:
-    return any(
-        s.node_id == node_id and s.name == name and s.attempt > 0
-        for s in job.steps
-        if s.seq <= _planned(job)
-    )
-
-
 def way_back(job: Job, failed: Step) -> WayBack:
     """What the job does when ``failed`` failed: nothing before the primary's load path
     changed (``unchanged``); else read what each member loads (when a reload may have
@@ -144,7 +136,7 @@ def way_back(job: Job, failed: Step) -> WayBack:
     if failed.seq > _planned(job):
         # The members are read one after the other: the rest are skipped, the job ends here.
         return WayBack("needs_attention", f"{cause} (while reading the members); {describe(job)}")
-    if job.kind == UPGRADE and not _handed(job, roles.primary, "install_packages"):
+    if job.kind == UPGRADE and not handed(job, roles.primary, "install_packages"):
         return WayBack(
             "unchanged",
             f"{cause}; nothing was changed on the group (staged builds and backups stay for "

@@ -67,7 +67,9 @@ def _planned(job: Job) -> list[Step]:
     return [s for s in job.steps if s.seq <= count]
 
 
-def _handed(job: Job, node_id: int, name: str) -> bool:
+def handed(job: Job, node_id: int, name: str) -> bool:
+    """Whether the job handed ``name`` to ``node_id`` among its planned steps (not the
+    steps of its way back)."""
     return any(s.node_id == node_id and s.name == name and s.attempt > 0 for s in _planned(job))
 
 
@@ -112,17 +114,17 @@ def way_back(job: Job, failed: Step) -> WayBack:
             f"{cause} (while putting the group back); " + ha_state.describe(job),
         )
     p = roles.primary
-    if not _handed(job, p, "ha_read_only"):
+    if not handed(job, p, "ha_read_only"):
         return WayBack("unchanged", f"{cause}; nothing was changed on the group yet")
-    if not _handed(job, p, "stop"):
+    if not handed(job, p, "stop"):
         steps: list[tuple[int, StepSpec]] = [
             (p, ha_step("ha_read_only", "take writes again", mode=False))
         ]
-        if _handed(job, roles.failover, "ha_read_only"):
+        if handed(job, roles.failover, "ha_read_only"):
             steps.append(
                 (roles.failover, ha_step("ha_read_only", "read-only mode off again", mode=False))
             )
-        stopped = [t for t in roles.others if _handed(job, t, "stop")]
+        stopped = [t for t in roles.others if handed(job, t, "stop")]
         for other in stopped:
             steps += _rejoin(other)
         if stopped:
@@ -137,7 +139,7 @@ def way_back(job: Job, failed: Step) -> WayBack:
     if not _done(job, p, "start"):
         context = results.checked_context(job.id, node_context(job, p))
         steps = []
-        if not _handed(job, roles.failover, "stop"):
+        if not handed(job, roles.failover, "stop"):
             # It serves read-only as the acting primary: the recovered primary must find no
             # primary when it starts, or it would join the older copy as a secondary.
             steps.append(
@@ -147,7 +149,7 @@ def way_back(job: Job, failed: Step) -> WayBack:
             context,
             job.source_version or "",
             job.target_version or "",
-            target_started=_handed(job, p, "start"),
+            target_started=handed(job, p, "start"),
             # A start under ``safe`` set read-only mode before NSO could take a write: an
             # NSO it left running holds nothing a restore would lose.
             discard_writes=_started_read_only(job, p),
@@ -158,7 +160,7 @@ def way_back(job: Job, failed: Step) -> WayBack:
         steps.append(
             (p, ha_step("ha_enable", "take the primary role", mode="primary", timeout=HA_TIMEOUT))
         )
-        for secondary in [roles.failover, *[t for t in roles.others if _handed(job, t, "stop")]]:
+        for secondary in [roles.failover, *[t for t in roles.others if handed(job, t, "stop")]]:
             steps += _rejoin(secondary)
         steps.append(_wait_all(roles))
         steps.append((p, ha_step("ha_read_only", "take writes again", mode=False)))

@@ -21,6 +21,7 @@ from datetime import datetime
 from typing import Any, Optional
 
 from repo_server.db import utcnow
+from repo_server.upgrades.ha_recovery import handed
 from repo_server.upgrades.models import Job
 
 
@@ -38,11 +39,7 @@ def _way_back(job: Job) -> tuple[Optional[datetime], Optional[datetime]]:
     never left it), else when it saw them rejoin."""
     planned = int(job.plan.get("step_count") or 0)
     primary = int(job.options.get("primary") or 0)
-    stopped = any(
-        s.node_id == primary and s.name == "stop" and s.attempt > 0
-        for s in job.steps
-        if s.seq <= planned
-    )
+    stopped = handed(job, primary, "stop")
     resume = protected = None
     for step in job.steps:
         if step.seq <= planned or step.node_id != primary or step.state != "succeeded":
