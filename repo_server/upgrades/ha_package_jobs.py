@@ -12,8 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select
-
 from repo_server.auth.service import Principal
 from repo_server.catalog.releases import live_artifact, signed_release_containing
 from repo_server.errors import Conflict
@@ -33,7 +31,7 @@ from repo_server.upgrades.ha_package_plan import (
 )
 from repo_server.upgrades.ha_recovery import Roles
 from repo_server.upgrades.jobs import JobService
-from repo_server.upgrades.models import Job, Step, job_nodes
+from repo_server.upgrades.models import Job, Step
 from repo_server.upgrades.step_payloads import node_context
 
 
@@ -198,11 +196,7 @@ def rollback_packages(jobs: JobService, done: Job, who: Principal) -> Job:
 
 def _check_nothing_since(jobs: JobService, done: Job) -> None:
     """Refuse when a later job changed a member, or ``done`` was rolled back already."""
-    members = select(job_nodes.c.job_id).where(job_nodes.c.node_id.in_([n.id for n in done.nodes]))
-    later = jobs.session.scalars(
-        select(Job).where(Job.id.in_(members), Job.id > done.id).order_by(Job.id)
-    )
-    for other in later:
+    for other in jobs.later_jobs(list(done.nodes), done.id):
         if other.kind == ROLLBACK and other.options.get("rollback_of") == done.id:
             if other.state == "succeeded":
                 raise Conflict(f"job {done.id} was rolled back already, by job {other.id}")

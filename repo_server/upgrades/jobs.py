@@ -372,17 +372,20 @@ class JobService:
                 f"another job holds {names} now: wait for it ('nso-repo job ls') and try again"
             ) from None
 
+    def later_jobs(self, nodes: list[Node], after: int) -> list[Job]:
+        """The jobs on any of ``nodes`` created after job ``after``, oldest first: what may
+        have changed them since (each caller decides which of them count)."""
+        on_them = select(job_nodes.c.job_id).where(job_nodes.c.node_id.in_([n.id for n in nodes]))
+        return list(
+            self.session.scalars(
+                select(Job).where(Job.id.in_(on_them), Job.id > after).order_by(Job.id)
+            )
+        )
+
     def _check_nothing_since(self, done: Job, node: Node) -> None:
         """Refuse to roll ``done`` back when a later job changed the node and was not itself
         rolled back, or when ``done`` was rolled back already."""
-        later = list(
-            self.session.scalars(
-                select(Job)
-                .join(job_nodes, job_nodes.c.job_id == Job.id)
-                .where(job_nodes.c.node_id == node.id, Job.id > done.id)
-                .order_by(Job.id)
-            )
-        )
+        later = self.later_jobs([node], done.id)
         undone = {
             int(j.options.get("rollback_of") or 0): j.id
             for j in later

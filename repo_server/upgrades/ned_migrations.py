@@ -26,7 +26,7 @@ from repo_server.fleet.models import Node
 from repo_server.fleet.notify import Notifier, announce
 from repo_server.fleet.service import get_node
 from repo_server.upgrades.jobs import JobService
-from repo_server.upgrades.models import Job, Step, job_nodes
+from repo_server.upgrades.models import Job, Step
 from repo_server.upgrades.plans import StepSpec
 from repo_server.upgrades.preflight import INVENTORY_MAX_AGE
 
@@ -162,13 +162,7 @@ class NedMigrationService:
                 + ("wait for it ('nso-repo job watch ID')" if dry.active else again),
                 confirm=dry.id,
             )
-        later = self.session.scalars(
-            select(Job)
-            .join(job_nodes, job_nodes.c.job_id == Job.id)
-            .where(job_nodes.c.node_id == node.id, Job.id > dry.id)
-            .order_by(Job.id)
-        )
-        for other in later:
+        for other in self.jobs.later_jobs([node], dry.id):
             if other.kind == KIND and other.options.get("confirm") == dry.id:
                 raise DryRunRequired(
                     f"dry-run job {dry.id} was confirmed already, by job {other.id} "
