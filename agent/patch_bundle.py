@@ -28,7 +28,7 @@ from agent.errors import CliError, StepFailed
 
 # The catalog's grammar (repo_server/catalog/inspect.py, filenames.py).
 MODULE = re.compile(r"[a-z][A-Za-z0-9_]*", re.ASCII)
-PATCH_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*", re.ASCII)
+PATCH_ID = trust.PACKAGE_WORD  # the catalog's patch ids are words of the same grammar
 BUNDLE_FILE = re.compile(
     rf"nso-(?P<vsn>{trust.NSO_VERSION.pattern})-patch-(?P<id>{PATCH_ID.pattern})\.tar\.gz",
     re.ASCII,
@@ -62,20 +62,13 @@ class _Capped:
 
 def module_name(value: object, what: str) -> str:
     """An Erlang module name of a patch: what becomes ``lib/ncs/patches/<module>.beam``."""
-    if not isinstance(value, str) or len(value) > trust.MAX_NAME or not MODULE.fullmatch(value):
-        raise trust.refuse(what, value, "a module name is [a-z][A-Za-z0-9_]* (e.g. ncs_fix)")
-    return value
+    return trust.matched(value, what, MODULE, "a module name is [a-z][A-Za-z0-9_]* (e.g. ncs_fix)")[
+        0
+    ]
 
 
 def patch_id(value: object, what: str) -> str:
-    if (
-        not isinstance(value, str)
-        or len(value) > trust.MAX_NAME
-        or ".." in value
-        or not PATCH_ID.fullmatch(value)
-    ):
-        raise trust.refuse(what, value, f"a patch id {trust.WORD_RULE}")
-    return value
+    return trust.matched(value, what, PATCH_ID, f"a patch id {trust.WORD_RULE}")[0]
 
 
 def modules(params: dict[str, Any], key: str = "modules") -> list[str]:
@@ -90,16 +83,13 @@ def modules(params: dict[str, Any], key: str = "modules") -> list[str]:
 
 def bundle_file(value: object, what: str, vsn: str, pid: str) -> str:
     """The bundle's file name: the catalog's grammar, for release ``vsn`` and patch ``pid``."""
-    if not isinstance(value, str) or len(value) > trust.MAX_FILENAME:
-        raise trust.refuse(what, value, f"patch bundles are named {BUNDLE_FORM}")
-    match = BUNDLE_FILE.fullmatch(value)
-    if match is None:
-        raise trust.refuse(what, value, f"patch bundles are named {BUNDLE_FORM}")
+    rule = f"patch bundles are named {BUNDLE_FORM}"
+    match = trust.matched(value, what, BUNDLE_FILE, rule, trust.MAX_FILENAME)
     if (match["vsn"], match["id"]) != (vsn, pid):
         raise trust.refuse(
             what, value, f"it names NSO {match['vsn']} patch {match['id']}, the step {vsn} {pid}"
         )
-    return value
+    return match[0]
 
 
 def _capped(raw: Any) -> IO[bytes]:

@@ -46,9 +46,11 @@ def refuse(what: str, value: object, why: str) -> StepFailed:
     return StepFailed(f"{what} {value!r} from the server is refused: {why}; nothing was done")
 
 
-def _match(
+def matched(
     value: object, what: str, pattern: re.Pattern[str], rule: str, limit: int = MAX_NAME
 ) -> re.Match[str]:
+    """``value`` matched whole by ``pattern``: text of at most ``limit`` characters, never
+    with ``..``; else a refusal naming it and the ``rule``."""
     if not isinstance(value, str):
         raise refuse(what, value, f"expected text, got {type(value).__name__}")
     match = pattern.fullmatch(value) if len(value) <= limit and ".." not in value else None
@@ -90,7 +92,7 @@ def ha_mode(value: object, what: str) -> str:
 
 def ha_id(value: object, what: str) -> str:
     rule = "an HA node id is ASCII letters, digits and _ . - (e.g. n1)"
-    return _match(value, what, HA_ID, rule)[0]
+    return matched(value, what, HA_ID, rule)[0]
 
 
 def ha_ids(params: dict[str, Any], key: str) -> list[str]:
@@ -118,31 +120,31 @@ def seconds(value: object, what: str, default: float) -> float:
 def nso_version(value: object, what: str) -> str:
     """An NSO version as the catalog writes it (``6.2``, ``6.1.2``, ``5.0.20181016.1``)."""
     rule = "an NSO version is X.Y[.Z...] in ASCII digits, e.g. 6.2.1"
-    return _match(value, what, NSO_VERSION, rule)[0]
+    return matched(value, what, NSO_VERSION, rule)[0]
 
 
 def package_name(value: object, what: str) -> str:
-    return _match(value, what, PACKAGE_WORD, f"a package name {WORD_RULE}")[0]
+    return matched(value, what, PACKAGE_WORD, f"a package name {WORD_RULE}")[0]
 
 
 def package_version(value: object, what: str) -> str:
-    return _match(value, what, PACKAGE_WORD, f"a package version {WORD_RULE}")[0]
+    return matched(value, what, PACKAGE_WORD, f"a package version {WORD_RULE}")[0]
 
 
 def xml_name(value: object, what: str) -> str:
-    return _match(value, what, XML_NAME, "an ncs.conf element name is an XML name, e.g. ssh")[0]
+    return matched(value, what, XML_NAME, "an ncs.conf element name is an XML name, e.g. ssh")[0]
 
 
 def package_file(value: object, what: str) -> re.Match[str]:
     """A package file name of the catalog's grammar: a plain ASCII name, never a path."""
     rule = f"package files are named {PACKAGE_FORM}"
-    return _match(value, what, PACKAGE_FILE, rule, MAX_FILENAME)
+    return matched(value, what, PACKAGE_FILE, rule, MAX_FILENAME)
 
 
 def installer_file(value: object, what: str, target: Optional[str] = None) -> str:
     """An installer file name of the catalog's grammar, for ``target`` when given."""
     rule = f"installers are named {INSTALLER_FORM}"
-    match = _match(value, what, INSTALLER_FILE, rule, MAX_FILENAME)
+    match = matched(value, what, INSTALLER_FILE, rule, MAX_FILENAME)
     if target is not None and match["vsn"] != target:
         raise refuse(what, value, f"it installs NSO {match['vsn']}, the step's target is {target}")
     return match[0]
@@ -164,7 +166,9 @@ def xml_names(params: dict[str, Any], key: str) -> list[str]:
     return [xml_name(n, f"{key}[{i}]") for i, n in enumerate(listed(params, key, "names"))]
 
 
-def _artifact(data: object, what: str, check_name: Any) -> Artifact:
+def artifact(data: object, what: str, check_name: Any) -> Artifact:
+    """An artifact reference ({filename, sha256, size, url}), its file name checked by
+    ``check_name(value, what)`` before anything else of it is used."""
     if not isinstance(data, dict):
         raise refuse(what, data, "expected {filename, sha256, size, url}")
     check_name(data.get("filename"), f"{what}.filename")
@@ -173,13 +177,11 @@ def _artifact(data: object, what: str, check_name: Any) -> Artifact:
 
 def package_artifacts(params: dict[str, Any], key: str = "packages") -> list[Artifact]:
     """``params[key]`` as artifacts, every file name checked first."""
-    return [_artifact(a, f"{key}[{i}]", package_file) for i, a in enumerate(listed(params, key))]
+    return [artifact(a, f"{key}[{i}]", package_file) for i, a in enumerate(listed(params, key))]
 
 
 def installer_artifact(params: dict[str, Any], target: str) -> Artifact:
-    return _artifact(
-        params.get("installer"), "installer", lambda v, w: installer_file(v, w, target)
-    )
+    return artifact(params.get("installer"), "installer", lambda v, w: installer_file(v, w, target))
 
 
 def package_identity(data: object, what: str) -> tuple[str, Optional[str], Optional[str]]:

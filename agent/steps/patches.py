@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, Optional
 
 from agent import patch_bundle, trust
-from agent.download import Artifact
 from agent.errors import StepFailed
 from agent.fsutil import fsync_dir, write_atomic
 from agent.nso import STARTED
@@ -35,11 +34,11 @@ class _Patch:
         self.vsn = trust.nso_version(params.get("nso_version"), "nso_version")
         self.id = patch_bundle.patch_id(params.get("patch_id"), "patch_id")
         self.modules = patch_bundle.modules(params)
-        ref = params.get("patch")
-        if not isinstance(ref, dict):
-            raise trust.refuse("patch", ref, "expected {filename, sha256, size, url}")
-        patch_bundle.bundle_file(ref.get("filename"), "patch.filename", self.vsn, self.id)
-        self.artifact = Artifact.from_params(ref)
+        self.artifact = trust.artifact(
+            params.get("patch"),
+            "patch",
+            lambda v, w: patch_bundle.bundle_file(v, w, self.vsn, self.id),
+        )
 
     def check_release(self) -> Path:
         """NSO runs exactly the bundle's release, from ``current``: the patches folder, under
