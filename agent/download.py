@@ -13,10 +13,16 @@ redirects are followed, never from https down to http, at most MAX_REDIRECTS of 
 (agent/transport.py). Reading stops at the announced size: a server that sends more is cut
 off and refused, so a download never fills the disk. No remote body reaches a message: a
 step's message goes back to the server, and an error page may hold anything.
+
+A small blob (at most INLINE_MAX_BYTES) may come inside the step, base64 in the reference's
+``content_base64``: it is written to ``<dest>.part`` and checked the same way, with no
+request at all.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 import os
@@ -25,7 +31,7 @@ import shutil
 import urllib.error
 import urllib.parse
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -36,6 +42,8 @@ from agent.transport import CaFile, check_server_url, opener, redact, refusal, t
 CHUNK = 1024 * 1024
 MAX_REDIRECTS = 5
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+# The largest blob a step may carry inside it (the server's repo_server/upgrades/inline_blobs).
+INLINE_MAX_BYTES = 64 << 10
 
 
 @dataclass
@@ -46,6 +54,8 @@ class Artifact:
     sha256: str
     url: str
     size: Optional[int] = None
+    # The blob itself, when the step carried it (``content_base64``): checked as a download.
+    content: Optional[bytes] = field(default=None, repr=False)
 
     @classmethod
     def from_params(cls, data: dict[str, object]) -> Artifact:
@@ -59,7 +69,29 @@ class Artifact:
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
             # Reading stops at the announced size: without one, a server could fill the disk.
             raise DownloadError(f"{filename}: the step gave no valid size ({size!r})")
-        return cls(filename, sha, str(data.get("url") or ""), size)
+        content = _inline_content(filename, data.get("content_base64"), size)
+        return cls(filename, sha, str(data.get("url") or ""), size, content)
+
+
+def _inline_content(filename: str, encoded: object, size: int) -> Optional[bytes]:
+    """The blob a step carried, decoded; None when it carried none."""
+    if encoded is None:
+        return None
+    # Base64 is 4/3 of the bytes: a longer string is refused before it is decoded.
+    if not isinstance(encoded, str) or len(encoded) > 4 * (INLINE_MAX_BYTES // 3 + 1):
+        raise DownloadError(
+            f"{filename}: the step carried the blob in a form this agent does not take "
+            f"(content_base64 must be base64 of at most {INLINE_MAX_BYTES} bytes)"
+        )
+    try:
+        content = base64.b64decode(encoded.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError):
+        raise DownloadError(f"{filename}: the step's content_base64 is not base64") from None
+    if len(content) != size:
+        raise DownloadError(
+            f"{filename}: the step carried {len(content)} bytes and announced {size}"
+        )
+    return content
 
 
 def sha256_file(path: Path) -> str:
@@ -173,6 +205,12 @@ class Downloader:
         progress: Optional[Callable[[int, Optional[int]], None]],
     ) -> None:
         """Append the missing bytes to ``part``; returns when the server has sent them all."""
+        if artifact.content is not None:
+            with part.open("wb") as fh:  # the step carried it: the checks are fetch()'s
+                fh.write(artifact.content)
+                fh.flush()
+                os.fsync(fh.fileno())
+            return
         have = part.stat().st_size if part.exists() else 0
         if artifact.size is not None and have >= artifact.size:
             if have > artifact.size:

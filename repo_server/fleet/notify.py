@@ -158,9 +158,14 @@ def _notify_other_processes(session: Session) -> None:
     pending = session.info.get("wake_after_commit")
     if not pending or session.get_bind().dialect.name != "postgresql":
         return
+    # Tagged with the sending process: this process wakes its own waiters at the commit
+    # (_wake_after_commit) and skips its own NOTIFY, so a poll that began in between is
+    # not woken a second time for nothing.
+    tags = {notifier.tag for notifier, _ in pending}
+    prefix = f"work:{tags.pop()}:" if len(tags) == 1 else ""
     payloads, piece = [], ""
     for node_id in sorted({node_id for _, node_id in pending}):
-        if len(piece) + len(str(node_id)) + 1 > PAYLOAD_BYTES:
+        if len(prefix) + len(piece) + len(str(node_id)) + 1 > PAYLOAD_BYTES:
             payloads.append(piece)
             piece = ""
         piece = f"{piece},{node_id}" if piece else str(node_id)
@@ -168,7 +173,7 @@ def _notify_other_processes(session: Session) -> None:
     for payload in payloads:
         session.execute(
             text("SELECT pg_notify(:channel, :payload)"),
-            {"channel": CHANNEL, "payload": payload},
+            {"channel": CHANNEL, "payload": prefix + payload},
         )
 
 
@@ -218,12 +223,17 @@ class PostgresListener(threading.Thread):
             raw.close()
 
     def _relay(self, payload: Optional[str]) -> None:
-        ids = (payload or "").split(",")
+        payload = payload or ""
+        if payload.startswith("work:"):  # work:<tag>:<ids>, from a process that woke its own
+            tag, _, payload = payload[len("work:") :].partition(":")
+            if tag == self.notifier.tag:
+                return
+        ids = payload.split(",")
         if all(node.isdigit() for node in ids):
             for node in ids:
                 self.notifier.wake(int(node))
             return
-        kind, _, rest = (payload or "").partition(":")
+        kind, _, rest = payload.partition(":")
         node, _, tag = rest.partition(":")
         if kind == "poll" and node.isdigit() and tag != self.notifier.tag:
             self.notifier.poll_started(int(node))

@@ -7,7 +7,7 @@ from datetime import timedelta
 from typing import Any, Optional
 
 from sqlalchemy import delete, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer
 
 from repo_server.auth.models import ApiToken
 from repo_server.auth.service import TOKEN_PREFIX, Principal, audit, hash_token
@@ -173,7 +173,9 @@ def node_of(session: Session, who: Principal) -> Node:
         raise Forbidden(
             "this endpoint is for node agents: use the token the agent got at enrollment"
         )
-    node = session.get(Node, who.node_id)
+    # The inventory (the largest column, JSON) is loaded only when it is read: a poll or a
+    # report does not.
+    node = session.get(Node, who.node_id, options=[defer(Node.inventory)])
     if node is None:
         raise Forbidden("the node of this token no longer exists: enroll the agent again")
     return node

@@ -24,7 +24,9 @@ from repo_server.fleet.schemas import (
     StepReportSchema,
 )
 from repo_server.parking import PARK, RESUMED, Parked
+from repo_server.upgrades.inline_blobs import with_inline_blobs
 from repo_server.upgrades.jobs import JobService
+from repo_server.upgrades.models import Step
 from repo_server.upgrades.step_payloads import step_payload
 
 # Retry-After of a long-poll that found every place to wait taken.
@@ -136,7 +138,7 @@ def next_step(args: dict[str, Any]) -> Any:
     seen = app.notifier.counter(node_id)
     step = JobService(session, app.notifier).claim_next(node)
     if step is not None:
-        return {"step": step_payload(step)}
+        return _handed(step)
     session.rollback()  # nothing of this request is kept while it is parked
     ticket = poll["ticket"]
     if (
@@ -187,8 +189,13 @@ def _wait_in_thread(wait: int, node: Any) -> Any:
         if waits:
             app.notifier.release()
     if step is not None:
-        return {"step": step_payload(step)}
+        return _handed(step)
     return _no_work(wait, busy=bool(wait) and not waits)
+
+
+def _handed(step: Step) -> dict[str, Any]:
+    """The answer that hands the agent its step, with the small blobs it names inside."""
+    return {"step": with_inline_blobs(step_payload(step), state().storage)}
 
 
 def _no_work(wait: int, busy: bool) -> Response:

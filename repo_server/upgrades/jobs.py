@@ -15,11 +15,11 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from datetime import datetime
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
-from sqlalchemy import select, update
+from sqlalchemy import CursorResult, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
 from repo_server.auth.service import Principal, audit
 from repo_server.catalog.releases import (
@@ -426,14 +426,35 @@ class JobService:
         self.session.execute(update(Job).where(Job.id == job.id).values(revision=Job.revision + 1))
         self.session.refresh(job)
 
+    def _locked(self, job_id: Any, with_nodes: bool = False) -> Optional[Job]:
+        """Lock the job ``job_id`` (a value or a scalar subquery) and load it after the lock,
+        with its steps (and its nodes, without their inventories): the state the rest of the
+        transaction works on. Locking a loaded job and refreshing it took two more
+        statements, per poll and per report of every agent."""
+        locked = self.session.execute(
+            update(Job).where(Job.id == job_id).values(revision=Job.revision + 1)
+        )
+        if not cast("CursorResult[Any]", locked).rowcount:
+            return None
+        return self.session.scalars(
+            select(Job)
+            .where(Job.id == job_id)
+            .options(
+                selectinload(Job.steps),
+                *([selectinload(Job.nodes).defer(Node.inventory)] if with_nodes else []),
+            )
+            .execution_options(populate_existing=True)
+        ).first()
+
     def claim_next(self, node: Node) -> Optional[Step]:
         """The step this node should run now, marked dispatched; None when there is none
         (no job holds the node, or the job's next step is another node's)."""
-        job = self.active_job(node)
+        job = self._locked(
+            select(NodeHold.job_id).where(NodeHold.node_id == node.id).scalar_subquery()
+        )
         if job is None:
             self.session.rollback()
             return None
-        self._lock(job)
         step = runnable(job, node.id)
         if step is None or not job.active:
             self.session.rollback()
@@ -463,16 +484,21 @@ class JobService:
             raise ValidationFailed(
                 f"state must be one of {', '.join(REPORT_STATES)}", field="state"
             )
-        step = self.session.get(Step, step_id)
         # Ownership before the report_id: a known report_id is no key to another node's
         # step, nor to the answer it got.
-        if step is None or step.node_id != node.id:
+        job = self._locked(
+            select(Step.job_id)
+            .where(Step.id == step_id, Step.node_id == node.id)
+            .scalar_subquery(),
+            with_nodes=True,
+        )
+        step = next((s for s in job.steps if s.id == step_id), None) if job else None
+        if job is None or step is None:
+            self.session.rollback()
             raise NotFound(
                 f"no step {step_id} for node {node.name}: report only the steps that "
                 "'GET /api/v1/agent/next' hands to this node's agent"
             )
-        job = step.job
-        self._lock(job)
         seen = self.session.scalar(select(StepReport).where(StepReport.report_id == report_id))
         if seen is not None:
             same_step, answer = seen.step_id == step.id, seen.answer
@@ -510,8 +536,9 @@ class JobService:
         }
         if remember:
             self.session.add(StepReport(report_id=report_id, step_id=step.id, answer=answer))
-        if state in ("succeeded", "failed"):
-            # The next step may be another node's, or there may be none: wake them all.
+        if state in ("succeeded", "failed") and job.active:
+            # The next step may be another node's: wake them all. A job that ended has
+            # work for no one.
             for member in job.nodes:
                 announce(self.session, self.notifier, member.id)
         self.session.commit()

@@ -4,6 +4,8 @@ nothing, the audit, the plan's dropped patches, and the cost of a large rollout.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import threading
 import time
 from pathlib import Path
@@ -124,6 +126,9 @@ def test_all_affected_patches_exactly_the_nodes_on_the_bundles_release(live, bun
     step = agent.next()
     assert step is not None and step["name"] == "apply_patch"
     assert step["job"]["kind"] == "patch"
+    # The bundle is small: the step carries it, and the agent checks it as a download.
+    carried = base64.b64decode(step["params"]["patch"].pop("content_base64"), validate=True)
+    assert hashlib.sha256(carried).hexdigest() == sha and len(carried) == bundle["size"]
     assert step["params"] == {
         "patch": {
             "filename": BUNDLE,

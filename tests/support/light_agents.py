@@ -10,6 +10,7 @@ sockets, so tests and bench/patch_latency.py can measure the server, not the cli
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hashlib
 import json
@@ -54,6 +55,7 @@ class LightAgent:
     # blobs downloaded, to the report's answer.
     done: list[tuple[str, float, float, float]] = field(default_factory=list)
     statuses: dict[int, int] = field(default_factory=dict)  # long-poll answers by status
+    inline: int = 0  # blobs the steps carried inside them, not downloaded
 
     async def request(self, method: str, path: str, body: Any = None) -> Answer:
         """One request on the agent's connection; reconnects once when the server closed
@@ -121,13 +123,19 @@ class LightAgent:
         return step
 
     async def fetch(self, artifact: dict[str, Any]) -> bytes:
-        """A blob the step names, checked against its sha256."""
-        answer = await self.request("GET", urlsplit(artifact["url"]).path)
-        if answer.status != 200:
-            raise ProtocolError(f"{self.name}: {artifact['url']} answered {answer.status}")
-        if hashlib.sha256(answer.body).hexdigest() != artifact["sha256"]:
+        """A blob the step names, checked against its sha256: from the step itself when it
+        carries it (``content_base64``), else downloaded."""
+        if "content_base64" in artifact:
+            self.inline += 1
+            body = base64.b64decode(artifact["content_base64"], validate=True)
+        else:
+            answer = await self.request("GET", urlsplit(artifact["url"]).path)
+            if answer.status != 200:
+                raise ProtocolError(f"{self.name}: {artifact['url']} answered {answer.status}")
+            body = answer.body
+        if hashlib.sha256(body).hexdigest() != artifact["sha256"]:
             raise ProtocolError(f"{self.name}: {artifact['filename']} has another sha256")
-        return answer.body
+        return body
 
     async def report(self, step: dict[str, Any], state: str, result: dict[str, Any]) -> Answer:
         body = {"report_id": uuid.uuid4().hex, "state": state, "result": result}

@@ -9,6 +9,7 @@ import pytest
 
 from repo_server.app import create_app
 from repo_server.auth.service import Principal
+from repo_server.fleet.notify import Notifier, PostgresListener
 from repo_server.upgrades.jobs import JobService
 from repo_server.upgrades.preflight import UpgradeOptions
 from tests.api.helpers import assert_error
@@ -351,3 +352,18 @@ def test_long_poll_is_woken_by_another_process_through_notify(
         other.extensions["nso_repo"].close()
     waiter.join(timeout=40)
     assert got and got[0] is not None and got[0]["name"] == "prestage"
+
+
+def test_a_process_skips_its_own_work_notify_and_heeds_the_others() -> None:
+    """The process that made the work woke its waiters at its commit: its own NOTIFY, when
+    the listener hears it back, must not wake a poll that began in between a second time."""
+    notifier = Notifier()
+    listener = PostgresListener(None, notifier)  # type: ignore[arg-type]  # _relay only
+    listener._relay(f"work:{notifier.tag}:5,6")
+    assert (notifier.counter(5), notifier.counter(6)) == (0, 0)
+    listener._relay("work:0123456789abcdef:5,6")
+    listener._relay("6")  # an older server's untagged NOTIFY
+    assert (notifier.counter(5), notifier.counter(6)) == (1, 2)
+    listener._relay(f"poll:7:{notifier.tag}")
+    listener._relay("poll:7:0123456789abcdef")
+    assert notifier.poll_started(7) == 2  # the other process's poll counted, not its own

@@ -1,0 +1,88 @@
+"""Small blobs handed out inside the step that names them.
+
+An emergency patch bundle is a few kilobytes. Fetching it costs each agent a second
+request, and the server a second authenticated request per node, while the fleet waits for
+the patch. So a step's artifact reference of at most INLINE_MAX_BYTES also carries the
+blob itself, base64 in ``content_base64``. The agent checks it exactly as it checks a
+download: the announced size and sha256 (docs/agent-protocol.md, "Blobs in the step").
+The step is its node's only, so this hands out nothing the node could not download.
+
+Blobs are content-addressed and never change under their digest, so the encoded ones are
+kept in a small cache: a rollout to 1,000 nodes reads the bundle from storage once.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import threading
+from collections import OrderedDict
+from typing import Any, Optional
+
+from repo_server.errors import StorageError
+from repo_server.storage.base import Storage
+
+INLINE_MAX_BYTES = 64 << 10
+CACHE_BYTES = 8 << 20  # encoded bytes kept across steps: a hundred-odd bundles
+
+_cache: OrderedDict[str, str] = OrderedDict()
+_cached_bytes = 0
+_lock = threading.Lock()
+
+
+def with_inline_blobs(payload: dict[str, Any], storage: Storage) -> dict[str, Any]:
+    """The step payload with ``content_base64`` in each artifact reference small enough."""
+    params = payload.get("params")
+    if not isinstance(params, dict):
+        return payload
+    return {**payload, "params": _walk(params, storage)}
+
+
+def _walk(value: Any, storage: Storage) -> Any:
+    if isinstance(value, list):
+        return [_walk(item, storage) for item in value]
+    if not isinstance(value, dict):
+        return value
+    if _small_ref(value):
+        encoded = _encoded(storage, value["sha256"], value["size"])
+        return value if encoded is None else {**value, "content_base64": encoded}
+    return {key: _walk(item, storage) for key, item in value.items()}
+
+
+def _small_ref(value: dict[str, Any]) -> bool:
+    size = value.get("size")
+    return (
+        isinstance(value.get("sha256"), str)
+        and "url" in value
+        and isinstance(size, int)
+        and not isinstance(size, bool)
+        and 0 <= size <= INLINE_MAX_BYTES
+    )
+
+
+def _encoded(storage: Storage, digest: str, size: int) -> Optional[str]:
+    """The blob, base64, when storage holds exactly the announced bytes; None otherwise
+    (the agent then downloads it, and gets the download's own error)."""
+    global _cached_bytes
+    with _lock:
+        hit = _cache.get(digest)
+        if hit is not None:
+            _cache.move_to_end(digest)
+            return hit
+    try:
+        with storage.open(digest) as blob:
+            data = blob.read(INLINE_MAX_BYTES + 1)
+    except (FileNotFoundError, StorageError, OSError):
+        return None
+    if len(data) != size or not hmac.compare_digest(hashlib.sha256(data).hexdigest(), digest):
+        return None
+    encoded = base64.b64encode(data).decode("ascii")
+    with _lock:
+        if digest not in _cache:
+            _cache[digest] = encoded
+            _cached_bytes += len(encoded)
+        while _cached_bytes > CACHE_BYTES and _cache:
+            _, dropped = _cache.popitem(last=False)
+            _cached_bytes -= len(dropped)
+    return encoded
