@@ -173,7 +173,10 @@ async def fleet_run(
         asyncio.ensure_future(serve_steps(a, handler, stop, lambda: trigger_at[0], WAIT))
         for a in agents
     ]
-    await asyncio.sleep(3)  # every agent has asked and is waiting
+    await asyncio.sleep(3)
+    # Every agent has asked and is waiting once the server has nothing left to do: measure
+    # then, not while the first polls are still being answered.
+    await asyncio.to_thread(settled, process_tree(served.started.proc.pid))
     waiting: dict[str, Any] = {
         "health_s": max(
             [await asyncio.to_thread(health_seconds, served.base, 30) for _ in range(5)]
@@ -222,6 +225,18 @@ async def fleet_run(
     await asyncio.gather(*runners, return_exceptions=True)
     await asyncio.gather(*(a.close() for a in [*agents, admin]))
     return {"baselines": baselines, "fleets": fleets, "waiting": waiting}
+
+
+def settled(pids: list[int], within: float = 30.0) -> None:
+    """Wait (at most ``within`` seconds) until the processes use under 5% of a CPU."""
+    deadline = time.monotonic() + within
+    before = cpu_seconds(pids)
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = cpu_seconds(pids)
+        if now - before < 0.025:
+            return
+        before = now
 
 
 def cpu_seconds(pids: list[int]) -> float:

@@ -161,3 +161,44 @@ def test_broken_bodies_through_gunicorn_are_4xx(served: RepoServer, tmp_path: Pa
         assert status.split()[1] == b"400", answer[:400]
         assert b"truncated_body" in answer
     assert not list((tmp_path / "data" / "tmp").iterdir())
+
+
+def test_token_commands_away_from_the_servers_database_refuse_and_create_nothing(
+    served: RepoServer, tmp_path: Path, base_env
+) -> None:
+    elsewhere = tmp_path / "not-the-server"
+    for args in (
+        ("token", "create", "--role", "admin", "--name", "lost"),
+        ("token", "list"),
+        ("token", "revoke", "1"),
+        ("gc", "--dry-run"),
+    ):
+        refused = run(*args, "--data-dir", str(elsewhere), env=base_env, check=False)
+        assert refused.returncode == 1, refused.stdout
+        assert refused.stdout == ""  # no token a script could take for a good one
+        assert f"no database at {elsewhere.resolve() / 'nso-repo.db'}" in refused.stderr
+        assert "--data-dir" in refused.stderr and "nso-repo serve" in refused.stderr
+    assert not elsewhere.exists()
+
+    # On the server's own folder: the token alone on stdout, where it went on stderr, and
+    # the server takes it.
+    data_dir = tmp_path / "data"
+    made = run(
+        "token",
+        "create",
+        "--role",
+        "viewer",
+        "--name",
+        "ops",
+        "--data-dir",
+        str(data_dir),
+        env=base_env,
+    )
+    assert re.fullmatch(r"nsr_\S+\n", made.stdout)
+    assert f"stored in {data_dir.resolve() / 'nso-repo.db'}" in made.stderr
+    answer = requests.get(
+        f"{served.url}/api/v1/artifacts",
+        headers={"Authorization": f"Bearer {made.stdout.strip()}"},
+        timeout=10,
+    )
+    assert answer.status_code == 200, answer.text

@@ -7,6 +7,7 @@ import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 import click
@@ -22,13 +23,51 @@ if TYPE_CHECKING:
 ROLES = ("admin", "uploader", "operator", "viewer", "agent")
 
 
+def _server_database() -> str:
+    """The database the server uses, as these settings name it: refused when it is a SQLite
+    file that does not exist. Run away from the server's data folder, a token command used
+    to create a new, empty database there and print a token the server then rejected."""
+    settings = load_settings()
+    url = settings.resolved_database_url
+    path = _sqlite_path(url)
+    if path is not None and not path.exists():
+        raise click.ClickException(
+            f"no database at {path}: this command works on the server's own database, and "
+            "there is none there. Run it on the server host with the server's data folder "
+            "(--data-dir, or NSO_REPO_DATA_DIR; NSO_REPO_DATABASE_URL for PostgreSQL). A new "
+            "server makes its database on its first start ('nso-repo serve'), or now with "
+            "'nso-repo db upgrade --data-dir DIR'"
+        )
+    return url
+
+
+def _sqlite_path(url: str) -> Optional[Path]:
+    """The file of a SQLite URL (None for another database or an in-memory one)."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database).resolve()
+
+
+def _where(url: str) -> str:
+    """The database for a person to read: the file, or the URL without its password."""
+    from sqlalchemy.engine import make_url
+
+    path = _sqlite_path(url)
+    return str(path) if path is not None else make_url(url).render_as_string(hide_password=True)
+
+
 @contextmanager
 def local_session() -> Iterator[Session]:
-    """A session on the configured database, migrated first so commands work on day one."""
+    """A session on the server's database (refused when it does not exist: see
+    _server_database), migrated first so an older database works."""
     from repo_server import migrate
     from repo_server.datadir import secure_data_dir
     from repo_server.db import make_engine, make_sessionmaker
 
+    _server_database()
     settings = load_settings()
     secure_data_dir(settings)
     migrate.upgrade(settings.resolved_database_url)
@@ -203,6 +242,8 @@ def token_create(role: str, name: str) -> None:
             session, name=name, role=role, actor=f"cli:{os.environ.get('USER', 'root')}"
         )
     click.echo(secret)
+    # Standard error: scripts capture the token alone from standard output.
+    click.echo(f"token {name!r} ({role}) stored in {_where(_server_database())}", err=True)
 
 
 @token.command("list")
