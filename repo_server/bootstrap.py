@@ -28,8 +28,8 @@ def prepare(settings: Optional[Settings] = None, out: TextIO = sys.stdout) -> Op
     engine = make_engine(url)
     try:
         with make_sessionmaker(engine)() as session:
-            # An admin must be able to get in: a first `token create --role viewer` on an
-            # empty folder, or revoking every admin token, must not lock everyone out.
+            # An admin must be able to get in: a database whose only tokens are not an
+            # admin's, or revoking every admin token, must not lock everyone out.
             if has_active_admin(session):
                 return None
             # B105 below: "never" is the setting's choice, not a password.

@@ -195,7 +195,7 @@ def _wait_in_thread(wait: int, node: Any) -> Any:
 
 def _handed(step: Step) -> dict[str, Any]:
     """The answer that hands the agent its step, with the small blobs it names inside."""
-    return {"step": with_inline_blobs(step_payload(step), state().storage)}
+    return {"step": with_inline_blobs(step_payload(step), state().storage, db_session())}
 
 
 def _no_work(wait: int, busy: bool) -> Response:

@@ -5,7 +5,8 @@ request, and the server a second authenticated request per node, while the fleet
 the patch. So a step's artifact reference of at most INLINE_MAX_BYTES also carries the
 blob itself, base64 in ``content_base64``. The agent checks it exactly as it checks a
 download: the announced size and sha256 (docs/agent-protocol.md, "Blobs in the step").
-The step is its node's only, so this hands out nothing the node could not download.
+The step is its node's only, and only blobs of live artifacts ride in it, so this hands out
+nothing the node could not download.
 
 Blobs are content-addressed and never change under their digest, so the encoded ones are
 kept in a small cache: a rollout to 1,000 nodes reads the bundle from storage once.
@@ -20,10 +21,17 @@ import threading
 from collections import OrderedDict
 from typing import Any, Optional
 
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from repo_server.catalog.models import Artifact, Blob
 from repo_server.errors import StorageError
 from repo_server.storage.base import Storage
 
 INLINE_MAX_BYTES = 64 << 10
+# What one step carries in all: a prestage of many small packages stays far below the
+# agent's limit on an answer (16 MiB); the rest is downloaded.
+STEP_BUDGET_BYTES = 1 << 20
 CACHE_BYTES = 8 << 20  # encoded bytes kept across steps: a hundred-odd bundles
 
 _cache: OrderedDict[str, str] = OrderedDict()
@@ -31,23 +39,55 @@ _cached_bytes = 0
 _lock = threading.Lock()
 
 
-def with_inline_blobs(payload: dict[str, Any], storage: Storage) -> dict[str, Any]:
-    """The step payload with ``content_base64`` in each artifact reference small enough."""
+def with_inline_blobs(
+    payload: dict[str, Any], storage: Storage, session: Session
+) -> dict[str, Any]:
+    """The step payload with ``content_base64`` in each artifact reference small enough, up
+    to STEP_BUDGET_BYTES in all, of a live artifact only: a blob deleted from the catalog
+    (a bad patch pulled mid-rollout) is not handed out this way either. Ends the session's
+    transaction before storage is read."""
     params = payload.get("params")
     if not isinstance(params, dict):
         return payload
-    return {**payload, "params": _walk(params, storage)}
+    refs = _small_refs(params)
+    if not refs:
+        return payload
+    live = set(
+        session.scalars(
+            select(Blob.sha256)
+            .join(Artifact, Artifact.blob_id == Blob.id)
+            .where(Blob.sha256.in_({r["sha256"] for r in refs}), Artifact.deleted_at.is_(None))
+        )
+    )
+    session.rollback()  # nothing is held while storage is read (S3: a request)
+    budget = [STEP_BUDGET_BYTES]
 
-
-def _walk(value: Any, storage: Storage) -> Any:
-    if isinstance(value, list):
-        return [_walk(item, storage) for item in value]
-    if not isinstance(value, dict):
-        return value
-    if _small_ref(value):
+    def walk(value: Any) -> Any:
+        if isinstance(value, list):
+            return [walk(item) for item in value]
+        if not isinstance(value, dict):
+            return value
+        if not _small_ref(value):
+            return {key: walk(item) for key, item in value.items()}
+        if value["sha256"] not in live or value["size"] > budget[0]:
+            return value  # downloaded, with the download's own checks and answers
         encoded = _encoded(storage, value["sha256"], value["size"])
-        return value if encoded is None else {**value, "content_base64": encoded}
-    return {key: _walk(item, storage) for key, item in value.items()}
+        if encoded is None:
+            return value
+        budget[0] -= value["size"]
+        return {**value, "content_base64": encoded}
+
+    return {**payload, "params": walk(params)}
+
+
+def _small_refs(value: Any) -> list[dict[str, Any]]:
+    if isinstance(value, list):
+        return [ref for item in value for ref in _small_refs(item)]
+    if not isinstance(value, dict):
+        return []
+    if _small_ref(value):
+        return [value]
+    return [ref for item in value.values() for ref in _small_refs(item)]
 
 
 def _small_ref(value: dict[str, Any]) -> bool:

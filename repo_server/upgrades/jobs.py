@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from datetime import datetime
-from typing import Any, Optional, cast
+from typing import Any, Optional
 
-from sqlalchemy import CursorResult, select, update
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
@@ -426,16 +426,12 @@ class JobService:
         self.session.execute(update(Job).where(Job.id == job.id).values(revision=Job.revision + 1))
         self.session.refresh(job)
 
-    def _locked(self, job_id: Any, with_nodes: bool = False) -> Optional[Job]:
-        """Lock the job ``job_id`` (a value or a scalar subquery) and load it after the lock,
-        with its steps (and its nodes, without their inventories): the state the rest of the
-        transaction works on. Locking a loaded job and refreshing it took two more
-        statements, per poll and per report of every agent."""
-        locked = self.session.execute(
-            update(Job).where(Job.id == job_id).values(revision=Job.revision + 1)
-        )
-        if not cast("CursorResult[Any]", locked).rowcount:
-            return None
+    def _locked(self, job_id: int, with_nodes: bool = False) -> Optional[Job]:
+        """Lock job ``job_id`` and load it after the lock, with its steps at once (and its
+        nodes, without their inventories): the state the rest of the transaction works on.
+        Locking a loaded job and refreshing it took one more statement, and lazy loads more,
+        per poll and per report of every agent."""
+        self.session.execute(update(Job).where(Job.id == job_id).values(revision=Job.revision + 1))
         return self.session.scalars(
             select(Job)
             .where(Job.id == job_id)
@@ -449,14 +445,16 @@ class JobService:
     def claim_next(self, node: Node) -> Optional[Step]:
         """The step this node should run now, marked dispatched; None when there is none
         (no job holds the node, or the job's next step is another node's)."""
-        job = self._locked(
-            select(NodeHold.job_id).where(NodeHold.node_id == node.id).scalar_subquery()
-        )
-        if job is None:
+        # Read first, lock after: a poll for a node without a job takes no lock (on SQLite
+        # any write, even one that matches nothing, takes the database's write lock). The
+        # job is locked by its id: should it end meanwhile, the checks below see it ended.
+        held = self.session.scalar(select(NodeHold.job_id).where(NodeHold.node_id == node.id))
+        if held is None:
             self.session.rollback()
             return None
-        step = runnable(job, node.id)
-        if step is None or not job.active:
+        job = self._locked(held)
+        step = runnable(job, node.id) if job is not None else None
+        if job is None or step is None or not job.active:
             self.session.rollback()
             return None
         now = utcnow()
@@ -486,12 +484,10 @@ class JobService:
             )
         # Ownership before the report_id: a known report_id is no key to another node's
         # step, nor to the answer it got.
-        job = self._locked(
-            select(Step.job_id)
-            .where(Step.id == step_id, Step.node_id == node.id)
-            .scalar_subquery(),
-            with_nodes=True,
+        job_id = self.session.scalar(
+            select(Step.job_id).where(Step.id == step_id, Step.node_id == node.id)
         )
+        job = self._locked(job_id, with_nodes=True) if job_id is not None else None
         step = next((s for s in job.steps if s.id == step_id), None) if job else None
         if job is None or step is None:
             self.session.rollback()

@@ -68,3 +68,23 @@ def test_a_blob_storage_holds_altered_is_not_carried(live, app_state, tmp_path: 
     # What the agent downloads instead is refused by its own sha256 check.
     got = agent.http.get(f"{live.url}{step['params']['patch']['url']}").content
     assert hashlib.sha256(got).hexdigest() != bundle["sha256"]
+
+
+def test_a_bundle_deleted_mid_rollout_is_not_carried_any_more(live, tmp_path: Path):
+    bundle = upload(live, make_patch_bundle(tmp_path, "6.2", "CSCpulled1", ("ncs_pulled",)))
+    agents = {name: enroll_node(live, name) for name in ("edge-3", "edge-4")}
+    for agent in agents.values():
+        assert agent.heartbeat(healthy_inventory("6.2")).status_code == 200
+    started = live.session("operator").post(
+        f"{live.url}/api/v1/patch-rollouts",
+        json={"patch": bundle["filename"], "nodes": sorted(agents)},
+    )
+    assert started.status_code == 201, started.text
+    first = agents["edge-3"].next()
+    assert first is not None and "content_base64" in first["params"]["patch"]  # now cached
+    pulled = live.session("admin").delete(f"{live.url}/api/v1/artifacts/{bundle['filename']}")
+    assert pulled.status_code == 200, pulled.text
+    second = agents["edge-4"].next()
+    assert second is not None and "content_base64" not in second["params"]["patch"]
+    url = f"{live.url}{second['params']['patch']['url']}"
+    assert agents["edge-4"].http.get(url).status_code == 404  # as a download is refused
