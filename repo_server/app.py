@@ -128,6 +128,12 @@ def create_app(
 
     _register_error_handlers(app)
     request_guards.install(app, settings)
+    # An agent's poll with nothing to do is answered before Flask (fleet/idle_polls.py).
+    from repo_server.fleet import idle_polls
+
+    app.wsgi_app = idle_polls.middleware(  # type: ignore[method-assign,assignment]
+        app.wsgi_app, app.extensions["nso_repo"]
+    )
     return app
 
 

@@ -17,6 +17,10 @@ from repo_server.errors import AppError, NotFound, Unauthenticated, ValidationFa
 TOKEN_PREFIX = "nsr_"  # nosec B105 # a public prefix that marks our tokens, not a secret
 
 
+# How stale a token's `last_used_at` may get before a request writes it again.
+LAST_USED_GRANULARITY_S = 60
+
+
 def hash_token(secret: str) -> str:
     # The secret is 256 random bits, so a plain digest is enough: no salt or slow hash needed.
     return hashlib.sha256(secret.encode()).hexdigest()
@@ -116,7 +120,10 @@ def authenticate(session: Session, header: Optional[str]) -> Principal:
         raise Unauthenticated("the token is unknown or revoked: ask an admin for a new one")
     now = utcnow()
     # Touch last_used at most once a minute so reads do not turn into writes on every call.
-    if token.last_used_at is None or (now - token.last_used_at).total_seconds() > 60:
+    if (
+        token.last_used_at is None
+        or (now - token.last_used_at).total_seconds() > LAST_USED_GRANULARITY_S
+    ):
         token.last_used_at = now
         session.commit()
     return Principal(token_id=token.id, name=token.name, role=token.role, node_id=token.node_id)

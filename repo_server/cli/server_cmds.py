@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import ssl
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
@@ -110,11 +110,37 @@ def serve(
     only; started without one (systemd, Docker, output to a file) it prints the command that
     makes one instead, so no token ever lands in a log.
     """
-    from gunicorn.app.base import BaseApplication
-
     from repo_server import gunicorn_settings
 
     load_settings()  # fail here, with a clear message, on a bad environment
+    options = gunicorn_options(host, port, workers)
+    tls_cert = tls_cert or gunicorn_settings.certfile
+    tls_key = tls_key or gunicorn_settings.keyfile
+    if tls_cert or tls_key:  # https served by gunicorn itself (docs/deployment.md)
+        _check_tls(tls_cert, tls_key)
+        options.update(
+            certfile=tls_cert, keyfile=tls_key, ssl_context=gunicorn_settings.ssl_context
+        )
+
+    def load() -> Any:
+        from repo_server.wsgi import app
+
+        return app
+
+    scheme = "https" if tls_cert else "http"
+    click.echo(
+        f"nso-repo listening on {scheme}://{options['bind']} (data: {load_settings().data_dir})"
+    )
+    run_gunicorn(options, load)
+
+
+def gunicorn_options(
+    host: Optional[str], port: Optional[int], workers: Optional[int]
+) -> dict[str, Any]:
+    """gunicorn's settings as `serve` runs it (without TLS): bench/idle_poll.py serves its
+    hello-world baseline with the same."""
+    from repo_server import gunicorn_settings
+
     options: dict[str, Any] = {
         name: getattr(gunicorn_settings, name)
         for name in (
@@ -136,13 +162,12 @@ def serve(
     port = port or int(bind_port or 8420)
     options["bind"] = f"{host}:{port}"
     options["workers"] = workers or gunicorn_settings.workers
-    tls_cert = tls_cert or gunicorn_settings.certfile
-    tls_key = tls_key or gunicorn_settings.keyfile
-    if tls_cert or tls_key:  # https served by gunicorn itself (docs/deployment.md)
-        _check_tls(tls_cert, tls_key)
-        options.update(
-            certfile=tls_cert, keyfile=tls_key, ssl_context=gunicorn_settings.ssl_context
-        )
+    return options
+
+
+def run_gunicorn(options: dict[str, Any], load: Callable[[], Any]) -> None:
+    """Run gunicorn with ``options`` on the WSGI app ``load()`` returns (in each worker)."""
+    from gunicorn.app.base import BaseApplication
 
     class Server(BaseApplication):
         def load_config(self) -> None:
@@ -150,12 +175,8 @@ def serve(
                 self.cfg.set(key, value)
 
         def load(self) -> Any:
-            from repo_server.wsgi import app
+            return load()
 
-            return app
-
-    scheme = "https" if tls_cert else "http"
-    click.echo(f"nso-repo listening on {scheme}://{host}:{port} (data: {load_settings().data_dir})")
     Server().run()
 
 

@@ -24,9 +24,9 @@ import secrets
 import threading
 import time
 from collections import defaultdict
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
-from sqlalchemy import Engine, event, text
+from sqlalchemy import Connection, Engine, event, text
 from sqlalchemy.orm import Session
 
 from repo_server.parking import Wake
@@ -142,10 +142,11 @@ def announce(session: Session, notifier: Notifier, node_id: int) -> None:
     pending.add((notifier, node_id))
 
 
-def announce_poll(session: Session, notifier: Notifier, node_id: int) -> int:
+def announce_poll(session: Union[Session, Connection], notifier: Notifier, node_id: int) -> int:
     """A long-poll of `node_id` starts: count it here at once, and in the other processes
     when the transaction commits (PostgreSQL). Returns its ticket (see `Notifier.wait`)."""
-    if session.get_bind().dialect.name == "postgresql":
+    bind = session if isinstance(session, Connection) else session.get_bind()
+    if bind.dialect.name == "postgresql":
         session.execute(
             text("SELECT pg_notify(:channel, :payload)"),
             {"channel": CHANNEL, "payload": f"poll:{node_id}:{notifier.tag}"},
