@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Optional
+from urllib.parse import urlsplit
 
 from repo_server.errors import AppError
 
@@ -52,6 +53,9 @@ class Settings:
     s3_access_key_id: str = ""
     s3_secret_access_key: str = ""
     s3_presign_expires: int = 300
+    # The S3 endpoint as NSO hosts reach it: download redirects point there. Empty: the
+    # server's own endpoint (s3_endpoint_url), right when both see the store the same way.
+    s3_public_url: str = ""
     s3_multipart_threshold: int = 64 << 20
     max_upload_bytes: int = 4 << 30
     # Every other request body (JSON): refused with 413 before it is read when larger.
@@ -113,6 +117,12 @@ class Settings:
             raise ConfigError(
                 "NSO_REPO_STORAGE=s3 needs NSO_REPO_S3_BUCKET (and usually an endpoint)"
             )
+        public = urlsplit(self.s3_public_url)
+        if self.s3_public_url and (public.scheme not in ("http", "https") or not public.hostname):
+            raise ConfigError(
+                f"NSO_REPO_S3_PUBLIC_URL={self.s3_public_url!r} is not an http(s) URL: give the "
+                "S3 endpoint as NSO hosts reach it, e.g. https://s3.example.net"
+            )
         if self.first_admin_token not in ("terminal", "never"):
             raise ConfigError(
                 f"NSO_REPO_FIRST_ADMIN_TOKEN={self.first_admin_token!r} is not a choice: use "
@@ -155,6 +165,7 @@ ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
     "NSO_REPO_S3_ACCESS_KEY_ID": ("s3_access_key_id", str),
     "NSO_REPO_S3_SECRET_ACCESS_KEY": ("s3_secret_access_key", str),
     "NSO_REPO_S3_PRESIGN_EXPIRES": ("s3_presign_expires", int),
+    "NSO_REPO_S3_PUBLIC_URL": ("s3_public_url", str),
     "NSO_REPO_S3_MULTIPART_THRESHOLD": ("s3_multipart_threshold", _size),
     "NSO_REPO_MAX_UPLOAD_SIZE": ("max_upload_bytes", _size),
     "NSO_REPO_MAX_JSON_SIZE": ("max_json_bytes", _size),

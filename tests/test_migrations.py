@@ -177,3 +177,38 @@ def test_two_active_jobs_on_one_node_leave_none_without_its_hold(database_url: s
     )
     assert (state, outcome) == ("failed", "needs_attention")
     assert "another active job held this node" in error
+
+
+def test_a_role_that_may_not_create_tables_is_told_what_to_grant(
+    postgres_server: Any, tmp_path: Any
+) -> None:
+    """PostgreSQL 15 lets only a database's owner create tables in schema public: a server
+    role that is not the owner gets the grant to ask for, not a hint about the data folder."""
+    import subprocess
+    import sys
+    import uuid
+
+    import psycopg
+
+    from tests.support.processes import clean_env
+
+    name, role = f"t_{uuid.uuid4().hex[:12]}", f"r_{uuid.uuid4().hex[:8]}"
+    postgres_server.create_database(name)
+    postgres_server._admin(f'CREATE ROLE "{role}" LOGIN')
+    url = postgres_server.url(name).replace("postgres@", f"{role}@", 1)
+    env = clean_env(NSO_REPO_DATABASE_URL=url, NSO_REPO_DATA_DIR=str(tmp_path / "data"))
+
+    def upgrade() -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "repo_server.cli", "db", "upgrade"]
+        return subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+
+    refused = upgrade()
+    assert refused.returncode == 1, refused.stdout
+    assert f"the role {role} in NSO_REPO_DATABASE_URL may not create tables" in refused.stderr
+    assert f'GRANT CREATE ON SCHEMA public TO "{role}";' in refused.stderr
+    assert "data folder" not in refused.stderr and "Traceback" not in refused.stderr
+    with psycopg.connect(postgres_server.url(name).replace("+psycopg", ""), autocommit=True) as c:
+        c.execute(f'GRANT CREATE ON SCHEMA public TO "{role}"')
+    done = upgrade()
+    assert done.returncode == 0, done.stderr
+    assert "database at revision" in done.stdout

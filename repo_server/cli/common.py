@@ -79,7 +79,13 @@ def handle_errors(f: F) -> F:
             if not type(exc).__module__.startswith("sqlalchemy"):
                 raise
             orig = getattr(exc, "orig", None) or exc
-            fail(f"database error: {orig}; check NSO_REPO_DATABASE_URL and the data folder")
+            # The data folder holds the database only when it is SQLite.
+            where = (
+                "NSO_REPO_DATABASE_URL"
+                if os.environ.get("NSO_REPO_DATABASE_URL", "").startswith("postgresql")
+                else "the data folder (--data-dir, NSO_REPO_DATA_DIR)"
+            )
+            fail(f"database error: {orig}; check {where}")
 
     return wrapper  # type: ignore[return-value]
 

@@ -82,30 +82,41 @@ class S3Storage:
         access_key_id: Optional[str] = None,
         secret_access_key: Optional[str] = None,
         multipart_threshold: int = 64 << 20,
+        public_url: Optional[str] = None,
     ) -> None:
-        """Empty credentials fall back to boto3's own chain (environment, instance role)."""
+        """Empty credentials fall back to boto3's own chain (environment, instance role).
+        ``public_url``: the endpoint as the agents reach it, which presigned URLs name (the
+        signature covers the host, so they are signed for that endpoint)."""
         self.bucket = bucket
         self.prefix = prefix
         self.endpoint_url = endpoint_url or None
         self.region = region
         self.multipart_threshold = multipart_threshold
         session = boto3.session.Session()
-        self.client: S3Client = session.client(
-            "s3",
-            endpoint_url=self.endpoint_url,
-            region_name=region or None,
-            aws_access_key_id=access_key_id or None,
-            aws_secret_access_key=secret_access_key or None,
-            config=Config(
-                # Path-style and SigV4 are what S3-compatible servers (SeaweedFS, MinIO, Ceph)
-                # all understand; virtual-hosted buckets need DNS they rarely have.
-                signature_version="s3v4",
-                s3={"addressing_style": "path"},
-                retries={"max_attempts": 3, "mode": "standard"},
-                connect_timeout=10,
-                read_timeout=60,
-            ),
+
+        def client(endpoint: Optional[str]) -> S3Client:
+            return session.client(
+                "s3",
+                endpoint_url=endpoint,
+                region_name=region or None,
+                aws_access_key_id=access_key_id or None,
+                aws_secret_access_key=secret_access_key or None,
+                config=config,
+            )
+
+        config = Config(
+            # Path-style and SigV4 are what S3-compatible servers (SeaweedFS, MinIO, Ceph)
+            # all understand; virtual-hosted buckets need DNS they rarely have.
+            signature_version="s3v4",
+            s3={"addressing_style": "path"},
+            retries={"max_attempts": 3, "mode": "standard"},
+            connect_timeout=10,
+            read_timeout=60,
         )
+        self.client: S3Client = client(self.endpoint_url)
+        self.public_url = public_url or None
+        # Signing makes no request: a second client only to sign for the public endpoint.
+        self.presigner: S3Client = client(public_url) if public_url else self.client
         self.transfer = TransferConfig(
             multipart_threshold=multipart_threshold,
             multipart_chunksize=max(multipart_threshold, MIN_PART_SIZE),
@@ -122,6 +133,7 @@ class S3Storage:
             access_key_id=settings.s3_access_key_id,
             secret_access_key=settings.s3_secret_access_key,
             multipart_threshold=settings.s3_multipart_threshold,
+            public_url=settings.s3_public_url,
         )
 
     @property
@@ -236,7 +248,7 @@ class S3Storage:
         if operation is None:
             raise ValueError(f"cannot presign {method!r}: only GET and HEAD are served")
         try:
-            return self.client.generate_presigned_url(
+            return self.presigner.generate_presigned_url(
                 operation,
                 Params={"Bucket": self.bucket, "Key": self._key(digest)},
                 ExpiresIn=expires,

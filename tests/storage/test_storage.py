@@ -18,7 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 import requests
 
-from repo_server.config import Settings
+from repo_server.config import ConfigError, Settings
 from repo_server.errors import StorageError
 from repo_server.storage import LocalStorage, Storage, blob_key, make_storage
 from repo_server.storage.s3 import S3Storage
@@ -462,3 +462,32 @@ def test_no_module_outside_storage_imports_boto() -> None:
     assert offenders == []
     # And the one place that may, does.
     assert "boto3" in imported_modules(storage_dir / "s3.py")
+
+
+def test_presigned_urls_name_the_public_endpoint_when_one_is_set(
+    s3_server: S3Server, tmp_path: Path, blob_file: BlobFile
+) -> None:
+    """NSO hosts may reach the store by another name than the server does: the redirect
+    names theirs, and its signature holds there (it covers the host)."""
+    public = s3_server.endpoint_url.replace("127.0.0.1", "localhost")
+    assert public != s3_server.endpoint_url
+    overrides = s3_server.settings_overrides(s3_server.new_bucket())
+    storage = make_storage(
+        Settings().with_overrides(data_dir=tmp_path / "data", s3_public_url=public, **overrides)
+    )
+    data = b"fetched through the public endpoint"
+    digest, source = blob_file(data)
+    storage.put_file(digest, source)  # the server's own endpoint
+    url = storage.presigned_url(digest, "GET", 60)
+    assert url is not None and url.startswith(public + "/")
+    got = requests.get(url, timeout=10)
+    assert got.status_code == 200 and got.content == data
+    # Signed for the public name: the same path on the server's own name is refused.
+    own = url.replace(public, s3_server.endpoint_url, 1)
+    assert requests.get(own, timeout=10).status_code == 403
+
+
+@pytest.mark.parametrize("bad", ["s3.example.net", "ftp://s3.example.net", "https://"])
+def test_a_public_endpoint_that_is_no_http_url_is_refused(bad: str, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="NSO_REPO_S3_PUBLIC_URL"):
+        Settings().with_overrides(data_dir=tmp_path, s3_public_url=bad)
