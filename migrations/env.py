@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from alembic import context
+from sqlalchemy import text
 
 from repo_server.db import Base, make_engine
 from repo_server.models import register_models
@@ -10,6 +11,7 @@ from repo_server.models import register_models
 register_models()
 
 target_metadata = Base.metadata
+LOCK = 0x6E736F7265706F  # "nsorepo": the migrations' advisory lock
 config = context.config
 
 
@@ -34,6 +36,10 @@ def run_migrations_online() -> None:
             render_as_batch=connection.dialect.name == "sqlite",
         )
         with context.begin_transaction():
+            if connection.dialect.name == "postgresql":
+                # Several server hosts may start at once on a new database: one migrates,
+                # the others wait here, then find it at head (held until this commits).
+                connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": LOCK})
             context.run_migrations()
     engine.dispose()
 

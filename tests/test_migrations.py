@@ -212,3 +212,37 @@ def test_a_role_that_may_not_create_tables_is_told_what_to_grant(
     done = upgrade()
     assert done.returncode == 0, done.stderr
     assert "database at revision" in done.stdout
+
+
+def test_hosts_starting_at_once_on_a_new_database_migrate_once(
+    postgres_server: Any, tmp_path: Any
+) -> None:
+    """Server hosts behind a balancer start together on a new database: they migrate one
+    after the other (the migrations' advisory lock), and none fails on another's tables.
+    The test holds the lock first, so all of them are surely waiting at the same time."""
+    import subprocess
+    import sys
+    import time
+
+    import psycopg
+
+    from tests.support.processes import clean_env
+
+    url = postgres_server.create_database()
+    command = [sys.executable, "-m", "repo_server.cli", "db", "upgrade"]
+    env = clean_env(NSO_REPO_DATABASE_URL=url, NSO_REPO_DATA_DIR=str(tmp_path / "data"))
+    with psycopg.connect(url.replace("+psycopg", ""), autocommit=True) as holder:
+        holder.execute("SELECT pg_advisory_lock(%s)", (0x6E736F7265706F,))
+        started = [
+            subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            for _ in range(3)
+        ]
+        time.sleep(4)
+        assert [p.poll() for p in started] == [None, None, None]  # each waits for the lock
+        assert migrate.current_revision(url) is None
+        holder.execute("SELECT pg_advisory_unlock(%s)", (0x6E736F7265706F,))
+        results = [
+            (p.wait(timeout=120), p.stderr.read().decode() if p.stderr else "") for p in started
+        ]
+    assert [code for code, _ in results] == [0, 0, 0], results
+    assert migrate.current_revision(url) is not None
