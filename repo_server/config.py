@@ -118,10 +118,19 @@ class Settings:
                 "NSO_REPO_STORAGE=s3 needs NSO_REPO_S3_BUCKET (and usually an endpoint)"
             )
         public = urlsplit(self.s3_public_url)
-        if self.s3_public_url and (public.scheme not in ("http", "https") or not public.hostname):
+        if self.s3_public_url and (
+            public.scheme not in ("http", "https")
+            or not public.hostname
+            or public.path not in ("", "/")
+            or public.query
+            or public.fragment
+        ):
+            # A path would be signed into every URL (/prefix/bucket/key), which no store
+            # behind a path-stripping proxy accepts.
             raise ConfigError(
-                f"NSO_REPO_S3_PUBLIC_URL={self.s3_public_url!r} is not an http(s) URL: give the "
-                "S3 endpoint as NSO hosts reach it, e.g. https://s3.example.net"
+                f"NSO_REPO_S3_PUBLIC_URL={self.s3_public_url!r} is not an endpoint: give the "
+                "scheme, host and port only, as NSO hosts reach the store, e.g. "
+                "https://s3.example.net"
             )
         if self.first_admin_token not in ("terminal", "never"):
             raise ConfigError(

@@ -129,6 +129,11 @@ def on_starting(server: Any) -> None:
     """Once, in the master, before workers fork: migrate and make the first admin token;
     tune malloc for streamed uploads."""
     from repo_server.bootstrap import prepare
+    from repo_server.errors import AppError
 
     tune_malloc()
-    prepare()
+    try:
+        prepare()
+    except AppError as error:
+        # One line that says what to do, not a traceback (`gunicorn -c gunicorn.conf.py`).
+        raise SystemExit(f"error: {error.message}") from None

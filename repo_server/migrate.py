@@ -7,8 +7,9 @@ from typing import Optional
 
 from alembic import command
 from alembic.config import Config
+from sqlalchemy import text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ProgrammingError
+from sqlalchemy.exc import ProgrammingError, SQLAlchemyError
 
 from repo_server.errors import AppError
 
@@ -43,18 +44,50 @@ def upgrade(url: str, revision: str = "head") -> None:
 
 
 def _no_privilege(url: str, exc: ProgrammingError) -> str:
-    """What a role that may not create the tables should be told: PostgreSQL 15 took CREATE
-    on schema public away from every role but the database's owner."""
-    parsed = make_url(url)
-    role, database = parsed.username or "the role", parsed.database or "the database"
+    """What a role that may not migrate should be told. PostgreSQL 15 took CREATE on schema
+    public away from every role but the database's owner; tables another role created
+    (a superuser's first start) are that role's to change."""
+    role, database = _who(url)
     said = str(exc.orig).strip().splitlines()[0]
+    quoted_role, quoted_db = _quoted(role), _quoted(database)
+    if "schema" in said:
+        return (
+            f"PostgreSQL refused to create the server's tables ({said}): the role {role} in "
+            f"NSO_REPO_DATABASE_URL may not create tables in schema public of {database}, "
+            "which PostgreSQL 15 allows only the database's owner by default. As a superuser "
+            f"or the owner, run 'ALTER DATABASE {quoted_db} OWNER TO {quoted_role};' (or "
+            f"'GRANT CREATE ON SCHEMA public TO {quoted_role};' in {database}), then start "
+            "again"
+        )
     return (
-        f"PostgreSQL refused to create the server's tables ({said}): the role {role} in "
-        f"NSO_REPO_DATABASE_URL may not create tables in schema public of {database}, which "
-        "PostgreSQL 15 allows only the database's owner by default. As a superuser or the "
-        f'owner, run \'ALTER DATABASE "{database}" OWNER TO "{role}";\' (or \'GRANT '
-        f'CREATE ON SCHEMA public TO "{role}";\' in {database}), then start again'
+        f"PostgreSQL refused to migrate the server's tables ({said}): the role {role} in "
+        f"NSO_REPO_DATABASE_URL does not own them (another role, a superuser perhaps, created "
+        f"them). As a superuser, in {database}, run 'REASSIGN OWNED BY <that role> TO "
+        f"{quoted_role};' (or ALTER TABLE ... OWNER TO {quoted_role} for each table), then "
+        "start again"
     )
+
+
+def _who(url: str) -> tuple[str, str]:
+    """The role and database the server connects as: asked of PostgreSQL (a URL may name no
+    user: a socket login as the OS user), else read from the URL."""
+    from repo_server.db import make_engine
+
+    engine = make_engine(url)
+    try:
+        with engine.connect() as connection:
+            row = connection.execute(text("SELECT current_user, current_database()")).one()
+            return str(row[0]), str(row[1])
+    except SQLAlchemyError:
+        parsed = make_url(url)
+        return parsed.username or "(the OS user)", parsed.database or "(the default database)"
+    finally:
+        engine.dispose()
+
+
+def _quoted(name: str) -> str:
+    """``name`` as a PostgreSQL identifier."""
+    return '"' + name.replace('"', '""') + '"'
 
 
 def current_revision(url: str) -> Optional[str]:

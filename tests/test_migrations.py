@@ -237,8 +237,18 @@ def test_hosts_starting_at_once_on_a_new_database_migrate_once(
             subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             for _ in range(3)
         ]
-        time.sleep(4)
-        assert [p.poll() for p in started] == [None, None, None]  # each waits for the lock
+
+        def waiting() -> int:
+            row = holder.execute(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+            ).fetchone()
+            return int(row[0]) if row else 0
+
+        deadline = time.monotonic() + 60
+        while waiting() < 3 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert waiting() == 3  # each of them waits for the lock, none has migrated
+        assert [p.poll() for p in started] == [None, None, None]
         assert migrate.current_revision(url) is None
         holder.execute("SELECT pg_advisory_unlock(%s)", (0x6E736F7265706F,))
         results = [

@@ -113,14 +113,15 @@ def test_two_hosts_behind_a_balancer_share_everything_and_survive_one_dying(
     got: list[Any] = []
     waiter = threading.Thread(target=lambda: got.append((waiting.next(wait=30), time.monotonic())))
     waiter.start()
-    time.sleep(1.0)  # the poll is parked on a
-    began = time.monotonic()
+    time.sleep(1.0)
+    assert not got  # the poll waits on a: nothing for it yet
     rollout = requests.post(
         f"{b.url}/api/v1/patch-rollouts",
         json={"patch": bundle.name, "nodes": ["edge-a"]},
         headers=headers,
     )
     assert rollout.status_code == 201, rollout.text
+    began = time.monotonic()  # committed on b: host a hears of it by NOTIFY
     waiter.join(timeout=40)
     [(step, at)] = got
     assert step is not None and step["name"] == "apply_patch"

@@ -487,7 +487,16 @@ def test_presigned_urls_name_the_public_endpoint_when_one_is_set(
     assert requests.get(own, timeout=10).status_code == 403
 
 
-@pytest.mark.parametrize("bad", ["s3.example.net", "ftp://s3.example.net", "https://"])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "s3.example.net",
+        "ftp://s3.example.net",
+        "https://",
+        "https://proxy.example.net/s3",
+        "https://s3.example.net?x=1",
+    ],
+)
 def test_a_public_endpoint_that_is_no_http_url_is_refused(bad: str, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="NSO_REPO_S3_PUBLIC_URL"):
         Settings().with_overrides(data_dir=tmp_path, s3_public_url=bad)
