@@ -70,6 +70,9 @@ class Settings:
     tar_max_unpacked_bytes: int = 2 << 30
     tar_max_ratio: int = 200
     gc_protect_seconds: int = 24 * 3600
+    # How long a NED migration dry-run's result may be confirmed: device configuration changes
+    # through NSO itself too, which no job of ours sees.
+    ned_dry_run_max_age: int = 24 * 3600
     log_level: str = "INFO"
     # "terminal": the first admin token is printed on first start when stdout is a terminal;
     # "never": it never is (a container started with -t has a terminal that `docker logs`
@@ -137,6 +140,11 @@ class Settings:
                 f"NSO_REPO_FIRST_ADMIN_TOKEN={self.first_admin_token!r} is not a choice: use "
                 "'terminal' (print the first admin token on a terminal) or 'never'"
             )
+        if self.ned_dry_run_max_age < 1:
+            raise ConfigError(
+                f"NSO_REPO_NED_DRY_RUN_MAX_AGE={self.ned_dry_run_max_age} lets no dry-run be "
+                "confirmed: give the seconds a dry-run's result holds (default 86400)"
+            )
         if self.max_waiting_polls < 1:
             raise ConfigError(
                 f"NSO_REPO_MAX_WAITING_POLLS={self.max_waiting_polls} lets no agent wait for "
@@ -184,6 +192,7 @@ ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
     "NSO_REPO_TAR_MAX_UNPACKED_SIZE": ("tar_max_unpacked_bytes", _size),
     "NSO_REPO_TAR_MAX_RATIO": ("tar_max_ratio", int),
     "NSO_REPO_GC_PROTECT_SECONDS": ("gc_protect_seconds", int),
+    "NSO_REPO_NED_DRY_RUN_MAX_AGE": ("ned_dry_run_max_age", int),
     "NSO_REPO_LOG_LEVEL": ("log_level", str),
     "NSO_REPO_FIRST_ADMIN_TOKEN": ("first_admin_token", str),
     "NSO_REPO_RELEASE_PUBLIC_KEYS": ("release_public_keys", _paths),

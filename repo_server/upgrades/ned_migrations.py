@@ -74,9 +74,12 @@ class MigrationRequest:
 
 
 class NedMigrationService:
-    def __init__(self, session: Session, notifier: Notifier) -> None:
+    def __init__(
+        self, session: Session, notifier: Notifier, dry_run_max_age: int = 24 * 3600
+    ) -> None:
         self.session = session
         self.notifier = notifier
+        self.dry_run_max_age = dry_run_max_age  # seconds (NSO_REPO_NED_DRY_RUN_MAX_AGE)
         self.jobs = JobService(session, notifier)
 
     def start(self, request: MigrationRequest, who: Principal) -> Job:
@@ -160,6 +163,16 @@ class NedMigrationService:
             raise DryRunRequired(
                 f"dry-run job {dry.id} is {dry.state}, not succeeded: "
                 + ("wait for it ('nso-repo job watch ID')" if dry.active else again),
+                confirm=dry.id,
+            )
+        finished = dry.finished_at or dry.created_at
+        age = (utcnow() - finished).total_seconds()
+        if age > self.dry_run_max_age:
+            raise DryRunRequired(
+                f"dry-run job {dry.id} ended {int(age // 60)} minutes ago, more than the "
+                f"{self.dry_run_max_age // 60} minutes a dry-run's result holds "
+                "(NSO_REPO_NED_DRY_RUN_MAX_AGE): the devices' configuration may have changed "
+                f"through NSO since; {again}",
                 confirm=dry.id,
             )
         for other in self.jobs.later_jobs([node], dry.id):

@@ -70,5 +70,7 @@ def ned_migration(args: dict[str, Any], name: str) -> Any:
         dry_run=args["dry_run"],
         confirm=args["confirm"],
     )
-    job = NedMigrationService(db_session(), state().notifier).start(request, principal())
+    app = state()
+    migrations = NedMigrationService(db_session(), app.notifier, app.settings.ned_dry_run_max_age)
+    job = migrations.start(request, principal())
     return job, 202, {"Location": f"/api/v1/jobs/{job.id}"}

@@ -8,11 +8,15 @@ drives a real agent and a simulated NSO.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import update
 
+from repo_server.db import utcnow
+from repo_server.upgrades.models import Job
 from tests.api.helpers import assert_error, put_file
 from tests.factories import make_package
 from tests.upgrades.builders import Agent, enroll_node, healthy_inventory
@@ -249,3 +253,20 @@ def test_the_old_ned_goes_with_a_package_upgrade_that_removes_it(live, nedded) -
     nedded.report(nedded.next()["id"], "succeeded", result={})
     install = nedded.next()
     assert install["params"] == {"packages": [], "remove": ["router-nc"]}
+
+
+def test_a_dry_run_too_old_to_hold_is_refused(live, app_state, nedded) -> None:
+    """Device configuration also changes through NSO itself, which no job of ours sees: a
+    dry-run's result is confirmed only within NSO_REPO_NED_DRY_RUN_MAX_AGE (a day)."""
+    dry = run_job(live, nedded, migrate(live))
+    with app_state.sessions() as session:
+        old = utcnow() - timedelta(hours=25)
+        session.execute(update(Job).where(Job.id == dry["id"]).values(finished_at=old))
+        session.commit()
+    error = assert_error(migrate(live, dry_run=False, confirm=dry["id"]), 409, "dry_run_required")
+    assert f"dry-run job {dry['id']} ended 1500 minutes ago" in error["message"], error
+    assert "NSO_REPO_NED_DRY_RUN_MAX_AGE" in error["message"]
+    assert [j["id"] for j in jobs(live)] == [dry["id"]]  # nothing was created
+    fresh = run_job(live, nedded, migrate(live))
+    done = run_job(live, nedded, migrate(live, dry_run=False, confirm=fresh["id"]))
+    assert done["state"] == "succeeded"
