@@ -119,12 +119,28 @@ def node_enroll_token(name: str, url: Optional[str], token: Optional[str]) -> No
 
 
 @node.command("ls")
+@click.option("--version", help="Only nodes running this NSO release ('none': no NSO running).")
+@click.option("--match", "q", help="Only nodes whose name or hostname contains this.")
 @click.option("--json", "as_json", is_flag=True)
 @client_options
 @handle_errors
-def node_ls(as_json: bool, url: Optional[str], token: Optional[str]) -> None:
-    """List nodes with what they run."""
-    nodes = make_client(url, token).call("GET", "/api/v1/nodes")
+def node_ls(
+    version: Optional[str],
+    q: Optional[str],
+    as_json: bool,
+    url: Optional[str],
+    token: Optional[str],
+) -> None:
+    """List nodes with what they run (every page of them)."""
+    client = make_client(url, token)
+    params: dict[str, Any] = {"per_page": 500}
+    params.update({k: v for k, v in (("version", version), ("q", q)) if v})
+    nodes: list[dict[str, Any]] = []
+    while True:
+        page = client.call("GET", "/api/v1/nodes", params={**params, "page": 1 + len(nodes) // 500})
+        nodes += page["items"]
+        if not page["items"] or len(nodes) >= page["total"]:
+            break
     if as_json:
         print_json(nodes)
         return

@@ -24,6 +24,8 @@ class Node(Base):
     enrolled_at: Mapped[Optional[datetime]] = mapped_column(default=None)
     last_seen_at: Mapped[Optional[datetime]] = mapped_column(default=None)
     inventory_at: Mapped[Optional[datetime]] = mapped_column(default=None)
+    # The inventory's running_version, kept beside it so the fleet listing filters on it.
+    running_version: Mapped[Optional[str]] = mapped_column(String(64), default=None, index=True)
 
 
 class EnrollmentToken(Base):

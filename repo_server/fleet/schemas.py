@@ -21,6 +21,27 @@ class NodeSchema(Schema):
     enrolled_at = fields.DateTime(dump_only=True, allow_none=True)
     last_seen_at = fields.DateTime(dump_only=True, allow_none=True)
     inventory_at = fields.DateTime(dump_only=True, allow_none=True)
+    running_version = fields.String(dump_only=True, allow_none=True)
+
+
+class NodePageSchema(Schema):
+    items = fields.List(fields.Nested(NodeSchema))
+    total = fields.Integer()
+    page = fields.Integer()
+    per_page = fields.Integer()
+
+
+class NodeQueryArgs(Schema):
+    version = fields.String(
+        validate=validate.Length(min=1, max=64),
+        metadata={"description": "the NSO release nodes run, exactly; none: no running NSO"},
+    )
+    q = fields.String(
+        validate=validate.Length(min=1, max=128),
+        metadata={"description": "part of the node's name or hostname (any case)"},
+    )
+    page = fields.Integer(load_default=1, validate=validate.Range(min=1, max=1_000_000))
+    per_page = fields.Integer(load_default=50, validate=validate.Range(min=1, max=500))
 
 
 class NodeNameSchema(Schema):

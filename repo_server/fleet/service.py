@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import secrets
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Optional
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.orm import Session, defer
 
 from repo_server.auth.models import ApiToken
@@ -50,8 +51,36 @@ def get_node(session: Session, name: str) -> Node:
     return node
 
 
-def list_nodes(session: Session) -> list[Node]:
-    return list(session.scalars(select(Node).order_by(Node.name)))
+@dataclass
+class NodePage:
+    items: list[Node]
+    total: int
+    page: int
+    per_page: int
+
+
+def list_nodes(
+    session: Session,
+    page: int = 1,
+    per_page: int = 50,
+    version: Optional[str] = None,
+    q: Optional[str] = None,
+) -> NodePage:
+    """One page of the fleet by name: the nodes running ``version`` (exactly; "none" for
+    those that reported no running NSO), whose name or hostname contains ``q``."""
+    query = select(Node)
+    if version == "none":
+        query = query.where(Node.running_version.is_(None))
+    elif version:
+        query = query.where(Node.running_version == version)
+    if q:
+        pattern = "%" + q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        query = query.where(
+            or_(Node.name.ilike(pattern, escape="\\"), Node.hostname.ilike(pattern, escape="\\"))
+        )
+    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    rows = session.scalars(query.order_by(Node.name).offset((page - 1) * per_page).limit(per_page))
+    return NodePage(list(rows), total, page, per_page)
 
 
 def lock_node(session: Session, node_id: int) -> None:
@@ -215,6 +244,8 @@ def heartbeat(
     now = utcnow()
     # Operators read inventories in a terminal (`nso-repo node ls`, preflight reasons).
     node.inventory = printable_tree(inventory)
+    running = node.inventory.get("running_version")
+    node.running_version = running[:64] if isinstance(running, str) and running else None
     node.inventory_at = now
     node.last_seen_at = now
     if agent_version:

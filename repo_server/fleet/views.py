@@ -20,6 +20,8 @@ from repo_server.fleet.schemas import (
     NewNodeSchema,
     NextArgs,
     NodeNameSchema,
+    NodePageSchema,
+    NodeQueryArgs,
     NodeSchema,
     StepReportSchema,
 )
@@ -42,10 +44,11 @@ blp = Blueprint("fleet", __name__, url_prefix="/api/v1", description="Nodes and 
 class Nodes(MethodView):
     @require("node:read")
     @blp.doc(security=BEARER)
-    @blp.response(200, NodeSchema(many=True))
-    def get(self) -> Any:
-        """Every node with its last inventory."""
-        return service.list_nodes(db_session())
+    @blp.arguments(NodeQueryArgs, location="query")
+    @blp.response(200, NodePageSchema)
+    def get(self, args: dict[str, Any]) -> Any:
+        """The fleet, a page at a time by name, each node with its last inventory."""
+        return service.list_nodes(db_session(), **args)
 
     @require("node:manage")
     @blp.doc(security=BEARER)
