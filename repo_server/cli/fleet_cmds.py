@@ -135,12 +135,20 @@ def node_ls(
     client = make_client(url, token)
     params: dict[str, Any] = {"per_page": 500}
     params.update({k: v for k, v in (("version", version), ("q", q)) if v})
-    nodes: list[dict[str, Any]] = []
+    by_name: dict[str, dict[str, Any]] = {}  # a node registered meanwhile shifts the pages
+    number = 1
     while True:
-        page = client.call("GET", "/api/v1/nodes", params={**params, "page": 1 + len(nodes) // 500})
-        nodes += page["items"]
-        if not page["items"] or len(nodes) >= page["total"]:
+        page = client.call("GET", "/api/v1/nodes", params={**params, "page": number})
+        if not isinstance(page, dict):
+            raise click.ClickException(
+                "the server answered the node listing in its older form (a list): upgrade "
+                "the server, or use the nso-repo that came with it"
+            )
+        by_name.update((item["name"], item) for item in page["items"])
+        if not page["items"] or number * page["per_page"] >= page["total"]:
             break
+        number += 1
+    nodes = sorted(by_name.values(), key=lambda item: item["name"])
     if as_json:
         print_json(nodes)
         return

@@ -14,7 +14,7 @@ have (`runnable`): the nodes of a batch work at the same time.
 from __future__ import annotations
 
 from dataclasses import asdict
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, Optional
 
 from sqlalchemy import select, update
@@ -458,6 +458,20 @@ class JobService:
             self.session.rollback()
             return None
         now = utcnow()
+        if step.state == "pending" and _past_start_by(job, now):
+            # What made the job safe to start no longer holds (a NED migration's dry-run
+            # got too old while the agent was away): it ends here, having changed nothing.
+            self._skip_pending(job)
+            transition(job, "failed")
+            job.outcome = "unchanged"
+            job.error = (
+                f"not started: it had to start by {job.options['start_by']} (its "
+                "dry-run's result holds until then, NSO_REPO_NED_DRY_RUN_MAX_AGE) and the "
+                "node's agent asked for it only now; run the dry-run again and confirm it"
+            )
+            job.finished_at = now
+            self.session.commit()
+            return None
         if step.state == "pending":
             transition(step, "dispatched")
         step.attempt += 1
@@ -726,6 +740,20 @@ class JobService:
                 job.outcome = "needs_attention" if took else "unchanged"
         else:
             transition(job, "succeeded")
+
+
+def _past_start_by(job: Job, now: datetime) -> bool:
+    """Whether the job had to start by a time (``options.start_by``, ISO 8601) now past."""
+    start_by = (job.options or {}).get("start_by")
+    if not isinstance(start_by, str):
+        return False
+    try:
+        limit = datetime.fromisoformat(start_by)
+    except ValueError:
+        return True  # unreadable: not started on a guess
+    if limit.tzinfo is None:
+        limit = limit.replace(tzinfo=timezone.utc)
+    return now > limit
 
 
 def _append(job: Job, node_id: int, spec: plans.StepSpec) -> None:

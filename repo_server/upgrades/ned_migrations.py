@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, Optional
 
 from sqlalchemy import select
@@ -111,14 +112,18 @@ class NedMigrationService:
             )
         running = _check_node(node)
         _check_ned_id_loaded(self.session, node, request.new_ned_id)
+        start_by: dict[str, str] = {}
         if not request.dry_run:
-            self._check_confirmation(node, request)
+            dry = self._check_confirmation(node, request)
+            # The dry-run's result holds until then, also for an agent that asks late.
+            limit = (dry.finished_at or dry.created_at) + timedelta(seconds=self.dry_run_max_age)
+            start_by = {"start_by": limit.isoformat()}
         spec = migrate_step(request)
         job = Job(
             kind=KIND,
             source_version=running,
             target_version=running,
-            options={**spec.params, "confirm": request.confirm},
+            options={**spec.params, "confirm": request.confirm, **start_by},
             plan={"node": node.name, **spec.params, "confirms": request.confirm},
             created_by=who.actor,
         )
@@ -131,7 +136,7 @@ class NedMigrationService:
         self.session.commit()
         return job
 
-    def _check_confirmation(self, node: Node, request: MigrationRequest) -> None:
+    def _check_confirmation(self, node: Node, request: MigrationRequest) -> Job:
         """The dry-run ``confirm`` names: a succeeded dry-run of exactly this migration on
         this node, with nothing run on the node since (its result still describes it)."""
         again = (
@@ -169,8 +174,8 @@ class NedMigrationService:
         age = (utcnow() - finished).total_seconds()
         if age > self.dry_run_max_age:
             raise DryRunRequired(
-                f"dry-run job {dry.id} ended {int(age // 60)} minutes ago, more than the "
-                f"{self.dry_run_max_age // 60} minutes a dry-run's result holds "
+                f"dry-run job {dry.id} ended {int(age)} s ago, more than the "
+                f"{self.dry_run_max_age} s a dry-run's result holds "
                 "(NSO_REPO_NED_DRY_RUN_MAX_AGE): the devices' configuration may have changed "
                 f"through NSO since; {again}",
                 confirm=dry.id,
@@ -188,6 +193,7 @@ class NedMigrationService:
                     f"{dry.id}, whose result may no longer hold: {again}",
                     confirm=dry.id,
                 )
+        return dry
 
 
 def migrate_step(request: MigrationRequest) -> StepSpec:
