@@ -29,6 +29,15 @@ def upgrade() -> None:
         sa.column("running_version", sa.String()),
     )
     connection = op.get_bind()
+    if connection.dialect.name == "postgresql":
+        # One statement: the table is locked (ALTER TABLE) until this migration commits.
+        connection.execute(
+            sa.text(
+                "UPDATE nodes SET running_version = NULLIF(LEFT(inventory->>'running_version', "
+                "64), '') WHERE json_typeof(inventory->'running_version') = 'string'"
+            )
+        )
+        return
     last = 0
     while True:
         rows = connection.execute(

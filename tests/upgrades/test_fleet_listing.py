@@ -63,7 +63,13 @@ def test_the_migration_fills_running_version_from_the_inventories(database_url: 
     command.downgrade(migrate.alembic_config(database_url), "0006")  # the copy is at head
     engine = make_engine(database_url)
     with engine.begin() as connection:
-        for name, inv in (("n1", {"running_version": "6.2"}), ("n2", {}), ("n3", {"x": 1})):
+        for name, inv in (
+            ("n1", {"running_version": "6.2"}),
+            ("n2", {}),
+            ("n3", {"x": 1}),
+            ("n4", {"running_version": 7}),
+            ("n5", {"running_version": "x" * 70}),
+        ):
             connection.execute(
                 text(
                     "INSERT INTO nodes (name, inventory, created_at, created_by) "
@@ -74,5 +80,11 @@ def test_the_migration_fills_running_version_from_the_inventories(database_url: 
     migrate.upgrade(database_url)
     with engine.connect() as connection:
         rows = connection.execute(text("SELECT name, running_version FROM nodes ORDER BY name"))
-        assert list(rows) == [("n1", "6.2"), ("n2", None), ("n3", None)]
+        assert list(rows) == [
+            ("n1", "6.2"),
+            ("n2", None),
+            ("n3", None),
+            ("n4", None),
+            ("n5", "x" * 64),
+        ]
     engine.dispose()
