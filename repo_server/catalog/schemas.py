@@ -7,6 +7,7 @@ from typing import Any
 from marshmallow import Schema, fields, validate
 
 from repo_server.db import MAX_ID
+from repo_server.pages import PageSchema
 
 KIND_CHOICES = ("installer", "package", "ned", "patch", "installers", "packages", "neds", "patches")
 
@@ -41,11 +42,8 @@ class ArtifactSchema(Schema):
         return f"/api/v1/blobs/{artifact.sha256}"
 
 
-class ArtifactPageSchema(Schema):
+class ArtifactPageSchema(PageSchema):
     items = fields.List(fields.Nested(ArtifactSchema))
-    total = fields.Integer()
-    page = fields.Integer()
-    per_page = fields.Integer()
 
 
 class ArtifactQueryArgs(Schema):

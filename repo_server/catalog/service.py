@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass
 from typing import IO, Any, Optional
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -30,6 +30,7 @@ from repo_server.errors import (
     NotFound,
     ValidationFailed,
 )
+from repo_server.pages import Page, paginate
 from repo_server.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -57,14 +58,6 @@ class ArtifactQuery:
     include_deleted: bool = False
     page: int = 1
     per_page: int = 50
-
-
-@dataclass
-class Page:
-    items: list[Artifact]
-    total: int
-    page: int
-    per_page: int
 
 
 class CatalogService:
@@ -252,7 +245,7 @@ class CatalogService:
             f"no artifact named {filename!r}: list them with GET /api/v1/artifacts or 'nso-repo ls'"
         )
 
-    def list(self, query: ArtifactQuery) -> Page:
+    def list(self, query: ArtifactQuery) -> Page[Artifact]:
         stmt = select(Artifact)
         if query.kinds:
             stmt = stmt.where(Artifact.kind.in_(query.kinds))
@@ -262,15 +255,16 @@ class CatalogService:
             stmt = stmt.where(self._nso_filter(query.nso))
         if not query.include_deleted:
             stmt = stmt.where(Artifact.deleted_at.is_(None))
-        total = self.session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
-        stmt = (
-            stmt.order_by(
-                Artifact.kind, Artifact.name, Artifact.version_key, Artifact.nso_version_key
-            )
-            .offset((query.page - 1) * query.per_page)
-            .limit(query.per_page)
+        return paginate(
+            self.session,
+            stmt,
+            query.page,
+            query.per_page,
+            Artifact.kind,
+            Artifact.name,
+            Artifact.version_key,
+            Artifact.nso_version_key,
         )
-        return Page(list(self.session.scalars(stmt)), total, query.page, query.per_page)
 
     @staticmethod
     def _nso_filter(text: str) -> Any:

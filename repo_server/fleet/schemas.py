@@ -8,6 +8,7 @@ from typing import Any
 
 from marshmallow import INCLUDE, Schema, ValidationError, fields, validate, validates_schema
 
+from repo_server.pages import PageSchema
 from repo_server.upgrades.results import COUNT_MAX, LIST_MAX, LOG_TAIL_MAX, MESSAGE_MAX
 
 
@@ -24,11 +25,8 @@ class NodeSchema(Schema):
     running_version = fields.String(dump_only=True, allow_none=True)
 
 
-class NodePageSchema(Schema):
+class NodePageSchema(PageSchema):
     items = fields.List(fields.Nested(NodeSchema))
-    total = fields.Integer()
-    page = fields.Integer()
-    per_page = fields.Integer()
 
 
 class NodeQueryArgs(Schema):

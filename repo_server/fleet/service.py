@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Optional
 
-from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy import delete, or_, select, update
 from sqlalchemy.orm import Session, defer
 
 from repo_server.auth.models import ApiToken
@@ -22,6 +21,7 @@ from repo_server.errors import (
     ValidationFailed,
 )
 from repo_server.fleet.models import EnrollmentToken, Node
+from repo_server.pages import Page, paginate
 from repo_server.upgrades.results import printable, printable_tree
 
 ENROLLMENT_PREFIX = "nse_"
@@ -51,21 +51,13 @@ def get_node(session: Session, name: str) -> Node:
     return node
 
 
-@dataclass
-class NodePage:
-    items: list[Node]
-    total: int
-    page: int
-    per_page: int
-
-
 def list_nodes(
     session: Session,
     page: int = 1,
     per_page: int = 50,
     version: Optional[str] = None,
     q: Optional[str] = None,
-) -> NodePage:
+) -> Page[Node]:
     """One page of the fleet by name: the nodes running ``version`` (exactly; "none" for
     those that reported no running NSO), whose name or hostname contains ``q``."""
     query = select(Node)
@@ -78,9 +70,7 @@ def list_nodes(
         query = query.where(
             or_(Node.name.ilike(pattern, escape="\\"), Node.hostname.ilike(pattern, escape="\\"))
         )
-    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
-    rows = session.scalars(query.order_by(Node.name).offset((page - 1) * per_page).limit(per_page))
-    return NodePage(list(rows), total, page, per_page)
+    return paginate(session, query, page, per_page, Node.name)
 
 
 def lock_node(session: Session, node_id: int) -> None:
