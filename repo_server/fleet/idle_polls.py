@@ -5,7 +5,7 @@ agents ask again right after each report. Through Flask such a poll cost about 2
 server CPU: the token, then the node, then its hold, each an ORM query. Here a poll that
 is certain to get "nothing yet" is answered from one Core query, before Flask:
 
-- GET /api/v1/agent/next, with no query but ``wait=N`` (0 to 60, as NextArgs) or nothing;
+- GET /api/v1/agent/next, with no query but ``wait=N`` (as NextArgs bounds it) or nothing;
 - a bearer token that is known, not revoked, an agent's, whose node exists and is held by
   no job.
 
@@ -37,6 +37,7 @@ from repo_server.context import AppState
 from repo_server.db import utcnow
 from repo_server.fleet.models import Node
 from repo_server.fleet.notify import announce_poll
+from repo_server.fleet.schemas import POLL_WAIT_DEFAULT, POLL_WAIT_MAX
 from repo_server.fleet.service import SEEN_GRANULARITY_S
 from repo_server.fleet.views import BUSY_RETRY_SECONDS
 from repo_server.parking import PARK, RESUMED, Parked
@@ -45,7 +46,6 @@ from repo_server.upgrades.models import NodeHold
 log = logging.getLogger(__name__)
 
 PATH = "/api/v1/agent/next"
-DEFAULT_WAIT, MAX_WAIT = 30, 60  # NextArgs
 AGENT_ROLES = roles_for("agent")  # the full view's @require("agent")
 
 _IDLE_AGENT = (
@@ -61,7 +61,7 @@ WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Any]
 def wait_of(query: str) -> Optional[int]:
     """``wait`` of a poll's query string, when it is all the query says and is valid."""
     if not query:
-        return DEFAULT_WAIT
+        return POLL_WAIT_DEFAULT
     if query.count("&") + query.count(";") > 1:
         return None  # parse_qsl would refuse more fields with an exception
     pairs = parse_qsl(query, keep_blank_values=True)
@@ -69,7 +69,7 @@ def wait_of(query: str) -> Optional[int]:
         return None
     value = pairs[0][1]
     # ASCII digits only: str.isdigit() takes "²", which int() refuses.
-    if not (value.isascii() and value.isdigit()) or len(value) > 2 or int(value) > MAX_WAIT:
+    if not (value.isascii() and value.isdigit()) or len(value) > 2 or int(value) > POLL_WAIT_MAX:
         return None
     return int(value)
 

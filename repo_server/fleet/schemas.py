@@ -245,8 +245,14 @@ class HeartbeatSchema(Schema):
     inventory = fields.Nested(InventorySchema, required=True)
 
 
+# A long-poll's `wait`, in seconds (fleet/idle_polls.py reads it by the same bounds).
+POLL_WAIT_DEFAULT, POLL_WAIT_MAX = 30, 60
+
+
 class NextArgs(Schema):
-    wait = fields.Integer(load_default=30, validate=validate.Range(min=0, max=60))
+    wait = fields.Integer(
+        load_default=POLL_WAIT_DEFAULT, validate=validate.Range(min=0, max=POLL_WAIT_MAX)
+    )
 
 
 class StepReportSchema(Schema):

@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session
 from repo_server.catalog.models import Artifact, Blob
 from repo_server.errors import StorageError
 from repo_server.storage.base import Storage
+from repo_server.upgrades.step_payloads import artifact_refs, is_artifact_ref
 
 INLINE_MAX_BYTES = 64 << 10
 # What one step carries in all: a prestage of many small packages stays far below the
@@ -49,7 +50,7 @@ def with_inline_blobs(
     params = payload.get("params")
     if not isinstance(params, dict):
         return payload
-    refs = _small_refs(params)
+    refs = [ref for ref in artifact_refs(params) if _small_ref(ref)]
     if not refs:
         return payload
     live = set(
@@ -80,21 +81,10 @@ def with_inline_blobs(
     return {**payload, "params": walk(params)}
 
 
-def _small_refs(value: Any) -> list[dict[str, Any]]:
-    if isinstance(value, list):
-        return [ref for item in value for ref in _small_refs(item)]
-    if not isinstance(value, dict):
-        return []
-    if _small_ref(value):
-        return [value]
-    return [ref for item in value.values() for ref in _small_refs(item)]
-
-
 def _small_ref(value: dict[str, Any]) -> bool:
     size = value.get("size")
     return (
-        isinstance(value.get("sha256"), str)
-        and "url" in value
+        is_artifact_ref(value)
         and isinstance(size, int)
         and not isinstance(size, bool)
         and 0 <= size <= INLINE_MAX_BYTES

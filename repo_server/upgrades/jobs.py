@@ -301,8 +301,7 @@ class JobService:
                 "say why the job is cancelled (--reason): it is kept in the job and the audit",
                 field="reason",
             )
-        job = self.get(job_id)
-        self._lock(job)
+        job = self._locked(job_id) or self.get(job_id)  # get: the NotFound of a wrong id
         if not job.active:
             state = job.state
             self.session.rollback()
@@ -421,10 +420,6 @@ class JobService:
         return list(self.session.scalars(query))
 
     # -- the agent's side -------------------------------------------------------------
-
-    def _lock(self, job: Job) -> None:
-        self.session.execute(update(Job).where(Job.id == job.id).values(revision=Job.revision + 1))
-        self.session.refresh(job)
 
     def _locked(self, job_id: int, with_nodes: bool = False) -> Optional[Job]:
         """Lock job ``job_id`` and load it after the lock, with its steps at once (and its

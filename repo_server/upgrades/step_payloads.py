@@ -31,16 +31,26 @@ def node_may_download(session: Session, node_id: int, sha256: str) -> bool:
 
 
 def _downloads(params: Any) -> set[str]:
-    """The sha256 of every artifact reference (``{"sha256", "url", ...}``) in step params."""
-    found: set[str] = set()
+    """The sha256 of every artifact reference in step params."""
+    return {ref["sha256"] for ref in artifact_refs(params)}
+
+
+def is_artifact_ref(value: dict[str, Any]) -> bool:
+    """Whether a dict of step params names a blob: ``{"sha256", "url", ...}``."""
+    return isinstance(value.get("sha256"), str) and "url" in value
+
+
+def artifact_refs(params: Any) -> list[dict[str, Any]]:
+    """Every artifact reference in step params, however deep."""
+    found: list[dict[str, Any]] = []
     if isinstance(params, dict):
-        if isinstance(params.get("sha256"), str) and "url" in params:
-            found.add(params["sha256"])
+        if is_artifact_ref(params):
+            found.append(params)
         for value in params.values():
-            found |= _downloads(value)
+            found += artifact_refs(value)
     elif isinstance(params, list):
         for value in params:
-            found |= _downloads(value)
+            found += artifact_refs(value)
     return found
 
 
