@@ -264,7 +264,10 @@ def token_create(role: str, name: str) -> None:
         )
     click.echo(secret)
     # Standard error: scripts capture the token alone from standard output.
-    click.echo(f"token {name!r} ({role}) stored in {_where(load_settings().resolved_database_url)}", err=True)
+    click.echo(
+        f"token {name!r} ({role}) stored in {_where(load_settings().resolved_database_url)}",
+        err=True,
+    )
 
 
 @token.command("list")
