@@ -107,6 +107,7 @@ def create_app(
     from repo_server.fleet.views import blp as fleet_blp
     from repo_server.health import blp as health_blp
     from repo_server.patches.views import blp as patches_blp
+    from repo_server.rollouts.views import blp as rollouts_blp
     from repo_server.upgrades.group_views import blp as groups_blp
     from repo_server.upgrades.ha_package_views import blp as group_packages_blp
     from repo_server.upgrades.ned_views import blp as ned_blp
@@ -120,6 +121,7 @@ def create_app(
         group_packages_blp,
         ned_blp,
         patches_blp,
+        rollouts_blp,
         fleet_blp,
         auth_blp,
         health_blp,
@@ -134,7 +136,19 @@ def create_app(
     app.wsgi_app = idle_polls.middleware(  # type: ignore[method-assign,assignment]
         app.wsgi_app, app.extensions["nso_repo"]
     )
+    app.wsgi_app = _with_ticker(app.wsgi_app, app.extensions["nso_repo"])  # type: ignore[method-assign]
     return app
+
+
+def _with_ticker(wsgi_app: Any, app_state: AppState) -> Any:
+    """Start the rollout driver's clock with the first request this process serves."""
+
+    def serve(environ: Any, start_response: Any) -> Any:
+        if app_state.ticker is None:
+            app_state.start_ticker()
+        return wsgi_app(environ, start_response)
+
+    return serve
 
 
 def _register_error_handlers(app: Flask) -> None:

@@ -73,6 +73,10 @@ class Settings:
     # How long a NED migration dry-run's result may be confirmed: device configuration changes
     # through NSO itself too, which no job of ours sees.
     ned_dry_run_max_age: int = 24 * 3600
+    # Seconds between two runs of the rollout driver in each server process: what starts
+    # targets whose maintenance window opened, and carries rollouts on after a restart.
+    # 0: never by the clock (only when a rollout changes or one of its jobs ends).
+    rollout_tick: float = 15.0
     log_level: str = "INFO"
     # "terminal": the first admin token is printed on first start when stdout is a terminal;
     # "never": it never is (a container started with -t has a terminal that `docker logs`
@@ -140,6 +144,11 @@ class Settings:
                 f"NSO_REPO_FIRST_ADMIN_TOKEN={self.first_admin_token!r} is not a choice: use "
                 "'terminal' (print the first admin token on a terminal) or 'never'"
             )
+        if not 0 <= self.rollout_tick <= 3600:
+            raise ConfigError(
+                f"NSO_REPO_ROLLOUT_TICK={self.rollout_tick} is out of range: give 0 (off) to "
+                "3600 seconds"
+            )
         if self.ned_dry_run_max_age < 1:
             raise ConfigError(
                 f"NSO_REPO_NED_DRY_RUN_MAX_AGE={self.ned_dry_run_max_age} lets no dry-run be "
@@ -193,6 +202,7 @@ ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
     "NSO_REPO_TAR_MAX_RATIO": ("tar_max_ratio", int),
     "NSO_REPO_GC_PROTECT_SECONDS": ("gc_protect_seconds", int),
     "NSO_REPO_NED_DRY_RUN_MAX_AGE": ("ned_dry_run_max_age", int),
+    "NSO_REPO_ROLLOUT_TICK": ("rollout_tick", float),
     "NSO_REPO_LOG_LEVEL": ("log_level", str),
     "NSO_REPO_FIRST_ADMIN_TOKEN": ("first_admin_token", str),
     "NSO_REPO_RELEASE_PUBLIC_KEYS": ("release_public_keys", _paths),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import threading
 from dataclasses import dataclass, field
 from functools import wraps
 from typing import Any, Callable, Optional, TypeVar, cast
@@ -16,8 +18,10 @@ from repo_server.auth.service import Principal, authenticate
 from repo_server.config import Settings
 from repo_server.errors import AppError, Forbidden, Unauthenticated
 from repo_server.fleet.notify import Notifier, PostgresListener
+from repo_server.rollouts.driver import Driver, Ticker
 from repo_server.storage import Storage
 
+log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -29,6 +33,30 @@ class AppState:
     storage: Storage
     notifier: Notifier = field(default_factory=Notifier)
     listener: Optional[PostgresListener] = None
+    ticker: Optional[Ticker] = None
+    _ticker_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def driver(self) -> Driver:
+        return Driver(self.sessions, self.notifier)
+
+    def after_job(self, job_id: int) -> None:
+        """Move on the rollout a job that just ended belongs to; never fails the request
+        that ended the job (the ticker tries again)."""
+        try:
+            self.driver.after_job(job_id)
+        except Exception:
+            log.exception("job %s ended; its rollout moves on at the next tick", job_id)
+
+    def start_ticker(self) -> None:
+        """Run the rollout driver on this process's clock; started by the first request,
+        so that it runs in each gunicorn worker, not in the process that forked them."""
+        if self.ticker is not None or not self.settings.rollout_tick:
+            return
+        with self._ticker_lock:
+            if self.ticker is None:
+                self.ticker = Ticker(self.driver, self.settings.rollout_tick)
+                self.ticker.start()
 
     def start_listener(self) -> None:
         """Relay NOTIFY from other processes (PostgreSQL only); started on first need."""
@@ -37,6 +65,9 @@ class AppState:
             self.listener.start()
 
     def close(self) -> None:
+        if self.ticker is not None:
+            self.ticker.stop()
+            self.ticker.join(timeout=5)
         if self.listener is not None:
             self.listener.stop()
             self.listener.join(timeout=5)

@@ -58,7 +58,14 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
     # float spelled out: SQLAlchemy 2.1 maps it to Double where 2.0 and the migrations have
     # Float (the same double precision on PostgreSQL, FLOAT against DOUBLE on SQLite).
-    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON(), float: Float()}
+    type_annotation_map = {
+        datetime: UTCDateTime(),
+        dict[str, Any]: JSON(),
+        list[Any]: JSON(),
+        list[int]: JSON(),
+        list[str]: JSON(),
+        float: Float(),
+    }
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:

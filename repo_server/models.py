@@ -10,4 +10,5 @@ def register_models() -> None:
     import repo_server.fleet.group_models
     import repo_server.fleet.models
     import repo_server.patches.models
+    import repo_server.rollouts.models
     import repo_server.upgrades.models  # noqa: F401

@@ -10,6 +10,7 @@ from repo_server.cli.fleet_cmds import job, node, release
 from repo_server.cli.group_cmds import group
 from repo_server.cli.ned_cmds import ned
 from repo_server.cli.patch_cmds import patch
+from repo_server.cli.rollout_cmds import rollout, window
 from repo_server.cli.server_cmds import db, gc, serve, token
 
 
@@ -33,6 +34,8 @@ for command in (
     node,
     group,
     patch,
+    rollout,
+    window,
     job,
     ned,
 ):

@@ -121,12 +121,14 @@ def node_enroll_token(name: str, url: Optional[str], token: Optional[str]) -> No
 @node.command("ls")
 @click.option("--version", help="Only nodes running this NSO release ('none': no NSO running).")
 @click.option("--match", "q", help="Only nodes whose name or hostname contains this.")
+@click.option("--label", help="Only nodes that carry this label.")
 @click.option("--json", "as_json", is_flag=True)
 @client_options
 @handle_errors
 def node_ls(
     version: Optional[str],
     q: Optional[str],
+    label: Optional[str],
     as_json: bool,
     url: Optional[str],
     token: Optional[str],
@@ -134,7 +136,7 @@ def node_ls(
     """List nodes with what they run (every page of them)."""
     client = make_client(url, token)
     params: dict[str, Any] = {"per_page": 500}
-    params.update({k: v for k, v in (("version", version), ("q", q)) if v})
+    params.update({k: v for k, v in (("version", version), ("q", q), ("label", label)) if v})
     by_name: dict[str, dict[str, Any]] = {}  # a node registered meanwhile shifts the pages
     number = 1
     while True:
@@ -158,6 +160,36 @@ def node_ls(
             f"{item['name']:<20} {inv.get('running_version') or '-':<10} "
             f"{inv.get('status') or 'unknown':<8} last seen {item['last_seen_at'] or 'never'}"
         )
+        assigned = item.get("assigned_version")
+        if assigned and assigned != inv.get("running_version"):
+            why = (item.get("rollout") or {}).get("why") or "no rollout drives it"
+            click.echo(f"{'':<20} assigned {assigned}: {why}")
+
+
+@node.command("label")
+@click.argument("name")
+@click.option("--add", "added", multiple=True, help="A label to add (repeat).")
+@click.option("--remove", "removed", multiple=True, help="A label to take off (repeat).")
+@click.option("--json", "as_json", is_flag=True)
+@client_options
+@handle_errors
+def node_label(
+    name: str,
+    added: tuple[str, ...],
+    removed: tuple[str, ...],
+    as_json: bool,
+    url: Optional[str],
+    token: Optional[str],
+) -> None:
+    """Add or remove labels of node NAME (rollouts select by label); prints its labels."""
+    client = make_client(url, token)
+    labels = client.call("GET", f"/api/v1/nodes/{name}").get("labels") or []
+    labels = sorted((set(labels) | set(added)) - set(removed))
+    node = client.call("PUT", f"/api/v1/nodes/{name}/labels", json={"labels": labels})
+    if as_json:
+        print_json(node)
+        return
+    click.echo(" ".join(node.get("labels") or []) or "(no labels)")
 
 
 @node.command("plan")

@@ -26,6 +26,10 @@ class Node(Base):
     inventory_at: Mapped[Optional[datetime]] = mapped_column(default=None)
     # The inventory's running_version, kept beside it so the fleet listing filters on it.
     running_version: Mapped[Optional[str]] = mapped_column(String(64), default=None, index=True)
+    # The release a fleet rollout assigned to the node (rollouts/): what it should run.
+    assigned_version: Mapped[Optional[str]] = mapped_column(String(64), default=None)
+    # The operator's labels, for selecting nodes in rollouts (None on nodes older than them).
+    labels: Mapped[Optional[list[str]]] = mapped_column(default=list)
 
 
 class EnrollmentToken(Base):

@@ -23,6 +23,20 @@ class NodeSchema(Schema):
     last_seen_at = fields.DateTime(dump_only=True, allow_none=True)
     inventory_at = fields.DateTime(dump_only=True, allow_none=True)
     running_version = fields.String(dump_only=True, allow_none=True)
+    assigned_version = fields.String(
+        dump_only=True,
+        allow_none=True,
+        metadata={"description": "The release a fleet rollout assigned to the node"},
+    )
+    labels = fields.List(fields.String(), dump_only=True, allow_none=True)
+    rollout = fields.Dict(
+        dump_only=True,
+        allow_none=True,
+        metadata={
+            "description": "Its target in the latest rollout that named it: states, wave, job, "
+            "and why the node does not run the assigned release (a window, preflight, a failure)"
+        },
+    )
 
 
 class NodePageSchema(PageSchema):
@@ -38,8 +52,21 @@ class NodeQueryArgs(Schema):
         validate=validate.Length(min=1, max=128),
         metadata={"description": "part of the node's name or hostname (any case)"},
     )
+    label = fields.String(
+        validate=validate.Length(min=1, max=64),
+        metadata={"description": "only nodes that carry this label"},
+    )
     page = fields.Integer(load_default=1, validate=validate.Range(min=1, max=1_000_000))
     per_page = fields.Integer(load_default=50, validate=validate.Range(min=1, max=500))
+
+
+class NodeLabelsSchema(Schema):
+    labels = fields.List(
+        fields.String(validate=validate.Length(min=1, max=64)),
+        required=True,
+        validate=validate.Length(max=50),
+        metadata={"description": "The node's labels, all of them (replaces the old ones)"},
+    )
 
 
 class NodeNameSchema(Schema):

@@ -6,7 +6,7 @@ import secrets
 from datetime import timedelta
 from typing import Any, Optional
 
-from sqlalchemy import delete, or_, select, update
+from sqlalchemy import String, cast, delete, or_, select, update
 from sqlalchemy.orm import Session, defer
 
 from repo_server.auth.models import ApiToken
@@ -51,22 +51,60 @@ def get_node(session: Session, name: str) -> Node:
     return node
 
 
+LABEL_CHARS = NODE_NAME_CHARS | set(":=/")
+MAX_LABELS = 50
+
+
+def _like(text: str) -> str:
+    return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+def check_labels(labels: list[str]) -> list[str]:
+    cleaned = list(dict.fromkeys(label.strip() for label in labels))
+    bad = [label for label in cleaned if not 0 < len(label) <= 64 or not set(label) <= LABEL_CHARS]
+    if bad or len(cleaned) > MAX_LABELS:
+        raise ValidationFailed(
+            f"labels {bad[:5] if bad else cleaned[MAX_LABELS:][:5]} are not valid: at most "
+            f"{MAX_LABELS} labels of 1 to 64 letters, digits, '-', '_', '.', ':', '=' or '/'",
+            field="labels",
+        )
+    return cleaned
+
+
+def set_labels(session: Session, name: str, labels: list[str], who: Principal) -> Node:
+    """Replace the node's labels (rollouts select nodes by label)."""
+    node = get_node(session, name)
+    cleaned = sorted(check_labels(labels))
+    before = list(node.labels or [])
+    node.labels = cleaned
+    audit(session, who.actor, "node.labels", f"node:{node.name}", before=before, after=cleaned)
+    session.commit()
+    return node
+
+
 def list_nodes(
     session: Session,
     page: int = 1,
     per_page: int = 50,
     version: Optional[str] = None,
     q: Optional[str] = None,
+    label: Optional[str] = None,
 ) -> Page[Node]:
     """One page of the fleet by name: the nodes running ``version`` (exactly; "none" for
-    those that reported no running NSO), whose name or hostname contains ``q``."""
+    those that reported no running NSO), whose name or hostname contains ``q``, that carry
+    ``label``."""
     query = select(Node)
+    if label:
+        # Labels are stored as a JSON list of checked characters (no quote): the list's text
+        # holds the label in quotes exactly when the node carries it.
+        (checked,) = check_labels([label])
+        query = query.where(cast(Node.labels, String).like(_like(f'"{checked}"'), escape="\\"))
     if version == "none":
         query = query.where(Node.running_version.is_(None))
     elif version:
         query = query.where(Node.running_version == version)
     if q:
-        pattern = "%" + q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        pattern = _like(q)
         query = query.where(
             or_(Node.name.ilike(pattern, escape="\\"), Node.hostname.ilike(pattern, escape="\\"))
         )

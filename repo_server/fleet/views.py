@@ -19,6 +19,7 @@ from repo_server.fleet.schemas import (
     HeartbeatSchema,
     NewNodeSchema,
     NextArgs,
+    NodeLabelsSchema,
     NodeNameSchema,
     NodePageSchema,
     NodeQueryArgs,
@@ -26,7 +27,9 @@ from repo_server.fleet.schemas import (
     StepReportSchema,
 )
 from repo_server.parking import PARK, RESUMED, Parked
+from repo_server.rollouts.status import node_statuses
 from repo_server.upgrades.inline_blobs import with_inline_blobs
+from repo_server.upgrades.job_states import JOB_ACTIVE
 from repo_server.upgrades.jobs import JobService
 from repo_server.upgrades.models import Step
 from repo_server.upgrades.step_payloads import step_payload
@@ -47,8 +50,12 @@ class Nodes(MethodView):
     @blp.arguments(NodeQueryArgs, location="query")
     @blp.response(200, NodePageSchema)
     def get(self, args: dict[str, Any]) -> Any:
-        """The fleet, a page at a time by name, each node with its last inventory."""
-        return service.list_nodes(db_session(), **args)
+        """The fleet, a page at a time by name, each node with its last inventory, its
+        assigned release and why it does not run it yet."""
+        session = db_session()
+        page = service.list_nodes(session, **args)
+        _with_rollout_status(session, page.items)
+        return page
 
     @require("node:manage")
     @blp.doc(security=BEARER)
@@ -67,7 +74,25 @@ class NodeItem(MethodView):
     @blp.response(200, NodeSchema)
     def get(self, name: str) -> Any:
         """One node."""
-        return service.get_node(db_session(), name)
+        session = db_session()
+        node = service.get_node(session, name)
+        _with_rollout_status(session, [node])
+        return node
+
+
+def _with_rollout_status(session: Any, nodes: list[Any]) -> None:
+    for node_id, status in node_statuses(session, nodes).items():
+        next(n for n in nodes if n.id == node_id).rollout = status
+
+
+@blp.route("/nodes/<string:name>/labels", methods=["PUT"])
+@require("node:manage")
+@blp.doc(security=BEARER)
+@blp.arguments(NodeLabelsSchema)
+@blp.response(200, NodeSchema)
+def put_labels(body: dict[str, Any], name: str) -> Any:
+    """Set the node's labels (rollouts select nodes by label); audited."""
+    return service.set_labels(db_session(), name, body["labels"], principal())
 
 
 @blp.route("/nodes/<string:name>/enrollment-token", methods=["POST"])
@@ -220,4 +245,8 @@ def report_step(body: dict[str, Any], step_id: int) -> Any:
     session = db_session()
     node = service.node_of(session, principal())
     service.touch(session, node)
-    return JobService(session, app.notifier).report(node, step_id, body)
+    answer = JobService(session, app.notifier).report(node, step_id, body)
+    if answer["job"]["state"] not in JOB_ACTIVE:
+        # A fleet rollout waits for this job: its next targets may start now.
+        app.after_job(answer["job"]["id"])
+    return answer

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from datetime import datetime, timezone
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
@@ -100,6 +100,9 @@ class JobService:
     def __init__(self, session: Session, notifier: Notifier) -> None:
         self.session = session
         self.notifier = notifier
+        # Called with every job this service creates, in its transaction, once the job has
+        # its id (a rollout links its target to the job: rollouts/driver.py).
+        self.on_hold: Optional[Callable[[Job], None]] = None
         # Every step state change and job outcome below is audited as it is flushed.
         from repo_server.auth.audit_events import audit_state_changes
 
@@ -370,6 +373,8 @@ class JobService:
             raise Conflict(
                 f"another job holds {names} now: wait for it ('nso-repo job ls') and try again"
             ) from None
+        if self.on_hold is not None:
+            self.on_hold(job)
 
     def later_jobs(self, nodes: list[Node], after: int) -> list[Job]:
         """The jobs on any of ``nodes`` created after job ``after``, oldest first: what may

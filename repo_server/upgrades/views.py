@@ -204,4 +204,6 @@ def cancel(args: dict[str, Any], job_id: int) -> Any:
     """End an active job without its agents (a host that died): the step handed out ends
     failed, the rest skipped, the nodes are let go; nothing on a host is changed or undone,
     and the job says what it had changed. 409 when the job has ended already."""
-    return jobs().cancel(job_id, args["reason"], principal())
+    job = jobs().cancel(job_id, args["reason"], principal())
+    state().after_job(job.id)  # a rollout waiting for it moves on
+    return job

@@ -66,6 +66,18 @@ DECISIONS: dict[tuple[str, str], str] = {
     ("GET", "/api/v1/patch-rollouts"): "job:read",
     ("POST", "/api/v1/patch-rollouts"): "job:manage",
     ("GET", "/api/v1/patch-rollouts/<int:rollout_id>"): "job:read",
+    ("PUT", "/api/v1/nodes/<string:name>/labels"): "node:manage",
+    ("GET", "/api/v1/rollouts"): "job:read",
+    ("POST", "/api/v1/rollouts"): "job:manage",
+    ("POST", "/api/v1/rollouts/plan"): "job:read",
+    ("GET", "/api/v1/rollouts/<int:rollout_id>"): "job:read",
+    ("POST", "/api/v1/rollouts/<int:rollout_id>/pause"): "job:manage",
+    ("POST", "/api/v1/rollouts/<int:rollout_id>/resume"): "job:manage",
+    ("POST", "/api/v1/rollouts/<int:rollout_id>/cancel"): "job:manage",
+    ("POST", "/api/v1/rollouts/<int:rollout_id>/retry"): "job:manage",
+    ("GET", "/api/v1/windows"): "node:read",
+    ("POST", "/api/v1/windows"): "node:manage",
+    ("DELETE", "/api/v1/windows/<int:window_id>"): "node:manage",
 }
 
 # Values for path parameters that name nothing: an allowed role gets a 404 or a 422, never a

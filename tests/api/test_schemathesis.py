@@ -40,7 +40,7 @@ SETTINGS = hypothesis.settings(
 def _roles(app: Any, method: str, path: str) -> list[str]:
     """The roles whose token may call this operation (its view's `require`), or anonymous."""
     concrete = path.replace("{", "").replace("}", "")  # any value matches a string part
-    for part in ("job_id", "step_id", "token_id", "rollout_id"):
+    for part in ("job_id", "step_id", "token_id", "rollout_id", "window_id"):
         concrete = concrete.replace(part, "1")
     endpoint, _args = app.url_map.bind("localhost").match(concrete, method=method)
     view = app.view_functions[endpoint]
