@@ -48,9 +48,7 @@ def get(live, rollout_id: int) -> dict[str, Any]:
 
 
 def act(live, rollout_id: int, action: str, role: str = "operator", **body: Any) -> Any:
-    return live.session(role).post(
-        f"{live.url}/api/v1/rollouts/{rollout_id}/{action}", json=body
-    )
+    return live.session(role).post(f"{live.url}/api/v1/rollouts/{rollout_id}/{action}", json=body)
 
 
 def targets(rollout: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -79,15 +77,22 @@ def busy(agents: dict[str, Agent], live, rollout_id: int) -> set[str]:
 
 def test_the_canary_goes_alone_then_the_waves_within_the_concurrency(live, fleet) -> None:
     answer = create(
-        live, select={"nodes": ["edge-3"], "labels": [], "all": True}, canary=1,
-        waves=[50, 100], concurrency=2,
+        live,
+        select={"nodes": ["edge-3"], "labels": [], "all": True},
+        canary=1,
+        waves=[50, 100],
+        concurrency=2,
     )
     assert answer.status_code == 201, answer.text
     rollout = answer.json()
     rid = rollout["id"]
     # The named node is the canary, alone in wave 0; the four others split 2 + 2.
     assert [(t["name"], t["wave"]) for t in rollout["targets"]] == [
-        ("edge-3", 0), ("edge-1", 1), ("edge-2", 1), ("edge-4", 2), ("edge-5", 2)
+        ("edge-3", 0),
+        ("edge-1", 1),
+        ("edge-2", 1),
+        ("edge-4", 2),
+        ("edge-5", 2),
     ]
     assert busy(fleet, live, rid) == {"edge-3"}
     for name in ("edge-1", "edge-2", "edge-4", "edge-5"):
@@ -108,14 +113,18 @@ def test_the_canary_goes_alone_then_the_waves_within_the_concurrency(live, fleet
     assert all(t["job_id"] for t in done["targets"])
     nodes = live.session("viewer").get(f"{live.url}/api/v1/nodes").json()["items"]
     assert {n["assigned_version"] for n in nodes} == {"6.2"}
-    audit = live.session("admin").get(f"{live.url}/api/v1/audit", params={"action": "rollout.create"})
+    audit = live.session("admin").get(
+        f"{live.url}/api/v1/audit", params={"action": "rollout.create"}
+    )
     assert audit.status_code == 200 and audit.json()[0]["actor"].startswith("operator:")
 
 
 def test_a_failure_over_the_error_threshold_pauses_and_retry_then_resume_finish(
     live, fleet
 ) -> None:
-    rid = create(live, select={"all": True}, waves=[100], concurrency=5, error_threshold=20).json()["id"]
+    rid = create(live, select={"all": True}, waves=[100], concurrency=5, error_threshold=20).json()[
+        "id"
+    ]
     assert busy(fleet, live, rid) == set(fleet)
     assert run_job(fleet["edge-2"], fail="prestage") == "failed"
     # 1 of 5 is 20%: not above the threshold, the rollout runs on.
@@ -134,7 +143,8 @@ def test_a_failure_over_the_error_threshold_pauses_and_retry_then_resume_finish(
     retried = act(live, rid, "retry")
     assert retried.status_code == 200, retried.text
     assert {t["name"] for t in retried.json()["targets"] if t["state"] == "pending"} == {
-        "edge-2", "edge-4"
+        "edge-2",
+        "edge-4",
     }
     assert fleet["edge-2"].next(0) is None
     assert act(live, rid, "resume").status_code == 200
@@ -244,6 +254,12 @@ def test_windows_start_work_only_inside_them_and_only_work_that_fits(live, fleet
     assert_error(bad, 422, "validation_failed")
     bad = live.session("operator").post(
         f"{live.url}/api/v1/windows",
-        json={"node": "edge-4", "days": "daily", "start": "22:00", "minutes": 60, "timezone": "Mars/Base"},
+        json={
+            "node": "edge-4",
+            "days": "daily",
+            "start": "22:00",
+            "minutes": 60,
+            "timezone": "Mars/Base",
+        },
     )
     assert "time zone" in assert_error(bad, 422, "validation_failed")["message"]
