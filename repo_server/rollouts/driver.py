@@ -125,7 +125,9 @@ class Driver:
         and the target's link to it commit together."""
         rollout = session.get(Rollout, rollout_id)
         target = session.get(RolloutTarget, target_id)
-        assert rollout is not None and target is not None
+        if rollout is None or target is None:  # deleted meanwhile: nothing to start
+            session.rollback()
+            return
         who = Principal(token_id=None, name=f"rollout-{rollout.id}", role="rollout")
         jobs = JobService(session, self.notifier)
         options = Options(
