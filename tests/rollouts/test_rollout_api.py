@@ -263,3 +263,49 @@ def test_windows_start_work_only_inside_them_and_only_work_that_fits(live, fleet
         },
     )
     assert "time zone" in assert_error(bad, 422, "validation_failed")["message"]
+
+
+def test_a_window_that_closes_stops_new_work(live, fleet) -> None:
+    now = datetime.now(timezone.utc)
+    for name in ("edge-1", "edge-2"):
+        _window(live, name, now - timedelta(minutes=5), 180)
+    rid = create(live, select={"nodes": ["edge-1", "edge-2"]}, job_minutes=30).json()["id"]
+    assert busy(fleet, live, rid) == {"edge-1"}
+    # edge-2's only window is replaced by one that is closed now.
+    windows = live.session("viewer").get(f"{live.url}/api/v1/windows").json()
+    window_id = next(w["id"] for w in windows if w["node"] == "edge-2")
+    removed = live.session("operator").delete(f"{live.url}/api/v1/windows/{window_id}")
+    assert removed.status_code == 204
+    _window(live, "edge-2", now + timedelta(hours=3), 60)
+    assert run_job(fleet["edge-1"]) == "succeeded"
+    after = get(live, rid)
+    assert targets(after)["edge-2"]["state"] == "pending"
+    assert "outside its maintenance windows" in targets(after)["edge-2"]["reason"]
+    assert fleet["edge-2"].next(0) is None
+    assert after["state"] == "running"
+
+
+def test_labels_select_nodes_and_filter_the_fleet(live, fleet) -> None:
+    for name in ("edge-2", "edge-4"):
+        answer = live.session("operator").put(
+            f"{live.url}/api/v1/nodes/{name}/labels", json={"labels": ["site=oslo", "tier:gold"]}
+        )
+        assert answer.status_code == 200, answer.text
+    bad = live.session("operator").put(
+        f"{live.url}/api/v1/nodes/edge-1/labels", json={"labels": ['x" OR 1=1']}
+    )
+    assert_error(bad, 422, "validation_failed")
+    listed = (
+        live.session("viewer").get(f"{live.url}/api/v1/nodes", params={"label": "site=oslo"}).json()
+    )
+    assert [n["name"] for n in listed["items"]] == ["edge-2", "edge-4"]
+    # A label that is a prefix of another matches only itself.
+    none = live.session("viewer").get(f"{live.url}/api/v1/nodes", params={"label": "site"})
+    assert none.json()["total"] == 0
+    planned = live.session("viewer").post(
+        f"{live.url}/api/v1/rollouts/plan",
+        json={"release": "6.2", "select": {"labels": ["tier:gold"]}},
+    )
+    assert planned.status_code == 200, planned.text
+    assert [t["name"] for t in planned.json()["targets"]] == ["edge-2", "edge-4"]
+    assert live.session("viewer").get(f"{live.url}/api/v1/rollouts").json() == []
