@@ -1,5 +1,6 @@
 """Fleet rollouts: rollouts, their targets, maintenance windows; the release a rollout
-assigned to each node and the operator's labels of nodes.
+assigned to each node, the operator's labels of nodes, and whether a checked heartbeat
+stored a node's inventory.
 
 Revision ID: 0008
 Revises: 0007
@@ -149,9 +150,12 @@ def upgrade() -> None:
     # Plain ALTER TABLE (as 0007): batch mode would copy nodes, which other tables reference.
     op.add_column("nodes", sa.Column("assigned_version", sa.String(length=64), nullable=True))
     op.add_column("nodes", sa.Column("labels", sa.JSON(), nullable=True))
+    # NULL on every existing row: preflight checks those inventories again, as before.
+    op.add_column("nodes", sa.Column("inventory_checked", sa.Boolean(), nullable=True))
 
 
 def downgrade() -> None:
+    op.drop_column("nodes", "inventory_checked")
     op.drop_column("nodes", "labels")
     op.drop_column("nodes", "assigned_version")
 

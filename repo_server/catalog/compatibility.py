@@ -140,6 +140,10 @@ class Unmet:
         return f"{required}; {where} has {self.requirement.name} {self.found}"
 
 
+_BUILDS: dict[tuple[int, str], PackageBuild] = {}
+_BUILDS_MAX = 10_000
+
+
 @dataclass(frozen=True)
 class PackageBuild:
     """What one package file says about where it can run."""
@@ -173,8 +177,18 @@ class PackageBuild:
 
     @classmethod
     def of(cls, artifact: Artifact) -> PackageBuild:
-        meta = {**artifact.meta, "name": artifact.name, "version": artifact.version}
-        return cls.from_meta(artifact.filename, NsoVersion.parse(artifact.nso_version), meta)
+        # Published artifacts are immutable and a name is never reused: one parse per
+        # build, not one per node a plan checks it for.
+        key = (artifact.id, artifact.filename)
+        build = _BUILDS.get(key)
+        if build is None:
+            meta = {**artifact.meta, "name": artifact.name, "version": artifact.version}
+            build = cls.from_meta(artifact.filename, NsoVersion.parse(artifact.nso_version), meta)
+            if artifact.id is not None:
+                if len(_BUILDS) >= _BUILDS_MAX:
+                    _BUILDS.clear()
+                _BUILDS[key] = build
+        return build
 
     # -- which releases ------------------------------------------------------------------
 

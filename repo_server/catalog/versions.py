@@ -96,6 +96,11 @@ class NsoVersion:
     def parse(cls, text: str) -> NsoVersion:
         if not isinstance(text, str):
             raise ValueError(f"an NSO version must be a string, not {type(text).__name__}")
+        # Versions are immutable: a plan over 10,000 nodes parses the same few texts.
+        return _parse_nso(text) if cls is NsoVersion else cls._parse(text)
+
+    @classmethod
+    def _parse(cls, text: str) -> NsoVersion:
         cut = text.strip().split("_", 1)[0]  # Cisco's scripts ignore the `_<build>` suffix
         if not cut or cut[0] not in "0123456789":
             raise ValueError(f"{text!r} is not an NSO version: expected e.g. {_EXAMPLES}")
@@ -199,3 +204,8 @@ def _local_segment(part: str) -> str:
             return "2" + part  # still after alphanumerics; rare enough to not order exactly
         return "1" + _num(int(part), PACKAGE_DIGITS)
     return "0" + part
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_nso(text: str) -> NsoVersion:
+    return NsoVersion._parse(text)

@@ -26,6 +26,9 @@ class Node(Base):
     inventory_at: Mapped[Optional[datetime]] = mapped_column(default=None)
     # The inventory's running_version, kept beside it so the fleet listing filters on it.
     running_version: Mapped[Optional[str]] = mapped_column(String(64), default=None, index=True)
+    # True once a heartbeat checked against the inventory schema stored the inventory:
+    # preflight then need not check it again (None: stored before heartbeats were checked).
+    inventory_checked: Mapped[Optional[bool]] = mapped_column(default=None)
     # The release a fleet rollout assigned to the node (rollouts/): what it should run.
     assigned_version: Mapped[Optional[str]] = mapped_column(String(64), default=None)
     # The operator's labels, for selecting nodes in rollouts (None on nodes older than them).

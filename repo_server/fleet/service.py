@@ -272,6 +272,7 @@ def heartbeat(
     now = utcnow()
     # Operators read inventories in a terminal (`nso-repo node ls`, preflight reasons).
     node.inventory = printable_tree(inventory)
+    node.inventory_checked = True  # the view's HeartbeatSchema checked it
     running = node.inventory.get("running_version")
     node.running_version = running[:64] if isinstance(running, str) and running else None
     node.inventory_at = now

@@ -11,22 +11,20 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session, defer, selectinload
 
 from repo_server.catalog.release_models import Release
 from repo_server.catalog.releases import get_release, list_releases
 from repo_server.errors import Conflict, NotFound, ValidationFailed
 from repo_server.fleet.group_models import HaGroup, HaGroupMember
 from repo_server.fleet.models import Node
-from repo_server.fleet.notify import Notifier
 from repo_server.rollouts.models import ROLLOUT_ACTIVE, TARGET_OPEN, Rollout, RolloutTarget
 from repo_server.upgrades import preflight
-from repo_server.upgrades.ha_jobs import GroupUpgrades
+from repo_server.upgrades.ha_jobs import plan_group
 from repo_server.upgrades.ha_plan import WRITE_POLICIES
-from repo_server.upgrades.jobs import JobService
 
 MAX_NAMES = 10_000
 
@@ -114,6 +112,7 @@ class PlannedTarget:
     node_names: list[str]
     group_id: Optional[int] = None
     node_id: Optional[int] = None
+    group: Optional[HaGroup] = None  # loaded with its members' nodes
     wave: int = 0
     state: str = "pending"  # pending | refused | succeeded (runs the release already)
     reason: Optional[str] = None
@@ -244,6 +243,7 @@ def _targets(session: Session, selection: Selection) -> list[PlannedTarget]:
                 [m.node_id for m in group.members],
                 [m.node.name for m in group.members],
                 group_id=group.id,
+                group=group,
             )
         )
 
@@ -354,9 +354,10 @@ def _preflight(
     for i in range(0, len(wanted), 1000):
         nodes.update(
             (n.id, n)
-            for n in session.scalars(select(Node).where(Node.id.in_(wanted[i : i + 1000])))
+            for n in session.scalars(
+                select(Node).where(Node.id.in_(wanted[i : i + 1000])).options(defer(Node.labels))
+            )
         )
-    groups = GroupUpgrades(JobService(session, Notifier()))
     for target in targets:
         if target.kind == "node":
             node = nodes[target.node_ids[0]]
@@ -366,8 +367,13 @@ def _preflight(
             verdict = preflight.check(node, release, releases, upgrade_options)
             reasons = [f"{r.message} ({r.remedy})" for r in verdict.reasons]
         else:
-            group_plan = groups.plan(
-                target.name, release.nso_version, options.write_policy, upgrade_options
+            group_plan = plan_group(
+                cast(HaGroup, target.group),  # _targets sets it on every group target
+                release,
+                releases,
+                options.write_policy,
+                upgrade_options,
+                {},
             )
             versions = {v.source_version for v in group_plan.verdicts}
             if versions == {release.nso_version}:

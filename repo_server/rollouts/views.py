@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from flask import jsonify
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
@@ -77,7 +78,9 @@ class RolloutList(MethodView):
 @blp.response(200, FleetRolloutPlanSchema)
 def plan(body: dict[str, Any]) -> Any:
     """What a rollout would do, with each target's preflight; changes nothing."""
-    return _rollouts().plan(*_request(body))
+    # Plain data already: a plan over 10,000 targets skips the schema's dump (it took a
+    # fifth of the time); the schema documents the answer.
+    return jsonify(_rollouts().plan(*_request(body)))
 
 
 @blp.route("/rollouts/<int:rollout_id>")

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from repo_server.auth.service import Principal, audit
+from repo_server.catalog.release_models import Release
 from repo_server.catalog.releases import get_release, list_releases
 from repo_server.errors import ValidationFailed
 from repo_server.fleet.group_models import HaGroup
@@ -140,6 +141,44 @@ def create_group_job(
     return job
 
 
+def plan_group(
+    group: HaGroup,
+    release: Release,
+    releases: list[Release],
+    write_policy: str,
+    options: preflight.UpgradeOptions,
+    active: dict[int, int],
+) -> GroupPlan:
+    """The group's plan from what the caller loaded: its members' nodes, every release,
+    the active job of each member node that has one (a fleet rollout's plan checks hundreds
+    of groups, and loads them all at once)."""
+    verdicts = [
+        preflight.check(
+            member.node,
+            release,
+            releases,
+            options,
+            active.get(member.node_id),
+            group=group.name,
+            member=True,
+        )
+        for member in group.members
+    ]
+    problems = heartbeat_problems(group)
+    primary_ha = (group.primary.node.inventory or {}).get("ha") or {}
+    if primary_ha.get("read_only"):
+        problems.append(
+            f"the primary {group.primary.node.name} is read-only already: another "
+            "procedure may be running; find out why, then 'high-availability read-only "
+            "mode false' and plan again"
+        )
+    result = GroupPlan(group, release.nso_version, write_policy, verdicts, problems)
+    if result.ok:
+        by_node = {m.node_id: v for m, v in zip(group.members, verdicts)}
+        result.plan = ha_upgrade_steps(group, by_node, release, write_policy)
+    return result
+
+
 class GroupUpgrades:
     def __init__(self, jobs: JobService) -> None:
         self.jobs = jobs
@@ -156,34 +195,14 @@ class GroupUpgrades:
             )
         group = get_group(self.session, name)
         release = get_release(self.session, to)
-        releases = list_releases(self.session)
-        verdicts = []
+        active = {}
         for member in group.members:
-            active = self.jobs.active_job(member.node)
-            verdicts.append(
-                preflight.check(
-                    member.node,
-                    release,
-                    releases,
-                    options,
-                    active.id if active else None,
-                    group=group.name,
-                    member=True,
-                )
-            )
-        problems = heartbeat_problems(group)
-        primary_ha = (group.primary.node.inventory or {}).get("ha") or {}
-        if primary_ha.get("read_only"):
-            problems.append(
-                f"the primary {group.primary.node.name} is read-only already: another "
-                "procedure may be running; find out why, then 'high-availability read-only "
-                "mode false' and plan again"
-            )
-        result = GroupPlan(group, release.nso_version, write_policy, verdicts, problems)
-        if result.ok:
-            by_node = {m.node_id: v for m, v in zip(group.members, verdicts)}
-            result.plan = ha_upgrade_steps(group, by_node, release, write_policy)
-        return result
+            job = self.jobs.active_job(member.node)
+            if job is not None:
+                active[member.node_id] = job.id
+        return plan_group(
+            group, release, list_releases(self.session), write_policy, options, active
+        )
 
     def start(
         self,

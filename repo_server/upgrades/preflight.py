@@ -16,7 +16,7 @@ from packaging.version import Version
 from sqlalchemy import select
 from sqlalchemy.orm import object_session
 
-from repo_server.catalog.compatibility import PackageBuild, unmet_requirements
+from repo_server.catalog.compatibility import PackageBuild, Refusal, unmet_requirements
 from repo_server.catalog.models import Artifact
 from repo_server.catalog.release_models import Release
 from repo_server.catalog.versions import NsoVersion
@@ -105,7 +105,7 @@ def _never_reported(verdict: Verdict, node: Node) -> Verdict:
 def _invalid_inventory(verdict: Verdict, node: Node, inv: Any) -> bool:
     """An inventory stored before heartbeats were checked may hold facts of the wrong type;
     no rule reads it then (they would fail on it): one reason, and the plan stops here."""
-    problems = inventory_problems(inv)
+    problems = [] if node.inventory_checked else inventory_problems(inv)
     if problems:
         shown = "; ".join(problems[:5]) + ("; ..." if len(problems) > 5 else "")
         verdict.refuse(
@@ -572,10 +572,8 @@ def _check_packages(
     ]
     # Re-checked here although `release create` checked them: releases defined before the
     # rules, and the subset chosen for this node may lack a package another one requires.
-    for artifact in release.packages:
-        refusal = PackageBuild.of(artifact).load_refusal(target)
-        if refusal is not None:
-            verdict.refuse("package_release", refusal.fact, refusal.fix)
+    for refusal in _release_refusals(release, target):
+        verdict.refuse("package_release", refusal.fact, refusal.fix)
     chosen = {a.name: a.version for a in verdict.packages}
     for unmet in unmet_requirements([PackageBuild.of(a) for a in verdict.packages], chosen):
         wanted = unmet.requirement.wanted
@@ -587,6 +585,27 @@ def _check_packages(
             if in_release is not None and unmet.requirement.admits(in_release.version)
             else f"define a release with a build of {wanted} (releases are immutable)",
         )
+
+
+# (release id, target) -> the release's builds the target cannot load: the same for every
+# node a plan checks, and releases are immutable.
+_REFUSALS: dict[tuple[int, str, str], list[Refusal]] = {}
+
+
+def _release_refusals(release: Release, target: NsoVersion) -> list[Refusal]:
+    key = (release.id, release.nso_version, str(target))
+    found = _REFUSALS.get(key)
+    if found is None:
+        found = [
+            refusal
+            for artifact in release.packages
+            if (refusal := PackageBuild.of(artifact).load_refusal(target)) is not None
+        ]
+        if release.id is not None:
+            if len(_REFUSALS) >= 1000:
+                _REFUSALS.clear()
+            _REFUSALS[key] = found
+    return found
 
 
 def _check_platform(verdict: Verdict, inv: dict[str, Any], release: Release) -> None:
