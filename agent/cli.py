@@ -70,12 +70,19 @@ def main(ctx: click.Context, config_file: Optional[str], verbose: bool) -> None:
 
 @main.command()
 @click.option("--server", required=True, help="The repository server's URL.")
-@click.option("--token", "enrollment_token", required=True, help="One-time enrollment token.")
+@click.option(
+    "--token",
+    "enrollment_token",
+    required=True,
+    help="One-time enrollment token; '-' reads it from stdin (kept out of the process list).",
+)
 @click.option("--root", default=None, help="Host root for a new configuration (default /).")
 @click.pass_context
 def enroll(ctx: click.Context, server: str, enrollment_token: str, root: Optional[str]) -> None:
     """Exchange a one-time enrollment token for this node's token."""
     path: Path = ctx.obj["config_path"]
+    if enrollment_token == "-":
+        enrollment_token = sys.stdin.readline().strip()
     try:
         cfg = load(path) if path.exists() else Config(root=root or "/")
         cfg.server_url = server.rstrip("/")

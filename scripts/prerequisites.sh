@@ -18,12 +18,21 @@ if [ "$goal" = test ]; then
   [ -x "$pg_bin/initdb" ] || missing+=(postgresql-15)
   # ... and run the README walkthrough, which polls the server with curl.
   command -v curl >/dev/null 2>&1 || missing+=(curl)
+  # `nso-repo agent bootstrap` is tested against a real OpenSSH server on a loopback port.
+  [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
 fi
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
   echo "make $goal: installing ${missing[*]}"
   apt-get update -qq
+  # Packages install, services do not start (openssh-server would listen on port 22): a
+  # policy-rc.d that refuses, unless the machine has one of its own.
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+    chmod 755 /usr/sbin/policy-rc.d
+    trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+  fi
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
   exit 0
 fi

@@ -33,6 +33,7 @@ pytest_plugins = [
     "tests.support.s3",
     "tests.support.storage",
     "tests.support.sim_hosts",
+    "tests.support.sshd",
 ]
 
 

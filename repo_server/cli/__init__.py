@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from repo_server import __version__
+from repo_server.cli.agent_cmds import agent
 from repo_server.cli.client_cmds import ls, release_name, rm, show, upload
 from repo_server.cli.fleet_cmds import job, node, release
 from repo_server.cli.group_cmds import group
@@ -38,6 +39,7 @@ for command in (
     window,
     job,
     ned,
+    agent,
 ):
     cli.add_command(command)
 
