@@ -81,7 +81,7 @@ def main(ctx: click.Context, config_file: Optional[str], verbose: bool) -> None:
 def enroll(ctx: click.Context, server: str, enrollment_token: str, root: Optional[str]) -> None:
     """Exchange a one-time enrollment token for this node's token."""
     path: Path = ctx.obj["config_path"]
-    if enrollment_token == "-":
+    if enrollment_token == "-":  # nosec B105 - "read it from stdin", not a password
         enrollment_token = sys.stdin.readline().strip()
     try:
         cfg = load(path) if path.exists() else Config(root=root or "/")

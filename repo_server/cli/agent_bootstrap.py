@@ -207,10 +207,17 @@ class Bootstrap:
         remote_key = ssh.get_transport().get_remote_server_key()  # type: ignore[union-attr]
         self.echo(f"connected to {t.user}@{t.host}:{t.port} (host key {fingerprint(remote_key)})")
 
+    def _client(self) -> paramiko.SSHClient:
+        if self.ssh is None:
+            raise BootstrapFailed("not connected to the host (a bug: report it)")
+        return self.ssh
+
     def _sh(self, command: str, what: str = "", stdin: Optional[str] = None) -> str:
         """Run ``command`` on the host; its stdout, or BootstrapFailed with its stderr."""
-        assert self.ssh is not None
-        chan_in, out, err = self.ssh.exec_command(command, timeout=COMMAND_TIMEOUT)
+        # Every value put into a command is shlex.quote()d by its caller.
+        chan_in, out, err = self._client().exec_command(  # nosec B601
+            command, timeout=COMMAND_TIMEOUT
+        )
         if stdin is not None:
             chan_in.write(stdin)
             chan_in.flush()
@@ -242,8 +249,7 @@ class Bootstrap:
         self.echo(f"{self.layout.python} is Python {found}")
 
     def _upload(self, found: list[Path], staging: str) -> None:
-        assert self.ssh is not None
-        with self.ssh.open_sftp() as sftp:
+        with self._client().open_sftp() as sftp:
             for path in found:
                 sftp.put(str(path), posixpath.join(staging, path.name))
         size = sum(p.stat().st_size for p in found)
@@ -293,11 +299,10 @@ class Bootstrap:
 
     def _put_text(self, path: str, text: str, mode: int) -> None:
         """Write a file on the host atomically: a private temporary file, then a rename."""
-        assert self.ssh is not None
         temporary = f"{path}.bootstrap-tmp"
-        with self.ssh.open_sftp() as sftp:
+        with self._client().open_sftp() as sftp:
             with sftp.open(temporary, "w") as handle:
-                handle.chmod(mode)
+                handle.chmod(mode)  # before a byte is written: the password never shows
                 handle.write(text)
             sftp.posix_rename(temporary, path)
 
