@@ -144,10 +144,10 @@ class Settings:
                 f"NSO_REPO_FIRST_ADMIN_TOKEN={self.first_admin_token!r} is not a choice: use "
                 "'terminal' (print the first admin token on a terminal) or 'never'"
             )
-        if not 0 <= self.rollout_tick <= 3600:
+        if self.rollout_tick != 0 and not 1 <= self.rollout_tick <= 3600:
             raise ConfigError(
-                f"NSO_REPO_ROLLOUT_TICK={self.rollout_tick} is out of range: give 0 (off) to "
-                "3600 seconds"
+                f"NSO_REPO_ROLLOUT_TICK={self.rollout_tick} is out of range: give 0 (off) or "
+                "1 to 3600 seconds (each server process runs the driver that often)"
             )
         if self.ned_dry_run_max_age < 1:
             raise ConfigError(

@@ -146,6 +146,7 @@ def upgrade() -> None:
         batch_op.create_index("ix_rollout_targets_group_id", ["group_id"], unique=False)
         batch_op.create_index("ix_rollout_targets_job_id", ["job_id"], unique=False)
         batch_op.create_index("ix_rollout_targets_node_id", ["node_id"], unique=False)
+        batch_op.create_index("ix_rollout_targets_state", ["state"], unique=False)
 
     # Plain ALTER TABLE (as 0007): batch mode would copy nodes, which other tables reference.
     op.add_column("nodes", sa.Column("assigned_version", sa.String(length=64), nullable=True))
@@ -160,6 +161,7 @@ def downgrade() -> None:
     op.drop_column("nodes", "assigned_version")
 
     with op.batch_alter_table("rollout_targets", schema=None) as batch_op:
+        batch_op.drop_index("ix_rollout_targets_state")
         batch_op.drop_index("ix_rollout_targets_node_id")
         batch_op.drop_index("ix_rollout_targets_job_id")
         batch_op.drop_index("ix_rollout_targets_group_id")

@@ -140,7 +140,7 @@ class Unmet:
         return f"{required}; {where} has {self.requirement.name} {self.found}"
 
 
-_BUILDS: dict[tuple[int, str], PackageBuild] = {}
+_BUILDS: dict[tuple[str, str], PackageBuild] = {}
 _BUILDS_MAX = 10_000
 
 
@@ -177,14 +177,14 @@ class PackageBuild:
 
     @classmethod
     def of(cls, artifact: Artifact) -> PackageBuild:
-        # Published artifacts are immutable and a name is never reused: one parse per
-        # build, not one per node a plan checks it for.
-        key = (artifact.id, artifact.filename)
+        # A build is its bytes: keyed by name and digest (not the row id, which another
+        # database reuses), one parse per build, not one per node a plan checks it for.
+        key = (artifact.filename, artifact.sha256)
         build = _BUILDS.get(key)
         if build is None:
             meta = {**artifact.meta, "name": artifact.name, "version": artifact.version}
             build = cls.from_meta(artifact.filename, NsoVersion.parse(artifact.nso_version), meta)
-            if artifact.id is not None:
+            if artifact.sha256:
                 if len(_BUILDS) >= _BUILDS_MAX:
                     _BUILDS.clear()
                 _BUILDS[key] = build

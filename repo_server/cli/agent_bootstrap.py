@@ -76,19 +76,46 @@ class HostLayout:
     def checked(self) -> HostLayout:
         for name in ("prefix", "config_dir", "unit_dir", "state_dir", "host_root"):
             value = getattr(self, name)
+            # They go into the systemd unit and agent.conf too: nothing either would read
+            # otherwise (a space splits ExecStart, % is a unit specifier or an interpolation).
             if (
                 not posixpath.isabs(value)
-                or any(c in value for c in "\n\r\0")
                 or ".." in value.split("/")
+                or any(c.isspace() or c in UNSAFE_IN_FILES for c in value)
             ):
                 raise BootstrapFailed(
-                    f"--{name.replace('_', '-')} {value!r} must be an absolute path without '..'"
+                    f"--{name.replace('_', '-')} {value!r} must be an absolute path without "
+                    f"'..', spaces or any of {UNSAFE_IN_FILES!r}"
+                )
+        for name in ("cli_host", "cli_user", "cli_password"):
+            value = getattr(self, name)
+            if value is not None and not ini_safe(value):
+                raise BootstrapFailed(
+                    f"the {name.replace('_', ' ')} cannot be written to agent.conf as it is "
+                    "(it starts or ends with a space, or holds '%', ' #', ' ;' or a line "
+                    "break, which the agent's configuration reader would change): choose "
+                    "another, or write agent.conf by hand"
                 )
         return self
 
     @property
     def config_file(self) -> str:
         return posixpath.join(self.config_dir, "agent.conf")
+
+
+UNSAFE_IN_FILES = "%\"'\\;#$`"
+
+
+def ini_safe(value: str) -> bool:
+    """Whether agent.conf's reader (configparser, with interpolation and inline comments)
+    reads ``value`` back exactly."""
+    return (
+        value == value.strip()
+        and "%" not in value
+        and " #" not in value
+        and " ;" not in value
+        and not any(c in value for c in "\r\n\0")
+    )
 
 
 def fingerprint(key: paramiko.PKey) -> str:
@@ -145,10 +172,11 @@ class Bootstrap:
             self._write_config(server_url)
             enrolled = self._enroll(node, server_url)
             unit = self._write_unit()
+            before = self.client.call("GET", f"/api/v1/nodes/{node}").get("inventory_at")
             started = start and self._start()
         finally:
             self.close()
-        heartbeat = self._wait_heartbeat(node) if started else None
+        heartbeat = self._wait_heartbeat(node, before) if started else None
         return {
             "node": node,
             "enrolled": enrolled,
@@ -167,10 +195,11 @@ class Bootstrap:
     def _connect(self) -> None:
         t = self.target
         ssh = paramiko.SSHClient()
-        ssh.load_system_host_keys()
         known = Path(t.known_hosts).expanduser() if t.known_hosts else None
+        for path in (Path("/etc/ssh/ssh_known_hosts"), Path("~/.ssh/known_hosts").expanduser()):
+            self._load_keys(ssh.load_system_host_keys, path)
         if known is not None and known.exists():
-            ssh.load_host_keys(str(known))
+            self._load_keys(ssh.load_host_keys, known)
         ssh.set_missing_host_key_policy(
             paramiko.AutoAddPolicy() if t.accept_new_host_key else _RefuseUnknown()
         )
@@ -211,6 +240,19 @@ class Bootstrap:
         if self.ssh is None:
             raise BootstrapFailed("not connected to the host (a bug: report it)")
         return self.ssh
+
+    @staticmethod
+    def _load_keys(load: Callable[[str], None], path: Path) -> None:
+        if not path.exists():
+            return
+        try:
+            load(str(path))
+        except (OSError, paramiko.SSHException, ValueError) as exc:
+            raise BootstrapFailed(
+                f"cannot read the host keys in {path}: {exc}. Markers such as @revoked and "
+                "@cert-authority are not supported: give a known_hosts file without them "
+                "(--known-hosts)"
+            ) from None
 
     def _sh(self, command: str, what: str = "", stdin: Optional[str] = None) -> str:
         """Run ``command`` on the host; its stdout, or BootstrapFailed with its stderr."""
@@ -272,6 +314,8 @@ class Bootstrap:
 
     def _write_config(self, server_url: str) -> None:
         layout = self.layout
+        if not ini_safe(server_url) or any(c.isspace() for c in server_url):
+            raise BootstrapFailed(f"--server-url {server_url!r} is not a URL agent.conf can hold")
         ini = configparser.ConfigParser()
         ini["server"] = {"url": server_url.rstrip("/")}
         if layout.ca_file:
@@ -334,6 +378,11 @@ class Bootstrap:
             "Environment=NSO_AGENT_CONFIG=/etc/nso-agent/agent.conf",
             f"Environment=NSO_AGENT_CONFIG={layout.config_file}",
         )
+        if f"ExecStart={layout.prefix}/" not in unit or layout.config_file not in unit:
+            raise BootstrapFailed(
+                "the packaged nso-agent.service no longer has the ExecStart and Environment "
+                "lines this command rewrites: a bug, report it"
+            )
         path = posixpath.join(layout.unit_dir, "nso-agent.service")
         self._sh(f"mkdir -p {shlex.quote(layout.unit_dir)}", "making the unit folder")
         self._put_text(path, unit, 0o644)
@@ -357,12 +406,16 @@ class Bootstrap:
         self.echo("started nso-agent (systemctl enable --now nso-agent)")
         return True
 
-    def _wait_heartbeat(self, node: str, timeout: float = 90) -> Optional[dict[str, Any]]:
+    def _wait_heartbeat(
+        self, node: str, before: Optional[str], timeout: float = 90
+    ) -> Optional[dict[str, Any]]:
+        """The first heartbeat after the start: one newer than ``before`` (an agent that
+        ran before a re-run already sent some)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             info = self.client.call("GET", f"/api/v1/nodes/{node}")
             inventory = info.get("inventory") or {}
-            if info.get("inventory_at") and inventory:
+            if info.get("inventory_at") and info.get("inventory_at") != before and inventory:
                 self.echo(
                     f"heartbeat from {node}: NSO {inventory.get('running_version') or 'not running'}"
                 )

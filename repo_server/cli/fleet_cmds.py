@@ -182,10 +182,9 @@ def node_label(
     token: Optional[str],
 ) -> None:
     """Add or remove labels of node NAME (rollouts select by label); prints its labels."""
-    client = make_client(url, token)
-    labels = client.call("GET", f"/api/v1/nodes/{name}").get("labels") or []
-    labels = sorted((set(labels) | set(added)) - set(removed))
-    node = client.call("PUT", f"/api/v1/nodes/{name}/labels", json={"labels": labels})
+    node = make_client(url, token).call(
+        "PATCH", f"/api/v1/nodes/{name}/labels", json={"add": list(added), "remove": list(removed)}
+    )
     if as_json:
         print_json(node)
         return

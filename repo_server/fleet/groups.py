@@ -17,6 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from repo_server.auth.service import Principal, audit
+from repo_server.db import Base
 from repo_server.errors import Conflict, NotFound, ValidationFailed
 from repo_server.fleet.group_models import HaGroup, HaGroupMember
 from repo_server.fleet.models import Node
@@ -165,10 +166,39 @@ def add_group(session: Session, name: str, members: list[MemberSpec], who: Princ
 
 def remove_group(session: Session, name: str, who: Principal) -> None:
     group = get_group(session, name)
+    busy = _active_rollouts_of(session, group.id)
+    if busy:
+        raise Conflict(
+            f"group {name} is a target of rollout {', '.join(map(str, busy))}, still to be "
+            "upgraded: cancel that rollout (nso-repo rollout cancel) or wait for it, then "
+            "remove the group",
+            rollouts=busy,
+        )
     members = [_member_dict(m) for m in group.members]
     session.delete(group)
     audit(session, who.actor, "group.remove", f"group:{name}", members=members)
     session.commit()
+
+
+def _active_rollouts_of(session: Session, group_id: int) -> list[int]:
+    """The running or paused fleet rollouts in which the group is a target still to do.
+    Their tables are read by name: rollouts/ builds on fleet/, not the other way round."""
+    tables = Base.metadata.tables
+    targets, rollouts = tables.get("rollout_targets"), tables.get("rollouts")
+    if targets is None or rollouts is None:
+        return []
+    return list(
+        session.scalars(
+            select(rollouts.c.id)
+            .join(targets, targets.c.rollout_id == rollouts.c.id)
+            .where(
+                targets.c.group_id == group_id,
+                targets.c.state.in_(("pending", "running")),
+                rollouts.c.state.in_(("running", "paused")),
+            )
+            .distinct()
+        )
+    )
 
 
 def _member_dict(member: HaGroupMember) -> dict[str, Any]:

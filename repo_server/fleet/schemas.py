@@ -69,6 +69,19 @@ class NodeLabelsSchema(Schema):
     )
 
 
+class NodeLabelChangeSchema(Schema):
+    add = fields.List(
+        fields.String(validate=validate.Length(min=1, max=64)),
+        load_default=list,
+        validate=validate.Length(max=50),
+    )
+    remove = fields.List(
+        fields.String(validate=validate.Length(min=1, max=64)),
+        load_default=list,
+        validate=validate.Length(max=50),
+    )
+
+
 class NodeNameSchema(Schema):
     name = fields.String(required=True, validate=validate.Length(min=1, max=128))
 

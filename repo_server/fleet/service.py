@@ -60,7 +60,9 @@ def _like(text: str) -> str:
 
 
 def check_labels(labels: list[str]) -> list[str]:
-    cleaned = list(dict.fromkeys(label.strip() for label in labels))
+    """Labels as stored: checked characters, lower case (they match the same on every
+    database), each once."""
+    cleaned = list(dict.fromkeys(label.strip().lower() for label in labels))
     bad = [label for label in cleaned if not 0 < len(label) <= 64 or not set(label) <= LABEL_CHARS]
     if bad or len(cleaned) > MAX_LABELS:
         raise ValidationFailed(
@@ -71,9 +73,22 @@ def check_labels(labels: list[str]) -> list[str]:
     return cleaned
 
 
-def set_labels(session: Session, name: str, labels: list[str], who: Principal) -> Node:
-    """Replace the node's labels (rollouts select nodes by label)."""
+def set_labels(
+    session: Session,
+    name: str,
+    who: Principal,
+    labels: Optional[list[str]] = None,
+    add: tuple[str, ...] = (),
+    remove: tuple[str, ...] = (),
+) -> Node:
+    """Replace the node's labels with ``labels``, or add and remove some, under the
+    node's lock (two operators labelling at once both keep their change)."""
     node = get_node(session, name)
+    lock_node(session, node.id)
+    session.refresh(node)
+    if labels is None:
+        dropped = set(check_labels(list(remove)))
+        labels = [x for x in (node.labels or []) if x not in dropped] + check_labels(list(add))
     cleaned = sorted(check_labels(labels))
     before = list(node.labels or [])
     node.labels = cleaned

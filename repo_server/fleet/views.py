@@ -19,6 +19,7 @@ from repo_server.fleet.schemas import (
     HeartbeatSchema,
     NewNodeSchema,
     NextArgs,
+    NodeLabelChangeSchema,
     NodeLabelsSchema,
     NodeNameSchema,
     NodePageSchema,
@@ -85,14 +86,25 @@ def _with_rollout_status(session: Any, nodes: list[Any]) -> None:
         next(n for n in nodes if n.id == node_id).rollout = status
 
 
-@blp.route("/nodes/<string:name>/labels", methods=["PUT"])
-@require("node:manage")
-@blp.doc(security=BEARER)
-@blp.arguments(NodeLabelsSchema)
-@blp.response(200, NodeSchema)
-def put_labels(body: dict[str, Any], name: str) -> Any:
-    """Set the node's labels (rollouts select nodes by label); audited."""
-    return service.set_labels(db_session(), name, body["labels"], principal())
+@blp.route("/nodes/<string:name>/labels")
+class NodeLabels(MethodView):
+    @require("node:manage")
+    @blp.doc(security=BEARER)
+    @blp.arguments(NodeLabelsSchema)
+    @blp.response(200, NodeSchema)
+    def put(self, body: dict[str, Any], name: str) -> Any:
+        """Set the node's labels, all of them (rollouts select nodes by label); audited."""
+        return service.set_labels(db_session(), name, principal(), labels=body["labels"])
+
+    @require("node:manage")
+    @blp.doc(security=BEARER)
+    @blp.arguments(NodeLabelChangeSchema)
+    @blp.response(200, NodeSchema)
+    def patch(self, body: dict[str, Any], name: str) -> Any:
+        """Add and remove some of the node's labels; audited."""
+        return service.set_labels(
+            db_session(), name, principal(), add=tuple(body["add"]), remove=tuple(body["remove"])
+        )
 
 
 @blp.route("/nodes/<string:name>/enrollment-token", methods=["POST"])

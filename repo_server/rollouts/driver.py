@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Optional
+from typing import Any, Optional
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -24,10 +25,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from repo_server.auth.service import Principal, audit
 from repo_server.db import utcnow
 from repo_server.errors import AppError, Conflict
+from repo_server.fleet.group_models import HaGroupMember
+from repo_server.fleet.models import Node
 from repo_server.fleet.notify import Notifier
 from repo_server.rollouts import windows
 from repo_server.rollouts.models import ROLLOUT_ACTIVE, Rollout, RolloutTarget
-from repo_server.rollouts.planning import Options
+from repo_server.rollouts.planning import Options, same_version
 from repo_server.rollouts.service import Rollouts, acknowledged
 from repo_server.upgrades.ha_jobs import GroupUpgrades
 from repo_server.upgrades.jobs import JobService, PreflightFailed
@@ -36,10 +39,25 @@ from repo_server.upgrades.results import printable
 
 log = logging.getLogger(__name__)
 REASON_MAX = 2000
+# A job whose agent asked for it after this time never starts (jobs.py, start_by).
+LATE_START = "its maintenance window would close before the job could finish"
 
 
 def _short(text: Optional[str]) -> str:
     return printable(text or "")[:REASON_MAX]
+
+
+@dataclass
+class Pick:
+    """The target a pass starts, and when its window closes (None: it has no window)."""
+
+    target_id: int
+    closes: Optional[datetime]
+    needed: timedelta
+
+
+# _step's answer after it settled targets without starting a job: judge the waves again.
+AGAIN = Pick(0, None, timedelta(0))
 
 
 class Driver:
@@ -48,25 +66,28 @@ class Driver:
         self.notifier = notifier
 
     def advance(self, rollout_id: int, now: Optional[datetime] = None) -> None:
-        """Run the rollout as far as it goes now."""
+        """Run the rollout as far as it goes now (``now``: the clock, for tests)."""
         skip: set[int] = set()  # targets that cannot start in this pass
         while True:
             with self.sessions() as session:
-                target_id = self._step(session, rollout_id, skip, now or utcnow())
-                if target_id is None:
+                pick = self._step(session, rollout_id, skip, now)
+                if pick is None:
                     return
-                self._start(session, rollout_id, target_id, skip)
+                if pick is not AGAIN:
+                    self._start(session, rollout_id, pick, skip)
 
     def active(self) -> list[int]:
         """Rollouts with something left to do or to record."""
         with self.sessions() as session:
-            rows = session.scalars(
-                select(RolloutTarget.rollout_id)
-                .join(Rollout, Rollout.id == RolloutTarget.rollout_id)
-                .where((Rollout.state.in_(ROLLOUT_ACTIVE)) | (RolloutTarget.state == "running"))
-                .distinct()
+            ids = set(session.scalars(select(Rollout.id).where(Rollout.state.in_(ROLLOUT_ACTIVE))))
+            ids.update(
+                session.scalars(
+                    select(RolloutTarget.rollout_id)
+                    .where(RolloutTarget.state == "running")
+                    .distinct()
+                )
             )
-            return sorted(set(rows))
+            return sorted(ids)
 
     def tick(self) -> None:
         for rollout_id in self.active():
@@ -87,11 +108,13 @@ class Driver:
     # -- one pass -----------------------------------------------------------------------
 
     def _step(
-        self, session: Session, rollout_id: int, skip: set[int], now: datetime
-    ) -> Optional[int]:
-        """Record, judge and pick, under the rollout's lock: the id of the target to start
-        next (still locked), or None after committing what changed."""
+        self, session: Session, rollout_id: int, skip: set[int], clock: Optional[datetime]
+    ) -> Optional[Pick]:
+        """Record, judge and pick, under the rollout's lock: the target to start next
+        (the lock still held), or None after committing what changed; AGAIN after
+        settling targets without a job (the waves are judged again)."""
         rollout = Rollouts(session, self.notifier).locked(rollout_id)
+        now = clock or utcnow()  # read after the lock, which may have been waited for
         self._record_jobs(session, rollout, now)
         if rollout.state == "running":
             self._judge(session, rollout, now)
@@ -103,28 +126,52 @@ class Driver:
             session.commit()
             return None
         needed = timedelta(minutes=rollout.job_minutes)
+        book = windows.WindowBook(
+            session, {t.group_id for t in rollout.targets if t.group_id is not None}
+        )
+        settled = False
         for target in rollout.targets:
             if target.state != "pending" or target.wave > rollout.wave or target.id in skip:
                 continue
-            members = _member_ids(session, target)
-            verdict = windows.target_allows(
-                windows.windows_of(session, members, target.group_id), now, needed
-            )
+            verdict = book.allows(target.node_id, target.group_id, now, needed)
             if not verdict.ok:
                 skip.add(target.id)
-                if target.reason != f"waiting: {verdict.reason}":
+                if verdict.next_start is None:
+                    _mark(target, "refused", f"{verdict.reason} (the rollout's job_minutes)", now)
+                    settled = True
+                    audit(session, f"rollout:{rollout.id}", "rollout.target_refused",
+                          f"rollout:{rollout.id}", subject=target.name, reason=target.reason)  # fmt: skip
+                elif target.reason != f"waiting: {verdict.reason}":
                     target.reason = f"waiting: {verdict.reason}"
                     target.updated_at = now
                 continue
-            return target.id
+            if self._already_there(session, target, rollout.target_version):
+                _mark(target, "succeeded", f"runs {rollout.target_version} already", now)
+                settled = True
+                continue
+            return Pick(target.id, verdict.closes, needed)
         session.commit()
-        return None
+        return AGAIN if settled else None
 
-    def _start(self, session: Session, rollout_id: int, target_id: int, skip: set[int]) -> None:
+    @staticmethod
+    def _already_there(session: Session, target: RolloutTarget, version: str) -> bool:
+        """Every node of the target runs the release now (upgraded outside the rollout)."""
+        if target.node_id is not None:
+            node_ids = [target.node_id]
+        else:
+            node_ids = list(
+                session.scalars(
+                    select(HaGroupMember.node_id).where(HaGroupMember.group_id == target.group_id)
+                )
+            )
+        running = list(session.scalars(select(Node.running_version).where(Node.id.in_(node_ids))))
+        return bool(running) and all(same_version(r, version) for r in running)
+
+    def _start(self, session: Session, rollout_id: int, pick: Pick, skip: set[int]) -> None:
         """Start the target's job in the transaction that holds the rollout's lock; the job
         and the target's link to it commit together."""
         rollout = session.get(Rollout, rollout_id)
-        target = session.get(RolloutTarget, target_id)
+        target = session.get(RolloutTarget, pick.target_id)
         if rollout is None or target is None:  # deleted meanwhile: nothing to start
             session.rollback()
             return
@@ -138,6 +185,10 @@ class Driver:
             }
         ).upgrade_options()
         now = utcnow()
+        late: dict[str, Any] = {}
+        if pick.closes is not None:
+            # The agent may be away: a job that has not begun by then never does.
+            late = {"start_by": (pick.closes - pick.needed).isoformat(), "start_by_why": LATE_START}
 
         def link(job: Job) -> None:
             target.state = "running"
@@ -145,16 +196,18 @@ class Driver:
             target.attempts += 1
             target.reason = f"job {job.id} runs"
             target.updated_at = now
-            job.options = {**job.options, "rollout": rollout.id}
+            job.options = {**job.options, "rollout": rollout.id, **late}
 
         jobs.on_hold = link
         name, kind, version = target.name, target.kind, rollout.target_version
+        target_id = pick.target_id
         try:
             if kind == "node":
                 jobs.start_upgrade(name, version, options, who)
             else:
                 GroupUpgrades(jobs).start(name, version, rollout.write_policy, options, who)
         except PreflightFailed as refused:
+            session.rollback()
             reasons = [_reason_text(r) for r in refused.details.get("reasons") or []]
             if reasons and all("is still running on" in r for r in reasons):
                 skip.add(target_id)  # busy with another job: not a refusal, a wait
@@ -163,10 +216,18 @@ class Driver:
                 self._set(rollout_id, target_id, "refused", refused.message, reasons)
         except Conflict as busy:
             # Another job holds it (an operator's, a patch): try again next pass.
+            session.rollback()
             skip.add(target_id)
             self._set(rollout_id, target_id, "pending", f"waiting: {busy.message}")
         except AppError as error:
+            session.rollback()
+            skip.add(target_id)
             self._set(rollout_id, target_id, "failed", f"could not start: {error.message}")
+        except Exception as error:  # a bug must not hold every later target back
+            session.rollback()
+            skip.add(target_id)
+            log.exception("rollout %s: starting %s failed", rollout_id, name)
+            self._set(rollout_id, target_id, "failed", f"could not start (server error): {error!r}")
 
     def _set(
         self,
@@ -180,51 +241,47 @@ class Driver:
             Rollouts(session, self.notifier).locked(rollout_id)
             target = session.get(RolloutTarget, target_id)
             if target is not None and target.state == "pending":
-                target.state = state
-                target.reason = _short(reason)
+                _mark(target, state, reason, utcnow())
                 target.reasons = [_short(r) for r in (reasons or [])][:50]
-                target.updated_at = utcnow()
                 if state != "pending":
-                    audit(
-                        session,
-                        f"rollout:{rollout_id}",
-                        f"rollout.target_{state}",
-                        f"rollout:{rollout_id}",
-                        subject=target.name,
-                        reason=target.reason,
-                    )
+                    audit(session, f"rollout:{rollout_id}", f"rollout.target_{state}",
+                          f"rollout:{rollout_id}", subject=target.name, reason=target.reason)  # fmt: skip
             session.commit()
 
     @staticmethod
     def _record_jobs(session: Session, rollout: Rollout, now: datetime) -> None:
-        """Running targets whose jobs ended take their outcome."""
+        """Running targets whose jobs ended take their outcome; a job that never began
+        (its agent came back after its window) leaves its target waiting again."""
         running: dict[Optional[int], RolloutTarget] = {
             t.job_id: t for t in rollout.targets if t.state == "running"
         }
         ended = session.execute(
-            select(Job.id, Job.state, Job.outcome, Job.error).where(
+            select(Job.id, Job.state, Job.outcome, Job.error, Job.started_at, Job.options).where(
                 Job.id.in_([i for i in running if i is not None]),
                 Job.state.in_(("succeeded", "failed", "cancelled")),
             )
         ).all()
-        for job_id, state, outcome, error in ended:
+        for job_id, state, outcome, error, started_at, job_options in ended:
             target = running[job_id]
-            target.state = "succeeded" if state == "succeeded" else "failed"
-            target.reason = (
-                None
-                if state == "succeeded"
-                else _short(
+            target.updated_at = now
+            if state == "succeeded":
+                target.state, target.reason = "succeeded", None
+            elif state == "failed" and started_at is None and (job_options or {}).get("start_by"):
+                target.state, target.job_id = "pending", None
+                target.reason = (
+                    f"waiting: job {job_id} did not begin before {LATE_START} (its agent "
+                    "asked for it too late); the next window starts a new one"
+                )
+            else:
+                target.state = "failed"
+                target.reason = _short(
                     f"job {job_id} {state}"
                     + (f" ({outcome})" if outcome else "")
                     + f": {error or ''}"
                 )
-            )
-            target.updated_at = now
         for linked, target in running.items():
             if linked is None:  # its job was deleted
-                target.state = "failed"
-                target.reason = "its job is gone"
-                target.updated_at = now
+                _mark(target, "failed", "its job is gone", now)
 
     @staticmethod
     def _judge(session: Session, rollout: Rollout, now: datetime) -> None:
@@ -232,45 +289,39 @@ class Driver:
         acked = set(acknowledged(rollout))
         last = max((t.wave for t in rollout.targets), default=0)
         wave = rollout.wave
+
+        def pause(why: str) -> None:
+            rollout.state, rollout.reason, rollout.wave = "paused", why, wave
+            audit(session, f"rollout:{rollout.id}", "rollout.pause", f"rollout:{rollout.id}",
+                  reason=why)  # fmt: skip
+
         while True:
             for w in range(0, wave + 1):
-                members = [t for t in rollout.targets if t.wave == w]
-                tried = [t for t in members if t.state not in ("refused", "cancelled")]
+                tried = _tried(rollout, w)
                 failed = [t for t in tried if t.state == "failed" and t.id not in acked]
                 if tried and len(failed) * 100 > rollout.error_threshold * len(tried):
-                    rollout.state = "paused"
-                    rollout.reason = (
+                    return pause(
                         f"wave {w}: {len(failed)} of {len(tried)} targets failed "
                         f"({', '.join(t.name for t in failed[:5])}), above the error threshold "
                         f"of {rollout.error_threshold}%: look at their jobs, then retry the "
                         "failed targets or resume"
                     )
-                    rollout.wave = wave
-                    audit(
-                        session,
-                        f"rollout:{rollout.id}",
-                        "rollout.pause",
-                        f"rollout:{rollout.id}",
-                        reason=rollout.reason,
-                    )
-                    return
             if wave >= last:
                 break
-            members = [t for t in rollout.targets if t.wave == wave]
-            tried = [t for t in members if t.state not in ("refused", "cancelled")]
-            done = [t for t in tried if t.state == "succeeded"]
-            if not tried or len(done) * 100 >= rollout.success_threshold * len(tried):
+            # Acknowledged failures (resume) no longer hold the next wave back.
+            counted = [
+                t for t in _tried(rollout, wave) if not (t.state == "failed" and t.id in acked)
+            ]
+            done = [t for t in counted if t.state == "succeeded"]
+            if not counted or len(done) * 100 >= rollout.success_threshold * len(counted):
                 wave += 1
                 continue
-            if not any(t.state in ("pending", "running") for t in members):
-                rollout.state = "paused"
-                rollout.reason = (
-                    f"wave {wave} finished with {len(done)} of {len(tried)} targets on the release, "
-                    f"below the success threshold of {rollout.success_threshold}%: retry the "
-                    "failed targets or resume"
+            if not any(t.state in ("pending", "running") for t in counted):
+                return pause(
+                    f"wave {wave} finished with {len(done)} of {len(counted)} targets on the "
+                    f"release, below the success threshold of {rollout.success_threshold}%: "
+                    "retry the failed targets or resume"
                 )
-                rollout.wave = wave
-                return
             break
         rollout.wave = wave
         if not any(t.state in ("pending", "running") for t in rollout.targets):
@@ -293,22 +344,23 @@ class Driver:
             )
 
 
+def _tried(rollout: Rollout, wave: int) -> list[RolloutTarget]:
+    """A wave's targets that count in its thresholds: not the refused or cancelled ones."""
+    return [
+        t for t in rollout.targets if t.wave == wave and t.state not in ("refused", "cancelled")
+    ]
+
+
+def _mark(target: RolloutTarget, state: str, reason: str, now: datetime) -> None:
+    target.state = state
+    target.reason = _short(reason)
+    target.updated_at = now
+
+
 def _reason_text(reason: object) -> str:
     if isinstance(reason, dict):
         return f"{reason.get('message')} ({reason.get('remedy')})"
     return str(reason)
-
-
-def _member_ids(session: Session, target: RolloutTarget) -> list[int]:
-    if target.node_id is not None:
-        return [target.node_id]
-    from repo_server.fleet.group_models import HaGroupMember
-
-    return list(
-        session.scalars(
-            select(HaGroupMember.node_id).where(HaGroupMember.group_id == target.group_id)
-        )
-    )
 
 
 class Ticker(threading.Thread):

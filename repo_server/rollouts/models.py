@@ -101,6 +101,7 @@ class RolloutTarget(Base):
         Index("ix_rollout_targets_node_id", "node_id"),
         Index("ix_rollout_targets_group_id", "group_id"),
         Index("ix_rollout_targets_job_id", "job_id"),
+        Index("ix_rollout_targets_state", "state"),
     )
 
 

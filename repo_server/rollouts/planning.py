@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, defer, selectinload
 
 from repo_server.catalog.release_models import Release
 from repo_server.catalog.releases import get_release, list_releases
+from repo_server.catalog.versions import NsoVersion
 from repo_server.errors import Conflict, NotFound, ValidationFailed
 from repo_server.fleet.group_models import HaGroup, HaGroupMember
 from repo_server.fleet.models import Node
@@ -27,6 +28,16 @@ from repo_server.upgrades.ha_jobs import plan_group
 from repo_server.upgrades.ha_plan import WRITE_POLICIES
 
 MAX_NAMES = 10_000
+
+
+def same_version(running: Optional[str], release: str) -> bool:
+    """Whether a node's reported version is the release (6.2.0 is 6.2)."""
+    if not running:
+        return False
+    try:
+        return NsoVersion.parse(running) == NsoVersion.parse(release)
+    except ValueError:
+        return running == release
 
 
 class NoTargets(Conflict):
@@ -68,8 +79,8 @@ class Options:
     strip_removed_ncs_conf: bool = False
 
     def checked(self) -> Options:
-        if self.canary < 0:
-            raise ValidationFailed("canary must be 0 or more targets", field="canary")
+        if not 0 <= self.canary <= MAX_NAMES:
+            raise ValidationFailed(f"canary: 0 to {MAX_NAMES} targets", field="canary")
         if not self.waves or any(not 0 < w <= 100 for w in self.waves):
             raise ValidationFailed(
                 f"waves {self.waves}: give cumulative percentages from 1 to 100 (10,50,100)",
@@ -188,7 +199,11 @@ def plan(session: Session, release: str, selection: Selection, options: Options)
             "fleet, with --version and --match)",
             selection=asdict(selection),
         )
-    _check_overlap(session, targets)
+    check_overlap(
+        session,
+        {i for t in targets for i in t.node_ids},
+        {t.group_id for t in targets if t.group_id is not None},
+    )
     _check_gates(session, options.gates, chosen)
     _preflight(session, chosen, targets, options)
     _assign_waves(targets, options)
@@ -261,7 +276,7 @@ def _targets(session: Session, selection: Selection) -> list[PlannedTarget]:
         add_node(names[name])
     for name in selection.groups:
         add_group(by_name[name])
-    labels, versions = set(selection.labels), set(selection.versions)
+    labels, versions = {x.lower() for x in selection.labels}, set(selection.versions)
     for row in rows:
         if (
             selection.all
@@ -272,10 +287,11 @@ def _targets(session: Session, selection: Selection) -> list[PlannedTarget]:
     return ordered
 
 
-def _check_overlap(session: Session, targets: list[PlannedTarget]) -> None:
-    """No node is an open target of another active rollout."""
-    wanted = {i for t in targets for i in t.node_ids}
-    wanted_groups = {t.group_id for t in targets if t.group_id is not None}
+def check_overlap(
+    session: Session, node_ids: set[int], group_ids: set[int], besides: Optional[int] = None
+) -> None:
+    """No node (nor group) is an open target of another active rollout (than ``besides``)."""
+    wanted, wanted_groups = node_ids, group_ids
     rows = session.execute(
         select(
             RolloutTarget.rollout_id,
@@ -284,7 +300,11 @@ def _check_overlap(session: Session, targets: list[PlannedTarget]) -> None:
             RolloutTarget.group_id,
         )
         .join(Rollout, Rollout.id == RolloutTarget.rollout_id)
-        .where(Rollout.state.in_(ROLLOUT_ACTIVE), RolloutTarget.state.in_(TARGET_OPEN))
+        .where(
+            Rollout.state.in_(ROLLOUT_ACTIVE),
+            RolloutTarget.state.in_(TARGET_OPEN),
+            Rollout.id != (besides or 0),
+        )
     ).all()
     member_groups: dict[int, set[int]] = {}
     for group_id, node_id in session.execute(select(HaGroupMember.group_id, HaGroupMember.node_id)):
@@ -335,7 +355,7 @@ def gate_problems(session: Session, gates: list[str], version: str) -> list[str]
         if not nodes:
             problems.append(f"gate {gate} is no node or HA group")
         for node in nodes:
-            if node.running_version != version:
+            if not same_version(node.running_version, version):
                 problems.append(
                     f"gate {gate}: {node.name} runs {node.running_version or 'no NSO'}, not {version}"
                 )
@@ -361,7 +381,7 @@ def _preflight(
     for target in targets:
         if target.kind == "node":
             node = nodes[target.node_ids[0]]
-            if node.running_version == release.nso_version:
+            if same_version(node.running_version, release.nso_version):
                 target.state, target.reason = "succeeded", f"runs {release.nso_version} already"
                 continue
             verdict = preflight.check(node, release, releases, upgrade_options)
@@ -375,8 +395,9 @@ def _preflight(
                 upgrade_options,
                 {},
             )
-            versions = {v.source_version for v in group_plan.verdicts}
-            if versions == {release.nso_version}:
+            if all(
+                same_version(v.source_version, release.nso_version) for v in group_plan.verdicts
+            ):
                 target.state, target.reason = "succeeded", f"runs {release.nso_version} already"
                 continue
             reasons = [r for r in group_plan.reasons() if "job_active" not in r]
@@ -392,15 +413,18 @@ def _preflight(
 
 
 def _assign_waves(targets: list[PlannedTarget], options: Options) -> None:
-    """The canary (the first ``canary`` targets) is wave 0; the rest fill the waves by
-    cumulative share. Empty waves are dropped."""
-    canary = min(options.canary, len(targets))
-    rest = len(targets) - canary
+    """Waves are made of the targets to upgrade: the canary (the first ``canary`` of
+    them) is wave 0, the rest fill the waves by cumulative share, empty waves dropped.
+    Targets refused by preflight or on the release already join the last wave: a canary is
+    a target that really upgrades, and a retried refusal goes last."""
+    todo = [t for t in targets if t.state == "pending"]
+    canary = min(options.canary, len(todo))
+    rest = len(todo) - canary
     bounds = [math.ceil(rest * p / 100) for p in options.waves]
-    waves: list[list[PlannedTarget]] = [targets[:canary]] if canary else []
+    waves: list[list[PlannedTarget]] = [todo[:canary]] if canary else []
     start = 0
     for bound in bounds:
-        waves.append(targets[canary + start : canary + bound])
+        waves.append(todo[canary + start : canary + bound])
         start = bound
     number = 0
     for wave in waves:
@@ -409,3 +433,6 @@ def _assign_waves(targets: list[PlannedTarget], options: Options) -> None:
         for target in wave:
             target.wave = number
         number += 1
+    for target in targets:
+        if target.state != "pending":
+            target.wave = max(number - 1, 0)

@@ -42,26 +42,33 @@ class FleetRolloutArgs(Schema):
     release = fields.String(required=True, validate=validate.Length(min=1, max=64))
     select = fields.Nested(SelectionSchema, required=True)
     canary = fields.Integer(
-        load_default=0, metadata={"description": "Targets in the first wave, alone"}
+        load_default=0,
+        validate=validate.Range(min=0, max=MAX_NAMES),
+        metadata={"description": "Targets in the first wave, alone"},
     )
     waves = fields.List(
-        fields.Integer(),
+        fields.Integer(validate=validate.Range(min=1, max=100)),
         load_default=lambda: [100],
         validate=validate.Length(min=1, max=20),
         metadata={"description": "Cumulative percentages of the other targets, e.g. [10, 50, 100]"},
     )
     success_threshold = fields.Integer(
+        validate=validate.Range(min=0, max=100),
         load_default=100,
         metadata={"description": "Percent of a wave that must succeed before the next one opens"},
     )
     error_threshold = fields.Integer(
+        validate=validate.Range(min=0, max=100),
         load_default=0,
         metadata={"description": "Percent of a wave that may fail; more pauses the rollout"},
     )
     concurrency = fields.Integer(
-        load_default=1, metadata={"description": "Targets upgraded at once"}
+        validate=validate.Range(min=1, max=1000),
+        load_default=1,
+        metadata={"description": "Targets upgraded at once"},
     )
     job_minutes = fields.Integer(
+        validate=validate.Range(min=1, max=1440),
         load_default=60,
         metadata={
             "description": "How long one target's job may take: none starts in a window that closes sooner"

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session, selectinload
 from repo_server.auth.service import Principal, audit
 from repo_server.db import utcnow
 from repo_server.errors import Conflict, NotFound, ValidationFailed
+from repo_server.fleet.group_models import HaGroupMember
 from repo_server.fleet.models import Node
 from repo_server.fleet.notify import Notifier
 from repo_server.rollouts import planning
@@ -224,12 +225,26 @@ class Rollouts:
     def retry(self, rollout_id: int, who: Principal) -> Rollout:
         """Plan the failed and refused targets again; the rest stays as it is. A finished
         rollout runs again; a paused one stays paused until resumed."""
+        # Its targets become open again: no other rollout may have taken them meanwhile
+        # (the creation lock, then the same check as a new rollout's).
+        lock_rollout_creation(self.session)
         rollout = self.locked(rollout_id)
         self._expect(rollout, ("running", "paused", "incomplete"), "retried")
         again = [t for t in rollout.targets if t.state in ("failed", "refused")]
         if not again:
             self.session.rollback()
             raise Conflict(f"rollout {rollout_id} has no failed or refused target to retry")
+        members = _members(self.session, {t.group_id for t in again if t.group_id is not None})
+        try:
+            planning.check_overlap(
+                self.session,
+                {t.node_id for t in again if t.node_id is not None} | members,
+                {t.group_id for t in again if t.group_id is not None},
+                besides=rollout.id,
+            )
+        except planning.RolloutOverlap:
+            self.session.rollback()
+            raise
         now = utcnow()
         for target in again:
             target.state = "pending"
@@ -275,18 +290,20 @@ def _reason(text: str) -> str:
     return printable(text.strip())[:500]
 
 
+def _members(session: Session, group_ids: set[int]) -> set[int]:
+    if not group_ids:
+        return set()
+    return set(
+        session.scalars(
+            select(HaGroupMember.node_id).where(HaGroupMember.group_id.in_(sorted(group_ids)))
+        )
+    )
+
+
 def _unassign(session: Session, targets: list[RolloutTarget], version: str) -> None:
     """The nodes of targets that will not get the release are assigned none any more."""
-    from repo_server.fleet.group_models import HaGroupMember
-
     node_ids = [t.node_id for t in targets if t.node_id is not None]
-    group_ids = [t.group_id for t in targets if t.group_id is not None]
-    if group_ids:
-        node_ids += list(
-            session.scalars(
-                select(HaGroupMember.node_id).where(HaGroupMember.group_id.in_(group_ids))
-            )
-        )
+    node_ids += sorted(_members(session, {t.group_id for t in targets if t.group_id is not None}))
     for i in range(0, len(node_ids), 1000):
         session.execute(
             update(Node)
@@ -295,30 +312,37 @@ def _unassign(session: Session, targets: list[RolloutTarget], version: str) -> N
         )
 
 
-def counts(targets: list[RolloutTarget]) -> dict[str, int]:
+def _counts(tallies: list[tuple[int, str, int]]) -> dict[str, int]:
     out = dict.fromkeys(TARGET_STATES, 0)
-    for t in targets:
-        out[t.state] += 1
+    for _wave, state, count in tallies:
+        out[state] += count
     return out
 
 
-def wave_progress(rollout: Rollout) -> list[dict[str, Any]]:
-    waves: dict[int, list[RolloutTarget]] = {}
-    for t in rollout.targets:
-        waves.setdefault(t.wave, []).append(t)
+def wave_progress(rollout: Rollout, tallies: list[tuple[int, str, int]]) -> list[dict[str, Any]]:
+    waves: dict[int, list[tuple[int, str, int]]] = {}
+    for tally in tallies:
+        waves.setdefault(tally[0], []).append(tally)
     return [
         {
             "wave": w,
             "canary": rollout.canary > 0 and w == 0,
-            "size": len(ts),
+            "size": sum(count for *_, count in rows),
             "open": w <= rollout.wave,
-            **counts(ts),
+            **_counts(rows),
         }
-        for w, ts in sorted(waves.items())
+        for w, rows in sorted(waves.items())
     ]
 
 
-def rollout_dict(rollout: Rollout, with_targets: bool = True) -> dict[str, Any]:
+def rollout_dict(
+    rollout: Rollout, tallies: Optional[list[tuple[int, str, int]]] = None
+) -> dict[str, Any]:
+    """The rollout as the API shows it: with every target, or, given its ``tallies``
+    (wave, state, count), without them."""
+    with_targets = tallies is None
+    if tallies is None:
+        tallies = [(t.wave, t.state, 1) for t in rollout.targets]
     out: dict[str, Any] = {
         "id": rollout.id,
         "url": f"/api/v1/rollouts/{rollout.id}",
@@ -338,8 +362,8 @@ def rollout_dict(rollout: Rollout, with_targets: bool = True) -> dict[str, Any]:
         "gates": rollout.gates,
         "selection": (rollout.request or {}).get("selection") or {},
         "open_wave": rollout.wave,
-        "counts": counts(rollout.targets),
-        "wave_progress": wave_progress(rollout),
+        "counts": _counts(tallies),
+        "wave_progress": wave_progress(rollout, tallies),
     }
     if with_targets:
         out["targets"] = [

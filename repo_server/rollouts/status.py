@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from repo_server.fleet.group_models import HaGroupMember
 from repo_server.fleet.models import Node
 from repo_server.rollouts.models import Rollout, RolloutTarget
+from repo_server.rollouts.planning import same_version
 
 
 def node_statuses(session: Session, nodes: list[Node]) -> dict[int, Optional[dict[str, Any]]]:
@@ -67,7 +68,7 @@ def _status(
 def _why(
     node: Node, target: RolloutTarget, rollout_state: str, rollout_reason: Optional[str]
 ) -> str:
-    if node.assigned_version and node.running_version == node.assigned_version:
+    if node.assigned_version and same_version(node.running_version, node.assigned_version):
         return "runs the assigned release"
     if target.state == "pending" and rollout_state == "paused":
         return f"rollout {target.rollout_id} is paused: {rollout_reason or 'by an operator'}"

@@ -3,6 +3,7 @@ rollouts/driver.py and rollouts/windows.py."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from flask import jsonify
@@ -25,6 +26,8 @@ from repo_server.rollouts.schemas import (
 )
 from repo_server.rollouts.service import Rollouts, rollout_dict
 
+log = logging.getLogger(__name__)
+
 blp = Blueprint(
     "rollouts", __name__, url_prefix="/api/v1", description="Fleet rollouts and maintenance windows"
 )
@@ -40,8 +43,13 @@ def _request(body: dict[str, Any]) -> tuple[str, Selection, Options]:
 
 
 def _shown(rollout_id: int) -> dict[str, Any]:
-    """The rollout as it stands, after the driver has moved it."""
-    state().driver.advance(rollout_id)
+    """The rollout as it stands, after the driver has moved it. The operator's change is
+    committed already: a driver failure here is logged and left to the ticker, never
+    turned into an error answer for a change that was made."""
+    try:
+        state().driver.advance(rollout_id)
+    except Exception:
+        log.exception("rollout %s: the driver failed after an operator's change", rollout_id)
     session = db_session()
     session.expire_all()
     return rollout_dict(_rollouts().get(rollout_id))
@@ -55,7 +63,7 @@ class RolloutList(MethodView):
     @blp.response(200, FleetRolloutSummarySchema(many=True))
     def get(self, args: dict[str, Any]) -> Any:
         """Rollouts, newest first, with their progress per wave."""
-        return [rollout_dict(r, with_targets=False) for r in _rollouts().list(args["limit"])]
+        return _rollouts().list(args["limit"])
 
     @require("job:manage")
     @blp.doc(security=BEARER)

@@ -4,6 +4,7 @@ inside one, and only when its job can finish before that window closes."""
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -11,7 +12,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Optional
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from sqlalchemy import ColumnElement, or_, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from repo_server.auth.service import Principal, audit
@@ -20,6 +21,7 @@ from repo_server.fleet.groups import get_group
 from repo_server.fleet.service import get_node
 from repo_server.rollouts.models import MaintenanceWindow
 
+log = logging.getLogger(__name__)
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _START = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 MAX_MINUTES = 7 * 24 * 60
@@ -104,6 +106,7 @@ class WindowVerdict:
     ok: bool
     reason: Optional[str] = None
     next_start: Optional[datetime] = None
+    closes: Optional[datetime] = None  # when ok inside a window: when it closes
 
 
 def allows(windows: list[MaintenanceWindow], now: datetime, needed: timedelta) -> WindowVerdict:
@@ -114,14 +117,25 @@ def allows(windows: list[MaintenanceWindow], now: datetime, needed: timedelta) -
     now = now.astimezone(timezone.utc)
     later: list[datetime] = []
     too_short = False
+    closes: Optional[datetime] = None
     for window in windows:
-        for opening in openings(window, now):
+        try:
+            found = list(openings(window, now))
+        except ValidationFailed:  # a zone the system no longer knows: this window never opens
+            log.warning(
+                "maintenance window %s: time zone %r is unknown", window.id, window.timezone
+            )
+            continue
+        for opening in found:
             if opening.start <= now < opening.end:
                 if now + needed <= opening.end:
-                    return WindowVerdict(True)
-                too_short = True
+                    closes = max(closes or opening.end, opening.end)
+                else:
+                    too_short = True
             elif opening.start > now and opening.end - opening.start >= needed:
                 later.append(opening.start)
+    if closes is not None:
+        return WindowVerdict(True, closes=closes)
     first = min(later) if later else None
     why = (
         "the open maintenance window closes before a job of "
@@ -137,19 +151,41 @@ def allows(windows: list[MaintenanceWindow], now: datetime, needed: timedelta) -
     return WindowVerdict(False, why + when, first)
 
 
-def windows_of(
-    session: Session, node_ids: list[int], group_id: Optional[int]
-) -> list[MaintenanceWindow]:
-    """The windows of a target: its group's, and its nodes'. A target must fit all of them
-    that apply: those of each subject are alternatives, subjects must all agree."""
-    clauses: list[ColumnElement[bool]] = (
-        [MaintenanceWindow.node_id.in_(node_ids)] if node_ids else []
-    )
-    if group_id is not None:
-        clauses.append(MaintenanceWindow.group_id == group_id)
-    if not clauses:
-        return []
-    return list(session.scalars(select(MaintenanceWindow).where(or_(*clauses))))
+class WindowBook:
+    """Every maintenance window, and the members of the given groups, read once: the driver
+    checks thousands of targets in a pass with no query per target."""
+
+    def __init__(self, session: Session, group_ids: set[int]) -> None:
+        from repo_server.fleet.group_models import HaGroupMember
+
+        self.by_node: dict[int, list[MaintenanceWindow]] = {}
+        self.by_group: dict[int, list[MaintenanceWindow]] = {}
+        for window in session.scalars(select(MaintenanceWindow)):
+            if window.node_id is not None:
+                self.by_node.setdefault(window.node_id, []).append(window)
+            elif window.group_id is not None:
+                self.by_group.setdefault(window.group_id, []).append(window)
+        self.members: dict[int, list[int]] = {}
+        if group_ids and (self.by_node or self.by_group):
+            rows = session.execute(
+                select(HaGroupMember.group_id, HaGroupMember.node_id).where(
+                    HaGroupMember.group_id.in_(sorted(group_ids))
+                )
+            )
+            for group_id, node_id in rows:
+                self.members.setdefault(group_id, []).append(node_id)
+
+    def allows(
+        self, node_id: Optional[int], group_id: Optional[int], now: datetime, needed: timedelta
+    ) -> WindowVerdict:
+        """A standalone node's windows, or a group's and each of its members'."""
+        if not self.by_node and not self.by_group:
+            return WindowVerdict(True)
+        node_ids = [node_id] if node_id is not None else self.members.get(group_id or 0, [])
+        found = [w for n in node_ids for w in self.by_node.get(n, [])]
+        if group_id is not None:
+            found += self.by_group.get(group_id, [])
+        return target_allows(found, now, needed)
 
 
 def target_allows(
@@ -159,11 +195,14 @@ def target_allows(
     by_subject: dict[tuple[Optional[int], Optional[int]], list[MaintenanceWindow]] = {}
     for window in windows:
         by_subject.setdefault((window.node_id, window.group_id), []).append(window)
+    closes: Optional[datetime] = None
     for subject_windows in by_subject.values():
         verdict = allows(subject_windows, now, needed)
         if not verdict.ok:
             return verdict
-    return WindowVerdict(True)
+        if verdict.closes is not None:
+            closes = min(closes or verdict.closes, verdict.closes)
+    return WindowVerdict(True, closes=closes)
 
 
 # -- the operator's side --------------------------------------------------------------------

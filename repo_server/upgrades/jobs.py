@@ -460,14 +460,21 @@ class JobService:
         now = utcnow()
         if step.state == "pending" and _past_start_by(job, now):
             # What made the job safe to start no longer holds (a NED migration's dry-run
-            # got too old while the agent was away): it ends here, having changed nothing.
+            # got too old, a rollout's maintenance window closes, while the agent was
+            # away): it ends here, having changed nothing.
             self._skip_pending(job)
             transition(job, "failed")
             job.outcome = "unchanged"
+            why = job.options.get("start_by_why")
             job.error = (
-                f"not started: it had to start by {job.options['start_by']} (its "
-                "dry-run's result holds until then, NSO_REPO_NED_DRY_RUN_MAX_AGE) and the "
-                "node's agent asked for it only now; run the dry-run again and confirm it"
+                f"not started: it had to start by {job.options['start_by']} ("
+                + (
+                    why
+                    if isinstance(why, str)
+                    else "its dry-run's result holds until then, NSO_REPO_NED_DRY_RUN_MAX_AGE; "
+                    "run the dry-run again and confirm it"
+                )
+                + ") and the node's agent asked for it only now"
             )
             job.finished_at = now
             self.session.commit()

@@ -587,13 +587,18 @@ def _check_packages(
         )
 
 
-# (release id, target) -> the release's builds the target cannot load: the same for every
-# node a plan checks, and releases are immutable.
-_REFUSALS: dict[tuple[int, str, str], list[Refusal]] = {}
+# (release, its builds by name and digest, target) -> the builds the target cannot load:
+# the same for every node a plan checks. Keyed by content, not row ids (another database
+# reuses them).
+_REFUSALS: dict[tuple[Any, ...], list[Refusal]] = {}
 
 
 def _release_refusals(release: Release, target: NsoVersion) -> list[Refusal]:
-    key = (release.id, release.nso_version, str(target))
+    key = (
+        release.nso_version,
+        str(target),
+        *sorted((a.filename, a.sha256) for a in release.packages),
+    )
     found = _REFUSALS.get(key)
     if found is None:
         found = [
@@ -601,10 +606,9 @@ def _release_refusals(release: Release, target: NsoVersion) -> list[Refusal]:
             for artifact in release.packages
             if (refusal := PackageBuild.of(artifact).load_refusal(target)) is not None
         ]
-        if release.id is not None:
-            if len(_REFUSALS) >= 1000:
-                _REFUSALS.clear()
-            _REFUSALS[key] = found
+        if len(_REFUSALS) >= 1000:
+            _REFUSALS.clear()
+        _REFUSALS[key] = found
     return found
 
 

@@ -67,6 +67,7 @@ DECISIONS: dict[tuple[str, str], str] = {
     ("POST", "/api/v1/patch-rollouts"): "job:manage",
     ("GET", "/api/v1/patch-rollouts/<int:rollout_id>"): "job:read",
     ("PUT", "/api/v1/nodes/<string:name>/labels"): "node:manage",
+    ("PATCH", "/api/v1/nodes/<string:name>/labels"): "node:manage",
     ("GET", "/api/v1/rollouts"): "job:read",
     ("POST", "/api/v1/rollouts"): "job:manage",
     ("POST", "/api/v1/rollouts/plan"): "job:read",

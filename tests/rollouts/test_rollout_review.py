@@ -1,0 +1,133 @@
+"""Fleet rollouts where a second read found them wrong: resume past a failed canary, retry
+into another rollout's node, a refused canary, a node upgraded outside the rollout, a job
+whose agent comes back after its window, a window too short for any job, a group removed
+mid-rollout, labels in any case."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+from sqlalchemy import select
+
+from repo_server.upgrades.models import Job
+from tests.api.helpers import assert_error
+from tests.patches.test_rollout_api import group_on
+from tests.upgrades.builders import healthy_inventory, inventory
+
+from .test_rollout_api import (
+    PKGS,
+    _window,
+    act,
+    busy,
+    create,
+    get,
+    run_job,
+    targets,
+)
+
+
+def test_resume_past_a_failed_canary_opens_the_next_wave(live, fleet) -> None:
+    rid = create(live, select={"nodes": ["edge-1"], "all": True}, canary=1, concurrency=5).json()[
+        "id"
+    ]
+    assert run_job(fleet["edge-1"], fail="prestage") == "failed"
+    assert get(live, rid)["state"] == "paused"
+    resumed = act(live, rid, "resume")
+    assert resumed.status_code == 200, resumed.text
+    assert resumed.json()["state"] == "running", resumed.json()["reason"]
+    assert busy(fleet, live, rid) == {"edge-2", "edge-3", "edge-4", "edge-5"}
+    for name in ("edge-2", "edge-3", "edge-4", "edge-5"):
+        run_job(fleet[name])
+    done = get(live, rid)
+    assert done["state"] == "incomplete" and done["counts"]["failed"] == 1
+
+
+def test_retry_refuses_a_target_another_rollout_took_meanwhile(live, fleet) -> None:
+    rid = create(live, select={"nodes": ["edge-3"]}, error_threshold=100).json()["id"]
+    run_job(fleet["edge-3"], fail="prestage")
+    assert get(live, rid)["state"] == "incomplete"
+    taken = create(live, select={"nodes": ["edge-3"]})
+    assert taken.status_code == 201, taken.text
+    assert_error(act(live, rid, "retry"), 409, "rollout_overlap")
+    assert targets(get(live, rid))["edge-3"]["state"] == "failed"
+    assert get(live, rid)["state"] == "incomplete"
+
+
+def test_a_refused_target_is_never_the_canary(live, fleet) -> None:
+    fleet["edge-1"].heartbeat(
+        inventory("6.1", PKGS, disk_free_bytes={"/opt/ncs": 1, "/var/opt/ncs": 1})
+    )
+    fleet["edge-2"].heartbeat(healthy_inventory("6.2"))  # on the release already
+    rollout = create(
+        live, select={"nodes": ["edge-1", "edge-2"], "all": True}, canary=1, waves=[100]
+    )
+    assert rollout.status_code == 201, rollout.text
+    shown = targets(rollout.json())
+    assert shown["edge-3"]["wave"] == 0 and shown["edge-3"]["state"] == "running"
+    assert {shown[n]["wave"] for n in ("edge-1", "edge-2", "edge-4", "edge-5")} == {1}
+    assert busy(fleet, live, rollout.json()["id"]) == {"edge-3"}
+
+
+def test_a_node_upgraded_outside_the_rollout_counts_as_done(live, fleet) -> None:
+    rid = create(live, select={"nodes": ["edge-1", "edge-2"]}).json()["id"]
+    fleet["edge-2"].heartbeat(healthy_inventory("6.2.0"))  # 6.2.0 is 6.2
+    run_job(fleet["edge-1"])
+    done = get(live, rid)
+    assert done["state"] == "succeeded", done
+    assert targets(done)["edge-2"]["reason"] == "runs 6.2 already"
+    assert targets(done)["edge-2"]["job_id"] is None
+
+
+def test_a_job_its_agent_asks_for_after_its_window_waits_for_the_next(
+    live, fleet, app_state
+) -> None:
+    now = datetime.now(timezone.utc)
+    _window(live, "edge-1", now - timedelta(minutes=5), 180)
+    rid = create(live, select={"nodes": ["edge-1"]}, job_minutes=30).json()["id"]
+    job_id = targets(get(live, rid))["edge-1"]["job_id"]
+    with app_state.sessions() as session:
+        job = session.scalar(select(Job).where(Job.id == job_id))
+        assert job.options["start_by"] and "window" in job.options["start_by_why"]
+        # The agent was away until after the window's last start.
+        job.options = {**job.options, "start_by": (now - timedelta(minutes=1)).isoformat()}
+        session.commit()
+    assert fleet["edge-1"].next(0) is None
+    job = live.session("viewer").get(f"{live.url}/api/v1/jobs/{job_id}").json()
+    assert job["state"] == "failed" and job["outcome"] == "unchanged"
+    assert "maintenance window would close" in job["error"]
+    app_state.driver.advance(rid)
+    after = targets(get(live, rid))["edge-1"]
+    # Pending again, and (its window still open) started anew at once.
+    assert after["state"] == "running" and after["job_id"] != job_id and after["attempts"] == 2
+
+
+def test_a_window_too_short_for_any_job_refuses_the_target(live, fleet) -> None:
+    _window(live, "edge-1", datetime.now(timezone.utc) + timedelta(hours=1), 20)
+    rid = create(
+        live, select={"nodes": ["edge-1", "edge-2"]}, job_minutes=30, concurrency=2
+    ).json()["id"]
+    shown = targets(get(live, rid))
+    assert shown["edge-1"]["state"] == "refused"
+    assert "no window is long enough" in shown["edge-1"]["reason"]
+    assert shown["edge-2"]["state"] == "running"
+
+
+def test_a_group_still_to_upgrade_cannot_be_removed(live, fleet) -> None:
+    group_on(live, "pair", 2, version="6.1")
+    answer = create(live, select={"groups": ["pair"]}, allow_extra_packages=True)
+    assert answer.status_code == 201, answer.text
+    removed = live.session("operator").delete(f"{live.url}/api/v1/groups/pair")
+    assert "rollout" in assert_error(removed, 409, "conflict")["message"]
+    assert act(live, answer.json()["id"], "cancel", reason="not now").status_code == 200
+
+
+def test_labels_are_matched_in_any_case_and_changed_without_losing_others(live, fleet) -> None:
+    http = live.session("operator")
+    for added in ("Site=Oslo", "tier:GOLD"):
+        answer = http.patch(f"{live.url}/api/v1/nodes/edge-3/labels", json={"add": [added]})
+        assert answer.status_code == 200, answer.text
+    assert answer.json()["labels"] == ["site=oslo", "tier:gold"]
+    listed = live.session("viewer").get(f"{live.url}/api/v1/nodes", params={"label": "SITE=oslo"})
+    assert [n["name"] for n in listed.json()["items"]] == ["edge-3"]
+    gone = http.patch(f"{live.url}/api/v1/nodes/edge-3/labels", json={"remove": ["TIER:gold"]})
+    assert gone.json()["labels"] == ["site=oslo"]
