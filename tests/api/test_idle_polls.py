@@ -86,7 +86,7 @@ def test_a_poll_with_a_bad_wait_gets_the_full_paths_refusal(live, agent, query: 
     assert set(answer.json()) == {"error"}
 
 
-@pytest.mark.parametrize("query", ["wait=0&wait=0", "wait=0&x=1", "a&b&c", "wait=0&&&"])
+@pytest.mark.parametrize("query", ["wait=0&wait=0", "wait=0&x=1", "a&b&c&wait=0", "wait=0&&&"])
 def test_a_query_the_fast_path_does_not_read_goes_the_full_path(
     live, app_state, agent, query: str
 ) -> None:
