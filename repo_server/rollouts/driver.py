@@ -56,6 +56,9 @@ class Pick:
     needed: timedelta
 
 
+# Jobs a request that moves a rollout on starts at most; the ticker starts the rest.
+REQUEST_STARTS = 25
+
 # _step's answer after it settled targets without starting a job: judge the waves again.
 AGAIN = Pick(0, None, timedelta(0))
 
@@ -65,16 +68,23 @@ class Driver:
         self.sessions = sessions
         self.notifier = notifier
 
-    def advance(self, rollout_id: int, now: Optional[datetime] = None) -> None:
-        """Run the rollout as far as it goes now (``now``: the clock, for tests)."""
+    def advance(
+        self, rollout_id: int, now: Optional[datetime] = None, starts: Optional[int] = None
+    ) -> None:
+        """Run the rollout as far as it goes now (``now``: the clock, for tests), starting
+        at most ``starts`` jobs: a request that moves a rollout on (an operator's, an
+        agent's last report) starts a few and leaves the rest to the ticker, so it answers
+        in time whatever the rollout's concurrency."""
         skip: set[int] = set()  # targets that cannot start in this pass
-        while True:
+        started = 0
+        while starts is None or started < starts:
             with self.sessions() as session:
                 pick = self._step(session, rollout_id, skip, now)
                 if pick is None:
                     return
                 if pick is not AGAIN:
                     self._start(session, rollout_id, pick, skip)
+                    started += 1
 
     def active(self) -> list[int]:
         """Rollouts with something left to do or to record."""
@@ -103,7 +113,7 @@ class Driver:
                 select(RolloutTarget.rollout_id).where(RolloutTarget.job_id == job_id)
             )
         if rollout_id is not None:
-            self.advance(rollout_id)
+            self.advance(rollout_id, starts=REQUEST_STARTS)
 
     # -- one pass -----------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ from flask_smorest import Blueprint
 from repo_server.catalog.schemas import BEARER
 from repo_server.context import db_session, principal, require, state
 from repo_server.rollouts import windows
+from repo_server.rollouts.driver import REQUEST_STARTS
 from repo_server.rollouts.planning import Options, Selection
 from repo_server.rollouts.schemas import (
     FleetRolloutArgs,
@@ -47,7 +48,7 @@ def _shown(rollout_id: int) -> dict[str, Any]:
     committed already: a driver failure here is logged and left to the ticker, never
     turned into an error answer for a change that was made."""
     try:
-        state().driver.advance(rollout_id)
+        state().driver.advance(rollout_id, starts=REQUEST_STARTS)
     except Exception:
         log.exception("rollout %s: the driver failed after an operator's change", rollout_id)
     session = db_session()

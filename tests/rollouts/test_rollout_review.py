@@ -131,3 +131,18 @@ def test_labels_are_matched_in_any_case_and_changed_without_losing_others(live, 
     assert [n["name"] for n in listed.json()["items"]] == ["edge-3"]
     gone = http.patch(f"{live.url}/api/v1/nodes/edge-3/labels", json={"remove": ["TIER:gold"]})
     assert gone.json()["labels"] == ["site=oslo"]
+
+
+def test_a_request_starts_a_bounded_number_of_jobs_and_the_ticker_the_rest(
+    live, fleet, app_state
+) -> None:
+    from repo_server.rollouts.driver import REQUEST_STARTS
+    from tests.upgrades.builders import enroll_node
+
+    for i in range(6, REQUEST_STARTS + 3):
+        assert enroll_node(live, f"edge-{i}").heartbeat(healthy_inventory("6.1")).status_code == 200
+    answer = create(live, select={"all": True}, concurrency=100)
+    assert answer.status_code == 201, answer.text
+    assert answer.json()["counts"]["running"] == REQUEST_STARTS
+    app_state.driver.tick()
+    assert get(live, answer.json()["id"])["counts"]["running"] == REQUEST_STARTS + 2
