@@ -106,6 +106,7 @@ def create_app(
     from repo_server.catalog.views import blp as catalog_blp
     from repo_server.fleet.views import blp as fleet_blp
     from repo_server.health import blp as health_blp
+    from repo_server.health import probes as probes_blp
     from repo_server.patches.views import blp as patches_blp
     from repo_server.rollouts.views import blp as rollouts_blp
     from repo_server.upgrades.group_views import blp as groups_blp
@@ -125,10 +126,14 @@ def create_app(
         fleet_blp,
         auth_blp,
         health_blp,
+        probes_blp,
     ):
         api.register_blueprint(blueprint)
 
     _register_error_handlers(app)
+    from repo_server import observability
+
+    observability.install(app, json_logs=settings.log_format == "json")
     request_guards.install(app, settings)
     # An agent's poll with nothing to do is answered before Flask (fleet/idle_polls.py).
     from repo_server.fleet import idle_polls

@@ -132,8 +132,20 @@ def on_starting(server: Any) -> None:
     from repo_server.errors import AppError
 
     tune_malloc()
+    from repo_server.config import load_settings
+    from repo_server.observability import prepare_multiprocess
+
     try:
         prepare()
+        # The workers' metrics meet in one folder (observability.py).
+        prepare_multiprocess(load_settings().data_dir)
     except AppError as error:
         # One line that says what to do, not a traceback (`gunicorn -c gunicorn.conf.py`).
         raise SystemExit(f"error: {error.message}") from None
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """A worker exited: its live metrics no longer count."""
+    from repo_server.observability import forget_worker
+
+    forget_worker(worker.pid)

@@ -55,6 +55,7 @@ from gunicorn import sock as gsock
 from gunicorn.http.body import ChunkedReader, LengthReader
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
+from repo_server.observability import metrics
 from repo_server.parking import PARK, RESUMED, Parked
 
 MAX_HEAD_BYTES = 64 << 10
@@ -629,6 +630,7 @@ class GuardedThreadWorker(ThreadWorker):
         conn.sock.setblocking(False)
         conn.wake = partial(self.method_queue.defer, self._woken, conn, parked)
         self.parked[conn] = parked
+        metrics().waiting.set(len(self.parked))
         heapq.heappush(self.deadlines, (parked.deadline, next(self.parks), conn, parked))
         if len(self.deadlines) > 2 * len(self.parked) + 1000:
             # Polls that left early (closed, woken) leave entries behind until their deadline:
@@ -646,8 +648,10 @@ class GuardedThreadWorker(ThreadWorker):
 
     def _unpark(self, conn: PendingConn) -> Optional[Parked]:
         parked = self.parked.pop(conn, None)
-        if parked is not None and conn.wake is not None:
-            parked.unwatch(conn.wake)
+        if parked is not None:
+            metrics().waiting.set(len(self.parked))
+            if conn.wake is not None:
+                parked.unwatch(conn.wake)
         with contextlib.suppress(KeyError, ValueError, OSError):
             self.poller.unregister(conn.sock)
         return parked

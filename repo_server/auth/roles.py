@@ -14,6 +14,8 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "audit:read": frozenset({"admin", "operator"}),
     # /api/v1/health answers anyone up or down; these roles also get version and checks.
     "health:details": frozenset({"admin", "operator"}),
+    # GET /metrics (Prometheus: give its scraper a viewer token).
+    "metrics:read": frozenset({"admin", "operator", "viewer"}),
     "release:read": READ_ROLES,
     "release:manage": frozenset({"admin", "operator"}),
     "node:read": frozenset({"admin", "operator", "viewer"}),

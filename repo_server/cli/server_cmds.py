@@ -154,6 +154,7 @@ def gunicorn_options(
             "errorlog",
             "loglevel",
             "on_starting",
+            "child_exit",
             "control_socket_disable",
         )
     }

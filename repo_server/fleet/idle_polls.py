@@ -78,6 +78,12 @@ def _age(when: Optional[datetime], now: datetime) -> float:
     return float("inf") if when is None else (now - when).total_seconds()
 
 
+def IDLE_POLLS() -> Any:
+    from repo_server.observability import metrics
+
+    return metrics().idle_polls
+
+
 def middleware(app: WsgiApp, state: AppState) -> WsgiApp:
     """WSGI middleware before Flask: answer the idle polls it can, pass on the rest."""
 
@@ -93,6 +99,7 @@ def middleware(app: WsgiApp, state: AppState) -> WsgiApp:
             answered = None
         if answered is None:
             return app(environ, start_response)
+        IDLE_POLLS().inc()
         start_response("204 NO CONTENT", answered)
         return [b""]
 

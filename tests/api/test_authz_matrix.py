@@ -23,6 +23,9 @@ OPEN = "open: no token needed"
 DECISIONS: dict[tuple[str, str], str] = {
     ("GET", "/api/openapi.json"): OPEN,
     ("GET", "/api/v1/health"): OPEN,
+    ("GET", "/healthz"): OPEN,
+    ("GET", "/readyz"): OPEN,
+    ("GET", "/metrics"): "metrics:read",
     ("POST", "/api/v1/agent/enroll"): OPEN,  # the one-time enrollment token is the credential
     ("GET", "/api/v1/artifacts"): "artifact:read",
     ("POST", "/api/v1/artifacts"): "artifact:upload",
