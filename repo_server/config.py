@@ -78,6 +78,8 @@ class Settings:
     # 0: never by the clock (only when a rollout changes or one of its jobs ends).
     rollout_tick: float = 15.0
     log_level: str = "INFO"
+    # Seconds a scrape of /metrics reuses the database's gauges of the last one.
+    metrics_cache: float = 15.0
     # "json": one JSON line per request (method, route, status, ms, actor) on stderr.
     log_format: str = "text"
     # "terminal": the first admin token is printed on first start when stdout is a terminal;
@@ -146,6 +148,8 @@ class Settings:
                 f"NSO_REPO_FIRST_ADMIN_TOKEN={self.first_admin_token!r} is not a choice: use "
                 "'terminal' (print the first admin token on a terminal) or 'never'"
             )
+        if not 0 <= self.metrics_cache <= 300:
+            raise ConfigError(f"NSO_REPO_METRICS_CACHE={self.metrics_cache}: give 0 to 300 seconds")
         if self.log_format not in ("text", "json"):
             raise ConfigError(f"NSO_REPO_LOG_FORMAT={self.log_format!r}: use text or json")
         if self.rollout_tick != 0 and not 1 <= self.rollout_tick <= 3600:
@@ -209,6 +213,7 @@ ENVIRONMENT: dict[str, tuple[str, Callable[[str], Any]]] = {
     "NSO_REPO_ROLLOUT_TICK": ("rollout_tick", float),
     "NSO_REPO_LOG_LEVEL": ("log_level", str),
     "NSO_REPO_LOG_FORMAT": ("log_format", str),
+    "NSO_REPO_METRICS_CACHE": ("metrics_cache", float),
     "NSO_REPO_FIRST_ADMIN_TOKEN": ("first_admin_token", str),
     "NSO_REPO_RELEASE_PUBLIC_KEYS": ("release_public_keys", _paths),
 }

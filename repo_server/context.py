@@ -104,8 +104,9 @@ def require(permission: str) -> Callable[[F], F]:
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             session = db_session()
             who = authenticate(session, request.headers.get("Authorization"))
-            # Who changes what in this request: read by the audit of job and step states.
-            session.info["actor"] = who.actor
+            # Who changes what in this request: read by the audit of job and step states,
+            # and by the request log (a refused caller included).
+            session.info["actor"] = g.actor = who.actor
             if who.role not in allowed:
                 raise Forbidden(
                     f"role {who.role!r} may not {permission.replace(':', ' ')}; "

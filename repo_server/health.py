@@ -47,7 +47,12 @@ def metrics() -> Any:
     """Prometheus metrics (observability.py): requests, long-polls waiting, jobs by state,
     step durations, agent last-seen ages, catalogued bytes."""
     db_session().close()  # the scrape reads with sessions of its own
-    return Response(exposition(state().sessions), mimetype="text/plain", content_type=CONTENT_TYPE)
+    app = state()
+    return Response(
+        exposition(app.sessions, app.settings.metrics_cache),
+        mimetype="text/plain",
+        content_type=CONTENT_TYPE,
+    )
 
 
 def _checks() -> dict[str, str]:

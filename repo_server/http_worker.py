@@ -55,8 +55,8 @@ from gunicorn import sock as gsock
 from gunicorn.http.body import ChunkedReader, LengthReader
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
-from repo_server.observability import metrics
-from repo_server.parking import PARK, RESUMED, Parked
+from repo_server.observability import record
+from repo_server.parking import PARK, PARKED_NOW, RESUMED, Parked
 
 MAX_HEAD_BYTES = 64 << 10
 READ_CHUNK = 64 << 10
@@ -630,7 +630,7 @@ class GuardedThreadWorker(ThreadWorker):
         conn.sock.setblocking(False)
         conn.wake = partial(self.method_queue.defer, self._woken, conn, parked)
         self.parked[conn] = parked
-        metrics().waiting.set(len(self.parked))
+        record(lambda m: m.waiting.set(len(self.parked)))
         heapq.heappush(self.deadlines, (parked.deadline, next(self.parks), conn, parked))
         if len(self.deadlines) > 2 * len(self.parked) + 1000:
             # Polls that left early (closed, woken) leave entries behind until their deadline:
@@ -649,7 +649,7 @@ class GuardedThreadWorker(ThreadWorker):
     def _unpark(self, conn: PendingConn) -> Optional[Parked]:
         parked = self.parked.pop(conn, None)
         if parked is not None:
-            metrics().waiting.set(len(self.parked))
+            record(lambda m: m.waiting.set(len(self.parked)))
             if conn.wake is not None:
                 parked.unwatch(conn.wake)
         with contextlib.suppress(KeyError, ValueError, OSError):
@@ -699,7 +699,12 @@ class GuardedThreadWorker(ThreadWorker):
             # A request that cannot park (not a plain GET, a body, pipelined bytes, a large
             # head) is told there is no room: it must never wait in a thread here.
             room = conn.replay is not None and self.alive and len(self.parked) < self.max_parked
-            environ[PARK] = parks.append if room else None
+
+            def park(parked: Parked) -> None:
+                parks.append(parked)
+                environ[PARKED_NOW] = True
+
+            environ[PARK] = park if room else None
             if conn.resumed is not None:
                 environ[RESUMED], conn.resumed = conn.resumed, None
             answer = app(environ, start_response)

@@ -27,6 +27,9 @@ from typing import Any, Callable
 
 PARK = "nso_repo.park"
 RESUMED = "nso_repo.resumed"
+# Set by the worker once the app has parked the request: its answer this run is thrown
+# away, so it is neither counted nor logged (repo_server/observability.py).
+PARKED_NOW = "nso_repo.parked_now"
 
 # A callback that asks the worker's event loop to run the parked request again. Safe to
 # call from any thread, more than once.

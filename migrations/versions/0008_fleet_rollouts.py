@@ -1,6 +1,6 @@
 """Fleet rollouts: rollouts, their targets, maintenance windows; the release a rollout
 assigned to each node, the operator's labels of nodes, and whether a checked heartbeat
-stored a node's inventory.
+stored a node's inventory; an index on steps.finished_at (the metrics).
 
 Revision ID: 0008
 Revises: 0007
@@ -148,6 +148,7 @@ def upgrade() -> None:
         batch_op.create_index("ix_rollout_targets_node_id", ["node_id"], unique=False)
         batch_op.create_index("ix_rollout_targets_state", ["state"], unique=False)
 
+    op.create_index("ix_steps_finished_at", "steps", ["finished_at"])
     # Plain ALTER TABLE (as 0007): batch mode would copy nodes, which other tables reference.
     op.add_column("nodes", sa.Column("assigned_version", sa.String(length=64), nullable=True))
     op.add_column("nodes", sa.Column("labels", sa.JSON(), nullable=True))
@@ -156,6 +157,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.drop_index("ix_steps_finished_at", table_name="steps")
     op.drop_column("nodes", "inventory_checked")
     op.drop_column("nodes", "labels")
     op.drop_column("nodes", "assigned_version")

@@ -40,7 +40,8 @@ from repo_server.fleet.notify import announce_poll
 from repo_server.fleet.schemas import POLL_WAIT_DEFAULT, POLL_WAIT_MAX
 from repo_server.fleet.service import SEEN_GRANULARITY_S
 from repo_server.fleet.views import BUSY_RETRY_SECONDS
-from repo_server.parking import PARK, RESUMED, Parked
+from repo_server.observability import record
+from repo_server.parking import PARK, PARKED_NOW, RESUMED, Parked
 from repo_server.upgrades.models import NodeHold
 
 log = logging.getLogger(__name__)
@@ -99,7 +100,8 @@ def middleware(app: WsgiApp, state: AppState) -> WsgiApp:
             answered = None
         if answered is None:
             return app(environ, start_response)
-        IDLE_POLLS().inc()
+        if not environ.get(PARKED_NOW):  # a parked poll is counted when it is answered
+            record(lambda m: m.idle_polls.inc())
         start_response("204 NO CONTENT", answered)
         return [b""]
 

@@ -82,8 +82,7 @@ class Driver:
                 pick = self._step(session, rollout_id, skip, now)
                 if pick is None:
                     return
-                if pick is not AGAIN:
-                    self._start(session, rollout_id, pick, skip)
+                if pick is not AGAIN and self._start(session, rollout_id, pick, skip):
                     started += 1
 
     def active(self) -> list[int]:
@@ -177,14 +176,14 @@ class Driver:
         running = list(session.scalars(select(Node.running_version).where(Node.id.in_(node_ids))))
         return bool(running) and all(same_version(r, version) for r in running)
 
-    def _start(self, session: Session, rollout_id: int, pick: Pick, skip: set[int]) -> None:
+    def _start(self, session: Session, rollout_id: int, pick: Pick, skip: set[int]) -> bool:
         """Start the target's job in the transaction that holds the rollout's lock; the job
-        and the target's link to it commit together."""
+        and the target's link to it commit together. Whether a job started."""
         rollout = session.get(Rollout, rollout_id)
         target = session.get(RolloutTarget, pick.target_id)
         if rollout is None or target is None:  # deleted meanwhile: nothing to start
             session.rollback()
-            return
+            return False
         who = Principal(token_id=None, name=f"rollout-{rollout.id}", role="rollout")
         jobs = JobService(session, self.notifier)
         options = Options(
@@ -216,6 +215,7 @@ class Driver:
                 jobs.start_upgrade(name, version, options, who)
             else:
                 GroupUpgrades(jobs).start(name, version, rollout.write_policy, options, who)
+            return True
         except PreflightFailed as refused:
             session.rollback()
             reasons = [_reason_text(r) for r in refused.details.get("reasons") or []]
@@ -238,6 +238,7 @@ class Driver:
             skip.add(target_id)
             log.exception("rollout %s: starting %s failed", rollout_id, name)
             self._set(rollout_id, target_id, "failed", f"could not start (server error): {error!r}")
+        return False
 
     def _set(
         self,

@@ -132,6 +132,8 @@ class Step(Base):
         UniqueConstraint("job_id", "seq", name="uq_steps_job_seq"),
         CheckConstraint(state_check(STEP_STATES), name="state"),
         Index("ix_steps_node_state", "node_id", "state"),
+        # The metrics' steps of the last day (observability.py).
+        Index("ix_steps_finished_at", "finished_at"),
     )
 
 

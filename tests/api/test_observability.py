@@ -9,10 +9,19 @@ import logging
 import re
 import shutil
 from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
 
 from repo_server.app import create_app
 from tests.support.nso_repo import RepoServer
 from tests.upgrades.builders import enroll_node, publish_release, start_upgrade
+
+
+@pytest.fixture
+def app_overrides(app_overrides: dict[str, Any]) -> dict[str, Any]:
+    return {**app_overrides, "metrics_cache": 0}  # every scrape reads the database
 
 
 def sample(text: str, name: str, **labels: str) -> float:
@@ -54,6 +63,14 @@ def test_requests_are_counted_by_route_not_by_path(live) -> None:
     assert after - before == 3
     assert "/api/v1/nodes/a" not in text  # no label per path: they stay few
     assert "nso_repo_http_request_seconds_bucket" in text
+    # Nor one per method a client makes up.
+    made_up = {"method": "other", "route": "unmatched", "status": "405"}
+    before = sample(scrape(live), "nso_repo_http_requests_total", **made_up)
+    for method in ("FOO00001", "FOO00002"):
+        assert requests.request(method, f"{live.url}/api/v1/nodes").status_code == 405
+    text = scrape(live)
+    assert "FOO0000" not in text
+    assert sample(text, "nso_repo_http_requests_total", **made_up) - before == 2
 
 
 def test_the_database_gauges_follow_jobs_agents_and_the_catalog(live, tmp_path) -> None:
@@ -115,6 +132,9 @@ def test_one_scrape_counts_the_requests_of_every_worker(tmp_path: Path) -> None:
                 http.get(f"{server.url}/healthz", headers={"Connection": "close"}).status_code
                 == 200
             )
+        folders = list((tmp_path / "data" / "metrics").iterdir())
+        assert len(folders) == 1 and folders[0].name == str(server.process.process.pid)
+        assert len(list(folders[0].glob("counter_*.db"))) >= 2, "one worker served them all"
         counts = set()
         for _ in range(6):
             text = http.get(f"{server.url}/metrics", headers={"Connection": "close"}).text
@@ -128,5 +148,18 @@ def test_one_scrape_counts_the_requests_of_every_worker(tmp_path: Path) -> None:
                 )
             )
         assert counts == {40.0}, counts
+        # A long-poll that parks and is answered a second later counts once.
+        added = server.api("POST", "/nodes", json={"name": "edge-m"}).json()
+        token = requests.post(
+            f"{server.url}/api/v1/agent/enroll",
+            json={"enrollment_token": added["enrollment_token"]},
+        ).json()["token"]
+        poll = requests.get(
+            f"{server.url}/api/v1/agent/next?wait=1", headers={"Authorization": f"Bearer {token}"}
+        )
+        assert poll.status_code == 204
+        text = http.get(f"{server.url}/metrics").text
+        assert sample(text, "nso_repo_idle_polls_total") == 1
+        assert sample(text, "nso_repo_long_polls_waiting") == 0
     finally:
         server.stop()
