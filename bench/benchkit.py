@@ -224,3 +224,26 @@ def run_benchmark(
             shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(summary))
     return 0
+
+
+async def upload(base: str, token: str, path: Path) -> None:
+    """One PUT of a small file to the catalog, raw: the light agents' client speaks JSON."""
+    import asyncio
+
+    host, port = base.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    data = path.read_bytes()
+    writer.write(
+        (
+            f"PUT /api/v1/artifacts/{path.name} HTTP/1.1\r\nHost: {host}\r\n"
+            f"Authorization: Bearer {token}\r\nContent-Length: {len(data)}\r\n"
+            "Content-Type: application/octet-stream\r\nConnection: close\r\n\r\n"
+        ).encode()
+        + data
+    )
+    await writer.drain()
+    answer = await reader.read()
+    writer.close()
+    status = int(answer.split(b" ", 2)[1])
+    if status not in (200, 201):
+        raise BenchError(f"uploading {path.name} answered {status}: {answer[-400:]!r}")

@@ -44,7 +44,7 @@ from typing import Any, Callable, Optional
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchkit import BenchError, loadavg, run_benchmark, serve_repo  # noqa: E402
+from benchkit import BenchError, loadavg, run_benchmark, serve_repo, upload  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
@@ -201,7 +201,7 @@ async def publish(base: str, token: str, folder: Path) -> None:
             where.mkdir()
             files.append(make_package(where, name, pkg_version, version))
         for path in files:
-            await put(base, token, path)
+            await upload(base, token, path)
         answer = await admin.request(
             "POST",
             "/api/v1/releases",
@@ -215,26 +215,6 @@ async def publish(base: str, token: str, folder: Path) -> None:
         if answer.status != 201:
             raise BenchError(f"release {version} answered {answer.status}: {answer.body[:300]!r}")
     await admin.close()
-
-
-async def put(base: str, token: str, path: Path) -> None:
-    host, port = base.removeprefix("http://").split(":")
-    reader, writer = await asyncio.open_connection(host, int(port))
-    data = path.read_bytes()
-    writer.write(
-        (
-            f"PUT /api/v1/artifacts/{path.name} HTTP/1.1\r\nHost: {host}\r\n"
-            f"Authorization: Bearer {token}\r\nContent-Length: {len(data)}\r\n"
-            "Content-Type: application/octet-stream\r\nConnection: close\r\n\r\n"
-        ).encode()
-        + data
-    )
-    await writer.drain()
-    answer = await reader.read()
-    writer.close()
-    status = int(answer.split(b" ", 2)[1])
-    if status not in (200, 201):
-        raise BenchError(f"uploading {path.name} answered {status}: {answer[-300:]!r}")
 
 
 async def open_loop(

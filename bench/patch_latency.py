@@ -47,7 +47,14 @@ from typing import Any, Callable, Optional
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchkit import BenchError, loadavg, process_tree, run_benchmark, serve_repo  # noqa: E402
+from benchkit import (  # noqa: E402
+    BenchError,
+    loadavg,
+    process_tree,
+    run_benchmark,
+    serve_repo,
+    upload,
+)
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
@@ -83,27 +90,6 @@ def _api(agent: LightAgent) -> Callable[..., Any]:
         return answer.json() if answer.body else None
 
     return call
-
-
-async def upload(base: str, token: str, bundle: Path) -> None:
-    # One PUT of a small file: the light client's request() speaks JSON, so send it raw.
-    host, port = base.removeprefix("http://").split(":")
-    reader, writer = await asyncio.open_connection(host, int(port))
-    data = bundle.read_bytes()
-    writer.write(
-        (
-            f"PUT /api/v1/artifacts/{bundle.name} HTTP/1.1\r\nHost: {host}\r\n"
-            f"Authorization: Bearer {token}\r\nContent-Length: {len(data)}\r\n"
-            "Content-Type: application/octet-stream\r\nConnection: close\r\n\r\n"
-        ).encode()
-        + data
-    )
-    await writer.drain()
-    answer = await reader.read()
-    writer.close()
-    status = int(answer.split(b" ", 2)[1])
-    if status not in (200, 201):
-        raise BenchError(f"uploading {bundle.name} answered {status}: {answer[-400:]!r}")
 
 
 def apply_in(root: Path) -> Any:
