@@ -241,8 +241,12 @@ def _watch(client: Any, rollout_id: int, interval: float = 2.0) -> None:
         fail(f"rollout {rollout_id} is {item['state']}: {item['reason'] or ''}".rstrip(": "))
 
 
+STATES = ("pending", "running", "succeeded", "failed", "refused", "cancelled")
+
+
 def _counts(counts: dict[str, int]) -> str:
-    return ", ".join(f"{n} {s}" for s, n in counts.items() if n) or "no targets"
+    """``2 running, 1 failed``: in the order targets move through, not the JSON's."""
+    return ", ".join(f"{counts[s]} {s}" for s in STATES if counts.get(s)) or "no targets"
 
 
 def _headline(item: dict[str, Any]) -> str:
@@ -257,10 +261,7 @@ def _print(item: dict[str, Any]) -> None:
     click.echo(_headline(item))
     for wave in item["wave_progress"]:
         label = "canary" if wave["canary"] else f"wave {wave['wave']}"
-        states = {
-            k: wave[k]
-            for k in ("pending", "running", "succeeded", "failed", "refused", "cancelled")
-        }
+        states = {k: wave[k] for k in STATES}
         click.echo(
             f"  {label:<8} {wave['size']:>5} targets {'open' if wave['open'] else 'closed':<6} {_counts(states)}"
         )

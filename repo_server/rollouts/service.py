@@ -128,8 +128,21 @@ class Rollouts:
             raise NotFound(f"no rollout {rollout_id}: list them with 'nso-repo rollout ls'")
         return rollout
 
-    def list(self, limit: int = 50) -> list[Rollout]:
-        return list(self.session.scalars(select(Rollout).order_by(Rollout.id.desc()).limit(limit)))
+    def list(self, limit: int = 50) -> list[dict[str, Any]]:
+        """Newest first, each with its counts per wave and state (one GROUP BY, no target
+        loaded)."""
+        rollouts = list(
+            self.session.scalars(select(Rollout).order_by(Rollout.id.desc()).limit(limit))
+        )
+        tallies: dict[int, list[tuple[int, str, int]]] = {r.id: [] for r in rollouts}
+        rows = self.session.execute(
+            select(RolloutTarget.rollout_id, RolloutTarget.wave, RolloutTarget.state, func.count())
+            .where(RolloutTarget.rollout_id.in_(list(tallies)))
+            .group_by(RolloutTarget.rollout_id, RolloutTarget.wave, RolloutTarget.state)
+        )
+        for rollout_id, wave, state, count in rows:
+            tallies[rollout_id].append((wave, state, count))
+        return [rollout_dict(r, tallies=tallies[r.id]) for r in rollouts]
 
     # -- the operator's actions ---------------------------------------------------------
 

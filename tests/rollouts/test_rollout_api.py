@@ -18,6 +18,7 @@ from tests.upgrades.builders import (
     enroll_node,
     healthy_inventory,
     inventory,
+    nso_repo,
     publish_release,
 )
 
@@ -172,6 +173,20 @@ def test_cancel_starts_nothing_more_and_lets_running_jobs_finish(live, fleet) ->
         assert fleet[name].next(0) is None
     after = get(live, rid)
     assert after["counts"]["succeeded"] == 2 and after["state"] == "cancelled"
+    # The listing: the same counts and waves, without the targets.
+    (listed,) = live.session("viewer").get(f"{live.url}/api/v1/rollouts").json()
+    assert "targets" not in listed
+    assert {k: listed[k] for k in ("id", "release", "state", "counts", "wave_progress")} == {
+        k: after[k] for k in ("id", "release", "state", "counts", "wave_progress")
+    }
+    # As an operator reads them in a terminal.
+    shown = nso_repo(live, "viewer", "rollout", "ls")
+    assert shown.returncode == 0, shown.stderr
+    assert f"{rid} NSO 6.2" in shown.stdout and "cancelled" in shown.stdout
+    assert "2 succeeded, 3 cancelled" in shown.stdout
+    shown = nso_repo(live, "viewer", "rollout", "show", str(rid))
+    assert shown.returncode == 0, shown.stderr
+    assert "rollout cancelled by operator:" in shown.stdout
     nodes = {
         n["name"]: n["assigned_version"]
         for n in live.session("viewer").get(f"{live.url}/api/v1/nodes").json()["items"]
