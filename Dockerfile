@@ -1,6 +1,14 @@
 # The repository server: gunicorn on a slim Python base, non-root, data on a volume.
 # Build: docker build -t nso-repo .
 # Run:   docker run -p 8420:8420 -v nso-repo-data:/data nso-repo
+# The console's htmx and Pico CSS, from the npm registry at build time (integrity-checked by
+# package-lock.json); the image never loads them from a CDN.
+FROM node:20-slim AS console-assets
+WORKDIR /src
+COPY scripts/vendor_assets.sh scripts/
+COPY repo_server/console/frontend repo_server/console/frontend
+RUN bash scripts/vendor_assets.sh
+
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -17,6 +25,7 @@ RUN groupadd --system --gid 10001 nsorepo \
 WORKDIR /app
 COPY pyproject.toml README.md gunicorn.conf.py alembic.ini ./
 COPY repo_server ./repo_server
+COPY --from=console-assets /src/repo_server/console/static/vendor ./repo_server/console/static/vendor
 COPY nso_sim ./nso_sim
 COPY migrations ./migrations
 # Editable install: the Alembic scripts in /app/migrations are found beside the package.

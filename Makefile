@@ -1,10 +1,11 @@
-# The two commands the README opens with: `make run` and `make test`.
+# The two commands the README opens with: `make demo` and `make test`; `make run` is the
+# server alone, as production runs it.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 WORKERS ?= auto
 
-.PHONY: run test test-agent-py39 lint format bench clean
+.PHONY: run demo test test-agent-py39 lint format bench clean assets
 
 # The agent runs on the Python of NSO hosts (RHEL 9: 3.9); its tests run there too, with
 # only the agent's own dependencies installed.
@@ -16,9 +17,18 @@ VENV39 ?= .venv39
 # passes its needs down to the venv's recipe, so a fresh machine gets one apt-get run.
 NEEDS = run
 test: NEEDS = test
+
+# The console's htmx and Pico CSS, from the npm registry (integrity-checked by package-lock),
+# copied into the package: never loaded from a CDN (scripts/vendor_assets.sh).
+CONSOLE_ASSETS = repo_server/console/static/vendor/htmx.min.js
+$(CONSOLE_ASSETS): repo_server/console/frontend/package-lock.json scripts/vendor_assets.sh
+	@$(CHECK_PREREQUISITES) $(NEEDS)
+	bash scripts/vendor_assets.sh
+
+assets: $(CONSOLE_ASSETS)
 CHECK_PREREQUISITES = PYTHON=$(PYTHON) bash scripts/prerequisites.sh
 
-$(BIN)/.installed: pyproject.toml
+$(BIN)/.installed: pyproject.toml $(CONSOLE_ASSETS)
 	@$(CHECK_PREREQUISITES) $(NEEDS)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
@@ -27,6 +37,11 @@ $(BIN)/.installed: pyproject.toml
 
 run: $(BIN)/.installed
 	$(BIN)/nso-repo serve
+
+# The server, releases 6.1 and 6.2 and a simulated fleet with agents; prints the console's
+# URL and an admin token; Ctrl-C stops and removes it all.
+demo: $(BIN)/.installed
+	$(BIN)/nso-repo demo $(DEMO_ARGS)
 
 test: $(BIN)/.installed
 	@$(CHECK_PREREQUISITES) test

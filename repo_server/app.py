@@ -130,6 +130,9 @@ def create_app(
     ):
         api.register_blueprint(blueprint)
 
+    from repo_server.console.views import bp as console_bp
+
+    app.register_blueprint(console_bp)
     _register_error_handlers(app)
     from repo_server import observability
 

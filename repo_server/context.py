@@ -18,7 +18,7 @@ from repo_server.auth.service import Principal, authenticate
 from repo_server.config import Settings
 from repo_server.errors import AppError, Forbidden, Unauthenticated
 from repo_server.fleet.notify import Notifier, PostgresListener
-from repo_server.rollouts.driver import Driver, Ticker
+from repo_server.rollouts.driver import REQUEST_STARTS, Driver, Ticker
 from repo_server.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,15 @@ class AppState:
             self.driver.after_job(job_id)
         except Exception:
             log.exception("job %s ended; its rollout moves on at the next tick", job_id)
+
+    def move_rollout(self, rollout_id: int) -> None:
+        """Start what a rollout may start now, after an operator's change (bounded: the
+        ticker starts the rest). The change is committed already: a driver failure is
+        logged and left to the ticker, never turned into an error for a change made."""
+        try:
+            self.driver.advance(rollout_id, starts=REQUEST_STARTS)
+        except Exception:
+            log.exception("rollout %s: the driver failed after an operator's change", rollout_id)
 
     def start_ticker(self) -> None:
         """Run the rollout driver on this process's clock; started by the first request,

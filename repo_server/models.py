@@ -7,6 +7,7 @@ def register_models() -> None:
     import repo_server.auth.models
     import repo_server.catalog.models
     import repo_server.catalog.release_models
+    import repo_server.console.models
     import repo_server.fleet.group_models
     import repo_server.fleet.models
     import repo_server.patches.models

@@ -19,6 +19,10 @@ class Page(Generic[T]):
     page: int
     per_page: int
 
+    @property
+    def pages(self) -> int:
+        return max(1, -(-self.total // self.per_page))
+
 
 def paginate(
     session: Session, query: Select[T], page: int, per_page: int, *order_by: Any

@@ -26,7 +26,13 @@ from repo_server.db import MAX_ID
 from repo_server.errors import BadRequest, PayloadTooLarge
 
 # (endpoint, method) of the routes that take a file's bytes as their body.
-UPLOAD_ENDPOINTS = frozenset({("artifacts.Artifacts", "POST"), ("artifacts.ArtifactItem", "PUT")})
+UPLOAD_ENDPOINTS = frozenset(
+    {
+        ("artifacts.Artifacts", "POST"),
+        ("artifacts.ArtifactItem", "PUT"),
+        ("console.upload", "POST"),
+    }
+)
 MAX_JSON_DEPTH = 32
 # NUL, and UTF-16 surrogates (valid in a Python str, never in UTF-8 text).
 UNSTORABLE = re.compile("[\x00\ud800-\udfff]")

@@ -13,6 +13,8 @@ pg_bin=${NSO_TEST_PG_BIN:-/usr/lib/postgresql/15/bin}
 missing=()
 # Both make .venv; Debian's Python has no ensurepip (so no venv) without python3-venv.
 "$python" -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
+# The console's htmx and CSS come from the npm registry when the package is built.
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 if [ "$goal" = test ]; then
   # The tests start their own PostgreSQL 15 cluster (tests/support/postgres.py) ...
   [ -x "$pg_bin/initdb" ] || missing+=(postgresql-15)
@@ -20,6 +22,8 @@ if [ "$goal" = test ]; then
   command -v curl >/dev/null 2>&1 || missing+=(curl)
   # `nso-repo agent bootstrap` is tested against a real OpenSSH server on a loopback port.
   [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
+  # The console's browser tests drive Debian's chromium with Playwright.
+  [ -x /usr/bin/chromium ] || missing+=(chromium)
 fi
 [ ${#missing[@]} -eq 0 ] && exit 0
 

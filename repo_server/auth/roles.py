@@ -28,6 +28,8 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "job:details": frozenset({"admin", "operator"}),
     "job:manage": frozenset({"admin", "operator"}),
     "agent": frozenset({"agent"}),
+    # Log in to the console (/ui); each page then needs its API twin's permission.
+    "console": frozenset({"admin", "uploader", "operator", "viewer"}),
 }
 
 

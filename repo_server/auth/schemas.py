@@ -41,3 +41,7 @@ class AuditQueryArgs(Schema):
         metadata={"description": "Page backwards from this event id"},
     )
     action = fields.String()
+    actor = fields.String(
+        validate=validate.Length(max=128),
+        metadata={"description": "Only this actor's events, e.g. operator:alice"},
+    )

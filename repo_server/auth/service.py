@@ -130,9 +130,16 @@ def authenticate(session: Session, header: Optional[str]) -> Principal:
 
 
 def list_audit(
-    session: Session, *, limit: int, before_id: Optional[int] = None, action: Optional[str] = None
+    session: Session,
+    *,
+    limit: int,
+    before_id: Optional[int] = None,
+    action: Optional[str] = None,
+    actor: Optional[str] = None,
 ) -> list[AuditEvent]:
     query = select(AuditEvent).order_by(AuditEvent.id.desc()).limit(limit)
+    if actor:
+        query = query.where(AuditEvent.actor == actor)
     if before_id is not None:
         query = query.where(AuditEvent.id < before_id)
     if action:

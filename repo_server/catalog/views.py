@@ -7,8 +7,8 @@ from typing import Any
 from flask import request, url_for
 from flask.views import MethodView
 from flask_smorest import Blueprint
-from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 
+from repo_server.catalog.form_upload import form_file
 from repo_server.catalog.receive import normalize_sha256
 from repo_server.catalog.schemas import (
     BEARER,
@@ -22,10 +22,6 @@ from repo_server.catalog.schemas import (
 from repo_server.catalog.service import KIND_ALIASES, ArtifactQuery, CatalogService, IngestResult
 from repo_server.context import db_session, principal, require, state
 from repo_server.errors import (
-    BadRequest,
-    PayloadTooLarge,
-    TruncatedBody,
-    UnsupportedMediaType,
     ValidationFailed,
 )
 
@@ -83,33 +79,8 @@ class Artifacts(MethodView):
     @blp.alt_response(200, schema=ArtifactSchema, description="Same name, same bytes: no-op")
     def post(self) -> Any:
         """Upload an artifact as a multipart form (field `file`, optional `sha256`)."""
-        if not request.mimetype.startswith("multipart/form-data"):
-            raise UnsupportedMediaType(
-                "POST takes multipart/form-data with a 'file' field; "
-                "or PUT the raw bytes to /api/v1/artifacts/<filename>"
-            )
-        settings = state().settings
-        # Werkzeug spools the part to disk; cap the whole body so it cannot grow unbounded.
-        request.max_content_length = settings.max_upload_bytes + (1 << 20)
-        try:
-            upload = request.files.get("file")
-            sha256 = request.form.get("sha256")
-        except RequestEntityTooLarge:
-            raise PayloadTooLarge(
-                f"the upload passed the limit of {settings.max_upload_bytes} bytes "
-                "(NSO_REPO_MAX_UPLOAD_SIZE)",
-                limit=settings.max_upload_bytes,
-            ) from None
-        except (ClientDisconnected, ValueError):
-            raise TruncatedBody("the multipart body ended early: upload the file again") from None
-        if upload is None or not upload.filename:
-            raise BadRequest("the form has no 'file' field with a file name: send -F file=@FILE")
-        result = catalog().ingest(
-            upload.filename,
-            upload.stream,
-            who=principal(),
-            expected_sha256=normalize_sha256(sha256),
-        )
+        filename, stream, sha256 = form_file(state().settings)
+        result = catalog().ingest(filename, stream, who=principal(), expected_sha256=sha256)
         return _created(result)
 
 

@@ -7,6 +7,7 @@ import click
 from repo_server import __version__
 from repo_server.cli.agent_cmds import agent
 from repo_server.cli.client_cmds import ls, release_name, rm, show, upload
+from repo_server.cli.demo import demo
 from repo_server.cli.fleet_cmds import job, node, release
 from repo_server.cli.group_cmds import group
 from repo_server.cli.ned_cmds import ned
@@ -40,6 +41,7 @@ for command in (
     job,
     ned,
     agent,
+    demo,
 ):
     cli.add_command(command)
 

@@ -285,6 +285,18 @@ class Rollouts:
         self.session.commit()
         return rollout
 
+    def act(self, action: str, rollout_id: int, reason: Optional[str], who: Principal) -> Rollout:
+        """One of the operator's actions by name: pause, resume, cancel, retry."""
+        if action == "pause":
+            return self.pause(rollout_id, reason or "", who)
+        if action == "resume":
+            return self.resume(rollout_id, who)
+        if action == "cancel":
+            return self.cancel(rollout_id, reason or "", who)
+        if action == "retry":
+            return self.retry(rollout_id, who)
+        raise ValueError(f"no rollout action {action!r}")
+
     def _expect(self, rollout: Rollout, states: tuple[str, ...], what: str) -> None:
         if rollout.state not in states:
             state = rollout.state

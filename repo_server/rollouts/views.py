@@ -13,7 +13,6 @@ from flask_smorest import Blueprint
 from repo_server.catalog.schemas import BEARER
 from repo_server.context import db_session, principal, require, state
 from repo_server.rollouts import windows
-from repo_server.rollouts.driver import REQUEST_STARTS
 from repo_server.rollouts.planning import Options, Selection
 from repo_server.rollouts.schemas import (
     FleetRolloutArgs,
@@ -47,10 +46,7 @@ def _shown(rollout_id: int) -> dict[str, Any]:
     """The rollout as it stands, after the driver has moved it. The operator's change is
     committed already: a driver failure here is logged and left to the ticker, never
     turned into an error answer for a change that was made."""
-    try:
-        state().driver.advance(rollout_id, starts=REQUEST_STARTS)
-    except Exception:
-        log.exception("rollout %s: the driver failed after an operator's change", rollout_id)
+    state().move_rollout(rollout_id)
     session = db_session()
     session.expire_all()
     return rollout_dict(_rollouts().get(rollout_id))
@@ -108,16 +104,7 @@ def _action(name: str, doc: str) -> None:
     @blp.arguments(RolloutReasonArgs)
     @blp.response(200, FleetRolloutSchema)
     def act(body: dict[str, Any], rollout_id: int) -> Any:
-        service = _rollouts()
-        who = principal()
-        if name == "pause":
-            service.pause(rollout_id, body["reason"], who)
-        elif name == "resume":
-            service.resume(rollout_id, who)
-        elif name == "cancel":
-            service.cancel(rollout_id, body["reason"], who)
-        else:
-            service.retry(rollout_id, who)
+        _rollouts().act(name, rollout_id, body.get("reason"), principal())
         return _shown(rollout_id)
 
 

@@ -55,18 +55,55 @@ def _way_back(job: Job) -> tuple[Optional[datetime], Optional[datetime]]:
     return resume, protected
 
 
-def windows(job: Job) -> Optional[dict[str, Any]]:
-    """``write_unavailable_s``, ``unprotected_s`` (None until the window opened) and whether
-    each is still ``open``; None for a job that is not an HA group upgrade. A job that
-    ended ``needs_attention`` leaves the group as it is: its open windows stay open."""
-    if job.kind != "ha_upgrade":
-        return None
+def _moments(
+    job: Job,
+) -> tuple[Optional[datetime], Optional[datetime], Optional[datetime], bool, datetime]:
+    """When writes stopped, resumed and were protected again; whether the job still holds
+    the group; and the moment an open window is measured to."""
     stop, protected = _ended(job, "writes_stop"), _ended(job, "protected")
     resume = _ended(job, "writes_resume")
     if resume is None:
         resume, protected = _way_back(job)
     ongoing = job.finished_at is None or job.outcome == "needs_attention"
     end = utcnow() if ongoing else job.finished_at or utcnow()
+    return stop, resume, protected, ongoing, end
+
+
+def spans(job: Job) -> list[dict[str, Any]]:
+    """The windows as intervals to draw on a timeline: ``kind`` (write_unavailable or
+    unprotected), ``start``, ``end`` (now for an open one) and ``open``."""
+    if job.kind != "ha_upgrade":
+        return []
+    stop, resume, protected, ongoing, end = _moments(job)
+    out = []
+    if stop is not None:
+        out.append(
+            {
+                "kind": "write_unavailable",
+                "start": stop,
+                "end": resume or end,
+                "open": resume is None and ongoing,
+            }
+        )
+    if resume is not None and (protected is None or protected > resume):
+        out.append(
+            {
+                "kind": "unprotected",
+                "start": resume,
+                "end": protected or end,
+                "open": protected is None and ongoing,
+            }
+        )
+    return out
+
+
+def windows(job: Job) -> Optional[dict[str, Any]]:
+    """``write_unavailable_s``, ``unprotected_s`` (None until the window opened) and whether
+    each is still ``open``; None for a job that is not an HA group upgrade. A job that
+    ended ``needs_attention`` leaves the group as it is: its open windows stay open."""
+    if job.kind != "ha_upgrade":
+        return None
+    stop, resume, protected, ongoing, end = _moments(job)
     answer: dict[str, Any] = {
         "write_policy": job.options.get("write_policy"),
         "write_unavailable_s": None,

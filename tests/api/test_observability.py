@@ -163,3 +163,25 @@ def test_one_scrape_counts_the_requests_of_every_worker(tmp_path: Path) -> None:
         assert sample(text, "nso_repo_long_polls_waiting") == 0
     finally:
         server.stop()
+
+
+def test_the_grafana_dashboard_queries_only_metrics_the_server_exposes(live, tmp_path) -> None:
+    """docs/grafana-dashboard.json: every series it asks for is in a real scrape, with a
+    job run so that the step and job series exist."""
+    dashboard = json.loads((Path(__file__).parents[2] / "docs/grafana-dashboard.json").read_text())
+    for version in ("6.1", "6.2"):
+        publish_release(live, tmp_path, version, {"router-nc": "1.0.2", "l3vpn": "2.1"})
+    agent = enroll_node(live, "edge-graf")
+    start_upgrade(live, agent, node="edge-graf")
+    step = agent.next(0)
+    agent.report(step["id"], "failed", message="the disk is full")
+    scrape = live.session("viewer").get(f"{live.url}/metrics").text
+    exposed = set(re.findall(r"^(nso_repo_[a-z_]+)", scrape, re.M))
+    asked = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"nso_repo_[a-z_]+", target["expr"])
+    }
+    assert len(dashboard["panels"]) >= 10 and asked
+    assert asked <= exposed, f"the dashboard asks for series no scrape has: {asked - exposed}"

@@ -1,0 +1,137 @@
+"""The compatibility matrix: packages x NSO releases, the question every major upgrade
+starts with. For each release and package: which builds in the catalog it can load
+(catalog/compatibility.py's rules), which one the release pins, and which nodes an upgrade
+to it would refuse for this package (preflight's package_missing and package_version),
+with what to upload or define."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Optional
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from repo_server.catalog.compatibility import PackageBuild
+from repo_server.catalog.models import Artifact
+from repo_server.catalog.release_models import Release
+from repo_server.catalog.releases import list_releases
+from repo_server.catalog.versions import NsoVersion
+from repo_server.fleet.models import Node
+from repo_server.rollouts.planning import same_version
+
+# Node names shown per blocked cell; the rest are counted.
+SHOWN_NODES = 5
+
+
+@dataclass
+class Blocked:
+    version: str  # the package version the nodes run
+    nodes: list[str]
+    count: int
+    fix: str
+
+
+@dataclass
+class Cell:
+    builds: list[str] = field(default_factory=list)
+    pinned: Optional[str] = None
+    blocked: list[Blocked] = field(default_factory=list)
+
+    @property
+    def state(self) -> str:
+        if self.blocked:
+            return "blocked"
+        if self.pinned:
+            return "pinned"
+        return "available" if self.builds else "none"
+
+
+@dataclass
+class Matrix:
+    releases: list[Release]
+    packages: list[str]
+    cells: dict[tuple[str, str], Cell]  # (package, release version)
+
+    def cell(self, package: str, release: Release) -> Cell:
+        return self.cells[(package, release.nso_version)]
+
+    @property
+    def blocked_count(self) -> int:
+        return sum(1 for c in self.cells.values() if c.blocked)
+
+
+def _running(session: Session) -> dict[tuple[str, str], list[tuple[str, Optional[str]]]]:
+    """(package, version) -> [(node, the NSO it runs)] from the last inventories."""
+    out: dict[tuple[str, str], list[tuple[str, Optional[str]]]] = defaultdict(list)
+    rows = session.execute(
+        select(Node.name, Node.running_version, Node.inventory).order_by(Node.name)
+    )
+    for name, running, inventory in rows:
+        listed = (inventory or {}).get("packages")
+        for package in listed if isinstance(listed, list) else []:
+            if isinstance(package, dict) and package.get("name"):
+                key = (str(package["name"]), str(package.get("version") or ""))
+                out[key].append((name, running))
+    return out
+
+
+def _blocked(
+    release: Release,
+    target: NsoVersion,
+    package: str,
+    pinned: Optional[str],
+    loadable: list[str],
+    running: dict[tuple[str, str], list[tuple[str, Optional[str]]]],
+) -> list[Blocked]:
+    out = []
+    for (name, version), nodes in sorted(running.items()):
+        if name != package or pinned == version:
+            continue
+        # A node already on the release is not upgraded to it.
+        moving = [n for n, on in nodes if not same_version(on, release.nso_version)]
+        if not moving:
+            continue
+        wanted = f"ncs-{target.branch}-{package}-{version}.tar.gz"
+        if pinned is not None:
+            fix = (
+                f"release {release.nso_version} pins {package} {pinned}: upgrade the package "
+                f"on these nodes first, or define a release with {wanted}"
+            )
+        elif version in loadable:
+            fix = f"the catalog has {wanted}: define a release that pins it"
+        else:
+            fix = f"upload {wanted} and define a release with it"
+        out.append(Blocked(version, moving[:SHOWN_NODES], len(moving), fix))
+    return out
+
+
+def build_matrix(session: Session) -> Matrix:
+    releases = list_releases(session)
+    builds: dict[str, list[Artifact]] = defaultdict(list)
+    for artifact in session.scalars(
+        select(Artifact)
+        .where(Artifact.kind.in_(("package", "ned")), Artifact.deleted_at.is_(None))
+        .order_by(Artifact.version_key)
+    ):
+        builds[artifact.name].append(artifact)
+    running = _running(session)
+    packages = sorted(set(builds) | {name for name, _ in running})
+    cells: dict[tuple[str, str], Cell] = {}
+    for release in releases:
+        target = NsoVersion.parse(release.nso_version)
+        pins = {a.name: a.version for a in release.packages}
+        for package in packages:
+            loadable = [
+                a.version
+                for a in builds.get(package, [])
+                if PackageBuild.of(a).load_refusal(target) is None
+            ]
+            pinned = pins.get(package)
+            cells[(package, release.nso_version)] = Cell(
+                builds=list(dict.fromkeys(loadable)),
+                pinned=pinned,
+                blocked=_blocked(release, target, package, pinned, loadable, running),
+            )
+    return Matrix(releases, packages, cells)

@@ -1,0 +1,98 @@
+"""What the console's pages show, shaped from the models: a node's row in the fleet, a
+job's timeline. Plain functions of the data, no request in sight."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Optional
+
+from repo_server.db import utcnow
+from repo_server.fleet.models import Node
+from repo_server.upgrades import ha_windows
+from repo_server.upgrades.models import Job
+
+
+def age(moment: Optional[datetime], now: Optional[datetime] = None) -> str:
+    """'12 s ago', '5 min ago', '3 h ago', '2 d ago'; 'never' for None."""
+    if moment is None:
+        return "never"
+    seconds = max(0, int(((now or utcnow()) - moment).total_seconds()))
+    for size, unit in ((86400, "d"), (3600, "h"), (60, "min")):
+        if seconds >= size:
+            return f"{seconds // size} {unit} ago"
+    return f"{seconds} s ago"
+
+
+def node_row(node: Node, rollout: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """A node as the fleet table shows it: releases, HA, read-only, agent, packages, patches."""
+    inv = node.inventory or {}
+    ha: dict[str, Any] = inv["ha"] if isinstance(inv.get("ha"), dict) else {}
+    packages = [p for p in inv.get("packages") or [] if isinstance(p, dict)]
+    patches = [p for p in inv.get("patches") or [] if isinstance(p, dict)]
+    return {
+        "name": node.name,
+        "hostname": node.hostname,
+        "running": node.running_version,
+        "assigned": node.assigned_version,
+        "status": inv.get("status"),
+        "ha_mode": ha.get("mode") if ha.get("enabled") else None,
+        "ha_role": ha.get("assigned_role"),
+        "read_only": ha.get("read_only"),
+        "last_seen": age(node.last_seen_at),
+        "seen_at": node.last_seen_at,
+        "packages": [
+            {"name": p.get("name"), "version": p.get("version"), "oper": p.get("oper_status")}
+            for p in packages
+        ],
+        "packages_down": sum(1 for p in packages if p.get("oper_status") not in (None, "up")),
+        "patches": [p.get("module") for p in patches if p.get("loaded") is not False],
+        "labels": node.labels or [],
+        "rollout": rollout,
+    }
+
+
+def _percent(moment: datetime, start: datetime, span: float) -> float:
+    return round(100 * (moment - start).total_seconds() / span, 2)
+
+
+def timeline(job: Job) -> Optional[dict[str, Any]]:
+    """The job's steps per node as bars over time, with an HA job's write windows drawn
+    across them; None before a step started."""
+    started = [s for s in job.steps if s.started_at is not None]
+    if not started:
+        return None
+    now = utcnow()
+    windows = ha_windows.spans(job)
+    start = min(s.started_at for s in started if s.started_at)
+    end = max([s.finished_at or now for s in started] + [w["end"] for w in windows] + [start])
+    span = max((end - start).total_seconds(), 1.0)
+    rows: dict[str, list[dict[str, Any]]] = {}
+    for step in started:
+        began = step.started_at or start
+        finish = step.finished_at or now
+        left = _percent(began, start, span)
+        rows.setdefault(step.node.name, []).append(
+            {
+                "left": left,
+                "width": max(0.5, _percent(finish, start, span) - left),
+                "state": step.state,
+                "title": f"{step.seq}. {step.name}: {step.state}, "
+                f"{(finish - began).total_seconds():.1f} s",
+            }
+        )
+    return {
+        "seconds": round(span, 1),
+        "rows": rows,
+        "windows": [
+            {
+                "kind": w["kind"],
+                "open": w["open"],
+                "left": _percent(w["start"], start, span),
+                "width": max(
+                    0.5, _percent(w["end"], start, span) - _percent(w["start"], start, span)
+                ),
+                "seconds": round((w["end"] - w["start"]).total_seconds(), 1),
+            }
+            for w in windows
+        ],
+    }
