@@ -96,7 +96,10 @@ def _check_request(settings: Settings) -> None:
         chunked = request.content_length is None
         request.max_content_length = limit + 1 if chunked else limit
     path = (request.view_args or {}).items()
-    for where, pairs in (("path", path), ("query", request.args.items(multi=True))):
+    places = [("path", path), ("query", request.args.items(multi=True))]
+    if request.mimetype == "application/x-www-form-urlencoded":  # the console's forms
+        places.append(("form field", request.form.items(multi=True)))
+    for where, pairs in places:
         for name, value in pairs:
             _check_text(f"{where} parameter {name!r}", name)
             if isinstance(value, str):

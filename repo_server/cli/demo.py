@@ -10,6 +10,7 @@ the installers, packages and hosts, `nso-agent` enrolls and runs the agents."""
 from __future__ import annotations
 
 import ipaddress
+import os
 import shutil
 import signal
 import socket
@@ -18,7 +19,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -44,6 +45,15 @@ class Host:
     cli_port: int
 
 
+# Settings a shell may carry that would point the demo's processes at a real deployment
+# (its database, its bucket, its address): the demo's children never see them.
+OWN_PREFIXES = ("NSO_REPO_", "NSO_AGENT_", "NSO_SIM_", "PROMETHEUS_MULTIPROC_DIR")
+
+
+def demo_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith(OWN_PREFIXES)}
+
+
 @dataclass
 class Demo:
     folder: Path
@@ -54,7 +64,9 @@ class Demo:
 
     def run(self, *args: str) -> str:
         # Our own interpreter and modules, with arguments we made: no shell, no user input.
-        done = subprocess.run(args, capture_output=True, text=True, timeout=120)  # nosec B603
+        done = subprocess.run(  # nosec B603
+            args, capture_output=True, text=True, timeout=120, env=demo_env()
+        )
         if done.returncode != 0:
             raise click.ClickException(
                 f"{' '.join(args[:4])} ... failed ({done.returncode}): "
@@ -69,27 +81,44 @@ class Demo:
         # Our own interpreter and modules, with arguments we made.
         with open(self.folder / log, "ab") as out:
             process = subprocess.Popen(  # nosec B603
-                [self.python, *args], stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+                [self.python, *args],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env=demo_env(),
             )
         self.processes.append(process)
         return process
 
-    def stop(self) -> None:
-        """Agents first, then the hosts through their init scripts, then the server."""
+    def stop(self) -> bool:
+        """Agents first, then the hosts through their init scripts, then the server; True
+        when everything stopped. Each runs in a process group of its own: the group is
+        signalled, so what an agent started mid-step stops with it."""
         for process in reversed(self.processes):
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
+            _signal_group(process, signal.SIGTERM)
         for process in reversed(self.processes):
             try:
                 process.wait(timeout=15)
             except subprocess.TimeoutExpired:
-                process.kill()
+                _signal_group(process, signal.SIGKILL)
+        stopped = True
         for host in self.hosts:
-            subprocess.run(  # nosec B603 - our own simulator, a folder we made
-                [self.python, "-m", "nso_sim", "host", "stop", "--root", str(host.root)],
-                capture_output=True,
-                timeout=120,
-            )
+            try:
+                done = subprocess.run(  # nosec B603 - our own simulator, a folder we made
+                    [self.python, "-m", "nso_sim", "host", "stop", "--root", str(host.root)],
+                    capture_output=True,
+                    timeout=120,
+                    env=demo_env(),
+                )
+                stopped = stopped and done.returncode == 0
+            except (OSError, subprocess.TimeoutExpired):
+                stopped = False
+        return stopped
+
+
+def _signal_group(process: subprocess.Popen[bytes], signum: int) -> None:
+    with suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signum)
 
 
 def free_port(*addresses: str) -> int:
@@ -225,16 +254,22 @@ def _pair_whole(client: RepoClient) -> bool:
 
 
 @contextmanager
-def _folder(kept: Optional[Path]) -> Iterator[Path]:
+def _folder(kept: Optional[Path]) -> Iterator[tuple[Path, list[bool]]]:
+    """The demo's folder; a temporary one is removed at the end unless a host may still
+    run from it (its stop failed): then it is kept, and named."""
     if kept is not None:
         kept.mkdir(parents=True, exist_ok=True)
-        yield kept
+        yield kept, [True]
         return
     made = Path(tempfile.mkdtemp(prefix="nso-repo-demo-"))
+    stopped = [True]
     try:
-        yield made
+        yield made, stopped
     finally:
-        shutil.rmtree(made, ignore_errors=True)
+        if stopped[0]:
+            shutil.rmtree(made, ignore_errors=True)
+        else:
+            click.echo(f"demo: a simulated host may still run: its files stay in {made}", err=True)
 
 
 @click.command("demo")
@@ -276,15 +311,17 @@ def demo(
         address = ipaddress.IPv4Address(first_address)
     except ValueError:
         raise click.BadParameter("an IPv4 loopback address", param_hint="--first-address") from None
-    if not address.is_loopback:
+    last = int(address) + len(SINGLE_NODES) + len(PAIR) - 1
+    if not address.is_loopback or not ipaddress.IPv4Address(last).is_loopback:
         raise click.BadParameter(
-            "the simulated hosts bind loopback addresses (127.x.y.z)", param_hint="--first-address"
+            "the four simulated hosts bind this loopback address and the next three (127.x.y.z)",
+            param_hint="--first-address",
         )
     port = port or free_port("127.0.0.1")
     if not _free("127.0.0.1", port):
         raise click.ClickException(f"port {port} is taken: give another with --port (0: any)")
     _on_signals()
-    with _folder(kept) as folder:
+    with _folder(kept) as (folder, stopped):
         session = Demo(folder, time_scale)
         try:
             _run(session, port, first_address, no_upgrade)
@@ -292,20 +329,24 @@ def demo(
             raise click.ClickException(f"the server refused a demo step: {refused}") from None
         finally:
             # A second Ctrl-C would leave hosts running: the stop is bounded, let it end.
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            for signum in STOP_SIGNALS:
+                signal.signal(signum, signal.SIG_IGN)
             click.echo("stopping the agents, the simulated hosts and the server ...", err=True)
-            session.stop()
+            stopped[0] = session.stop()
+
+
+# Ctrl-C, a stop, and the terminal closing.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def _on_signals() -> None:
-    """SIGTERM as Ctrl-C: either ends the wait, or the setup (everything made is removed)."""
+    """Any stop signal as Ctrl-C: it ends the wait, or the setup (what was made goes)."""
 
     def asked(_signum: int, _frame: Any) -> None:
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, asked)
-    signal.signal(signal.SIGINT, asked)
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, asked)
 
 
 def _run(session: Demo, port: int, first_address: str, no_upgrade: bool) -> None:
@@ -313,10 +354,18 @@ def _run(session: Demo, port: int, first_address: str, no_upgrade: bool) -> None
     say = lambda text: click.echo(f"demo: {text}", err=True)  # noqa: E731
     data = session.folder / "server"
     say(f"starting the server on {url} (data in {data})")
-    session.start(
-        "server.log", "-m", "repo_server.cli", "serve", "--data-dir", str(data), "--port", str(port)
+    server = session.start(
+        "server.log",
+        *("-m", "repo_server.cli", "serve", "--data-dir", str(data)),
+        *("--host", "127.0.0.1", "--port", str(port)),
     )
-    _wait("the server", lambda: requests.get(f"{url}/readyz", timeout=2).status_code == 200)
+
+    def ready() -> bool:
+        if server.poll() is not None:
+            raise click.ClickException(f"the server did not start: see {data.parent}/server.log")
+        return requests.get(f"{url}/readyz", timeout=2).status_code == 200
+
+    _wait("the server", ready)
     token = session.run(
         session.python,
         "-m",

@@ -56,14 +56,15 @@ def page(permission: str) -> Callable[[F], F]:
             g.console_login = login
             session.info["actor"] = g.actor = login.principal.actor
             g.principal = login.principal
-            if request.method not in SAFE_METHODS:
-                check_csrf(login)
+            # The role first: a role that may not upload is refused before its body is read.
             if login.principal.role not in allowed:
                 raise Forbidden(
                     f"role {login.principal.role!r} may not {permission.replace(':', ' ')}; "
                     f"it needs one of: {', '.join(sorted(allowed))}",
                     required_roles=sorted(allowed),
                 )
+            if request.method not in SAFE_METHODS:
+                check_csrf(login)
             return view(*args, **kwargs)
 
         wrapper.required_permission = permission  # type: ignore[attr-defined]
@@ -75,14 +76,31 @@ def page(permission: str) -> Callable[[F], F]:
 def check_csrf(login: logins.Login) -> None:
     """The session's CSRF token, from the X-CSRF-Token header (htmx, the upload script) or
     the form's hidden field, and a same-origin Origin when the browser sends one."""
-    origin = request.headers.get("Origin")
-    if origin and origin != "null" and urlsplit(origin).netloc != request.host:
-        raise CsrfRefused(f"a form from {origin[:100]} may not change this server")
+    check_origin()
     sent = request.headers.get(CSRF_HEADER) or _form_token()
     if not hmac.compare_digest(sent.encode(), login.csrf_token.encode()):
         raise CsrfRefused(
             "this form's CSRF token is missing or stale (an old tab, or a form from "
             "elsewhere): reload the page and send it again"
+        )
+
+
+def check_origin() -> None:
+    """A browser's Origin, when it sends one, is this server's own host and port ("null",
+    from a sandboxed frame or a file, never is): another port of the same host is another
+    origin, such as a Grafana beside it. A proxy must forward the Host header with its port
+    (`proxy_set_header Host $http_host`, deploy/nginx.conf)."""
+    origin = request.headers.get("Origin")
+    if not origin:
+        return
+    try:
+        theirs = urlsplit(origin).netloc.lower()
+    except ValueError:
+        theirs = ""
+    if not theirs or theirs != request.host.lower():
+        raise CsrfRefused(
+            f"a form from {origin[:100]} may not change this server ({request.host[:100]}); "
+            "behind a proxy, forward the Host header with its port"
         )
 
 
@@ -103,7 +121,7 @@ def _form_token() -> str:
 
 def safe_next(target: Optional[str]) -> str:
     """Where to go after the login: a console path of this server, nothing else."""
-    if target and target.startswith("/ui/") and not target.startswith("//"):
+    if target and target.startswith("/ui/") and target.isprintable():
         parts = urlsplit(target)
         if not parts.scheme and not parts.netloc and "\\" not in target:
             return target
@@ -112,11 +130,12 @@ def safe_next(target: Optional[str]) -> str:
 
 def to_login() -> Response:
     """To the login page, back here afterwards; htmx is told to load the page whole."""
-    target = url_for(
-        "console.login", next=request.full_path.rstrip("?") if request.method == "GET" else None
-    )
+    here = request.full_path.rstrip("?") if request.method == "GET" else None
     if request.headers.get("HX-Request"):
+        # A fragment's own URL is no page to come back to: the page that polled it is.
+        current = urlsplit(request.headers.get("HX-Current-URL", ""))
+        page_path = current.path + (f"?{current.query}" if current.query else "")
         answer = Response("log in again", status=401)
-        answer.headers["HX-Redirect"] = target
+        answer.headers["HX-Redirect"] = url_for("console.login", next=safe_next(page_path))
         return answer
-    return cast(Response, redirect(target, code=303))
+    return cast(Response, redirect(url_for("console.login", next=here), code=303))

@@ -18,8 +18,8 @@ from repo_server.catalog.models import Artifact
 from repo_server.catalog.release_models import Release
 from repo_server.catalog.releases import list_releases
 from repo_server.catalog.versions import NsoVersion
+from repo_server.console.shapes import listed
 from repo_server.fleet.models import Node
-from repo_server.rollouts.planning import same_version
 
 # Node names shown per blocked cell; the rest are counted.
 SHOWN_NODES = 5
@@ -62,18 +62,26 @@ class Matrix:
         return sum(1 for c in self.cells.values() if c.blocked)
 
 
-def _running(session: Session) -> dict[tuple[str, str], list[tuple[str, Optional[str]]]]:
-    """(package, version) -> [(node, the NSO it runs)] from the last inventories."""
-    out: dict[tuple[str, str], list[tuple[str, Optional[str]]]] = defaultdict(list)
+def _version(text: Optional[str]) -> Optional[NsoVersion]:
+    try:
+        return NsoVersion.parse(text) if text else None
+    except ValueError:
+        return None
+
+
+def _running(session: Session) -> dict[str, dict[str, list[tuple[str, Optional[NsoVersion]]]]]:
+    """package -> its version -> [(node, the NSO it runs)], from the last inventories; each
+    node's version parsed once."""
+    out: dict[str, dict[str, list[tuple[str, Optional[NsoVersion]]]]] = defaultdict(dict)
     rows = session.execute(
         select(Node.name, Node.running_version, Node.inventory).order_by(Node.name)
     )
     for name, running, inventory in rows:
-        listed = (inventory or {}).get("packages")
-        for package in listed if isinstance(listed, list) else []:
+        nso = _version(running)
+        for package in listed(inventory, "packages"):
             if isinstance(package, dict) and package.get("name"):
-                key = (str(package["name"]), str(package.get("version") or ""))
-                out[key].append((name, running))
+                versions = out[str(package["name"])]
+                versions.setdefault(str(package.get("version") or ""), []).append((name, nso))
     return out
 
 
@@ -83,14 +91,14 @@ def _blocked(
     package: str,
     pinned: Optional[str],
     loadable: list[str],
-    running: dict[tuple[str, str], list[tuple[str, Optional[str]]]],
+    running: dict[str, list[tuple[str, Optional[NsoVersion]]]],
 ) -> list[Blocked]:
     out = []
-    for (name, version), nodes in sorted(running.items()):
-        if name != package or pinned == version:
+    for version, nodes in sorted(running.items()):
+        if pinned == version:
             continue
-        # A node already on the release is not upgraded to it.
-        moving = [n for n, on in nodes if not same_version(on, release.nso_version)]
+        # Only an upgrade moves a node to the release: not one on it, or on a newer one.
+        moving = [n for n, on in nodes if on is None or on < target]
         if not moving:
             continue
         wanted = f"ncs-{target.branch}-{package}-{version}.tar.gz"
@@ -117,7 +125,7 @@ def build_matrix(session: Session) -> Matrix:
     ):
         builds[artifact.name].append(artifact)
     running = _running(session)
-    packages = sorted(set(builds) | {name for name, _ in running})
+    packages = sorted(set(builds) | set(running))
     cells: dict[tuple[str, str], Cell] = {}
     for release in releases:
         target = NsoVersion.parse(release.nso_version)
@@ -132,6 +140,8 @@ def build_matrix(session: Session) -> Matrix:
             cells[(package, release.nso_version)] = Cell(
                 builds=list(dict.fromkeys(loadable)),
                 pinned=pinned,
-                blocked=_blocked(release, target, package, pinned, loadable, running),
+                blocked=_blocked(
+                    release, target, package, pinned, loadable, running.get(package, {})
+                ),
             )
     return Matrix(releases, packages, cells)

@@ -23,12 +23,20 @@ def age(moment: Optional[datetime], now: Optional[datetime] = None) -> str:
     return f"{seconds} s ago"
 
 
+def listed(inventory: Any, key: str) -> list[Any]:
+    """``inventory[key]`` when the inventory is a dict and that is a list, else []."""
+    value = inventory.get(key) if isinstance(inventory, dict) else None
+    return value if isinstance(value, list) else []
+
+
 def node_row(node: Node, rollout: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """A node as the fleet table shows it: releases, HA, read-only, agent, packages, patches."""
-    inv = node.inventory or {}
+    # Inventories stored before heartbeats were checked may hold anything: what is not
+    # the documented shape is shown as unknown, never a failed page.
+    inv = node.inventory if isinstance(node.inventory, dict) else {}
     ha: dict[str, Any] = inv["ha"] if isinstance(inv.get("ha"), dict) else {}
-    packages = [p for p in inv.get("packages") or [] if isinstance(p, dict)]
-    patches = [p for p in inv.get("patches") or [] if isinstance(p, dict)]
+    packages = [p for p in listed(inv, "packages") if isinstance(p, dict)]
+    patches = [p for p in listed(inv, "patches") if isinstance(p, dict)]
     return {
         "name": node.name,
         "hostname": node.hostname,

@@ -17,6 +17,7 @@ from repo_server.console import access, logins
 from repo_server.console.matrix import build_matrix
 from repo_server.console.shapes import age, node_row, timeline
 from repo_server.context import db_session, note_failed_authentication, state
+from repo_server.db import MAX_ID
 from repo_server.errors import AppError, BadRequest, Unauthenticated
 from repo_server.fleet import groups
 from repo_server.fleet import service as nodes_service
@@ -109,9 +110,7 @@ def login() -> Any:
     target = access.safe_next(request.values.get("next"))
     if request.method == "GET":
         return render_template("login.html", next=target, problem=None)
-    origin = request.headers.get("Origin")
-    if origin and origin != "null" and origin.split("://", 1)[-1] != request.host:
-        raise access.CsrfRefused(f"a login form from {origin[:100]} is not this server's")
+    access.check_origin()
     try:
         _, secret = logins.log_in(db_session(), request.form.get("token", ""))
     except AppError as refused:
@@ -334,13 +333,13 @@ def _catalog() -> CatalogService:
     return CatalogService(db_session(), app.storage, app.settings)
 
 
-def _page_number(text: Optional[str]) -> int:
+def _number(text: Optional[str], name: str = "page", top: int = 1_000_000) -> int:
     try:
         number = int(text or 1)
     except ValueError:
-        raise BadRequest("page: a number from 1") from None
-    if not 1 <= number <= 1_000_000:
-        raise BadRequest("page: a number from 1 to 1000000")
+        raise BadRequest(f"{name}: a number from 1 to {top}") from None
+    if not 1 <= number <= top:
+        raise BadRequest(f"{name}: a number from 1 to {top}")
     return number
 
 
@@ -351,7 +350,7 @@ def catalog() -> Any:
     if kind and kind not in KIND_ALIASES:
         raise BadRequest(f"kind {kind[:20]!r}: choose {', '.join(KIND_ALIASES)}")
     query = ArtifactQuery(
-        kinds=KIND_ALIASES.get(kind, ()), page=_page_number(request.args.get("page")), per_page=50
+        kinds=KIND_ALIASES.get(kind, ()), page=_number(request.args.get("page")), per_page=50
     )
     return render_template(
         "catalog.html", page=_catalog().list(query), kind=kind, kinds=tuple(KIND_ALIASES)
@@ -385,7 +384,7 @@ def audit() -> Any:
     events = auth.list_audit(
         db_session(),
         limit=AUDIT_PAGE,
-        before_id=_page_number(before) if before else None,
+        before_id=_number(before, "before", MAX_ID) if before else None,
         action=action,
         actor=actor,
     )

@@ -144,6 +144,33 @@ def test_the_login_cookie_holds_a_session_not_the_token(live, app_state) -> None
     assert "console.login" in actions
 
 
+def test_a_login_form_from_another_origin_opens_nothing(live) -> None:
+    """Login CSRF: a page on another port of the same host (a Grafana beside the server)
+    may not log the operator's browser into a session of its own token."""
+    for origin in ("http://127.0.0.1:3000", "null", "https://evil.example"):
+        answer = requests.post(
+            f"{live.url}/ui/login",
+            data={"token": live.tokens["viewer"]},
+            headers={"Origin": origin},
+            allow_redirects=False,
+            timeout=30,
+        )
+        assert answer.status_code == 403, origin
+        assert "Set-Cookie" not in answer.headers
+
+
+def test_a_role_is_refused_before_its_upload_is_read(live) -> None:
+    """A viewer's multipart upload is refused for its role, not read to find a CSRF field."""
+    viewer = logged_in(live.url, live.tokens["viewer"])
+    answer = viewer.http.post(
+        f"{live.url}/ui/catalog/upload",
+        files={"file": ("nso-6.9.linux.x86_64.installer.bin", b"x" * (1 << 20))},
+        timeout=60,
+    )
+    assert answer.status_code == 403
+    assert "may not artifact upload" in alert(answer.text)
+
+
 def test_refused_logins_say_why_and_open_nothing(live, app_state) -> None:
     browser = Browser(live.url)
     bad = browser.login("nsr_not-a-token")
@@ -200,14 +227,22 @@ def test_a_change_without_the_csrf_token_or_from_elsewhere_changes_nothing(
         "other origin": browser.post(
             "/ui/nodes/edge-1/upgrade", {"to": "6.2"}, headers={"Origin": "https://evil.example"}
         ),
+        "sandboxed origin": browser.post(
+            "/ui/nodes/edge-1/upgrade", {"to": "6.2"}, headers={"Origin": "null"}
+        ),
+        "same host, another port": browser.post(
+            "/ui/nodes/edge-1/upgrade", {"to": "6.2"}, headers={"Origin": "http://127.0.0.1:3000"}
+        ),
     }
     for what, answer in attempts.items():
         assert answer.status_code == 403, what
         assert "csrf" in answer.text.lower() or "may not change" in alert(answer.text), what
     with app_state.sessions() as session:
         assert session.scalars(select(Job)).all() == []
-    # The same form with the session's token starts the job.
-    started = browser.post("/ui/nodes/edge-1/upgrade", {"to": "6.2"})
+    # The same form with the session's token, from the console's own origin, starts the job.
+    started = browser.post(
+        "/ui/nodes/edge-1/upgrade", {"to": "6.2"}, headers={"Origin": live.url.upper()}
+    )
     assert started.status_code == 303 and "/ui/jobs/" in started.headers["Location"]
 
 
@@ -233,10 +268,13 @@ def test_the_page_after_login_is_never_elsewhere(live, target: str) -> None:
 
 def test_htmx_is_sent_to_the_login_page_whole_and_pages_carry_strict_headers(live) -> None:
     answer = requests.get(
-        f"{live.url}/ui/jobs/1/live", headers={"HX-Request": "true"}, allow_redirects=False
+        f"{live.url}/ui/jobs/1/live",
+        headers={"HX-Request": "true", "HX-Current-URL": f"{live.url}/ui/jobs/1"},
+        allow_redirects=False,
     )
     assert answer.status_code == 401
-    assert answer.headers["HX-Redirect"].startswith("/ui/login")
+    # Back to the page that polled, not to the fragment it polled.
+    assert answer.headers["HX-Redirect"] == "/ui/login?next=/ui/jobs/1"
     page = logged_in(live.url, live.tokens["viewer"]).get("/ui/fleet")
     csp = page.headers["Content-Security-Policy"]
     assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp

@@ -12,6 +12,7 @@ from sqlalchemy import select
 
 from repo_server.auth.models import AuditEvent
 from repo_server.catalog.models import Artifact
+from repo_server.fleet.models import Node
 from tests.console.helpers import Browser, alert, logged_in
 from tests.factories import make_installer
 from tests.upgrades.builders import (
@@ -208,3 +209,46 @@ def test_every_page_answers_an_empty_server(live) -> None:
     ):
         answer = browser.get(path)
         assert answer.status_code == status and alert(answer.text), path
+
+
+def test_inventories_of_any_old_shape_show_as_unknown_not_as_a_failed_page(
+    live, fleet, app_state
+) -> None:
+    """Inventories stored before heartbeats were checked may hold anything."""
+    with app_state.sessions() as session:
+        for name, junk in (
+            ("edge-1", {"patches": 5, "packages": "x", "ha": [], "status": 1}),
+            ("edge-2", ["not", "a", "dict"]),
+        ):
+            node = session.scalar(select(Node).where(Node.name == name))
+            node.inventory = junk
+            node.inventory_checked = None
+        session.commit()
+    browser = logged_in(live.url, live.tokens["viewer"])
+    for path in ("/ui/fleet", "/ui/nodes/edge-1", "/ui/nodes/edge-2", "/ui/matrix"):
+        assert browser.get(path).status_code == 200, path
+
+
+def test_the_matrix_counts_only_nodes_an_upgrade_would_move(live, fleet) -> None:
+    """A node on a newer release is not blocked by an older one's builds."""
+    fleet["edge-2"].heartbeat(healthy_inventory("6.2", {"router-nc": "1.0.2", "l3vpn": "2.0"}))
+    page = logged_in(live.url, live.tokens["viewer"]).get("/ui/matrix").text
+    cells = _cells(page)
+    assert cells["l3vpn@6.1"] == "pinned", "edge-2 runs 6.2: 6.1 does not block it"
+    assert cells["l3vpn@6.2"] == "pinned"
+
+
+def test_live_parts_keep_no_form_and_old_audit_pages_open(live, fleet, app_state) -> None:
+    made = live.session("operator").post(
+        f"{live.url}/api/v1/rollouts",
+        json={"release": "6.2", "select": {"nodes": ["edge-1"]}},
+    )
+    rollout = made.json()["id"]
+    browser = logged_in(live.url, live.tokens["operator"])
+    # A reason being typed is not wiped by the refresh: the forms are outside it.
+    assert "<form" not in browser.get(f"/ui/rollouts/{rollout}/live").text
+    assert "<form" in browser.get(f"/ui/rollouts/{rollout}").text
+    assert browser.get("/ui/audit", params={"before": "1000001"}).status_code == 200
+    assert browser.get("/ui/audit", params={"before": str(2**31)}).status_code == 400
+    nul = browser.post(f"/ui/rollouts/{rollout}/pause", {"reason": "freeze\x00"})
+    assert nul.status_code == 400 and "NUL" in alert(nul.text)

@@ -43,6 +43,11 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 READY_S = 180
+# Form fields a screen reader could not name: no <label>, no aria-label.
+UNLABELLED = """Array.from(document.querySelectorAll(
+    'input:not([type=hidden]), select, textarea'))
+  .filter(e => e.labels.length === 0 && !e.getAttribute('aria-label'))
+  .map(e => e.name || e.id)"""
 
 
 @dataclass
@@ -78,7 +83,13 @@ def demo(tmp_path: Path) -> Iterator[Demo]:
                 *("--first-address", first, "--no-upgrade", "--time-scale", "0.02"),
             ],
             cwd=REPO,
-            env=clean_env(TMPDIR=str(tmp)),
+            # A shell with a real deployment's settings: the demo must use none of them.
+            env=clean_env(
+                TMPDIR=str(tmp),
+                NSO_REPO_DATABASE_URL="postgresql://demo-must-not-use@127.0.0.1:9/none",
+                NSO_REPO_BIND="0.0.0.0:9",
+                NSO_REPO_STORAGE="s3",
+            ),
             stdout=subprocess.PIPE,
             stderr=err,
             text=True,
@@ -152,6 +163,8 @@ def test_an_operator_upgrades_the_demo_fleet_from_the_browser(
     folders = _shots(tmp_path)
 
     def shot(name: str) -> None:
+        unlabelled = page.evaluate(UNLABELLED)
+        assert not unlabelled, f"{name}: form fields without a label: {unlabelled}"
         for folder in folders:
             page.screenshot(path=str(folder / f"{name}.png"), full_page=True)
 
@@ -243,6 +256,19 @@ def test_an_operator_upgrades_the_demo_fleet_from_the_browser(
         page.goto(f"{demo.url}{path}")
         shot(name)
     assert not problems, problems
+
+    # Without JavaScript the read-only pages still say everything.
+    plain = page.context.browser.new_context(java_script_enabled=False)  # type: ignore[union-attr]
+    bare = plain.new_page()
+    bare.goto(f"{demo.url}/ui/login")
+    bare.get_by_label("API token").fill(demo.token)
+    bare.get_by_role("button", name="Log in").click()
+    expect(bare.locator("table.fleet tbody tr")).to_have_count(4)
+    bare.goto(job_url)
+    expect(bare.locator("[data-job-state]")).to_have_attribute("data-job-state", "succeeded")
+    bare.goto(f"{demo.url}/ui/matrix")
+    expect(bare.locator('[data-cell="router-nc@6.3"]')).to_contain_text("blocks")
+    plain.close()
 
     # Ctrl-C: every process stops and the demo's folder is gone.
     cli_ports = [(h["address"], h["port"]) for h in _cli_endpoints(demo)]
