@@ -22,7 +22,11 @@ ready=$(date +%s.%N)
 url=$(awk '/^Console:/ {print $2}' "$work/out" | sed 's|/ui/$||')
 token=$(awk '/^Admin token:/ {print $3}' "$work/out")
 job=$(sed -n 's/^Upgrading:.* job \([0-9]*\):.*/\1/p' "$work/out")
-until curl -sf -H "Authorization: Bearer $token" "$url/api/v1/jobs/$job" | grep -q '"state": *"succeeded"'; do
+job_state() {
+  curl -sf -H "Authorization: Bearer $token" "$url/api/v1/jobs/$job" \
+    | python3 -c 'import json, sys; print(json.load(sys.stdin)["state"])'
+}
+until [ "$(job_state)" = succeeded ]; do
   sleep 0.2
 done
 done_at=$(date +%s.%N)

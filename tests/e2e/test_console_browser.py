@@ -111,8 +111,14 @@ def demo(tmp_path: Path) -> Iterator[Demo]:
     try:
         yield made
     finally:
+        # As an operator stops it: Ctrl-C, so that the demo stops its hosts and agents
+        # (each in a process group of its own); a kill only when that hangs.
         if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=150)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
 
 
 @pytest.fixture
