@@ -8,11 +8,13 @@
 set -euo pipefail
 repo=${1:-$(cd "$(dirname "$0")/.." && pwd)}
 work=$(mktemp -d)
-trap 'kill -INT "$demo" 2>/dev/null; wait "$demo" 2>/dev/null; rm -rf "$work"' EXIT
+# The demo runs in a session of its own: Ctrl-C goes to its whole group (make and the demo),
+# as a terminal would send it, and the demo stops its hosts before the clone is removed.
+trap 'kill -INT -- "-$demo" 2>/dev/null; wait "$demo" 2>/dev/null; rm -rf "$work"' EXIT
 began=$(date +%s.%N)
 git clone -q "$repo" "$work/nso-fleet"
 cd "$work/nso-fleet"
-make demo DEMO_ARGS="--port 0 --first-address ${DEMO_ADDRESS:-127.0.5.1}" > "$work/out" 2> "$work/err" &
+setsid make demo DEMO_ARGS="--port 0 --first-address ${DEMO_ADDRESS:-127.0.5.1}" > "$work/out" 2> "$work/err" &
 demo=$!
 until grep -q '^Upgrading:' "$work/out"; do
   kill -0 "$demo" 2>/dev/null || { cat "$work/err" >&2; exit 1; }

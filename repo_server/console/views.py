@@ -40,6 +40,7 @@ bp = Blueprint(
 page = access.page
 ROLLOUT_ACTIONS = ("pause", "resume", "cancel", "retry")
 AUDIT_PAGE = 100
+SHOWN_GROUPS = 100
 
 
 @bp.app_context_processor
@@ -159,7 +160,7 @@ def fleet() -> Any:
         "fleet.html",
         page=found,
         rows=[node_row(n, statuses.get(n.id)) for n in found.items],
-        groups=groups.list_groups(session),
+        groups=groups.group_sizes(session, SHOWN_GROUPS),
         filters=args,
     )
 

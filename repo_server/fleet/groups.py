@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -49,6 +49,20 @@ def get_group(session: Session, name: str) -> HaGroup:
 
 def list_groups(session: Session) -> list[HaGroup]:
     return list(session.scalars(select(HaGroup).order_by(HaGroup.name)))
+
+
+def group_sizes(session: Session, limit: int) -> tuple[list[tuple[str, int]], int]:
+    """The first ``limit`` groups by name with their member counts, and how many there are
+    (one query each, no group or member loaded)."""
+    rows = session.execute(
+        select(HaGroup.name, func.count(HaGroupMember.node_id))
+        .join(HaGroupMember, HaGroupMember.group_id == HaGroup.id, isouter=True)
+        .group_by(HaGroup.id, HaGroup.name)
+        .order_by(HaGroup.name)
+        .limit(limit)
+    ).all()
+    total = session.scalar(select(func.count()).select_from(HaGroup)) or 0
+    return [(str(name), int(count)) for name, count in rows], int(total)
 
 
 def group_of(session: Session, node: Node) -> Optional[HaGroup]:

@@ -185,6 +185,7 @@ def test_an_operator_upgrades_the_demo_fleet_from_the_browser(
     expect(rows).to_have_count(4)
     expect(page.locator("table.fleet")).to_contain_text("core-a")
     expect(page.locator("table.fleet")).to_contain_text("primary")
+    expect(page.locator("main")).to_contain_text("core (2 members)")
     shot("fleet")
 
     # Plan edge-2's upgrade from its page, start it from the plan, watch it finish live.
