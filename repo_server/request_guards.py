@@ -97,7 +97,12 @@ def _check_request(settings: Settings) -> None:
         request.max_content_length = limit + 1 if chunked else limit
     path = (request.view_args or {}).items()
     places = [("path", path), ("query", request.args.items(multi=True))]
-    if request.mimetype == "application/x-www-form-urlencoded":  # the console's forms
+    # The console's forms (never an upload route: its body is a file's bytes, unbounded).
+    if (
+        request.blueprint == "console"
+        and not upload
+        and request.mimetype == "application/x-www-form-urlencoded"
+    ):
         places.append(("form field", request.form.items(multi=True)))
     for where, pairs in places:
         for name, value in pairs:

@@ -91,9 +91,8 @@ class Demo:
         return process
 
     def stop(self) -> bool:
-        """Agents first, then the hosts through their init scripts, then the server; True
-        when everything stopped. Each runs in a process group of its own: the group is
-        signalled, so what an agent started mid-step stops with it."""
+        """Agents and the server first (each process group: what they spawned in it goes
+        with them), then every host through its init script; True when all stopped."""
         for process in reversed(self.processes):
             _signal_group(process, signal.SIGTERM)
         for process in reversed(self.processes):
@@ -101,19 +100,30 @@ class Demo:
                 process.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 _signal_group(process, signal.SIGKILL)
-        stopped = True
-        for host in self.hosts:
-            try:
-                done = subprocess.run(  # nosec B603 - our own simulator, a folder we made
+        # Every host is stopped, whichever failed before it.
+        return all([self._stop_host(host) for host in self.hosts])
+
+    def _stop_host(self, host: Host) -> bool:
+        """`host stop` until the host's CLI port is closed: a start an agent had begun may
+        bring the daemon up after a first stop (the init script's stop says 0 either way)."""
+        for _ in range(3):
+            with suppress(OSError, subprocess.TimeoutExpired):
+                subprocess.run(  # nosec B603 - our own simulator, a folder we made
                     [self.python, "-m", "nso_sim", "host", "stop", "--root", str(host.root)],
                     capture_output=True,
                     timeout=120,
                     env=demo_env(),
                 )
-                stopped = stopped and done.returncode == 0
-            except (OSError, subprocess.TimeoutExpired):
-                stopped = False
-        return stopped
+            time.sleep(0.5)
+            if not _listening(host.address, host.cli_port):
+                return True
+        return False
+
+
+def _listening(address: str, port: int) -> bool:
+    with socket.socket() as probe:
+        probe.settimeout(1)
+        return probe.connect_ex((address, port)) == 0
 
 
 def _signal_group(process: subprocess.Popen[bytes], signum: int) -> None:
@@ -269,7 +279,8 @@ def _folder(kept: Optional[Path]) -> Iterator[tuple[Path, list[bool]]]:
         if stopped[0]:
             shutil.rmtree(made, ignore_errors=True)
         else:
-            click.echo(f"demo: a simulated host may still run: its files stay in {made}", err=True)
+            with suppress(OSError):
+                click.echo(f"demo: a host may still run: its files stay in {made}", err=True)
 
 
 @click.command("demo")
@@ -329,9 +340,11 @@ def demo(
             raise click.ClickException(f"the server refused a demo step: {refused}") from None
         finally:
             # A second Ctrl-C would leave hosts running: the stop is bounded, let it end.
+            # Nothing is printed first: after a SIGHUP the terminal is gone, and a failed
+            # write must not skip the stop.
             for signum in STOP_SIGNALS:
                 signal.signal(signum, signal.SIG_IGN)
-            click.echo("stopping the agents, the simulated hosts and the server ...", err=True)
+            stopped[0] = False
             stopped[0] = session.stop()
 
 
@@ -343,6 +356,9 @@ def _on_signals() -> None:
     """Any stop signal as Ctrl-C: it ends the wait, or the setup (what was made goes)."""
 
     def asked(_signum: int, _frame: Any) -> None:
+        # One is enough: a second one must not cut the stop short.
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, signal.SIG_IGN)
         raise KeyboardInterrupt
 
     for signum in STOP_SIGNALS:

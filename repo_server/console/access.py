@@ -85,8 +85,15 @@ def check_csrf(login: logins.Login) -> None:
         )
 
 
+def scheme() -> str:
+    """How the browser reached the console: https directly, or through a TLS proxy that
+    says so (a client's own X-Forwarded-Proto is replaced by the proxy's)."""
+    proxied = request.headers.get("X-Forwarded-Proto") == "https"
+    return "https" if request.is_secure or proxied else "http"
+
+
 def check_origin() -> None:
-    """A browser's Origin, when it sends one, is this server's own host and port ("null",
+    """A browser's Origin, when it sends one, is this server's own scheme, host and port ("null",
     from a sandboxed frame or a file, never is): another port of the same host is another
     origin, such as a Grafana beside it. A proxy must forward the Host header with its port
     (`proxy_set_header Host $http_host`, deploy/nginx.conf)."""
@@ -94,10 +101,11 @@ def check_origin() -> None:
     if not origin:
         return
     try:
-        theirs = urlsplit(origin).netloc.lower()
+        parts = urlsplit(origin)
+        theirs = (parts.scheme.lower(), parts.netloc.lower())
     except ValueError:
-        theirs = ""
-    if not theirs or theirs != request.host.lower():
+        theirs = ("", "")
+    if not theirs[1] or theirs != (scheme(), request.host.lower()):
         raise CsrfRefused(
             f"a form from {origin[:100]} may not change this server ({request.host[:100]}); "
             "behind a proxy, forward the Host header with its port"
@@ -133,8 +141,11 @@ def to_login() -> Response:
     here = request.full_path.rstrip("?") if request.method == "GET" else None
     if request.headers.get("HX-Request"):
         # A fragment's own URL is no page to come back to: the page that polled it is.
-        current = urlsplit(request.headers.get("HX-Current-URL", ""))
-        page_path = current.path + (f"?{current.query}" if current.query else "")
+        try:
+            current = urlsplit(request.headers.get("HX-Current-URL", ""))
+            page_path = current.path + (f"?{current.query}" if current.query else "")
+        except ValueError:
+            page_path = ""
         answer = Response("log in again", status=401)
         answer.headers["HX-Redirect"] = url_for("console.login", next=safe_next(page_path))
         return answer

@@ -78,10 +78,16 @@ def _running(session: Session) -> dict[str, dict[str, list[tuple[str, Optional[N
     )
     for name, running, inventory in rows:
         nso = _version(running)
+        if nso is None:
+            continue  # runs no NSO we can name: no upgrade plans it (preflight refuses it)
+        seen = set()
         for package in listed(inventory, "packages"):
-            if isinstance(package, dict) and package.get("name"):
-                versions = out[str(package["name"])]
-                versions.setdefault(str(package.get("version") or ""), []).append((name, nso))
+            if not isinstance(package, dict) or not package.get("name"):
+                continue
+            key = (str(package["name"]), str(package.get("version") or ""))
+            if key not in seen:  # a package listed twice is one package
+                seen.add(key)
+                out[key[0]].setdefault(key[1], []).append((name, nso))
     return out
 
 
@@ -98,10 +104,14 @@ def _blocked(
         if pinned == version:
             continue
         # Only an upgrade moves a node to the release: not one on it, or on a newer one.
-        moving = [n for n, on in nodes if on is None or on < target]
+        moving = [n for n, on in nodes if on is not None and on < target]
         if not moving:
             continue
-        wanted = f"ncs-{target.branch}-{package}-{version}.tar.gz"
+        wanted = (
+            f"ncs-{target.branch}-{package}-{version}.tar.gz"
+            if version
+            else f"a build of {package} for NSO {target.branch} (the nodes report no version)"
+        )
         if pinned is not None:
             fix = (
                 f"release {release.nso_version} pins {package} {pinned}: upgrade the package "

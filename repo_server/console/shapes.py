@@ -53,6 +53,7 @@ def node_row(node: Node, rollout: Optional[dict[str, Any]] = None) -> dict[str, 
             for p in packages
         ],
         "packages_down": sum(1 for p in packages if p.get("oper_status") not in (None, "up")),
+        "packages_all_up": bool(packages) and all(p.get("oper_status") == "up" for p in packages),
         "patches": [p.get("module") for p in patches if p.get("loaded") is not False],
         "labels": node.labels or [],
         "rollout": rollout,

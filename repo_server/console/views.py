@@ -127,7 +127,7 @@ def login() -> Any:
         path="/ui/",
         # Behind a TLS proxy the request arrives as http: the proxy's header says https.
         # Trusting it can only add Secure, never take it away.
-        secure=request.is_secure or request.headers.get("X-Forwarded-Proto") == "https",
+        secure=access.scheme() == "https",
         httponly=True,
         samesite="Strict",
     )

@@ -156,3 +156,18 @@ def test_concurrent_uploads_of_one_name_store_one_artifact(live, app_state, tmp_
             now=utcnow() + timedelta(minutes=5),
         )
     assert snapshot(app_state)["stored"] == [winner_sha]
+
+
+def test_a_put_labelled_as_a_form_is_stored_whole(live, tmp_path: Path) -> None:
+    """`curl -X PUT --data-binary @FILE` says application/x-www-form-urlencoded: the body is
+    still the file's bytes, never parsed as a form (the console's form checks stay on the
+    console's own routes)."""
+    path = make_installer(tmp_path, "6.2")
+    answer = put_file(
+        live.session("uploader"),
+        live.url,
+        path,
+        **{"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert answer.status_code == 201, answer.text
+    assert answer.json()["size"] == path.stat().st_size

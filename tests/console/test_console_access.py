@@ -230,6 +230,11 @@ def test_a_change_without_the_csrf_token_or_from_elsewhere_changes_nothing(
         "sandboxed origin": browser.post(
             "/ui/nodes/edge-1/upgrade", {"to": "6.2"}, headers={"Origin": "null"}
         ),
+        "same host and port, another scheme": browser.post(
+            "/ui/nodes/edge-1/upgrade",
+            {"to": "6.2"},
+            headers={"Origin": live.url.replace("http://", "https://")},
+        ),
         "same host, another port": browser.post(
             "/ui/nodes/edge-1/upgrade", {"to": "6.2"}, headers={"Origin": "http://127.0.0.1:3000"}
         ),
@@ -275,6 +280,12 @@ def test_htmx_is_sent_to_the_login_page_whole_and_pages_carry_strict_headers(liv
     assert answer.status_code == 401
     # Back to the page that polled, not to the fragment it polled.
     assert answer.headers["HX-Redirect"] == "/ui/login?next=/ui/jobs/1"
+    crafted = requests.get(
+        f"{live.url}/ui/jobs/1/live",
+        headers={"HX-Request": "true", "HX-Current-URL": "http://[x"},
+        allow_redirects=False,
+    )
+    assert crafted.status_code == 401 and crafted.headers["HX-Redirect"] == "/ui/login?next=/ui/"
     page = logged_in(live.url, live.tokens["viewer"]).get("/ui/fleet")
     csp = page.headers["Content-Security-Policy"]
     assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp

@@ -245,9 +245,13 @@ def test_live_parts_keep_no_form_and_old_audit_pages_open(live, fleet, app_state
     )
     rollout = made.json()["id"]
     browser = logged_in(live.url, live.tokens["operator"])
-    # A reason being typed is not wiped by the refresh: the forms are outside it.
-    assert "<form" not in browser.get(f"/ui/rollouts/{rollout}/live").text
-    assert "<form" in browser.get(f"/ui/rollouts/{rollout}").text
+    # The buttons refresh with the state, and are kept (a reason being typed with them)
+    # while it stays: htmx preserves the element of the same id.
+    part = browser.get(f"/ui/rollouts/{rollout}/live").text
+    assert 'id="rollout-actions-running" hx-preserve' in part and "Pause" in part
+    browser.post(f"/ui/rollouts/{rollout}/pause", {"reason": "look first"})
+    part = browser.get(f"/ui/rollouts/{rollout}/live").text
+    assert 'id="rollout-actions-paused"' in part and "Resume" in part and "Pause<" not in part
     assert browser.get("/ui/audit", params={"before": "1000001"}).status_code == 200
     assert browser.get("/ui/audit", params={"before": str(2**31)}).status_code == 400
     nul = browser.post(f"/ui/rollouts/{rollout}/pause", {"reason": "freeze\x00"})
