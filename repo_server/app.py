@@ -144,6 +144,12 @@ def create_app(
     app.wsgi_app = idle_polls.middleware(  # type: ignore[method-assign,assignment]
         app.wsgi_app, app.extensions["nso_repo"]
     )
+    # Woken polls with a step, and step reports, are served in batches (fleet/agent_lane.py).
+    from repo_server.fleet import agent_lane
+
+    app.wsgi_app = agent_lane.middleware(  # type: ignore[method-assign,assignment]
+        app.wsgi_app, app.extensions["nso_repo"], app.json.dumps
+    )
     app.wsgi_app = _with_ticker(app.wsgi_app, app.extensions["nso_repo"])  # type: ignore[method-assign]
     return app
 

@@ -43,10 +43,16 @@ class AppState:
     def after_job(self, job_id: int) -> None:
         """Move on the rollout a job that just ended belongs to; never fails the request
         that ended the job (the ticker tries again)."""
+        self.after_jobs([job_id])
+
+    def after_jobs(self, job_ids: list[int]) -> None:
+        """`after_job` of several jobs at once, in one query."""
+        if not job_ids:
+            return
         try:
-            self.driver.after_job(job_id)
+            self.driver.after_jobs(job_ids)
         except Exception:
-            log.exception("job %s ended; its rollout moves on at the next tick", job_id)
+            log.exception("jobs %s ended; their rollouts move on at the next tick", job_ids)
 
     def move_rollout(self, rollout_id: int) -> None:
         """Start what a rollout may start now, after an operator's change (bounded: the

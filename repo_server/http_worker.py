@@ -115,9 +115,11 @@ def close_unless_body_read(app: Callable[..., Any]) -> Callable[..., Any]:
     long as the client cares to trickle it."""
 
     def guarded(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        body = environ.get("wsgi.input")  # gunicorn's, whatever the app puts in its place
+
         def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
             response: Any = getattr(start_response, "__self__", None)  # gunicorn's Response
-            if _body_left(environ.get("wsgi.input")) and hasattr(response, "force_close"):
+            if _body_left(body) and hasattr(response, "force_close"):
                 response.force_close()
             return start_response(status, headers, exc_info)
 

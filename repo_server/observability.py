@@ -162,33 +162,59 @@ def install(app: Flask, json_logs: bool) -> None:
         started = g.pop("started", None)
         if request.environ.get(PARKED_NOW):
             return response  # thrown away: the run that answers is counted
-        route = request.url_rule.rule if request.url_rule is not None else "unmatched"
-        # A fixed set of labels whatever a client sends: FOO00001 is "other".
-        method = request.method if request.method in METHODS else "other"
-        elapsed = time.monotonic() - started if started is not None else 0.0
-        status = str(response.status_code)
-
-        def count(m: _Metrics) -> None:
-            m.requests.labels(method, route, status).inc()
-            m.seconds.labels(method, route).observe(elapsed)
-
-        record(count)
-        if json_logs:
-            log.info(
-                json.dumps(
-                    {
-                        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                        "method": request.method,
-                        "path": request.path,
-                        "route": route,
-                        "status": response.status_code,
-                        "ms": round(elapsed * 1000, 1),
-                        "remote": request.remote_addr,
-                        "actor": g.get("actor"),
-                    }
-                )
-            )
+        note_request(
+            request.method,
+            request.url_rule.rule if request.url_rule is not None else "unmatched",
+            response.status_code,
+            time.monotonic() - started if started is not None else 0.0,
+            path=request.path,
+            remote=request.remote_addr,
+            actor=g.get("actor"),
+        )
         return response
+
+    global _json_logs
+    _json_logs = json_logs
+
+
+_json_logs = False  # one JSON line per request (NSO_REPO_LOG_FORMAT=json)
+
+
+def note_request(
+    method: str,
+    route: str,
+    status: int,
+    elapsed: float,
+    *,
+    path: str,
+    remote: Optional[str],
+    actor: Optional[str],
+) -> None:
+    """Count and time one answered request, and log it when asked: Flask's, and those
+    answered before Flask (fleet/agent_lane.py)."""
+    # A fixed set of labels whatever a client sends: FOO00001 is "other".
+    label = method if method in METHODS else "other"
+
+    def count(m: _Metrics) -> None:
+        m.requests.labels(label, route, str(status)).inc()
+        m.seconds.labels(label, route).observe(elapsed)
+
+    record(count)
+    if _json_logs:
+        log.info(
+            json.dumps(
+                {
+                    "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    "method": method,
+                    "path": path,
+                    "route": route,
+                    "status": status,
+                    "ms": round(elapsed * 1000, 1),
+                    "remote": remote,
+                    "actor": actor,
+                }
+            )
+        )
 
 
 def exposition(sessions: Callable[[], Any], cache_seconds: float) -> bytes:

@@ -113,7 +113,7 @@ def _check_request(settings: Settings) -> None:
         data = request.get_data(cache=True)
         if len(data) > limit:
             raise RequestEntityTooLarge()
-        _check_json(data)
+        check_json(data)
 
 
 def _check_text(where: str, text: str) -> None:
@@ -125,7 +125,7 @@ def _check_text(where: str, text: str) -> None:
         )
 
 
-def _check_json(data: bytes) -> None:
+def check_json(data: bytes) -> None:
     try:
         value = json.loads(data, parse_constant=_no_constant)
     except RecursionError:

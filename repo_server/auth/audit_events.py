@@ -14,9 +14,10 @@ import logging
 from datetime import datetime
 from typing import Any, Optional
 
-from sqlalchemy import event, false, func, inspect, select, text, update
+from sqlalchemy import event, false, func, select, text, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm.attributes import get_history
 
 from repo_server.auth.models import AuditEvent
 from repo_server.db import utcnow
@@ -139,12 +140,18 @@ def _addresses_this_minute(session: Session, minute: datetime) -> int:
     )
 
 
+# session.info key: {job id: actor} of a session that changes jobs for several callers.
+JOB_ACTORS = "job_actors"
+
+
 def audit_state_changes(session: Session) -> None:
     """Audit, in ``session``, every step state change (``step.<state>``) and every job
     outcome (``job.succeeded``, ``job.failed``, ``job.cancelled``) when it is flushed.
 
     The actor is ``session.info["actor"]`` (set by ``require`` for the request's caller),
-    else ``system``. Calling it again on the same session changes nothing.
+    else ``system``; a session serving many agents at once (upgrades/batched.py) names
+    each job's in ``session.info[JOB_ACTORS]``. Calling it again on the same session
+    changes nothing.
     """
     if session.info.get(_TRACKING):
         return
@@ -153,7 +160,8 @@ def audit_state_changes(session: Session) -> None:
 
 
 def _state_change(obj: Any) -> Optional[tuple[Optional[str], str]]:
-    history = inspect(obj).attrs.state.history
+    # get_history reads the one attribute; inspect(obj).attrs builds them all, per object.
+    history = get_history(obj, "state")
     if not history.added:
         return None
     before = history.deleted[0] if history.deleted else None
@@ -162,7 +170,8 @@ def _state_change(obj: Any) -> Optional[tuple[Optional[str], str]]:
 
 
 def _audit_flushed_states(session: Session, _context: Any, _instances: Any) -> None:
-    actor = str(session.info.get("actor") or "system")
+    default = str(session.info.get("actor") or "system")
+    actors = session.info.get(JOB_ACTORS) or {}
     steps = sorted((o for o in session.dirty if isinstance(o, Step)), key=lambda s: s.seq)
     jobs = [o for o in session.dirty if isinstance(o, Job)]
     for step in steps:
@@ -171,7 +180,7 @@ def _audit_flushed_states(session: Session, _context: Any, _instances: Any) -> N
             job = step.job
             session.add(
                 AuditEvent(
-                    actor=actor,
+                    actor=actors.get(job.id, default),
                     action=f"step.{after}",
                     target=f"job:{job.id}",
                     details={
@@ -189,7 +198,7 @@ def _audit_flushed_states(session: Session, _context: Any, _instances: Any) -> N
             before, after = change
             session.add(
                 AuditEvent(
-                    actor=actor,
+                    actor=actors.get(job.id, default),
                     action=f"job.{after}",
                     target=f"job:{job.id}",
                     details={

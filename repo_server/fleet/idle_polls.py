@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Callable, Optional
 from urllib.parse import parse_qsl
@@ -36,10 +37,11 @@ from repo_server.auth.service import LAST_USED_GRANULARITY_S, hash_token
 from repo_server.context import AppState
 from repo_server.db import utcnow
 from repo_server.fleet.models import Node
-from repo_server.fleet.notify import announce_poll
+from repo_server.fleet.notify import announce_polls
 from repo_server.fleet.schemas import POLL_WAIT_DEFAULT, POLL_WAIT_MAX
 from repo_server.fleet.service import SEEN_GRANULARITY_S
 from repo_server.fleet.views import BUSY_RETRY_SECONDS
+from repo_server.group_commit import ALONE, GroupCommit
 from repo_server.observability import record
 from repo_server.parking import PARK, PARKED_NOW, RESUMED, Parked
 from repo_server.upgrades.models import NodeHold
@@ -50,11 +52,19 @@ PATH = "/api/v1/agent/next"
 AGENT_ROLES = roles_for("agent")  # the full view's @require("agent")
 
 _IDLE_AGENT = (
-    select(ApiToken.role, ApiToken.revoked_at, ApiToken.last_used_at, Node.id, Node.last_seen_at)
+    select(
+        ApiToken.token_hash,
+        ApiToken.role,
+        ApiToken.revoked_at,
+        ApiToken.id.label("token_id"),
+        ApiToken.last_used_at,
+        Node.id.label("node_id"),
+        Node.last_seen_at,
+    )
     .join(Node, Node.id == ApiToken.node_id)
     .where(~select(NodeHold.node_id).where(NodeHold.node_id == Node.id).exists())
 )
-_HELD = select(NodeHold.job_id).limit(1)
+_HELD = select(NodeHold.node_id)
 
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Any]
 
@@ -87,12 +97,15 @@ def IDLE_POLLS() -> Any:
 
 def middleware(app: WsgiApp, state: AppState) -> WsgiApp:
     """WSGI middleware before Flask: answer the idle polls it can, pass on the rest."""
+    # Polls arriving together (a fleet's agents asking again after their reports) share
+    # one connection, a few statements and one commit (repo_server/group_commit.py).
+    together: GroupCommit[_Poll] = GroupCommit(lambda polls: _look(state, polls))
 
     def idle_polls(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         if environ.get("REQUEST_METHOD") != "GET" or environ.get("PATH_INFO") != PATH:
             return app(environ, start_response)
         try:
-            answered = _idle(state, environ)
+            answered = _idle(state, environ, together)
         except SQLAlchemyError:
             # The full path meets the same database and answers as the app does (a JSON
             # 500, logged). At worst this poll counted one ticket more (max polls per node).
@@ -108,7 +121,23 @@ def middleware(app: WsgiApp, state: AppState) -> WsgiApp:
     return idle_polls
 
 
-def _idle(state: AppState, environ: dict[str, Any]) -> Optional[list[tuple[str, str]]]:
+@dataclass(frozen=True)
+class _Poll:
+    digest: str  # of the bearer token
+    waits: bool  # parks when there is nothing to do
+    fresh: bool  # not a parked poll run again: its start is announced
+
+
+@dataclass(frozen=True)
+class _Idle:
+    node_id: int
+    seen: int  # the node's wake-up counter, read before its holds were looked at
+    ticket: int  # a fresh poll's (announce_poll); 0 otherwise
+
+
+def _idle(
+    state: AppState, environ: dict[str, Any], together: GroupCommit[_Poll]
+) -> Optional[list[tuple[str, str]]]:
     """The headers of the 204 that answers this poll, or None when Flask must answer it."""
     if environ.get("CONTENT_LENGTH", "") not in ("", "0") or "HTTP_TRANSFER_ENCODING" in environ:
         return None  # a body: Flask checks it
@@ -122,53 +151,97 @@ def _idle(state: AppState, environ: dict[str, Any]) -> Optional[list[tuple[str, 
         return None  # it waits in a thread: the full view counts those
     resumed: Optional[Parked] = environ.get(RESUMED)
     waits = bool(wait) and park is not None
-    with state.engine.connect() as connection:
-        digest = hash_token(secret)
-        row = connection.execute(_IDLE_AGENT.where(ApiToken.token_hash == digest)).first()
-        if row is None:
-            return None
-        role, revoked_at, last_used_at, node_id, last_seen_at = row
-        if role not in AGENT_ROLES or revoked_at is not None:
-            return None
-        # What the full path writes, at the same granularity: an agent that polls every
-        # 30 s is seen at each poll, and its token used once a minute.
-        now = utcnow()
-        if _age(last_used_at, now) > LAST_USED_GRANULARITY_S:  # as authenticate()
-            connection.execute(
-                update(ApiToken).where(ApiToken.token_hash == digest).values(last_used_at=now)
-            )
-        if _age(last_seen_at, now) >= SEEN_GRANULARITY_S:  # as touch()
-            connection.execute(update(Node).where(Node.id == node_id).values(last_seen_at=now))
-        if not waits:
-            connection.commit()
-            return _no_work(wait, busy=park is None)
-        notifier = state.notifier
-        if resumed is not None:
-            poll = resumed.state
-        else:
-            state.start_listener()
-            poll = {"deadline": time.monotonic() + wait, "ticket": 0}
-        seen = notifier.counter(node_id)
-        # Looked at again after the counter was read: work made before this line is seen
-        # here, and work made after it moves the counter, which wakes the parked poll.
-        if connection.execute(_HELD.where(NodeHold.node_id == node_id)).first() is not None:
-            connection.rollback()  # the full path writes the times again
-            return None
-        if resumed is None:
-            poll["ticket"] = announce_poll(connection, notifier, node_id)
-        connection.commit()
+    if waits and resumed is None:
+        state.start_listener()
+    poll = _Poll(hash_token(secret), waits, fresh=resumed is None)
+    found = together.submit(poll)
+    if found is ALONE:  # a poll of a node already in the batch, or a batch that failed
+        found = _look(state, [poll])[0]
+    if not isinstance(found, _Idle):
+        return None if found is None else _no_work(wait, busy=park is None)
+    notifier, node_id, seen = state.notifier, found.node_id, found.seen
+    polled: dict[str, Any] = (
+        resumed.state
+        if resumed is not None
+        else {
+            "deadline": time.monotonic() + wait,
+            "ticket": found.ticket,
+        }
+    )
     limit = state.settings.max_polls_per_node
-    ticket = poll["ticket"]
-    if poll["deadline"] > time.monotonic() and not notifier.superseded(node_id, ticket, limit):
+    ticket = polled["ticket"]
+    if polled["deadline"] > time.monotonic() and not notifier.superseded(node_id, ticket, limit):
         park(
             Parked(
-                deadline=poll["deadline"],
+                deadline=polled["deadline"],
                 watch=lambda wake: notifier.watch(node_id, seen, wake, ticket, limit),
                 unwatch=lambda wake: notifier.unwatch(node_id, wake),
-                state=poll,
+                state=polled,
             )
         )
     return _no_work(wait, busy=False)
+
+
+def _look(state: AppState, polls: list[_Poll]) -> list[object]:
+    """Each poll's verdict: None (Flask answers it), True (no work, and it does not wait),
+    an `_Idle` (no work: it waits), ALONE (its node is in the batch already: one poll of a
+    node per batch, so each start is announced on its own)."""
+    with state.engine.connect() as connection:
+        digests = {poll.digest for poll in polls}
+        rows = {
+            row.token_hash: row
+            for row in connection.execute(_IDLE_AGENT.where(ApiToken.token_hash.in_(digests)))
+        }
+        agents: list[Any] = []  # each poll's row, None when the full path answers it
+        alone: set[int] = set()  # polls of a node already in the batch
+        nodes: set[int] = set()
+        for index, poll in enumerate(polls):
+            row = rows.get(poll.digest)
+            if row is not None and (row.role not in AGENT_ROLES or row.revoked_at is not None):
+                row = None
+            if row is not None and row.node_id in nodes:
+                alone.add(index)
+                row = None
+            if row is not None:
+                nodes.add(row.node_id)
+            agents.append(row)
+        mine = [a for a in agents if a is not None]
+        # What the full path writes, at the same granularity: an agent that polls every
+        # 30 s is seen at each poll, and its token used once a minute.
+        now = utcnow()
+        used = [a.token_id for a in mine if _age(a.last_used_at, now) > LAST_USED_GRANULARITY_S]
+        seen = [a.node_id for a in mine if _age(a.last_seen_at, now) >= SEEN_GRANULARITY_S]
+        if seen:  # as touch()
+            connection.execute(update(Node).where(Node.id.in_(seen)).values(last_seen_at=now))
+        if used:  # as authenticate()
+            connection.execute(
+                update(ApiToken).where(ApiToken.id.in_(used)).values(last_used_at=now)
+            )
+        waiting = {a.node_id: p for a, p in zip(agents, polls) if a is not None and p.waits}
+        notifier = state.notifier
+        counters = {node_id: notifier.counter(node_id) for node_id in waiting}
+        # Looked at again after the counters were read: work made before this line is seen
+        # here, and work made after it moves the counter, which wakes the parked poll.
+        held = (
+            set(connection.scalars(_HELD.where(NodeHold.node_id.in_(waiting))))
+            if waiting
+            else set()
+        )
+        fresh = [n for n, poll in waiting.items() if poll.fresh and n not in held]
+        tickets = dict(zip(fresh, announce_polls(connection, notifier, fresh)))
+        connection.commit()
+    answers: list[object] = []
+    for index, (agent, poll) in enumerate(zip(agents, polls)):
+        if index in alone:
+            answers.append(ALONE)
+        elif agent is None or agent.node_id in held:
+            answers.append(None)  # the full path answers it (work came: it takes it)
+        elif not poll.waits:
+            answers.append(True)
+        else:
+            node_id = agent.node_id
+            answers.append(_Idle(node_id, counters[node_id], tickets.get(node_id, 0)))
+    return answers
 
 
 def _no_work(wait: int, busy: bool) -> list[tuple[str, str]]:

@@ -145,13 +145,20 @@ def announce(session: Session, notifier: Notifier, node_id: int) -> None:
 def announce_poll(session: Union[Session, Connection], notifier: Notifier, node_id: int) -> int:
     """A long-poll of `node_id` starts: count it here at once, and in the other processes
     when the transaction commits (PostgreSQL). Returns its ticket (see `Notifier.wait`)."""
+    return announce_polls(session, notifier, [node_id])[0]
+
+
+def announce_polls(
+    session: Union[Session, Connection], notifier: Notifier, node_ids: list[int]
+) -> list[int]:
+    """`announce_poll` of several polls (fleet/idle_polls.py), in one statement."""
     bind = session if isinstance(session, Connection) else session.get_bind()
-    if bind.dialect.name == "postgresql":
+    if node_ids and bind.dialect.name == "postgresql":
         session.execute(
-            text("SELECT pg_notify(:channel, :payload)"),
-            {"channel": CHANNEL, "payload": f"poll:{node_id}:{notifier.tag}"},
+            text("SELECT pg_notify(:channel, p) FROM unnest(CAST(:payloads AS text[])) AS p"),
+            {"channel": CHANNEL, "payloads": [f"poll:{n}:{notifier.tag}" for n in node_ids]},
         )
-    return notifier.poll_started(node_id)
+    return [notifier.poll_started(node_id) for node_id in node_ids]
 
 
 @event.listens_for(Session, "before_commit")

@@ -107,11 +107,19 @@ class Driver:
 
     def after_job(self, job_id: int) -> None:
         """A job ended: move on the rollout it belongs to, if any."""
+        self.after_jobs([job_id])
+
+    def after_jobs(self, job_ids: list[int]) -> None:
+        """Jobs ended (reports served together): move on the rollouts they belong to."""
         with self.sessions() as session:
-            rollout_id = session.scalar(
-                select(RolloutTarget.rollout_id).where(RolloutTarget.job_id == job_id)
+            rollout_ids = sorted(
+                set(
+                    session.scalars(
+                        select(RolloutTarget.rollout_id).where(RolloutTarget.job_id.in_(job_ids))
+                    )
+                )
             )
-        if rollout_id is not None:
+        for rollout_id in rollout_ids:
             self.advance(rollout_id, starts=REQUEST_STARTS)
 
     # -- one pass -----------------------------------------------------------------------

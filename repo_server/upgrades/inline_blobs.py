@@ -47,20 +47,36 @@ def with_inline_blobs(
     to STEP_BUDGET_BYTES in all, of a live artifact only: a blob deleted from the catalog
     (a bad patch pulled mid-rollout) is not handed out this way either. Ends the session's
     transaction before storage is read."""
-    params = payload.get("params")
-    if not isinstance(params, dict):
-        return payload
-    refs = [ref for ref in artifact_refs(params) if _small_ref(ref)]
-    if not refs:
-        return payload
+    return with_inline_blobs_many([payload], storage, session)[0]
+
+
+def with_inline_blobs_many(
+    payloads: list[dict[str, Any]], storage: Storage, session: Session
+) -> list[dict[str, Any]]:
+    """`with_inline_blobs` of many steps (agents claiming together, upgrades/batched.py):
+    one query tells the live blobs of them all."""
+    wanted = {ref["sha256"] for payload in payloads for ref in _small_refs(payload)}
+    if not wanted:
+        return payloads
     live = set(
         session.scalars(
             select(Blob.sha256)
             .join(Artifact, Artifact.blob_id == Blob.id)
-            .where(Blob.sha256.in_({r["sha256"] for r in refs}), Artifact.deleted_at.is_(None))
+            .where(Blob.sha256.in_(wanted), Artifact.deleted_at.is_(None))
         )
     )
     session.rollback()  # nothing is held while storage is read (S3: a request)
+    return [_inlined(payload, live, storage) for payload in payloads]
+
+
+def _small_refs(payload: dict[str, Any]) -> list[dict[str, Any]]:
+    params = payload.get("params")
+    return [r for r in artifact_refs(params) if _small_ref(r)] if isinstance(params, dict) else []
+
+
+def _inlined(payload: dict[str, Any], live: set[str], storage: Storage) -> dict[str, Any]:
+    if not _small_refs(payload):
+        return payload
     budget = [STEP_BUDGET_BYTES]
 
     def walk(value: Any) -> Any:
@@ -78,7 +94,7 @@ def with_inline_blobs(
         budget[0] -= value["size"]
         return {**value, "content_base64": encoded}
 
-    return {**payload, "params": walk(params)}
+    return {**payload, "params": walk(payload["params"])}
 
 
 def _small_ref(value: dict[str, Any]) -> bool:

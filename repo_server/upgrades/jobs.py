@@ -13,6 +13,7 @@ have (`runnable`): the nodes of a batch work at the same time.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict
 from datetime import datetime, timezone
 from typing import Any, Callable, Optional
@@ -431,16 +432,32 @@ class JobService:
         nodes, without their inventories): the state the rest of the transaction works on.
         Locking a loaded job and refreshing it took one more statement, and lazy loads more,
         per poll and per report of every agent."""
-        self.session.execute(update(Job).where(Job.id == job_id).values(revision=Job.revision + 1))
-        return self.session.scalars(
+        return self.lock_jobs([job_id], with_nodes).get(job_id)
+
+    def lock_jobs(
+        self, job_ids: Iterable[int], with_nodes: bool = False, with_holds: bool = False
+    ) -> dict[int, Job]:
+        """`_locked` of several jobs in one transaction (upgrades/batched.py), by id; with
+        their holds too when many may end (a job that ends lets go of them)."""
+        ids = sorted(set(job_ids))
+        if len(ids) > 1 and self.session.get_bind().dialect.name == "postgresql":
+            # Rows in id order, as every batch takes them: two batches sharing jobs (the
+            # members of one HA group, served by two processes) wait, never deadlock.
+            self.session.execute(
+                select(Job.id).where(Job.id.in_(ids)).order_by(Job.id).with_for_update()
+            )
+        self.session.execute(update(Job).where(Job.id.in_(ids)).values(revision=Job.revision + 1))
+        jobs = self.session.scalars(
             select(Job)
-            .where(Job.id == job_id)
+            .where(Job.id.in_(ids))
             .options(
                 selectinload(Job.steps),
                 *([selectinload(Job.nodes).defer(Node.inventory)] if with_nodes else []),
+                *([selectinload(Job.holds)] if with_holds else []),
             )
             .execution_options(populate_existing=True)
-        ).first()
+        )
+        return {job.id: job for job in jobs}
 
     def claim_next(self, node: Node) -> Optional[Step]:
         """The step this node should run now, marked dispatched; None when there is none
@@ -479,13 +496,7 @@ class JobService:
             job.finished_at = now
             self.session.commit()
             return None
-        if step.state == "pending":
-            transition(step, "dispatched")
-        step.attempt += 1
-        step.started_at = step.started_at or now
-        if job.state == "queued":
-            transition(job, "running")
-            job.started_at = now
+        hand_out(job, step, now)
         self.session.commit()
         return step
 
@@ -523,6 +534,19 @@ class JobService:
             if not same_step:
                 raise Conflict(f"report_id {report_id} was used for another step: make a new one")
             return dict(answer)
+        try:
+            answer = self.settle(job, step, state, report_id, body)
+        except AppError:
+            self.session.rollback()
+            raise
+        self.session.commit()
+        return answer
+
+    def settle(
+        self, job: Job, step: Step, state: str, report_id: str, body: dict[str, Any]
+    ) -> dict[str, Any]:
+        """A new report (its report_id unseen) on a locked job: its answer. Raises AppError,
+        having changed nothing, for a report refused; the caller ends the transaction."""
         # Only the report that finishes a step is remembered by its report_id: that is the
         # one an agent resends after a crash. A progress report applied twice only sets
         # progress and message again; a finished step reported again changes nothing. So a
@@ -530,22 +554,17 @@ class JobService:
         remember = state != "running" and step.state not in STEP_FINISHED
         if step.state in STEP_FINISHED:
             if step.state != state:
-                self.session.rollback()
                 raise StepFinished(
-                    f"step {step_id} ({step.name}) already {step.state}: ask for the next step",
+                    f"step {step.id} ({step.name}) already {step.state}: ask for the next step",
                     step_state=step.state,
                 )
         else:
             self._check_handed_out(job, step)
-            try:
-                result = (
-                    results.succeeded_result(step.name, job.id, body.get("result") or {})
-                    if state == "succeeded"
-                    else results.failed_result(job.id, body.get("result"))
-                )
-            except results.ResultInvalid:
-                self.session.rollback()
-                raise
+            result = (
+                results.succeeded_result(step.name, job.id, body.get("result") or {})
+                if state == "succeeded"
+                else results.failed_result(job.id, body.get("result"))
+            )
             self._apply(job, step, state, body, result)
         answer = {
             "step": step_dict(step),
@@ -558,7 +577,6 @@ class JobService:
             # work for no one.
             for member in job.nodes:
                 announce(self.session, self.notifier, member.id)
-        self.session.commit()
         return answer
 
     def _check_handed_out(self, job: Job, step: Step) -> None:
@@ -581,9 +599,7 @@ class JobService:
             "restart nso-agent if it lost track"
         )
         details = {"id": handed.id, "name": handed.name} if handed is not None else None
-        state = step.state
-        self.session.rollback()
-        raise StepNotHandedOut(message, step_state=state, handed_out=details)
+        raise StepNotHandedOut(message, step_state=step.state, handed_out=details)
 
     def _apply(
         self, job: Job, step: Step, state: str, body: dict[str, Any], result: dict[str, Any]
@@ -774,6 +790,28 @@ def _append(job: Job, node_id: int, spec: plans.StepSpec) -> None:
             message=spec.title,
         )
     )
+
+
+def hand_out(job: Job, step: Step, now: datetime) -> None:
+    """Mark ``step`` handed to its node's agent (again: its attempt counts each time)."""
+    if step.state == "pending":
+        transition(step, "dispatched")
+    step.attempt += 1
+    step.started_at = step.started_at or now
+    if job.state == "queued":
+        transition(job, "running")
+        job.started_at = now
+
+
+def claimable(job: Optional[Job], node_id: int, now: datetime) -> Optional[Step]:
+    """The step ``claim_next`` hands out as it is, without ending the job: None when the
+    job ended, the node has no step now, or the step's start is past its time."""
+    if job is None or not job.active:
+        return None
+    step = runnable(job, node_id)
+    if step is None or (step.state == "pending" and _past_start_by(job, now)):
+        return None
+    return step
 
 
 def runnable(job: Job, node_id: int) -> Optional[Step]:

@@ -1,0 +1,203 @@
+"""Claims and reports of many agents in one transaction (repo_server/group_commit.py).
+
+The same rules as one agent's `next` and report (jobs.py: `claimable`, `hand_out`,
+`JobService.settle`), on every job of the batch locked and loaded at once: a few statements
+and one commit for the batch instead of a dozen statements and a commit per agent.
+
+Only the common case is served here: a known, unrevoked agent token of an existing node, a
+step it may take or a new report it may make. Anything else, and any doubt, is answered
+ALONE, and the caller serves that request on the full path, which gives the errors. A batch
+that meets an error changes nothing: it is rolled back and each request goes alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Optional
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from repo_server.auth.audit_events import JOB_ACTORS
+from repo_server.auth.models import ApiToken
+from repo_server.auth.roles import roles_for
+from repo_server.auth.service import LAST_USED_GRANULARITY_S
+from repo_server.db import utcnow
+from repo_server.errors import AppError
+from repo_server.fleet.models import Node
+from repo_server.fleet.notify import Notifier
+from repo_server.fleet.service import SEEN_GRANULARITY_S
+from repo_server.group_commit import ALONE
+from repo_server.storage.base import Storage
+from repo_server.upgrades.inline_blobs import with_inline_blobs_many
+from repo_server.upgrades.jobs import JobService, claimable, hand_out
+from repo_server.upgrades.models import NodeHold, Step, StepReport
+from repo_server.upgrades.step_payloads import step_payload
+
+AGENT_ROLES = roles_for("agent")
+
+
+@dataclass(frozen=True)
+class Report:
+    """A report that passed StepReportSchema: its token's digest, the step, the body."""
+
+    token_hash: str
+    step_id: int
+    body: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class _Agent:
+    actor: str  # as Principal.actor
+    token_id: int
+    token_used: Optional[datetime]
+    node_id: int
+    node_seen: Optional[datetime]
+
+
+def claim_many(
+    session: Session, notifier: Notifier, storage: Storage, token_hashes: list[str]
+) -> list[object]:
+    """The answer to each woken long-poll (by its token's digest): ``{"step": ...}`` as
+    `GET /api/v1/agent/next` gives it, or ALONE (no step for it now, or anything the full
+    path must say)."""
+    agents = _agents(session, token_hashes)
+    held: dict[int, int] = {
+        node_id: job_id
+        for node_id, job_id in session.execute(
+            select(NodeHold.node_id, NodeHold.job_id).where(
+                NodeHold.node_id.in_({a.node_id for a in agents.values()})
+            )
+        )
+    }
+    mine = [agents.get(digest) for digest in token_hashes]
+    served = [a if a is not None and a.node_id in held else None for a in mine]
+    if not any(served):
+        session.rollback()
+        return [ALONE] * len(token_hashes)
+    served = _one_per_job(served, [held[a.node_id] if a else 0 for a in served])
+    jobs = JobService(session, notifier)
+    _touch(session, [a for a in served if a is not None])
+    # With the nodes: each step's audit names its node (auth/audit_events.py).
+    locked = jobs.lock_jobs([held[a.node_id] for a in served if a is not None], with_nodes=True)
+    now = utcnow()
+    steps: list[Optional[Step]] = []
+    for agent in served:
+        job = locked.get(held[agent.node_id]) if agent is not None else None
+        step = claimable(job, agent.node_id, now) if job is not None and agent else None
+        if step is not None and job is not None and agent is not None:
+            session.info.setdefault(JOB_ACTORS, {})[job.id] = agent.actor
+            hand_out(job, step, now)
+        steps.append(step)
+    payloads = [step_payload(step) for step in steps if step is not None]
+    session.commit()
+    inlined = iter(with_inline_blobs_many(payloads, storage, session))
+    return [ALONE if step is None else {"step": next(inlined)} for step in steps]
+
+
+def report_many(session: Session, notifier: Notifier, reports: list[Report]) -> list[object]:
+    """Each report's answer as `POST /api/v1/agent/steps/<id>` gives it, or ALONE (not its
+    node's step, a report_id seen before, or anything the full path must say)."""
+    agents = _agents(session, [r.token_hash for r in reports])
+    steps = {
+        step_id: (node_id, job_id)
+        for step_id, node_id, job_id in session.execute(
+            select(Step.id, Step.node_id, Step.job_id).where(
+                Step.id.in_({r.step_id for r in reports})
+            )
+        )
+    }
+    report_ids = [str(r.body["report_id"]) for r in reports]
+    seen = set(
+        session.scalars(select(StepReport.report_id).where(StepReport.report_id.in_(report_ids)))
+    )
+    served: list[Optional[_Agent]] = []
+    taken: set[str] = set()
+    for report, report_id in zip(reports, report_ids):
+        agent = agents.get(report.token_hash)
+        ours = agent is not None and steps.get(report.step_id, (0, 0))[0] == agent.node_id
+        fresh = report_id not in seen and report_id not in taken
+        taken.add(report_id)
+        served.append(agent if ours and fresh else None)
+    served = _one_per_job(served, [steps.get(r.step_id, (0, 0))[1] for r in reports])
+    if not any(served):
+        session.rollback()
+        return [ALONE] * len(reports)
+    jobs = JobService(session, notifier)
+    _touch(session, [a for a in served if a is not None])
+    locked = jobs.lock_jobs(
+        [steps[r.step_id][1] for r, a in zip(reports, served) if a is not None],
+        with_nodes=True,
+        with_holds=True,
+    )
+    answers: list[object] = []
+    for report, agent, report_id in zip(reports, served, report_ids):
+        job = locked.get(steps[report.step_id][1]) if agent is not None else None
+        step = next((s for s in job.steps if s.id == report.step_id), None) if job else None
+        if job is None or step is None or agent is None:
+            answers.append(ALONE)
+            continue
+        session.info.setdefault(JOB_ACTORS, {})[job.id] = agent.actor
+        try:
+            answers.append(jobs.settle(job, step, report.body["state"], report_id, report.body))
+        except AppError:
+            # A refusal: the batch is undone and each report goes alone, the refused one
+            # to its error.
+            session.rollback()
+            return [ALONE] * len(reports)
+    session.commit()
+    return answers
+
+
+def _one_per_job(agents: list[Optional[_Agent]], job_ids: list[int]) -> list[Optional[_Agent]]:
+    """One request per job in a batch; the others go alone. The members of an HA group
+    asking at once then meet the job one after the other, as on the full path, and each
+    change is audited with its own actor."""
+    taken: set[int] = set()
+    kept: list[Optional[_Agent]] = []
+    for agent, job_id in zip(agents, job_ids):
+        kept.append(agent if agent is not None and job_id not in taken else None)
+        if agent is not None:
+            taken.add(job_id)
+    return kept
+
+
+def _agents(session: Session, hashes: list[str]) -> dict[str, _Agent]:
+    """The agents behind these token digests: known, unrevoked, an agent's, of a node that
+    exists (`require("agent")` and `node_of`, for many at once)."""
+    rows = session.execute(
+        select(
+            ApiToken.token_hash,
+            ApiToken.role,
+            ApiToken.revoked_at,
+            ApiToken.name,
+            ApiToken.id,
+            ApiToken.last_used_at,
+            Node.id,
+            Node.last_seen_at,
+        )
+        .join(Node, Node.id == ApiToken.node_id)
+        .where(ApiToken.token_hash.in_(set(hashes)))
+    )
+    return {
+        digest: _Agent(f"{role}:{name}", token_id, used, node_id, seen)
+        for digest, role, revoked_at, name, token_id, used, node_id, seen in rows
+        if role in AGENT_ROLES and revoked_at is None
+    }
+
+
+def _touch(session: Session, agents: list[_Agent]) -> None:
+    """What the full path writes of each request: the token's last use and the node's last
+    sight, at the same granularity (auth/service.py authenticate, fleet/service.py touch)."""
+    now = utcnow()
+
+    def age(when: Optional[datetime]) -> float:
+        return float("inf") if when is None else (now - when).total_seconds()
+
+    used = sorted({a.token_id for a in agents if age(a.token_used) > LAST_USED_GRANULARITY_S})
+    seen = sorted({a.node_id for a in agents if age(a.node_seen) >= SEEN_GRANULARITY_S})
+    if seen:  # nodes first, as a report's full path: touch, then the job's lock
+        session.execute(update(Node).where(Node.id.in_(seen)).values(last_seen_at=now))
+    if used:
+        session.execute(update(ApiToken).where(ApiToken.id.in_(used)).values(last_used_at=now))
