@@ -6,10 +6,22 @@ commit. One engine per app; one session per request, closed at teardown.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime, timezone
 from typing import Any, Optional
 
-from sqlalchemy import JSON, DateTime, Engine, Float, MetaData, create_engine, event
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Engine,
+    Float,
+    MetaData,
+    any_,
+    bindparam,
+    create_engine,
+    event,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
@@ -89,3 +101,14 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(bind=engine, expire_on_commit=False)
+
+
+def among(column: Any, values: Iterable[Any], dialect: str) -> Any:
+    """``column IN values``; on PostgreSQL ``column = ANY(:array)``, one parameter whatever
+    the number of values. An IN list is new SQL text for each length, parsed and planned
+    each time; the same text is prepared once (psycopg) and planned once (PostgreSQL), which
+    counts when agents' requests are served in batches of any size (upgrades/batched.py)."""
+    values = list(values)
+    if dialect == "postgresql":
+        return column == any_(bindparam(None, values, type_=ARRAY(column.type)))
+    return column.in_(values)

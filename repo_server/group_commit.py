@@ -36,11 +36,18 @@ class _Slot(Generic[Item]):
 
 class GroupCommit(Generic[Item]):
     """Serve ``submit``s in batches of at most ``most`` with ``serve``, which answers each
-    item (ALONE for one it leaves to its caller). A batch that raises answers ALONE to all."""
+    item (ALONE for one it leaves to its caller). A batch that raises answers ALONE to all.
+    ``sized`` is told each batch's size (a metric)."""
 
-    def __init__(self, serve: Callable[[list[Item]], list[object]], most: int = 64) -> None:
+    def __init__(
+        self,
+        serve: Callable[[list[Item]], list[object]],
+        most: int = 64,
+        sized: Callable[[int], None] = lambda _size: None,
+    ) -> None:
         self.serve = serve
         self.most = most
+        self.sized = sized
         self.lock = threading.Lock()
         self.waiting: list[_Slot[Item]] = []
         self.busy = False  # a thread serves a batch now
@@ -56,6 +63,7 @@ class GroupCommit(Generic[Item]):
                 return slot.answer
         with self.lock:
             batch, self.waiting = self.waiting[: self.most], self.waiting[self.most :]
+        self.sized(len(batch))
         try:
             answers = self.serve([s.item for s in batch])
         except Exception:

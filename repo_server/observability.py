@@ -106,6 +106,13 @@ class _Metrics:
         self.idle_polls = Counter(
             "nso_repo_idle_polls", "Agent polls answered 'no work' before Flask", registry=registry
         )
+        self.batch_size = Histogram(
+            "nso_repo_agent_batch_size",
+            "Agents' requests served together in one transaction (fleet/agent_lane.py)",
+            ["kind"],
+            buckets=(1, 2, 4, 8, 16, 32, 64),
+            registry=registry,
+        )
         self.waiting = Gauge(
             "nso_repo_long_polls_waiting",
             "Agent long-polls parked now, waiting for work",
@@ -129,6 +136,15 @@ def record(change: Callable[[_Metrics], Any]) -> None:
         if not _failed.is_set():
             _failed.set()
             log.exception("metrics could not be recorded; requests go on without them")
+
+
+def batch_sized(kind: str) -> Callable[[int], None]:
+    """What a GroupCommit tells of each batch: nso_repo_agent_batch_size{kind}."""
+
+    def sized(size: int) -> None:
+        record(lambda m: m.batch_size.labels(kind).observe(size))
+
+    return sized
 
 
 def metrics() -> _Metrics:

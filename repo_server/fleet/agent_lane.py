@@ -36,7 +36,7 @@ from repo_server.errors import AppError
 from repo_server.fleet.idle_polls import wait_of
 from repo_server.fleet.schemas import StepReportSchema
 from repo_server.group_commit import ALONE, GroupCommit
-from repo_server.observability import note_request
+from repo_server.observability import batch_sized, note_request
 from repo_server.parking import RESUMED
 from repo_server.request_guards import check_json
 from repo_server.upgrades.batched import Report, claim_many, report_many
@@ -52,12 +52,12 @@ WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Any]
 def middleware(app: WsgiApp, state: AppState, dumps: Callable[[Any], str]) -> WsgiApp:
     """WSGI middleware before Flask; ``dumps`` is the app's JSON encoder."""
 
-    def batch(serve: Callable[[Any, list[Any]], list[object]]) -> GroupCommit[Any]:
+    def batch(kind: str, serve: Callable[[Any, list[Any]], list[object]]) -> GroupCommit[Any]:
         def run(items: list[Any]) -> list[object]:
             with state.sessions() as session:
                 return serve(session, items)
 
-        return GroupCommit(run)
+        return GroupCommit(run, sized=batch_sized(kind))
 
     def report(session: Any, items: list[Report]) -> list[object]:
         answers = report_many(session, state.notifier, items)
@@ -72,8 +72,10 @@ def middleware(app: WsgiApp, state: AppState, dumps: Callable[[Any], str]) -> Ws
         )
         return answers
 
-    claims = batch(lambda session, items: claim_many(session, state.notifier, state.storage, items))
-    reports = batch(report)
+    claims = batch(
+        "claim", lambda session, items: claim_many(session, state.notifier, state.storage, items)
+    )
+    reports = batch("report", report)
     report_schema = StepReportSchema()
 
     def lane(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:

@@ -35,14 +35,14 @@ from repo_server.auth.models import ApiToken
 from repo_server.auth.roles import roles_for
 from repo_server.auth.service import LAST_USED_GRANULARITY_S, hash_token
 from repo_server.context import AppState
-from repo_server.db import utcnow
+from repo_server.db import among, utcnow
 from repo_server.fleet.models import Node
 from repo_server.fleet.notify import announce_polls
 from repo_server.fleet.schemas import POLL_WAIT_DEFAULT, POLL_WAIT_MAX
 from repo_server.fleet.service import SEEN_GRANULARITY_S
 from repo_server.fleet.views import BUSY_RETRY_SECONDS
 from repo_server.group_commit import ALONE, GroupCommit
-from repo_server.observability import record
+from repo_server.observability import batch_sized, record
 from repo_server.parking import PARK, PARKED_NOW, RESUMED, Parked
 from repo_server.upgrades.models import NodeHold
 
@@ -99,7 +99,9 @@ def middleware(app: WsgiApp, state: AppState) -> WsgiApp:
     """WSGI middleware before Flask: answer the idle polls it can, pass on the rest."""
     # Polls arriving together (a fleet's agents asking again after their reports) share
     # one connection, a few statements and one commit (repo_server/group_commit.py).
-    together: GroupCommit[_Poll] = GroupCommit(lambda polls: _look(state, polls))
+    together: GroupCommit[_Poll] = GroupCommit(
+        lambda polls: _look(state, polls), sized=batch_sized("idle")
+    )
 
     def idle_polls(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         if environ.get("REQUEST_METHOD") != "GET" or environ.get("PATH_INFO") != PATH:
@@ -187,10 +189,13 @@ def _look(state: AppState, polls: list[_Poll]) -> list[object]:
     an `_Idle` (no work: it waits), ALONE (its node is in the batch already: one poll of a
     node per batch, so each start is announced on its own)."""
     with state.engine.connect() as connection:
+        dialect = connection.dialect.name
         digests = {poll.digest for poll in polls}
         rows = {
             row.token_hash: row
-            for row in connection.execute(_IDLE_AGENT.where(ApiToken.token_hash.in_(digests)))
+            for row in connection.execute(
+                _IDLE_AGENT.where(among(ApiToken.token_hash, digests, dialect))
+            )
         }
         agents: list[Any] = []  # each poll's row, None when the full path answers it
         alone: set[int] = set()  # polls of a node already in the batch
@@ -212,10 +217,12 @@ def _look(state: AppState, polls: list[_Poll]) -> list[object]:
         used = [a.token_id for a in mine if _age(a.last_used_at, now) > LAST_USED_GRANULARITY_S]
         seen = [a.node_id for a in mine if _age(a.last_seen_at, now) >= SEEN_GRANULARITY_S]
         if seen:  # as touch()
-            connection.execute(update(Node).where(Node.id.in_(seen)).values(last_seen_at=now))
+            connection.execute(
+                update(Node).where(among(Node.id, seen, dialect)).values(last_seen_at=now)
+            )
         if used:  # as authenticate()
             connection.execute(
-                update(ApiToken).where(ApiToken.id.in_(used)).values(last_used_at=now)
+                update(ApiToken).where(among(ApiToken.id, used, dialect)).values(last_used_at=now)
             )
         waiting = {a.node_id: p for a, p in zip(agents, polls) if a is not None and p.waits}
         notifier = state.notifier
@@ -223,7 +230,7 @@ def _look(state: AppState, polls: list[_Poll]) -> list[object]:
         # Looked at again after the counters were read: work made before this line is seen
         # here, and work made after it moves the counter, which wakes the parked poll.
         held = (
-            set(connection.scalars(_HELD.where(NodeHold.node_id.in_(waiting))))
+            set(connection.scalars(_HELD.where(among(NodeHold.node_id, waiting, dialect))))
             if waiting
             else set()
         )

@@ -23,7 +23,7 @@ from repo_server.auth.audit_events import JOB_ACTORS
 from repo_server.auth.models import ApiToken
 from repo_server.auth.roles import roles_for
 from repo_server.auth.service import LAST_USED_GRANULARITY_S
-from repo_server.db import utcnow
+from repo_server.db import among, utcnow
 from repo_server.errors import AppError
 from repo_server.fleet.models import Node
 from repo_server.fleet.notify import Notifier
@@ -67,7 +67,7 @@ def claim_many(
         node_id: job_id
         for node_id, job_id in session.execute(
             select(NodeHold.node_id, NodeHold.job_id).where(
-                NodeHold.node_id.in_({a.node_id for a in agents.values()})
+                among(NodeHold.node_id, {a.node_id for a in agents.values()}, _dialect(session))
             )
         )
     }
@@ -104,13 +104,17 @@ def report_many(session: Session, notifier: Notifier, reports: list[Report]) -> 
         step_id: (node_id, job_id)
         for step_id, node_id, job_id in session.execute(
             select(Step.id, Step.node_id, Step.job_id).where(
-                Step.id.in_({r.step_id for r in reports})
+                among(Step.id, {r.step_id for r in reports}, _dialect(session))
             )
         )
     }
     report_ids = [str(r.body["report_id"]) for r in reports]
     seen = set(
-        session.scalars(select(StepReport.report_id).where(StepReport.report_id.in_(report_ids)))
+        session.scalars(
+            select(StepReport.report_id).where(
+                among(StepReport.report_id, report_ids, _dialect(session))
+            )
+        )
     )
     served: list[Optional[_Agent]] = []
     taken: set[str] = set()
@@ -178,7 +182,7 @@ def _agents(session: Session, hashes: list[str]) -> dict[str, _Agent]:
             Node.last_seen_at,
         )
         .join(Node, Node.id == ApiToken.node_id)
-        .where(ApiToken.token_hash.in_(set(hashes)))
+        .where(among(ApiToken.token_hash, set(hashes), _dialect(session)))
     )
     return {
         digest: _Agent(f"{role}:{name}", token_id, used, node_id, seen)
@@ -198,6 +202,16 @@ def _touch(session: Session, agents: list[_Agent]) -> None:
     used = sorted({a.token_id for a in agents if age(a.token_used) > LAST_USED_GRANULARITY_S})
     seen = sorted({a.node_id for a in agents if age(a.node_seen) >= SEEN_GRANULARITY_S})
     if seen:  # nodes first, as a report's full path: touch, then the job's lock
-        session.execute(update(Node).where(Node.id.in_(seen)).values(last_seen_at=now))
+        session.execute(
+            update(Node).where(among(Node.id, seen, _dialect(session))).values(last_seen_at=now)
+        )
     if used:
-        session.execute(update(ApiToken).where(ApiToken.id.in_(used)).values(last_used_at=now))
+        session.execute(
+            update(ApiToken)
+            .where(among(ApiToken.id, used, _dialect(session)))
+            .values(last_used_at=now)
+        )
+
+
+def _dialect(session: Session) -> str:
+    return session.get_bind().dialect.name

@@ -29,7 +29,7 @@ from repo_server.catalog.releases import (
     live_artifact,
     signed_release_containing,
 )
-from repo_server.db import utcnow
+from repo_server.db import among, utcnow
 from repo_server.errors import AppError, Conflict, NotFound, ValidationFailed
 from repo_server.fleet.groups import group_of
 from repo_server.fleet.models import Node
@@ -440,16 +440,19 @@ class JobService:
         """`_locked` of several jobs in one transaction (upgrades/batched.py), by id; with
         their holds too when many may end (a job that ends lets go of them)."""
         ids = sorted(set(job_ids))
-        if len(ids) > 1 and self.session.get_bind().dialect.name == "postgresql":
+        dialect = self.session.get_bind().dialect.name
+        if len(ids) > 1 and dialect == "postgresql":
             # Rows in id order, as every batch takes them: two batches sharing jobs (the
             # members of one HA group, served by two processes) wait, never deadlock.
             self.session.execute(
-                select(Job.id).where(Job.id.in_(ids)).order_by(Job.id).with_for_update()
+                select(Job.id).where(among(Job.id, ids, dialect)).order_by(Job.id).with_for_update()
             )
-        self.session.execute(update(Job).where(Job.id.in_(ids)).values(revision=Job.revision + 1))
+        self.session.execute(
+            update(Job).where(among(Job.id, ids, dialect)).values(revision=Job.revision + 1)
+        )
         jobs = self.session.scalars(
             select(Job)
-            .where(Job.id.in_(ids))
+            .where(among(Job.id, ids, dialect))
             .options(
                 selectinload(Job.steps),
                 *([selectinload(Job.nodes).defer(Node.inventory)] if with_nodes else []),

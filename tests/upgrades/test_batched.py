@@ -1,0 +1,147 @@
+"""Many agents' claims and reports in one transaction (upgrades/batched.py), on SQLite and
+PostgreSQL: the same rules and answers as one agent's, each change audited with its own
+agent, and anything the batch should not decide left to the full path, with nothing
+changed."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from repo_server.auth.service import hash_token
+from repo_server.fleet.schemas import StepReportSchema
+from repo_server.group_commit import ALONE
+from repo_server.upgrades.batched import Report, claim_many, report_many
+from repo_server.upgrades.step_payloads import artifact_refs
+from tests.factories import make_patch_bundle
+from tests.upgrades.builders import Agent, enroll_node, healthy_inventory
+
+NAMES = ("b-1", "b-2", "b-3")
+DONE = {"modules": ["ncs_batch"], "changed": True}
+
+
+@pytest.fixture
+def fleet(live, tmp_path: Path) -> dict[str, Agent]:
+    """Three nodes on NSO 6.2, each with a patch job waiting for its agent."""
+    agents = {name: enroll_node(live, name) for name in NAMES}
+    for agent in agents.values():
+        assert agent.heartbeat(healthy_inventory("6.2")).status_code == 200
+    bundle = make_patch_bundle(tmp_path, "6.2", "CSCbatch1", ("ncs_batch",))
+    with bundle.open("rb") as fh:
+        put = live.session("uploader").put(f"{live.url}/api/v1/artifacts/{bundle.name}", data=fh)
+    assert put.status_code == 201, put.text
+    started = live.session("operator").post(
+        f"{live.url}/api/v1/patch-rollouts", json={"patch": bundle.name, "nodes": list(NAMES)}
+    )
+    assert started.status_code == 201, started.text
+    return agents
+
+
+def claim(app_state, *agents: Agent) -> list[object]:
+    with app_state.sessions() as session:
+        return claim_many(
+            session, app_state.notifier, app_state.storage, [hash_token(a.token) for a in agents]
+        )
+
+
+def report(app_state, *items: tuple[Agent, int, dict[str, Any]]) -> list[object]:
+    made = [
+        Report(hash_token(agent.token), step_id, StepReportSchema().load(body))
+        for agent, step_id, body in items
+    ]
+    with app_state.sessions() as session:
+        return report_many(session, app_state.notifier, made)
+
+
+def succeeded(report_id: str = "") -> dict[str, Any]:
+    return {"report_id": report_id or uuid.uuid4().hex, "state": "succeeded", "result": DONE}
+
+
+def audit(live, action: str) -> list[dict[str, Any]]:
+    answer = live.session("admin").get(
+        f"{live.url}/api/v1/audit", params={"action": action, "limit": 100}
+    )
+    assert answer.status_code == 200, answer.text
+    return list(answer.json())
+
+
+def test_each_node_claims_its_own_step_once_and_each_change_names_its_agent(
+    live, app_state, fleet
+) -> None:
+    one, two, three = fleet.values()
+    answers = claim(app_state, one, two, two, Agent(live.url, "nsr_" + "x" * 43))
+    first, second, again, unknown = answers
+    assert isinstance(first, dict) and isinstance(second, dict)
+    assert {first["step"]["name"], second["step"]["name"]} == {"apply_patch"}
+    assert first["step"]["attempt"] == second["step"]["attempt"] == 1
+    assert first["step"]["job"]["id"] != second["step"]["job"]["id"]
+    # The bundle rides in the step, as on the full path (inline_blobs.py).
+    (bundle,) = artifact_refs(first["step"]["params"])
+    assert bundle["content_base64"]
+    assert again is ALONE and unknown is ALONE  # a node's second poll, a stranger's
+    assert three.next() is not None  # the third node's step is still there for it
+    dispatched = audit(live, "step.dispatched")
+    assert sorted(e["details"]["node"] for e in dispatched) == sorted(NAMES)
+    for event in dispatched:
+        assert event["actor"] == f"agent:node:{event['details']['node']}", event
+
+
+def test_reports_of_many_nodes_end_their_jobs_and_free_the_nodes(live, app_state, fleet) -> None:
+    steps = {name: agent.next() for name, agent in fleet.items()}
+    answers = report(
+        app_state, *((fleet[name], step["id"], succeeded()) for name, step in steps.items())
+    )
+    for answer, step in zip(answers, steps.values()):
+        assert isinstance(answer, dict), answer
+        assert answer["step"] == {**answer["step"], "id": step["id"], "state": "succeeded"}
+        assert answer["job"]["state"] == "succeeded"
+    for agent in fleet.values():
+        assert agent.next() is None  # the job ended and let go of the node
+    ended = audit(live, "job.succeeded")
+    assert sorted(e["details"]["node"] for e in ended) == sorted(NAMES)
+    for event in ended:
+        assert event["actor"] == f"agent:node:{event['details']['node']}", event
+
+
+def test_a_refused_report_undoes_the_batch_and_each_goes_to_the_full_path(
+    live, app_state, fleet
+) -> None:
+    one, two, _ = fleet.values()
+    first, second = one.next(), two.next()
+    assert first is not None and second is not None
+    bad = {**succeeded(), "result": {"modules": ["ncs_batch"], "changed": "yes"}}
+    assert report(app_state, (one, first["id"], succeeded()), (two, second["id"], bad)) == [
+        ALONE,
+        ALONE,
+    ]
+    assert audit(live, "step.succeeded") == []  # nothing of the batch was kept
+    # The full path gives the refusal its error, and takes the good report.
+    refused = two.report(second["id"], "succeeded", result=bad["result"])
+    assert refused.status_code == 422 and refused.json()["error"]["code"] == "result_invalid"
+    taken = one.report(first["id"], "succeeded", result=DONE)
+    assert taken.status_code == 200 and taken.json()["job"]["state"] == "succeeded"
+
+
+def test_what_the_full_path_must_answer_is_left_to_it(live, app_state, fleet) -> None:
+    one, two, three = fleet.values()
+    first, second, third = one.next(), two.next(), three.next()
+    assert first is not None and second is not None and third is not None
+    resent = succeeded()
+    assert one.report(first["id"], "succeeded", report_id=resent["report_id"], result=DONE)
+    answers = report(
+        app_state,
+        (one, first["id"], resent),  # a report_id seen before: its remembered answer
+        (two, third["id"], succeeded()),  # another node's step
+        (three, third["id"], succeeded()),
+        (three, third["id"], succeeded()),  # the same job twice in one batch
+    )
+    assert answers[:2] == [ALONE, ALONE] and answers[3] is ALONE
+    assert isinstance(answers[2], dict) and answers[2]["job"]["state"] == "succeeded"
+    assert one.report(first["id"], "succeeded", report_id=resent["report_id"], result=DONE).json()[
+        "step"
+    ]["state"] == ("succeeded")
+    stolen = two.report(third["id"], "succeeded", result=DONE)
+    assert stolen.status_code == 404, stolen.text
