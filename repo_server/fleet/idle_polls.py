@@ -3,7 +3,9 @@
 Most polls of a fleet find no work: 10,000 agents ask every 30 s, and a patch rollout's
 agents ask again right after each report. Through Flask such a poll cost about 2 ms of
 server CPU: the token, then the node, then its hold, each an ORM query. Here a poll that
-is certain to get "nothing yet" is answered from one Core query, before Flask:
+is certain to get "nothing yet" is answered from Core queries before Flask, with the
+polls that arrive with it (repo_server/group_commit.py: one connection, a few statements
+and one commit for the batch, each node once per batch):
 
 - GET /api/v1/agent/next, with no query but ``wait=N`` (as NextArgs bounds it) or nothing;
 - a bearer token that is known, not revoked, an agent's, whose node exists and is held by
@@ -13,7 +15,8 @@ It writes what the full path writes, at the same granularity: the token's last u
 node's last-seen time (auth/service.py, fleet/service.py).
 
 It then answers 204, or parks the poll exactly as the full view does (fleet/views.py
-next_step), with the same state, so a parked poll woken by work runs the full view. Any
+next_step), with the same state, so a parked poll woken by work runs again (and claims
+its step in fleet/agent_lane.py, or in the full view). Any
 other request, and any doubt (a bad token, a revoked one, a node with a job, a body, a
 query it does not read), goes to Flask unchanged: this path only ever says "no work yet" to an agent whose
 token the full path would accept.
