@@ -142,6 +142,8 @@ def _addresses_this_minute(session: Session, minute: datetime) -> int:
 
 # session.info key: {job id: actor} of a session that changes jobs for several callers.
 JOB_ACTORS = "job_actors"
+# session.info key: {node id: name} the session knows already (no node loaded to name it).
+NODE_NAMES = "node_names"
 
 
 def audit_state_changes(session: Session) -> None:
@@ -172,6 +174,7 @@ def _state_change(obj: Any) -> Optional[tuple[Optional[str], str]]:
 def _audit_flushed_states(session: Session, _context: Any, _instances: Any) -> None:
     default = str(session.info.get("actor") or "system")
     actors = session.info.get(JOB_ACTORS) or {}
+    names = session.info.get(NODE_NAMES) or {}
     steps = sorted((o for o in session.dirty if isinstance(o, Step)), key=lambda s: s.seq)
     jobs = [o for o in session.dirty if isinstance(o, Job)]
     for step in steps:
@@ -185,7 +188,7 @@ def _audit_flushed_states(session: Session, _context: Any, _instances: Any) -> N
                     target=f"job:{job.id}",
                     details={
                         "job": job.id,
-                        "node": step.node.name,
+                        "node": names.get(step.node_id) or step.node.name,
                         "step": step.name,
                         "seq": step.seq,
                         "attempt": step.attempt,

@@ -19,7 +19,7 @@ from typing import Any, Optional
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from repo_server.auth.audit_events import JOB_ACTORS
+from repo_server.auth.audit_events import JOB_ACTORS, NODE_NAMES
 from repo_server.auth.models import ApiToken
 from repo_server.auth.roles import roles_for
 from repo_server.auth.service import LAST_USED_GRANULARITY_S
@@ -54,6 +54,7 @@ class _Agent:
     token_used: Optional[datetime]
     node_id: int
     node_seen: Optional[datetime]
+    node_name: str
 
 
 def claim_many(
@@ -79,8 +80,9 @@ def claim_many(
     served = _one_per_job(served, [held[a.node_id] if a else 0 for a in served])
     jobs = JobService(session, notifier)
     _touch(session, [a for a in served if a is not None])
-    # With the nodes: each step's audit names its node (auth/audit_events.py).
-    locked = jobs.lock_jobs([held[a.node_id] for a in served if a is not None], with_nodes=True)
+    # Each step's audit names its node (auth/audit_events.py): from here, not a load.
+    session.info[NODE_NAMES] = {a.node_id: a.node_name for a in served if a is not None}
+    locked = jobs.lock_jobs([held[a.node_id] for a in served if a is not None], lean=True)
     now = utcnow()
     steps: list[Optional[Step]] = []
     for agent in served:
@@ -134,6 +136,7 @@ def report_many(session: Session, notifier: Notifier, reports: list[Report]) -> 
         [steps[r.step_id][1] for r, a in zip(reports, served) if a is not None],
         with_nodes=True,
         with_holds=True,
+        lean=True,
     )
     answers: list[object] = []
     for report, agent, report_id in zip(reports, served, report_ids):
@@ -180,13 +183,14 @@ def _agents(session: Session, hashes: list[str]) -> dict[str, _Agent]:
             ApiToken.last_used_at,
             Node.id,
             Node.last_seen_at,
+            Node.name,
         )
         .join(Node, Node.id == ApiToken.node_id)
         .where(among(ApiToken.token_hash, set(hashes), _dialect(session)))
     )
     return {
-        digest: _Agent(f"{role}:{name}", token_id, used, node_id, seen)
-        for digest, role, revoked_at, name, token_id, used, node_id, seen in rows
+        digest: _Agent(f"{role}:{name}", token_id, used, node_id, seen, node_name)
+        for digest, role, revoked_at, name, token_id, used, node_id, seen, node_name in rows
         if role in AGENT_ROLES and revoked_at is None
     }
 

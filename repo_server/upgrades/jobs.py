@@ -435,10 +435,16 @@ class JobService:
         return self.lock_jobs([job_id], with_nodes).get(job_id)
 
     def lock_jobs(
-        self, job_ids: Iterable[int], with_nodes: bool = False, with_holds: bool = False
+        self,
+        job_ids: Iterable[int],
+        with_nodes: bool = False,
+        with_holds: bool = False,
+        lean: bool = False,
     ) -> dict[int, Job]:
         """`_locked` of several jobs in one transaction (upgrades/batched.py), by id; with
-        their holds too when many may end (a job that ends lets go of them)."""
+        their holds too when many may end (a job that ends lets go of them). ``lean``: of
+        the nodes only their ids and names, and no step's log tail, which is all a batch
+        reads of them (anything else loads if it is read)."""
         ids = sorted(set(job_ids))
         dialect = self.session.get_bind().dialect.name
         if len(ids) > 1 and dialect == "postgresql":
@@ -454,8 +460,8 @@ class JobService:
             select(Job)
             .where(among(Job.id, ids, dialect))
             .options(
-                selectinload(Job.steps),
-                *([selectinload(Job.nodes).defer(Node.inventory)] if with_nodes else []),
+                selectinload(Job.steps).defer(Step.log_tail) if lean else selectinload(Job.steps),
+                *([_nodes(lean)] if with_nodes else []),
                 *([selectinload(Job.holds)] if with_holds else []),
             )
             .execution_options(populate_existing=True)
@@ -793,6 +799,11 @@ def _append(job: Job, node_id: int, spec: plans.StepSpec) -> None:
             message=spec.title,
         )
     )
+
+
+def _nodes(lean: bool) -> Any:
+    loading = selectinload(Job.nodes)
+    return loading.load_only(Node.id, Node.name) if lean else loading.defer(Node.inventory)
 
 
 def hand_out(job: Job, step: Step, now: datetime) -> None:
