@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Callable, Generic, TypeVar
 
 log = logging.getLogger(__name__)
@@ -37,20 +38,24 @@ class _Slot(Generic[Item]):
 class GroupCommit(Generic[Item]):
     """Serve ``submit``s in batches of at most ``most`` with ``serve``, which answers each
     item (ALONE for one it leaves to its caller). A batch that raises answers ALONE to all.
-    ``sized`` is told each batch's size (a metric)."""
+    ``sized`` is told each batch's size (a metric); ``after`` gets each batch's answers once
+    they are given and the next batch is under way (work that need not hold anyone up)."""
 
     def __init__(
         self,
         serve: Callable[[list[Item]], list[object]],
         most: int = 64,
         sized: Callable[[int], None] = lambda _size: None,
+        after: Callable[[list[object]], None] = lambda _answers: None,
     ) -> None:
         self.serve = serve
         self.most = most
         self.sized = sized
+        self.after = after
         self.lock = threading.Lock()
         self.waiting: list[_Slot[Item]] = []
         self.busy = False  # a thread serves a batch now
+        self.logged_at = float("-inf")  # the last failure logged with its traceback
 
     def submit(self, item: Item) -> object:
         slot = _Slot(item)
@@ -63,21 +68,44 @@ class GroupCommit(Generic[Item]):
                 return slot.answer
         with self.lock:
             batch, self.waiting = self.waiting[: self.most], self.waiting[self.most :]
-        self.sized(len(batch))
+        answers: list[object] = [ALONE] * len(batch)
         try:
-            answers = self.serve([s.item for s in batch])
-        except Exception:
-            log.exception("a batch of %d failed: each is served alone", len(batch))
-            answers = [ALONE] * len(batch)
-        for served, answer in zip(batch, answers):
-            served.answer = answer
-            if served is not slot:
-                served.ready.set()
-        with self.lock:
-            if self.waiting:  # the next batch is served by the first of its own threads
-                following = self.waiting[0]
-                following.answer = _LEAD
-                following.ready.set()
+            self.sized(len(batch))
+            served = self.serve([s.item for s in batch])
+            if len(served) == len(batch):
+                answers = served
             else:
-                self.busy = False
+                log.error(
+                    "a batch of %d got %d answers: each is served alone", len(batch), len(served)
+                )
+        except Exception as error:
+            self._failed(len(batch), error)
+        finally:
+            # Whatever happened, every thread of the batch gets an answer and the next batch
+            # a leader: none waits forever.
+            for waiter, answer in zip(batch, answers):
+                waiter.answer = answer
+                if waiter is not slot:
+                    waiter.ready.set()
+            with self.lock:
+                if self.waiting:  # the next batch is served by the first of its own threads
+                    following = self.waiting[0]
+                    following.answer = _LEAD
+                    following.ready.set()
+                else:
+                    self.busy = False
+        try:
+            self.after(answers)
+        except Exception:
+            log.exception("after a batch of %d", len(batch))
         return slot.answer
+
+    def _failed(self, size: int, error: Exception) -> None:
+        """Log a failed batch: with its traceback at most once a minute (a database that
+        went away fails every batch), then one line each."""
+        now = time.monotonic()
+        if now - self.logged_at >= 60:
+            self.logged_at = now
+            log.exception("a batch of %d failed: each is served alone", size)
+        else:
+            log.warning("a batch of %d failed (%s): each is served alone", size, error)

@@ -6,6 +6,9 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
 
 from repo_server.group_commit import ALONE, GroupCommit
 
@@ -90,3 +93,40 @@ def test_a_batch_that_fails_leaves_each_request_to_its_caller_and_the_next_goes_
     assert together.submit("odd") is ALONE
     assert together.submit("fine") == "FINE"
     assert calls["n"] == 3 and not together.busy and not together.waiting
+
+
+def test_work_after_a_batch_runs_once_its_answers_are_given() -> None:
+    order: list[str] = []
+
+    def after(answers: list[object]) -> None:
+        order.append(f"after {answers}")
+        raise RuntimeError("a rollout's driver failed")  # logged, never the requests'
+
+    together = GroupCommit(lambda items: [order.append("served") or i for i in items], after=after)
+    assert together.submit(7) == 7
+    assert order == ["served", "after [7]"]
+
+
+@pytest.mark.parametrize(
+    "serve",
+    [
+        lambda items: items[:-1],  # an answer short: nobody may wait for it forever
+        lambda items: [*items, "extra"],
+    ],
+)
+def test_a_batch_answered_wrongly_leaves_each_request_to_its_caller(serve: Any) -> None:
+    together = GroupCommit(serve)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        answers = [f.result(10) for f in [pool.submit(together.submit, i) for i in range(4)]]
+    assert set(answers) <= {ALONE, 0, 1, 2, 3}
+    assert ALONE in answers and not together.busy and not together.waiting
+
+
+def test_a_metric_that_fails_still_answers_and_hands_over() -> None:
+    def sized(_size: int) -> None:
+        raise OSError("the metrics folder is gone")
+
+    together = GroupCommit(lambda items: list(items), sized=sized)
+    assert together.submit(1) is ALONE
+    assert not together.busy  # the next request leads again
+    assert together.submit(2) is ALONE

@@ -21,13 +21,12 @@ report_id seen before. Errors therefore come from one place, the views.
 from __future__ import annotations
 
 import io
-import json
 import re
 import time
 from typing import Any, Callable, Optional
 
 from marshmallow import ValidationError
-from webargs.core import is_json
+from webargs.core import is_json, parse_json
 
 from repo_server.auth.service import hash_token
 from repo_server.context import AppState
@@ -37,9 +36,9 @@ from repo_server.fleet.idle_polls import wait_of
 from repo_server.fleet.schemas import StepReportSchema
 from repo_server.group_commit import ALONE, GroupCommit
 from repo_server.observability import batch_sized, note_request
-from repo_server.parking import RESUMED
+from repo_server.parking import RESUMED, Parked
 from repo_server.request_guards import check_json
-from repo_server.upgrades.batched import Report, claim_many, report_many
+from repo_server.upgrades.batched import Report, Served, claim_many, report_many
 from repo_server.upgrades.job_states import JOB_ACTIVE
 
 NEXT = "/api/v1/agent/next"
@@ -52,30 +51,34 @@ WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Any]
 def middleware(app: WsgiApp, state: AppState, dumps: Callable[[Any], str]) -> WsgiApp:
     """WSGI middleware before Flask; ``dumps`` is the app's JSON encoder."""
 
-    def batch(kind: str, serve: Callable[[Any, list[Any]], list[object]]) -> GroupCommit[Any]:
+    def batch(
+        kind: str,
+        serve: Callable[[Any, list[Any]], list[object]],
+        after: Callable[[list[object]], None] = lambda _answers: None,
+    ) -> GroupCommit[Any]:
         def run(items: list[Any]) -> list[object]:
             with state.sessions() as session:
                 return serve(session, items)
 
-        return GroupCommit(run, sized=batch_sized(kind))
+        return GroupCommit(run, sized=batch_sized(kind), after=after)
 
-    def report(session: Any, items: list[Report]) -> list[object]:
-        answers = report_many(session, state.notifier, items)
-        session.close()
-        # The fleet rollouts these jobs belong to may start their next targets now.
+    def ended(answers: list[object]) -> None:
+        # The fleet rollouts of the jobs that ended may start their next targets now: once
+        # every report of the batch is answered, and the next batch is under way.
         state.after_jobs(
             [
-                a["job"]["id"]
+                a.answer["job"]["id"]
                 for a in answers
-                if isinstance(a, dict) and a["job"]["state"] not in JOB_ACTIVE
+                if isinstance(a, Served) and a.answer["job"]["state"] not in JOB_ACTIVE
             ]
         )
-        return answers
 
     claims = batch(
         "claim", lambda session, items: claim_many(session, state.notifier, state.storage, items)
     )
-    reports = batch("report", report)
+    reports = batch(
+        "report", lambda session, items: report_many(session, state.notifier, items), ended
+    )
     report_schema = StepReportSchema()
 
     def lane(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
@@ -91,9 +94,9 @@ def middleware(app: WsgiApp, state: AppState, dumps: Callable[[Any], str]) -> Ws
             route = REPORT_ROUTE
         else:
             return app(environ, start_response)
-        if not isinstance(answer, dict):
+        if not isinstance(answer, Served):
             return app(environ, start_response)
-        body = (dumps(answer) + "\n").encode()
+        body = (dumps(answer.answer) + "\n").encode()
         start_response(
             "200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
         )
@@ -104,7 +107,7 @@ def middleware(app: WsgiApp, state: AppState, dumps: Callable[[Any], str]) -> Ws
             time.monotonic() - started,
             path=path,
             remote=environ.get("REMOTE_ADDR"),
-            actor=None,
+            actor=answer.actor,
         )
         return [body]
 
@@ -120,8 +123,11 @@ def _bearer(environ: dict[str, Any]) -> Optional[str]:
 def _woken_poll(environ: dict[str, Any]) -> Optional[str]:
     """The token digest of a parked poll run again, as the full view would take it; None
     for anything else."""
-    if environ.get(RESUMED) is None or "HTTP_TRANSFER_ENCODING" in environ:
+    resumed: Optional[Parked] = environ.get(RESUMED)
+    if resumed is None or "HTTP_TRANSFER_ENCODING" in environ:
         return None
+    if resumed.state.get("deadline", 0.0) <= time.monotonic():
+        return None  # its wait ended: most often nothing came (fleet/idle_polls.py says so)
     if environ.get("CONTENT_LENGTH", "") not in ("", "0"):
         return None
     if wait_of(environ.get("QUERY_STRING", "")) is None:
@@ -139,7 +145,7 @@ def _report(
     if (
         environ.get("QUERY_STRING")
         or "HTTP_TRANSFER_ENCODING" in environ
-        or not (length.isascii() and length.isdigit())
+        or not (length.isascii() and length.isdigit() and len(length) <= 12)
         or not 0 < int(length) <= limit
         or not is_json(mimetype)
         or step_id > MAX_ID
@@ -152,7 +158,8 @@ def _report(
         return None
     try:
         check_json(data)
-        body = schema.load(json.loads(data))
+        # As the view's parser reads it: UTF-8 only (json.loads would take UTF-16 too).
+        body = schema.load(parse_json(data))
     except (AppError, ValidationError, ValueError, RecursionError, TypeError):
         return None
     return Report(digest, step_id, body)

@@ -27,22 +27,21 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, Callable, Optional
 from urllib.parse import parse_qsl
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
 from repo_server.auth.models import ApiToken
 from repo_server.auth.roles import roles_for
-from repo_server.auth.service import LAST_USED_GRANULARITY_S, hash_token
+from repo_server.auth.service import hash_token
 from repo_server.context import AppState
-from repo_server.db import among, utcnow
+from repo_server.db import among
 from repo_server.fleet.models import Node
-from repo_server.fleet.notify import announce_polls
+from repo_server.fleet.notify import notify_polls
 from repo_server.fleet.schemas import POLL_WAIT_DEFAULT, POLL_WAIT_MAX
-from repo_server.fleet.service import SEEN_GRANULARITY_S
+from repo_server.fleet.service import SeenAgent, touch_many
 from repo_server.fleet.views import BUSY_RETRY_SECONDS
 from repo_server.group_commit import ALONE, GroupCommit
 from repo_server.observability import batch_sized, record
@@ -86,10 +85,6 @@ def wait_of(query: str) -> Optional[int]:
     if not (value.isascii() and value.isdigit()) or len(value) > 2 or int(value) > POLL_WAIT_MAX:
         return None
     return int(value)
-
-
-def _age(when: Optional[datetime], now: datetime) -> float:
-    return float("inf") if when is None else (now - when).total_seconds()
 
 
 def IDLE_POLLS() -> Any:
@@ -213,20 +208,16 @@ def _look(state: AppState, polls: list[_Poll]) -> list[object]:
             if row is not None:
                 nodes.add(row.node_id)
             agents.append(row)
-        mine = [a for a in agents if a is not None]
         # What the full path writes, at the same granularity: an agent that polls every
         # 30 s is seen at each poll, and its token used once a minute.
-        now = utcnow()
-        used = [a.token_id for a in mine if _age(a.last_used_at, now) > LAST_USED_GRANULARITY_S]
-        seen = [a.node_id for a in mine if _age(a.last_seen_at, now) >= SEEN_GRANULARITY_S]
-        if seen:  # as touch()
-            connection.execute(
-                update(Node).where(among(Node.id, seen, dialect)).values(last_seen_at=now)
-            )
-        if used:  # as authenticate()
-            connection.execute(
-                update(ApiToken).where(among(ApiToken.id, used, dialect)).values(last_used_at=now)
-            )
+        touch_many(
+            connection,
+            [
+                SeenAgent(a.token_id, a.last_used_at, a.node_id, a.last_seen_at)
+                for a in agents
+                if a is not None
+            ],
+        )
         waiting = {a.node_id: p for a, p in zip(agents, polls) if a is not None and p.waits}
         notifier = state.notifier
         counters = {node_id: notifier.counter(node_id) for node_id in waiting}
@@ -238,8 +229,10 @@ def _look(state: AppState, polls: list[_Poll]) -> list[object]:
             else set()
         )
         fresh = [n for n, poll in waiting.items() if poll.fresh and n not in held]
-        tickets = dict(zip(fresh, announce_polls(connection, notifier, fresh)))
+        notify_polls(connection, notifier, fresh)
         connection.commit()
+    # Counted here once committed: a batch that failed is tried again, and counts once.
+    tickets = {node_id: notifier.poll_started(node_id) for node_id in fresh}
     answers: list[object] = []
     for index, (agent, poll) in enumerate(zip(agents, polls)):
         if index in alone:

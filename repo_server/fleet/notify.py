@@ -145,20 +145,22 @@ def announce(session: Session, notifier: Notifier, node_id: int) -> None:
 def announce_poll(session: Union[Session, Connection], notifier: Notifier, node_id: int) -> int:
     """A long-poll of `node_id` starts: count it here at once, and in the other processes
     when the transaction commits (PostgreSQL). Returns its ticket (see `Notifier.wait`)."""
-    return announce_polls(session, notifier, [node_id])[0]
+    notify_polls(session, notifier, [node_id])
+    return notifier.poll_started(node_id)
 
 
-def announce_polls(
+def notify_polls(
     session: Union[Session, Connection], notifier: Notifier, node_ids: list[int]
-) -> list[int]:
-    """`announce_poll` of several polls (fleet/idle_polls.py), in one statement."""
+) -> None:
+    """The other processes count these long-polls when the transaction commits
+    (PostgreSQL), from one statement; this one counts each with `Notifier.poll_started`
+    (fleet/idle_polls.py does once its transaction committed)."""
     bind = session if isinstance(session, Connection) else session.get_bind()
     if node_ids and bind.dialect.name == "postgresql":
         session.execute(
             text("SELECT pg_notify(:channel, p) FROM unnest(CAST(:payloads AS text[])) AS p"),
             {"channel": CHANNEL, "payloads": [f"poll:{n}:{notifier.tag}" for n in node_ids]},
         )
-    return [notifier.poll_started(node_id) for node_id in node_ids]
 
 
 @event.listens_for(Session, "before_commit")

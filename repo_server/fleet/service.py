@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import secrets
-from datetime import timedelta
-from typing import Any, Optional
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Optional, Union
 
-from sqlalchemy import String, cast, delete, or_, select, update
+from sqlalchemy import Connection, String, cast, delete, or_, select, update
 from sqlalchemy.orm import Session, defer
 
 from repo_server.auth.models import ApiToken
-from repo_server.auth.service import TOKEN_PREFIX, Principal, audit, hash_token
-from repo_server.db import utcnow
+from repo_server.auth.service import (
+    LAST_USED_GRANULARITY_S,
+    TOKEN_PREFIX,
+    Principal,
+    audit,
+    hash_token,
+)
+from repo_server.db import among, utcnow
 from repo_server.errors import (
     AppError,
     Conflict,
@@ -279,6 +287,51 @@ def touch(session: Session, node: Node) -> None:
     now, seen = utcnow(), node.last_seen_at  # UTCDateTime: aware on every backend
     if seen is None or (now - seen).total_seconds() >= SEEN_GRANULARITY_S:
         node.last_seen_at = now
+
+
+@dataclass(frozen=True)
+class SeenAgent:
+    """What `touch_many` needs of an agent's request: its token and node, and when each
+    was last written."""
+
+    token_id: int
+    token_used: Optional[datetime]
+    node_id: int
+    node_seen: Optional[datetime]
+
+
+def touch_many(executor: Union[Session, Connection], agents: Iterable[SeenAgent]) -> None:
+    """`touch` and `authenticate`'s last-use write for many agents' requests (batches:
+    fleet/idle_polls.py, upgrades/batched.py), at the same granularity: at most two
+    statements. On PostgreSQL the rows are locked in id order, as a patch rollout's
+    targets are (patches/rollouts.py): two transactions that both lock nodes wait for each
+    other, never deadlock."""
+    now = utcnow()
+
+    def age(when: Optional[datetime]) -> float:
+        return float("inf") if when is None else (now - when).total_seconds()
+
+    agents = list(agents)
+    nodes = {a.node_id for a in agents if age(a.node_seen) >= SEEN_GRANULARITY_S}
+    tokens = {a.token_id for a in agents if age(a.token_used) > LAST_USED_GRANULARITY_S}
+    dialect = (
+        executor.get_bind().dialect.name
+        if isinstance(executor, Session)
+        else (executor.dialect.name)
+    )
+    # Nodes first, as a report's full path: touch, then the job's lock.
+    for model, ids, values in (
+        (Node, nodes, {"last_seen_at": now}),
+        (ApiToken, tokens, {"last_used_at": now}),
+    ):
+        if not ids:
+            continue
+        chosen: Any = among(model.id, ids, dialect)
+        if dialect == "postgresql":
+            chosen = model.id.in_(
+                select(model.id).where(chosen).order_by(model.id).with_for_update(key_share=True)
+            )
+        executor.execute(update(model).where(chosen).values(values))
 
 
 def heartbeat(

@@ -14,13 +14,10 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 from sqlalchemy import (
     ColumnElement,
-    Integer,
-    any_,
-    bindparam,
     func,
     insert,
     literal,
@@ -28,14 +25,13 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from repo_server.auth.audit_events import audit_state_changes
 from repo_server.auth.service import Principal, audit, audit_refusal
 from repo_server.catalog.models import Artifact
-from repo_server.db import utcnow
+from repo_server.db import among, utcnow
 from repo_server.errors import AppError, Conflict, NotFound, ValidationFailed
 from repo_server.fleet.group_models import HaGroup, HaGroupMember
 from repo_server.fleet.models import Node
@@ -335,9 +331,7 @@ class PatchRollouts:
     def _exactly(self, ids: list[int]) -> ColumnElement[bool]:
         """The nodes of ``ids``: one array parameter on PostgreSQL, where a thousand bind
         parameters cost more to send than the rows they select."""
-        if self.session.get_bind().dialect.name == "postgresql":
-            return Node.id == any_(bindparam("target_ids", ids, type_=ARRAY(Integer)))
-        return Node.id.in_(ids)
+        return cast(ColumnElement[bool], among(Node.id, ids, self.session.get_bind().dialect.name))
 
     def _check(
         self, targets: list[Target], chosen: ColumnElement[bool], patch: str, vsn: str

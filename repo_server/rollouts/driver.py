@@ -23,7 +23,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from repo_server.auth.service import Principal, audit
-from repo_server.db import utcnow
+from repo_server.db import among, utcnow
 from repo_server.errors import AppError, Conflict
 from repo_server.fleet.group_models import HaGroupMember
 from repo_server.fleet.models import Node
@@ -115,12 +115,18 @@ class Driver:
             rollout_ids = sorted(
                 set(
                     session.scalars(
-                        select(RolloutTarget.rollout_id).where(RolloutTarget.job_id.in_(job_ids))
+                        select(RolloutTarget.rollout_id).where(
+                            among(RolloutTarget.job_id, job_ids, session.get_bind().dialect.name)
+                        )
                     )
                 )
             )
         for rollout_id in rollout_ids:
-            self.advance(rollout_id, starts=REQUEST_STARTS)
+            try:
+                self.advance(rollout_id, starts=REQUEST_STARTS)
+            except Exception:
+                # The others still move on; this one at the ticker's next pass.
+                log.exception("rollout %s: moving on after its jobs ended failed", rollout_id)
 
     # -- one pass -----------------------------------------------------------------------
 

@@ -1,36 +1,36 @@
 """Claims and reports of many agents in one transaction (repo_server/group_commit.py).
 
 The same rules as one agent's `next` and report (jobs.py: `claimable`, `hand_out`,
-`JobService.settle`), on every job of the batch locked and loaded at once: a few statements
-and one commit for the batch instead of a dozen statements and a commit per agent.
+`JobService.check` and `apply_checked`), on every job of the batch locked and loaded at
+once: a few statements and one commit for the batch instead of a dozen statements and a
+commit per agent.
 
 Only the common case is served here: a known, unrevoked agent token of an existing node, a
 step it may take or a new report it may make. Anything else, and any doubt, is answered
-ALONE, and the caller serves that request on the full path, which gives the errors. A batch
-that meets an error changes nothing: it is rolled back and each request goes alone.
+ALONE, and the caller serves that request on the full path, which gives the errors: a
+refused report changes nothing, so the rest of its batch goes on. A batch that fails
+otherwise changes nothing either: it is rolled back and each request goes alone.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, Optional
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from repo_server.auth.audit_events import JOB_ACTORS, NODE_NAMES
 from repo_server.auth.models import ApiToken
 from repo_server.auth.roles import roles_for
-from repo_server.auth.service import LAST_USED_GRANULARITY_S
 from repo_server.db import among, utcnow
 from repo_server.errors import AppError
 from repo_server.fleet.models import Node
 from repo_server.fleet.notify import Notifier
-from repo_server.fleet.service import SEEN_GRANULARITY_S
+from repo_server.fleet.service import SeenAgent, touch_many
 from repo_server.group_commit import ALONE
 from repo_server.storage.base import Storage
-from repo_server.upgrades.inline_blobs import with_inline_blobs_many
+from repo_server.upgrades.inline_blobs import inline, live_blobs
 from repo_server.upgrades.jobs import JobService, claimable, hand_out
 from repo_server.upgrades.models import NodeHold, Step, StepReport
 from repo_server.upgrades.step_payloads import step_payload
@@ -48,38 +48,43 @@ class Report:
 
 
 @dataclass(frozen=True)
-class _Agent:
+class Served:
+    """A request the batch answered: the answer, and who asked (Principal.actor)."""
+
+    answer: dict[str, Any]
+    actor: str
+
+
+@dataclass(frozen=True)
+class _Agent(SeenAgent):
     actor: str  # as Principal.actor
-    token_id: int
-    token_used: Optional[datetime]
-    node_id: int
-    node_seen: Optional[datetime]
     node_name: str
 
 
 def claim_many(
     session: Session, notifier: Notifier, storage: Storage, token_hashes: list[str]
 ) -> list[object]:
-    """The answer to each woken long-poll (by its token's digest): ``{"step": ...}`` as
-    `GET /api/v1/agent/next` gives it, or ALONE (no step for it now, or anything the full
-    path must say)."""
+    """What each woken long-poll (by its token's digest) gets: `Served` with ``{"step":
+    ...}`` as `GET /api/v1/agent/next` gives it, or ALONE (no step for it now, or anything
+    the full path must say)."""
+    dialect = _dialect(session)
     agents = _agents(session, token_hashes)
     held: dict[int, int] = {
         node_id: job_id
         for node_id, job_id in session.execute(
             select(NodeHold.node_id, NodeHold.job_id).where(
-                among(NodeHold.node_id, {a.node_id for a in agents.values()}, _dialect(session))
+                among(NodeHold.node_id, {a.node_id for a in agents.values()}, dialect)
             )
         )
     }
     mine = [agents.get(digest) for digest in token_hashes]
     served = [a if a is not None and a.node_id in held else None for a in mine]
+    served = _one_per_job(served, [held[a.node_id] if a else 0 for a in served])
     if not any(served):
         session.rollback()
         return [ALONE] * len(token_hashes)
-    served = _one_per_job(served, [held[a.node_id] if a else 0 for a in served])
     jobs = JobService(session, notifier)
-    _touch(session, [a for a in served if a is not None])
+    touch_many(session, [a for a in served if a is not None])
     # Each step's audit names its node (auth/audit_events.py): from here, not a load.
     session.info[NODE_NAMES] = {a.node_id: a.node_name for a in served if a is not None}
     locked = jobs.lock_jobs([held[a.node_id] for a in served if a is not None], lean=True)
@@ -93,29 +98,35 @@ def claim_many(
             hand_out(job, step, now)
         steps.append(step)
     payloads = [step_payload(step) for step in steps if step is not None]
+    live = live_blobs(session, payloads)  # before the commit: nothing after it can fail
     session.commit()
-    inlined = iter(with_inline_blobs_many(payloads, storage, session))
-    return [ALONE if step is None else {"step": next(inlined)} for step in steps]
+    # Storage is read once the transaction is over (S3: a request); a blob it cannot give
+    # is left out of the step, which the agent then downloads.
+    inlined = iter(inline(payload, live, storage) for payload in payloads)
+    return [
+        ALONE if step is None or agent is None else Served({"step": next(inlined)}, agent.actor)
+        for step, agent in zip(steps, served)
+    ]
 
 
 def report_many(session: Session, notifier: Notifier, reports: list[Report]) -> list[object]:
-    """Each report's answer as `POST /api/v1/agent/steps/<id>` gives it, or ALONE (not its
-    node's step, a report_id seen before, or anything the full path must say)."""
+    """What each report gets: `Served` with the answer `POST /api/v1/agent/steps/<id>`
+    gives, or ALONE (not its node's step, a report_id seen before, a report the view would
+    refuse: the full path says which)."""
+    dialect = _dialect(session)
     agents = _agents(session, [r.token_hash for r in reports])
     steps = {
         step_id: (node_id, job_id)
         for step_id, node_id, job_id in session.execute(
             select(Step.id, Step.node_id, Step.job_id).where(
-                among(Step.id, {r.step_id for r in reports}, _dialect(session))
+                among(Step.id, {r.step_id for r in reports}, dialect)
             )
         )
     }
     report_ids = [str(r.body["report_id"]) for r in reports]
     seen = set(
         session.scalars(
-            select(StepReport.report_id).where(
-                among(StepReport.report_id, report_ids, _dialect(session))
-            )
+            select(StepReport.report_id).where(among(StepReport.report_id, report_ids, dialect))
         )
     )
     served: list[Optional[_Agent]] = []
@@ -131,7 +142,7 @@ def report_many(session: Session, notifier: Notifier, reports: list[Report]) -> 
         session.rollback()
         return [ALONE] * len(reports)
     jobs = JobService(session, notifier)
-    _touch(session, [a for a in served if a is not None])
+    touch_many(session, [a for a in served if a is not None])
     locked = jobs.lock_jobs(
         [steps[r.step_id][1] for r, a in zip(reports, served) if a is not None],
         with_nodes=True,
@@ -145,14 +156,15 @@ def report_many(session: Session, notifier: Notifier, reports: list[Report]) -> 
         if job is None or step is None or agent is None:
             answers.append(ALONE)
             continue
-        session.info.setdefault(JOB_ACTORS, {})[job.id] = agent.actor
+        state = report.body["state"]
         try:
-            answers.append(jobs.settle(job, step, report.body["state"], report_id, report.body))
+            result = jobs.check(job, step, state, report.body)
         except AppError:
-            # A refusal: the batch is undone and each report goes alone, the refused one
-            # to its error.
-            session.rollback()
-            return [ALONE] * len(reports)
+            answers.append(ALONE)  # refused, having changed nothing: the view says why
+            continue
+        session.info.setdefault(JOB_ACTORS, {})[job.id] = agent.actor
+        answer = jobs.apply_checked(job, step, state, report_id, report.body, result)
+        answers.append(Served(answer, agent.actor))
     session.commit()
     return answers
 
@@ -189,32 +201,10 @@ def _agents(session: Session, hashes: list[str]) -> dict[str, _Agent]:
         .where(among(ApiToken.token_hash, set(hashes), _dialect(session)))
     )
     return {
-        digest: _Agent(f"{role}:{name}", token_id, used, node_id, seen, node_name)
+        digest: _Agent(token_id, used, node_id, seen, f"{role}:{name}", node_name)
         for digest, role, revoked_at, name, token_id, used, node_id, seen, node_name in rows
         if role in AGENT_ROLES and revoked_at is None
     }
-
-
-def _touch(session: Session, agents: list[_Agent]) -> None:
-    """What the full path writes of each request: the token's last use and the node's last
-    sight, at the same granularity (auth/service.py authenticate, fleet/service.py touch)."""
-    now = utcnow()
-
-    def age(when: Optional[datetime]) -> float:
-        return float("inf") if when is None else (now - when).total_seconds()
-
-    used = sorted({a.token_id for a in agents if age(a.token_used) > LAST_USED_GRANULARITY_S})
-    seen = sorted({a.node_id for a in agents if age(a.node_seen) >= SEEN_GRANULARITY_S})
-    if seen:  # nodes first, as a report's full path: touch, then the job's lock
-        session.execute(
-            update(Node).where(among(Node.id, seen, _dialect(session))).values(last_seen_at=now)
-        )
-    if used:
-        session.execute(
-            update(ApiToken)
-            .where(among(ApiToken.id, used, _dialect(session)))
-            .values(last_used_at=now)
-        )
 
 
 def _dialect(session: Session) -> str:

@@ -47,26 +47,26 @@ def with_inline_blobs(
     to STEP_BUDGET_BYTES in all, of a live artifact only: a blob deleted from the catalog
     (a bad patch pulled mid-rollout) is not handed out this way either. Ends the session's
     transaction before storage is read."""
-    return with_inline_blobs_many([payload], storage, session)[0]
+    live = live_blobs(session, [payload])
+    if not live:
+        return payload
+    session.rollback()  # nothing is held while storage is read (S3: a request)
+    return inline(payload, live, storage)
 
 
-def with_inline_blobs_many(
-    payloads: list[dict[str, Any]], storage: Storage, session: Session
-) -> list[dict[str, Any]]:
-    """`with_inline_blobs` of many steps (agents claiming together, upgrades/batched.py):
-    one query tells the live blobs of them all."""
+def live_blobs(session: Session, payloads: list[dict[str, Any]]) -> set[str]:
+    """The sha256 of the small blobs these steps name that belong to live artifacts: one
+    query for them all (agents claiming together, upgrades/batched.py), none without any."""
     wanted = {ref["sha256"] for payload in payloads for ref in _small_refs(payload)}
     if not wanted:
-        return payloads
-    live = set(
+        return set()
+    return set(
         session.scalars(
             select(Blob.sha256)
             .join(Artifact, Artifact.blob_id == Blob.id)
             .where(Blob.sha256.in_(wanted), Artifact.deleted_at.is_(None))
         )
     )
-    session.rollback()  # nothing is held while storage is read (S3: a request)
-    return [_inlined(payload, live, storage) for payload in payloads]
 
 
 def _small_refs(payload: dict[str, Any]) -> list[dict[str, Any]]:
@@ -74,7 +74,9 @@ def _small_refs(payload: dict[str, Any]) -> list[dict[str, Any]]:
     return [r for r in artifact_refs(params) if _small_ref(r)] if isinstance(params, dict) else []
 
 
-def _inlined(payload: dict[str, Any], live: set[str], storage: Storage) -> dict[str, Any]:
+def inline(payload: dict[str, Any], live: set[str], storage: Storage) -> dict[str, Any]:
+    """The payload with the blobs of ``live`` (`live_blobs`) it names inside; never fails:
+    a blob storage cannot give is left out, and downloaded."""
     if not _small_refs(payload):
         return payload
     budget = [STEP_BUDGET_BYTES]

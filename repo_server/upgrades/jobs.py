@@ -556,24 +556,45 @@ class JobService:
     ) -> dict[str, Any]:
         """A new report (its report_id unseen) on a locked job: its answer. Raises AppError,
         having changed nothing, for a report refused; the caller ends the transaction."""
-        # Only the report that finishes a step is remembered by its report_id: that is the
-        # one an agent resends after a crash. A progress report applied twice only sets
-        # progress and message again; a finished step reported again changes nothing. So a
-        # node cannot grow the table by reporting: one row per step at most.
-        remember = state != "running" and step.state not in STEP_FINISHED
+        return self.apply_checked(
+            job, step, state, report_id, body, self.check(job, step, state, body)
+        )
+
+    def check(
+        self, job: Job, step: Step, state: str, body: dict[str, Any]
+    ) -> Optional[dict[str, Any]]:
+        """What `settle` checks before it changes anything: the step's result to keep, or
+        None for a finished step reported again as it ended. Raises AppError otherwise."""
         if step.state in STEP_FINISHED:
             if step.state != state:
                 raise StepFinished(
                     f"step {step.id} ({step.name}) already {step.state}: ask for the next step",
                     step_state=step.state,
                 )
-        else:
-            self._check_handed_out(job, step)
-            result = (
-                results.succeeded_result(step.name, job.id, body.get("result") or {})
-                if state == "succeeded"
-                else results.failed_result(job.id, body.get("result"))
-            )
+            return None
+        self._check_handed_out(job, step)
+        return (
+            results.succeeded_result(step.name, job.id, body.get("result") or {})
+            if state == "succeeded"
+            else results.failed_result(job.id, body.get("result"))
+        )
+
+    def apply_checked(
+        self,
+        job: Job,
+        step: Step,
+        state: str,
+        report_id: str,
+        body: dict[str, Any],
+        result: Optional[dict[str, Any]],
+    ) -> dict[str, Any]:
+        """`settle` after `check` passed, with what it gave."""
+        # Only the report that finishes a step is remembered by its report_id: that is the
+        # one an agent resends after a crash. A progress report applied twice only sets
+        # progress and message again; a finished step reported again changes nothing. So a
+        # node cannot grow the table by reporting: one row per step at most.
+        remember = state != "running" and step.state not in STEP_FINISHED
+        if result is not None:
             self._apply(job, step, state, body, result)
         answer = {
             "step": step_dict(step),

@@ -74,6 +74,9 @@ def test_a_report_served_before_flask_answers_as_the_view_and_is_remembered(live
         (lambda s: (s, body(message="a\u0000b"), {}), 400, "bad_request"),
         (lambda s: (s, b'{"report_id": ', {}), 400, "validation_failed"),
         (lambda s: (s, b"[1, 2]", {}), 422, "validation_failed"),
+        # UTF-16 (json.loads would read it): the view reads UTF-8 only.
+        (lambda s: (s, body().decode().encode("utf-16"), {}), 400, "validation_failed"),
+        (lambda s: (s, b"\xef\xbb\xbf" + body(), {}), 400, "validation_failed"),
         (lambda s: (s, body(), {"headers": {"Content-Type": "text/plain"}}), 422, None),
         (lambda s: (s, body(result={"modules": 3}), {}), 422, "result_invalid"),
         (lambda s: (MAX_ID + 1, body(), {}), 404, "not_found"),

@@ -14,7 +14,7 @@ import pytest
 from repo_server.auth.service import hash_token
 from repo_server.fleet.schemas import StepReportSchema
 from repo_server.group_commit import ALONE
-from repo_server.upgrades.batched import Report, claim_many, report_many
+from repo_server.upgrades.batched import Report, Served, claim_many, report_many
 from repo_server.upgrades.step_payloads import artifact_refs
 from tests.factories import make_patch_bundle
 from tests.upgrades.builders import Agent, enroll_node, healthy_inventory
@@ -74,7 +74,9 @@ def test_each_node_claims_its_own_step_once_and_each_change_names_its_agent(
     one, two, three = fleet.values()
     answers = claim(app_state, one, two, two, Agent(live.url, "nsr_" + "x" * 43))
     first, second, again, unknown = answers
-    assert isinstance(first, dict) and isinstance(second, dict)
+    assert isinstance(first, Served) and isinstance(second, Served)
+    assert {first.actor, second.actor} == {"agent:node:b-1", "agent:node:b-2"}
+    first, second = first.answer, second.answer
     assert {first["step"]["name"], second["step"]["name"]} == {"apply_patch"}
     assert first["step"]["attempt"] == second["step"]["attempt"] == 1
     assert first["step"]["job"]["id"] != second["step"]["job"]["id"]
@@ -94,8 +96,9 @@ def test_reports_of_many_nodes_end_their_jobs_and_free_the_nodes(live, app_state
     answers = report(
         app_state, *((fleet[name], step["id"], succeeded()) for name, step in steps.items())
     )
-    for answer, step in zip(answers, steps.values()):
-        assert isinstance(answer, dict), answer
+    for served, step in zip(answers, steps.values()):
+        assert isinstance(served, Served), served
+        answer = served.answer
         assert answer["step"] == {**answer["step"], "id": step["id"], "state": "succeeded"}
         assert answer["job"]["state"] == "succeeded"
     for agent in fleet.values():
@@ -106,23 +109,32 @@ def test_reports_of_many_nodes_end_their_jobs_and_free_the_nodes(live, app_state
         assert event["actor"] == f"agent:node:{event['details']['node']}", event
 
 
-def test_a_refused_report_undoes_the_batch_and_each_goes_to_the_full_path(
+def test_a_refused_report_changes_nothing_and_goes_to_the_full_path_the_rest_settles(
     live, app_state, fleet
 ) -> None:
-    one, two, _ = fleet.values()
-    first, second = one.next(), two.next()
-    assert first is not None and second is not None
+    one, two, three = fleet.values()
+    first, second, third = one.next(), two.next(), three.next()
+    assert first is not None and second is not None and third is not None
     bad = {**succeeded(), "result": {"modules": ["ncs_batch"], "changed": "yes"}}
-    assert report(app_state, (one, first["id"], succeeded()), (two, second["id"], bad)) == [
-        ALONE,
-        ALONE,
-    ]
-    assert audit(live, "step.succeeded") == []  # nothing of the batch was kept
-    # The full path gives the refusal its error, and takes the good report.
-    refused = two.report(second["id"], "succeeded", result=bad["result"])
-    assert refused.status_code == 422 and refused.json()["error"]["code"] == "result_invalid"
-    taken = one.report(first["id"], "succeeded", result=DONE)
-    assert taken.status_code == 200 and taken.json()["job"]["state"] == "succeeded"
+    early = {**succeeded(), "state": "failed"}  # reported twice, the second time otherwise
+    good, refused, settled = report(
+        app_state,
+        (one, first["id"], succeeded()),
+        (two, second["id"], bad),
+        (three, third["id"], succeeded()),
+    )
+    assert refused is ALONE
+    assert isinstance(good, Served) and good.answer["job"]["state"] == "succeeded"
+    assert isinstance(settled, Served) and settled.actor == "agent:node:b-3"
+    assert sorted(e["details"]["node"] for e in audit(live, "step.succeeded")) == ["b-1", "b-3"]
+    # The full path gives the refusal its error; the step is still the node's to report.
+    answer = two.report(second["id"], "succeeded", result=bad["result"])
+    assert answer.status_code == 422 and answer.json()["error"]["code"] == "result_invalid"
+    # A finished step reported otherwise: refused by the batch too, and by the view.
+    assert report(app_state, (one, first["id"], early)) == [ALONE]
+    answer = one.report(first["id"], "failed", report_id=early["report_id"])
+    assert answer.status_code == 409, answer.text
+    assert two.report(second["id"], "succeeded", result=DONE).status_code == 200
 
 
 def test_what_the_full_path_must_answer_is_left_to_it(live, app_state, fleet) -> None:
@@ -139,7 +151,7 @@ def test_what_the_full_path_must_answer_is_left_to_it(live, app_state, fleet) ->
         (three, third["id"], succeeded()),  # the same job twice in one batch
     )
     assert answers[:2] == [ALONE, ALONE] and answers[3] is ALONE
-    assert isinstance(answers[2], dict) and answers[2]["job"]["state"] == "succeeded"
+    assert isinstance(answers[2], Served) and answers[2].answer["job"]["state"] == "succeeded"
     assert one.report(first["id"], "succeeded", report_id=resent["report_id"], result=DONE).json()[
         "step"
     ]["state"] == ("succeeded")
