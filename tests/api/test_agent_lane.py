@@ -13,8 +13,7 @@ import requests
 
 from repo_server.db import MAX_ID
 from tests.api.helpers import assert_error
-from tests.factories import make_patch_bundle
-from tests.upgrades.builders import Agent, enroll_node, healthy_inventory
+from tests.upgrades.builders import Agent, enroll_node, healthy_inventory, start_patch_rollout
 
 DONE = {"modules": ["ncs_lane"], "changed": True}
 
@@ -24,14 +23,7 @@ def handed(live, tmp_path: Path) -> tuple[Agent, dict[str, Any]]:
     """A node's agent, and the patch step it was handed."""
     agent = enroll_node(live, "edge-lane")
     assert agent.heartbeat(healthy_inventory("6.2")).status_code == 200
-    bundle = make_patch_bundle(tmp_path, "6.2", "CSClane1", ("ncs_lane",))
-    with bundle.open("rb") as fh:
-        put = live.session("uploader").put(f"{live.url}/api/v1/artifacts/{bundle.name}", data=fh)
-    assert put.status_code == 201, put.text
-    started = live.session("operator").post(
-        f"{live.url}/api/v1/patch-rollouts", json={"patch": bundle.name, "nodes": ["edge-lane"]}
-    )
-    assert started.status_code == 201, started.text
+    start_patch_rollout(live, tmp_path, ["edge-lane"], "CSClane1", ("ncs_lane",))
     step = agent.next()
     assert step is not None
     return agent, step

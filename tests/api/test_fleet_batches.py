@@ -15,7 +15,13 @@ import pytest
 import requests
 
 from nso_sim import beam
-from tests.support.light_agents import LightAgent, enroll_many, serve_steps
+from tests.support.light_agents import (
+    LightAgent,
+    all_reported,
+    beat_all,
+    enroll_many,
+    serving,
+)
 from tests.support.nso_repo import RepoServer
 from tests.support.processes import REPO, clean_env
 from tests.upgrades.builders import healthy_inventory
@@ -59,31 +65,18 @@ def test_a_fleet_patched_at_once_is_served_in_batches_each_change_its_own_agents
     async def scenario() -> tuple[list[LightAgent], dict[str, Any]]:
         names = [f"batch-{i:02d}" for i in range(AGENTS)]
         agents = await enroll_many(server.url, server.admin, names)
-        for agent in agents:
-            beat = await agent.request(
-                "POST", "/api/v1/agent/heartbeat", {"inventory": healthy_inventory("6.2.3")}
+        await beat_all(agents, healthy_inventory("6.2.3"))
+        async with serving(agents, applied) as began:
+            await asyncio.sleep(2)  # every agent waits, parked
+            began[0] = time.monotonic()
+            started = await asyncio.to_thread(
+                admin.post,
+                f"{server.url}/api/v1/patch-rollouts",
+                json={"patch": bundle.name, "all_affected": True},
             )
-            assert beat.status == 200
-        stop, began = asyncio.Event(), [0.0]
-        runners = [
-            asyncio.ensure_future(serve_steps(a, applied, stop, lambda: began[0])) for a in agents
-        ]
-        await asyncio.sleep(2)  # every agent waits, parked
-        began[0] = time.monotonic()
-        started = await asyncio.to_thread(
-            admin.post,
-            f"{server.url}/api/v1/patch-rollouts",
-            json={"patch": bundle.name, "all_affected": True},
-        )
-        assert started.status_code == 201, started.text
-        while sum(len(a.done) for a in agents) < len(agents):
-            assert time.monotonic() - began[0] < 60, "not every agent reported"
-            await asyncio.sleep(0.1)
-        await asyncio.sleep(1)  # the agents are back to waiting
-        stop.set()
-        for runner in runners:
-            runner.cancel()
-        await asyncio.gather(*runners, return_exceptions=True)
+            assert started.status_code == 201, started.text
+            await all_reported(agents, began, within=60)
+            await asyncio.sleep(1)  # the agents are back to waiting
         await asyncio.gather(*(a.close() for a in agents))
         return agents, started.json()
 

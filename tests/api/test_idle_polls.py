@@ -16,7 +16,7 @@ from repo_server.db import utcnow
 from repo_server.fleet.idle_polls import wait_of
 from repo_server.fleet.models import Node
 from tests.api.helpers import assert_error
-from tests.upgrades.builders import Agent, enroll_node, healthy_inventory
+from tests.upgrades.builders import Agent, enroll_node, healthy_inventory, start_patch_rollout
 
 
 class Statements:
@@ -51,16 +51,7 @@ def test_an_idle_poll_costs_one_statement_and_says_no_work(live, app_state, agen
 
 
 def test_a_node_with_work_gets_its_step(live, app_state, agent, tmp_path: Path) -> None:
-    from tests.factories import make_patch_bundle
-
-    bundle = make_patch_bundle(tmp_path, "6.2", "CSCidle1", ("ncs_idle",))
-    with bundle.open("rb") as fh:
-        put = live.session("uploader").put(f"{live.url}/api/v1/artifacts/{bundle.name}", data=fh)
-    assert put.status_code == 201, put.text
-    started = live.session("operator").post(
-        f"{live.url}/api/v1/patch-rollouts", json={"patch": bundle.name, "nodes": ["edge-idle"]}
-    )
-    assert started.status_code == 201, started.text
+    start_patch_rollout(live, tmp_path, ["edge-idle"], "CSCidle1", ("ncs_idle",))
     answer = poll(agent)
     assert answer.status_code == 200, answer.text
     assert answer.json()["step"]["name"] == "apply_patch"

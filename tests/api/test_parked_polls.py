@@ -22,7 +22,14 @@ import requests
 
 from nso_sim import beam
 from tests.support.abuse import children, health_seconds
-from tests.support.light_agents import LightAgent, enroll_many, serve_steps, source_address
+from tests.support.light_agents import (
+    LightAgent,
+    all_reported,
+    beat_all,
+    enroll_many,
+    serving,
+    source_address,
+)
 from tests.support.nso_repo import RepoServer
 from tests.support.postgres import connections
 from tests.support.processes import REPO, clean_env
@@ -234,32 +241,19 @@ def test_a_rollout_on_one_process_wakes_agents_parked_on_the_others(
 
         async def scenario() -> tuple[dict[int, int], list[LightAgent], dict[str, Any]]:
             agents = await enroll_many(server.url, server.admin, [f"w-{i}" for i in range(40)])
-            for agent in agents:
-                beat = await agent.request(
-                    "POST", "/api/v1/agent/heartbeat", {"inventory": healthy_inventory("6.2.3")}
+            await beat_all(agents, healthy_inventory("6.2.3"))
+            async with serving(agents, applied) as began:
+                await asyncio.sleep(2)
+                workers = children(server.process.process.pid)
+                parked = {pid: _established(pid, server.port) for pid in workers}
+                began[0] = time.monotonic()
+                started = await asyncio.to_thread(
+                    admin.post,
+                    f"{server.url}/api/v1/patch-rollouts",
+                    json={"patch": bundle.name, "all_affected": True},
                 )
-                assert beat.status == 200
-            stop, began = asyncio.Event(), [0.0]
-            runners = [
-                asyncio.ensure_future(serve_steps(a, applied, stop, lambda: began[0]))
-                for a in agents
-            ]
-            await asyncio.sleep(2)
-            workers = children(server.process.process.pid)
-            parked = {pid: _established(pid, server.port) for pid in workers}
-            began[0] = time.monotonic()
-            started = await asyncio.to_thread(
-                admin.post,
-                f"{server.url}/api/v1/patch-rollouts",
-                json={"patch": bundle.name, "all_affected": True},
-            )
-            assert started.status_code == 201, started.text
-            while sum(len(a.done) for a in agents) < len(agents):
-                assert time.monotonic() - began[0] < 20, "agents were not woken"
-                await asyncio.sleep(0.1)
-            stop.set()
-            for runner in runners:
-                runner.cancel()
+                assert started.status_code == 201, started.text
+                await all_reported(agents, began, within=20)  # the agents were woken
             return parked, agents, started.json()
 
         parked, agents, started = asyncio.run(scenario())

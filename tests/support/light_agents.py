@@ -16,7 +16,7 @@ import hashlib
 import json
 import time
 import uuid
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 from urllib.parse import urlsplit
@@ -190,6 +190,40 @@ async def serve_steps(
         result = await handler(agent, step, blobs)
         await agent.report(step, "succeeded", result)
         agent.done.append((step["name"], arrived, fetched, time.monotonic() - since()))
+
+
+@contextlib.asynccontextmanager
+async def serving(agents: list[LightAgent], handler: Handler) -> AsyncIterator[list[float]]:
+    """Every agent long-polls and runs its steps (`serve_steps`) inside the block, and stops
+    at its end. Yields the trigger's time, ``[time.monotonic()]``, to set before the trigger."""
+    stop, began = asyncio.Event(), [0.0]
+    runners = [
+        asyncio.ensure_future(serve_steps(agent, handler, stop, lambda: began[0]))
+        for agent in agents
+    ]
+    try:
+        yield began
+    finally:
+        stop.set()
+        for runner in runners:
+            runner.cancel()
+        await asyncio.gather(*runners, return_exceptions=True)
+
+
+async def all_reported(agents: list[LightAgent], began: list[float], within: float) -> None:
+    """Wait until every agent reported a step since ``began[0]``, at most ``within`` s."""
+    while sum(len(agent.done) for agent in agents) < len(agents):
+        if time.monotonic() - began[0] > within:
+            raise ProtocolError(f"not every agent reported within {within:g} s")
+        await asyncio.sleep(0.1)
+
+
+async def beat_all(agents: list[LightAgent], inventory: dict[str, Any]) -> None:
+    """Each agent sends its heartbeat with ``inventory``."""
+    for agent in agents:
+        beat = await agent.request("POST", "/api/v1/agent/heartbeat", {"inventory": inventory})
+        if beat.status != 200:
+            raise ProtocolError(f"heartbeat of {agent.name} answered {beat.status}")
 
 
 def percentile(values: list[float], fraction: float) -> float:

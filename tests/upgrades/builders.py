@@ -192,6 +192,23 @@ def enroll_node(live: Any, name: str) -> Agent:
     return Agent(live.url, enrolled.json()["token"])
 
 
+def start_patch_rollout(
+    live: Any, folder: Path, nodes: list[str], patch_id: str, modules: tuple[str, ...]
+) -> requests.Response:
+    """Upload an NSO 6.2 patch bundle of ``modules`` and roll it out to ``nodes``."""
+    from tests.factories import make_patch_bundle
+
+    bundle = make_patch_bundle(folder, "6.2", patch_id, modules)
+    with bundle.open("rb") as fh:
+        put = live.session("uploader").put(f"{live.url}/api/v1/artifacts/{bundle.name}", data=fh)
+    assert put.status_code == 201, put.text
+    started = live.session("operator").post(
+        f"{live.url}/api/v1/patch-rollouts", json={"patch": bundle.name, "nodes": nodes}
+    )
+    assert started.status_code == 201, started.text
+    return started
+
+
 BACKUP_FILE = "/var/opt/ncs/backups/ncs-6.1@2026-11-30T01:00:00.backup.gz"
 FINGERPRINT = "sha256:" + "f1" * 32
 

@@ -16,8 +16,7 @@ from repo_server.fleet.schemas import StepReportSchema
 from repo_server.group_commit import ALONE
 from repo_server.upgrades.batched import Report, Served, claim_many, report_many
 from repo_server.upgrades.step_payloads import artifact_refs
-from tests.factories import make_patch_bundle
-from tests.upgrades.builders import Agent, enroll_node, healthy_inventory
+from tests.upgrades.builders import Agent, enroll_node, healthy_inventory, start_patch_rollout
 
 NAMES = ("b-1", "b-2", "b-3")
 DONE = {"modules": ["ncs_batch"], "changed": True}
@@ -29,14 +28,7 @@ def fleet(live, tmp_path: Path) -> dict[str, Agent]:
     agents = {name: enroll_node(live, name) for name in NAMES}
     for agent in agents.values():
         assert agent.heartbeat(healthy_inventory("6.2")).status_code == 200
-    bundle = make_patch_bundle(tmp_path, "6.2", "CSCbatch1", ("ncs_batch",))
-    with bundle.open("rb") as fh:
-        put = live.session("uploader").put(f"{live.url}/api/v1/artifacts/{bundle.name}", data=fh)
-    assert put.status_code == 201, put.text
-    started = live.session("operator").post(
-        f"{live.url}/api/v1/patch-rollouts", json={"patch": bundle.name, "nodes": list(NAMES)}
-    )
-    assert started.status_code == 201, started.text
+    start_patch_rollout(live, tmp_path, list(NAMES), "CSCbatch1", ("ncs_batch",))
     return agents
 
 
