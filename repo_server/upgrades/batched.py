@@ -14,6 +14,7 @@ otherwise changes nothing either: it is rolled back and each request goes alone.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -36,6 +37,7 @@ from repo_server.upgrades.models import NodeHold, Step, StepReport
 from repo_server.upgrades.step_payloads import step_payload
 
 AGENT_ROLES = roles_for("agent")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -102,7 +104,7 @@ def claim_many(
     session.commit()
     # Storage is read once the transaction is over (S3: a request); a blob it cannot give
     # is left out of the step, which the agent then downloads.
-    inlined = iter(inline(payload, live, storage) for payload in payloads)
+    inlined = iter(_inlined(payload, live, storage) for payload in payloads)
     return [
         ALONE if step is None or agent is None else Served({"step": next(inlined)}, agent.actor)
         for step, agent in zip(steps, served)
@@ -124,19 +126,13 @@ def report_many(session: Session, notifier: Notifier, reports: list[Report]) -> 
         )
     }
     report_ids = [str(r.body["report_id"]) for r in reports]
-    seen = set(
-        session.scalars(
-            select(StepReport.report_id).where(among(StepReport.report_id, report_ids, dialect))
-        )
-    )
     served: list[Optional[_Agent]] = []
     taken: set[str] = set()
     for report, report_id in zip(reports, report_ids):
         agent = agents.get(report.token_hash)
         ours = agent is not None and steps.get(report.step_id, (0, 0))[0] == agent.node_id
-        fresh = report_id not in seen and report_id not in taken
+        served.append(agent if ours and report_id not in taken else None)
         taken.add(report_id)
-        served.append(agent if ours and fresh else None)
     served = _one_per_job(served, [steps.get(r.step_id, (0, 0))[1] for r in reports])
     if not any(served):
         session.rollback()
@@ -149,8 +145,17 @@ def report_many(session: Session, notifier: Notifier, reports: list[Report]) -> 
         with_holds=True,
         lean=True,
     )
+    # Looked up under the jobs' locks, as the full path does: a report_id another process
+    # has just stored for the same job is seen here, and its report goes to the view.
+    seen = set(
+        session.scalars(
+            select(StepReport.report_id).where(among(StepReport.report_id, report_ids, dialect))
+        )
+    )
     answers: list[object] = []
     for report, agent, report_id in zip(reports, served, report_ids):
+        if report_id in seen:
+            agent = None  # sent before: the view answers from what it remembered
         job = locked.get(steps[report.step_id][1]) if agent is not None else None
         step = next((s for s in job.steps if s.id == report.step_id), None) if job else None
         if job is None or step is None or agent is None:
@@ -167,6 +172,16 @@ def report_many(session: Session, notifier: Notifier, reports: list[Report]) -> 
         answers.append(Served(answer, agent.actor))
     session.commit()
     return answers
+
+
+def _inlined(payload: dict[str, Any], live: set[str], storage: Storage) -> dict[str, Any]:
+    """`inline`, which must not fail once the steps are handed out: the agent gets its step
+    without the blob and downloads it."""
+    try:
+        return inline(payload, live, storage)
+    except Exception:
+        log.exception("a blob could not ride in step %s: the agent downloads it", payload["id"])
+        return payload
 
 
 def _one_per_job(agents: list[Optional[_Agent]], job_ids: list[int]) -> list[Optional[_Agent]]:
