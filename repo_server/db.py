@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime, timezone
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from sqlalchemy import (
     JSON,
+    Connection,
     DateTime,
     Engine,
     Float,
@@ -101,6 +102,15 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(bind=engine, expire_on_commit=False)
+
+
+def dialect_of(executor: Union[Session, Connection]) -> str:
+    """The database's dialect name ("sqlite", "postgresql") of a session or a connection."""
+    return (
+        executor.dialect.name
+        if isinstance(executor, Connection)
+        else executor.get_bind().dialect.name
+    )
 
 
 def among(column: Any, values: Iterable[Any], dialect: str) -> Any:

@@ -19,7 +19,6 @@ from typing import Callable, Generic, TypeVar
 log = logging.getLogger(__name__)
 
 Item = TypeVar("Item")
-Answer = TypeVar("Answer")
 
 # What a batch answers for a request it did not serve: the caller serves it alone.
 ALONE = object()

@@ -186,14 +186,9 @@ def install(app: Flask, json_logs: bool) -> None:
             path=request.path,
             remote=request.remote_addr,
             actor=g.get("actor"),
+            json_logs=json_logs,
         )
         return response
-
-    global _json_logs
-    _json_logs = json_logs
-
-
-_json_logs = False  # one JSON line per request (NSO_REPO_LOG_FORMAT=json)
 
 
 def note_request(
@@ -205,9 +200,11 @@ def note_request(
     path: str,
     remote: Optional[str],
     actor: Optional[str],
+    json_logs: bool,
 ) -> None:
-    """Count and time one answered request, and log it when asked: Flask's, and those
-    answered before Flask (fleet/agent_lane.py)."""
+    """Count and time one answered request, and log it as a JSON line when the app's
+    NSO_REPO_LOG_FORMAT says so: Flask's, and those answered before Flask
+    (fleet/agent_lane.py)."""
     # A fixed set of labels whatever a client sends: FOO00001 is "other".
     label = method if method in METHODS else "other"
 
@@ -216,7 +213,7 @@ def note_request(
         m.seconds.labels(label, route).observe(elapsed)
 
     record(count)
-    if _json_logs:
+    if json_logs:
         log.info(
             json.dumps(
                 {

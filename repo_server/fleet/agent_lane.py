@@ -28,11 +28,10 @@ from typing import Any, Callable, Optional
 from marshmallow import ValidationError
 from webargs.core import is_json, parse_json
 
-from repo_server.auth.service import hash_token
 from repo_server.context import AppState
 from repo_server.db import MAX_ID
 from repo_server.errors import AppError
-from repo_server.fleet.idle_polls import wait_of
+from repo_server.fleet.idle_polls import bearer_digest, plain_poll
 from repo_server.fleet.schemas import StepReportSchema
 from repo_server.group_commit import ALONE, GroupCommit
 from repo_server.observability import batch_sized, note_request
@@ -80,6 +79,7 @@ def middleware(app: WsgiApp, state: AppState, dumps: Callable[[Any], str]) -> Ws
         "report", lambda session, items: report_many(session, state.notifier, items), ended
     )
     report_schema = StepReportSchema()
+    json_logs = state.settings.log_format == "json"
 
     def lane(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         started = time.monotonic()
@@ -108,31 +108,21 @@ def middleware(app: WsgiApp, state: AppState, dumps: Callable[[Any], str]) -> Ws
             path=path,
             remote=environ.get("REMOTE_ADDR"),
             actor=answer.actor,
+            json_logs=json_logs,
         )
         return [body]
 
     return lane
 
 
-def _bearer(environ: dict[str, Any]) -> Optional[str]:
-    scheme, _, secret = str(environ.get("HTTP_AUTHORIZATION", "")).partition(" ")
-    secret = secret.strip()
-    return hash_token(secret) if scheme.lower() == "bearer" and secret else None
-
-
 def _woken_poll(environ: dict[str, Any]) -> Optional[str]:
     """The token digest of a parked poll run again, as the full view would take it; None
     for anything else."""
     resumed: Optional[Parked] = environ.get(RESUMED)
-    if resumed is None or "HTTP_TRANSFER_ENCODING" in environ:
-        return None
-    if resumed.state.get("deadline", 0.0) <= time.monotonic():
-        return None  # its wait ended: most often nothing came (fleet/idle_polls.py says so)
-    if environ.get("CONTENT_LENGTH", "") not in ("", "0"):
-        return None
-    if wait_of(environ.get("QUERY_STRING", "")) is None:
-        return None
-    return _bearer(environ)
+    if resumed is None or resumed.state.get("deadline", 0.0) <= time.monotonic():
+        return None  # not woken, or its wait ended: most often nothing came (idle_polls.py)
+    plain = plain_poll(environ)
+    return plain[1] if plain is not None else None
 
 
 def _report(
@@ -151,7 +141,7 @@ def _report(
         or step_id > MAX_ID
     ):
         return None
-    digest = _bearer(environ)
+    digest = bearer_digest(environ)
     data = environ["wsgi.input"].read(int(length))
     environ["wsgi.input"] = io.BytesIO(data)
     if digest is None or len(data) != int(length):

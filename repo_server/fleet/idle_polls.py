@@ -87,6 +87,24 @@ def wait_of(query: str) -> Optional[int]:
     return int(value)
 
 
+def bearer_digest(environ: dict[str, Any]) -> Optional[str]:
+    """The digest of the request's bearer token, as `authenticate` reads the header; None
+    without one."""
+    scheme, _, secret = str(environ.get("HTTP_AUTHORIZATION", "")).partition(" ")
+    secret = secret.strip()
+    return hash_token(secret) if scheme.lower() == "bearer" and secret else None
+
+
+def plain_poll(environ: dict[str, Any]) -> Optional[tuple[int, str]]:
+    """``(wait, token digest)`` of a poll the paths before Flask may answer: no body, no
+    query but ``wait``, a bearer token. None for anything else: Flask checks it."""
+    if environ.get("CONTENT_LENGTH", "") not in ("", "0") or "HTTP_TRANSFER_ENCODING" in environ:
+        return None
+    wait = wait_of(environ.get("QUERY_STRING", ""))
+    digest = bearer_digest(environ)
+    return None if wait is None or digest is None else (wait, digest)
+
+
 def IDLE_POLLS() -> Any:
     from repo_server.observability import metrics
 
@@ -139,13 +157,10 @@ def _idle(
     state: AppState, environ: dict[str, Any], together: GroupCommit[_Poll]
 ) -> Optional[list[tuple[str, str]]]:
     """The headers of the 204 that answers this poll, or None when Flask must answer it."""
-    if environ.get("CONTENT_LENGTH", "") not in ("", "0") or "HTTP_TRANSFER_ENCODING" in environ:
-        return None  # a body: Flask checks it
-    wait = wait_of(environ.get("QUERY_STRING", ""))
-    scheme, _, secret = str(environ.get("HTTP_AUTHORIZATION", "")).partition(" ")
-    secret = secret.strip()
-    if wait is None or scheme.lower() != "bearer" or not secret:
+    plain = plain_poll(environ)
+    if plain is None:
         return None
+    wait, digest = plain
     park = environ.get(PARK, _IDLE_AGENT)  # the sentinel: not under the server's worker
     if wait and park is _IDLE_AGENT:
         return None  # it waits in a thread: the full view counts those
@@ -153,7 +168,7 @@ def _idle(
     waits = bool(wait) and park is not None
     if waits and resumed is None:
         state.start_listener()
-    poll = _Poll(hash_token(secret), waits, fresh=resumed is None)
+    poll = _Poll(digest, waits, fresh=resumed is None)
     found = together.submit(poll)
     if found is ALONE:  # a poll of a node already in the batch, or a batch that failed
         found = _look(state, [poll])[0]

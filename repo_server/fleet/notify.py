@@ -29,6 +29,7 @@ from typing import Any, Optional, Union
 from sqlalchemy import Connection, Engine, event, text
 from sqlalchemy.orm import Session
 
+from repo_server.db import dialect_of
 from repo_server.parking import Wake
 
 log = logging.getLogger(__name__)
@@ -155,8 +156,7 @@ def notify_polls(
     """The other processes count these long-polls when the transaction commits
     (PostgreSQL), from one statement; this one counts each with `Notifier.poll_started`
     (fleet/idle_polls.py does once its transaction committed)."""
-    bind = session if isinstance(session, Connection) else session.get_bind()
-    if node_ids and bind.dialect.name == "postgresql":
+    if node_ids and dialect_of(session) == "postgresql":
         session.execute(
             text("SELECT pg_notify(:channel, p) FROM unnest(CAST(:payloads AS text[])) AS p"),
             {"channel": CHANNEL, "payloads": [f"poll:{n}:{notifier.tag}" for n in node_ids]},

@@ -19,7 +19,7 @@ from repo_server.auth.service import (
     audit,
     hash_token,
 )
-from repo_server.db import among, utcnow
+from repo_server.db import among, dialect_of, utcnow
 from repo_server.errors import (
     AppError,
     Conflict,
@@ -314,11 +314,7 @@ def touch_many(executor: Union[Session, Connection], agents: Iterable[SeenAgent]
     agents = list(agents)
     nodes = {a.node_id for a in agents if age(a.node_seen) >= SEEN_GRANULARITY_S}
     tokens = {a.token_id for a in agents if age(a.token_used) > LAST_USED_GRANULARITY_S}
-    dialect = (
-        executor.get_bind().dialect.name
-        if isinstance(executor, Session)
-        else (executor.dialect.name)
-    )
+    dialect = dialect_of(executor)
     # Nodes first, as a report's full path: touch, then the job's lock.
     for model, ids, values in (
         (Node, nodes, {"last_seen_at": now}),

@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session
 from repo_server.auth.audit_events import audit_state_changes
 from repo_server.auth.service import Principal, audit, audit_refusal
 from repo_server.catalog.models import Artifact
-from repo_server.db import among, utcnow
+from repo_server.db import among, dialect_of, utcnow
 from repo_server.errors import AppError, Conflict, NotFound, ValidationFailed
 from repo_server.fleet.group_models import HaGroup, HaGroupMember
 from repo_server.fleet.models import Node
@@ -331,7 +331,7 @@ class PatchRollouts:
     def _exactly(self, ids: list[int]) -> ColumnElement[bool]:
         """The nodes of ``ids``: one array parameter on PostgreSQL, where a thousand bind
         parameters cost more to send than the rows they select."""
-        return cast(ColumnElement[bool], among(Node.id, ids, self.session.get_bind().dialect.name))
+        return cast(ColumnElement[bool], among(Node.id, ids, dialect_of(self.session)))
 
     def _check(
         self, targets: list[Target], chosen: ColumnElement[bool], patch: str, vsn: str

@@ -23,7 +23,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from repo_server.auth.service import Principal, audit
-from repo_server.db import among, utcnow
+from repo_server.db import among, dialect_of, utcnow
 from repo_server.errors import AppError, Conflict
 from repo_server.fleet.group_models import HaGroupMember
 from repo_server.fleet.models import Node
@@ -116,7 +116,7 @@ class Driver:
                 set(
                     session.scalars(
                         select(RolloutTarget.rollout_id).where(
-                            among(RolloutTarget.job_id, job_ids, session.get_bind().dialect.name)
+                            among(RolloutTarget.job_id, job_ids, dialect_of(session))
                         )
                     )
                 )

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from repo_server.auth.audit_events import JOB_ACTORS, NODE_NAMES
 from repo_server.auth.models import ApiToken
 from repo_server.auth.roles import roles_for
-from repo_server.db import among, utcnow
+from repo_server.db import among, dialect_of, utcnow
 from repo_server.errors import AppError
 from repo_server.fleet.models import Node
 from repo_server.fleet.notify import Notifier
@@ -69,7 +69,7 @@ def claim_many(
     """What each woken long-poll (by its token's digest) gets: `Served` with ``{"step":
     ...}`` as `GET /api/v1/agent/next` gives it, or ALONE (no step for it now, or anything
     the full path must say)."""
-    dialect = _dialect(session)
+    dialect = dialect_of(session)
     agents = _agents(session, token_hashes)
     held: dict[int, int] = {
         node_id: job_id
@@ -115,7 +115,7 @@ def report_many(session: Session, notifier: Notifier, reports: list[Report]) -> 
     """What each report gets: `Served` with the answer `POST /api/v1/agent/steps/<id>`
     gives, or ALONE (not its node's step, a report_id seen before, a report the view would
     refuse: the full path says which)."""
-    dialect = _dialect(session)
+    dialect = dialect_of(session)
     agents = _agents(session, [r.token_hash for r in reports])
     steps = {
         step_id: (node_id, job_id)
@@ -213,14 +213,10 @@ def _agents(session: Session, hashes: list[str]) -> dict[str, _Agent]:
             Node.name,
         )
         .join(Node, Node.id == ApiToken.node_id)
-        .where(among(ApiToken.token_hash, set(hashes), _dialect(session)))
+        .where(among(ApiToken.token_hash, set(hashes), dialect_of(session)))
     )
     return {
         digest: _Agent(token_id, used, node_id, seen, f"{role}:{name}", node_name)
         for digest, role, revoked_at, name, token_id, used, node_id, seen, node_name in rows
         if role in AGENT_ROLES and revoked_at is None
     }
-
-
-def _dialect(session: Session) -> str:
-    return session.get_bind().dialect.name

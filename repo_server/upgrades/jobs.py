@@ -29,7 +29,7 @@ from repo_server.catalog.releases import (
     live_artifact,
     signed_release_containing,
 )
-from repo_server.db import among, utcnow
+from repo_server.db import among, dialect_of, utcnow
 from repo_server.errors import AppError, Conflict, NotFound, ValidationFailed
 from repo_server.fleet.groups import group_of
 from repo_server.fleet.models import Node
@@ -446,7 +446,7 @@ class JobService:
         the nodes only their ids and names, and no step's log tail, which is all a batch
         reads of them (anything else loads if it is read)."""
         ids = sorted(set(job_ids))
-        dialect = self.session.get_bind().dialect.name
+        dialect = dialect_of(self.session)
         if len(ids) > 1 and dialect == "postgresql":
             # Rows in id order, as every batch takes them: two batches sharing jobs (the
             # members of one HA group, served by two processes) wait, never deadlock.
