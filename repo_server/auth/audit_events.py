@@ -175,8 +175,11 @@ def _audit_flushed_states(session: Session, _context: Any, _instances: Any) -> N
     default = str(session.info.get("actor") or "system")
     actors = session.info.get(JOB_ACTORS) or {}
     names = session.info.get(NODE_NAMES) or {}
-    steps = sorted((o for o in session.dirty if isinstance(o, Step)), key=lambda s: s.seq)
-    jobs = [o for o in session.dirty if isinstance(o, Job)]
+    # Session.dirty is worked out anew at each read, over every object the session holds
+    # (a batch of agents holds hundreds): read once.
+    dirty = session.dirty
+    steps = sorted((o for o in dirty if isinstance(o, Step)), key=lambda s: s.seq)
+    jobs = [o for o in dirty if isinstance(o, Job)]
     for step in steps:
         if change := _state_change(step):
             before, after = change

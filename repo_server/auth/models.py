@@ -11,6 +11,11 @@ from sqlalchemy.orm import Mapped, mapped_column
 from repo_server.db import Base, utcnow
 
 ROLES = ("admin", "uploader", "operator", "viewer", "agent")
+# Who did a thing, as the audit log and every created_by column keep it: "<role>:<token
+# name>" (Principal.actor), in String(ACTOR_MAX) columns. Names are bounded so that every
+# actor fits: PostgreSQL refuses a longer value (and the change it records with it).
+ACTOR_MAX = 128
+TOKEN_NAME_MAX = ACTOR_MAX - 1 - max(len(role) for role in ROLES)
 
 
 class ApiToken(Base):
@@ -47,7 +52,7 @@ class AuditEvent(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     at: Mapped[datetime] = mapped_column(default=utcnow)
-    actor: Mapped[str] = mapped_column(String(128))
+    actor: Mapped[str] = mapped_column(String(ACTOR_MAX))
     action: Mapped[str] = mapped_column(String(64))
     target: Mapped[str] = mapped_column(String(300))
     details: Mapped[dict[str, Any]] = mapped_column(default=dict)

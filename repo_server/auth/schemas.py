@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from marshmallow import Schema, fields, validate
 
-from repo_server.auth.models import ROLES
+from repo_server.auth.models import ROLES, TOKEN_NAME_MAX
 from repo_server.db import MAX_ID
 
 
 class TokenSchema(Schema):
     id = fields.Integer(dump_only=True)
-    name = fields.String(required=True, validate=validate.Length(min=1, max=128))
+    name = fields.String(required=True, validate=validate.Length(min=1, max=TOKEN_NAME_MAX))
     role = fields.String(required=True, validate=validate.OneOf(ROLES))
     created_at = fields.DateTime(dump_only=True)
     created_by = fields.String(dump_only=True)

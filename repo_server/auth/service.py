@@ -10,7 +10,7 @@ from typing import Any, Optional
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from repo_server.auth.models import ROLES, ApiToken, AuditEvent
+from repo_server.auth.models import ROLES, TOKEN_NAME_MAX, ApiToken, AuditEvent
 from repo_server.db import utcnow
 from repo_server.errors import AppError, NotFound, Unauthenticated, ValidationFailed
 
@@ -73,8 +73,10 @@ def create_token(session: Session, *, name: str, role: str, actor: str) -> tuple
             f"unknown role {role!r}: choose one of {', '.join(ROLES)}", field="role"
         )
     name = name.strip()
-    if not name or len(name) > 128:
-        raise ValidationFailed("a token needs a name of 1 to 128 characters", field="name")
+    if not name or len(name) > TOKEN_NAME_MAX:
+        raise ValidationFailed(
+            f"a token needs a name of 1 to {TOKEN_NAME_MAX} characters", field="name"
+        )
     secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
     token = ApiToken(name=name, role=role, token_hash=hash_token(secret), created_by=actor)
     session.add(token)

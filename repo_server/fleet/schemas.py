@@ -8,13 +8,14 @@ from typing import Any
 
 from marshmallow import INCLUDE, Schema, ValidationError, fields, validate, validates_schema
 
+from repo_server.fleet.models import NODE_NAME_MAX
 from repo_server.pages import PageSchema
 from repo_server.upgrades.results import COUNT_MAX, LIST_MAX, LOG_TAIL_MAX, MESSAGE_MAX
 
 
 class NodeSchema(Schema):
     id = fields.Integer(dump_only=True)
-    name = fields.String(required=True, validate=validate.Length(min=1, max=128))
+    name = fields.String(required=True, validate=validate.Length(min=1, max=NODE_NAME_MAX))
     hostname = fields.String(dump_only=True, allow_none=True)
     agent_version = fields.String(dump_only=True, allow_none=True)
     inventory = fields.Dict(dump_only=True)

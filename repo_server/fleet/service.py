@@ -28,7 +28,7 @@ from repo_server.errors import (
     Unauthenticated,
     ValidationFailed,
 )
-from repo_server.fleet.models import EnrollmentToken, Node
+from repo_server.fleet.models import AGENT_TOKEN_NAME, NODE_NAME_MAX, EnrollmentToken, Node
 from repo_server.pages import Page, paginate
 from repo_server.upgrades.results import printable, printable_tree
 
@@ -44,9 +44,10 @@ class EnrollmentRefused(AppError):
 
 def _check_name(name: str) -> str:
     name = name.strip()
-    if not name or len(name) > 128 or not set(name) <= NODE_NAME_CHARS:
+    if not name or len(name) > NODE_NAME_MAX or not set(name) <= NODE_NAME_CHARS:
         raise ValidationFailed(
-            f"node name {name!r} is not valid: use 1 to 128 letters, digits, '-', '_' or '.'",
+            f"node name {name!r} is not valid: use 1 to {NODE_NAME_MAX} letters, digits, "
+            "'-', '_' or '.'",
             field="name",
         )
     return name
@@ -224,7 +225,7 @@ def enroll(
     node_secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
     session.add(
         ApiToken(
-            name=f"node:{node.name}",
+            name=AGENT_TOKEN_NAME.format(node.name),
             role="agent",
             token_hash=hash_token(node_secret),
             created_by="enrollment",
