@@ -63,6 +63,8 @@ def patch_rollout(
         print_json(started)
         return
     click.echo(started["id"])
+    for item in started.get("left_out") or []:
+        click.echo(f"left out: {item['node']}: {item['reason']}", err=True)
     if watch:
         watch_rollout(client, started["id"])
 

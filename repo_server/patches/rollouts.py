@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Optional, cast
 
 from sqlalchemy import (
@@ -39,6 +40,7 @@ from repo_server.fleet.notify import Notifier, announce
 from repo_server.patches.models import ACTIONS, PatchRollout, patch_rollout_jobs
 from repo_server.upgrades.models import Job, NodeHold, Step, job_nodes
 from repo_server.upgrades.plans import StepSpec, artifact_ref
+from repo_server.upgrades.preflight import INVENTORY_MAX_AGE
 
 JOB_KIND = "patch"
 # Names a refused request's audit keeps (the request may name thousands, or be hostile).
@@ -73,18 +75,32 @@ class NoHeartbeat(Conflict):
     code = "no_heartbeat"
 
 
+class InventoryStale(Conflict):
+    code = "inventory_stale"
+
+
 @dataclass
 class Target:
     """A node the rollout patches, as its last heartbeat describes it."""
 
     id: int
     name: str
-    heard: bool  # it has sent an inventory
+    reported_at: Optional[datetime]  # its last inventory; None: it never sent one
     running_version: Optional[str]
     status: Optional[str]
     ha_mode: Optional[str]
     group: Optional[str] = None
     nominal_role: Optional[str] = None
+
+    @property
+    def heard(self) -> bool:
+        """It has sent an inventory."""
+        return self.reported_at is not None
+
+    def stale(self, now: datetime) -> bool:
+        """Its last inventory is too old to say what it runs now (as an upgrade's
+        preflight: INVENTORY_MAX_AGE); its agent may be down."""
+        return self.reported_at is not None and now - self.reported_at > INVENTORY_MAX_AGE
 
     @property
     def primary(self) -> bool:
@@ -178,11 +194,17 @@ class PatchRollouts:
         vsn = bundle.nso_version
         chosen = self._selection(nodes, groups, all_affected, vsn)
         targets = self._targets(chosen)
+        left_out: dict[str, str] = {}
+        if all_affected:
+            targets, left_out = self._affected(targets, vsn)
         if not targets:
             raise NoTargets(
                 f"no node runs NSO {vsn}, the release {patch} is built for, by their last "
-                "heartbeats: nothing to patch ('nso-repo node ls' shows what each runs)",
+                "heartbeats"
+                + (f" ({len(left_out)} left out: {_listed(sorted(left_out))})" if left_out else "")
+                + ": nothing to patch ('nso-repo node ls' shows what each runs)",
                 nso_version=vsn,
+                left_out=left_out,
             )
         # From here on, exactly the nodes locked and read: a node that starts to match the
         # request meanwhile (a heartbeat of another one) is not this rollout's.
@@ -226,6 +248,7 @@ class PatchRollouts:
             nodes=nodes,
             groups=groups,
             jobs={n["node"]: n["job_id"] for n in queued},
+            left_out=left_out,
         )
         for target in targets:
             announce(self.session, self.notifier, target.id)
@@ -234,7 +257,48 @@ class PatchRollouts:
         answer["nodes"] = queued
         answer["counts"] = {"queued": len(targets)}
         answer["state"] = "running"
+        answer["left_out"] = [{"node": n, "reason": r} for n, r in sorted(left_out.items())]
         return answer
+
+    def _affected(self, targets: list[Target], vsn: str) -> tuple[list[Target], dict[str, str]]:
+        """all_affected: the targets that can take the patch now, and why each other one is
+        left out (node name -> reason). A node whose inventory is stale may not run the
+        release any more, nor take a step: its job would hold it, queued, until someone
+        cancels it. An HA group goes whole or not at all: a member left without the patch
+        would serve writes without the fix after a failover."""
+        now = utcnow()
+        why = {
+            t.name: (
+                f"no inventory since {t.reported_at:%Y-%m-%d %H:%M:%S} UTC: its agent may be "
+                "down; patch it by name once it reports again"
+            )
+            for t in targets
+            if t.stale(now) and t.reported_at is not None
+        }
+        groups = sorted({t.group for t in targets if t.group is not None})
+        sizes = (
+            dict(
+                self.session.execute(
+                    select(HaGroup.name, func.count(HaGroupMember.node_id))
+                    .join(HaGroupMember, HaGroupMember.group_id == HaGroup.id)
+                    .where(HaGroup.name.in_(groups))
+                    .group_by(HaGroup.name)
+                ).all()
+            )
+            if groups
+            else {}
+        )
+        for group in groups:
+            members = [t for t in targets if t.group == group]
+            if len(members) == sizes.get(group) and not any(m.name in why for m in members):
+                continue
+            for member in members:
+                why.setdefault(
+                    member.name,
+                    f"HA group {group} has members that do not run NSO {vsn} now or do not "
+                    f"report: patch the group by name (--group {group}) once all of them run it",
+                )
+        return [t for t in targets if t.name not in why], why
 
     def _bundle(self, filename: str) -> Artifact:
         bundle = self.session.scalar(select(Artifact).where(Artifact.filename == filename))
@@ -312,7 +376,7 @@ class PatchRollouts:
             )
         targets = sorted(
             (
-                Target(i, name, heard is not None, running, status, mode)
+                Target(i, name, heard, running, status, mode)
                 for i, name, heard, running, status, mode in self.session.execute(query)
             ),
             key=lambda t: t.name,
@@ -337,6 +401,16 @@ class PatchRollouts:
         self, targets: list[Target], chosen: ColumnElement[bool], patch: str, vsn: str
     ) -> None:
         """Refuse the whole request when any target may not take the patch now."""
+        now = utcnow()
+        stale = [t.name for t in targets if t.stale(now)]
+        if stale:
+            raise InventoryStale(
+                f"{_listed(stale)} sent no inventory in the last "
+                f"{int(INVENTORY_MAX_AGE.total_seconds() // 60)} minutes, so what they run now "
+                "is unknown and their agents may be down: check that nso-agent runs on those "
+                "hosts ('nso-agent status'), or leave them out; nothing was started",
+                nodes=stale,
+            )
         silent = [t.name for t in targets if not t.heard]
         if silent:
             raise NoHeartbeat(

@@ -82,5 +82,18 @@ class RolloutSummarySchema(Schema):
     counts = fields.Dict(metadata={"description": "How many nodes are in each state"})
 
 
+class LeftOutSchema(Schema):
+    node = fields.String()
+    reason = fields.String()
+
+
 class RolloutSchema(RolloutSummarySchema):
     nodes = fields.List(fields.Nested(RolloutNodeSchema))
+    left_out = fields.List(
+        fields.Nested(LeftOutSchema),
+        metadata={
+            "description": "In the answer to all_affected: the nodes on the release that got "
+            "no job, and why (an inventory older than 5 minutes; an HA group not all on the "
+            "release)"
+        },
+    )

@@ -42,7 +42,8 @@ class Rollouts(MethodView):
         """Apply (or remove) a patch bundle on every node that runs its release
         (all_affected) or on the named nodes and groups; the agents get it at once. 404 for
         an unknown bundle, node or group; 409 release_mismatch, node_busy, no_heartbeat,
-        no_targets; nothing is created when refused."""
+        no_targets, inventory_stale; nothing is created when refused. all_affected leaves out
+        (and lists) nodes whose inventory is stale and HA groups not all on the release."""
         started = rollouts().start(
             body["patch"],
             principal(),

@@ -8,12 +8,15 @@ import base64
 import hashlib
 import threading
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Optional
 
 import pytest
-from sqlalchemy import event
+from sqlalchemy import event, update
 
+from repo_server.db import utcnow
+from repo_server.fleet.models import Node
 from tests.api.helpers import assert_error, put_file
 from tests.factories import make_package, make_patch_bundle
 from tests.upgrades.builders import (
@@ -306,6 +309,71 @@ def test_each_refusal_says_why_and_creates_nothing(live, bundle, tmp_path: Path)
     assert codes.count("node_busy") == 2 and "release_mismatch" in codes, codes
     assert {"no_heartbeat", "no_targets", "not_found", "validation_failed"} <= set(codes)
     assert all(e["actor"].startswith("operator:") for e in refused.json()), refused.json()
+
+
+def _report_aged(app_state, *names: str, minutes: int = 10) -> None:
+    """The nodes' last inventory arrived ``minutes`` ago (their agents went quiet)."""
+    with app_state.sessions() as session:
+        session.execute(
+            update(Node)
+            .where(Node.name.in_(names))
+            .values(inventory_at=utcnow() - timedelta(minutes=minutes))
+        )
+        session.commit()
+
+
+def test_all_affected_leaves_out_quiet_nodes_and_partial_groups_saying_why(
+    live, app_state, bundle, tmp_path: Path
+) -> None:
+    node_on(live, "edge-up", "6.2")
+    node_on(live, "edge-quiet", "6.2")
+    group_on(live, "pair", 2)  # pair-a (primary), pair-n2
+    half = group_on(live, "half", 2)
+    # half's secondary moved to 6.1: its primary alone is on the bundle's release.
+    moved = half[1].heartbeat(inventory("6.1", **ha("secondary", "n2", primary_id="n1")))
+    assert moved.status_code == 200, moved.text
+    _report_aged(app_state, "edge-quiet", "pair-n2")
+    before = _counts(live)
+
+    # Named, a quiet node is refused, with what to check; nothing starts.
+    error = assert_error(rollout(live, nodes=["edge-up", "edge-quiet"]), 409, "inventory_stale")
+    assert "edge-quiet" in error["message"] and "nso-agent" in error["message"]
+    assert "edge-up" not in error["message"]
+    assert error["details"]["nodes"] == ["edge-quiet"]
+    assert_error(rollout(live, groups=["pair"]), 409, "inventory_stale")
+    assert _counts(live) == before
+
+    answer = rollout(live, all_affected=True)
+    assert answer.status_code == 201, answer.text
+    started = answer.json()
+    assert [n["node"] for n in started["nodes"]] == ["edge-up"]
+    reasons = {item["node"]: item["reason"] for item in started["left_out"]}
+    assert sorted(reasons) == ["edge-quiet", "half-a", "pair-a", "pair-n2"]
+    assert "no inventory since" in reasons["edge-quiet"]
+    assert "no inventory since" in reasons["pair-n2"]
+    assert "--group pair" in reasons["pair-a"] and "--group half" in reasons["half-a"]
+    # Nothing holds the nodes left out: each can take a job of its own at once.
+    assert get(live, "/jobs?node=pair-a") == [] and get(live, "/jobs?node=edge-quiet") == []
+    [event_] = (
+        live.session("admin")
+        .get(f"{live.url}/api/v1/audit", params={"action": "patch.rollout"})
+        .json()
+    )
+    assert sorted(event_["details"]["left_out"]) == sorted(reasons)
+
+    # Every node on the release left out: no target, and the answer says which and why.
+    _report_aged(app_state, "edge-up")
+    again = make_patch_bundle_in_catalog(live, tmp_path, "CSCfix2")
+    error = assert_error(rollout(live, patch=again, all_affected=True), 409, "no_targets")
+    assert "edge-up" in error["message"]
+    assert "edge-up" in error["details"]["left_out"]
+
+
+def make_patch_bundle_in_catalog(live, folder: Path, patch_id: str) -> str:
+    """Another 6.2 bundle in the catalog: its name."""
+    path = make_patch_bundle(folder, "6.2", patch_id, ("ncs_fix",))
+    assert put_file(live.session("uploader"), live.url, path).status_code == 201
+    return path.name
 
 
 def test_a_patch_job_holds_its_node_against_an_upgrade(live, tmp_path: Path) -> None:
