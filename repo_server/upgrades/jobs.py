@@ -250,16 +250,24 @@ class JobService:
         active = self.active_job(node)
         if active is not None:
             raise Conflict(f"job {active.id} is running on {node.name}: wait for it first")
-        self._check_nothing_since(done, node)
+        patched = self._check_nothing_since(done, node)
         recovery = _checked_recovery_context(done)
         if not discard_writes:
             raise DiscardConfirmation(
                 f"rolling back job {job_id} puts {node.name} back on NSO {done.source_version} "
                 f"with its data as it was when NSO stopped ({_stop_time(done) or 'during the upgrade'}): "
                 "every write NSO took since then leaves NSO (the agent keeps the replaced data "
-                "on the host, under /var/opt/ncs/backups). Repeat with discard_writes "
-                "(nso-repo job rollback --discard-writes) to proceed",
+                "on the host, under /var/opt/ncs/backups)"
+                + (
+                    f", and the patches of jobs {', '.join(map(str, patched))} (built for NSO "
+                    f"{done.target_version}) stay in that release's folder, not loaded"
+                    if patched
+                    else ""
+                )
+                + ". Repeat with discard_writes (nso-repo job rollback --discard-writes) to "
+                "proceed",
                 stopped_at=_stop_time(done) or None,
+                patch_jobs=patched,
             )
         spec = plans.recover_step(
             recovery,
@@ -387,9 +395,10 @@ class JobService:
             )
         )
 
-    def _check_nothing_since(self, done: Job, node: Node) -> None:
+    def _check_nothing_since(self, done: Job, node: Node) -> list[int]:
         """Refuse to roll ``done`` back when a later job changed the node and was not itself
-        rolled back, or when ``done`` was rolled back already."""
+        rolled back, or when ``done`` was rolled back already. Returns the later patch jobs
+        (`patch_only`), whose patches the old release does not load."""
         later = self.later_jobs([node], done.id)
         undone = {
             int(j.options.get("rollback_of") or 0): j.id
@@ -398,6 +407,7 @@ class JobService:
         }
         if done.id in undone:
             raise Conflict(f"job {done.id} was rolled back already, by job {undone[done.id]}")
+        patched = []
         for other in later:
             kept_node_as_it_was = other.state == "failed" and other.outcome in (
                 "unchanged",
@@ -405,10 +415,14 @@ class JobService:
             )
             if other.kind == "rollback" or kept_node_as_it_was or other.id in undone:
                 continue
+            if patch_only(other):
+                patched.append(other.id)
+                continue
             raise Conflict(
                 f"job {other.id} ({other.kind}, {other.state}) changed {node.name} after job "
                 f"{done.id}: roll that back first"
             )
+        return patched
 
     # -- queries ----------------------------------------------------------------------
 
@@ -793,6 +807,14 @@ class JobService:
                 job.outcome = "needs_attention" if took else "unchanged"
         else:
             transition(job, "succeeded")
+
+
+def patch_only(job: Job) -> bool:
+    """A patch job that ended: it changed .beam files in its release's own folder, never
+    NSO's data nor its packages, so it does not stand in the way of rolling back an earlier
+    job (an upgrade's rollback leaves the patches, unloaded, in the newer release's folder;
+    a package rollback keeps them loaded)."""
+    return job.kind == "patch" and not job.active
 
 
 def _past_start_by(job: Job, now: datetime) -> bool:

@@ -201,6 +201,14 @@ HISTORIES = {
     ),
     "it was rolled back already": ([("rollback", "succeeded", None, 1)], 409),
     "its rollback failed": ([("rollback", "failed", "needs_attention", 1)], 202),
+    # A patch is .beam files in the newer release's folder: the old release leaves them
+    # unloaded, and no data or package is undone.
+    "a later patch took": ([("patch", "succeeded", None, None)], 202),
+    "a later patch needs attention": ([("patch", "failed", "needs_attention", None)], 202),
+    "a later patch, then an upgrade": (
+        [("patch", "succeeded", None, None), ("upgrade", "succeeded", None, None)],
+        409,
+    ),
 }
 
 
@@ -245,6 +253,13 @@ def test_rollback_only_of_the_last_change_still_in_effect(
             session.flush()
             ids.append(job.id)
         session.commit()
+    patches = [i for i, (kind, *_) in zip(ids[1:], later) if kind == "patch"]
+    if patches and expected == 202:
+        # The confirmation the operator is asked for says which patches stop being loaded.
+        asked = live.session("operator").post(f"{live.url}/api/v1/jobs/{ids[0]}/rollback", json={})
+        error = assert_error(asked, 409, "confirm_discard_writes")
+        assert f"patches of jobs {patches[0]}" in error["message"], error
+        assert error["details"]["patch_jobs"] == patches
     answer = live.session("operator").post(
         f"{live.url}/api/v1/jobs/{ids[0]}/rollback", json={"discard_writes": True}
     )
