@@ -134,7 +134,7 @@ def _counts(counts: dict[str, int]) -> str:
 def _node_line(node: dict[str, Any]) -> str:
     result = node.get("result") or {}
     what = ""
-    if node["state"] == "succeeded":
+    if node["state"] == "succeeded" and "result" in node:  # shown to roles with job:details
         modules = ", ".join(result.get("modules") or []) or "none"
         what = f"modules {modules}" + ("" if result.get("changed") else " (unchanged)")
         if result.get("kept"):

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from flask import jsonify
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
+from repo_server.auth.roles import roles_for
 from repo_server.catalog.schemas import BEARER
 from repo_server.context import db_session, principal, require, state
 from repo_server.patches.rollouts import PatchRollouts
@@ -61,5 +63,9 @@ class Rollouts(MethodView):
 @blp.response(200, RolloutSchema)
 def get_rollout(rollout_id: int) -> Any:
     """One rollout: every node's state (queued, running, succeeded, failed, skipped) and
-    what its agent reported (the modules NSO lists with the patch id)."""
-    return rollouts().get(rollout_id)
+    what its agent reported (the modules NSO lists with the patch id); the agents' results
+    only to roles with job:details, as for jobs."""
+    found = rollouts().get(rollout_id)
+    if principal().role in roles_for("job:details"):
+        return found
+    return jsonify(RolloutSchema(exclude=("nodes.result",)).dump(found))

@@ -57,9 +57,17 @@ def rollout(live, role: str = "operator", **body: Any) -> Any:
 
 
 def get(live, path: str) -> Any:
-    answer = live.session("operator").get(f"{live.url}/api/v1{path}")
+    return get_as(live, "operator", path)
+
+
+def get_as(live, role: str, path: str) -> Any:
+    answer = live.session(role).get(f"{live.url}/api/v1{path}")
     assert answer.status_code == 200, answer.text
     return answer.json()
+
+
+def shown_json(live, rollout_id: str) -> list[dict[str, Any]]:
+    return list(get(live, f"/patch-rollouts/{rollout_id}")["nodes"])
 
 
 def ha(mode: str, ha_id: str, **more: Any) -> dict[str, Any]:
@@ -467,8 +475,17 @@ def test_the_cli_rolls_out_lists_and_shows(live, bundle) -> None:
         f"{rollout_id} apply  {BUNDLE} (NSO 6.2) by operator:test-operator: succeeded"
         in listed.stdout
     )
-    shown = nso_repo(live, "viewer", "patch", "show", rollout_id)
+    shown = nso_repo(live, "operator", "patch", "show", rollout_id)
     assert "edge-cli" in shown.stdout and "modules ncs_fix, ncs_fix2 (unchanged)" in shown.stdout
+    # A viewer sees the states, not what the agents reported (job:details, as for jobs).
+    seen = nso_repo(live, "viewer", "patch", "show", rollout_id)
+    assert seen.returncode == 0, seen.stderr
+    assert "edge-cli" in seen.stdout and "succeeded" in seen.stdout
+    assert "modules" not in seen.stdout
+    as_viewer = get_as(live, "viewer", f"/patch-rollouts/{rollout_id}")
+    assert [set(n) for n in as_viewer["nodes"]] == [
+        set(n) - {"result"} for n in shown_json(live, rollout_id)
+    ]
     removed = nso_repo(
         live, "operator", "patch", "rollout", BUNDLE, "--node", "edge-cli", "--remove", "--json"
     )
