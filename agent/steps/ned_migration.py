@@ -51,8 +51,11 @@ def ned_migrate(ctx: StepContext) -> dict[str, Any]:
 
     members = {g: _members(ctx, g) for g in groups}
     targets = list(dict.fromkeys([*devices, *(d for g in groups for d in members[g])]))
-    before = _ned_ids(ctx, targets)
-    missing = [d for d in targets if before[d] is None]
+    _check_as_dry_run(params, targets)
+    current = _ned_ids(ctx, targets)
+    # What the devices ran before the step's first attempt: what the result reports.
+    before = current if dry_run else _first_ned_ids(ctx, current)
+    missing = [d for d in targets if current[d] is None]
     if missing:
         raise StepFailed(
             f"NSO has no device {', '.join(missing[:20])}"
@@ -64,12 +67,12 @@ def ned_migrate(ctx: StepContext) -> dict[str, Any]:
     reported: dict[str, ned.Migration] = {}
     try:
         for i, device in enumerate(devices):
-            if before[device] != target:
+            if current[device] != target:
                 reported.update(ctx.nso.migrate_ned("device", device, new_id, dry_run))
             ctx.progress(10 + 80 * (i + 1) // (len(devices) + len(groups)), f"{device} done")
         for group in groups:
             # NSO migrates the whole group; a member on the new ned-id already has nothing to do.
-            if any(before[d] != target for d in members[group]):
+            if any(current[d] != target for d in members[group]):
                 for device, found in ctx.nso.migrate_ned(
                     "device-group", group, new_id, dry_run
                 ).items():
@@ -103,6 +106,45 @@ def _members(ctx: StepContext, group: str) -> list[str]:
 
 def _ned_ids(ctx: StepContext, devices: list[str]) -> dict[str, Optional[str]]:
     return {d: ctx.nso.device_ned_id(d) for d in devices}
+
+
+def _check_as_dry_run(params: dict[str, Any], targets: list[str]) -> None:
+    """A confirmed migration moves exactly the devices its dry-run showed the operator
+    (``expected_devices``): a device group that gained or lost members since would move
+    devices whose changes and lost data nobody read. Nothing is migrated then."""
+    if params.get("expected_devices") is None:
+        return  # a dry-run, or a server that does not say
+    expected = [
+        ned.device_name(v, f"expected_devices[{i}]")
+        for i, v in enumerate(trust.listed(params, "expected_devices", "device names"))
+    ]
+    added = [d for d in targets if d not in set(expected)]
+    gone = [d for d in expected if d not in set(targets)]
+    if added or gone:
+        said = [
+            *([f"now also {', '.join(added[:20])}"] if added else []),
+            *([f"no longer {', '.join(gone[:20])}"] if gone else []),
+        ]
+        raise StepFailed(
+            "the devices to migrate differ from those the confirmed dry-run showed ("
+            + "; ".join(said)
+            + "): a device group changed since; nothing was migrated. Run the dry-run again, "
+            "read it, and confirm that one"
+        )
+
+
+def _first_ned_ids(ctx: StepContext, current: dict[str, Optional[str]]) -> dict[str, Optional[str]]:
+    """Each device's ned-id before this step's first attempt (kept in the journal): an
+    attempt after a crash finds some devices migrated already, and must still say it
+    migrated them (the job's outcome depends on it), not that they were there before."""
+    saved = ctx.journal.fact("ned_ids_before")
+    first = dict(current)
+    if isinstance(saved, dict):
+        first.update(
+            {d: v for d, v in saved.items() if d in first and (v is None or isinstance(v, str))}
+        )
+    ctx.journal.update("ned_ids_read", ned_ids_before=first)
+    return first
 
 
 def _failed(

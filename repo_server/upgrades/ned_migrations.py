@@ -113,12 +113,14 @@ class NedMigrationService:
         running = _check_node(node)
         _check_ned_id_loaded(self.session, node, request.new_ned_id)
         start_by: dict[str, str] = {}
+        shown: Optional[list[str]] = None
         if not request.dry_run:
             dry = self._check_confirmation(node, request)
+            shown = _devices_shown(dry)
             # The dry-run's result holds until then, also for an agent that asks late.
             limit = (dry.finished_at or dry.created_at) + timedelta(seconds=self.dry_run_max_age)
             start_by = {"start_by": limit.isoformat()}
-        spec = migrate_step(request)
+        spec = migrate_step(request, shown)
         job = Job(
             kind=KIND,
             source_version=running,
@@ -196,15 +198,44 @@ class NedMigrationService:
         return dry
 
 
-def migrate_step(request: MigrationRequest) -> StepSpec:
-    """The job's one step: the agent's ``ned_migrate`` (docs/agent-protocol.md)."""
+def migrate_step(request: MigrationRequest, shown: Optional[list[str]] = None) -> StepSpec:
+    """The job's one step: the agent's ``ned_migrate`` (docs/agent-protocol.md); a confirmed
+    migration names the devices its dry-run showed (``expected_devices``), which the agent
+    checks its device groups still resolve to before it migrates anything."""
     what = "dry-run of the migration" if request.dry_run else "migration"
     named = ", ".join([*request.devices, *(f"group {g}" for g in request.device_groups)])
+    expected = {} if shown is None else {"expected_devices": shown}
     return StepSpec(
         STEP,
-        {**request.targets(), "dry_run": request.dry_run},
+        {**request.targets(), "dry_run": request.dry_run, **expected},
         f"{what} of {named[:300]} to {request.new_ned_id}",
     )
+
+
+def _devices_shown(dry: Job) -> list[str]:
+    """The devices the dry-run's result showed the operator, every one of them; refused
+    when the result is not a whole dry-run (what an agent reported is checked here too)."""
+    result = next((s.result for s in dry.steps if s.name == STEP), None) or {}
+    found = result.get("ned_migration")
+    entries = found.get("devices") if isinstance(found, dict) else None
+    again = "run the dry-run again and confirm that one"
+    if not isinstance(found, dict) or found.get("dry_run") is not True or not entries:
+        raise DryRunRequired(
+            f"dry-run job {dry.id} reported no dry-run result to confirm: {again}",
+            confirm=dry.id,
+        )
+    names = [e.get("device") if isinstance(e, dict) else None for e in entries]
+    if len(names) != found.get("devices_total") or not all(
+        isinstance(n, str) and NAME.fullmatch(n) for n in names
+    ):
+        raise DryRunRequired(
+            f"dry-run job {dry.id}'s result does not list every device it covers (it shows "
+            f"{len(names)} of {found.get('devices_total')}): a migration is confirmed only "
+            "for devices the operator was shown; split it into smaller migrations (fewer "
+            f"devices or groups each) and {again}",
+            confirm=dry.id,
+        )
+    return [str(n) for n in names]
 
 
 def _check_request(request: MigrationRequest) -> None:

@@ -9,6 +9,7 @@ import shutil
 import pytest
 
 from agent.errors import StepFailed
+from agent.journal import Journal
 
 from .conftest import agent_config
 
@@ -123,3 +124,46 @@ def test_names_nso_gives_are_checked_too_and_nso_refusals_come_verbatim(nso, dri
         assert said in message, message
         assert "no device was migrated" in message or "nothing was migrated" in message
     assert running_config(nso) == before
+
+
+def test_a_confirmed_migration_moves_only_the_devices_its_dry_run_showed(nso, driver):
+    """The group gained a device since the dry-run the operator confirmed: nothing moves."""
+    drive = driver(agent_config(nso))
+    params = {"new_ned_id": NEW, "devices": [], "device_groups": ["edge"], "dry_run": False}
+    with pytest.raises(StepFailed) as failed:
+        drive.step("ned_migrate", {**params, "expected_devices": ["router-nc-2", "router-nc-9"]})
+    assert "no longer router-nc-9" in str(failed.value)
+    assert "nothing was migrated" in str(failed.value)
+    out, status = nso.cli("config; devices device-group edge device-name [ router-nc-1 ]; commit")
+    assert status == 0, out
+    with pytest.raises(StepFailed) as failed:
+        drive.step("ned_migrate", {**params, "expected_devices": ["router-nc-2"]})
+    assert "now also router-nc-1" in str(failed.value)
+    for device in ("router-nc-1", "router-nc-2"):  # nothing moved
+        shown = nso.cli(f"show running-config devices device {device}")[0]
+        assert f"ned-id {NEW}" not in shown, shown
+    both = drive.step("ned_migrate", {**params, "expected_devices": ["router-nc-1", "router-nc-2"]})
+    assert [d["state"] for d in both["ned_migration"]["devices"]] == ["migrated", "migrated"]
+
+
+def test_after_a_crash_mid_migration_the_rerun_still_says_what_it_migrated(nso, driver):
+    """The first attempt moved router-nc-1 and the agent died; the rerun (same step, the
+    journal kept) moves router-nc-2 and reports both as migrated, so the job says the node
+    changed."""
+    config = agent_config(nso)
+    drive = driver(config)
+    params = {"new_ned_id": NEW, "devices": ["router-nc-1", "router-nc-2"], "dry_run": False}
+    first = {"id": 555, "job_id": 7, "name": "ned_migrate", "attempt": 1}
+    journal = Journal(config.journal_file)
+    journal.begin(first)
+    journal.update(
+        "ned_ids_read",
+        ned_ids_before={"router-nc-1": "router-nc-1.0", "router-nc-2": "router-nc-1.0"},
+    )
+    out, status = nso.cli(f"devices device router-nc-1 migrate new-ned-id {NEW}")
+    assert status == 0, out
+    done = drive.step("ned_migrate", params, step_id=555)["ned_migration"]
+    assert [(d["device"], d["state"], d["old_ned_id"]) for d in done["devices"]] == [
+        ("router-nc-1", "migrated", "router-nc-1.0"),
+        ("router-nc-2", "migrated", "router-nc-1.0"),
+    ]

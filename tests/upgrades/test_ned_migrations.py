@@ -295,3 +295,45 @@ def test_a_confirmed_migration_the_agent_asks_for_too_late_does_not_start(
     assert [s["state"] for s in shown["steps"]] == ["skipped"]
     fresh = run_job(live, nedded, migrate(live))  # the node is free again
     assert fresh["state"] == "succeeded"
+
+
+def dry_run_reporting(live, agent: Agent, result: dict[str, Any]) -> int:
+    """A dry-run whose agent reports ``result``: its job id."""
+    answer = migrate(live, devices=["r1"], device_groups=["edge"])
+    assert answer.status_code == 202, answer.text
+    step = agent.next()
+    assert step is not None
+    done = agent.report(step["id"], "succeeded", result=result)
+    assert done.status_code == 200, done.text
+    return int(answer.json()["id"])
+
+
+def test_a_confirmed_migration_carries_the_devices_its_dry_run_showed(live, nedded) -> None:
+    # The group edge resolved to r2 and r3 on the host: the dry-run shows r1, r2, r3.
+    shown = result_for({"params": {"devices": ["r1", "r2", "r3"]}}, True)
+    dry = dry_run_reporting(live, nedded, shown)
+    answer = migrate(live, devices=["r1"], device_groups=["edge"], dry_run=False, confirm=dry)
+    assert answer.status_code == 202, answer.text
+    step = nedded.next()
+    assert step is not None and step["params"]["dry_run"] is False
+    # The agent migrates nothing unless the group still resolves to what was shown.
+    assert step["params"]["expected_devices"] == ["r1", "r2", "r3"]
+
+
+@pytest.mark.parametrize(
+    "spoil",
+    [
+        lambda found: found.update(dry_run=False),
+        lambda found: found.update(devices=[]),
+        lambda found: found.update(devices_total=5),  # devices left out of the result
+    ],
+    ids=["not-a-dry-run", "no-devices", "devices-left-out"],
+)
+def test_only_a_whole_dry_run_result_can_be_confirmed(live, nedded, spoil) -> None:
+    result = result_for({"params": {"devices": ["r1", "r2"]}}, True)
+    spoil(result["ned_migration"])
+    dry = dry_run_reporting(live, nedded, result)
+    answer = migrate(live, devices=["r1"], device_groups=["edge"], dry_run=False, confirm=dry)
+    error = assert_error(answer, 409, "dry_run_required")
+    assert f"dry-run job {dry}" in error["message"]
+    assert nedded.next() is None  # nothing was started
