@@ -31,6 +31,7 @@ from repo_server.upgrades.step_payloads import node_context
 
 UPGRADE, ROLLBACK = "ha_package_upgrade", "ha_package_rollback"
 KINDS = (UPGRADE, ROLLBACK)
+SYNC_STEP = "ha_sync_packages"
 # The start of what a failed job says about each member: written once.
 MEMBERS_NOW = "What each member loads now:"
 
@@ -60,7 +61,7 @@ def _named(versions: dict[str, Optional[str]]) -> list[dict[str, Any]]:
 
 def sync_step(variant: str, targets: dict[str, Optional[str]], **params: Any) -> StepSpec:
     return ha_step(
-        "ha_sync_packages",
+        SYNC_STEP,
         f"{sync_command(variant)}: every member loads the primary's packages; read-only as "
         "before, also when it fails",
         sync=variant,
@@ -168,6 +169,30 @@ def _survey(job: Job, node_id: int) -> Optional[Step]:
         if s.node_id == node_id and s.seq > _planned(job) and s.name == "ha_verify_packages"
     ]
     return found[-1] if found else None
+
+
+def cancelled(job: Job, sync_ran: bool) -> str:
+    """What to check on the group of a cancelled job: with its sync handed out, the
+    primary's read-only mode too (NSO holds it read-only while it syncs, and leaves it
+    read-write when the sync fails); then the way back."""
+    roles = Roles.of(job)
+    primary = roles.names[roles.primary]
+    text = ""
+    if sync_ran:
+        was = read_only_before(job, roles.primary)
+        text = (
+            f"its sync ('{sync_command(str(job.options.get('sync')))}') was handed out on "
+            f"{primary} and may have run: NSO holds the primary read-only while it syncs and "
+            "leaves it read-write when the sync fails"
+            + (
+                f"; before the job it was read-only {str(was).lower()}: check it, and set it "
+                f"back with 'high-availability read-only mode {str(was).lower()}' on {primary}"
+                if was is not None
+                else "; check its read-only mode"
+            )
+            + ". "
+        )
+    return text + describe(job, read=False)
 
 
 def read_only_before(job: Job, primary: int) -> Optional[bool]:

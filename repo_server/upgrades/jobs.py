@@ -322,6 +322,10 @@ class JobService:
             )
         now = utcnow()
         changed = [s for s in job.steps if s.state == "succeeded" and s.name not in READ_ONLY_STEPS]
+        # A step handed out may have run, whole or in part, before its agent went away.
+        running = [
+            s for s in job.steps if s.state in STEP_HANDED_OUT and s.name not in READ_ONLY_STEPS
+        ]
         for step in job.steps:
             if step.state in STEP_HANDED_OUT:
                 transition(step, "failed")
@@ -330,18 +334,26 @@ class JobService:
         self._skip_pending(job)
         transition(job, "cancelled")
         job.finished_at = now
-        job.outcome = "needs_attention" if changed else "unchanged"
+        job.outcome = "needs_attention" if changed or running else "unchanged"
+        steps = sorted({f"{s.node.name} ({s.name})" for s in changed}) + sorted(
+            {f"{s.node.name} ({s.name}, handed out: it may have run)" for s in running}
+        )
+        grouped = job.kind == "ha_upgrade" or job.kind in ha_package_plan.KINDS
         what = (
-            "it had changed "
-            + ", ".join(sorted({f"{s.node.name} ({s.name})" for s in changed}))
+            ("it had changed " if changed else "it may have changed ")
+            + ", ".join(steps)
             + ": check those nodes before anything else (nso-repo node ls"
-            + (", nso-repo group ls" if job.kind == "ha_upgrade" else "")
+            + (", nso-repo group ls" if grouped else "")
             + ")"
-            if changed
+            if steps
             else "it had changed nothing on any node"
         )
-        if job.kind == "ha_upgrade" and changed:
+        if job.kind == "ha_upgrade" and steps:
             what += "; " + ha_state.describe(job)
+        elif job.kind in ha_package_plan.KINDS and steps:
+            what += "; " + ha_package_plan.cancelled(
+                job, any(s.name == ha_package_plan.SYNC_STEP for s in running)
+            )
         job.error = (
             f"{job.error + '; ' if job.error else ''}cancelled by {who.actor}: {reason}; {what}"
         )
@@ -802,8 +814,13 @@ class JobService:
             if job.kind in ha_package_plan.KINDS:
                 job.error = ha_package_plan.finished_error(job)
             if job.kind == "patch":
-                # The failed node put back what it had; another may have taken the patch.
-                took = any(s.state == "succeeded" for s in job.steps)
+                # A failed node puts back what it had, unless its report says `changed`: it
+                # could not (the files or NSO not as before). Another may have taken it.
+                took = any(
+                    s.state == "succeeded"
+                    or (s.state == "failed" and (s.result or {}).get("changed"))
+                    for s in job.steps
+                )
                 job.outcome = "needs_attention" if took else "unchanged"
         else:
             transition(job, "succeeded")

@@ -274,3 +274,40 @@ def test_the_cli_plans_and_starts_a_group_package_upgrade(live, pair, builds) ->
     assert started.returncode == 0, started.stderr
     job = live.session("viewer").get(f"{live.url}/api/v1/jobs/{started.stdout.strip()}").json()
     assert job["kind"] == "ha_package_upgrade"
+
+
+def test_a_job_cancelled_with_its_sync_handed_out_says_to_check_read_only(
+    live, pair, builds
+) -> None:
+    """The primary's agent took the sync and went away: the sync may have run, holding the
+    primary read-only or leaving it read-write; the cancelled job says so, with the mode it
+    had before and the command that sets it back."""
+    job = _start(live, builds["router"])
+    sync: Optional[dict[str, Any]] = None
+    for _ in range(30):
+        for node, agent in pair.items():
+            step = agent.next()
+            if step is None:
+                continue
+            if step["name"] == "ha_sync_packages":
+                sync = step
+                break
+            state, result, message = _healthy(node, step)
+            assert (
+                agent.report(step["id"], state, result=result, message=message).status_code == 200
+            )
+        if sync is not None:
+            break
+    assert sync is not None, "the sync was never handed out"
+    answer = live.session("operator").post(
+        f"{live.url}/api/v1/jobs/{job['id']}/cancel", json={"reason": "nso-a's agent host died"}
+    )
+    assert answer.status_code == 200, answer.text
+    ended = answer.json()
+    assert (ended["state"], ended["outcome"]) == ("cancelled", "needs_attention")
+    error = ended["error"]
+    assert "nso-a (ha_sync_packages, handed out: it may have run)" in error
+    assert "was handed out on nso-a and may have run" in error
+    assert "before the job it was read-only false" in error
+    assert "'high-availability read-only mode false' on nso-a" in error
+    assert f"'nso-repo job rollback {job['id']}'" in error
