@@ -504,16 +504,18 @@ class Nso:
             raise
         return ReloadResult(answers.reload_failures(text), text)
 
-    def packages_ha_sync(self, variant: str) -> ReloadResult:
+    def packages_ha_sync(self, variant: str, timeout: float = 3600) -> ReloadResult:
         """``packages ha sync and-reload { wait-commit-queue-empty }`` (``and-add``: only new
         packages) on the HA primary: NSO sends its packages to the secondaries and reloads
-        every member. Raises CliError with NSO's lines verbatim when it refuses or fails."""
+        every member. Raises CliError with NSO's lines verbatim when it refuses or fails;
+        CliLost (agent/nso_cli.py) when the CLI went away, or ``timeout`` seconds passed,
+        while it ran: NSO may still be syncing."""
         if variant not in HA_SYNC_VARIANTS:
             raise ValueError(f"packages ha sync {variant!r}: expected one of {HA_SYNC_VARIANTS}")
         # The guide pairs wait-commit-queue-empty with and-reload: queue items written for
         # the old schema would break the reload.
         wait = " { wait-commit-queue-empty }" if variant == "and-reload" else ""
-        text = self._cli.run(f"packages ha sync {variant}{wait}", timeout=3600)
+        text = self._cli.run(f"packages ha sync {variant}{wait}", timeout=timeout)
         return ReloadResult(answers.reload_failures(text), text)
 
     def running_config_fingerprint(self) -> Fingerprint:

@@ -1,6 +1,7 @@
 """The NSO CLI's transport: SSH (paramiko), one connection, one exec channel per command.
 
-Only ``agent/nso.py`` uses it, behind typed methods; nothing else builds CLI text.
+Only ``agent/nso.py`` uses it, behind typed methods; nothing else builds CLI text. A step
+may catch ``CliLost``: a command that went out and whose end nobody saw.
 """
 
 from __future__ import annotations
@@ -16,6 +17,12 @@ from agent.errors import CliError
 
 # Lines with which the NSO CLI refuses a command.
 _CLI_FAILURE = re.compile(r"^\s*(Error:|Aborted:|syntax error:|% Invalid|% Error)", re.MULTILINE)
+
+
+class CliLost(CliError):
+    """The CLI went away after the command went out (the connection dropped or timed out):
+    NSO may have run it, in part or whole, and may be running it still. Not a refusal: NSO
+    said nothing about how it ended. ``output`` is what arrived before the loss."""
 
 
 class NsoCli:
@@ -89,7 +96,8 @@ class NsoCli:
 
     def run(self, command: str, check: bool = True, timeout: float = 600) -> str:
         """Run one CLI command; its output. Raises CliError with NSO's lines verbatim when
-        the CLI refuses it (exit status or ``Error:``/``Aborted:`` lines)."""
+        the CLI refuses it (exit status or ``Error:``/``Aborted:`` lines), and CliLost
+        when the connection drops or times out after the command went out."""
         began = time.monotonic()
         try:
             return self._run(command, check, timeout)
@@ -119,10 +127,12 @@ class NsoCli:
             # Sent, then lost: it may have run, in part or whole. Never sent twice: a
             # `packages ha sync` or a reload run again would do it again.
             self.close()
-            raise CliError(
-                f"lost the NSO CLI at {self.config.cli_host}:{self.config.cli_port} while "
-                f"'{command}' ran (it may have taken effect): {exc or type(exc).__name__}"
-            ) from None
+            raise self._lost(command, str(exc) or type(exc).__name__) from None
+        if status == -1:
+            # paramiko's "no exit status": the connection closed before NSO said how the
+            # command ended (its reads just end), which is a loss, not a refusal.
+            self.close()
+            raise self._lost(command, "the connection closed before NSO ended it", out + err)
         text = (out + err).rstrip()
         self.log(f"ncs# {command}\n{text}".rstrip())
         if check and (status != 0 or _CLI_FAILURE.search(text)):
@@ -132,6 +142,13 @@ class NsoCli:
                 text,
             )
         return text
+
+    def _lost(self, command: str, why: str, output: str = "") -> CliLost:
+        return CliLost(
+            f"lost the NSO CLI at {self.config.cli_host}:{self.config.cli_port} while "
+            f"'{command}' ran (it may have taken effect): {why}",
+            output,
+        )
 
     def close(self) -> None:
         if self._client is not None:

@@ -24,6 +24,11 @@ FAULTS: dict[str, tuple[str, str]] = {
         "on a secondary: the reload `packages ha sync` asks of it fails, nothing loaded",
         "NSO's reason (text)",
     ),
+    "ha-sync-cli-lost": (
+        "on the primary: once `packages ha sync` holds the node read-only, the CLI's SSH "
+        "connection drops; the sync runs this much longer, then ends as it would have",
+        "nominal seconds (float)",
+    ),
 }
 
 

@@ -6,25 +6,32 @@ are the single-node steps (``packages.py``).
 NSO sets the primary read-only while ``packages ha sync`` runs and puts the previous mode
 back when it succeeds, but leaves the node read-WRITE when it fails (the guide, "package
 upgrade in an HA setup"): ``ha_sync_packages`` records the mode first and puts it back,
-confirmed, before it reports a failure.
+confirmed, before it reports a failure. It changes the mode only once NSO has ended the
+sync: never while NSO may still hold it read-only for the sync.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Optional
 
+from agent import packages as pkgs
 from agent import trust
 from agent.errors import AgentError, CliError, StepFailed
 from agent.nso import HA_SYNC_VARIANTS
+from agent.nso_cli import CliLost
 from agent.steps.context import StepContext
 from agent.steps.ha import _describe, check_role
 from agent.steps.package_links import EXTRA_DIR, restore_package_links
 
 NSO_SAID_MAX = 1200  # characters of NSO's output a failure message quotes (the end of it)
-# How long a rerun waits for a sync an earlier attempt sent to end, and how often it looks.
-SYNC_SETTLE_S = 600.0
-SYNC_POLL_S = 2.0
+# How long the sync may run, counted from when it was sent: the CLI's wait for its answer,
+# and the wait for one whose end the agent did not see (the CLI went away, the agent
+# restarted). One bound for both: a shorter wait would give up on a sync NSO still runs
+# and put read-only mode back under it. A step may carry another (``sync_timeout``).
+SYNC_TIMEOUT_S = 3600.0
+SYNC_POLL_S = 2.0  # how often that wait reads NSO, at most
 
 
 def _packages(ctx: StepContext) -> list[tuple[str, str]]:
@@ -52,12 +59,20 @@ def ha_package_check(ctx: StepContext) -> dict[str, Any]:
 def ha_sync_packages(ctx: StepContext) -> dict[str, Any]:
     """On the primary: ``packages ha sync and-reload { wait-commit-queue-empty }`` (or
     ``and-add``). ``restore_links`` (a job's way back): first the package links the backup
-    saved are put back, so the sync brings every member back to them."""
+    saved are put back, so the sync brings every member back to them. ``sync_timeout``:
+    how long the sync may run (SYNC_TIMEOUT_S).
+
+    When the agent does not see the sync end (the CLI went away while it ran, or the agent
+    restarted after sending it), it is never sent again: the step waits, within that same
+    bound, for NSO to end it, judges it by what this primary loads, and only then puts
+    read-only mode back. If NSO does not settle in time the outcome is unknown and the mode
+    is left as NSO holds it, and the step says so."""
     variant = ctx.params.get("sync")
     if variant not in HA_SYNC_VARIANTS:
         raise trust.refuse("sync", variant, "expected and-reload or and-add")
     targets = _packages(ctx)
     saved = trust.checked_path(ctx, "restore_links", EXTRA_DIR)
+    bound = trust.seconds(ctx.params.get("sync_timeout"), "sync_timeout", SYNC_TIMEOUT_S)
     # A restarted agent runs the step again with NSO's mode possibly changed by the first
     # attempt: the mode before is the one recorded then.
     before = ctx.journal.fact("read_only_before")
@@ -74,7 +89,9 @@ def ha_sync_packages(ctx: StepContext) -> dict[str, Any]:
     if ctx.journal.fact("sync_sent"):
         # An earlier attempt sent the sync and the agent lost track (restarted, or the CLI
         # went away): never send it twice. Wait for NSO to settle, then judge what it did.
-        failures, said = _earlier_sync(ctx, targets, before)
+        sync = Sync(str(variant), targets, before, bound, _earlier_deadline(ctx, bound))
+        ctx.progress(30, "an earlier attempt sent the sync: waiting for NSO to end it")
+        said = _lost_sync(ctx, sync, EARLIER)
     else:
         if saved is not None:
             ctx.progress(10, "putting back the package links saved at the backup")
@@ -82,49 +99,169 @@ def ha_sync_packages(ctx: StepContext) -> dict[str, Any]:
         ctx.progress(
             30, f"packages ha sync {variant} (read-only mode {str(before).lower()} before)"
         )
-        ctx.journal.update("sync_sent", sync_sent=True)
+        ctx.journal.update("sync_sent", sync_sent=True, sync_sent_at=time.time())
+        sync = Sync(str(variant), targets, before, bound, time.monotonic() + bound)
         try:
-            synced = ctx.nso.packages_ha_sync(str(variant))
-            failures, said = synced.failures, synced.output
+            synced = ctx.nso.packages_ha_sync(sync.variant, timeout=bound)
+            said = _nso_said(synced.output) if synced.failures else ""
+        except CliLost as exc:
+            # Not a refusal: NSO may still be syncing, holding the primary read-only.
+            ctx.progress(60, f"{exc}; waiting for NSO to end the sync")
+            said = _lost_sync(ctx, sync, f"{exc}. It was not sent again")
         except CliError as exc:
-            failures, said = [str(exc)], exc.output or str(exc)
-    if failures:
+            said = _nso_said(exc.output or str(exc))
+    if said:
         raise StepFailed(
-            f"packages ha sync {variant} failed; NSO said:\n{said.strip()[-NSO_SAID_MAX:]}\n"
+            f"packages ha sync {variant} failed; {said}\n"
             f"{_primary_loads(ctx, targets)}{_read_only_back(ctx, before)}. The job reads "
             "what each member loads now and says the way back "
-            f"('nso-repo job show {ctx.job_id}'); find the cause in NSO's words above and in "
-            "ncs.log on the members"
+            f"('nso-repo job show {ctx.job_id}'); find the cause in ncs.log on the members (and "
+            "in NSO's words above, when it answered)"
         )
-    # NSO puts the mode before back after a successful sync: confirmed, set if it did not.
-    return {"read_only_before": before, "read_only": ctx.nso.ensure_ha_read_only(before)}
+    return {"read_only_before": before, "read_only": _mode_after_success(ctx, sync)}
 
 
-def _earlier_sync(
-    ctx: StepContext, targets: list[tuple[str, str]], before: bool
-) -> tuple[list[str], str]:
-    """The outcome of a sync an earlier attempt sent: (failures, what to say). NSO holds the
-    primary read-only while it syncs; with read-only off before, a mode still on means the
-    sync still runs, so the step waits (SYNC_SETTLE_S at most) rather than turn it off
-    under NSO. Then the sync succeeded if this primary loads the job's packages, all up."""
-    ctx.progress(30, "an earlier attempt sent the sync: waiting for NSO to finish it")
-    deadline = time.monotonic() + SYNC_SETTLE_S
-    while not before and ctx.nso.ha_read_only_mode() and time.monotonic() < deadline:
-        time.sleep(SYNC_POLL_S)
+EARLIER = (
+    "An earlier attempt of this step sent 'packages ha sync' and lost track of it (the agent "
+    "restarted, or the CLI went away); it was not sent again"
+)
+
+
+@dataclass
+class Sync:
+    """A sync the step sent: what it should load, the read-only mode before it, and when
+    the wait for its end gives up (``bound`` seconds after it was sent)."""
+
+    variant: str
+    targets: list[tuple[str, str]]
+    before: bool
+    bound: float
+    deadline: float  # time.monotonic()
+
+
+def _earlier_deadline(ctx: StepContext, bound: float) -> float:
+    """The deadline of a sync an earlier attempt sent: ``bound`` after it was sent, as the
+    journal recorded it (a journal without the time: ``bound`` from now)."""
+    sent_at = ctx.journal.fact("sync_sent_at")
+    left = bound
+    if isinstance(sent_at, (int, float)) and not isinstance(sent_at, bool):
+        left = min(bound, max(0.0, sent_at + bound - time.time()))
+    return time.monotonic() + left
+
+
+def _nso_said(output: str) -> str:
+    return f"NSO said:\n{output.strip()[-NSO_SAID_MAX:]}"
+
+
+def _mode_after_success(ctx: StepContext, sync: Sync) -> bool:
+    """NSO puts the mode before back after a successful sync: confirmed, set if it did not
+    (it has ended the sync, so the mode is the step's to set)."""
+    try:
+        return ctx.nso.ensure_ha_read_only(sync.before)
+    except AgentError as exc:
+        word = str(sync.before).lower()
+        raise StepFailed(
+            f"packages ha sync {sync.variant} succeeded, but read-only mode could NOT be "
+            f"confirmed as {word}, as before the sync ({exc}): on this node check 'show "
+            "high-availability status read-only-mode' and set it with 'high-availability "
+            f"read-only mode {word}' ('nso-repo job show {ctx.job_id}' says what each member "
+            "loads; the sync is not to be sent again)"
+        ) from None
+
+
+def _lost_sync(ctx: StepContext, sync: Sync, how: str) -> str:
+    """A sync whose end the agent did not see: what went wrong (empty: it succeeded), once
+    NSO has ended it. Raises StepFailed, read-only untouched, when NSO has not by the
+    sync's deadline: the step must not turn read-only off under a sync, nor call it back
+    while NSO may still leave the primary read-write."""
+    expected, judged_by = _expected(ctx, sync.targets)
+    poll = min(SYNC_POLL_S, sync.bound / 10)
+    # A verdict counts once two looks in a row agree: the first may catch NSO between
+    # two of its own steps. Two looks at least, even past the deadline.
+    seen: Optional[list[str]] = None
+    looks = 0
+    while True:
+        looks += 1
+        try:
+            verdict = _verdict(ctx, expected, sync.before)
+            last = "NSO still holds this primary read-only, or it does not load them yet"
+        except AgentError as exc:  # NSO restarting, the CLI away: look again
+            verdict, last = None, f"NSO could not be read: {exc}"
+        if verdict is not None and verdict == seen:
+            break
+        seen = verdict
+        if looks >= 2 and time.monotonic() >= sync.deadline:
+            raise StepFailed(_unknown(ctx, sync, how, last))
+        time.sleep(poll)
+    if verdict:
+        return f"{how}. Once NSO had settled: {'; '.join(verdict)} ({judged_by})"
+    ctx.log(f"the sync succeeded: this primary loads {judged_by}, each up")
+    return ""
+
+
+def _verdict(ctx: StepContext, expected: dict[str, str], before: bool) -> Optional[list[str]]:
+    """What a sync NSO has ended did to this primary (what is wrong; empty: it succeeded),
+    or None while it may still run. NSO holds the primary read-only while it syncs, puts
+    the mode before back when it succeeds and leaves it read-write when it fails."""
+    held = ctx.nso.ha_read_only_mode()
+    if held and not before:
+        return None
     loaded = ctx.nso.package_states()
     missing = [
-        f"{name} {version}"
-        for name, version in targets
+        f"{name} {version} up (loaded: {_shown(loaded.get(name))})"
+        for name, version in sorted(expected.items())
         if loaded.get(name, (None, None)) != (version, "up")
     ]
-    if not missing:
-        return [], ""
-    said = (
-        "an earlier attempt of this step sent 'packages ha sync' and lost track of it (the "
-        "agent restarted, or the CLI went away); it was not sent again. This primary does "
-        f"not load {', '.join(missing)} up"
+    if held and missing:
+        return None  # read-only as before: a sync still running looks the same
+    wrong = [f"this primary does not load {', '.join(missing)}"] if missing else []
+    if not expected:
+        wrong.append("there is nothing to judge the sync by, so it is not taken as succeeded")
+    if before and not held:
+        wrong.append("NSO left this primary read-write, as it does when the sync fails")
+    return wrong
+
+
+def _shown(state: Optional[tuple[Optional[str], Optional[str]]]) -> str:
+    if state is None:
+        return "none"
+    return f"{state[0] or '(no version)'}, {state[1] or 'no oper-status'}"
+
+
+def _expected(ctx: StepContext, targets: list[tuple[str, str]]) -> tuple[dict[str, str], str]:
+    """What this primary loads, each up, when the sync succeeded, and how the step knows:
+    the step's packages, else (a rollback's sync names none) those in the load path."""
+    if targets:
+        return dict(targets), "the step's packages"
+    load_dir = ctx.paths.load_dir
+    try:
+        entries = sorted(load_dir.iterdir())
+    except OSError:
+        entries = []
+    found = dict(pkgs.package_identity(entry) for entry in entries)
+    found = {name: version for name, version in found.items() if version}
+    where = ctx.paths.host_path(load_dir)
+    return found, f"judged by the packages in {where}, as the step names none"
+
+
+def _unknown(ctx: StepContext, sync: Sync, how: str, last: str) -> str:
+    """The failure when NSO did not end the sync in time: read-only is not touched."""
+    word = str(sync.before).lower()
+    try:
+        now = f"it is {str(ctx.nso.ha_read_only_mode()).lower()} now"
+    except AgentError as exc:
+        now = f"it could not be read ({exc})"
+    return (
+        f"packages ha sync {sync.variant}: the outcome is UNKNOWN. {how}. The agent waited "
+        f"until the sync's bound ({sync.bound:.0f} s after it was sent) and NSO did not "
+        f"settle ({last}). Read-only mode was NOT touched: {now}, it was {word} before the "
+        "sync; NSO holds the primary read-only while it syncs, puts the mode back when it "
+        "succeeds and leaves the node read-write when it fails. On this primary check ncs.log, "
+        "'show packages' and 'show high-availability status read-only-mode'; once NSO has "
+        "ended the sync, set the mode back with 'high-availability read-only mode "
+        f"{word}'. 'nso-repo job show {ctx.job_id}' says what each member loads and the "
+        "way back"
     )
-    return [said], said
 
 
 def _read_only_back(ctx: StepContext, before: bool) -> str:

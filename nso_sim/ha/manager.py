@@ -24,7 +24,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from nso_sim import encrypted_strings, faults, ncsconf, packages
 from nso_sim.cdb import Op
@@ -670,7 +670,14 @@ class HaManager:
                     link.send({"type": "ping"})
 
     # ----- packages ha sync -----
-    def sync_packages(self, add_only: bool, wait_queue: bool) -> SyncReport:
+    def sync_packages(
+        self,
+        add_only: bool,
+        wait_queue: bool,
+        while_held: Callable[[], None] = lambda: None,
+    ) -> SyncReport:
+        """``while_held`` runs once the primary is held read-only, before the packages go
+        out: where the CLI's faults strike mid-sync."""
         if self.mode != "primary":
             return SyncReport(False, errors=["Error: packages ha sync must run on the HA primary"])
         if wait_queue:
@@ -691,6 +698,7 @@ class HaManager:
         self.d.read_only = True
         report = SyncReport(False, started=True)
         try:
+            while_held()
             self.d.check_commit_queue()
             old = {(i.name, i.version) for i in self.d.package_infos(only_up=False)}
             found, _doomed = self.d.plan_reload(force=False)

@@ -12,6 +12,7 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from nso_sim import cdb, faults, packages
 from nso_sim.ha.manager import HaManager
@@ -43,6 +44,9 @@ class CliSession:
         self.via = via
         self.mode = "oper"
         self.pending: list[cdb.Op] = []
+        # Drops the connection the session came over (set by the SSH server): fault
+        # ha-sync-cli-lost.
+        self.hang_up: Callable[[], None] = lambda: None
 
     def prompt(self) -> str:
         return f"{self.user}@ncs(config)# " if self.mode == "config" else f"{self.user}@ncs# "
@@ -423,9 +427,21 @@ class CliSession:
             report = self.ha.sync_packages(
                 add_only=opts[0] == "and-add",
                 wait_queue="wait-commit-queue-empty" in opts,
+                while_held=self._sync_cli_lost,
             )
             return Result(_lines(*sync_lines(report)), ok=report.ok)
         raise CliError("syntax error: unknown packages command")
+
+    def _sync_cli_lost(self) -> None:
+        """SIMULATOR behaviour, fault ha-sync-cli-lost: the CLI's connection drops while the
+        sync holds the primary read-only, and the sync goes on without it (the session's
+        output goes nowhere), so a client sees a loss, never NSO's verdict."""
+        held = faults.fire(self.d.layout, "ha-sync-cli-lost")
+        if held is None:
+            return
+        self.d.log("INFO", "CLI connection dropped in packages ha sync (fault ha-sync-cli-lost)")
+        self.hang_up()
+        time.sleep(self.d.config.scaled(float(held)))
 
     def _wait_open_transactions(self, nominal: float) -> bool:
         deadline = time.monotonic() + self.d.config.scaled(nominal)

@@ -148,6 +148,8 @@ class SshServer:
             chan.close()
             return
         session = CliSession(self.d, self.ha, server.user, peer, "ssh")
+        transport = chan.get_transport()
+        session.hang_up = transport.close
         try:
             if st.exec_command is not None:
                 self._exec(chan, session, st.exec_command)

@@ -88,6 +88,7 @@ def test_sync_check_and_verify_on_a_pair(make_cluster, artifacts, driver) -> Non
             params={
                 "sync": "and-reload",
                 "packages": [{"name": "l3vpn", "version": expected_service}],
+                "sync_timeout": 10,  # the wait for the sync's end, scaled down
             },
         )
         journal.begin(rerun)

@@ -1,0 +1,209 @@
+"""``ha_sync_packages`` when the agent does not see the sync end: the CLI went away while it
+ran (simulator fault ``ha-sync-cli-lost``: the connection drops while NSO holds the primary
+read-only, and the sync goes on), or the agent restarted after sending it. The step waits,
+within the sync's own bound (``sync_timeout``, scaled down here), for NSO to end it, and
+never changes read-only mode while NSO may still hold it; what it cannot settle it calls
+unknown, with the mode left alone."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from typing import Any, Union
+
+from agent.errors import StepFailed
+from agent.journal import Journal
+from agent.steps.context import StepContext
+from agent.steps.registry import run_step
+from tests.support.sim_hosts import TIME_SCALE, sim
+
+from .conftest import agent_config
+from .test_ha_package_steps import NEW_SERVICE, read_only
+
+HOLD = 300.0  # nominal seconds the sync goes on after the CLI drops (3 s in the tests)
+HELD_S = HOLD * TIME_SCALE
+SYNC = "packages ha sync and-reload { wait-commit-queue-empty }"
+SET_MODE = "ncs# high-availability read-only mode"  # how the step's log shows it set the mode
+
+
+def _pair(make_cluster, artifacts):
+    """A primary and its secondary, l3vpn 1.1 installed on the primary (1.0 loaded)."""
+    primary, secondary = make_cluster("6.2")
+    secondary.wait_for("show high-availability status mode", "secondary")
+    shutil.copy(artifacts.service("6.2", "1.1"), primary.path("/opt/ncs/packages"))
+    assert primary.cli("software packages install package l3vpn-1.1 replace-existing")[1] == 0
+    return primary, secondary
+
+
+def _fault(host, name: str, *value: str) -> None:
+    sim("fault", "set", "--root", str(host.root), name, *value, "--once")
+
+
+def _sync(config, params: dict[str, Any], **facts: Any) -> tuple[StepContext, Any]:
+    """Run ha_sync_packages as the runner would, with ``facts`` in its journal (what an
+    earlier attempt recorded); the step's context (its log) and its result or StepFailed."""
+    step = {
+        "id": 910,
+        "job_id": 7,
+        "attempt": 1,
+        "name": "ha_sync_packages",
+        "params": {"sync": "and-reload", "packages": NEW_SERVICE, **params},
+        "context": {},
+        "job": {"id": 7, "kind": "ha_package_upgrade"},
+    }
+    journal = Journal(config.journal_file)
+    journal.begin(step)
+    if facts:
+        journal.update("earlier attempt", **facts)
+    ctx = StepContext(config, step, journal)
+    outcome: Union[dict[str, Any], StepFailed]
+    try:
+        outcome = run_step(ctx)
+    except StepFailed as exc:
+        outcome = exc
+    journal.clear()
+    return ctx, outcome
+
+
+def _step_log(ctx: StepContext) -> str:
+    return "\n".join(ctx.lines)
+
+
+def _until_nso_ended(began: float, held: float = HELD_S) -> None:
+    """Past the end of a sync the simulator holds ``held`` seconds from ``began``."""
+    time.sleep(max(0.0, began + held + 1.5 - time.monotonic()))
+
+
+def _version(host, package: str) -> str:
+    return host.cli(f"show packages package {package} package-version")[0].strip()
+
+
+def test_cli_lost_during_a_sync_that_succeeds(make_cluster, artifacts) -> None:
+    primary, secondary = _pair(make_cluster, artifacts)
+    _fault(primary, "ha-sync-cli-lost", str(HOLD))
+    began = time.monotonic()
+
+    ctx, outcome = _sync(agent_config(primary), {"sync_timeout": 60})
+
+    # A lost connection is no refusal: the step waited for NSO, which synced both members.
+    assert outcome == {"read_only_before": False, "read_only": False}, outcome
+    assert time.monotonic() - began >= HELD_S
+    log = _step_log(ctx)
+    assert "lost the NSO CLI" in log and "waiting for NSO to end the sync" in log
+    assert SET_MODE not in log  # never turned read-only off under NSO: NSO put it back
+    assert not read_only(primary)
+    assert _version(primary, "l3vpn") == _version(secondary, "l3vpn") == "package-version 1.1"
+
+
+def test_cli_lost_during_a_sync_that_fails_with_read_only_before(make_cluster, artifacts) -> None:
+    primary, secondary = _pair(make_cluster, artifacts)
+    primary.cli("high-availability read-only mode true")
+    _fault(secondary, "ha-sync-reload-fails")
+    _fault(primary, "ha-sync-cli-lost", str(HOLD))
+    began = time.monotonic()
+
+    _, outcome = _sync(agent_config(primary), {"sync_timeout": 60})
+
+    assert isinstance(outcome, StepFailed), outcome
+    message = str(outcome)
+    assert "lost the NSO CLI" in message and "It was not sent again" in message
+    assert "this primary does not load l3vpn 1.1 up (loaded: 1.0, up)" in message
+    assert "NSO left this primary read-write, as it does when the sync fails" in message
+    assert "Read-only mode is back to true, as before the sync (confirmed" in message
+    # Said once NSO had ended the sync: it stays so (NSO does not turn it off afterwards).
+    _until_nso_ended(began)
+    assert read_only(primary)
+    assert _version(primary, "l3vpn") == "package-version 1.0"
+
+
+def test_a_sync_past_its_bound_is_unknown_and_read_only_is_left_alone(
+    make_cluster, artifacts
+) -> None:
+    primary, secondary = _pair(make_cluster, artifacts)
+    held = 2 * HOLD  # 6 s, past the step's 2 s bound
+    _fault(primary, "ha-sync-cli-lost", str(held))
+    began = time.monotonic()
+
+    ctx, outcome = _sync(agent_config(primary), {"sync_timeout": 2})
+
+    assert isinstance(outcome, StepFailed), outcome
+    message = str(outcome)
+    assert "packages ha sync and-reload: the outcome is UNKNOWN. lost the NSO CLI" in message
+    assert "the sync's bound (2 s after it was sent)" in message
+    assert "Read-only mode was NOT touched: it is true now, it was false before" in message
+    assert "set the mode back with 'high-availability read-only mode false'" in message
+    assert SET_MODE not in _step_log(ctx)
+    assert read_only(primary)  # NSO still holds it: the sync goes on
+    # NSO ends the sync on its own and puts the mode back itself.
+    _until_nso_ended(began, held * TIME_SCALE)
+    assert not read_only(primary)
+    assert _version(primary, "l3vpn") == _version(secondary, "l3vpn") == "package-version 1.1"
+
+
+def test_a_rerun_with_read_only_before_waits_for_the_sync_to_end(make_cluster, artifacts) -> None:
+    primary, secondary = _pair(make_cluster, artifacts)
+    primary.cli("high-availability read-only mode true")
+    _fault(secondary, "ha-sync-reload-fails")
+    # The first attempt sent the sync, then the agent restarted: the sync runs on in NSO.
+    _fault(primary, "ha-sync-cli-lost", str(HOLD))
+    began, sent_at = time.monotonic(), time.time()
+    assert primary.cli(SYNC, primary.ssh()) == ("", -1)
+
+    _, outcome = _sync(
+        agent_config(primary),
+        {"sync_timeout": 60},
+        read_only_before=True,
+        sync_sent=True,
+        sync_sent_at=sent_at,
+    )
+
+    assert isinstance(outcome, StepFailed), outcome
+    message = str(outcome)
+    assert "lost track of it" in message and "it was not sent again" in message
+    assert "NSO left this primary read-write" in message
+    assert "Read-only mode is back to true" in message
+    assert time.monotonic() - began >= HELD_S
+    _until_nso_ended(began)
+    assert read_only(primary)
+
+
+def test_a_rollback_sync_naming_no_packages_is_judged_by_the_load_path(
+    make_cluster, artifacts
+) -> None:
+    """A rollback's sync step names no packages: the step judges it by the primary's load
+    path (what the sync must make every member load), not by an empty list."""
+    primary, secondary = _pair(make_cluster, artifacts)
+    _fault(secondary, "ha-sync-reload-fails")
+    out, status = primary.cli(SYNC)
+    assert status == 1, out
+    rollback = {"packages": [], "sync_timeout": 5}
+    earlier = {"read_only_before": False, "sync_sent": True, "sync_sent_at": time.time()}
+
+    _, failed = _sync(agent_config(primary), rollback, **earlier)
+
+    assert isinstance(failed, StepFailed), failed
+    message = str(failed)
+    assert "this primary does not load l3vpn 1.1 up (loaded: 1.0, up)" in message
+    assert "judged by the packages in /var/opt/ncs/packages, as the step names none" in message
+    assert "Read-only mode is back to false" in message
+
+    assert primary.cli(SYNC)[1] == 0
+    _, synced = _sync(agent_config(primary), rollback, **earlier)
+    assert synced == {"read_only_before": False, "read_only": False}
+
+
+def test_nso_unreadable_while_waiting_is_unknown_not_a_crash(make_cluster, artifacts) -> None:
+    """NSO cannot be read during the wait (here: the CLI refuses the agent's login): the step
+    keeps looking until the bound, then says the outcome is unknown."""
+    primary, _ = _pair(make_cluster, artifacts)
+    config = agent_config(primary, cli_password="not-the-password")
+
+    _, outcome = _sync(
+        config, {"sync_timeout": 2}, read_only_before=False, sync_sent=True, sync_sent_at=0
+    )
+
+    assert isinstance(outcome, StepFailed), outcome
+    message = str(outcome)
+    assert "the outcome is UNKNOWN. An earlier attempt of this step sent" in message
+    assert "NSO could not be read: NSO CLI at" in message
+    assert "Read-only mode was NOT touched: it could not be read" in message
