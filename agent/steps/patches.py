@@ -4,8 +4,11 @@ them out again. Both work on the running release only, and only on what NSO itse
 runs: the server's word on the version is checked, never trusted.
 
 Each step ends in the same state when run again: a file that already holds the bundle's
-bytes is not written, and ``load-modules`` runs only when something changed or NSO does not
-list the modules as the step wants them. Either way NSO's own listing confirms the end.
+bytes is not written, and ``load-modules`` runs only when the step changes a file (judged
+against what the folder held before its first attempt, saved with NSO's listing then) or
+NSO does not list the modules as the step wants them. Either way NSO's own listing confirms
+the end. An apply that fails after its first write puts the files back and checks NSO's
+listing against the one saved; its failure says ``changed`` unless the node is as it was.
 """
 
 from __future__ import annotations
@@ -13,11 +16,13 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 from agent import patch_bundle, trust
-from agent.errors import StepFailed
+from agent.errors import AgentError, StepFailed
 from agent.fsutil import fsync_dir, write_atomic
 from agent.nso import STARTED
 from agent.steps.context import StepContext
@@ -105,20 +110,27 @@ class _Patch:
         row = loaded.get(module)
         return row is not None and row.patch_id in (None, self.id)
 
-    def load(self, what: str) -> dict[str, patch_bundle.LoadedPatch]:
-        """``load-modules``; StepFailed with NSO's reasons when one of this patch's modules
-        failed (another module's failure is logged: it is not this step's)."""
+    def load(
+        self, what: str, modules: Optional[list[str]] = None
+    ) -> dict[str, patch_bundle.LoadedPatch]:
+        """``load-modules``; StepFailed with NSO's reasons when one of ``modules`` (default:
+        this patch's) failed. Another module's failure is logged: it is not this step's."""
         ctx = self.ctx
-        failures = ctx.nso.load_patch_modules()
-        ours = {m: why for m, why in failures.items() if m in self.modules}
-        for module in sorted(set(failures) - set(ours)):
-            ctx.log(f"NSO could not load {module}, which is not this patch's: {failures[module]}")
+        ours = self.own_failures(ctx.nso.load_patch_modules(), modules or self.modules)
         if ours:
             raise StepFailed(
                 f"NSO did not load {what}: "
                 + "; ".join(f"{m}: {why}" for m, why in sorted(ours.items()))
             )
         return ctx.nso.loaded_patches()
+
+    def own_failures(self, failures: dict[str, str], modules: list[str]) -> dict[str, str]:
+        """The load-modules failures of ``modules``; the others are logged and left out."""
+        for module in sorted(set(failures) - set(modules)):
+            self.ctx.log(
+                f"NSO could not load {module}, which this step does not change: {failures[module]}"
+            )
+        return {m: why for m, why in failures.items() if m in modules}
 
 
 def _existing(folder: Path, module: str) -> Optional[bytes]:
@@ -140,43 +152,37 @@ def apply_patch(ctx: StepContext) -> dict[str, Any]:
     folder = patch.check_release()
     beams = patch.bundle()
     before = _before_apply(ctx, folder, patch.modules)
-    written = [m for m in patch.modules if _existing(folder, m) != beams[m]]
-    for module in written:
-        # A temp file beside it, fsynced, renamed over it: NSO never reads half a module.
-        dest = folder / f"{module}.beam"
-        write_atomic(
-            dest, beams[module], mode=0o644, like=dest if before[module] is not None else None
-        )
-        ctx.log(f"wrote {ctx.paths.host_path(dest)} ({len(beams[module])} bytes)")
-    # NSO's listing is asked first only when no file changed: then it alone says whether
-    # NSO runs the patch already.
-    loaded = {} if written else ctx.nso.loaded_patches()
-    changed = bool(written) or not all(patch.listed(loaded, m) for m in patch.modules)
-    if changed:
-        try:
+    # Decided from what the folder held and NSO listed before the first attempt, not from
+    # the folder now: after a crash it holds that attempt's bytes, which NSO may not have
+    # loaded yet (or loaded, without the report getting out).
+    touched = [m for m in patch.modules if before.files[m] != beams[m]]
+    changed = bool(touched) or not all(patch.listed(before.listed or {}, m) for m in patch.modules)
+    ran_load = False
+    # From the first write on, any failure (NSO's answer, a lost CLI session, the disk)
+    # ends in _undo_apply: the node goes back as it was, or the report says it did not.
+    try:
+        for module in touched:
+            dest = folder / f"{module}.beam"
+            if _existing(folder, module) == beams[module]:
+                continue  # an earlier attempt of this step wrote it
+            # A temp file beside it, fsynced, renamed over it: NSO never reads half a module.
+            like = dest if before.files[module] is not None else None
+            write_atomic(dest, beams[module], mode=0o644, like=like)
+            ctx.log(f"wrote {ctx.paths.host_path(dest)} ({len(beams[module])} bytes)")
+        if changed:
+            ran_load = True
             loaded = patch.load(f"patch {patch.id}")
-        except StepFailed as exc:
-            # Every module this step may have written goes back, also one an earlier attempt
-            # wrote before the agent restarted (its bytes before are the ones saved then).
-            changed_back = [m for m in patch.modules if _existing(folder, m) != before[m]]
-            reloaded = _put_back(ctx, folder, {m: before[m] for m in changed_back})
+        else:
+            ctx.log(f"every module of patch {patch.id} is there and loaded already: nothing to do")
+            loaded = ctx.nso.loaded_patches()
+        missing = [m for m in patch.modules if not patch.listed(loaded, m)]
+        if missing:
             raise StepFailed(
-                f"{exc}; the files it replaced were put back"
-                + (
-                    " and loaded"
-                    if reloaded
-                    else ", but NSO did not load them all again (see the log): "
-                    "'ncs-state patches load-modules' on the host, or restart NSO"
-                )
-            ) from None
-    else:
-        ctx.log(f"every module of patch {patch.id} is there and loaded already: nothing to do")
-    missing = [m for m in patch.modules if not patch.listed(loaded, m)]
-    if missing:
-        raise StepFailed(
-            f"after load-modules NSO does not list {', '.join(missing)} with patch {patch.id} "
-            "('show ncs-state patches'): check ncs.log on the host"
-        )
+                f"after load-modules NSO does not list {', '.join(missing)} with patch "
+                f"{patch.id} ('show ncs-state patches'): check ncs.log on the host"
+            )
+    except Exception as exc:
+        raise _undo_apply(ctx, patch, folder, before, beams, touched, ran_load, exc) from exc
     shutil.rmtree(_undo_dir(ctx), ignore_errors=True)
     return {"modules": patch.modules, "changed": changed}
 
@@ -192,63 +198,228 @@ def remove_patch(ctx: StepContext) -> dict[str, Any]:
         ctx.log(f"{module}.beam holds another build than patch {patch.id}'s: left alone")
     ours = [m for m in patch.modules if m not in kept]
     removed = [m for m in ours if before[m] is not None]
-    for module in removed:
-        os.unlink(folder / f"{module}.beam")
-        ctx.log(f"removed {ctx.paths.host_path(folder / f'{module}.beam')}")
-    if removed:
-        fsync_dir(folder)
-    loaded = {} if removed else ctx.nso.loaded_patches()
-    changed = bool(removed) or any(patch.listed(loaded, m) for m in ours)
-    if changed:
-        loaded = patch.load(f"the patches folder after removing patch {patch.id}")
-    still = [m for m in ours if patch.listed(loaded, m)]
-    if still:
-        raise StepFailed(
-            f"NSO still lists {', '.join(still)} of patch {patch.id} after load-modules "
-            "('show ncs-state patches'): a restart of NSO unloads them; check ncs.log"
-        )
+    gone: list[str] = []
+    ran_load = False
+    try:
+        for module in removed:
+            os.unlink(folder / f"{module}.beam")
+            gone.append(module)
+            ctx.log(f"removed {ctx.paths.host_path(folder / f'{module}.beam')}")
+        if removed:
+            fsync_dir(folder)
+        loaded = {} if removed else ctx.nso.loaded_patches()
+        changed = bool(removed) or any(patch.listed(loaded, m) for m in ours)
+        if changed:
+            ran_load = True
+            loaded = patch.load(f"the patches folder after removing patch {patch.id}", ours)
+        still = [m for m in ours if patch.listed(loaded, m)]
+        if still:
+            raise StepFailed(
+                f"NSO still lists {', '.join(still)} of patch {patch.id} after load-modules "
+                "('show ncs-state patches'): a restart of NSO unloads them; check ncs.log"
+            )
+    except Exception as exc:
+        raise _removal_failed(ctx, patch, gone, ran_load, exc) from exc
     return {"modules": ours, "kept": kept, "changed": changed}
+
+
+def _removal_failed(
+    ctx: StepContext, patch: _Patch, gone: list[str], ran_load: bool, exc: Exception
+) -> StepFailed:
+    """The StepFailed for a removal that failed; ``changed`` once a file was taken out or
+    NSO was asked to load the folder again: the server must not call the node unchanged."""
+    reason = _reason(ctx, exc)
+    if not gone and not ran_load:
+        return StepFailed(reason, result={"changed": False})
+    files = ", ".join(f"{m}.beam" for m in gone) or "none of its files"
+    return StepFailed(
+        f"{reason}; the removal had taken {files} out of the patches folder"
+        + (" and run load-modules" if ran_load else "")
+        + f", so NSO may run patch {patch.id} in part: check 'show ncs-state patches' and "
+        "ncs.log on the host, then roll the removal out again (or the patch, to have it back)",
+        result={"changed": True},
+    )
+
+
+def _reason(ctx: StepContext, exc: BaseException) -> str:
+    """What went wrong, for the report: the agent's own errors say it themselves; anything
+    else (a disk error, a bug) is named by its type, its traceback kept in the step's log."""
+    if isinstance(exc, AgentError):
+        return str(exc)
+    ctx.log("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+    return f"nso-agent error: {type(exc).__name__}: {exc}"
 
 
 def _undo_dir(ctx: StepContext) -> Path:
     return ctx.config.state_path / "patch-undo" / f"job-{ctx.job_id}-step-{int(ctx.step['id'])}"
 
 
-def _before_apply(ctx: StepContext, folder: Path, modules: list[str]) -> dict[str, Optional[bytes]]:
-    """What each module's file held before this step first wrote any: read now on the first
-    attempt and saved under the agent's state folder (journaled) before a byte is written;
-    read from there on a later attempt, when the folder may hold what the first one wrote."""
+@dataclass
+class _Before:
+    """An apply's undo state, saved before its first attempt wrote a byte: what each
+    module's file held (None: no file) and the rows NSO listed of the modules (None when
+    an older nso-agent saved no listing)."""
+
+    files: dict[str, Optional[bytes]]
+    listed: Optional[dict[str, patch_bundle.LoadedPatch]]
+
+
+def _before_apply(ctx: StepContext, folder: Path, modules: list[str]) -> _Before:
+    """The folder's files and NSO's listing before this step first wrote any: read now on
+    the first attempt and saved under the agent's state folder (journaled) before a byte is
+    written; read from there on a later attempt, when the folder may hold what the first one
+    wrote and NSO may run it."""
     saved = _undo_dir(ctx)
     if ctx.journal.fact("patch_undo_saved"):
-        return {
+        files = {
             m: (saved / f"{m}.beam").read_bytes() if (saved / f"{m}.beam").exists() else None
             for m in modules
         }
-    before = {m: _existing(folder, m) for m in modules}
+        rows = ctx.journal.fact("patch_listed_before")
+        listed = (
+            {m: patch_bundle.LoadedPatch(m, *row) for m, row in rows.items()}
+            if isinstance(rows, dict)
+            else None
+        )
+        return _Before(files, listed)
+    files = {m: _existing(folder, m) for m in modules}
+    shown = ctx.nso.loaded_patches()
+    listed = {m: shown[m] for m in modules if m in shown}
     if saved.exists():
         shutil.rmtree(saved)  # a save the journal never recorded: incomplete, made again
     saved.mkdir(parents=True, mode=0o700)
-    for module, data in before.items():
+    for module, data in files.items():
         if data is not None:
             write_atomic(saved / f"{module}.beam", data, mode=0o600)
     fsync_dir(saved)
-    ctx.journal.update("patch_undo_saved", patch_undo_saved=True)
-    return before
+    rows = {m: [row.version, row.patch_id] for m, row in listed.items()}
+    ctx.journal.update("patch_undo_saved", patch_undo_saved=True, patch_listed_before=rows)
+    return _Before(files, listed)
 
 
-def _put_back(ctx: StepContext, folder: Path, before: dict[str, Optional[bytes]]) -> bool:
-    """Undo a failed apply: each written module's previous bytes back (or the file gone),
-    then load-modules again, so NSO runs what it ran before. False when NSO did not load
-    them all again."""
-    for module, data in before.items():
+def _undo_apply(
+    ctx: StepContext,
+    patch: _Patch,
+    folder: Path,
+    before: _Before,
+    beams: dict[str, bytes],
+    touched: list[str],
+    ran_load: bool,
+    exc: Exception,
+) -> StepFailed:
+    """After ``exc``, put the node back as it was before the step: the files from before
+    back, load-modules again when one went back, then NSO's listing compared with the one
+    saved before. The StepFailed to raise says ``exc`` and
+    where the node stands; ``changed`` is false only when the node is verifiably back."""
+    reason = _reason(ctx, exc)
+    if not touched and not ran_load:
+        # No attempt of this step had a file to write or had NSO load: nothing to undo.
+        shutil.rmtree(_undo_dir(ctx), ignore_errors=True)
+        return StepFailed(f"{reason}; nothing was changed", result={"changed": False})
+    restored, problems = _restore_files(ctx, folder, before.files)
+    if restored:
+        problems += _load_again(ctx, patch)
+    files_back, files = _folder_now(folder, patch, before.files, beams)
+    try:
+        shown: Optional[dict[str, patch_bundle.LoadedPatch]] = ctx.nso.loaded_patches()
+    except Exception as listing_exc:
+        problems.append(f"NSO's listing could not be read: {_reason(ctx, listing_exc)}")
+        shown = None
+    now = None if shown is None else {m: shown[m] for m in patch.modules if m in shown}
+    if not problems and files_back and before.listed is not None and now == before.listed:
+        shutil.rmtree(_undo_dir(ctx), ignore_errors=True)
+        done = (
+            "the files it replaced were put back and loaded" if restored else "nothing to put back"
+        )
+        return StepFailed(
+            f"{reason}; {done}: the node is as it was before the step (NSO lists "
+            f"{_listing(now, patch.modules)})",
+            result={"changed": False},
+        )
+    if before.listed is None:
+        problems.append("no listing from before the step to compare with (an older nso-agent)")
+    return StepFailed(
+        f"{reason}; "
+        + "".join(f"{p}; " for p in problems)
+        + f"the node is not as it was before the step: the patches folder holds {files}; NSO "
+        f"lists {_listing(now, patch.modules)} (before the step: "
+        f"{_listing(before.listed, patch.modules)}). Put the folder back as it was (the files "
+        f"from before, if any, are kept in {_undo_dir(ctx)}), run 'ncs-state patches "
+        "load-modules' on the host or restart NSO, and check ncs.log",
+        result={"changed": True},
+    )
+
+
+def _restore_files(
+    ctx: StepContext, folder: Path, files: dict[str, Optional[bytes]]
+) -> tuple[list[str], list[str]]:
+    """Each module's file back as it was (or gone); also one an earlier attempt wrote before
+    the agent restarted. (modules put back, what could not be); one failing does not stop
+    the others."""
+    restored: list[str] = []
+    problems: list[str] = []
+    for module, data in files.items():
         dest = folder / f"{module}.beam"
-        if data is None:
-            with contextlib.suppress(FileNotFoundError):
+        try:
+            if _existing(folder, module) == data:
+                continue
+            if data is None:
                 os.unlink(dest)
+            else:
+                write_atomic(dest, data, mode=0o644, like=dest)
+        except Exception as exc:
+            problems.append(f"{dest.name} could not be put back: {_reason(ctx, exc)}")
+            continue
+        restored.append(module)
+        ctx.log(f"put back {ctx.paths.host_path(dest)} as it was before the step")
+    if restored:
+        fsync_dir(folder)
+    return restored, problems
+
+
+def _load_again(ctx: StepContext, patch: _Patch) -> list[str]:
+    """load-modules after the put-back; what went wrong with this patch's modules (another
+    module's failure is logged: it failed before the step too)."""
+    try:
+        failures = patch.own_failures(ctx.nso.load_patch_modules(), patch.modules)
+    except Exception as exc:
+        return [f"load-modules after putting the files back failed: {_reason(ctx, exc)}"]
+    return [f"load-modules after putting the files back: {m}: {why}" for m, why in failures.items()]
+
+
+def _folder_now(
+    folder: Path, patch: _Patch, files: dict[str, Optional[bytes]], beams: dict[str, bytes]
+) -> tuple[bool, str]:
+    """Whether each module's file is as it was before the step, and the folder in words."""
+    back, said = True, []
+    for module in patch.modules:
+        name = f"{module}.beam"
+        try:
+            now = _existing(folder, module)
+        except (StepFailed, OSError):
+            back = False
+            said.append(f"{name} (not a regular file, or unreadable)")
+            continue
+        if now == files[module]:
+            said.append(f"no {name}, as before" if now is None else f"{name} as before")
+            continue
+        back = False
+        if now is None:
+            said.append(f"no {name} (there was one before)")
+        elif now == beams[module]:
+            said.append(f"{name} of patch {patch.id}")
         else:
-            write_atomic(dest, data, like=dest)
-    fsync_dir(folder)
-    failures = ctx.nso.load_patch_modules()
-    if failures:
-        ctx.log("load-modules after putting the files back: " + "; ".join(failures.values()))
-    return not failures
+            said.append(f"{name} with bytes neither from before nor of patch {patch.id}")
+    return back, ", ".join(said)
+
+
+def _listing(rows: Optional[dict[str, patch_bundle.LoadedPatch]], modules: list[str]) -> str:
+    """NSO's rows of ``modules`` in words, as 'show ncs-state patches' prints them."""
+    if rows is None:
+        return "unknown"
+    if not rows:
+        return f"none of {', '.join(modules)}"
+    return ", ".join(
+        " ".join(c for c in (m, rows[m].version, rows[m].patch_id) if c) if m in rows else f"no {m}"
+        for m in modules
+    )

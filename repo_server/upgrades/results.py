@@ -288,7 +288,8 @@ STEP_RESULTS: dict[str, dict[str, Key]] = {
 }
 
 # What a failed report may carry, whatever the step (docs/agent-protocol.md). `changed`:
-# the step changed the node before it failed (a NED migration that moved some devices).
+# the step changed the node before it failed (a NED migration that moved some devices, a
+# patch whose files could not all be put back).
 FAILURE: dict[str, Key] = {"nso_running": FLAG, "version": VERSION, "changed": FLAG}
 
 

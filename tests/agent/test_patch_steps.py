@@ -261,9 +261,10 @@ def test_a_rerun_after_a_crash_still_puts_back_what_the_first_attempt_replaced(
     journal = Journal(drive.config.journal_file)
     journal.begin(step)
     first = StepContext(drive.config, step, journal, drive.downloader)
-    assert patches._before_apply(first, host.path(PATCHES), ["ncs_a"]) == {
+    assert patches._before_apply(first, host.path(PATCHES), ["ncs_a"]).files == {
         "ncs_a": before["ncs_a.beam"]
     }
+    first.close()
     with tarfile.open(renamed) as tar:
         member = tar.extractfile("ncs_a.beam")
         assert member is not None
@@ -275,3 +276,249 @@ def test_a_rerun_after_a_crash_still_puts_back_what_the_first_attempt_replaced(
     assert "built for NSO 6.1, running 6.2" in str(failed.value)
     assert {k: v[1] for k, v in folder_state(host).items()} == before
     assert "CSCfix1" in listed(host)
+
+
+# -- failures after the first write: the node goes back, or the report says it did not ------
+
+
+def beam(folder: Path, vsn: str, patch_id: str, module: str) -> bytes:
+    """``module``'s .beam as ``nso-sim make-patch`` builds it for release ``vsn``."""
+    out = folder / f"beams-{vsn}-{patch_id}-{module}"
+    sim("make-patch", vsn, patch_id, "--module", module, "--beam-only", "--out", str(out))
+    return (out / f"{module}.beam").read_bytes()
+
+
+def rebuilt(data: bytes) -> bytes:
+    """The same module of the same patch compiled again: another compile time in the
+    simulator's NSOs chunk (as long as the first, so the container stays well formed)."""
+    assert data.count(b"2024-01-21T10:00:00") == 1
+    return data.replace(b"2024-01-21T10:00:00", b"2024-02-22T11:00:00")
+
+
+def unreadable(data: bytes, module: str) -> bytes:
+    """``module``'s .beam with a blank in its module atom (``ncs_b`` -> ``ncs b``): when NSO
+    refuses it, load-modules answers a line the agent cannot read (CliError)."""
+    atom = bytes([len(module)]) + module.encode()
+    assert data.count(atom) == 1
+    return data.replace(atom, atom.replace(b"_", b" "))
+
+
+def bundle_of(folder: Path, vsn: str, patch_id: str, beams: dict[str, bytes]) -> Path:
+    """nso-<vsn>-patch-<patch_id>.tar.gz holding ``beams`` as given: the catalog and the
+    agent check the name and the BEAM header, not what the module says inside."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"nso-{vsn}-patch-{patch_id}.tar.gz"
+    with tarfile.open(path, "w:gz") as tar:
+        for module, data in beams.items():
+            info = tarfile.TarInfo(f"{module}.beam")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def files(host: SimHost) -> dict[str, bytes]:
+    return {k: v[1] for k, v in folder_state(host).items()}
+
+
+def undo_saves(drive: Any) -> list[str]:
+    """The undo folders the agent keeps under its state folder."""
+    saved = drive.config.state_path / "patch-undo"
+    return sorted(os.listdir(saved)) if saved.exists() else []
+
+
+def test_a_beam_of_another_patch_is_taken_out_again(
+    make_host, file_server, driver, tmp_path
+) -> None:
+    """The bundle's name says CSCfix2, its .beam is CSCfix1's: NSO loads it and lists it
+    under CSCfix1. The step fails, the file goes out again, and the report says unchanged."""
+    host = make_host("6.2", [])
+    drive = driver(config_for(host), file_server)
+    before = files(host)
+    mislabelled = bundle_of(
+        tmp_path / "mislabelled",
+        "6.2",
+        "CSCfix2",
+        {"ncs_a": beam(tmp_path, "6.2", "CSCfix1", "ncs_a")},
+    )
+    with pytest.raises(StepFailed, match="does not list ncs_a with patch CSCfix2") as failed:
+        drive.step("apply_patch", params(file_server, mislabelled, "6.2", "CSCfix2", "ncs_a"))
+    assert "put back and loaded: the node is as it was" in str(failed.value)
+    assert failed.value.result == {"changed": False}
+    assert files(host) == before
+    assert "% No entries found." in listed(host)
+    assert undo_saves(drive) == []
+
+
+def test_an_answer_the_agent_cannot_read_after_nso_loaded_still_puts_back(
+    make_host, file_server, driver, tmp_path
+) -> None:
+    """NSO loads ncs_a, then load-modules answers a line the agent cannot read (a CliError,
+    not a StepFailed): the files still go out and NSO unloads what it loaded."""
+    host = make_host("6.2", [])
+    drive = driver(config_for(host), file_server)
+    before = files(host)
+    bundle = bundle_of(
+        tmp_path / "odd",
+        "6.2",
+        "CSCfix2",
+        {
+            "ncs_a": beam(tmp_path, "6.2", "CSCfix2", "ncs_a"),
+            "ncs_b": unreadable(beam(tmp_path, "6.1", "CSCfix2", "ncs_b"), "ncs_b"),
+        },
+    )
+    with pytest.raises(StepFailed, match="did not say result ok") as failed:
+        drive.step("apply_patch", params(file_server, bundle, "6.2", "CSCfix2", "ncs_a", "ncs_b"))
+    assert "put back and loaded: the node is as it was" in str(failed.value)
+    assert failed.value.result == {"changed": False}
+    assert files(host) == before
+    assert "% No entries found." in listed(host)
+
+
+def test_a_put_back_that_fails_says_both_errors_and_that_the_node_changed(
+    make_host, file_server, driver, tmp_path
+) -> None:
+    """The folder held a module NSO refuses (left there by hand). The step fails, and the
+    load-modules after the put-back fails too: the report keeps the first reason, adds the
+    second, says where the folder and NSO stand, and says changed."""
+    host = make_host("6.2", [])
+    leftover = unreadable(beam(tmp_path, "6.1", "CSCold", "ncs_a"), "ncs_a")
+    (host.path(PATCHES) / "ncs_a.beam").write_bytes(leftover)
+    drive = driver(config_for(host), file_server)
+    before = files(host)
+    mislabelled = bundle_of(
+        tmp_path / "mislabelled",
+        "6.2",
+        "CSCfix2",
+        {"ncs_a": beam(tmp_path, "6.2", "CSCfix1", "ncs_a")},
+    )
+    with pytest.raises(StepFailed, match="does not list ncs_a with patch CSCfix2") as failed:
+        drive.step("apply_patch", params(file_server, mislabelled, "6.2", "CSCfix2", "ncs_a"))
+    message = str(failed.value)
+    assert "load-modules after putting the files back failed" in message
+    assert "did not say result ok" in message
+    assert "the patches folder holds ncs_a.beam as before" in message
+    assert "NSO lists ncs_a 6.2 CSCfix1 (before the step: none of ncs_a)" in message
+    assert failed.value.result == {"changed": True}
+    assert files(host) == before
+    # The files from before stay where the message says, for the operator.
+    [saved] = undo_saves(drive)
+    assert saved in message
+    assert (drive.config.state_path / "patch-undo" / saved / "ncs_a.beam").read_bytes() == leftover
+
+
+def test_the_put_back_is_checked_against_what_nso_listed_before(
+    make_host, file_server, driver, tmp_path
+) -> None:
+    """NSO ran CSCfix1's ncs_a while the folder held another build nobody had loaded. The
+    files go back as they were, but NSO now runs that other build: not as before."""
+    host = make_host("6.2", [])
+    drive = driver(config_for(host), file_server)
+    good = make_bundle(tmp_path, "6.2", "CSCfix1", "ncs_a")
+    drive.step("apply_patch", params(file_server, good, "6.2", "CSCfix1", "ncs_a"))
+    (host.path(PATCHES) / "ncs_a.beam").write_bytes(beam(tmp_path, "6.2", "CSCfix0", "ncs_a"))
+    before = files(host)
+    wrong = bundle_of(
+        tmp_path / "wrong", "6.2", "CSCfix2", {"ncs_a": beam(tmp_path, "6.1", "CSCfix2", "ncs_a")}
+    )
+    with pytest.raises(StepFailed, match=re.escape("built for NSO 6.1, running 6.2")) as failed:
+        drive.step("apply_patch", params(file_server, wrong, "6.2", "CSCfix2", "ncs_a"))
+    message = str(failed.value)
+    assert "the node is not as it was before the step" in message
+    assert "NSO lists ncs_a 6.2 CSCfix0 (before the step: ncs_a 6.2 CSCfix1)" in message
+    assert failed.value.result == {"changed": True}
+    assert files(host) == before
+
+
+def test_another_patch_module_nso_refuses_does_not_spoil_the_put_back(
+    make_host, file_server, driver, tmp_path
+) -> None:
+    """A module of another patch in the folder fails at every load-modules: the put-back
+    of this patch's files is judged on this patch's modules alone."""
+    host = make_host("6.2", [])
+    (host.path(PATCHES) / "ncs_z.beam").write_bytes(beam(tmp_path, "6.1", "CSCold", "ncs_z"))
+    drive = driver(config_for(host), file_server)
+    before = files(host)
+    wrong = bundle_of(
+        tmp_path / "wrong", "6.2", "CSCfix2", {"ncs_a": beam(tmp_path, "6.1", "CSCfix2", "ncs_a")}
+    )
+    with pytest.raises(StepFailed, match=re.escape("ncs_a: built for NSO 6.1")) as failed:
+        drive.step("apply_patch", params(file_server, wrong, "6.2", "CSCfix2", "ncs_a"))
+    assert "put back and loaded: the node is as it was" in str(failed.value)
+    assert failed.value.result == {"changed": False}
+    assert files(host) == before
+
+
+def _crash_after_write(
+    drive: Any, host: SimHost, step: dict, step_id: int, beams: dict[str, bytes], load: bool
+) -> None:
+    """The first attempt of step ``step_id`` up to a crash: the undo state saved, the new
+    bytes written, and with ``load`` NSO told to load them (the report never went out)."""
+    entry = {"id": step_id, "job_id": 7, "attempt": 1, "name": "apply_patch", "params": step}
+    journal = Journal(drive.config.journal_file)
+    journal.begin(entry)
+    first = StepContext(drive.config, entry, journal, drive.downloader)
+    patches._before_apply(first, host.path(PATCHES), list(beams))
+    first.close()
+    for module, data in beams.items():
+        (host.path(PATCHES) / f"{module}.beam").write_bytes(data)
+    if load:
+        host.cli("ncs-state patches load-modules")
+
+
+@pytest.mark.parametrize("loaded", [False, True], ids=["before-load-modules", "after-it"])
+def test_a_rerun_after_a_crash_loads_the_new_build_and_says_changed(
+    make_host, file_server, driver, tmp_path, loaded
+) -> None:
+    """A rebuild of CSCfix1 (same patch id, NSO lists it alike) replaces the running build.
+    The agent dies after writing it (before or after load-modules): the rerun finds the
+    folder as it wants it and must still have NSO load it, and say it changed the node."""
+    host = make_host("6.2", [])
+    drive = driver(config_for(host), file_server)
+    old = make_bundle(tmp_path, "6.2", "CSCfix1", "ncs_a")
+    drive.step("apply_patch", params(file_server, old, "6.2", "CSCfix1", "ncs_a"))
+    assert "2024-01-21T10:00:00" in listed(host)
+    new = {"ncs_a": rebuilt((host.path(PATCHES) / "ncs_a.beam").read_bytes())}
+    step = params(
+        file_server, bundle_of(tmp_path / "new", "6.2", "CSCfix1", new), "6.2", "CSCfix1", "ncs_a"
+    )
+
+    _crash_after_write(drive, host, step, 556, new, load=loaded)
+    assert drive.step("apply_patch", step, step_id=556) == {"modules": ["ncs_a"], "changed": True}
+    assert "2024-02-22T11:00:00" in listed(host)
+    assert files(host)["ncs_a.beam"] == new["ncs_a"]
+    assert undo_saves(drive) == []
+
+
+def test_remove_leaves_a_failure_of_a_module_it_keeps_alone(
+    make_host, file_server, driver, tmp_path
+) -> None:
+    """ncs_b's file is another build (a later patch) that NSO refuses: the removal keeps
+    it, so its failure at load-modules is not the removal's."""
+    host = make_host("6.2", [])
+    drive = driver(config_for(host), file_server)
+    bundle = make_bundle(tmp_path, "6.2", "CSCfix1", "ncs_a", "ncs_b")
+    step = params(file_server, bundle, "6.2", "CSCfix1", "ncs_a", "ncs_b")
+    drive.step("apply_patch", step)
+    (host.path(PATCHES) / "ncs_b.beam").write_bytes(beam(tmp_path, "6.1", "CSCfix3", "ncs_b"))
+    removed = drive.step("remove_patch", step)
+    assert removed == {"modules": ["ncs_a"], "kept": ["ncs_b"], "changed": True}
+    assert sorted(files(host)) == [".keep", "ncs_b.beam"]
+    assert "ncs_a" not in listed(host)
+
+
+def test_a_removal_that_fails_after_taking_files_out_says_changed(
+    make_host, file_server, driver, tmp_path
+) -> None:
+    host = make_host("6.2", [])
+    drive = driver(config_for(host), file_server)
+    bundle = make_bundle(tmp_path, "6.2", "CSCfix1", "ncs_a")
+    step = params(file_server, bundle, "6.2", "CSCfix1", "ncs_a")
+    drive.step("apply_patch", step)
+    # Another module whose failure NSO reports in a line the agent cannot read.
+    odd = unreadable(beam(tmp_path, "6.1", "CSCold", "ncs_z"), "ncs_z")
+    (host.path(PATCHES) / "ncs_z.beam").write_bytes(odd)
+    with pytest.raises(StepFailed, match="did not say result ok") as failed:
+        drive.step("remove_patch", step)
+    assert "taken ncs_a.beam out of the patches folder" in str(failed.value)
+    assert failed.value.result == {"changed": True}
+    assert sorted(files(host)) == [".keep", "ncs_z.beam"]

@@ -252,6 +252,28 @@ def test_a_failed_secondary_skips_the_primary_and_changes_nothing_else(live, bun
     assert "pair-n2" in job["error"]
 
 
+@pytest.mark.parametrize("action", ["apply", "remove"])
+@pytest.mark.parametrize("changed", [True, False])
+def test_a_failed_step_that_says_it_changed_the_node_needs_attention(
+    live, bundle, action, changed
+) -> None:
+    """The agent's failed report says whether it left the node as it was (``changed``
+    false: the files put back, NSO's listing as before) or not: only then is the job
+    "unchanged"."""
+    agent = node_on(live, "edge-x", "6.2")
+    started = rollout(live, nodes=["edge-x"], action=action).json()
+    step = agent.next()
+    assert step is not None and step["name"] == f"{action}_patch"
+    failed = agent.report(
+        step["id"], "failed", message="NSO did not load patch CSCfix1", result={"changed": changed}
+    )
+    assert failed.status_code == 200, failed.text
+    job = get(live, f"/jobs/{started['nodes'][0]['job_id']}")
+    assert job["steps"][0]["result"] == {"changed": changed}
+    outcome = "needs_attention" if changed else "unchanged"
+    assert (job["state"], job["outcome"]) == ("failed", outcome)
+
+
 def _counts(live) -> tuple[int, int]:
     return len(get(live, "/patch-rollouts")), len(get(live, "/jobs"))
 
