@@ -148,8 +148,8 @@ def _node_line(node: dict[str, Any]) -> str:
 
 
 def dropped_line(patches: list[dict[str, Any]]) -> Optional[str]:
-    """What a plan's ``drops_patches`` says, for `node plan` and `group plan`: None when
-    the move leaves no patch behind."""
+    """What a plan's ``drops_patches`` says, for `node plan`, `group plan` and `rollout
+    plan`: None when the move leaves no patch behind."""
     if not patches:
         return None
     named = ", ".join(f"{p['module']} ({p.get('patch_id') or 'patch id unknown'})" for p in patches)

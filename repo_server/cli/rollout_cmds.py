@@ -8,6 +8,7 @@ from typing import Any, Optional
 import click
 
 from repo_server.cli.common import client_options, fail, handle_errors, make_client, print_json
+from repo_server.cli.patch_cmds import dropped_line
 
 SELECT_KINDS = {"node": "nodes", "group": "groups", "label": "labels", "version": "versions"}
 FINISHED = ("succeeded", "incomplete", "cancelled")
@@ -143,6 +144,11 @@ def rollout_plan(**kw: Any) -> None:
     click.echo(f"NSO {planned['release']}: {len(planned['targets'])} targets ({counts})")
     for target in planned["targets"]:
         click.echo(_target_line(target))
+        dropped = target.get("drops_patches") or []
+        for node in dict.fromkeys(str(p.get("node")) for p in dropped):
+            line = dropped_line([p for p in dropped if p.get("node") == node])
+            if line:
+                click.echo(f"    {node}: {line}")
 
 
 @rollout.command("create")

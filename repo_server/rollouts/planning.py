@@ -128,6 +128,8 @@ class PlannedTarget:
     state: str = "pending"  # pending | refused | succeeded (runs the release already)
     reason: Optional[str] = None
     reasons: list[str] = field(default_factory=list)
+    # The loaded patches the move to the release leaves behind: {node, module, patch_id}.
+    drops_patches: list[dict[str, Optional[str]]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -138,6 +140,7 @@ class PlannedTarget:
             "state": self.state,
             "reason": self.reason,
             "reasons": self.reasons,
+            "drops_patches": self.drops_patches,
         }
 
 
@@ -386,6 +389,7 @@ def _preflight(
                 continue
             verdict = preflight.check(node, release, releases, upgrade_options)
             reasons = [f"{r.message} ({r.remedy})" for r in verdict.reasons]
+            target.drops_patches = [{"node": node.name, **p} for p in verdict.drops_patches]
         else:
             group_plan = plan_group(
                 cast(HaGroup, target.group),  # _targets sets it on every group target
@@ -401,6 +405,9 @@ def _preflight(
                 target.state, target.reason = "succeeded", f"runs {release.nso_version} already"
                 continue
             reasons = [r for r in group_plan.reasons() if "job_active" not in r]
+            target.drops_patches = [
+                {"node": v.node, **p} for v in group_plan.verdicts for p in v.drops_patches
+            ]
         reasons = [r for r in reasons if "is still running on" not in r]
         if reasons:
             target.state = "refused"

@@ -157,6 +157,13 @@ class PlannedTargetSchema(Schema):
     state = fields.String(metadata={"enum": ["pending", "refused", "succeeded"]})
     reason = fields.String(allow_none=True)
     reasons = fields.List(fields.String())
+    drops_patches = fields.List(
+        fields.Dict(),
+        metadata={
+            "description": "The loaded patches the move to the release leaves behind, by "
+            "their nodes' last heartbeats: {node, module, patch_id}"
+        },
+    )
 
 
 class FleetRolloutPlanSchema(Schema):

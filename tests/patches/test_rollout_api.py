@@ -455,6 +455,21 @@ def test_a_plan_to_another_release_says_which_patches_it_drops(live, tmp_path: P
     shown = nso_repo(live, "viewer", "node", "plan", "edge-p", "--to", "6.2")
     assert shown.returncode == 0, shown.stderr
     assert "drops patches: ncs_fix (CSCfix1), ncs_old (patch id unknown)" in shown.stdout
+    # A fleet rollout's plan says it too, for each target that would move.
+    planned = live.session("viewer").post(
+        f"{live.url}/api/v1/rollouts/plan", json={"release": "6.2", "select": {"nodes": ["edge-p"]}}
+    )
+    assert planned.status_code == 200, planned.text
+    [target] = planned.json()["targets"]
+    assert target["drops_patches"] == [
+        {"node": "edge-p", "module": "ncs_fix", "patch_id": "CSCfix1"},
+        {"node": "edge-p", "module": "ncs_old", "patch_id": None},
+    ]
+    shown = nso_repo(
+        live, "viewer", "rollout", "plan", "--release", "6.2", "--select", "node:edge-p"
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "edge-p: drops patches: ncs_fix (CSCfix1)" in shown.stdout
     # A heartbeat's patch entries are checked like the rest of the inventory.
     facts["patches"][0]["loaded"] = "yes"
     refused = agent.heartbeat(facts)
