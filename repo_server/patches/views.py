@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import jsonify
+from flask import Response, g, jsonify, request
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
 from repo_server.auth.roles import roles_for
+from repo_server.auth.service import audit_refusal
 from repo_server.catalog.schemas import BEARER
 from repo_server.context import db_session, principal, require, state
+from repo_server.errors import AppError, Forbidden, ValidationFailed
 from repo_server.patches.rollouts import PatchRollouts
 from repo_server.patches.schemas import (
     RolloutArgs,
@@ -46,15 +48,51 @@ class Rollouts(MethodView):
         an unknown bundle, node or group; 409 release_mismatch, node_busy, no_heartbeat,
         no_targets, inventory_stale; nothing is created when refused. all_affected leaves out
         (and lists) nodes whose inventory is stale and HA groups not all on the release."""
-        started = rollouts().start(
-            body["patch"],
-            principal(),
-            action=body["action"],
-            nodes=body["nodes"],
-            groups=body["groups"],
-            all_affected=body["all_affected"],
-        )
+        try:
+            started = rollouts().start(
+                body["patch"],
+                principal(),
+                action=body["action"],
+                nodes=body["nodes"],
+                groups=body["groups"],
+                all_affected=body["all_affected"],
+            )
+        except AppError:
+            g.refusal_audited = True  # the service audits every refusal it makes
+            raise
         return started, 201, {"Location": started["url"]}
+
+
+@blp.after_request
+def audit_refused_trigger(response: Response) -> Response:
+    """A trigger refused before the service saw it is audited too, with who sent it: a role
+    that may not start rollouts (403), a body the schema refuses (422). An emergency change
+    that was refused is part of the incident's story (PatchRollouts.start audits the rest).
+    Without a token there is no one to name: failed authentication is counted elsewhere."""
+    if (
+        request.method != "POST"
+        or request.endpoint != "patches.Rollouts"
+        or response.status_code not in (403, 422)
+        or g.get("refusal_audited")
+        or not g.get("actor")
+    ):
+        return response
+    body = request.get_json(silent=True)
+    body = body if isinstance(body, dict) else {}
+    error = (response.get_json(silent=True) or {}).get("error") or {}
+    refused = (Forbidden if response.status_code == 403 else ValidationFailed)(
+        str(error.get("message") or "refused")
+    )
+    patch = body.get("patch")
+    audit_refusal(
+        db_session(),
+        str(g.actor),
+        "patch.rollout_refused",
+        f"patch:{patch[:255]}" if isinstance(patch, str) else "patch:?",
+        refused,
+        fields=sorted(str(k)[:64] for k in body)[:20],
+    )
+    return response
 
 
 @blp.route("/patch-rollouts/<int:rollout_id>")

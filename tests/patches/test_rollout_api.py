@@ -329,16 +329,26 @@ def test_each_refusal_says_why_and_creates_nothing(live, bundle, tmp_path: Path)
     assert_error(rollout(live, all_affected=True), 409, "node_busy")
     assert _counts(live) == before
 
-    # Refused triggers are audited too, with who asked and why (a viewer's 403 never
-    # reaches the service: the role check refuses it and audits nothing of a rollout).
+    # Refused triggers are audited too, with who asked and why, each once: those the
+    # service refuses, and those refused before it (a viewer's role, a body the schema
+    # refuses: an unknown action).
     refused = live.session("admin").get(
         f"{live.url}/api/v1/audit", params={"action": "patch.rollout_refused", "limit": 100}
     )
     assert refused.status_code == 200, refused.text
-    codes = sorted(e["details"]["code"] for e in refused.json())
+    events = refused.json()
+    codes = sorted(e["details"]["code"] for e in events)
     assert codes.count("node_busy") == 2 and "release_mismatch" in codes, codes
     assert {"no_heartbeat", "no_targets", "not_found", "validation_failed"} <= set(codes)
-    assert all(e["actor"].startswith("operator:") for e in refused.json()), refused.json()
+    [viewer] = [e for e in events if e["actor"].startswith("viewer:")]
+    assert viewer["details"]["code"] == "forbidden" and viewer["target"] == f"patch:{BUNDLE}"
+    [schema] = [e for e in events if "action" in e["details"].get("fields", [])]
+    assert schema["details"]["code"] == "validation_failed" and schema["actor"].startswith(
+        "operator:"
+    )
+    others = [e for e in events if e is not viewer]
+    assert all(e["actor"].startswith("operator:") for e in others), others
+    assert len(events) == 13, codes
 
 
 def _report_aged(app_state, *names: str, minutes: int = 10) -> None:
