@@ -271,15 +271,27 @@ def node_upgrade(
         watch_job(client, job["id"])
 
 
-@node.command("upgrade-packages")
-@click.argument("name")
-@click.option("--package", "packages", multiple=True, help="Package file (repeat).")
-@click.option(
+# The packages a package upgrade (of a node or of an HA group) installs and removes.
+package_files = click.option("--package", "packages", multiple=True, help="Package file (repeat).")
+package_removals = click.option(
     "--remove",
     "removals",
     multiple=True,
     help="Name of a loaded package to deinstall (repeat): the old NED after a migration.",
 )
+
+
+def package_change(packages: tuple[str, ...], removals: tuple[str, ...]) -> dict[str, Any]:
+    """The request's ``packages`` (file names) and ``remove``; at least one is named."""
+    if not packages and not removals:
+        raise click.UsageError("name packages to install (--package) or remove (--remove)")
+    return {"packages": [Path(p).name for p in packages], "remove": list(removals)}
+
+
+@node.command("upgrade-packages")
+@click.argument("name")
+@package_files
+@package_removals
 @click.option("--allow-data-loss", is_flag=True, help="Reload with force if NSO would delete data.")
 @click.option("--watch", is_flag=True, help="Follow the job until it ends.")
 @client_options
@@ -295,17 +307,12 @@ def node_upgrade_packages(
 ) -> None:
     """Replace, add or remove packages on NAME (built for the release it runs); prints the
     job id."""
-    if not packages and not removals:
-        raise click.UsageError("name packages to install (--package) or remove (--remove)")
+    change = package_change(packages, removals)
     client = make_client(url, token)
     created = client.call(
         "POST",
         f"/api/v1/nodes/{name}/package-upgrade",
-        json={
-            "packages": [Path(p).name for p in packages],
-            "remove": list(removals),
-            "allow_data_loss": allow_data_loss,
-        },
+        json={**change, "allow_data_loss": allow_data_loss},
     )
     click.echo(created["id"])
     if watch:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Optional
 
 import click
 
 from repo_server.cli.common import client_options, handle_errors, make_client, print_json
-from repo_server.cli.fleet_cmds import watch_job
+from repo_server.cli.fleet_cmds import package_change, package_files, package_removals, watch_job
 from repo_server.cli.patch_cmds import dropped_line
 
 POLICY = click.Choice(["safe", "available"])
@@ -217,25 +216,30 @@ def group_upgrade(
 
 @group.command("package-plan")
 @click.argument("name")
-@click.option("--package", "packages", multiple=True, required=True, help="Package file (repeat).")
+@package_files
+@package_removals
 @click.option("--json", "as_json", is_flag=True)
 @client_options
 @handle_errors
 def group_package_plan(
-    name: str, packages: tuple[str, ...], as_json: bool, url: Optional[str], token: Optional[str]
+    name: str,
+    packages: tuple[str, ...],
+    removals: tuple[str, ...],
+    as_json: bool,
+    url: Optional[str],
+    token: Optional[str],
 ) -> None:
     """Show every step on every member of upgrading packages on group NAME (packages ha
     sync on its primary); exits 1 when it would be refused."""
     plan = make_client(url, token).call(
-        "GET",
-        f"/api/v1/groups/{name}/package-plan",
-        params={"packages": [Path(p).name for p in packages]},
+        "GET", f"/api/v1/groups/{name}/package-plan", params=package_change(packages, removals)
     )
     if as_json:
         print_json(plan)
         return
+    change = [*plan["packages"], *(f"remove {n}" for n in plan.get("remove") or [])]
     click.echo(
-        f"group {plan['group']}: {', '.join(plan['packages'])} with packages ha sync "
+        f"group {plan['group']}: {', '.join(change)} with packages ha sync "
         f"{plan['sync']}: " + ("may proceed" if plan["ok"] else "REFUSED")
     )
     _print_refusals(plan)
@@ -244,21 +248,25 @@ def group_package_plan(
 
 @group.command("package-upgrade")
 @click.argument("name")
-@click.option("--package", "packages", multiple=True, required=True, help="Package file (repeat).")
+@package_files
+@package_removals
 @click.option("--watch", is_flag=True, help="Follow the job until it ends.")
 @client_options
 @handle_errors
 def group_package_upgrade(
-    name: str, packages: tuple[str, ...], watch: bool, url: Optional[str], token: Optional[str]
+    name: str,
+    packages: tuple[str, ...],
+    removals: tuple[str, ...],
+    watch: bool,
+    url: Optional[str],
+    token: Optional[str],
 ) -> None:
-    """Replace or add packages on every member of group NAME (built for the release it
-    runs); prints the job id. A failed job says the way back ('nso-repo job rollback ID')."""
+    """Replace, add or remove packages on every member of group NAME (built for the release
+    it runs); prints the job id. A failed job says the way back ('nso-repo job rollback
+    ID')."""
+    change = package_change(packages, removals)
     client = make_client(url, token)
-    created = client.call(
-        "POST",
-        f"/api/v1/groups/{name}/package-upgrade",
-        json={"packages": [Path(p).name for p in packages]},
-    )
+    created = client.call("POST", f"/api/v1/groups/{name}/package-upgrade", json=change)
     click.echo(created["id"])
     if watch:
         watch_job(client, created["id"])

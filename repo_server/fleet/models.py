@@ -11,10 +11,10 @@ from sqlalchemy.orm import Mapped, mapped_column
 from repo_server.auth.models import ACTOR_MAX
 from repo_server.db import Base, utcnow
 
-# A node's agent token is named AGENT_TOKEN_NAME.format(node name), and what the agent does
+# A node's agent token is named AGENT_NAME_FORMAT.format(node name), and what the agent does
 # is audited as "agent:<token name>": the longest node name whose actor fits.
-AGENT_TOKEN_NAME = "node:{}"
-NODE_NAME_MAX = ACTOR_MAX - len("agent:" + AGENT_TOKEN_NAME.format(""))
+AGENT_NAME_FORMAT = "node:{}"
+NODE_NAME_MAX = ACTOR_MAX - len("agent:" + AGENT_NAME_FORMAT.format(""))
 
 
 class Node(Base):

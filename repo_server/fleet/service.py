@@ -28,7 +28,7 @@ from repo_server.errors import (
     Unauthenticated,
     ValidationFailed,
 )
-from repo_server.fleet.models import AGENT_TOKEN_NAME, NODE_NAME_MAX, EnrollmentToken, Node
+from repo_server.fleet.models import AGENT_NAME_FORMAT, NODE_NAME_MAX, EnrollmentToken, Node
 from repo_server.pages import Page, paginate
 from repo_server.upgrades.results import printable, printable_tree
 
@@ -225,7 +225,7 @@ def enroll(
     node_secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
     session.add(
         ApiToken(
-            name=AGENT_TOKEN_NAME.format(node.name),
+            name=AGENT_NAME_FORMAT.format(node.name),
             role="agent",
             token_hash=hash_token(node_secret),
             created_by="enrollment",

@@ -38,6 +38,7 @@ from repo_server.upgrades.step_payloads import node_context
 @dataclass
 class GroupPackagePlan(GroupPlan):
     packages: list[str] = field(default_factory=list)
+    remove: list[str] = field(default_factory=list)  # deinstalled in the same reload
     sync: str = ""
     before: dict[str, str] = field(default_factory=dict)  # what the primary loads now
     after: dict[str, str] = field(default_factory=dict)  # what every member loads after
@@ -46,7 +47,7 @@ class GroupPackagePlan(GroupPlan):
         shown = super().as_dict()
         for key in ("to", "write_policy", "marks"):  # an NSO upgrade's, not this change's
             del shown[key]
-        return {**shown, "packages": self.packages, "sync": self.sync}
+        return {**shown, "packages": self.packages, "remove": self.remove, "sync": self.sync}
 
 
 def _versions(node: Node) -> dict[str, str]:
@@ -77,7 +78,11 @@ class GroupPackageUpgrades:
         self.jobs = jobs
         self.session = jobs.session
 
-    def plan(self, name: str, filenames: list[str]) -> GroupPackagePlan:
+    def plan(
+        self, name: str, filenames: list[str], remove: tuple[str, ...] = ()
+    ) -> GroupPackagePlan:
+        """``remove``: packages (by name) every member stops loading in the same reload,
+        checked on each member as a single node's package upgrade checks them."""
         group = get_group(self.session, name)
         artifacts = [live_artifact(self.session, filename) for filename in filenames]
         verdicts = []
@@ -87,7 +92,7 @@ class GroupPackageUpgrades:
             # every member) take the place of the single-node HA refusal.
             verdicts.append(
                 preflight.check_package_upgrade(
-                    member.node, artifacts, active.id if active else None, member=True
+                    member.node, artifacts, active.id if active else None, remove, member=True
                 )
             )
         before = _versions(group.primary.node)
@@ -98,19 +103,26 @@ class GroupPackageUpgrades:
             verdicts,
             heartbeat_problems(group) + _load_paths_unknown(group),
             packages=[a.filename for a in artifacts],
-            sync=sync_variant(artifacts, before),
+            remove=list(remove),
+            sync=sync_variant(artifacts, before, remove),
             before=before,
         )
         if planned.ok:
-            planned.after = {**before, **{str(a.name): str(a.version) for a in artifacts}}
-            signed = signed_release_containing(self.session, artifacts)
-            planned.plan = package_steps(group, artifacts, signed, planned.after, planned.sync)
+            changed = {**before, **{str(a.name): str(a.version) for a in artifacts}}
+            planned.after = {n: v for n, v in changed.items() if n not in remove}
+            signed = signed_release_containing(self.session, artifacts) if artifacts else None
+            planned.plan = package_steps(
+                group, artifacts, signed, planned.after, planned.sync, remove
+            )
         return planned
 
-    def start(self, name: str, filenames: list[str], who: Principal) -> Job:
+    def start(
+        self, name: str, filenames: list[str], who: Principal, remove: tuple[str, ...] = ()
+    ) -> Job:
         group = get_group(self.session, name)
         self.jobs.lock_nodes([member.node for member in group.members])
-        planned = self.plan(name, filenames)
+        planned = self.plan(name, filenames, remove)
+        removal = {"remove": planned.remove} if planned.remove else {}
         running = planned.verdicts[0].source_version
         job = Job(
             kind=UPGRADE,
@@ -119,6 +131,7 @@ class GroupPackageUpgrades:
             options={
                 **role_options(group),
                 "packages": planned.packages,
+                **removal,
                 "sync": planned.sync,
                 "before": planned.before,
                 "after": planned.after,
@@ -132,6 +145,7 @@ class GroupPackageUpgrades:
             job,
             who,
             packages=planned.packages,
+            **removal,
             sync=planned.sync,
         )
 

@@ -42,11 +42,13 @@ def is_ned(artifact: Artifact) -> bool:
     return artifact.kind == "ned" or bool((artifact.meta or {}).get("ned_ids"))
 
 
-def sync_variant(artifacts: list[Artifact], loaded: dict[str, str]) -> str:
+def sync_variant(
+    artifacts: list[Artifact], loaded: dict[str, str], remove: tuple[str, ...] = ()
+) -> str:
     """``and-add`` when the change only adds NED packages the primary does not load (nothing
     replaced or removed: the guide's lighter variant), else ``and-reload``."""
     adds_neds = all(is_ned(a) and a.name not in loaded for a in artifacts)
-    return "and-add" if adds_neds else "and-reload"
+    return "and-add" if artifacts and adds_neds and not remove else "and-reload"
 
 
 def sync_command(variant: str) -> str:
@@ -92,16 +94,20 @@ def package_steps(
     signed: Optional[Release],
     after: dict[str, str],
     variant: str,
+    remove: tuple[str, ...] = (),
 ) -> HaPlan:
     """The steps of the group's package upgrade to ``artifacts``; ``after``: what every
-    member must load at the end."""
-    single = {s.name: s for s in plans.package_upgrade_steps(artifacts, False, signed)}
+    member must load at the end. ``remove``: packages the primary's install step
+    deinstalls; the sync takes them off the secondaries (``after`` leaves them out, so
+    every member is verified without them)."""
+    single = {s.name: s for s in plans.package_upgrade_steps(artifacts, False, signed, remove)}
     primary = group.primary
     members = [primary, group.failover, *group.others]
     plan = HaPlan()
-    with plan.together():
-        for member in members:
-            plan.add(member, single["prestage_packages"], "0 pre-stage")
+    if "prestage_packages" in single:  # not when the change only removes packages
+        with plan.together():
+            for member in members:
+                plan.add(member, single["prestage_packages"], "0 pre-stage")
     with plan.together():
         for member in members:
             plan.add(
@@ -144,11 +150,13 @@ def way_back(job: Job, failed: Step) -> WayBack:
             "the next try)",
         )
     if failed.name == "install_packages":
+        removed = job.options.get("remove") or []
+        may = ["link some of the new builds"] if job.options.get("packages") else []
+        may += [f"no longer link {', '.join(removed)}"] if removed else []
         return WayBack(
             "needs_attention",
             f"{cause}; no member reloaded, but /var/opt/ncs/packages on "
-            f"{roles.names[roles.primary]} may link some of the new builds. "
-            + describe(job, read=False),
+            f"{roles.names[roles.primary]} may {' or '.join(may)}. " + describe(job, read=False),
         )
     steps = [(node_id, survey_step()) for node_id in [roles.primary, *roles.secondaries]]
     return WayBack("needs_attention", cause, steps)
@@ -275,15 +283,21 @@ def describe(job: Job, read: bool = True) -> str:
     if job.kind == UPGRADE:
         sync = f"'{sync_command(str(job.options.get('sync')))}'"
         installed = any(s.name == "install_packages" and s.state == "succeeded" for s in job.steps)
-        installs = "; ".join(
+        installs = [
             f"'software packages install package {n}-{after[n]} replace-existing'"
             for n in changed
             if after.get(n)
-        )
+        ]
+        staged = " (the builds are staged in /opt/ncs/packages)" if installs else ""
+        installs += [
+            f"'software packages deinstall package {n}-{before[n]}'"
+            for n in changed
+            if before.get(n) and not after.get(n)
+        ]
         text += f"; or finish the upgrade by hand on {primary}: " + (
-            sync + " (the new builds are installed there)"
+            sync + " (its install step ran there)"
             if installed
-            else f"{installs} (the builds are staged in /opt/ncs/packages), then {sync}"
+            else f"{'; '.join(installs)}{staged}, then {sync}"
         )
     backups = _backups(job, roles)
     if backups:

@@ -12,7 +12,7 @@ from repo_server.catalog.schemas import BEARER
 from repo_server.context import db_session, principal, require, state
 from repo_server.upgrades.ha_package_jobs import GroupPackageUpgrades
 from repo_server.upgrades.jobs import JobService
-from repo_server.upgrades.schemas import JobSchema
+from repo_server.upgrades.schemas import JobSchema, package_removals
 
 blp = Blueprint(
     "group_packages",
@@ -25,18 +25,20 @@ blp = Blueprint(
 class GroupPackageArgs(Schema):
     packages = fields.List(
         fields.String(validate=validate.Length(min=1, max=255)),
-        required=True,
-        validate=validate.Length(min=1, max=100),
+        load_default=list,
+        validate=validate.Length(max=100),
         metadata={
             "description": "Package file names in the catalog, built for the release the "
             "group runs (repeat the query parameter for several)"
         },
     )
+    remove = package_removals()
 
 
 class GroupPackagePlanSchema(Schema):
     group = fields.String()
     packages = fields.List(fields.String())
+    remove = fields.List(fields.String())
     sync = fields.String(
         metadata={
             "enum": ["and-reload", "and-add"],
@@ -62,7 +64,7 @@ def _upgrades() -> GroupPackageUpgrades:
 def group_package_plan(args: dict[str, Any], name: str) -> Any:
     """Every step on every member of a package upgrade of the group, with each member's
     package preflight and the group's problems (load paths that differ among them)."""
-    return _upgrades().plan(name, args["packages"]).as_dict()
+    return _upgrades().plan(name, args["packages"], tuple(args["remove"])).as_dict()
 
 
 @blp.route("/groups/<string:name>/package-upgrade", methods=["POST"])
@@ -71,7 +73,7 @@ def group_package_plan(args: dict[str, Any], name: str) -> Any:
 @blp.arguments(GroupPackageArgs)
 @blp.response(202, JobSchema)
 def group_package_upgrade(args: dict[str, Any], name: str) -> Any:
-    """Replace or add packages on every member of the group (packages ha sync on its
-    primary); 422 preflight_failed with every reason, and nothing started."""
-    job = _upgrades().start(name, args["packages"], principal())
+    """Replace, add or remove packages on every member of the group (packages ha sync on
+    its primary); 422 preflight_failed with every reason, and nothing started."""
+    job = _upgrades().start(name, args["packages"], principal(), tuple(args["remove"]))
     return job, 202, {"Location": f"/api/v1/jobs/{job.id}"}

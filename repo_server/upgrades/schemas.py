@@ -84,15 +84,9 @@ class UpgradeArgs(Schema):
     strip_removed_ncs_conf = fields.Boolean(load_default=False)
 
 
-class PackageUpgradeArgs(Schema):
-    packages = fields.List(
-        fields.String(),
-        load_default=list,
-        metadata={
-            "description": "Package file names in the catalog, built for the running release"
-        },
-    )
-    remove = fields.List(
+def package_removals() -> fields.List:
+    """The ``remove`` argument of a package upgrade, of one node or of an HA group."""
+    return fields.List(
         fields.String(validate=validate.Length(min=1, max=255)),
         load_default=list,
         validate=validate.Length(max=100),
@@ -101,6 +95,17 @@ class PackageUpgradeArgs(Schema):
             "NED after a major NED upgrade); at least one of packages and remove"
         },
     )
+
+
+class PackageUpgradeArgs(Schema):
+    packages = fields.List(
+        fields.String(),
+        load_default=list,
+        metadata={
+            "description": "Package file names in the catalog, built for the running release"
+        },
+    )
+    remove = package_removals()
     allow_data_loss = fields.Boolean(
         load_default=False,
         metadata={"description": "Let `packages reload force` delete data NSO warns about"},

@@ -326,6 +326,16 @@ def undo_saves(drive: Any) -> list[str]:
     return sorted(os.listdir(saved)) if saved.exists() else []
 
 
+def mislabelled_bundle(tmp_path):
+    """A bundle named for patch CSCfix2 whose ncs_a.beam is CSCfix1's build."""
+    return bundle_of(
+        tmp_path / "mislabelled",
+        "6.2",
+        "CSCfix2",
+        {"ncs_a": beam(tmp_path, "6.2", "CSCfix1", "ncs_a")},
+    )
+
+
 def test_a_beam_of_another_patch_is_taken_out_again(
     make_host, file_server, driver, tmp_path
 ) -> None:
@@ -334,12 +344,7 @@ def test_a_beam_of_another_patch_is_taken_out_again(
     host = make_host("6.2", [])
     drive = driver(config_for(host), file_server)
     before = files(host)
-    mislabelled = bundle_of(
-        tmp_path / "mislabelled",
-        "6.2",
-        "CSCfix2",
-        {"ncs_a": beam(tmp_path, "6.2", "CSCfix1", "ncs_a")},
-    )
+    mislabelled = mislabelled_bundle(tmp_path)
     with pytest.raises(StepFailed, match="does not list ncs_a with patch CSCfix2") as failed:
         drive.step("apply_patch", params(file_server, mislabelled, "6.2", "CSCfix2", "ncs_a"))
     assert "put back and loaded: the node is as it was" in str(failed.value)
@@ -385,12 +390,7 @@ def test_a_put_back_that_fails_says_both_errors_and_that_the_node_changed(
     (host.path(PATCHES) / "ncs_a.beam").write_bytes(leftover)
     drive = driver(config_for(host), file_server)
     before = files(host)
-    mislabelled = bundle_of(
-        tmp_path / "mislabelled",
-        "6.2",
-        "CSCfix2",
-        {"ncs_a": beam(tmp_path, "6.2", "CSCfix1", "ncs_a")},
-    )
+    mislabelled = mislabelled_bundle(tmp_path)
     with pytest.raises(StepFailed, match="does not list ncs_a with patch CSCfix2") as failed:
         drive.step("apply_patch", params(file_server, mislabelled, "6.2", "CSCfix2", "ncs_a"))
     message = str(failed.value)

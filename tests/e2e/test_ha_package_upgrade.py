@@ -154,3 +154,30 @@ def test_a_reload_that_fails_on_the_secondary_puts_read_only_back(pair, artifact
     assert read_only(primary) is True
     assert "Read-only mode is back to true" in job["error"]
     assert "read-only true, as before the job" in job["error"]
+
+
+def test_a_removed_ned_leaves_every_member_and_the_rollback_brings_it_back(pair, artifacts) -> None:
+    primary, secondary = pair.nodes
+    ned = _upload(pair, artifacts.package("switch-nc", "1.0", "6.2", "--ned-id", "switch-nc-1.0"))
+    added = primary.wait_job(_start(pair, ned), timeout=120)
+    assert added["state"] == "succeeded", added.get("error")
+    _reported(pair, "switch-nc", "1.0")
+
+    answer = pair.server.api(
+        "POST", f"/groups/{pair.name}/package-upgrade", json={"remove": ["switch-nc"]}
+    )
+    assert answer.status_code == 202, answer.text
+    job = primary.wait_job(int(answer.json()["id"]), timeout=120)
+    assert job["state"] == "succeeded", job.get("error")
+    assert job["plan"]["sync"] == "and-reload"
+    for node in pair.nodes:
+        shown = node.host.cli("show packages package switch-nc")[0]
+        assert shown.strip() == "% No entries found.", (node.name, shown)
+        assert _loads(node, "router-nc") == "1.0 up", node.name
+    assert read_only(primary) is False
+
+    answer = pair.server.api("POST", f"/jobs/{job['id']}/rollback", json={})
+    assert answer.status_code == 202, answer.text
+    back = primary.wait_job(int(answer.json()["id"]), timeout=120)
+    assert back["state"] == "succeeded", back.get("error")
+    assert _loads(primary, "switch-nc") == _loads(secondary, "switch-nc") == "1.0 up"

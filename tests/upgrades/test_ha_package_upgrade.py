@@ -311,3 +311,112 @@ def test_a_job_cancelled_with_its_sync_handed_out_says_to_check_read_only(
     assert "before the job it was read-only false" in error
     assert "'high-availability read-only mode false' on nso-a" in error
     assert f"'nso-repo job rollback {job['id']}'" in error
+
+
+def _refused(live, body: dict[str, Any]) -> dict[str, Any]:
+    answer = live.session("operator").post(
+        f"{live.url}/api/v1/groups/pair/package-upgrade", json=body
+    )
+    return assert_error(answer, 422, "preflight_failed")
+
+
+def test_the_old_ned_goes_from_every_member_with_remove(live, pair, builds) -> None:
+    """After a major NED upgrade: the primary deinstalls the old NED in the install step,
+    and-reload (never and-add) takes it off the secondaries, and every member is verified
+    without it."""
+    answer = live.session("viewer").get(
+        f"{live.url}/api/v1/groups/pair/package-plan",
+        params={"packages": [builds["new-ned"]], "remove": ["router-nc"]},
+    )
+    assert answer.status_code == 200, answer.text
+    plan = answer.json()
+    # Only a new NED is added, but a package goes: and-reload.
+    assert plan["ok"] and plan["sync"] == "and-reload" and plan["remove"] == ["router-nc"], plan
+    install = next(s for s in plan["steps"] if s["name"] == "install_packages")
+    assert install["node"] == "nso-a" and install["params"]["remove"] == ["router-nc"]
+    assert "software packages deinstall router-nc" in install["title"]
+    gone = [{"name": "l3vpn", "version": "2.1"}, {"name": "switch-nc", "version": "1.0"}]
+    verify = [s for s in plan["steps"] if s["name"] == "ha_verify_packages"]
+    assert [(s["node"], s["params"]["packages"]) for s in verify] == [
+        ("nso-a", gone),
+        ("nso-b", gone),
+    ]
+
+    answer = live.session("operator").post(
+        f"{live.url}/api/v1/groups/pair/package-upgrade", json={"remove": ["router-nc"]}
+    )
+    assert answer.status_code == 202, answer.text
+    job = answer.json()
+    assert job["options"]["remove"] == ["router-nc"] and job["options"]["sync"] == "and-reload"
+    assert job["options"]["before"] == LOADED and job["options"]["after"] == {"l3vpn": "2.1"}
+    assert "prestage_packages" not in [s["name"] for s in job["steps"]]  # nothing to stage
+    ended, handed = _drive(live, pair, job["id"], _healthy)
+    assert ended["state"] == "succeeded", ended["error"]
+    install = next(s for s in handed if s["name"] == "install_packages")
+    assert install["node"] == "nso-a"
+    assert install["params"] == {"packages": [], "remove": ["router-nc"]}
+    sync = next(s for s in handed if s["name"] == "ha_sync_packages")
+    assert sync["params"]["sync"] == "and-reload"
+    verified = [
+        (s["node"], s["params"]["packages"]) for s in handed if s["name"] == "ha_verify_packages"
+    ]
+    assert sorted(verified) == [
+        (n, [{"name": "l3vpn", "version": "2.1"}]) for n in ("nso-a", "nso-b")
+    ]
+
+
+def test_a_removal_the_single_node_path_refuses_is_refused_and_nothing_starts(
+    live, pair, builds
+) -> None:
+    for body, said in [
+        ({"remove": ["nothing-here"]}, "nso-a does not run a package named nothing-here"),
+        (
+            {"packages": [builds["router"]], "remove": ["router-nc"]},
+            "router-nc is both installed and removed",
+        ),
+        ({}, "no package was named"),
+    ]:
+        error = _refused(live, body)
+        assert any(said in r for r in error["details"]["reasons"]), error
+        plan = live.session("viewer").get(
+            f"{live.url}/api/v1/groups/pair/package-plan", params=body
+        )
+        assert plan.status_code == 200 and not plan.json()["ok"], plan.text
+        assert plan.json()["steps"] == []
+    assert live.session("operator").get(f"{live.url}/api/v1/jobs").json() == []
+
+
+def test_a_failed_install_with_a_removal_says_what_to_finish_by_hand(live, pair, builds) -> None:
+    answer = live.session("operator").post(
+        f"{live.url}/api/v1/groups/pair/package-upgrade",
+        json={"packages": [builds["new-ned"]], "remove": ["router-nc"]},
+    )
+    assert answer.status_code == 202, answer.text
+    job = answer.json()
+
+    def install_fails(node: str, step: dict[str, Any]) -> Outcome:
+        if step["name"] == "install_packages":
+            return "failed", {}, "NSO CLI refused 'software packages deinstall ...'"
+        return _healthy(node, step)
+
+    ended, _ = _drive(live, pair, job["id"], install_fails)
+    assert (ended["state"], ended["outcome"]) == ("failed", "needs_attention")
+    error = ended["error"]
+    assert "may link some of the new builds or no longer link router-nc" in error
+    assert "'software packages install package switch-nc-1.0 replace-existing'" in error
+    assert "'software packages deinstall package router-nc-1.0.2'" in error
+    assert "then 'packages ha sync and-reload { wait-commit-queue-empty }'" in error
+
+
+def test_the_cli_removes_a_package_from_the_group(live, pair, builds) -> None:
+    shown = nso_repo(live, "viewer", "group", "package-plan", "pair", "--remove", "router-nc")
+    assert shown.returncode == 0, shown.stderr
+    assert "remove router-nc with packages ha sync and-reload: may proceed" in shown.stdout
+    nothing = nso_repo(live, "operator", "group", "package-upgrade", "pair")
+    assert nothing.returncode == 2 and "--remove" in nothing.stderr
+    started = nso_repo(
+        live, "operator", "group", "package-upgrade", "pair", "--remove", "router-nc"
+    )
+    assert started.returncode == 0, started.stderr
+    job = live.session("viewer").get(f"{live.url}/api/v1/jobs/{started.stdout.strip()}").json()
+    assert job["options"]["remove"] == ["router-nc"]
