@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import click
 
+from repo_server.auth.models import ACTOR_MAX
 from repo_server.cli.common import data_dir_option, handle_errors, print_json
 from repo_server.config import load_settings
 
@@ -260,9 +261,7 @@ def token_create(role: str, name: str) -> None:
     from repo_server.auth import service as auth_service
 
     with local_session() as session:
-        _token, secret = auth_service.create_token(
-            session, name=name, role=role, actor=f"cli:{os.environ.get('USER', 'root')}"
-        )
+        _token, secret = auth_service.create_token(session, name=name, role=role, actor=cli_actor())
     click.echo(secret)
     # Standard error: scripts capture the token alone from standard output.
     click.echo(
@@ -309,9 +308,7 @@ def token_revoke(token_id: int) -> None:
     from repo_server.auth import service as auth_service
 
     with local_session() as session:
-        revoked = auth_service.revoke_token(
-            session, token_id, actor=f"cli:{os.environ.get('USER', 'root')}"
-        )
+        revoked = auth_service.revoke_token(session, token_id, actor=cli_actor())
     click.echo(f"revoked token {revoked.id} ({revoked.name})")
 
 
@@ -331,7 +328,7 @@ def gc(dry_run: bool, as_json: bool) -> None:
             session,
             make_storage(settings),
             protect_seconds=settings.gc_protect_seconds,
-            actor=f"cli:{os.environ.get('USER', 'root')}",
+            actor=cli_actor(),
             tmp_dir=settings.tmp_dir,
             dry_run=dry_run,
         )
@@ -344,3 +341,8 @@ def gc(dry_run: bool, as_json: bool) -> None:
         f"{report.temp_files_removed} stale upload temp files, {report.bytes_freed} bytes; "
         f"{report.kept_recent} kept inside the protection window"
     )
+
+
+def cli_actor() -> str:
+    """Who runs a server command on the host, as the audit names it (within ACTOR_MAX)."""
+    return f"cli:{os.environ.get('USER', 'root')}"[:ACTOR_MAX]

@@ -84,7 +84,7 @@ class NodeLabelChangeSchema(Schema):
 
 
 class NodeNameSchema(Schema):
-    name = fields.String(required=True, validate=validate.Length(min=1, max=128))
+    name = fields.String(required=True, validate=validate.Length(min=1, max=NODE_NAME_MAX))
 
 
 class NodeRefSchema(Schema):

@@ -194,22 +194,28 @@ class PatchRollouts:
         vsn = bundle.nso_version
         chosen = self._selection(nodes, groups, all_affected, vsn)
         targets = self._targets(chosen)
+        now = utcnow()  # one reading of the inventories' age for the whole request
         left_out: dict[str, str] = {}
         if all_affected:
-            targets, left_out = self._affected(targets, vsn)
+            targets, left_out = self._affected(targets, vsn, now)
+        if not targets and left_out:
+            raise NoTargets(
+                f"every node on NSO {vsn}, the release {patch} is built for, was left out: "
+                + "; ".join(f"{n}: {r}" for n, r in sorted(left_out.items())[:20])
+                + (f" (and {len(left_out) - 20} more)" if len(left_out) > 20 else ""),
+                nso_version=vsn,
+                left_out=left_out,
+            )
         if not targets:
             raise NoTargets(
                 f"no node runs NSO {vsn}, the release {patch} is built for, by their last "
-                "heartbeats"
-                + (f" ({len(left_out)} left out: {_listed(sorted(left_out))})" if left_out else "")
-                + ": nothing to patch ('nso-repo node ls' shows what each runs)",
+                "heartbeats: nothing to patch ('nso-repo node ls' shows what each runs)",
                 nso_version=vsn,
-                left_out=left_out,
             )
         # From here on, exactly the nodes locked and read: a node that starts to match the
         # request meanwhile (a heartbeat of another one) is not this rollout's.
         chosen = self._exactly([t.id for t in targets])
-        self._check(targets, chosen, patch, vsn)
+        self._check(targets, chosen, patch, vsn, now)
         plan = _plan(targets)
         rollout = PatchRollout(
             artifact_id=bundle.id,
@@ -248,7 +254,9 @@ class PatchRollouts:
             nodes=nodes,
             groups=groups,
             jobs={n["node"]: n["job_id"] for n in queued},
-            left_out=left_out,
+            # Bounded: the answer lists them all, the audit row only says who and how many.
+            left_out=sorted(left_out)[:MAX_AUDITED],
+            left_out_count=len(left_out),
         )
         for target in targets:
             announce(self.session, self.notifier, target.id)
@@ -260,20 +268,30 @@ class PatchRollouts:
         answer["left_out"] = [{"node": n, "reason": r} for n, r in sorted(left_out.items())]
         return answer
 
-    def _affected(self, targets: list[Target], vsn: str) -> tuple[list[Target], dict[str, str]]:
+    def _affected(
+        self, targets: list[Target], vsn: str, now: datetime
+    ) -> tuple[list[Target], dict[str, str]]:
         """all_affected: the targets that can take the patch now, and why each other one is
         left out (node name -> reason). A node whose inventory is stale may not run the
         release any more, nor take a step: its job would hold it, queued, until someone
-        cancels it. An HA group goes whole or not at all: a member left without the patch
-        would serve writes without the fix after a failover."""
-        now = utcnow()
+        cancels it. A node held by a job is kept whatever its inventory's age (its agent
+        heartbeats between steps, and a step may run longer): `_check` refuses it as busy.
+        An HA group goes whole or not at all: a member left without the patch would serve
+        writes without the fix after a failover."""
+        held = set(
+            self.session.scalars(
+                select(NodeHold.node_id).where(
+                    among(NodeHold.node_id, [t.id for t in targets], dialect_of(self.session))
+                )
+            )
+        )
         why = {
             t.name: (
                 f"no inventory since {t.reported_at:%Y-%m-%d %H:%M:%S} UTC: its agent may be "
                 "down; patch it by name once it reports again"
             )
             for t in targets
-            if t.stale(now) and t.reported_at is not None
+            if t.stale(now) and t.reported_at is not None and t.id not in held
         }
         groups = sorted({t.group for t in targets if t.group is not None})
         sizes = (
@@ -398,19 +416,14 @@ class PatchRollouts:
         return cast(ColumnElement[bool], among(Node.id, ids, dialect_of(self.session)))
 
     def _check(
-        self, targets: list[Target], chosen: ColumnElement[bool], patch: str, vsn: str
+        self,
+        targets: list[Target],
+        chosen: ColumnElement[bool],
+        patch: str,
+        vsn: str,
+        now: datetime,
     ) -> None:
         """Refuse the whole request when any target may not take the patch now."""
-        now = utcnow()
-        stale = [t.name for t in targets if t.stale(now)]
-        if stale:
-            raise InventoryStale(
-                f"{_listed(stale)} sent no inventory in the last "
-                f"{int(INVENTORY_MAX_AGE.total_seconds() // 60)} minutes, so what they run now "
-                "is unknown and their agents may be down: check that nso-agent runs on those "
-                "hosts ('nso-agent status'), or leave them out; nothing was started",
-                nodes=stale,
-            )
         silent = [t.name for t in targets if not t.heard]
         if silent:
             raise NoHeartbeat(
@@ -447,6 +460,17 @@ class PatchRollouts:
                 "takes one change at a time. Wait for it ('nso-repo job watch ID') or leave "
                 "those nodes out; nothing was started",
                 jobs={name: job_id for name, job_id in held},
+            )
+        # After the holds: a node busy with a long step heartbeats late, and is busy, not
+        # silent.
+        stale = [t.name for t in targets if t.stale(now)]
+        if stale:
+            raise InventoryStale(
+                f"{_listed(stale)} sent no inventory in the last "
+                f"{int(INVENTORY_MAX_AGE.total_seconds() // 60)} minutes, so what they run now "
+                "is unknown and their agents may be down: check that nso-agent runs on those "
+                "hosts ('nso-agent status'), or leave them out; nothing was started",
+                nodes=stale,
             )
 
     def _create_jobs(

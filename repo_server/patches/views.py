@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from flask import Response, g, jsonify, request
 from flask.views import MethodView
 from flask_smorest import Blueprint
+from sqlalchemy.exc import SQLAlchemyError
 
 from repo_server.auth.roles import roles_for
 from repo_server.auth.service import audit_refusal
@@ -20,6 +22,8 @@ from repo_server.patches.schemas import (
     RolloutSchema,
     RolloutSummarySchema,
 )
+
+log = logging.getLogger(__name__)
 
 blp = Blueprint("patches", __name__, url_prefix="/api/v1", description="Emergency patch rollouts")
 
@@ -84,14 +88,20 @@ def audit_refused_trigger(response: Response) -> Response:
         str(error.get("message") or "refused")
     )
     patch = body.get("patch")
-    audit_refusal(
-        db_session(),
-        str(g.actor),
-        "patch.rollout_refused",
-        f"patch:{patch[:255]}" if isinstance(patch, str) else "patch:?",
-        refused,
-        fields=sorted(str(k)[:64] for k in body)[:20],
-    )
+    session = db_session()
+    try:
+        audit_refusal(
+            session,
+            str(g.actor),
+            "patch.rollout_refused",
+            f"patch:{patch[:255]}" if isinstance(patch, str) else "patch:?",
+            refused,
+            fields=sorted(str(k)[:64] for k in body)[:20],
+        )
+    except SQLAlchemyError:
+        # The refusal stands, audited or not: the caller gets it, never a 500 instead.
+        session.rollback()
+        log.exception("could not audit a refused patch rollout of %s", g.actor)
     return response
 
 

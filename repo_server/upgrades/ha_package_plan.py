@@ -188,8 +188,12 @@ def cancelled(job: Job, sync_ran: bool) -> str:
     text = ""
     if sync_ran:
         was = read_only_before(job, roles.primary)
+        # A rollback's options name no variant: its sync step does (and-reload).
+        sync = job.options.get("sync") or next(
+            (s.params.get("sync") for s in job.steps if s.name == SYNC_STEP), "and-reload"
+        )
         text = (
-            f"its sync ('{sync_command(str(job.options.get('sync')))}') was handed out on "
+            f"its sync ('{sync_command(str(sync))}') was handed out on "
             f"{primary} and may have run: NSO holds the primary read-only while it syncs and "
             "leaves it read-write when the sync fails"
             + (

@@ -259,8 +259,9 @@ class JobService:
                 "every write NSO took since then leaves NSO (the agent keeps the replaced data "
                 "on the host, under /var/opt/ncs/backups)"
                 + (
-                    f", and the patches of jobs {', '.join(map(str, patched))} (built for NSO "
-                    f"{done.target_version}) stay in that release's folder, not loaded"
+                    f", and what patch jobs {', '.join(map(str, patched))} did to NSO "
+                    f"{done.target_version}'s patches folder stays there, not loaded by NSO "
+                    f"{done.source_version}"
                     if patched
                     else ""
                 )
@@ -350,7 +351,11 @@ class JobService:
         )
         if job.kind == "ha_upgrade" and steps:
             what += "; " + ha_state.describe(job)
-        elif job.kind in ha_package_plan.KINDS and steps:
+        elif job.kind in ha_package_plan.KINDS and any(
+            s.name in ("install_packages", ha_package_plan.SYNC_STEP) for s in changed + running
+        ):
+            # Only once a load path or NSO's packages may have changed: backups alone
+            # change nothing a rollback or a by-hand sync should undo.
             what += "; " + ha_package_plan.cancelled(
                 job, any(s.name == ha_package_plan.SYNC_STEP for s in running)
             )
@@ -428,7 +433,10 @@ class JobService:
             if other.kind == "rollback" or kept_node_as_it_was or other.id in undone:
                 continue
             if patch_only(other):
-                patched.append(other.id)
+                # Its release's patches folder: the old release does not load it (a patch
+                # of the old release itself stays loaded, and is not named).
+                if other.outcome != "unchanged" and other.source_version == done.target_version:
+                    patched.append(other.id)
                 continue
             raise Conflict(
                 f"job {other.id} ({other.kind}, {other.state}) changed {node.name} after job "

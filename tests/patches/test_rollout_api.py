@@ -402,11 +402,28 @@ def test_all_affected_leaves_out_quiet_nodes_and_partial_groups_saying_why(
     assert sorted(event_["details"]["left_out"]) == sorted(reasons)
 
     # Every node on the release left out: no target, and the answer says which and why.
+    # (edge-up's job ends first: a node held by a job is busy, however old its inventory.)
+    job_id = started["nodes"][0]["job_id"]
+    cancelled = live.session("operator").post(
+        f"{live.url}/api/v1/jobs/{job_id}/cancel", json={"reason": "its host went away"}
+    )
+    assert cancelled.status_code == 200, cancelled.text
     _report_aged(app_state, "edge-up")
     again = make_patch_bundle_in_catalog(live, tmp_path, "CSCfix2")
     error = assert_error(rollout(live, patch=again, all_affected=True), 409, "no_targets")
     assert "edge-up" in error["message"]
     assert "edge-up" in error["details"]["left_out"]
+
+
+def test_a_busy_node_is_refused_as_busy_however_old_its_inventory(live, app_state, bundle) -> None:
+    """A node in a long step heartbeats late: it is busy, not silent, named or not."""
+    node_on(live, "edge-busy", "6.2")
+    first = rollout(live, nodes=["edge-busy"])
+    assert first.status_code == 201, first.text
+    _report_aged(app_state, "edge-busy")
+    for body in ({"nodes": ["edge-busy"]}, {"all_affected": True}):
+        error = assert_error(rollout(live, **body), 409, "node_busy")
+        assert "edge-busy (job" in error["message"], error
 
 
 def make_patch_bundle_in_catalog(live, folder: Path, patch_id: str) -> str:
