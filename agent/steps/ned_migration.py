@@ -118,8 +118,9 @@ def _check_as_dry_run(params: dict[str, Any], targets: list[str]) -> None:
         ned.device_name(v, f"expected_devices[{i}]")
         for i, v in enumerate(trust.listed(params, "expected_devices", "device names"))
     ]
-    added = [d for d in targets if d not in set(expected)]
-    gone = [d for d in expected if d not in set(targets)]
+    shown, now = set(expected), set(targets)
+    added = [d for d in targets if d not in shown]
+    gone = [d for d in expected if d not in now]
     if added or gone:
         said = [
             *([f"now also {', '.join(added[:20])}"] if added else []),

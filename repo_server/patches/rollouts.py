@@ -40,7 +40,7 @@ from repo_server.fleet.notify import Notifier, announce
 from repo_server.patches.models import ACTIONS, PatchRollout, patch_rollout_jobs
 from repo_server.upgrades.models import Job, NodeHold, Step, job_nodes
 from repo_server.upgrades.plans import StepSpec, artifact_ref
-from repo_server.upgrades.preflight import INVENTORY_MAX_AGE
+from repo_server.upgrades.preflight import INVENTORY_MAX_AGE, inventory_stale
 
 JOB_KIND = "patch"
 # Names a refused request's audit keeps (the request may name thousands, or be hostile).
@@ -100,7 +100,7 @@ class Target:
     def stale(self, now: datetime) -> bool:
         """Its last inventory is too old to say what it runs now (as an upgrade's
         preflight: INVENTORY_MAX_AGE); its agent may be down."""
-        return self.reported_at is not None and now - self.reported_at > INVENTORY_MAX_AGE
+        return inventory_stale(self.reported_at, now)
 
     @property
     def primary(self) -> bool:
@@ -195,9 +195,10 @@ class PatchRollouts:
         chosen = self._selection(nodes, groups, all_affected, vsn)
         targets = self._targets(chosen)
         now = utcnow()  # one reading of the inventories' age for the whole request
+        holds = self._holds(targets)
         left_out: dict[str, str] = {}
         if all_affected:
-            targets, left_out = self._affected(targets, vsn, now)
+            targets, left_out = self._affected(targets, vsn, now, holds)
         if not targets and left_out:
             raise NoTargets(
                 f"every node on NSO {vsn}, the release {patch} is built for, was left out: "
@@ -215,7 +216,7 @@ class PatchRollouts:
         # From here on, exactly the nodes locked and read: a node that starts to match the
         # request meanwhile (a heartbeat of another one) is not this rollout's.
         chosen = self._exactly([t.id for t in targets])
-        self._check(targets, chosen, patch, vsn, now)
+        self._check(targets, patch, vsn, now, holds)
         plan = _plan(targets)
         rollout = PatchRollout(
             artifact_id=bundle.id,
@@ -268,8 +269,19 @@ class PatchRollouts:
         answer["left_out"] = [{"node": n, "reason": r} for n, r in sorted(left_out.items())]
         return answer
 
+    def _holds(self, targets: list[Target]) -> dict[int, int]:
+        """node id -> the job holding it, of the targets (locked: no hold comes or goes
+        meanwhile)."""
+        return dict(
+            self.session.execute(
+                select(NodeHold.node_id, NodeHold.job_id).where(
+                    among(NodeHold.node_id, [t.id for t in targets], dialect_of(self.session))
+                )
+            ).all()
+        )
+
     def _affected(
-        self, targets: list[Target], vsn: str, now: datetime
+        self, targets: list[Target], vsn: str, now: datetime, holds: dict[int, int]
     ) -> tuple[list[Target], dict[str, str]]:
         """all_affected: the targets that can take the patch now, and why each other one is
         left out (node name -> reason). A node whose inventory is stale may not run the
@@ -278,20 +290,13 @@ class PatchRollouts:
         heartbeats between steps, and a step may run longer): `_check` refuses it as busy.
         An HA group goes whole or not at all: a member left without the patch would serve
         writes without the fix after a failover."""
-        held = set(
-            self.session.scalars(
-                select(NodeHold.node_id).where(
-                    among(NodeHold.node_id, [t.id for t in targets], dialect_of(self.session))
-                )
-            )
-        )
         why = {
             t.name: (
                 f"no inventory since {t.reported_at:%Y-%m-%d %H:%M:%S} UTC: its agent may be "
                 "down; patch it by name once it reports again"
             )
             for t in targets
-            if t.stale(now) and t.reported_at is not None and t.id not in held
+            if t.stale(now) and t.reported_at is not None and t.id not in holds
         }
         groups = sorted({t.group for t in targets if t.group is not None})
         sizes = (
@@ -418,10 +423,10 @@ class PatchRollouts:
     def _check(
         self,
         targets: list[Target],
-        chosen: ColumnElement[bool],
         patch: str,
         vsn: str,
         now: datetime,
+        holds: dict[int, int],
     ) -> None:
         """Refuse the whole request when any target may not take the patch now."""
         silent = [t.name for t in targets if not t.heard]
@@ -447,12 +452,7 @@ class PatchRollouts:
                 nso_version=vsn,
                 nodes={t.name: t.running_version for t in other},
             )
-        held = self.session.execute(
-            select(Node.name, NodeHold.job_id)
-            .join(Node, Node.id == NodeHold.node_id)
-            .where(chosen)
-            .order_by(Node.name)
-        ).all()
+        held = sorted((t.name, holds[t.id]) for t in targets if t.id in holds)
         if held:
             said = [f"{name} (job {job_id})" for name, job_id in held]
             raise NodeBusy(

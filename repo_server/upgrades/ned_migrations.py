@@ -29,7 +29,7 @@ from repo_server.fleet.service import get_node
 from repo_server.upgrades.jobs import JobService
 from repo_server.upgrades.models import Job, Step
 from repo_server.upgrades.plans import StepSpec
-from repo_server.upgrades.preflight import INVENTORY_MAX_AGE
+from repo_server.upgrades.preflight import inventory_stale
 
 KIND = "ned_migration"
 STEP = "ned_migrate"
@@ -281,7 +281,7 @@ def _check_node(node: Node) -> Optional[str]:
         raise NodeNotReady(
             f"{node.name} never reported: start and enroll nso-agent on it ('nso-agent status')"
         )
-    if utcnow() - node.inventory_at > INVENTORY_MAX_AGE:
+    if inventory_stale(node.inventory_at):
         raise NodeNotReady(
             f"{node.name} has not reported in the last 5 minutes: check that nso-agent runs "
             "on the host ('nso-agent status') and can reach the server"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Optional
 
 from packaging.version import Version
@@ -131,7 +131,7 @@ def _check_node(
             f"job {active_job} is still running on {node.name}",
             f"wait for it ('nso-repo job watch {active_job}') before starting another",
         )
-    if node.inventory_at is not None and utcnow() - node.inventory_at > INVENTORY_MAX_AGE:
+    if inventory_stale(node.inventory_at):
         verdict.refuse(
             "inventory_stale",
             f"{node.name} has not reported its inventory in the last 5 minutes",
@@ -727,3 +727,9 @@ def _check_disk(
                 f"{path} has {int(have) // MiB} MiB free; the upgrade needs about {need // MiB} MiB",
                 f"free space on {path} (old releases under /opt/ncs, old backups) and try again",
             )
+
+
+def inventory_stale(reported_at: Optional[datetime], now: Optional[datetime] = None) -> bool:
+    """The node's last inventory (None: it never sent one) is older than INVENTORY_MAX_AGE:
+    what it runs now is unknown, and its agent may be down."""
+    return reported_at is not None and (now or utcnow()) - reported_at > INVENTORY_MAX_AGE
