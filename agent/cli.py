@@ -187,6 +187,10 @@ def status(ctx: click.Context, as_json: bool) -> None:
             "phase": journal.phase,
             "report_pending": journal.final_report is not None,
         },
+        # Files a failed patch apply could not put back (agent/steps/patches.py).
+        "patch_undo_saves": sorted(
+            str(p) for p in (cfg.state_path / "patch-undo").glob("job-*-step-*")
+        ),
         "nso": {
             "status": nso.state(),
             "current": nso.current_version(),
@@ -217,6 +221,8 @@ def status(ctx: click.Context, as_json: bool) -> None:
         f"nso:      {n['status']}, current {n['current']}, installed "
         f"{', '.join(n['installed_releases']) or '(none)'}"
     )
+    for save in report["patch_undo_saves"]:
+        click.echo(f"undo:     {save} (a failed patch apply's files from before; see its job)")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,8 @@ from agent.nso import STARTED
 from agent.steps.context import StepContext
 
 PATCHES = "/opt/ncs/current/lib/ncs/patches"
+# How long the files a failed apply could not put back are kept (docs/patches.md).
+UNDO_KEEP_DAYS = 30
 
 
 class _Patch:
@@ -150,6 +153,7 @@ def _existing(folder: Path, module: str) -> Optional[bytes]:
 def apply_patch(ctx: StepContext) -> dict[str, Any]:
     patch = _Patch(ctx)
     folder = patch.check_release()
+    _prune_undo_saves(ctx)
     beams = patch.bundle()
     before = _before_apply(ctx, folder, patch.modules)
     # Decided from what the folder held and NSO listed before the first attempt, not from
@@ -198,9 +202,15 @@ def remove_patch(ctx: StepContext) -> dict[str, Any]:
         ctx.log(f"{module}.beam holds another build than patch {patch.id}'s: left alone")
     ours = [m for m in patch.modules if m not in kept]
     removed = [m for m in ours if before[m] is not None]
+    # What an earlier attempt of this step did before the agent stopped (took files out,
+    # had NSO unload them) is this step's change too: a rerun that finds nothing left to
+    # do must still report it, or the server calls a node it unpatched unchanged.
+    earlier = ctx.journal.fact("patch_removal_began", False) is True
     gone: list[str] = []
     ran_load = False
     try:
+        if removed:
+            ctx.journal.update("patch_removal", patch_removal_began=True)
         for module in removed:
             os.unlink(folder / f"{module}.beam")
             gone.append(module)
@@ -208,8 +218,14 @@ def remove_patch(ctx: StepContext) -> dict[str, Any]:
         if removed:
             fsync_dir(folder)
         loaded = {} if removed else ctx.nso.loaded_patches()
-        changed = bool(removed) or any(patch.listed(loaded, m) for m in ours)
-        if changed:
+        to_load = bool(removed) or any(patch.listed(loaded, m) for m in ours)
+        if to_load and not removed:
+            # NSO still lists a module whose file is gone: only load-modules unloads it.
+            ctx.journal.update("patch_removal", patch_removal_began=True)
+        changed = to_load or earlier
+        if earlier and not to_load:
+            ctx.log(f"an earlier attempt of this step removed patch {patch.id}: nothing left to do")
+        if to_load:
             ran_load = True
             loaded = patch.load(f"the patches folder after removing patch {patch.id}", ours)
         still = [m for m in ours if patch.listed(loaded, m)]
@@ -219,22 +235,24 @@ def remove_patch(ctx: StepContext) -> dict[str, Any]:
                 "('show ncs-state patches'): a restart of NSO unloads them; check ncs.log"
             )
     except Exception as exc:
-        raise _removal_failed(ctx, patch, gone, ran_load, exc) from exc
+        raise _removal_failed(ctx, patch, gone, ran_load, earlier, exc) from exc
     return {"modules": ours, "kept": kept, "changed": changed}
 
 
 def _removal_failed(
-    ctx: StepContext, patch: _Patch, gone: list[str], ran_load: bool, exc: Exception
+    ctx: StepContext, patch: _Patch, gone: list[str], ran_load: bool, earlier: bool, exc: Exception
 ) -> StepFailed:
     """The StepFailed for a removal that failed; ``changed`` once a file was taken out or
-    NSO was asked to load the folder again: the server must not call the node unchanged."""
+    NSO was asked to load the folder again, by this attempt or an ``earlier`` one: the
+    server must not call the node unchanged."""
     reason = _reason(ctx, exc)
-    if not gone and not ran_load:
+    if not gone and not ran_load and not earlier:
         return StepFailed(reason, result={"changed": False})
     files = ", ".join(f"{m}.beam" for m in gone) or "none of its files"
     return StepFailed(
         f"{reason}; the removal had taken {files} out of the patches folder"
         + (" and run load-modules" if ran_load else "")
+        + (" (an earlier attempt of this step had begun removing it)" if earlier else "")
         + f", so NSO may run patch {patch.id} in part: check 'show ncs-state patches' and "
         "ncs.log on the host, then roll the removal out again (or the patch, to have it back)",
         result={"changed": True},
@@ -252,6 +270,24 @@ def _reason(ctx: StepContext, exc: BaseException) -> str:
 
 def _undo_dir(ctx: StepContext) -> Path:
     return ctx.config.state_path / "patch-undo" / f"job-{ctx.job_id}-step-{int(ctx.step['id'])}"
+
+
+def _prune_undo_saves(ctx: StepContext) -> None:
+    """Take out the undo saves of other steps older than UNDO_KEEP_DAYS. A save outlives
+    its step only when the put-back failed: the operator was told where it is, and may need
+    it for a while, not for ever (each holds a copy of every module the step replaced)."""
+    root = ctx.config.state_path / "patch-undo"
+    mine = _undo_dir(ctx)
+    oldest = time.time() - UNDO_KEEP_DAYS * 86400
+    with contextlib.suppress(FileNotFoundError):
+        for save in root.iterdir():
+            try:
+                old = save != mine and save.lstat().st_mtime < oldest
+            except FileNotFoundError:
+                continue
+            if old:
+                shutil.rmtree(save, ignore_errors=True)
+                ctx.log(f"removed {save}, an undo save older than {UNDO_KEEP_DAYS} days")
 
 
 @dataclass
@@ -344,7 +380,7 @@ def _undo_apply(
         + f"the node is not as it was before the step: the patches folder holds {files}; NSO "
         f"lists {_listing(now, patch.modules)} (before the step: "
         f"{_listing(before.listed, patch.modules)}). Put the folder back as it was (the files "
-        f"from before, if any, are kept in {_undo_dir(ctx)}), run 'ncs-state patches "
+        f"from before, if any, are kept in {_undo_dir(ctx)} for {UNDO_KEEP_DAYS} days), run 'ncs-state patches "
         "load-modules' on the host or restart NSO, and check ncs.log",
         result={"changed": True},
     )

@@ -10,7 +10,7 @@ that differ, which ``packages ha sync`` refuses), or when a member's load paths 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Optional
 
 from repo_server.auth.service import Principal
 from repo_server.catalog.releases import live_artifact, signed_release_containing
@@ -23,6 +23,7 @@ from repo_server.upgrades.ha_jobs import GroupPlan, create_group_job, role_optio
 from repo_server.upgrades.ha_package_plan import (
     ROLLBACK,
     UPGRADE,
+    check_step,
     package_steps,
     read_only_before,
     sync_step,
@@ -32,6 +33,7 @@ from repo_server.upgrades.ha_package_plan import (
 from repo_server.upgrades.ha_recovery import Roles
 from repo_server.upgrades.jobs import JobService, patch_only
 from repo_server.upgrades.models import Job, Step
+from repo_server.upgrades.plans import StepSpec, backup_step
 from repo_server.upgrades.step_payloads import node_context
 
 
@@ -178,13 +180,16 @@ def rollback_packages(jobs: JobService, done: Job, who: Principal) -> Job:
             raise Conflict(f"job {active.id} is running on {node.name}: wait for it first")
     _check_nothing_since(jobs, done)
     before = dict(done.options.get("before") or {})
-    steps = [(primary, sync_step("and-reload", {}, restore_links=saved))]
-    steps += [(i, verify_step(before, i == primary)) for i in [primary, *roles.secondaries]]
-    backups = {
-        str(i): node_context(done, i).get("backup_file")
-        for i in [primary, *roles.secondaries]
-        if node_context(done, i).get("backup_file")
-    }
+    members = [primary, *roles.secondaries]
+    # A rollback changes every member as the upgrade did: the roles checked again (a
+    # failover since would make the sync run on a secondary) and a fresh proven backup of
+    # each member first, for the writes made since the upgrade's own backups.
+    steps: list[tuple[int, StepSpec, Optional[int]]] = [
+        (i, check_step(i == primary, **_roles_of(roles, i)), 1) for i in members
+    ]
+    steps += [(i, backup_step(), 2) for i in members]
+    steps += [(primary, sync_step("and-reload", {}, restore_links=saved), None)]
+    steps += [(i, verify_step(before, i == primary), None) for i in members]
     job = Job(
         kind=ROLLBACK,
         source_version=done.target_version,
@@ -195,17 +200,33 @@ def rollback_packages(jobs: JobService, done: Job, who: Principal) -> Job:
             "rollback_of": done.id,
             "before": done.options.get("after"),
             "after": before,
-            "backups": backups,
             "read_only_before": read_only_before(done, primary),
         },
         plan={"rollback_of": done.id, "step_count": len(steps)},
         created_by=who.actor,
     )
     job.steps = [
-        Step(seq=i, node_id=node_id, name=spec.name, params=spec.params, message=spec.title)
-        for i, (node_id, spec) in enumerate(steps, start=1)
+        Step(
+            seq=i,
+            batch=batch,
+            node_id=node_id,
+            name=spec.name,
+            params=spec.params,
+            message=spec.title,
+        )
+        for i, (node_id, spec, batch) in enumerate(steps, start=1)
     ]
     return create_group_job(jobs, job, nodes, who, action="job.rollback", of_job=done.id)
+
+
+def _roles_of(roles: Roles, node_id: int) -> dict[str, Any]:
+    """`role_params` of a member, from the roles a job recorded."""
+    primary = node_id == roles.primary
+    return {
+        "mode": "primary" if primary else "secondary",
+        "ha_id": roles.ha_ids[node_id],
+        "secondaries": [roles.ha_ids[i] for i in roles.secondaries] if primary else [],
+    }
 
 
 def _check_nothing_since(jobs: JobService, done: Job) -> None:

@@ -88,6 +88,14 @@ def survey_step() -> StepSpec:
     )
 
 
+def check_step(primary: bool, **roles: Any) -> StepSpec:
+    return ha_step(
+        "ha_package_check",
+        "its nominal HA role" + (", every secondary connected" if primary else ""),
+        **roles,
+    )
+
+
 def package_steps(
     group: HaGroup,
     artifacts: list[Artifact],
@@ -111,14 +119,7 @@ def package_steps(
     with plan.together():
         for member in members:
             plan.add(
-                member,
-                ha_step(
-                    "ha_package_check",
-                    "its nominal HA role"
-                    + (", every secondary connected" if member is primary else ""),
-                    **role_params(member, members),
-                ),
-                "0 check",
+                member, check_step(member is primary, **role_params(member, members)), "0 check"
             )
     with plan.together():
         for member in members:
@@ -143,7 +144,8 @@ def way_back(job: Job, failed: Step) -> WayBack:
     if failed.seq > _planned(job):
         # The members are read one after the other: the rest are skipped, the job ends here.
         return WayBack("needs_attention", f"{cause} (while reading the members); {describe(job)}")
-    if job.kind == UPGRADE and not handed(job, roles.primary, "install_packages"):
+    first_change = "install_packages" if job.kind == UPGRADE else SYNC_STEP
+    if not handed(job, roles.primary, first_change):
         return WayBack(
             "unchanged",
             f"{cause}; nothing was changed on the group (staged builds and backups stay for "

@@ -150,6 +150,10 @@ def recovery_for(
     return recover_step(job_context, source_version, upgraded_to, target_started)
 
 
+def backup_step() -> StepSpec:
+    return StepSpec("backup", {}, "ncs-backup, plus a copy of the package files and links it skips")
+
+
 def package_upgrade_steps(
     packages: list[Artifact],
     allow_data_loss: bool,
@@ -168,7 +172,7 @@ def package_upgrade_steps(
     removal = f"; software packages deinstall {', '.join(remove)}" if remove else ""
     return [
         *([StepSpec("prestage_packages", stage, f"download and verify {names}")] if refs else []),
-        StepSpec("backup", {}, "ncs-backup, plus a copy of the package files and links it skips"),
+        backup_step(),
         StepSpec(
             "install_packages",
             change,

@@ -7,9 +7,13 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import re
+import subprocess
+import sys
 import tarfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -404,6 +408,29 @@ def test_a_put_back_that_fails_says_both_errors_and_that_the_node_changed(
     [saved] = undo_saves(drive)
     assert saved in message
     assert (drive.config.state_path / "patch-undo" / saved / "ncs_a.beam").read_bytes() == leftover
+    # `nso-agent status` names it, as long as it is kept.
+    conf = tmp_path / "agent.conf"
+    conf.write_text(f"[host]\nroot = {host.root}\n[cli]\nhost = {host.address}\n")
+    shown = subprocess.run(
+        [sys.executable, "-m", "agent", "--config", str(conf), "status", "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    assert [Path(p).name for p in json.loads(shown.stdout)["patch_undo_saves"]] == [saved]
+
+    # A later apply takes out saves older than UNDO_KEEP_DAYS, and only those.
+    young = drive.config.state_path / "patch-undo" / "job-1-step-2"
+    young.mkdir()
+    old = drive.config.state_path / "patch-undo" / saved
+    aged = time.time() - patches.UNDO_KEEP_DAYS * 86400 - 60
+    os.utime(old, (aged, aged))
+    (host.path(PATCHES) / "ncs_a.beam").unlink()
+    host.cli("ncs-state patches load-modules")
+    good = make_bundle(tmp_path / "good", "6.2", "CSCfix3", "ncs_c")
+    drive.step("apply_patch", params(file_server, good, "6.2", "CSCfix3", "ncs_c"))
+    assert undo_saves(drive) == ["job-1-step-2"]
 
 
 def test_the_put_back_is_checked_against_what_nso_listed_before(
@@ -522,3 +549,37 @@ def test_a_removal_that_fails_after_taking_files_out_says_changed(
     assert "taken ncs_a.beam out of the patches folder" in str(failed.value)
     assert failed.value.result == {"changed": True}
     assert sorted(files(host)) == [".keep", "ncs_z.beam"]
+
+
+@pytest.mark.parametrize("stage", ["files-out", "unloaded"])
+def test_a_removal_rerun_after_a_crash_still_says_changed(
+    make_host, file_server, driver, tmp_path, stage
+) -> None:
+    """The agent dies during a removal: after taking the files out, or after NSO unloaded
+    them, before the report went out. The rerun finds nothing left to remove, and must still
+    say it changed the node (the server would call a node it unpatched unchanged)."""
+    host = make_host("6.2", [])
+    drive = driver(config_for(host), file_server)
+    bundle = make_bundle(tmp_path, "6.2", "CSCfix1", "ncs_a", "ncs_b")
+    step = params(file_server, bundle, "6.2", "CSCfix1", "ncs_a", "ncs_b")
+    drive.step("apply_patch", step)
+    entry = {"id": 777, "job_id": 7, "attempt": 1, "name": "remove_patch", "params": step}
+    journal = Journal(drive.config.journal_file)
+    journal.begin(entry)
+    first = StepContext(drive.config, entry, journal, drive.downloader)
+    if stage == "unloaded":
+        # The whole first attempt, its journal kept: the report is what never went out.
+        assert patches.remove_patch(first)["changed"] is True
+    else:
+        # Up to the unlinks, as the step records them, then the crash.
+        journal.update("patch_removal", patch_removal_began=True)
+        for module in ("ncs_a", "ncs_b"):
+            (host.path(PATCHES) / f"{module}.beam").unlink()
+    first.close()
+
+    again = drive.step("remove_patch", step, step_id=777)
+    assert again == {"modules": ["ncs_a", "ncs_b"], "kept": [], "changed": True}
+    assert "ncs_a" not in listed(host) and "ncs_b" not in listed(host)
+    assert sorted(files(host)) == [".keep"]
+    # A new removal step (another job) of the same, now absent, patch changes nothing.
+    assert drive.step("remove_patch", step)["changed"] is False

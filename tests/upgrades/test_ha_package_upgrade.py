@@ -204,19 +204,52 @@ def test_a_failed_sync_reads_every_member_and_says_the_way_back(live, pair, buil
     assert answer.status_code == 202, answer.text
     rollback = answer.json()
     assert rollback["kind"] == "ha_package_rollback"
-    first = rollback["steps"][0]
-    assert (first["node"], first["name"]) == ("nso-a", "ha_sync_packages")
-    step = pair["nso-a"].next()
-    assert step["params"]["restore_links"] == (
-        f"/var/opt/ncs/backups/nso-agent-job-{job['id']}/package-links"
-    )
-    assert pair["nso-a"].report(step["id"], "running").status_code == 200
+    # Each member's role checked again and a fresh proven backup of each, before the sync.
+    shape = [(s["node"], s["name"]) for s in rollback["steps"]]
+    assert shape == [
+        ("nso-a", "ha_package_check"),
+        ("nso-b", "ha_package_check"),
+        ("nso-a", "backup"),
+        ("nso-b", "backup"),
+        ("nso-a", "ha_sync_packages"),
+        ("nso-a", "ha_verify_packages"),
+        ("nso-b", "ha_verify_packages"),
+    ]
     done, handed = _drive(live, pair, rollback["id"], _healthy)
     assert done["state"] == "succeeded", done["error"]
+    assert [s["node"] for s in handed if s["name"] == "backup"] == ["nso-a", "nso-b"]
+    check = next(s["params"] for s in handed if s["name"] == "ha_package_check")
+    assert (check["mode"], check["secondaries"]) == ("primary", ["n2"])
+    sync = next(s for s in handed if s["name"] == "ha_sync_packages")
+    assert sync["params"]["restore_links"] == (
+        f"/var/opt/ncs/backups/nso-agent-job-{job['id']}/package-links"
+    )
     verified = [s["params"]["packages"] for s in handed if s["name"] == "ha_verify_packages"]
     assert verified == [[{"name": n, "version": v} for n, v in sorted(LOADED.items())]] * 2
     again = live.session("operator").post(f"{live.url}/api/v1/jobs/{job['id']}/rollback", json={})
     assert "rolled back already" in assert_error(again, 409, "conflict")["message"]
+
+
+def test_a_rollback_whose_fresh_backup_fails_changes_nothing(live, pair, builds) -> None:
+    job = _start(live, builds["router"])
+    ended, _ = _drive(live, pair, job["id"], _healthy)
+    assert ended["state"] == "succeeded", ended["error"]
+    answer = live.session("operator").post(f"{live.url}/api/v1/jobs/{job['id']}/rollback", json={})
+    assert answer.status_code == 202, answer.text
+    rollback = answer.json()
+
+    def backup_fails(node: str, step: dict[str, Any]) -> Outcome:
+        if step["name"] == "backup" and node == "nso-b":
+            return "failed", {}, "ncs-backup failed: No space left on device"
+        return _healthy(node, step)
+
+    done, handed = _drive(live, pair, rollback["id"], backup_fails)
+    assert (done["state"], done["outcome"]) == ("failed", "unchanged")
+    assert "nothing was changed on the group" in done["error"]
+    assert not any(s["name"] == "ha_sync_packages" for s in handed)
+    # Nothing changed: the rollback may be asked for again.
+    again = live.session("operator").post(f"{live.url}/api/v1/jobs/{job['id']}/rollback", json={})
+    assert again.status_code == 202, again.text
 
 
 def test_a_failure_before_the_install_changes_nothing_and_reads_no_member(
