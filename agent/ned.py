@@ -18,7 +18,7 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Optional
 
-from agent.errors import StepFailed
+from agent.errors import NsoError, StepFailed
 
 MAX_NAME = 128
 # Device and device-group names, as inventories name hosts: letters, digits, _ . -
@@ -120,4 +120,22 @@ def migrations(text: str, device: Optional[str] = None) -> dict[str, Migration]:
         elif not raw.startswith(" ") and re.fullmatch(r"device\s+\S+", line):
             current = line.split()[1]
             found.setdefault(current, Migration(current))
+    _all_read(text, found)
     return found
+
+
+def _all_read(text: str, found: dict[str, Migration]) -> None:
+    """Every ``modified-path`` and ``lost-data`` NSO printed was read and tied to a device:
+    migrate's output is not documented, and a block read past (nested in another, printed
+    before any device's name) would make a dry-run that loses data look as if it lost none.
+    Raises NsoError otherwise, with the counts: the operator reads NSO's answer by hand."""
+    for word, kind in (("modified-path", "modified_paths"), ("lost-data", "lost_data")):
+        printed = len(re.findall(rf"(?<![\w-]){word}(?![\w-])", text))
+        read = sum(len(getattr(m, kind)) for m in found.values())
+        if printed > read:
+            raise NsoError(
+                f"migrate printed '{word}' {printed} times and the agent could tie only {read} "
+                f"of them to a device: its answer is not in a form the agent knows, so what "
+                "the migration changes or loses is unknown; run the same migrate with dry-run "
+                "on the NSO CLI and read it there"
+            )

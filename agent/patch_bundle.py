@@ -157,6 +157,13 @@ class LoadedPatch:
     patch_id: Optional[str]
 
 
+def _heading(line: str) -> bool:
+    """The table's heading: ``NAME VERSION ...`` as `nct` printed it (any case; ``MODULE``
+    for ``NAME`` too: the real layout is not documented)."""
+    first = [c.upper() for c in line.split()[:2]]
+    return len(first) == 2 and first[0] in ("NAME", "MODULE") and first[1] == "VERSION"
+
+
 def patches_table(text: str) -> dict[str, LoadedPatch]:
     """Module -> row of ``show ncs-state patches`` (``NAME VERSION [PATCH-ID] COMPILE
     TIME`` columns, rows split on blanks). ``% No entries found.``: none. Anything else
@@ -164,11 +171,11 @@ def patches_table(text: str) -> dict[str, LoadedPatch]:
     if "No entries found" in text:
         return {}
     lines = text.splitlines()
-    head = next((i for i, ln in enumerate(lines) if ln.split()[:2] == ["NAME", "VERSION"]), None)
+    head = next((i for i, ln in enumerate(lines) if _heading(ln)), None)
     if head is None:
         raise CliError(f"'show ncs-state patches' printed no table: {text[:200]!r}", text)
-    columns = lines[head].split()
-    with_id = len(columns) > 2 and columns[2] == "PATCH-ID"
+    columns = [c.upper() for c in lines[head].split()]
+    with_id = len(columns) > 2 and columns[2] in ("PATCH-ID", "PATCH")
     rows: dict[str, LoadedPatch] = {}
     for line in lines[head + 1 :]:
         cells = line.split()
@@ -185,19 +192,29 @@ def patches_table(text: str) -> dict[str, LoadedPatch]:
 
 
 _MODULE_LINE = re.compile(r"^\s*module\s+(\S+)\s+(\S+)(?:\s+(.*))?$", re.MULTILINE)
+_RESULT_OK = re.compile(r"^\s*result\s+(ok|true|success)\b", re.MULTILINE | re.IGNORECASE)
+# Words of an answer that went wrong: a `result` other than ok, an error, a failure.
+_TROUBLE = re.compile(
+    r"^\s*result\s+(?!(ok|true|success)\b)\S|^\s*(%\s*)?error\b|syntax error|\bfail(ed|ure)?\b|\baborted\b",
+    re.IGNORECASE | re.MULTILINE,
+)
 
 
 def load_failures(text: str) -> dict[str, str]:
     """Module -> why, for what ``ncs-state patches load-modules`` could not load (``module
-    M failed "why"``); empty when NSO said ``result ok``. Raises CliError when it said
-    neither."""
+    M failed "why"``); empty when NSO said ``result ok``, or said nothing this reads as
+    trouble. Its output is not documented (the reference: "Output unknown"), so an answer
+    without either is not a failure: the caller's ``show ncs-state patches`` decides.
+    Raises CliError when the answer reads as a failure the agent cannot tie to modules."""
     failures = {
         m.group(1): (m.group(3) or "").strip().strip('"') or "failed"
         for m in _MODULE_LINE.finditer(text)
         if m.group(2) == "failed"
     }
-    if not failures and not re.search(r"^\s*result\s+ok\b", text, re.MULTILINE):
-        raise CliError(
-            f"'ncs-state patches load-modules' did not say result ok: {text[:300]!r}", text
-        )
-    return failures
+    if failures or _RESULT_OK.search(text) or not _TROUBLE.search(text):
+        return failures
+    raise CliError(
+        f"'ncs-state patches load-modules' did not say result ok and reads as a failure: "
+        f"{text[:300]!r}",
+        text,
+    )

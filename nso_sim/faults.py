@@ -29,6 +29,11 @@ FAULTS: dict[str, tuple[str, str]] = {
         "connection drops; the sync runs this much longer, then ends as it would have",
         "nominal seconds (float)",
     ),
+    "migrate-answer-wrapped": (
+        "`migrate` on a device group prints its answer inside one `migrate-result { ... }` "
+        "block, each device's blocks nested in it (another form the answer might take)",
+        "ignored",
+    ),
 }
 
 

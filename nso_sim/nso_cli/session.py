@@ -544,6 +544,8 @@ class CliSession:
                 ops += changes
             if ops and not dry_run:
                 self.d.commit(ops)
+        if where == "device-group" and faults.fire(self.d.layout, "migrate-answer-wrapped"):
+            out = ["migrate-result {", *(f"    {line}" for line in out), "}"]
         return Result(_lines(*out))
 
 

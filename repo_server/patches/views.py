@@ -22,6 +22,7 @@ from repo_server.patches.schemas import (
     RolloutSchema,
     RolloutSummarySchema,
 )
+from repo_server.upgrades import redaction
 
 log = logging.getLogger(__name__)
 
@@ -116,4 +117,6 @@ def get_rollout(rollout_id: int) -> Any:
     found = rollouts().get(rollout_id)
     if principal().role in roles_for("job:details"):
         return found
-    return jsonify(RolloutSchema(exclude=("nodes.result",)).dump(found))
+    return jsonify(
+        redaction.rollout_for_viewer(RolloutSchema(exclude=("nodes.result",)).dump(found))
+    )

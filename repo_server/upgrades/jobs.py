@@ -41,6 +41,7 @@ from repo_server.upgrades import (
     ha_state,
     plans,
     preflight,
+    result_checks,
     results,
 )
 from repo_server.upgrades.job_states import (
@@ -681,10 +682,13 @@ class JobService:
             transition(step, "running")
             return
         step.finished_at = now
-        if state == "succeeded" and job.kind == "ha_upgrade":
-            differs = ha_recovery.data_differs(job, step, result)
+        if state == "succeeded":
+            differs = result_checks.contradiction(job, step, result)
             if differs is not None:
                 state, step.message = "failed", differs
+                if job.kind == "patch":
+                    # Whatever the agent did, the node is not known to be as it was.
+                    result = {**result, "changed": True}
         if state == "succeeded":
             transition(step, "succeeded")
             step.progress = 100

@@ -183,7 +183,10 @@ class NedMigrationService:
                 confirm=dry.id,
             )
         for other in self.jobs.later_jobs([node], dry.id):
-            if other.kind == KIND and other.options.get("confirm") == dry.id:
+            confirmed = (
+                other.options.get("confirm") == dry.id and other.options.get("dry_run") is False
+            )
+            if other.kind == KIND and confirmed:
                 raise DryRunRequired(
                     f"dry-run job {dry.id} was confirmed already, by job {other.id} "
                     f"({other.state}): {again}",
@@ -224,6 +227,16 @@ def _devices_shown(dry: Job) -> list[str]:
             f"dry-run job {dry.id} reported no dry-run result to confirm: {again}",
             confirm=dry.id,
         )
+    if found.get("new_ned_id") != dry.options.get("new_ned_id") or not all(
+        isinstance(e, dict) and e.get("state") in ("dry_run", "already") for e in entries
+    ):
+        # What an agent reported is held to what the dry-run asked: no device migrated in
+        # it, none to another ned-id.
+        raise DryRunRequired(
+            f"dry-run job {dry.id}'s result is not a dry-run to {dry.options.get('new_ned_id')} "
+            f"(its agent reported devices migrated, or another ned-id): {again}",
+            confirm=dry.id,
+        )
     names = [e.get("device") if isinstance(e, dict) else None for e in entries]
     if len(names) != found.get("devices_total") or not all(
         isinstance(n, str) and NAME.fullmatch(n) for n in names
@@ -250,6 +263,14 @@ def _check_request(request: MigrationRequest) -> None:
             "name the devices to migrate (devices) or their device groups (device_groups): "
             "both are empty",
             field="devices",
+        )
+    if request.dry_run and request.confirm is not None:
+        # A dry-run confirms nothing: taken as a confirmation, it would use up the dry-run
+        # it names, and the real migration confirming it would be refused.
+        raise ValidationFailed(
+            "confirm names the dry-run a migration confirms: a dry-run takes none; send the "
+            "dry-run without confirm, or the migration (dry_run false) with it",
+            field="confirm",
         )
     for key, names, most in (
         ("devices", request.devices, MAX_DEVICES),

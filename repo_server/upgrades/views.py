@@ -14,6 +14,7 @@ from repo_server.catalog import release_manifest as signing
 from repo_server.catalog import releases
 from repo_server.catalog.schemas import BEARER
 from repo_server.context import db_session, principal, require, state
+from repo_server.upgrades import redaction
 from repo_server.upgrades.jobs import JobService, verdict_dict
 from repo_server.upgrades.preflight import UpgradeOptions
 from repo_server.upgrades.schemas import (
@@ -48,7 +49,10 @@ def _as_seen_by_caller(found: Any, schema: type[JobSummarySchema], many: bool = 
     if principal().role in roles_for("job:details"):
         return found
     hidden = [f for f in JOB_DETAILS if schema is JobSchema or "." not in f]
-    return jsonify(schema(many=many, exclude=hidden).dump(found))
+    dumped = schema(many=many, exclude=hidden).dump(found)
+    if many:
+        return jsonify([redaction.job_for_viewer(j) for j in dumped])
+    return jsonify(redaction.job_for_viewer(dumped))
 
 
 def upgrade_options(args: dict[str, Any]) -> UpgradeOptions:

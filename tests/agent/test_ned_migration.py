@@ -167,3 +167,18 @@ def test_after_a_crash_mid_migration_the_rerun_still_says_what_it_migrated(nso, 
         ("router-nc-1", "migrated", "router-nc-1.0"),
         ("router-nc-2", "migrated", "router-nc-1.0"),
     ]
+
+
+def test_a_group_answer_the_agent_cannot_tie_to_devices_fails_the_dry_run(nso, driver, sim):
+    """NSO's answer to a group's migrate is not documented. When it comes in a form the
+    agent cannot tie to devices (here nested in one block), a dry-run that loses data must
+    not report that it loses none: it fails, and nothing changes."""
+    drive = driver(agent_config(nso))
+    before = running_config(nso)
+    sim("fault", "set", "--root", str(nso.root), "migrate-answer-wrapped")
+    params = {"new_ned_id": NEW, "device_groups": ["edge"], "dry_run": True}
+    with pytest.raises(StepFailed, match="could tie only 0 of them to a device") as failed:
+        drive.step("ned_migrate", params)
+    assert "lost" in str(failed.value) or "modified-path" in str(failed.value)
+    assert failed.value.result == {"changed": False}
+    assert running_config(nso) == before

@@ -272,6 +272,50 @@ def test_a_failed_step_that_says_it_changed_the_node_needs_attention(
     assert job["steps"][0]["result"] == {"changed": changed}
     outcome = "needs_attention" if changed else "unchanged"
     assert (job["state"], job["outcome"]) == ("failed", outcome)
+    if changed:
+        # The files the agent could not put back are named to operators, not to viewers.
+        kept = "/var/lib/nso-agent/patch-undo/job-1-step-1"
+        step = agent.next()
+        assert step is None
+        started = rollout(live, nodes=["edge-x"], action=action).json()
+        step = agent.next()
+        assert step is not None
+        said = f"NSO did not load it; the files from before are kept in {kept} for 30 days"
+        agent.report(step["id"], "failed", message=said, result={"changed": True})
+        for role, shown in (("operator", kept), ("viewer", "[a path on the host]")):
+            seen = get_as(live, role, f"/patch-rollouts/{started['id']}")["nodes"][0]
+            assert shown in seen["message"] and "NSO did not load it" in seen["message"]
+            job = get_as(live, role, f"/jobs/{started['nodes'][0]['job_id']}")
+            assert shown in job["steps"][0]["message"] and shown in job["error"]
+            assert (kept in job["error"]) is (role == "operator")
+
+
+@pytest.mark.parametrize(
+    ("action", "result"),
+    [
+        ("apply", {"modules": ["other_mod"], "changed": False}),
+        ("apply", {"modules": ["ncs_fix"], "changed": True}),  # one of the two
+        ("apply", {"changed": False}),
+        ("remove", {"modules": ["ncs_fix"], "kept": [], "changed": True}),
+        ("remove", {"modules": MODULES, "kept": ["ncs_fix"], "changed": True}),
+    ],
+    ids=["other-module", "half", "no-modules", "remove-half", "removed-and-kept"],
+)
+def test_a_success_that_contradicts_its_step_is_a_failure(live, bundle, action, result) -> None:
+    """The server holds an agent's success to what the step asked for: a report naming
+    other modules than the patch's is no success, and the node is not called unchanged."""
+    agent = node_on(live, "edge-x", "6.2")
+    started = rollout(live, nodes=["edge-x"], action=action).json()
+    step = agent.next()
+    assert step is not None
+    answer = agent.report(step["id"], "succeeded", result=result)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["step"]["state"] == "failed"
+    job = get(live, f"/jobs/{started['nodes'][0]['job_id']}")
+    assert (job["state"], job["outcome"]) == ("failed", "needs_attention")
+    assert "not taken as a success" in job["steps"][0]["message"]
+    shown = get(live, f"/patch-rollouts/{started['id']}")
+    assert shown["counts"] == {"failed": 1} and shown["state"] != "succeeded"
 
 
 def _counts(live) -> tuple[int, int]:

@@ -199,6 +199,12 @@ def test_a_failed_sync_reads_every_member_and_says_the_way_back(live, pair, buil
     assert f"'nso-repo job rollback {job['id']}'" in error
     assert "finish the upgrade by hand on nso-a: 'packages ha sync and-reload" in error
     assert "nso-a /var/opt/ncs/backups/ncs-6.1@" in error  # the proven backups, by member
+    # A viewer reads what happened, not where the files are on the hosts.
+    for path in (f"/api/v1/jobs/{job['id']}", "/api/v1/jobs"):
+        seen = live.session("viewer").get(f"{live.url}{path}").json()
+        seen = seen if isinstance(seen, dict) else next(j for j in seen if j["id"] == job["id"])
+        assert "NSO said: reload on n2" in seen["error"]
+        assert "/var/opt/ncs" not in seen["error"] and "[a path on the host]" in seen["error"]
 
     answer = live.session("operator").post(f"{live.url}/api/v1/jobs/{job['id']}/rollback", json={})
     assert answer.status_code == 202, answer.text
@@ -250,6 +256,36 @@ def test_a_rollback_whose_fresh_backup_fails_changes_nothing(live, pair, builds)
     # Nothing changed: the rollback may be asked for again.
     again = live.session("operator").post(f"{live.url}/api/v1/jobs/{job['id']}/rollback", json={})
     assert again.status_code == 202, again.text
+
+
+@pytest.mark.parametrize("lie", ["old-build", "extra-package", "down", "read-only"])
+def test_a_verification_that_contradicts_the_job_is_a_failure(live, pair, builds, lie) -> None:
+    """A member's agent says ha_verify_packages succeeded while its own result shows the
+    old build, a package the job does not expect, one not up, or the primary's read-only
+    mode changed: the server does not take the success."""
+    job = _start(live, builds["router"])
+
+    def verify_lies(node: str, step: dict[str, Any]) -> Outcome:
+        state, result, message = _healthy(node, step)
+        if step["name"] != "ha_verify_packages" or node != "nso-a" or step["params"].get("survey"):
+            return state, result, message
+        loaded = [dict(p) for p in result["loaded"]]
+        if lie == "old-build":
+            loaded = [{**p, "version": "1.0.2"} if p["name"] == "router-nc" else p for p in loaded]
+        elif lie == "extra-package":
+            loaded.append({"name": "stray", "version": "1.0", "oper_status": "up"})
+        elif lie == "down":
+            loaded = [{**p, "oper_status": "down"} for p in loaded]
+        return state, {**result, "loaded": loaded, "read_only": lie == "read-only"}, message
+
+    ended, _ = _drive(live, pair, job["id"], verify_lies)
+    assert (ended["state"], ended["outcome"]) == ("failed", "needs_attention")
+    verify = next(
+        s
+        for s in ended["steps"]
+        if s["name"] == "ha_verify_packages" and s["node"] == "nso-a" and s["state"] == "failed"
+    )
+    assert "not taken as a success" in verify["message"]
 
 
 def test_a_failure_before_the_install_changes_nothing_and_reads_no_member(

@@ -326,8 +326,10 @@ def test_a_confirmed_migration_carries_the_devices_its_dry_run_showed(live, nedd
         lambda found: found.update(dry_run=False),
         lambda found: found.update(devices=[]),
         lambda found: found.update(devices_total=5),  # devices left out of the result
+        lambda found: found.update(new_ned_id="router-nc-3.0"),
+        lambda found: found["devices"][0].update(state="migrated"),
     ],
-    ids=["not-a-dry-run", "no-devices", "devices-left-out"],
+    ids=["not-a-dry-run", "no-devices", "devices-left-out", "other-ned-id", "one-migrated"],
 )
 def test_only_a_whole_dry_run_result_can_be_confirmed(live, nedded, spoil) -> None:
     result = result_for({"params": {"devices": ["r1", "r2"]}}, True)
@@ -337,3 +339,14 @@ def test_only_a_whole_dry_run_result_can_be_confirmed(live, nedded, spoil) -> No
     error = assert_error(answer, 409, "dry_run_required")
     assert f"dry-run job {dry}" in error["message"]
     assert nedded.next() is None  # nothing was started
+
+
+def test_a_dry_run_naming_a_dry_run_to_confirm_is_refused(live, nedded) -> None:
+    """A dry-run confirms nothing: with confirm it is refused, and the dry-run it names
+    can still be confirmed by the real migration."""
+    dry = run_job(live, nedded, migrate(live))
+    refused = migrate(live, confirm=dry["id"])
+    assert assert_error(refused, 422, "validation_failed")["details"]["field"] == "confirm"
+    assert nedded.next() is None
+    done = run_job(live, nedded, migrate(live, dry_run=False, confirm=dry["id"]))
+    assert done["state"] == "succeeded", done.get("error")

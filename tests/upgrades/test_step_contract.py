@@ -22,7 +22,13 @@ from repo_server.upgrades.ned_migrations import MigrationRequest
 from repo_server.upgrades.preflight import Verdict
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "agent-protocol.md"
-EXERCISED = {"upgrade_steps", "recover_step", "recovery_for", "package_upgrade_steps"}
+EXERCISED = {
+    "upgrade_steps",
+    "recover_step",
+    "recovery_for",
+    "package_upgrade_steps",
+    "backup_step",
+}
 
 
 def artifact(filename: str, kind: str = "package") -> Artifact:
@@ -52,6 +58,7 @@ def every_plan() -> list[list[plans.StepSpec]]:
         request = MigrationRequest("n", "router-nc-2.0", ("r1",), ("edge",), dry_run, 1)
         made.append([ned_migrations.migrate_step(request)])
     made.append(plans.package_upgrade_steps([], False, remove=("router-nc",)))
+    made.append([plans.backup_step()])  # also an HA package rollback's
     bundle = artifact("nso-6.2-patch-P1.tar.gz", "patch")
     made += [[patch_step(action, bundle)] for action in ("apply", "remove")]
     made += ha_package_plans()

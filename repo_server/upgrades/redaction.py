@@ -1,0 +1,45 @@
+"""What a role without ``job:details`` (a viewer, a dashboard's token) sees of a job's words.
+
+Such a role does not get a job's context, its steps' results and log tails (README,
+"Roles"). The job's ``error`` and its steps' ``message`` stay readable, since they say what
+happened, but they name files on the hosts too (a member's proven backup, a saved package
+folder, an undo save): those paths are masked here, so a viewer learns what went wrong and
+an operator where things are.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+# An absolute path on a host: a slash not inside a word, a URL or another path, then path
+# characters. (A YANG path such as /ncs:devices/device{r1} is masked too: no loss to a viewer.)
+HOST_PATH = re.compile(r"(?<![\w:/.~-])/[\w.@+:~{}-]+(?:/[\w.@+:~{}-]*)*")
+MASK = "[a path on the host]"
+
+
+def masked(text: Any) -> Any:
+    """``text`` with every absolute path replaced; anything that is not text as it is."""
+    return HOST_PATH.sub(MASK, text) if isinstance(text, str) else text
+
+
+def job_for_viewer(job: dict[str, Any]) -> dict[str, Any]:
+    """A dumped job (a summary or the whole job) with its error and step messages masked."""
+    shown = {**job, "error": masked(job.get("error"))} if "error" in job else dict(job)
+    if isinstance(job.get("steps"), list):
+        shown["steps"] = [
+            {**s, "message": masked(s.get("message"))} if isinstance(s, dict) else s
+            for s in job["steps"]
+        ]
+    return shown
+
+
+def rollout_for_viewer(rollout: dict[str, Any]) -> dict[str, Any]:
+    """A dumped patch rollout with each node's message masked."""
+    shown = dict(rollout)
+    if isinstance(rollout.get("nodes"), list):
+        shown["nodes"] = [
+            {**n, "message": masked(n.get("message"))} if isinstance(n, dict) else n
+            for n in rollout["nodes"]
+        ]
+    return shown

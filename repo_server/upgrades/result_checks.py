@@ -1,0 +1,114 @@
+"""A succeeded step's result held against what the step asked for.
+
+The agent checks its own work (agent/steps/), and the server does not take its word for it:
+where a step's parameters say what the node must run afterwards and its result says what
+the node runs, the two are compared here. A success that contradicts its step (an older
+or faulty agent, or a forged report) is recorded as the step's failure, with why, and the
+job goes the way a failure of that step goes: never a job that succeeded on a node that
+does not run what it says.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+from repo_server.upgrades import ha_package_plan, ha_recovery
+from repo_server.upgrades.models import Job, Step
+from repo_server.upgrades.step_payloads import node_context
+
+SHOWN = 10  # names a message lists, at most
+
+Check = Callable[[Job, Step, dict[str, Any]], Optional[str]]
+
+
+def contradiction(job: Job, step: Step, result: dict[str, Any]) -> Optional[str]:
+    """Why a succeeded ``result`` of ``step`` cannot be taken as a success; None when it
+    agrees with the step (or the step's result says nothing the server can hold it to)."""
+    if job.kind == "ha_upgrade":
+        return ha_recovery.data_differs(job, step, result)
+    check = _CHECKS.get(step.name)
+    return check(job, step, result) if check is not None else None
+
+
+def _names(values: Any) -> set[str]:
+    return {str(v) for v in values} if isinstance(values, list) else set()
+
+
+def _listed(names: set[str]) -> str:
+    shown = sorted(names)
+    more = f" and {len(shown) - SHOWN} more" if len(shown) > SHOWN else ""
+    return (", ".join(shown[:SHOWN]) + more) or "none"
+
+
+def _refused(step: Step, why: str) -> str:
+    return (
+        f"the agent reported {step.name} succeeded, but {why}: not taken as a success. Check "
+        f"the node and its nso-agent version ('nso-agent status'), then roll it out again"
+    )
+
+
+def _patch_applied(_job: Job, step: Step, result: dict[str, Any]) -> Optional[str]:
+    wanted, said = _names(step.params.get("modules")), _names(result.get("modules"))
+    if said == wanted:
+        return None
+    return _refused(
+        step, f"it names the modules {_listed(said)} and the patch is {_listed(wanted)}"
+    )
+
+
+def _patch_removed(_job: Job, step: Step, result: dict[str, Any]) -> Optional[str]:
+    wanted = _names(step.params.get("modules"))
+    removed, kept = _names(result.get("modules")), _names(result.get("kept"))
+    if removed | kept == wanted and not removed & kept:
+        return None
+    return _refused(
+        step,
+        f"it names {_listed(removed)} removed and {_listed(kept)} kept, and the patch is "
+        f"{_listed(wanted)}",
+    )
+
+
+def _packages_verified(job: Job, step: Step, result: dict[str, Any]) -> Optional[str]:
+    if step.params.get("survey"):
+        return None  # a reading after a failure: whatever the member loads is the answer
+    wanted = {
+        str(p.get("name")): p.get("version")
+        for p in step.params.get("packages") or []
+        if isinstance(p, dict)
+    }
+    loaded = {
+        str(p.get("name")): p
+        for p in result.get("loaded") or []
+        if isinstance(p, dict) and p.get("name")
+    }
+    problems = [
+        f"{name} {loaded[name].get('version') if name in loaded else '(none)'} where the "
+        f"job expects {version}"
+        for name, version in sorted(wanted.items())
+        if name not in loaded or loaded[name].get("version") != version
+    ]
+    down = sorted(n for n in set(wanted) & set(loaded) if loaded[n].get("oper_status") != "up")
+    if down:
+        problems.append(f"{_listed(set(down))} not up")
+    extra = set(loaded) - set(wanted)
+    if extra:
+        problems.append(f"{_listed(extra)} loaded, which the job does not expect")
+    if step.params.get("primary"):
+        before = node_context(job, step.node_id).get("read_only_before")
+        if not isinstance(before, bool):
+            before = ha_package_plan.read_only_before(job, step.node_id)
+        if not isinstance(before, bool) or result.get("read_only") is not before:
+            problems.append(
+                f"its read-only mode is {result.get('read_only')!s}, and before the sync it "
+                f"was {before!s}"
+            )
+    if not problems:
+        return None
+    return _refused(step, "it reports " + "; ".join(problems[:SHOWN]))
+
+
+_CHECKS: dict[str, Check] = {
+    "apply_patch": _patch_applied,
+    "remove_patch": _patch_removed,
+    "ha_verify_packages": _packages_verified,
+}
