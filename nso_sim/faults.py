@@ -29,6 +29,12 @@ FAULTS: dict[str, tuple[str, str]] = {
         "connection drops; the sync runs this much longer, then ends as it would have",
         "nominal seconds (float)",
     ),
+    "ha-sync-primary-reload-unsaid": (
+        "on the primary: `packages ha sync` reloads the secondaries, the primary's own reload "
+        "fails, and the answer says so in no form a client knows (exit status 0, no error "
+        "line); the primary is left read-write, as NSO leaves it on error",
+        "ignored",
+    ),
     "migrate-answer-wrapped": (
         "`migrate` on a device group prints its answer inside one `migrate-result { ... }` "
         "block, each device's blocks nested in it (another form the answer might take)",

@@ -103,7 +103,7 @@ def ha_sync_packages(ctx: StepContext) -> dict[str, Any]:
         sync = Sync(str(variant), targets, before, bound, time.monotonic() + bound)
         try:
             synced = ctx.nso.packages_ha_sync(sync.variant, timeout=bound)
-            said = _nso_said(synced.output) if synced.failures else ""
+            said = _nso_said(synced.output) if synced.failures else _unlike_success(ctx, sync)
         except CliLost as exc:
             # Not a refusal: NSO may still be syncing, holding the primary read-only.
             ctx.progress(60, f"{exc}; waiting for NSO to end the sync")
@@ -151,6 +151,36 @@ def _earlier_deadline(ctx: StepContext, bound: float) -> float:
 
 def _nso_said(output: str) -> str:
     return f"NSO said:\n{output.strip()[-NSO_SAID_MAX:]}"
+
+
+def _unlike_success(ctx: StepContext, sync: Sync) -> str:
+    """A sync NSO answered without a failure the agent can read, checked on this primary
+    (what the sync prints is not documented: the answer alone is not taken): it loads what
+    the step expects, each up, and NSO did not leave it read-write when it was read-only
+    before. What is wrong, for the failure; empty when nothing is."""
+    expected, judged_by = _expected(ctx, sync.targets)
+    try:
+        missing = _missing(ctx, expected)
+        wrong = [f"this primary does not load {', '.join(missing)}"] if missing else []
+        if sync.before and not ctx.nso.ha_read_only_mode():
+            wrong.append("NSO left this primary read-write, as it does when the sync fails")
+    except AgentError as exc:
+        wrong = [f"what this primary loads could not be read ({exc})"]
+    if not expected:
+        wrong.append("there is nothing to judge the sync by, so it is not taken as succeeded")
+    if not wrong:
+        return ""
+    return f"NSO's answer named no failure, but {'; '.join(wrong)} ({judged_by})"
+
+
+def _missing(ctx: StepContext, expected: dict[str, str]) -> list[str]:
+    """The expected packages this node does not load at their version, up."""
+    loaded = ctx.nso.package_states()
+    return [
+        f"{name} {version} up (loaded: {_shown(loaded.get(name))})"
+        for name, version in sorted(expected.items())
+        if loaded.get(name, (None, None)) != (version, "up")
+    ]
 
 
 def _mode_after_success(ctx: StepContext, sync: Sync) -> bool:
@@ -206,12 +236,7 @@ def _verdict(ctx: StepContext, expected: dict[str, str], before: bool) -> Option
     held = ctx.nso.ha_read_only_mode()
     if held and not before:
         return None
-    loaded = ctx.nso.package_states()
-    missing = [
-        f"{name} {version} up (loaded: {_shown(loaded.get(name))})"
-        for name, version in sorted(expected.items())
-        if loaded.get(name, (None, None)) != (version, "up")
-    ]
+    missing = _missing(ctx, expected)
     if held and missing:
         return None  # read-only as before: a sync still running looks the same
     wrong = [f"this primary does not load {', '.join(missing)}"] if missing else []

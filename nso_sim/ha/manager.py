@@ -721,6 +721,12 @@ class HaManager:
                     raise ReloadRefused(
                         [f"Error: reload on {link.peer_id} failed: {reply.get('info')}"]
                     )
+            if faults.fire(self.d.layout, "ha-sync-primary-reload-unsaid") is not None:
+                # SIMULATOR behaviour: NSO's answer to a sync is not documented; this one
+                # claims nothing and hides a failure, for clients that must not trust it.
+                self.d.read_only = False
+                report.ok = True
+                return report
             names = self.d.reload_packages(force=False)
         except ReloadRefused as exc:
             self.d.read_only = False  # upstream: the node is left read-write on error

@@ -106,3 +106,25 @@ def test_sync_check_and_verify_on_a_pair(make_cluster, artifacts, driver) -> Non
         journal.clear()
     faults = sim("fault", "list", "--root", str(secondary.root)).stdout
     assert "ha-sync-reload-fails" in faults, faults
+
+
+@pytest.mark.parametrize("before", [False, True])
+def test_a_sync_nso_answers_as_a_success_is_checked_on_the_primary(
+    make_cluster, artifacts, driver, before
+) -> None:
+    """NSO's answer to the sync is not documented: here it hides that the primary's own
+    reload failed (the secondary reloaded). The step judges by what the primary loads: it
+    fails, says what it found, and puts read-only mode back as it was."""
+    primary, secondary = make_cluster("6.2")
+    secondary.wait_for("show high-availability status mode", "secondary")
+    d1 = driver(agent_config(primary))
+    shutil.copy(artifacts.service("6.2", "1.1"), primary.path("/opt/ncs/packages"))
+    assert primary.cli("software packages install package l3vpn-1.1 replace-existing")[1] == 0
+    primary.cli(f"high-availability read-only mode {str(before).lower()}")
+    sim("fault", "set", "--root", str(primary.root), "ha-sync-primary-reload-unsaid", "--once")
+    with pytest.raises(StepFailed, match="NSO's answer named no failure, but") as failed:
+        d1.step("ha_sync_packages", {"sync": "and-reload", "packages": NEW_SERVICE})
+    message = str(failed.value)
+    assert "this primary does not load l3vpn 1.1 up (loaded: 1.0, up)" in message
+    assert f"Read-only mode is back to {str(before).lower()}" in message
+    assert read_only(primary) is before
