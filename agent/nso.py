@@ -469,11 +469,19 @@ class Nso:
         text = self._cli.run(f"show packages package {name} package-version", check=False)
         return answers.show_value(text, "package-version")
 
-    def install_package(self, name: str, version: str) -> str:
-        """``software packages install ... replace-existing``; what NSO printed."""
+    def install_package(self, name: str, version: str, filename: Optional[str] = None) -> str:
+        """``software packages install ... replace-existing``; what NSO printed. With the
+        staged ``filename``, NSO is named that file (its base name, ``ncs-6.2-router-nc-1.0.2``):
+        NAME-VERSION alone leaves off the ``ncs-X.Y-`` prefix, and with builds of several
+        releases side by side in /opt/ncs/packages (as the guide keeps them) it names more
+        than one."""
         name = trust.package_name(name, "package name")
         version = trust.package_version(version, "package version")
-        command = f"software packages install package {name}-{version} replace-existing"
+        wanted = f"{name}-{version}"
+        if filename is not None:
+            base = trust.package_file(filename, "package file")[0]
+            wanted = base[: -len(".tar.gz")] if base.endswith(".tar.gz") else base
+        command = f"software packages install package {wanted} replace-existing"
         return self._cli.run(command).strip()
 
     def deinstall_package(self, name: str, version: str) -> str:

@@ -48,8 +48,9 @@ def package_refs(ctx: StepContext) -> list[tuple[str, str, str]]:
 
 def install_packages(ctx: StepContext) -> dict[str, Any]:
     installed = []
-    for _filename, name, version in package_refs(ctx):
-        installed.append(ctx.nso.install_package(name, version) or f"installed {name}-{version}")
+    for filename, name, version in package_refs(ctx):
+        said = ctx.nso.install_package(name, version, filename)
+        installed.append(said or f"installed {name}-{version}")
     for name in removals(ctx):
         # NSO shows the package until the reload: its version names the file to take out.
         loaded = ctx.nso.package_version(name)

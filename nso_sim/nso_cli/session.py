@@ -390,7 +390,15 @@ class CliSession:
         ]
         if not matches:
             raise CliError(f"Error: package {wanted} not found in {store}")
-        src = matches[-1]
+        if len(matches) > 1:
+            # SIMULATOR behaviour (the reference is silent): a name that leaves off the
+            # ncs-X.Y- prefix of builds kept side by side is refused, never guessed.
+            raise CliError(
+                f"Error: package {wanted} names several files in {store}: "
+                + ", ".join(m.name for m in matches)
+                + "; name one with its ncs-X.Y- prefix"
+            )
+        src = matches[0]
         try:
             info = read_package(src)
         except PackageError as exc:

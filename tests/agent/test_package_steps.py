@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 
 import pytest
 
@@ -50,3 +51,23 @@ def test_reload_that_would_delete_data_is_refused_verbatim(make_host, artifacts,
     assert "Error: The following namespaces will be deleted by upgrade:" in str(failed.value)
     assert "http://example.com/nso-sim/l3vpn" in str(failed.value)
     assert "proceed with 'force' parameter" in str(failed.value)
+
+
+def test_install_names_the_staged_file_among_builds_of_other_releases(
+    make_host, artifacts, file_server, driver
+):
+    """The guide keeps builds of several releases side by side in /opt/ncs/packages: the
+    agent names NSO the exact file it staged, never NAME-VERSION, which matches both."""
+    host = make_host("6.1")
+    drive = driver(agent_config(host), file_server)
+    new = package_refs(file_server, artifacts, "1.1")
+    drive.step("prestage_packages", {"packages": new})
+    # The next release's build of the same package and version, staged for a later upgrade.
+    shutil.copy(artifacts.service("6.2", "1.1"), host.path("/opt/ncs/packages"))
+    ambiguous = host.cli("software packages install package l3vpn-1.1 replace-existing")
+    assert ambiguous[1] != 0 and "names several files" in ambiguous[0]
+    out = drive.step("install_packages", {"packages": new})
+    assert out == {"installed": ["installed ncs-6.1-l3vpn-1.1"]}
+    link = host.path("/var/opt/ncs/packages/ncs-6.1-l3vpn-1.1.tar.gz")
+    assert os.path.realpath(link).endswith("/opt/ncs/packages/ncs-6.1-l3vpn-1.1.tar.gz")
+    assert not os.path.lexists(host.path("/var/opt/ncs/packages/ncs-6.2-l3vpn-1.1.tar.gz"))
