@@ -30,6 +30,7 @@ from repo_server.errors import (
     NotFound,
     ValidationFailed,
 )
+from repo_server.fleet.models import Node
 from repo_server.pages import Page, paginate
 from repo_server.storage import Storage
 
@@ -307,6 +308,8 @@ class CatalogService:
         artifact = self.get(filename)
         if artifact.deleted:
             return artifact
+        if artifact.kind == "patch":
+            self._refuse_while_loaded(artifact)
         artifact.deleted_at = utcnow()
         artifact.deleted_by = who.actor
         # The protection window of gc starts again: a delete by mistake can still be undone
@@ -323,6 +326,35 @@ class CatalogService:
         )
         self.session.commit()
         return artifact
+
+    def _refuse_while_loaded(self, bundle: Artifact) -> None:
+        """A patch bundle stays while a node runs its patch: removing a patch from a node
+        needs the bundle (the agent takes out only files holding its bytes), and a deleted
+        artifact is served to no one."""
+        rows = self.session.execute(
+            select(Node.name, Node.inventory)
+            .where(Node.running_version == bundle.nso_version)
+            .order_by(Node.name)
+        )
+        holding = [
+            name
+            for name, inventory in rows
+            if any(
+                isinstance(p, dict) and p.get("patch_id") == bundle.name
+                for p in (inventory or {}).get("patches") or []
+            )
+        ]
+        if holding:
+            shown = ", ".join(holding[:20]) + (
+                f" (and {len(holding) - 20} more)" if len(holding) > 20 else ""
+            )
+            raise Conflict(
+                f"{bundle.filename} is loaded on {shown}, by their last heartbeats: take the "
+                f"patch off first ('nso-repo patch rollout {bundle.filename} --remove "
+                "--node NODE'; removing it needs the bundle), then delete it",
+                filename=bundle.filename,
+                nodes=holding[:100],
+            )
 
     def release_name(self, filename: str, who: Principal) -> Artifact:
         """Free the reserved name of a deleted artifact so it can be published again (admin).

@@ -638,3 +638,29 @@ def test_a_rollout_costs_the_same_statements_for_2_nodes_and_for_30(app, live, b
     )
     assert answer.status_code == 200 and len(answer.json()["nodes"]) == 30
     assert shown < 15, shown
+
+
+def test_a_bundle_stays_while_a_node_runs_its_patch(live, bundle) -> None:
+    """Removing a patch needs its bundle: the catalog refuses to delete it while a node's
+    last heartbeat says NSO runs it, and deletes it once none does."""
+    rows = [
+        {
+            "module": m,
+            "file": f"{m}.beam",
+            "loaded": True,
+            "patch_id": "CSCfix1",
+            "nso_version": "6.2",
+        }
+        for m in MODULES
+    ]
+    patched = node_on(live, "edge-p", "6.2", patches=rows)
+    node_on(live, "edge-q", "6.2")
+    admin = live.session("admin")
+    refused = admin.delete(f"{live.url}/api/v1/artifacts/{BUNDLE}")
+    error = assert_error(refused, 409, "conflict")
+    assert error["details"]["nodes"] == ["edge-p"]
+    assert "--remove" in error["message"]
+    assert get(live, f"/artifacts/{BUNDLE}").get("deleted_at") is None
+    assert patched.heartbeat(inventory("6.2", patches=[])).status_code == 200
+    assert admin.delete(f"{live.url}/api/v1/artifacts/{BUNDLE}").status_code == 200
+    assert get(live, f"/artifacts/{BUNDLE}").get("deleted_at") is not None
