@@ -93,9 +93,12 @@ class Migration:
     lost_data: list[dict[str, str]] = field(default_factory=list)
 
 
-def migrations(text: str, device: Optional[str] = None) -> dict[str, Migration]:
+def migrations(
+    text: str, device: Optional[str] = None, whole: bool = False
+) -> dict[str, Migration]:
     """Device -> what ``migrate`` printed for it. ``device``: the one device migrated (its
-    output names no device); a group's output names each before its blocks."""
+    output names no device); a group's output names each before its blocks. ``whole``: every
+    block must be tied to a device (`_all_read`), as a dry-run's answer must."""
     found: dict[str, Migration] = {}
     current = device
     block: Optional[tuple[str, dict[str, str]]] = None
@@ -120,7 +123,8 @@ def migrations(text: str, device: Optional[str] = None) -> dict[str, Migration]:
         elif not raw.startswith(" ") and re.fullmatch(r"device\s+\S+", line):
             current = line.split()[1]
             found.setdefault(current, Migration(current))
-    _all_read(text, found)
+    if whole:
+        _all_read(text, found)
     return found
 
 
@@ -130,11 +134,11 @@ def _all_read(text: str, found: dict[str, Migration]) -> None:
     before any device's name) would make a dry-run that loses data look as if it lost none.
     Raises NsoError otherwise, with the counts: the operator reads NSO's answer by hand."""
     for word, kind in (("modified-path", "modified_paths"), ("lost-data", "lost_data")):
-        printed = len(re.findall(rf"(?<![\w-]){word}(?![\w-])", text))
+        printed = len(re.findall(rf"^\s*{word}\s*{{", text, re.MULTILINE))
         read = sum(len(getattr(m, kind)) for m in found.values())
         if printed > read:
             raise NsoError(
-                f"migrate printed '{word}' {printed} times and the agent could tie only {read} "
+                f"migrate printed {printed} '{word}' blocks and the agent could tie only {read} "
                 f"of them to a device: its answer is not in a form the agent knows, so what "
                 "the migration changes or loses is unknown; run the same migrate with dry-run "
                 "on the NSO CLI and read it there"

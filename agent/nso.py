@@ -613,7 +613,9 @@ class Nso:
         command = f"devices {where} {name} migrate new-ned-id {new_ned_id}"
         _cli_bool(dry_run)  # a bool, nothing else: no other value may mean a real migration
         text = self._cli.run(command + (" dry-run" if dry_run else ""), timeout=3600)
-        return ned.migrations(text, name if where == "device" else None)
+        # A dry-run's answer is what the operator confirms: every block must be read. A
+        # migration's is not (its dry-run was read): what it did is read back from NSO.
+        return ned.migrations(text, name if where == "device" else None, whole=dry_run)
 
 
 def _cli_bool(on: bool) -> str:

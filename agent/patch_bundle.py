@@ -191,11 +191,12 @@ def patches_table(text: str) -> dict[str, LoadedPatch]:
     return rows
 
 
-_MODULE_LINE = re.compile(r"^\s*module\s+(\S+)\s+(\S+)(?:\s+(.*))?$", re.MULTILINE)
-_RESULT_OK = re.compile(r"^\s*result\s+(ok|true|success)\b", re.MULTILINE | re.IGNORECASE)
+_MODULE_LINE = re.compile(r"^\s*module\s+(\S+)\s+(\S+)(?:\s+(.*))?$")
+_RESULT_OK = re.compile(r"^\s*result\s*:?\s*(ok|true|success)\b", re.MULTILINE | re.IGNORECASE)
 # Words of an answer that went wrong: a `result` other than ok, an error, a failure.
 _TROUBLE = re.compile(
-    r"^\s*result\s+(?!(ok|true|success)\b)\S|^\s*(%\s*)?error\b|syntax error|\bfail(ed|ure)?\b|\baborted\b",
+    r"^\s*result\s*:?\s*(?!(ok|true|success)\b)\S|error|fail|invalid|could not|cannot|"
+    r"can't|unable|refused|aborted|denied|badarg|not loaded",
     re.IGNORECASE | re.MULTILINE,
 )
 
@@ -205,13 +206,19 @@ def load_failures(text: str) -> dict[str, str]:
     M failed "why"``); empty when NSO said ``result ok``, or said nothing this reads as
     trouble. Its output is not documented (the reference: "Output unknown"), so an answer
     without either is not a failure: the caller's ``show ncs-state patches`` decides.
-    Raises CliError when the answer reads as a failure the agent cannot tie to modules."""
-    failures = {
-        m.group(1): (m.group(3) or "").strip().strip('"') or "failed"
-        for m in _MODULE_LINE.finditer(text)
-        if m.group(2) == "failed"
-    }
-    if failures or _RESULT_OK.search(text) or not _TROUBLE.search(text):
+    Raises CliError when the answer reads as a failure the agent cannot tie to modules
+    (any line but ``module M loaded|unloaded|failed ...`` that reads as trouble)."""
+    failures: dict[str, str] = {}
+    rest: list[str] = []
+    for line in text.splitlines():
+        row = _MODULE_LINE.match(line)
+        status = row.group(2) if row else None
+        if row and status == "failed":
+            failures[row.group(1)] = (row.group(3) or "").strip().strip('"') or "failed"
+        elif not (row and status in ("loaded", "unloaded")):
+            rest.append(line)
+    others = "\n".join(rest)
+    if failures or _RESULT_OK.search(others) or not _TROUBLE.search(others):
         return failures
     raise CliError(
         f"'ncs-state patches load-modules' did not say result ok and reads as a failure: "

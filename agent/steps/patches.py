@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import stat
 import time
 import traceback
 from dataclasses import dataclass
@@ -282,11 +283,13 @@ def _prune_undo_saves(ctx: StepContext) -> None:
     with contextlib.suppress(FileNotFoundError):
         for save in root.iterdir():
             try:
-                old = save != mine and save.lstat().st_mtime < oldest
+                info = save.lstat()
             except FileNotFoundError:
                 continue
-            if old:
-                shutil.rmtree(save, ignore_errors=True)
+            if save == mine or not stat.S_ISDIR(info.st_mode) or info.st_mtime >= oldest:
+                continue  # the agent makes only folders here: anything else is left alone
+            shutil.rmtree(save, ignore_errors=True)
+            if not os.path.lexists(save):
                 ctx.log(f"removed {save}, an undo save older than {UNDO_KEEP_DAYS} days")
 
 

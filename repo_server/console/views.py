@@ -24,6 +24,7 @@ from repo_server.fleet import service as nodes_service
 from repo_server.fleet.schemas import NodeQueryArgs
 from repo_server.rollouts.service import Rollouts, rollout_dict
 from repo_server.rollouts.status import node_statuses
+from repo_server.upgrades import redaction
 from repo_server.upgrades.ha_jobs import GroupUpgrades
 from repo_server.upgrades.ha_plan import WRITE_POLICIES
 from repo_server.upgrades.jobs import JobService, verdict_dict
@@ -51,7 +52,14 @@ def _helpers() -> dict[str, Any]:
         "me": login.principal if login else None,
         "csrf_token": login.csrf_token if login else "",
         "age": age,
+        "job_words": _job_words,
     }
+
+
+def _job_words(text: Any) -> Any:
+    """A job's error or a step's message as the caller may read it: host paths masked for
+    a role without job:details, as the API masks them (upgrades/redaction.py)."""
+    return text if access.can("job:details") else redaction.masked(text)
 
 
 @bp.after_request

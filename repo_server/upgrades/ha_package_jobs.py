@@ -190,6 +190,12 @@ def rollback_packages(jobs: JobService, done: Job, who: Principal) -> Job:
     steps += [(i, backup_step(), 2) for i in members]
     steps += [(primary, sync_step("and-reload", {}, restore_links=saved), None)]
     steps += [(i, verify_step(before, i == primary), None) for i in members]
+    # The upgrade's own backups, named with the rollback's when it says the way back.
+    backups = {
+        str(i): node_context(done, i).get("backup_file")
+        for i in members
+        if node_context(done, i).get("backup_file")
+    }
     job = Job(
         kind=ROLLBACK,
         source_version=done.target_version,
@@ -200,6 +206,7 @@ def rollback_packages(jobs: JobService, done: Job, who: Principal) -> Job:
             "rollback_of": done.id,
             "before": done.options.get("after"),
             "after": before,
+            "backups": backups,
             "read_only_before": read_only_before(done, primary),
         },
         plan={"rollback_of": done.id, "step_count": len(steps)},

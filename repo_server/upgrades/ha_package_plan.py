@@ -256,15 +256,29 @@ def _member(job: Job, node_id: int, roles: Roles, changed: list[str]) -> str:
 
 
 def _backups(job: Job, roles: Roles) -> list[str]:
-    kept = job.options.get("backups")
-    if isinstance(kept, dict):
-        return [f"{roles.names.get(int(k), k)} {v}" for k, v in kept.items()]
+    """The job's own proven backups, by member; for a rollback also those of the upgrade it
+    rolls back (``options.backups``), older."""
     found = []
     for node_id in [roles.primary, *roles.secondaries]:
         file = node_context(job, node_id).get("backup_file")
         if file:
             found.append(f"{roles.names[node_id]} {file}")
+    kept = job.options.get("backups")
+    if isinstance(kept, dict):
+        of = job.options.get("rollback_of")
+        found += [
+            f"{roles.names.get(int(k), k)} {v}" + (f" (from job {of})" if of else "")
+            for k, v in kept.items()
+        ]
     return found
+
+
+def _staged(files: list[str], name: str, version: str) -> str:
+    """The staged file of ``name`` ``version`` as the install names it (``ncs-6.2-x-1.0``:
+    NAME-VERSION alone matches every release's build kept side by side)."""
+    suffix = f"-{name}-{version}.tar.gz"
+    found = next((f for f in files if f.startswith("ncs-") and f.endswith(suffix)), None)
+    return found[: -len(".tar.gz")] if found else f"{name}-{version}"
 
 
 def describe(job: Job, read: bool = True) -> str:
@@ -289,8 +303,9 @@ def describe(job: Job, read: bool = True) -> str:
     if job.kind == UPGRADE:
         sync = f"'{sync_command(str(job.options.get('sync')))}'"
         installed = any(s.name == "install_packages" and s.state == "succeeded" for s in job.steps)
+        files = [str(f) for f in job.options.get("packages") or []]
         installs = [
-            f"'software packages install package {n}-{after[n]} replace-existing'"
+            f"'software packages install package {_staged(files, n, after[n])} replace-existing'"
             for n in changed
             if after.get(n)
         ]

@@ -13,7 +13,14 @@ from agent.patch_bundle import load_failures, patches_table
 
 @pytest.mark.parametrize(
     "answer",
-    ["result ok", "", "Result OK\nmodule ncs_a loaded", "result true", "2 modules loaded"],
+    [
+        "result ok",
+        "",
+        "Result OK\nmodule ncs_a loaded",
+        "result true",
+        "2 modules loaded",
+        "module fail loaded\nmodule ncs_b unloaded",  # a module's name is no trouble
+    ],
 )
 def test_an_answer_that_says_no_trouble_is_no_failure(answer: str) -> None:
     assert load_failures(answer) == {}
@@ -28,6 +35,11 @@ def test_an_answer_that_says_no_trouble_is_no_failure(answer: str) -> None:
         "result false",
         "% error: aborted",
         "load failed",
+        "result: error",
+        'module ncs_a error "bad beam"',  # a status the agent does not know
+        "could not load ncs_a.beam: badarg",
+        "Internal error",
+        "% Invalid input detected",
     ],
 )
 def test_an_answer_that_reads_as_trouble_is_a_failure(answer: str) -> None:

@@ -18,6 +18,7 @@ from sqlalchemy import event, update
 from repo_server.db import utcnow
 from repo_server.fleet.models import Node
 from tests.api.helpers import assert_error, put_file
+from tests.console.helpers import logged_in
 from tests.factories import make_package, make_patch_bundle
 from tests.upgrades.builders import (
     Agent,
@@ -288,6 +289,9 @@ def test_a_failed_step_that_says_it_changed_the_node_needs_attention(
             job = get_as(live, role, f"/jobs/{started['nodes'][0]['job_id']}")
             assert shown in job["steps"][0]["message"] and shown in job["error"]
             assert (kept in job["error"]) is (role == "operator")
+            # The console's job page as well.
+            page = logged_in(live.url, live.tokens[role]).get(f"/ui/jobs/{job['id']}").text
+            assert shown in page and (kept in page) is (role == "operator")
 
 
 @pytest.mark.parametrize(
@@ -661,6 +665,20 @@ def test_a_bundle_stays_while_a_node_runs_its_patch(live, bundle) -> None:
     assert error["details"]["nodes"] == ["edge-p"]
     assert "--remove" in error["message"]
     assert get(live, f"/artifacts/{BUNDLE}").get("deleted_at") is None
+    # NSO's listing without a patch id (or unread): which build runs cannot be told.
+    unknown = [{"module": "ncs_fix", "file": "ncs_fix.beam"}]
+    assert patched.heartbeat(inventory("6.2", patches=unknown)).status_code == 200
+    refused = admin.delete(f"{live.url}/api/v1/artifacts/{BUNDLE}")
+    assert assert_error(refused, 409, "conflict")["details"]["nodes"] == ["edge-p"]
     assert patched.heartbeat(inventory("6.2", patches=[])).status_code == 200
+    # A rollout under way: its nodes have not reported the patch yet.
+    started = rollout(live, nodes=["edge-q"]).json()
+    refused = admin.delete(f"{live.url}/api/v1/artifacts/{BUNDLE}")
+    job_id = started["nodes"][0]["job_id"]
+    assert assert_error(refused, 409, "conflict")["details"]["jobs"] == [job_id]
+    cancelled = live.session("operator").post(
+        f"{live.url}/api/v1/jobs/{job_id}/cancel", json={"reason": "the bundle goes"}
+    )
+    assert cancelled.status_code == 200, cancelled.text
     assert admin.delete(f"{live.url}/api/v1/artifacts/{BUNDLE}").status_code == 200
     assert get(live, f"/artifacts/{BUNDLE}").get("deleted_at") is not None

@@ -321,7 +321,7 @@ def test_a_failed_install_says_the_primary_may_link_new_builds(live, pair, build
     assert len(ended["steps"]) == ended["plan"]["step_count"]  # nothing reloaded: none read
     error = ended["error"]
     assert "no member reloaded, but /var/opt/ncs/packages on nso-a may link" in error
-    assert "'software packages install package router-nc-1.0.3 replace-existing'" in error
+    assert "'software packages install package ncs-6.2-router-nc-1.0.3 replace-existing'" in error
     assert f"'nso-repo job rollback {job['id']}'" in error
 
 
@@ -472,7 +472,7 @@ def test_a_failed_install_with_a_removal_says_what_to_finish_by_hand(live, pair,
     assert (ended["state"], ended["outcome"]) == ("failed", "needs_attention")
     error = ended["error"]
     assert "may link some of the new builds or no longer link router-nc" in error
-    assert "'software packages install package switch-nc-1.0 replace-existing'" in error
+    assert "'software packages install package ncs-6.2-switch-nc-1.0 replace-existing'" in error
     assert "'software packages deinstall package router-nc-1.0.2'" in error
     assert "then 'packages ha sync and-reload { wait-commit-queue-empty }'" in error
 
