@@ -85,7 +85,9 @@ def test_a_nested_decoy_name_never_reaches_the_nso_cli(
     drive.step("prestage_packages", {"packages": ref})
     out = drive.step("install_packages", {"packages": ref})
     assert out == {"installed": ["installed ncs-6.1-l3vpn-1.1"]}
-    assert cli_lines(drive) == ["ncs# software packages install package l3vpn-1.1 replace-existing"]
+    assert cli_lines(drive) == [
+        "ncs# software packages install package ncs-6.1-l3vpn-1.1 replace-existing"
+    ]
 
 
 @pytest.mark.parametrize(
