@@ -30,11 +30,8 @@ from repo_server.errors import (
     NotFound,
     ValidationFailed,
 )
-from repo_server.fleet.models import Node
 from repo_server.pages import Page, paginate
 from repo_server.storage import Storage
-from repo_server.upgrades.job_states import JOB_ACTIVE
-from repo_server.upgrades.models import Job
 
 log = logging.getLogger(__name__)
 
@@ -310,8 +307,6 @@ class CatalogService:
         artifact = self.get(filename)
         if artifact.deleted:
             return artifact
-        if artifact.kind == "patch":
-            self._refuse_while_loaded(artifact)
         artifact.deleted_at = utcnow()
         artifact.deleted_by = who.actor
         # The protection window of gc starts again: a delete by mistake can still be undone
@@ -328,52 +323,6 @@ class CatalogService:
         )
         self.session.commit()
         return artifact
-
-    def _refuse_while_loaded(self, bundle: Artifact) -> None:
-        """A patch bundle stays while a node may run its patch: removing a patch from a node
-        needs the bundle (the agent takes out only files holding its bytes), and a deleted
-        artifact is served to no one. By the nodes' last heartbeats: a module of the bundle
-        listed with its patch id, or with none (NSO's listing unread, or without the
-        column: which build it is cannot be told); and while a patch job names it."""
-        modules = {str(m) for m in (bundle.meta or {}).get("modules") or []}
-        rows = self.session.execute(
-            select(Node.name, Node.inventory)
-            .where(Node.running_version == bundle.nso_version)
-            .order_by(Node.name)
-        )
-        holding = [
-            name
-            for name, inventory in rows
-            if any(
-                isinstance(p, dict)
-                and (
-                    p.get("patch_id") == bundle.name
-                    or (p.get("patch_id") is None and p.get("module") in modules)
-                )
-                for p in (inventory or {}).get("patches") or []
-            )
-        ]
-        busy = self.session.execute(
-            select(Job.id, Job.options)
-            .where(Job.kind == "patch", Job.state.in_(JOB_ACTIVE))  # patches/rollouts.JOB_KIND
-            .order_by(Job.id)
-        )
-        running = [i for i, options in busy if (options or {}).get("patch") == bundle.filename]
-        if not holding and not running:
-            return
-        shown = ", ".join(holding[:20]) + (
-            f" (and {len(holding) - 20} more)" if len(holding) > 20 else ""
-        )
-        why = [f"nodes may run its patch, by their last heartbeats: {shown}"] if holding else []
-        why += [f"patch jobs {', '.join(map(str, running[:20]))} use it"] if running else []
-        raise Conflict(
-            f"{bundle.filename} is in use: {'; '.join(why)}. Take the patch off first "
-            f"('nso-repo patch rollout {bundle.filename} --remove --node NODE'; removing it "
-            "needs the bundle) or let the jobs end, then delete it",
-            filename=bundle.filename,
-            nodes=holding[:100],
-            jobs=running[:100],
-        )
 
     def release_name(self, filename: str, who: Principal) -> Artifact:
         """Free the reserved name of a deleted artifact so it can be published again (admin).

@@ -644,41 +644,28 @@ def test_a_rollout_costs_the_same_statements_for_2_nodes_and_for_30(app, live, b
     assert shown < 15, shown
 
 
-def test_a_bundle_stays_while_a_node_runs_its_patch(live, bundle) -> None:
-    """Removing a patch needs its bundle: the catalog refuses to delete it while a node's
-    last heartbeat says NSO runs it, and deletes it once none does."""
-    rows = [
-        {
-            "module": m,
-            "file": f"{m}.beam",
-            "loaded": True,
-            "patch_id": "CSCfix1",
-            "nso_version": "6.2",
-        }
-        for m in MODULES
-    ]
-    patched = node_on(live, "edge-p", "6.2", patches=rows)
-    node_on(live, "edge-q", "6.2")
+def test_a_pulled_bundle_is_taken_off_again_once_it_is_uploaded_again(
+    live, bundle, tmp_path: Path
+) -> None:
+    """A bundle pulled from the catalog is served to no one, so a removal cannot run; the
+    way docs/patches.md gives: release its name, upload the same file, roll out --remove."""
+    agent = node_on(live, "edge-x", "6.2")
+    started = rollout(live, nodes=["edge-x"]).json()
+    step = agent.next()
+    assert step is not None
+    result = {"modules": MODULES, "changed": True}
+    assert agent.report(step["id"], "succeeded", result=result).status_code == 200
     admin = live.session("admin")
-    refused = admin.delete(f"{live.url}/api/v1/artifacts/{BUNDLE}")
-    error = assert_error(refused, 409, "conflict")
-    assert error["details"]["nodes"] == ["edge-p"]
-    assert "--remove" in error["message"]
-    assert get(live, f"/artifacts/{BUNDLE}").get("deleted_at") is None
-    # NSO's listing without a patch id (or unread): which build runs cannot be told.
-    unknown = [{"module": "ncs_fix", "file": "ncs_fix.beam"}]
-    assert patched.heartbeat(inventory("6.2", patches=unknown)).status_code == 200
-    refused = admin.delete(f"{live.url}/api/v1/artifacts/{BUNDLE}")
-    assert assert_error(refused, 409, "conflict")["details"]["nodes"] == ["edge-p"]
-    assert patched.heartbeat(inventory("6.2", patches=[])).status_code == 200
-    # A rollout under way: its nodes have not reported the patch yet.
-    started = rollout(live, nodes=["edge-q"]).json()
-    refused = admin.delete(f"{live.url}/api/v1/artifacts/{BUNDLE}")
-    job_id = started["nodes"][0]["job_id"]
-    assert assert_error(refused, 409, "conflict")["details"]["jobs"] == [job_id]
-    cancelled = live.session("operator").post(
-        f"{live.url}/api/v1/jobs/{job_id}/cancel", json={"reason": "the bundle goes"}
-    )
-    assert cancelled.status_code == 200, cancelled.text
     assert admin.delete(f"{live.url}/api/v1/artifacts/{BUNDLE}").status_code == 200
-    assert get(live, f"/artifacts/{BUNDLE}").get("deleted_at") is not None
+    assert_error(rollout(live, nodes=["edge-x"], action="remove"), 404, "not_found")
+    released = admin.post(f"{live.url}/api/v1/artifacts/{BUNDLE}/release-name", json={})
+    assert released.status_code == 200, released.text
+    again = tmp_path / BUNDLE  # the file the bundle fixture uploaded
+    assert put_file(live.session("uploader"), live.url, again).status_code == 201
+    removal = rollout(live, nodes=["edge-x"], action="remove")
+    assert removal.status_code == 201, removal.text
+    step = agent.next()
+    assert step is not None and step["name"] == "remove_patch"
+    assert step["params"]["modules"] == MODULES
+    assert step["params"]["patch"]["sha256"] == bundle["sha256"]  # the same bytes as applied
+    assert started["nodes"][0]["job_id"] != removal.json()["nodes"][0]["job_id"]
