@@ -160,14 +160,11 @@ def _unlike_success(ctx: StepContext, sync: Sync) -> str:
     before. What is wrong, for the failure; empty when nothing is."""
     expected, judged_by = _expected(ctx, sync.targets)
     try:
-        missing = _missing(ctx, expected)
-        wrong = [f"this primary does not load {', '.join(missing)}"] if missing else []
-        if sync.before and not ctx.nso.ha_read_only_mode():
-            wrong.append("NSO left this primary read-write, as it does when the sync fails")
+        # Read only when it was read-only before: only then does the mode say anything.
+        held = ctx.nso.ha_read_only_mode() if sync.before else False
+        wrong = _wrong(expected, _missing(ctx, expected), sync.before, held)
     except AgentError as exc:
         wrong = [f"what this primary loads could not be read ({exc})"]
-    if not expected:
-        wrong.append("there is nothing to judge the sync by, so it is not taken as succeeded")
     if not wrong:
         return ""
     return f"NSO's answer named no failure, but {'; '.join(wrong)} ({judged_by})"
@@ -239,6 +236,11 @@ def _verdict(ctx: StepContext, expected: dict[str, str], before: bool) -> Option
     missing = _missing(ctx, expected)
     if held and missing:
         return None  # read-only as before: a sync still running looks the same
+    return _wrong(expected, missing, before, held)
+
+
+def _wrong(expected: dict[str, str], missing: list[str], before: bool, held: bool) -> list[str]:
+    """What is wrong with a sync NSO has ended, seen on this primary (empty: nothing)."""
     wrong = [f"this primary does not load {', '.join(missing)}"] if missing else []
     if not expected:
         wrong.append("there is nothing to judge the sync by, so it is not taken as succeeded")

@@ -26,20 +26,19 @@ def masked(text: Any) -> Any:
 def job_for_viewer(job: dict[str, Any]) -> dict[str, Any]:
     """A dumped job (a summary or the whole job) with its error and step messages masked."""
     shown = {**job, "error": masked(job.get("error"))} if "error" in job else dict(job)
-    if isinstance(job.get("steps"), list):
-        shown["steps"] = [
-            {**s, "message": masked(s.get("message"))} if isinstance(s, dict) else s
-            for s in job["steps"]
-        ]
-    return shown
+    return _masked_in(shown, "steps")
 
 
 def rollout_for_viewer(rollout: dict[str, Any]) -> dict[str, Any]:
     """A dumped patch rollout with each node's message masked."""
-    shown = dict(rollout)
-    if isinstance(rollout.get("nodes"), list):
-        shown["nodes"] = [
-            {**n, "message": masked(n.get("message"))} if isinstance(n, dict) else n
-            for n in rollout["nodes"]
+    return _masked_in(dict(rollout), "nodes")
+
+
+def _masked_in(shown: dict[str, Any], key: str) -> dict[str, Any]:
+    """``shown`` with the ``message`` of each entry of its list ``key`` masked."""
+    if isinstance(shown.get(key), list):
+        shown[key] = [
+            {**e, "message": masked(e.get("message"))} if isinstance(e, dict) else e
+            for e in shown[key]
         ]
     return shown

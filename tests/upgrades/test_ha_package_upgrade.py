@@ -105,6 +105,13 @@ def _healthy(node: str, step: dict[str, Any]) -> Outcome:
     return "succeeded", result, ""
 
 
+def _backup_fails(node: str, step: dict[str, Any]) -> Outcome:
+    """As _healthy, but nso-b's backup fails (a full disk)."""
+    if step["name"] == "backup" and node == "nso-b":
+        return "failed", {}, "ncs-backup failed: No space left on device"
+    return _healthy(node, step)
+
+
 def _drive(
     live, agents: dict[str, Agent], job_id: int, outcome: Callable[[str, dict], Outcome]
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -244,12 +251,7 @@ def test_a_rollback_whose_fresh_backup_fails_changes_nothing(live, pair, builds)
     assert answer.status_code == 202, answer.text
     rollback = answer.json()
 
-    def backup_fails(node: str, step: dict[str, Any]) -> Outcome:
-        if step["name"] == "backup" and node == "nso-b":
-            return "failed", {}, "ncs-backup failed: No space left on device"
-        return _healthy(node, step)
-
-    done, handed = _drive(live, pair, rollback["id"], backup_fails)
+    done, handed = _drive(live, pair, rollback["id"], _backup_fails)
     assert (done["state"], done["outcome"]) == ("failed", "unchanged")
     assert "nothing was changed on the group" in done["error"]
     assert not any(s["name"] == "ha_sync_packages" for s in handed)
@@ -293,12 +295,7 @@ def test_a_failure_before_the_install_changes_nothing_and_reads_no_member(
 ) -> None:
     job = _start(live, builds["router"])
 
-    def backup_fails(node: str, step: dict[str, Any]) -> Outcome:
-        if step["name"] == "backup" and node == "nso-b":
-            return "failed", {}, "ncs-backup failed: No space left on device"
-        return _healthy(node, step)
-
-    ended, handed = _drive(live, pair, job["id"], backup_fails)
+    ended, handed = _drive(live, pair, job["id"], _backup_fails)
     assert (ended["state"], ended["outcome"]) == ("failed", "unchanged")
     assert "nothing was changed on the group" in ended["error"]
     assert len(ended["steps"]) == ended["plan"]["step_count"]  # no member was read
