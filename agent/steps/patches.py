@@ -152,6 +152,7 @@ def _existing(folder: Path, module: str) -> Optional[bytes]:
 
 
 def apply_patch(ctx: StepContext) -> dict[str, Any]:
+    _refuse_unsigned(ctx)
     patch = _Patch(ctx)
     folder = patch.check_release()
     _prune_undo_saves(ctx)
@@ -271,6 +272,22 @@ def _reason(ctx: StepContext, exc: BaseException) -> str:
 
 def _undo_dir(ctx: StepContext) -> Path:
     return ctx.config.state_path / "patch-undo" / f"job-{ctx.job_id}-step-{int(ctx.step['id'])}"
+
+
+def _refuse_unsigned(ctx: StepContext) -> None:
+    """An agent that holds the release manager's key installs only what that key signed
+    (docs/signed-releases.md), and a patch bundle carries no such signature: a server or
+    database in other hands could otherwise load any Erlang module into NSO. Refused
+    before a byte is fetched."""
+    if ctx.config.release_key_path is None:
+        return
+    raise StepFailed(
+        "refusing this patch: this agent installs only what the release manager signed "
+        f"([trust] release_public_key = {ctx.config.release_public_key}), and a patch bundle "
+        "carries no release manager's signature. Nothing was downloaded or changed. Apply "
+        "the patch on this host by hand, as docs/patches.md says ('On hosts that install "
+        "only signed releases'); removing patches is not refused"
+    )
 
 
 def _prune_undo_saves(ctx: StepContext) -> None:

@@ -144,6 +144,42 @@ def test_a_patch_for_another_release_is_refused_before_anything(
     assert folder_state(host) == before
 
 
+def test_an_agent_that_installs_only_signed_releases_refuses_a_patch(
+    make_host, file_server, driver, tmp_path
+) -> None:
+    """A patch bundle carries no release manager's signature: an agent holding the key
+    refuses it before a byte is fetched (a compromised server could otherwise load any
+    module into NSO), and still takes a patch out."""
+    host = make_host("6.2", [])
+    key = host.path("/etc/nso-agent/release-signing.pub")
+    key.parent.mkdir(parents=True, exist_ok=True)
+    key.write_text("not read before the refusal\n")
+    bundle = make_bundle(tmp_path, "6.2", "CSCfix1", "ncs_a")
+    step = params(file_server, bundle, "6.2", "CSCfix1", "ncs_a")
+    plain = driver(config_for(host), file_server)
+    assert plain.step("apply_patch", step)["changed"] is True
+    signed_only = Config(
+        **{**vars(config_for(host)), "release_public_key": "/etc/nso-agent/release-signing.pub"}
+    )
+    drive = driver(signed_only, file_server)
+    (host.path(PATCHES) / "ncs_a.beam").unlink()
+    host.cli("ncs-state patches load-modules")
+    before = folder_state(host)
+    file_server.requests.clear()
+    with pytest.raises(StepFailed, match=r"refusing this patch: .*release_public_key"):
+        drive.step("apply_patch", step)
+    assert file_server.requests == []
+    assert folder_state(host) == before
+    assert "ncs_a" not in listed(host)
+    # Taking a patch out installs nothing: not refused.
+    with tarfile.open(bundle) as tar:
+        member = tar.extractfile("ncs_a.beam")
+        assert member is not None
+        (host.path(PATCHES) / "ncs_a.beam").write_bytes(member.read())
+    host.cli("ncs-state patches load-modules")
+    assert drive.step("remove_patch", step)["changed"] is True
+
+
 def _hostile_bundle(folder: Path, name: str, members: list[tarfile.TarInfo], data: bytes) -> Path:
     path = folder / name
     with tarfile.open(path, "w:gz") as tar:
