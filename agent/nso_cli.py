@@ -107,8 +107,10 @@ class NsoCli:
     def _run(self, command: str, check: bool, timeout: float) -> str:
         for attempt in (1, 2):
             try:
-                client = self.connect()
-                _, stdout, stderr = client.exec_command(command, timeout=timeout)  # nosec B601 # NSO CLI commands, not a shell; names and versions in them passed agent/trust.py
+                transport = self.connect().get_transport()
+                if transport is None:
+                    raise paramiko.SSHException("no SSH transport")
+                channel = transport.open_session(timeout=timeout)
                 break
             except (OSError, paramiko.SSHException, EOFError) as exc:
                 # NSO restarted under us before the command went out: one fresh
@@ -119,6 +121,15 @@ class NsoCli:
                         f"lost the NSO CLI at {self.config.cli_host}:{self.config.cli_port} "
                         f"before '{command}' ran: {exc or type(exc).__name__}"
                     ) from None
+        try:
+            channel.settimeout(timeout)
+            # Sends the request, then waits for the server's reply: lost in between, the
+            # command may be running. Never sent again (paramiko's exec_command would).
+            channel.exec_command(command)  # nosec B601 # NSO CLI commands, not a shell; names and versions in them passed agent/trust.py
+            stdout, stderr = channel.makefile("r"), channel.makefile_stderr("r")
+        except (OSError, paramiko.SSHException, EOFError) as exc:
+            self.close()
+            raise self._lost(command, str(exc) or type(exc).__name__) from None
         try:
             out = stdout.read().decode(errors="replace")
             err = stderr.read().decode(errors="replace")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from functools import partial
 from typing import Any, Optional
 
 from flask import Flask, jsonify
@@ -148,7 +149,10 @@ def create_app(
     from repo_server.fleet import agent_lane
 
     app.wsgi_app = agent_lane.middleware(  # type: ignore[method-assign,assignment]
-        app.wsgi_app, app.extensions["nso_repo"], app.json.dumps
+        app.wsgi_app,
+        app.extensions["nso_repo"],
+        # The bytes the views' answers have (flask's jsonify: compact, not pretty).
+        partial(app.json.dumps, indent=None, separators=(",", ":")),
     )
     app.wsgi_app = _with_ticker(app.wsgi_app, app.extensions["nso_repo"])  # type: ignore[method-assign]
     return app

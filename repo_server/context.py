@@ -75,9 +75,12 @@ class AppState:
 
     def start_listener(self) -> None:
         """Relay NOTIFY from other processes (PostgreSQL only); started on first need."""
-        if self.listener is None and self.engine.dialect.name == "postgresql":
-            self.listener = PostgresListener(self.engine, self.notifier)
-            self.listener.start()
+        if self.listener is not None or self.engine.dialect.name != "postgresql":
+            return
+        with self._ticker_lock:  # two first polls at once: one listener, one connection
+            if self.listener is None:
+                self.listener = PostgresListener(self.engine, self.notifier)
+                self.listener.start()
 
     def close(self) -> None:
         if self.ticker is not None:

@@ -48,6 +48,11 @@ def run(*args: str, env: dict[str, str], check: bool = True) -> subprocess.Compl
     return result
 
 
+def test_serve_warns_of_several_workers_on_sqlite(served: RepoServer) -> None:
+    # Wake-ups are in-process on SQLite: a second worker's agents wait out their polls.
+    assert "2 worker processes on SQLite" in served.output()
+
+
 def test_upload_ls_rm_gc_through_the_cli(served: RepoServer, tmp_path: Path, base_env) -> None:
     data_dir = str(tmp_path / "data")
     created = run(

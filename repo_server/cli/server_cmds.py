@@ -113,8 +113,17 @@ def serve(
     """
     from repo_server import gunicorn_settings
 
-    load_settings()  # fail here, with a clear message, on a bad environment
+    settings = load_settings()  # fail here, with a clear message, on a bad environment
     options = gunicorn_options(host, port, workers)
+    if options["workers"] > 1 and settings.resolved_database_url.startswith("sqlite"):
+        # Wake-ups are in-process on SQLite (repo_server/fleet/notify.py).
+        click.echo(
+            f"warning: {options['workers']} worker processes on SQLite: an agent waiting on "
+            "one is not woken by work created on another and waits out its poll (up to "
+            "60 s) each step. Run one worker on SQLite (--workers 1), or PostgreSQL for "
+            "several (docs/production.md)",
+            err=True,
+        )
     tls_cert = tls_cert or gunicorn_settings.certfile
     tls_key = tls_key or gunicorn_settings.keyfile
     if tls_cert or tls_key:  # https served by gunicorn itself (docs/deployment.md)

@@ -27,6 +27,7 @@ from typing import Any, Callable, Optional
 
 from marshmallow import ValidationError
 from webargs.core import is_json, parse_json
+from werkzeug.http import parse_options_header
 
 from repo_server.context import AppState
 from repo_server.db import MAX_ID
@@ -131,7 +132,9 @@ def _report(
     """The report as the view would take it (request_guards, then StepReportSchema), or
     None. The body read here is handed on whole to Flask when the lane does not serve it."""
     length = environ.get("CONTENT_LENGTH", "")
-    mimetype = str(environ.get("CONTENT_TYPE", "")).split(";", 1)[0].strip().lower()
+    # As the view reads it (werkzeug): str.strip() would also take off a \xa0 or \x85,
+    # which the view keeps, and so serve a report the view refuses.
+    mimetype = parse_options_header(str(environ.get("CONTENT_TYPE", "")))[0].lower()
     if (
         environ.get("QUERY_STRING")
         or "HTTP_TRANSFER_ENCODING" in environ

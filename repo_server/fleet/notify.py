@@ -19,6 +19,7 @@ same channel, and a poll with that many newer tickets behind it stops waiting an
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 import threading
@@ -26,8 +27,9 @@ import time
 from collections import defaultdict
 from typing import Any, Optional, Union
 
-from sqlalchemy import Connection, Engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.orm import Session
+from sqlalchemy.pool import NullPool
 
 from repo_server.db import dialect_of
 from repo_server.parking import Wake
@@ -53,6 +55,18 @@ class Notifier:
     def counter(self, node_id: int) -> int:
         with self._cond:
             return self._counters[node_id]
+
+    def wake_all(self) -> None:
+        """Every waiting poll of this process looks again: what woke it may have been
+        missed (the LISTEN connection was away)."""
+        with self._cond:
+            for node_id in list(self._counters):
+                self._counters[node_id] += 1
+            self._cond.notify_all()
+            woken = [c for mine in self._watchers.values() for c in mine]
+            self._watchers.clear()
+        for callback in woken:
+            callback()
 
     def wake(self, node_id: int) -> None:
         with self._cond:
@@ -198,26 +212,69 @@ def _forget_on_rollback(session: Session) -> None:
     session.info.pop("wake_after_commit", None)
 
 
+class ListenerDeaf(Exception):
+    """The LISTEN connection stopped hearing: this process's own ping did not come back."""
+
+
 class PostgresListener(threading.Thread):
-    """Relays NOTIFY from other server processes to this process's Notifier."""
+    """Relays NOTIFY from other server processes to this process's Notifier.
+
+    Its connection is its own, out of any pool (it is in autocommit and LISTENs: no
+    session may ever get it). A NOTIFY sent while it is not listening (at
+    start, or while it reconnects) is lost, so once it listens it wakes every poll waiting
+    in this process, to look again. And a connection can go quiet without an error (a NAT
+    or firewall drops the idle flow, a proxy stalls): every PING_EVERY_S it sends itself
+    a ping through another connection, and reconnects when that does not come back within
+    PING_LATE_S, instead of not hearing other processes' work for hours."""
+
+    PING_EVERY_S = 15.0
+    PING_LATE_S = 10.0
 
     def __init__(self, engine: Engine, notifier: Notifier) -> None:
         super().__init__(name="nso-repo-listen", daemon=True)
-        self.engine = engine
+        # Connections of its own, each opened anew (no pool: a pooled connection may be
+        # one the network dropped too), that give up on a peer gone quiet: TCP keepalives
+        # on the listening one, and no connect or unacknowledged write waits for ever.
+        self.engine = create_engine(
+            engine.url,
+            poolclass=NullPool,
+            connect_args={
+                "connect_timeout": 10,
+                "keepalives": 1,
+                "keepalives_idle": 10,
+                "keepalives_interval": 5,
+                "keepalives_count": 3,
+                "tcp_user_timeout": 20000,
+            },
+        )
         self.notifier = notifier
         self.stopping = threading.Event()
+        self.ping = f"ping:{notifier.tag}"
+        self.logged_at = float("-inf")  # the last failure logged with its traceback
 
     def stop(self) -> None:
         self.stopping.set()
 
     def run(self) -> None:
-        while not self.stopping.is_set():
-            try:
-                self._listen()
-            except Exception:
-                if not self.stopping.is_set():
-                    log.exception("LISTEN connection lost; reconnecting")
-                    self.stopping.wait(1)
+        try:
+            while not self.stopping.is_set():
+                try:
+                    self._listen()
+                except Exception as error:
+                    if not self.stopping.is_set():
+                        self._failed(error)
+                        self.stopping.wait(1)
+        finally:
+            self.engine.dispose()
+
+    def _failed(self, error: Exception) -> None:
+        # A database that is away fails every second: the traceback once a minute.
+        now = time.monotonic()
+        if now - self.logged_at >= 60:
+            self.logged_at = now
+            log.exception("LISTEN connection lost; reconnecting")
+        else:
+            log.warning("LISTEN connection lost (%s); reconnecting", error)
 
     def _listen(self) -> None:
         raw: Any = self.engine.raw_connection()
@@ -225,12 +282,35 @@ class PostgresListener(threading.Thread):
             connection = raw.driver_connection
             connection.autocommit = True
             connection.execute(f"LISTEN {CHANNEL}")
+            self.notifier.wake_all()
+            sent: Optional[float] = None  # when the ping now awaited went out
+            due = time.monotonic() + self.PING_EVERY_S
             while not self.stopping.is_set():
                 # Wake up now and then to notice stop(); notifications never wait on this.
                 for notify in connection.notifies(timeout=2):
-                    self._relay(notify.payload)
+                    if notify.payload == self.ping:
+                        sent = None
+                    else:
+                        self._relay(notify.payload)
+                now = time.monotonic()
+                if sent is not None and now - sent > self.PING_LATE_S:
+                    raise ListenerDeaf(
+                        f"its own ping did not come back within {self.PING_LATE_S:g} s"
+                    )
+                if sent is None and now >= due:
+                    self._send_ping()
+                    sent, due = now, now + self.PING_EVERY_S
         finally:
-            raw.close()
+            with contextlib.suppress(Exception):
+                raw.close()
+
+    def _send_ping(self) -> None:
+        with self.engine.connect() as other:
+            other.execute(
+                text("SELECT pg_notify(:channel, :payload)"),
+                {"channel": CHANNEL, "payload": self.ping},
+            )
+            other.commit()
 
     def _relay(self, payload: Optional[str]) -> None:
         payload = payload or ""
@@ -239,11 +319,11 @@ class PostgresListener(threading.Thread):
             if tag == self.notifier.tag:
                 return
         ids = payload.split(",")
-        if all(node.isdigit() for node in ids):
+        if all(node.isascii() and node.isdigit() for node in ids):
             for node in ids:
                 self.notifier.wake(int(node))
             return
         kind, _, rest = payload.partition(":")
         node, _, tag = rest.partition(":")
-        if kind == "poll" and node.isdigit() and tag != self.notifier.tag:
+        if kind == "poll" and node.isascii() and node.isdigit() and tag != self.notifier.tag:
             self.notifier.poll_started(int(node))

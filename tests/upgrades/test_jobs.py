@@ -6,6 +6,7 @@ import threading
 import uuid
 
 import pytest
+from sqlalchemy import create_engine
 
 from repo_server.app import create_app
 from repo_server.auth.service import Principal
@@ -376,7 +377,10 @@ def test_a_process_skips_its_own_work_notify_and_heeds_the_others() -> None:
     """The process that made the work woke its waiters at its commit: its own NOTIFY, when
     the listener hears it back, must not wake a poll that began in between a second time."""
     notifier = Notifier()
-    listener = PostgresListener(None, notifier)  # type: ignore[arg-type]  # _relay only
+    # _relay only: an engine that is never connected.
+    listener = PostgresListener(
+        create_engine("postgresql+psycopg://nobody@127.0.0.1:1/none"), notifier
+    )
     listener._relay(f"work:{notifier.tag}:5,6")
     assert (notifier.counter(5), notifier.counter(6)) == (0, 0)
     listener._relay("work:0123456789abcdef:5,6")

@@ -1,0 +1,158 @@
+"""The PostgreSQL listener that relays other processes' wake-ups (repo_server/fleet/notify.py)
+when its connection fails: killed by the server, or gone quiet without an error (a NAT or a
+firewall that drops the idle flow). Either way it listens again on a fresh connection, and
+every poll waiting in the process looks again, since what woke it may have been missed."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from repo_server.fleet.notify import CHANNEL, Notifier, PostgresListener
+from tests.support.ports import free_port
+
+
+class StallingProxy:
+    """A TCP proxy to PostgreSQL whose `stall()` stops relaying on every connection open
+    then (the sockets stay open and quiet, as behind a NAT that dropped them); connections
+    made later are relayed."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.target = (host, port)
+        self.listener = socket.create_server(("127.0.0.1", free_port()))
+        self.port = self.listener.getsockname()[1]
+        self.generation = 0
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def stall(self) -> None:
+        with self.lock:
+            self.generation += 1
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            with self.lock:
+                born = self.generation
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b, born), daemon=True).start()
+
+    def _pipe(self, source: socket.socket, sink: socket.socket, born: int) -> None:
+        try:
+            while data := source.recv(65536):
+                if self.generation != born:
+                    continue  # stalled: swallowed, never relayed, nothing closed
+                sink.sendall(data)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+@pytest.fixture
+def pg_url(postgres_server: Any) -> str:
+    return postgres_server.url("postgres")
+
+
+def _listening(url: str, count: int = 1, within: float = 15) -> None:
+    """Until ``count`` backends LISTEN on the channel."""
+    admin = create_engine(url)
+    deadline = time.monotonic() + within
+    try:
+        while time.monotonic() < deadline:
+            with admin.connect() as c:
+                listening = c.execute(
+                    text("SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN %'")
+                ).scalar_one()
+            if listening >= count:
+                return
+            time.sleep(0.1)
+    finally:
+        admin.dispose()
+    raise AssertionError(f"fewer than {count} LISTEN connections after {within} s")
+
+
+@pytest.fixture
+def woken() -> Iterator[tuple[Notifier, threading.Event]]:
+    notifier = Notifier()
+    event = threading.Event()
+    # A parked poll of node 1 that nothing will wake but a look-again.
+    assert notifier.watch(1, notifier.counter(1), event.set)
+    yield notifier, event
+
+
+def test_a_killed_listen_connection_listens_again_and_waiting_polls_look_again(
+    pg_url: str, woken: tuple[Notifier, threading.Event]
+) -> None:
+    notifier, event = woken
+    listener = PostgresListener(create_engine(pg_url), notifier)
+    listener.start()
+    try:
+        _listening(pg_url)
+        event.clear()
+        assert notifier.watch(1, notifier.counter(1), event.set)
+        admin = create_engine(pg_url)
+        with admin.connect() as c:
+            killed = c.execute(
+                text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE query LIKE 'LISTEN %'"
+                )
+            ).scalar_one()
+            # Work for node 1 while nobody listens: this NOTIFY is lost.
+            c.execute(text("SELECT pg_notify(:c, '1')"), {"c": CHANNEL})
+            c.commit()
+        admin.dispose()
+        assert killed == 1
+        assert event.wait(15), "the waiting poll was never told to look again"
+        _listening(pg_url)
+    finally:
+        listener.stop()
+        listener.join(timeout=10)
+
+
+def test_a_listen_connection_gone_quiet_is_noticed_and_replaced(
+    postgres_server: Any, pg_url: str, woken: tuple[Notifier, threading.Event]
+) -> None:
+    notifier, event = woken
+    proxy = StallingProxy(postgres_server.host, postgres_server.port)
+    through = make_url(pg_url).set(host="127.0.0.1", port=proxy.port)
+    listener = PostgresListener(create_engine(through), notifier)
+    listener.PING_EVERY_S, listener.PING_LATE_S = 0.5, 1.0
+    listener.start()
+    try:
+        _listening(pg_url)
+        event.clear()
+        assert notifier.watch(1, notifier.counter(1), event.set)
+        time.sleep(1.5)  # pings come back: nothing happens
+        assert not event.is_set()
+        proxy.stall()
+        assert event.wait(15), "a LISTEN connection gone quiet was never noticed"
+        # Listening again, on a new connection: another process's work reaches it.
+        event.clear()
+        assert notifier.watch(1, notifier.counter(1), event.set)
+        deadline = time.monotonic() + 10
+        admin = create_engine(pg_url)
+        while not event.is_set() and time.monotonic() < deadline:
+            with admin.connect() as c:
+                c.execute(text("SELECT pg_notify(:c, '1')"), {"c": CHANNEL})
+                c.commit()
+            event.wait(0.5)
+        admin.dispose()
+        assert event.is_set()
+    finally:
+        listener.stop()
+        listener.join(timeout=10)
+        proxy.close()
