@@ -35,6 +35,11 @@ FAULTS: dict[str, tuple[str, str]] = {
         "line); the primary is left read-write, as NSO leaves it on error",
         "ignored",
     ),
+    "cli-exec-reply-lost": (
+        "the SSH connection drops after an exec request whose command holds this text has "
+        "run, before the server confirms the request (the client cannot tell it ran)",
+        "text the command contains",
+    ),
     "migrate-answer-wrapped": (
         "`migrate` on a device group prints its answer inside one `migrate-result { ... }` "
         "block, each device's blocks nested in it (another form the answer might take)",

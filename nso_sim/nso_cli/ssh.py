@@ -20,6 +20,7 @@ from paramiko.common import (
     OPEN_SUCCEEDED,
 )
 
+from nso_sim import faults
 from nso_sim.ha.manager import HaManager
 from nso_sim.installer import HOST_KEY, generate_host_key
 from nso_sim.node.daemon import Daemon
@@ -31,6 +32,10 @@ class _ChannelState:
         self.ready = threading.Event()
         self.exec_command: Optional[str] = None
         self.pty = False
+        # SIMULATOR fault cli-exec-reply-lost: the command runs, then the connection drops
+        # before the server confirms the request (`ran`: the command has run).
+        self.reply_lost = False
+        self.ran = threading.Event()
 
 
 class _Server(paramiko.ServerInterface):
@@ -87,8 +92,19 @@ class _Server(paramiko.ServerInterface):
     def check_channel_exec_request(self, channel: paramiko.Channel, command: bytes) -> bool:
         st = self.state(channel.get_id())
         st.exec_command = command.decode(errors="replace")
+        wanted = faults.active(self.d.layout, "cli-exec-reply-lost")
+        if isinstance(wanted, str) and wanted in st.exec_command:
+            faults.fire(self.d.layout, "cli-exec-reply-lost")
+            st.reply_lost = True
         st.ready.set()
-        return True
+        if not st.reply_lost:
+            return True
+        # Answered only once the command has run, and never: the connection drops first.
+        st.ran.wait(30)
+        self.d.log("INFO", "CLI connection dropped before confirming an exec request (fault)")
+        with contextlib.suppress(OSError):
+            channel.get_transport().sock.shutdown(socket.SHUT_RDWR)
+        return False
 
 
 class SshServer:
@@ -151,7 +167,11 @@ class SshServer:
         transport = chan.get_transport()
         session.hang_up = transport.close
         try:
-            if st.exec_command is not None:
+            if st.reply_lost and st.exec_command is not None:
+                for line in st.exec_command.splitlines():
+                    session.execute(line)
+                st.ran.set()
+            elif st.exec_command is not None:
                 self._exec(chan, session, st.exec_command)
             else:
                 self._shell(chan, session, peer, st.pty)

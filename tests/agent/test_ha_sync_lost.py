@@ -207,3 +207,25 @@ def test_nso_unreadable_while_waiting_is_unknown_not_a_crash(make_cluster, artif
     assert "the outcome is UNKNOWN. An earlier attempt of this step sent" in message
     assert "NSO could not be read: NSO CLI at" in message
     assert "Read-only mode was NOT touched: it could not be read" in message
+
+
+def test_a_command_whose_confirmation_is_lost_is_not_sent_again(make_host) -> None:
+    """The connection drops after NSO ran the command but before it confirmed the request
+    (simulator fault ``cli-exec-reply-lost``): the command may have run, so the CLI says
+    it lost it, and never sends it again as it would one that never went out."""
+    from agent.nso_cli import CliLost, NsoCli
+
+    host = make_host("6.2", [])
+    cli = NsoCli(agent_config(host))
+    assert "6.2" in cli.run("show ncs-state version")
+    _fault(host, "cli-exec-reply-lost", "packages reload")
+    try:
+        cli.run("packages reload")
+    except CliLost as lost:
+        assert "it may have taken effect" in str(lost)
+    else:
+        raise AssertionError("a command that may have run was sent again")
+    log = host.path("/var/log/ncs/ncs.log").read_text()
+    assert log.count("dropped before confirming an exec request") == 1
+    assert "6.2" in cli.run("show ncs-state version")  # a fresh connection afterwards
+    cli.close()
