@@ -29,6 +29,12 @@ FAULTS: dict[str, tuple[str, str]] = {
         "connection drops; the sync runs this much longer, then ends as it would have",
         "nominal seconds (float)",
     ),
+    "ha-sync-cli-lost-copying": (
+        "on the primary: while `packages ha sync` copies the packages to the secondaries (the "
+        "primary not read-only yet), the CLI's SSH connection drops; the copying takes this "
+        "much longer, then the sync goes on as it would have",
+        "nominal seconds (float)",
+    ),
     "ha-sync-primary-reload-unsaid": (
         "on the primary: `packages ha sync` reloads the secondaries, the primary's own reload "
         "fails, and the answer says so in no form a client knows (exit status 0, no error "

@@ -32,6 +32,11 @@ NSO_SAID_MAX = 1200  # characters of NSO's output a failure message quotes (the 
 # and put read-only mode back under it. A step may carry another (``sync_timeout``).
 SYNC_TIMEOUT_S = 3600.0
 SYNC_POLL_S = 2.0  # how often that wait reads NSO, at most
+# NSO copies the packages to the secondaries before it holds the primary read-only: until
+# then a sync looks like one that failed when the primary was read-write before (read-
+# write, the old packages). Such a look is taken as the end only this long after the sync
+# was sent (at most a quarter of its bound), however steady.
+SYNC_SETTLE_S = 600.0
 
 
 def _packages(ctx: StepContext) -> list[tuple[str, str]]:
@@ -73,6 +78,11 @@ def ha_sync_packages(ctx: StepContext) -> dict[str, Any]:
     targets = _packages(ctx)
     saved = trust.checked_path(ctx, "restore_links", EXTRA_DIR)
     bound = trust.seconds(ctx.params.get("sync_timeout"), "sync_timeout", SYNC_TIMEOUT_S)
+    # A rollback's sync ends in the mode the group had before the upgrade, not in the one a
+    # failed upgrade may have left (NSO leaves read-write; a lost sync may leave read-only).
+    after = ctx.params.get("read_only_after")
+    if after is not None and not isinstance(after, bool):
+        raise trust.refuse("read_only_after", after, "expected true or false")
     # A restarted agent runs the step again with NSO's mode possibly changed by the first
     # attempt: the mode before is the one recorded then.
     before = ctx.journal.fact("read_only_before")
@@ -89,7 +99,7 @@ def ha_sync_packages(ctx: StepContext) -> dict[str, Any]:
     if ctx.journal.fact("sync_sent"):
         # An earlier attempt sent the sync and the agent lost track (restarted, or the CLI
         # went away): never send it twice. Wait for NSO to settle, then judge what it did.
-        sync = Sync(str(variant), targets, before, bound, _earlier_deadline(ctx, bound))
+        sync = Sync(str(variant), targets, before, bound, _earlier_deadline(ctx, bound), after)
         ctx.progress(30, "an earlier attempt sent the sync: waiting for NSO to end it")
         said = _lost_sync(ctx, sync, EARLIER)
     else:
@@ -100,7 +110,7 @@ def ha_sync_packages(ctx: StepContext) -> dict[str, Any]:
             30, f"packages ha sync {variant} (read-only mode {str(before).lower()} before)"
         )
         ctx.journal.update("sync_sent", sync_sent=True, sync_sent_at=time.time())
-        sync = Sync(str(variant), targets, before, bound, time.monotonic() + bound)
+        sync = Sync(str(variant), targets, before, bound, time.monotonic() + bound, after)
         try:
             synced = ctx.nso.packages_ha_sync(sync.variant, timeout=bound)
             said = _nso_said(synced.output) if synced.failures else _unlike_success(ctx, sync)
@@ -122,8 +132,9 @@ def ha_sync_packages(ctx: StepContext) -> dict[str, Any]:
 
 
 EARLIER = (
-    "An earlier attempt of this step sent 'packages ha sync' and lost track of it (the agent "
-    "restarted, or the CLI went away); it was not sent again"
+    "An earlier attempt of this step sent 'packages ha sync' (or stopped just before it "
+    "went out) and lost track of it (the agent restarted, or the CLI went away); it was not "
+    "sent again"
 )
 
 
@@ -137,6 +148,7 @@ class Sync:
     before: bool
     bound: float
     deadline: float  # time.monotonic()
+    after: Optional[bool] = None  # the mode to end in when it succeeds; None: ``before``
 
 
 def _earlier_deadline(ctx: StepContext, bound: float) -> float:
@@ -182,14 +194,16 @@ def _missing(ctx: StepContext, expected: dict[str, str]) -> list[str]:
 
 def _mode_after_success(ctx: StepContext, sync: Sync) -> bool:
     """NSO puts the mode before back after a successful sync: confirmed, set if it did not
-    (it has ended the sync, so the mode is the step's to set)."""
+    (it has ended the sync, so the mode is the step's to set); or the step's
+    ``read_only_after``."""
+    wanted = sync.before if sync.after is None else sync.after
     try:
-        return ctx.nso.ensure_ha_read_only(sync.before)
+        return ctx.nso.ensure_ha_read_only(wanted)
     except AgentError as exc:
-        word = str(sync.before).lower()
+        word = str(wanted).lower()
         raise StepFailed(
             f"packages ha sync {sync.variant} succeeded, but read-only mode could NOT be "
-            f"confirmed as {word}, as before the sync ({exc}): on this node check 'show "
+            f"confirmed as {word}, as the step ends it ({exc}): on this node check 'show "
             "high-availability status read-only-mode' and set it with 'high-availability "
             f"read-only mode {word}' ('nso-repo job show {ctx.job_id}' says what each member "
             "loads; the sync is not to be sent again)"
@@ -207,6 +221,7 @@ def _lost_sync(ctx: StepContext, sync: Sync, how: str) -> str:
     # two of its own steps. Two looks at least, even past the deadline.
     seen: Optional[list[str]] = None
     looks = 0
+    settled_at = sync.deadline - sync.bound + min(SYNC_SETTLE_S, sync.bound / 4)
     while True:
         looks += 1
         try:
@@ -214,6 +229,9 @@ def _lost_sync(ctx: StepContext, sync: Sync, how: str) -> str:
             last = "NSO still holds this primary read-only, or it does not load them yet"
         except AgentError as exc:  # NSO restarting, the CLI away: look again
             verdict, last = None, f"NSO could not be read: {exc}"
+        if verdict and not sync.before and time.monotonic() < settled_at:
+            # Read-write with the old packages: failed, or still copying them out.
+            verdict, last = None, "this primary is read-write and does not load them yet"
         if verdict is not None and verdict == seen:
             break
         seen = verdict

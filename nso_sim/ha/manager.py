@@ -675,9 +675,11 @@ class HaManager:
         add_only: bool,
         wait_queue: bool,
         while_held: Callable[[], None] = lambda: None,
+        while_copying: Callable[[], None] = lambda: None,
     ) -> SyncReport:
-        """``while_held`` runs once the primary is held read-only, before the packages go
-        out: where the CLI's faults strike mid-sync."""
+        """``while_copying`` runs as the packages go out to the secondaries, the primary
+        still in its own mode; ``while_held`` once the primary is held read-only, before
+        the reload: where the CLI's faults strike mid-sync."""
         if self.mode != "primary":
             return SyncReport(False, errors=["Error: packages ha sync must run on the HA primary"])
         if wait_queue:
@@ -695,11 +697,8 @@ class HaManager:
                     ],
                 )
         previous = self.d.read_only
-        self.d.read_only = True
         report = SyncReport(False, started=True)
         try:
-            while_held()
-            self.d.check_commit_queue()
             old = {(i.name, i.version) for i in self.d.package_infos(only_up=False)}
             found, _doomed = self.d.plan_reload(force=False)
             if add_only and not old <= {(i.name, i.version) for _, i in found}:
@@ -708,6 +707,9 @@ class HaManager:
             for entry, _info in found:
                 name = entry.name if entry.name.endswith(".tar.gz") else entry.name + ".tar.gz"
                 files[name] = base64.b64encode(package_file_bytes(entry)).decode()
+            # The packages go out first, the primary still in its own mode; the upgrade
+            # starts once they are copied over, with the primary read-only (the reference).
+            while_copying()
             for link in links:
                 reply = link.request({"type": "sync-packages", "files": files})
                 report.synced.append((link.peer_id, bool(reply.get("ok"))))
@@ -715,6 +717,9 @@ class HaManager:
                     raise ReloadRefused(
                         [f"Error: sync to {link.peer_id} failed: {reply.get('info')}"]
                     )
+            self.d.read_only = True
+            while_held()
+            self.d.check_commit_queue()
             for link in links:
                 reply = link.request({"type": "reload", "force": False})
                 if not reply.get("ok"):

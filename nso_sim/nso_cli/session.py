@@ -436,6 +436,7 @@ class CliSession:
                 add_only=opts[0] == "and-add",
                 wait_queue="wait-commit-queue-empty" in opts,
                 while_held=self._sync_cli_lost,
+                while_copying=self._sync_cli_lost_copying,
             )
             return Result(_lines(*sync_lines(report)), ok=report.ok)
         raise CliError("syntax error: unknown packages command")
@@ -450,6 +451,19 @@ class CliSession:
         self.d.log("INFO", "CLI connection dropped in packages ha sync (fault ha-sync-cli-lost)")
         self.hang_up()
         time.sleep(self.d.config.scaled(float(held)))
+
+    def _sync_cli_lost_copying(self) -> None:
+        """SIMULATOR behaviour, fault ha-sync-cli-lost-copying: the CLI's connection drops
+        while the sync copies the packages to the secondaries (the primary not read-only
+        yet), and the copying takes this much longer, then the sync goes on as it would."""
+        copying = faults.fire(self.d.layout, "ha-sync-cli-lost-copying")
+        if copying is None:
+            return
+        self.d.log(
+            "INFO", "CLI connection dropped in packages ha sync (fault ha-sync-cli-lost-copying)"
+        )
+        self.hang_up()
+        time.sleep(self.d.config.scaled(float(copying)))
 
     def _wait_open_transactions(self, nominal: float) -> bool:
         deadline = time.monotonic() + self.d.config.scaled(nominal)

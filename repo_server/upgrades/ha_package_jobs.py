@@ -188,7 +188,10 @@ def rollback_packages(jobs: JobService, done: Job, who: Principal) -> Job:
         (i, check_step(i == primary, **_roles_of(roles, i)), 1) for i in members
     ]
     steps += [(i, backup_step(), 2) for i in members]
-    steps += [(primary, sync_step("and-reload", {}, restore_links=saved), None)]
+    # It ends in the mode the group had before the upgrade, whatever a failed upgrade left.
+    was = read_only_before(done, primary)
+    ending = {} if was is None else {"read_only_after": was}
+    steps += [(primary, sync_step("and-reload", {}, restore_links=saved, **ending), None)]
     steps += [(i, verify_step(before, i == primary), None) for i in members]
     # The upgrade's own backups, named with the rollback's when it says the way back.
     backups = {
@@ -207,7 +210,7 @@ def rollback_packages(jobs: JobService, done: Job, who: Principal) -> Job:
             "before": done.options.get("after"),
             "after": before,
             "backups": backups,
-            "read_only_before": read_only_before(done, primary),
+            "read_only_before": was,
         },
         plan={"rollback_of": done.id, "step_count": len(steps)},
         created_by=who.actor,

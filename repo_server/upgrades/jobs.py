@@ -53,10 +53,12 @@ from repo_server.upgrades.models import Job, NodeHold, Step, StepReport, job_nod
 from repo_server.upgrades.step_payloads import step_dict
 
 REPORT_STATES = ("running", "succeeded", "failed")
-# Steps that change nothing on a host a cancelled job must be checked for.
+# Steps that change nothing a cancelled job's nodes must be checked for (they write only
+# the agent's own files).
 READ_ONLY_STEPS = (
     "prestage",
     "prestage_packages",
+    "backup",  # a backup file and a copy of the package links: nothing NSO runs
     "ha_check",
     "verify",
     "verify_packages",

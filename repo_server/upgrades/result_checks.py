@@ -94,21 +94,39 @@ def _packages_verified(job: Job, step: Step, result: dict[str, Any]) -> Optional
     if extra:
         problems.append(f"{_listed(extra)} loaded, which the job does not expect")
     if step.params.get("primary"):
-        before = node_context(job, step.node_id).get("read_only_before")
+        # The mode the sync ended in, confirmed by its step: the mode before it, or the
+        # one a rollback's sync was told to end in (read_only_after).
+        synced = node_context(job, step.node_id)
+        before = synced.get("read_only")
+        if not isinstance(before, bool):
+            before = synced.get("read_only_before")
         if not isinstance(before, bool):
             before = ha_package_plan.read_only_before(job, step.node_id)
         if not isinstance(before, bool) or result.get("read_only") is not before:
             problems.append(
-                f"its read-only mode is {result.get('read_only')!s}, and before the sync it "
-                f"was {before!s}"
+                f"its read-only mode is {result.get('read_only')!s}, and the sync ended it "
+                f"{before!s}"
             )
     if not problems:
         return None
     return _refused(step, "it reports " + "; ".join(problems[:SHOWN]))
 
 
+def _synced(_job: Job, step: Step, result: dict[str, Any]) -> Optional[str]:
+    """A sync told the mode to end in (a rollback's) ends in it."""
+    wanted = step.params.get("read_only_after")
+    if not isinstance(wanted, bool) or result.get("read_only") is wanted:
+        return None
+    return _refused(
+        step,
+        f"it left the primary read-only {result.get('read_only')!s} and the step ends it "
+        f"{wanted!s}, the mode before the upgrade",
+    )
+
+
 _CHECKS: dict[str, Check] = {
     "apply_patch": _patch_applied,
     "remove_patch": _patch_removed,
+    "ha_sync_packages": _synced,
     "ha_verify_packages": _packages_verified,
 }

@@ -229,3 +229,36 @@ def test_a_command_whose_confirmation_is_lost_is_not_sent_again(make_host) -> No
     assert log.count("dropped before confirming an exec request") == 1
     assert "6.2" in cli.run("show ncs-state version")  # a fresh connection afterwards
     cli.close()
+
+
+def test_cli_lost_while_nso_copies_the_packages_is_not_taken_for_a_failure(
+    make_cluster, artifacts
+) -> None:
+    """NSO copies the packages to the secondaries before it holds the primary read-only:
+    lost then, with the primary read-write before, the sync looks like one that failed
+    (read-write, the old packages) for as long as the copying takes. The step waits it out
+    and sees the sync succeed."""
+    primary, secondary = _pair(make_cluster, artifacts)
+    _fault(primary, "ha-sync-cli-lost-copying", str(HOLD))
+    began = time.monotonic()
+
+    ctx, outcome = _sync(agent_config(primary), {"sync_timeout": 60})
+
+    assert outcome == {"read_only_before": False, "read_only": False}, outcome
+    assert time.monotonic() - began >= HELD_S
+    assert SET_MODE not in _step_log(ctx)
+    assert _version(primary, "l3vpn") == _version(secondary, "l3vpn") == "package-version 1.1"
+
+
+def test_a_rollback_sync_ends_in_the_mode_it_is_told(make_cluster, artifacts) -> None:
+    """A rollback's sync carries the mode the group had before the upgrade
+    (``read_only_after``): a primary a failed upgrade left read-only ends read-write."""
+    primary, _ = _pair(make_cluster, artifacts)
+    primary.cli("high-availability read-only mode true")
+
+    _, outcome = _sync(agent_config(primary), {"sync_timeout": 60, "read_only_after": False})
+
+    assert outcome == {"read_only_before": True, "read_only": False}, outcome
+    assert not read_only(primary)
+    _, refused = _sync(agent_config(primary), {"read_only_after": "no"})
+    assert isinstance(refused, StepFailed) and "read_only_after" in str(refused)

@@ -243,6 +243,58 @@ def test_a_failed_sync_reads_every_member_and_says_the_way_back(live, pair, buil
     assert "rolled back already" in assert_error(again, 409, "conflict")["message"]
 
 
+def test_a_rollback_ends_in_the_mode_the_group_had_before_the_upgrade(live, pair, builds) -> None:
+    """The upgrade's sync was lost and NSO left the primary read-only: the rollback's sync
+    must not take that for the mode to keep. It is told the mode before the upgrade, and a
+    sync that leaves another is not a success."""
+    job = _start(live, builds["router"])
+
+    def sync_unknown(node: str, step: dict[str, Any]) -> Outcome:
+        if step["name"] == "ha_sync_packages":
+            return "failed", {}, "packages ha sync and-reload: the outcome is UNKNOWN"
+        if step["params"].get("survey"):
+            return "succeeded", {"loaded": _loaded(LOADED), "read_only": node == "nso-a"}, ""
+        return _healthy(node, step)
+
+    ended, _ = _drive(live, pair, job["id"], sync_unknown)
+    assert (ended["state"], ended["outcome"]) == ("failed", "needs_attention")
+    answer = live.session("operator").post(f"{live.url}/api/v1/jobs/{job['id']}/rollback", json={})
+    assert answer.status_code == 202, answer.text
+    rollback = answer.json()
+
+    def left_read_only(node: str, step: dict[str, Any]) -> Outcome:
+        """The primary found read-only, and the sync kept the mode it found."""
+        state, result, message = _healthy(node, step)
+        if node == "nso-a" and step["name"] == "ha_package_check":
+            result = {**result, "read_only": True}
+        if step["name"] == "ha_sync_packages":
+            result = {"read_only_before": True, "read_only": True}
+        if step["name"] == "ha_verify_packages":
+            result = {**result, "read_only": node == "nso-a"}
+        return state, result, message
+
+    done, handed = _drive(live, pair, rollback["id"], left_read_only)
+    sync = next(s for s in handed if s["name"] == "ha_sync_packages")
+    assert sync["params"]["read_only_after"] is False
+    assert (done["state"], done["outcome"]) == ("failed", "needs_attention")
+    assert "left the primary read-only True and the step ends it False" in done["error"]
+
+    # An agent that ends the sync as told: the rollback succeeds, the primary read-write.
+    again = live.session("operator").post(f"{live.url}/api/v1/jobs/{job['id']}/rollback", json={})
+    assert again.status_code == 202, again.text
+
+    def as_told(node: str, step: dict[str, Any]) -> Outcome:
+        state, result, message = _healthy(node, step)
+        if node == "nso-a" and step["name"] == "ha_package_check":
+            result = {**result, "read_only": True}
+        if step["name"] == "ha_sync_packages":
+            result = {"read_only_before": True, "read_only": step["params"]["read_only_after"]}
+        return state, result, message
+
+    done, _ = _drive(live, pair, again.json()["id"], as_told)
+    assert done["state"] == "succeeded", done["error"]
+
+
 def test_a_rollback_whose_fresh_backup_fails_changes_nothing(live, pair, builds) -> None:
     job = _start(live, builds["router"])
     ended, _ = _drive(live, pair, job["id"], _healthy)
@@ -340,6 +392,35 @@ def test_the_cli_plans_and_starts_a_group_package_upgrade(live, pair, builds) ->
     assert started.returncode == 0, started.stderr
     job = live.session("viewer").get(f"{live.url}/api/v1/jobs/{started.stdout.strip()}").json()
     assert job["kind"] == "ha_package_upgrade"
+
+
+def test_a_job_cancelled_after_its_backups_changed_nothing_and_is_not_rolled_back(
+    live, pair, builds
+) -> None:
+    """Backups write only the agent's files: a job cancelled before its install changed
+    nothing, and a rollback (a cluster-wide reload) of it is refused."""
+    job = _start(live, builds["router"])
+    backed_up = 0
+    for _ in range(30):
+        for node, agent in pair.items():
+            step = agent.next()
+            if step is None:
+                continue
+            state, result, message = _healthy(node, step)
+            assert (
+                agent.report(step["id"], state, result=result, message=message).status_code == 200
+            )
+            backed_up += step["name"] == "backup"
+        if backed_up == 2:
+            break
+    assert backed_up == 2
+    answer = live.session("operator").post(
+        f"{live.url}/api/v1/jobs/{job['id']}/cancel", json={"reason": "not today"}
+    )
+    assert answer.status_code == 200, answer.text
+    assert (answer.json()["state"], answer.json()["outcome"]) == ("cancelled", "unchanged")
+    again = live.session("operator").post(f"{live.url}/api/v1/jobs/{job['id']}/rollback", json={})
+    assert_error(again, 409, "conflict")
 
 
 def test_a_job_cancelled_with_its_sync_handed_out_says_to_check_read_only(
