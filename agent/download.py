@@ -170,15 +170,16 @@ class Downloader:
             if verified(part, artifact.sha256, artifact.size):
                 os.replace(part, dest)
                 return dest
-            got = sha256_file(part)
             part.unlink()
             # A resumed file may have been spliced from two different blobs; one clean
             # download settles it. A fresh download that mismatches is refused outright.
             if resumed_from and not restarted:
                 restarted = True
                 continue
+            # Not the sha256 of what came: a server in other hands could redirect here to a
+            # host only this one reaches, and learn from it what that host serves.
             raise ChecksumMismatch(
-                f"{artifact.filename}: sha256 {got} does not match the announced "
+                f"{artifact.filename}: the file's sha256 does not match the announced "
                 f"{artifact.sha256}; the file was deleted and not used. Check the artifact "
                 "on the server (it may be corrupt in storage) and retry the job"
             )
@@ -220,6 +221,13 @@ class Downloader:
                 return
         url = urllib.parse.urljoin(self.base_url + "/", artifact.url or "")
         refused = refusal(self.base_url, url, self.allow_insecure_http)
+        if not refused and not _same_origin(url, self.base_url):
+            # The server names its own blobs (/api/v1/blobs/...); storage elsewhere is
+            # reached by its redirect. A step naming another host is not the server's.
+            refused = (
+                f"refusing a download from {redact(url)}: a step's file comes from the server "
+                f"({redact(self.base_url)}), not from another host"
+            )
         for _ in range(MAX_REDIRECTS + 1):
             if refused:
                 raise DownloadError(f"{artifact.filename}: {refused}")

@@ -12,13 +12,15 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import gzip
 import os
 import re
 import shutil
 import tarfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import defusedxml
 import defusedxml.ElementTree as SafeET
@@ -30,6 +32,11 @@ PACKAGE_FILE = re.compile(r"^ncs-(\d+(?:\.\d+)+)-(.+)-(\d[\w.]*)\.tar\.gz$")
 _NS = "{http://tail-f.com/ns/ncs-packages}"
 META_FILE = "package-meta-data.xml"
 META_MAX_BYTES = 1024 * 1024
+# What reading a package for its metadata may take, whatever the file says: one read (a tar
+# header, which tarfile reads whole, or the metadata file) and members in all. A package
+# from a server in other hands with a 400 MiB pax header took 432 MiB of the host's memory.
+READ_MAX_BYTES = 8 * 1024 * 1024
+MEMBERS_MAX = 100_000
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
 
@@ -52,6 +59,24 @@ class PackageMetaError(AgentError):
     """A package tarball that could be read more than one way, or with XML no package needs."""
 
 
+class _ShortReads:
+    """The unpacked package, refusing any one read over READ_MAX_BYTES (OSError)."""
+
+    def __init__(self, raw: Any) -> None:
+        self.raw = raw
+
+    def read(self, size: int = -1) -> bytes:
+        if size is None or size < 0 or size > READ_MAX_BYTES:
+            raise OSError(f"a read of {size} bytes: a tar header or file past {READ_MAX_BYTES}")
+        return self.raw.read(size)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self.raw.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.raw.tell()
+
+
 def _meta_member(path: Path, tar: tarfile.TarFile) -> Optional[bytes]:
     """The bytes of ``<top>/package-meta-data.xml``, the one file NSO reads.
 
@@ -62,7 +87,12 @@ def _meta_member(path: Path, tar: tarfile.TarFile) -> Optional[bytes]:
     """
     tops: set[str] = set()
     found: Optional[bytes] = None
-    for member in tar:
+    for count, member in enumerate(tar, start=1):
+        if count > MEMBERS_MAX:
+            raise PackageMetaError(
+                f"{path.name} has more than {MEMBERS_MAX} members, which no NSO package has: "
+                "refused"
+            )
         parts = [p for p in member.name.split("/") if p not in ("", ".")]
         if not parts:
             continue
@@ -109,9 +139,11 @@ def read_meta(path: Path) -> Optional[tuple[str, str]]:
 @functools.lru_cache(maxsize=256)
 def _read_meta(path: Path, *identity: int) -> Optional[tuple[str, str]]:
     try:
-        with tarfile.open(path, "r:gz") as tar:
-            data = _meta_member(path, tar)
-    except (OSError, tarfile.TarError, EOFError):
+        with gzip.open(path, "rb") as unpacked:
+            reader: Any = _ShortReads(unpacked)  # tarfile takes any object with these methods
+            with tarfile.open(fileobj=reader, mode="r:") as tar:
+                data = _meta_member(path, tar)
+    except (OSError, tarfile.TarError, EOFError, zlib.error):
         return None
     if data is None:
         return None

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from agent.config import Config
 
 MANIFEST_FORMAT = "nso-fleet-release/1"
+PATCH_FORMAT = "nso-fleet-patch/1"  # a patch bundle's (repo_server/catalog/release_manifest.py)
 MAX_MANIFEST_BYTES = 1 << 20
 MAX_SIGNATURES = 16
 OPTION = "[trust] release_public_key"
@@ -93,10 +94,7 @@ def _signed_by(key: Ed25519PublicKey, data: bytes, signatures: Any) -> bool:
 def signed_manifest(
     key: Ed25519PublicKey, shown: str, params: dict[str, Any], what: str
 ) -> dict[str, Any]:
-    """The manifest the step carries, once its signature by ``key`` is verified."""
-    kid = key_id(key)[:16]
-    text = params.get("release_manifest")
-    signatures = params.get("release_signatures")
+    """The release manifest the step carries, once its signature by ``key`` is verified."""
     target = params.get("target_version")
     how = (
         f"sign release {target} with the key whose public half is {shown} ('nso-repo release "
@@ -106,40 +104,11 @@ def signed_manifest(
         f"{shown} ('nso-repo release create', 'nso-repo release sign'), then start the "
         "package upgrade again"
     )
-    if not isinstance(text, str) or not text:
-        raise StepFailed(
-            f"refusing {what}: it carries no signed release manifest, and this agent installs "
-            f"only releases signed by key {kid} ({OPTION} = {shown}): {how}"
-        )
-    try:
-        data = text.encode("ascii")
-    except UnicodeEncodeError:
-        data = b""
-    if not data or len(data) > MAX_MANIFEST_BYTES:
-        raise StepFailed(f"refusing {what}: its release manifest is not ASCII JSON under 1 MiB")
-    if not _signed_by(key, data, signatures):
-        offered = sorted(
-            re.sub(r"[^0-9a-f]", "?", str(s.get("key_id"))[:16]) for s in _offered(signatures)
-        )
-        cause = (
-            f"it is signed only by key(s) {', '.join(offered)}"
-            if offered and kid not in offered
-            else "no signature verifies over the manifest the server sent (the release changed "
-            "after it was signed, or the signature is not this key's)"
-            if offered
-            else "the release is not signed"
-        )
-        raise StepFailed(
-            f"refusing {what}: {cause}; this agent installs only releases signed by key {kid} "
-            f"({OPTION} = {shown}): {how}"
-        )
-    try:
-        manifest = json.loads(data)
-    except ValueError:
-        manifest = None
+    manifest = _verified(
+        key, shown, params.get("release_manifest"), params.get("release_signatures"), what, how
+    )
     if not (
-        isinstance(manifest, dict)
-        and manifest.get("format") == MANIFEST_FORMAT
+        manifest.get("format") == MANIFEST_FORMAT
         and isinstance(manifest.get("installer"), dict)
         and isinstance(manifest.get("packages"), list)
     ):
@@ -148,6 +117,90 @@ def signed_manifest(
             "upgrade nso-agent to a version that reads it"
         )
     return manifest
+
+
+def _verified(
+    key: Ed25519PublicKey, shown: str, text: Any, signatures: Any, what: str, how: str
+) -> dict[str, Any]:
+    """A manifest's JSON, read only once a signature by ``key`` verifies over its bytes."""
+    kid = key_id(key)[:16]
+    if not isinstance(text, str) or not text:
+        raise StepFailed(
+            f"refusing {what}: it carries no signed manifest, and this agent installs only "
+            f"what key {kid} signed ({OPTION} = {shown}): {how}"
+        )
+    try:
+        data = text.encode("ascii")
+    except UnicodeEncodeError:
+        data = b""
+    if not data or len(data) > MAX_MANIFEST_BYTES:
+        raise StepFailed(f"refusing {what}: its manifest is not ASCII JSON under 1 MiB")
+    if not _signed_by(key, data, signatures):
+        offered = sorted(
+            re.sub(r"[^0-9a-f]", "?", str(s.get("key_id"))[:16]) for s in _offered(signatures)
+        )
+        cause = (
+            f"it is signed only by key(s) {', '.join(offered)}"
+            if offered and kid not in offered
+            else "no signature verifies over the manifest the server sent (it changed after it "
+            "was signed, or the signature is not this key's)"
+            if offered
+            else "it is not signed"
+        )
+        raise StepFailed(
+            f"refusing {what}: {cause}; this agent installs only what is signed by key {kid} "
+            f"({OPTION} = {shown}): {how}"
+        )
+    try:
+        manifest = json.loads(data)
+    except ValueError:
+        manifest = None
+    if not isinstance(manifest, dict):
+        raise StepFailed(f"refusing {what}: the signed manifest is not a JSON object")
+    return manifest
+
+
+def check_patch(config: Config, params: dict[str, Any], what: str) -> None:
+    """Fail the step unless its patch bundle is exactly one the configured key signed
+    (``patch_manifest``, ``patch_signatures``: `nso-repo patch sign`). A no-op when no key
+    is configured."""
+    path = config.release_key_path
+    if path is None:
+        return
+    shown = str(config.release_public_key)
+    bundle = _entry(params.get("patch"))[0] or "BUNDLE"
+    how = (
+        f"sign the bundle with the key whose public half is {shown} ('nso-repo patch sign "
+        f"{bundle} --key PRIVATE.pem'), then roll it out again"
+    )
+    manifest = _verified(
+        load_key(path, shown),
+        shown,
+        params.get("patch_manifest"),
+        params.get("patch_signatures"),
+        what,
+        how,
+    )
+    if manifest.get("format") != PATCH_FORMAT:
+        raise StepFailed(
+            f"refusing {what}: the signed manifest is not a {PATCH_FORMAT} manifest (a "
+            "release's signature does not sign a patch); " + how
+        )
+    differences = _compare("bundle", params.get("patch"), manifest.get("bundle"))
+    for field in ("nso_version", "patch_id"):
+        if str(params.get(field)) != str(manifest.get(field)):
+            differences.append(
+                f"{field} {params.get(field)} in the step, {manifest.get(field)} signed"
+            )
+    modules = params.get("modules")
+    if not isinstance(modules, list) or sorted(map(str, modules)) != manifest.get("modules"):
+        differences.append(f"modules {modules} in the step, {manifest.get('modules')} signed")
+    if differences:
+        raise StepFailed(
+            f"refusing {what}: it differs from the patch bundle the release manager signed: "
+            f"{'; '.join(differences)}. Nothing was downloaded; the server's catalog or "
+            "database no longer matches the signed bundle: find out why"
+        )
 
 
 def _entry(data: Any) -> tuple[str, str, Optional[int]]:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from agent import patch_bundle, trust
+from agent import patch_bundle, release_signature, trust
 from agent.errors import AgentError, StepFailed
 from agent.fsutil import fsync_dir, write_atomic
 from agent.nso import STARTED
@@ -152,7 +152,9 @@ def _existing(folder: Path, module: str) -> Optional[bytes]:
 
 
 def apply_patch(ctx: StepContext) -> dict[str, Any]:
-    _refuse_unsigned(ctx)
+    # An agent that holds the release manager's key loads only a bundle that key signed:
+    # a server in other hands could otherwise load any module into NSO.
+    release_signature.check_patch(ctx.config, ctx.params, "this patch")
     patch = _Patch(ctx)
     folder = patch.check_release()
     _prune_undo_saves(ctx)
@@ -272,22 +274,6 @@ def _reason(ctx: StepContext, exc: BaseException) -> str:
 
 def _undo_dir(ctx: StepContext) -> Path:
     return ctx.config.state_path / "patch-undo" / f"job-{ctx.job_id}-step-{int(ctx.step['id'])}"
-
-
-def _refuse_unsigned(ctx: StepContext) -> None:
-    """An agent that holds the release manager's key installs only what that key signed
-    (docs/signed-releases.md), and a patch bundle carries no such signature: a server or
-    database in other hands could otherwise load any Erlang module into NSO. Refused
-    before a byte is fetched."""
-    if ctx.config.release_key_path is None:
-        return
-    raise StepFailed(
-        "refusing this patch: this agent installs only what the release manager signed "
-        f"([trust] release_public_key = {ctx.config.release_public_key}), and a patch bundle "
-        "carries no release manager's signature. Nothing was downloaded or changed. Apply "
-        "the patch on this host by hand, as docs/patches.md says ('On hosts that install "
-        "only signed releases'); removing patches is not refused"
-    )
 
 
 def _prune_undo_saves(ctx: StepContext) -> None:

@@ -53,6 +53,23 @@ def manifest_of(release: Release) -> dict[str, Any]:
     }
 
 
+# An emergency patch bundle's signed form (`nso-repo patch sign`): the bundle file, the
+# release it is built for, its patch id and modules, as agent/release_signature.py checks.
+PATCH_FORMAT = "nso-fleet-patch/1"
+
+
+def patch_manifest(
+    filename: str, sha256: str, size: int, nso_version: str, patch_id: str, modules: list[str]
+) -> dict[str, Any]:
+    return {
+        "format": PATCH_FORMAT,
+        "bundle": file_entry(filename, sha256, size),
+        "nso_version": nso_version,
+        "patch_id": patch_id,
+        "modules": sorted(modules),
+    }
+
+
 def canonical_bytes(manifest: dict[str, Any]) -> bytes:
     """The one byte form that is signed: JSON, keys sorted, no spaces, ASCII only."""
     return json.dumps(

@@ -224,36 +224,16 @@ def sign_release(
     agents hold the key that decides, so storing one only helps agents that trust its key.
     """
     release = get_release(session, nso_version)
-    try:
-        key = signing.load_public_key(public_key)
-    except ValueError as exc:
-        raise ValidationFailed(str(exc), field="public_key") from None
-    kid = signing.key_id(key)
     data = signing.canonical_bytes(signing.manifest_of(release))
-    digest = hashlib.sha256(data).hexdigest()
-    try:
-        signing.decode_signature(signature)
-    except ValueError as exc:
-        raise ValidationFailed(
-            f"{exc}: send the base64 Ed25519 signature 'nso-repo release sign' makes",
-            field="signature",
-        ) from None
-    if not signing.signature_valid(key, data, signature):
-        raise SignatureInvalid(
-            f"the signature does not verify with key {kid[:16]} over the manifest of release "
-            f"{release.nso_version} (sha256 {digest}): sign the manifest the server serves "
-            f"(GET /api/v1/releases/{release.nso_version}/manifest; 'nso-repo release sign "
-            f"{release.nso_version} --key PRIVATE.pem' does both)",
-            key_id=kid,
-            manifest_sha256=digest,
-        )
-    if trusted and kid not in signing.trusted_keys(trusted):
-        raise SignatureUntrusted(
-            f"key {kid[:16]} is not one of the release managers' keys this server trusts "
-            "(NSO_REPO_RELEASE_PUBLIC_KEYS): sign with one of those keys, or add its .pub file "
-            "to the setting and restart the server",
-            key_id=kid,
-        )
+    kid, key, digest = checked_signature(
+        data,
+        signature,
+        public_key,
+        trusted,
+        f"the manifest of release {release.nso_version}",
+        f"GET /api/v1/releases/{release.nso_version}/manifest; 'nso-repo release sign "
+        f"{release.nso_version} --key PRIVATE.pem' does both",
+    )
     stored = session.get(ReleaseSignature, (release.id, kid))
     if stored is None:
         stored = ReleaseSignature(release=release, key_id=kid, signed_by=who.actor)
@@ -274,3 +254,39 @@ def sign_release(
     )
     session.commit()
     return release
+
+
+def checked_signature(
+    data: bytes, signature: str, public_key: str, trusted: tuple[str, ...], what: str, how: str
+) -> tuple[str, Any, str]:
+    """(key id, key, sha256 of ``data``) of a signature that verifies over ``data`` (``what``
+    it is) with ``public_key``, a key the server trusts when it is told which
+    (NSO_REPO_RELEASE_PUBLIC_KEYS); ``how``: where to get the bytes to sign."""
+    try:
+        key = signing.load_public_key(public_key)
+    except ValueError as exc:
+        raise ValidationFailed(str(exc), field="public_key") from None
+    kid = signing.key_id(key)
+    digest = hashlib.sha256(data).hexdigest()
+    try:
+        signing.decode_signature(signature)
+    except ValueError as exc:
+        raise ValidationFailed(
+            f"{exc}: send the base64 Ed25519 signature 'nso-repo release sign' makes",
+            field="signature",
+        ) from None
+    if not signing.signature_valid(key, data, signature):
+        raise SignatureInvalid(
+            f"the signature does not verify with key {kid[:16]} over {what} (sha256 "
+            f"{digest}): sign the manifest the server serves ({how})",
+            key_id=kid,
+            manifest_sha256=digest,
+        )
+    if trusted and kid not in signing.trusted_keys(trusted):
+        raise SignatureUntrusted(
+            f"key {kid[:16]} is not one of the release managers' keys this server trusts "
+            "(NSO_REPO_RELEASE_PUBLIC_KEYS): sign with one of those keys, or add its .pub file "
+            "to the setting and restart the server",
+            key_id=kid,
+        )
+    return kid, key, digest

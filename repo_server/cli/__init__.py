@@ -12,6 +12,7 @@ from repo_server.cli.fleet_cmds import job, node, release
 from repo_server.cli.group_cmds import group
 from repo_server.cli.ned_cmds import ned
 from repo_server.cli.patch_cmds import patch
+from repo_server.cli.patch_signing_cmds import patch_sign
 from repo_server.cli.rollout_cmds import rollout, window
 from repo_server.cli.server_cmds import db, gc, serve, token
 
@@ -44,6 +45,7 @@ for command in (
     demo,
 ):
     cli.add_command(command)
+patch.add_command(patch_sign)
 
 
 def main() -> None:

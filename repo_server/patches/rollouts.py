@@ -37,6 +37,7 @@ from repo_server.errors import AppError, Conflict, NotFound, ValidationFailed
 from repo_server.fleet.group_models import HaGroup, HaGroupMember
 from repo_server.fleet.models import Node
 from repo_server.fleet.notify import Notifier, announce
+from repo_server.patches import signing
 from repo_server.patches.models import ACTIONS, PatchRollout, patch_rollout_jobs
 from repo_server.upgrades.models import Job, NodeHold, Step, job_nodes
 from repo_server.upgrades.plans import StepSpec, artifact_ref
@@ -190,7 +191,7 @@ class PatchRollouts:
                 "the bundle's release (all_affected)",
                 field="nodes",
             )
-        bundle = self._bundle(patch)
+        bundle = self.bundle(patch)
         vsn = bundle.nso_version
         chosen = self._selection(nodes, groups, all_affected, vsn)
         targets = self._targets(chosen)
@@ -323,7 +324,7 @@ class PatchRollouts:
                 )
         return [t for t in targets if t.name not in why], why
 
-    def _bundle(self, filename: str) -> Artifact:
+    def bundle(self, filename: str) -> Artifact:
         bundle = self.session.scalar(select(Artifact).where(Artifact.filename == filename))
         if bundle is None or bundle.deleted:
             raise NotFound(
@@ -644,6 +645,8 @@ def patch_step(action: str, bundle: Artifact) -> StepSpec:
             "patch_id": bundle.name,
             "nso_version": bundle.nso_version,
             "modules": modules,
+            # For an agent that installs only what the release manager signed.
+            **(signing.signed_params(bundle) if action == "apply" else {}),
         },
         f"{action} patch {bundle.name} ({', '.join(modules)}) "
         f"{'to' if action == 'apply' else 'from'} NSO {bundle.nso_version}",

@@ -97,3 +97,23 @@ class RolloutSchema(RolloutSummarySchema):
             "release)"
         },
     )
+
+
+class PatchSignatureSchema(Schema):
+    key_id = fields.String(metadata={"description": "sha256 of the raw public key, hex"})
+    signed_at = fields.String()
+    signed_by = fields.String()
+    signature = fields.String()
+    public_key = fields.String()
+    valid = fields.Boolean(
+        metadata={"description": "Whether it still verifies over today's manifest"}
+    )
+
+
+class PatchManifestSchema(Schema):
+    patch = fields.String()
+    manifest = fields.String(
+        metadata={"description": "The canonical manifest: exactly the bytes that are signed"}
+    )
+    manifest_sha256 = fields.String()
+    signatures = fields.List(fields.Nested(PatchSignatureSchema))

@@ -15,14 +15,17 @@ from repo_server.auth.service import audit_refusal
 from repo_server.catalog.schemas import BEARER
 from repo_server.context import db_session, principal, require, state
 from repo_server.errors import AppError, Forbidden, ValidationFailed
+from repo_server.patches import signing
 from repo_server.patches.rollouts import PatchRollouts
 from repo_server.patches.schemas import (
+    PatchManifestSchema,
     RolloutArgs,
     RolloutListArgs,
     RolloutSchema,
     RolloutSummarySchema,
 )
 from repo_server.upgrades import redaction
+from repo_server.upgrades.schemas import ReleaseSignArgs
 
 log = logging.getLogger(__name__)
 
@@ -119,4 +122,31 @@ def get_rollout(rollout_id: int) -> Any:
         return found
     return jsonify(
         redaction.rollout_for_viewer(RolloutSchema(exclude=("nodes.result",)).dump(found))
+    )
+
+
+@blp.route("/patches/<string:filename>/manifest")
+@require("release:read")
+@blp.doc(security=BEARER)
+@blp.response(200, PatchManifestSchema)
+def patch_manifest(filename: str) -> Any:
+    """The patch bundle's canonical manifest (the bytes a release manager signs for agents
+    that install only signed files) and its signatures, each checked again over it."""
+    return signing.manifest_answer(rollouts().bundle(filename))
+
+
+@blp.route("/patches/<string:filename>/signature", methods=["PUT"])
+@require("release:manage")
+@blp.doc(security=BEARER)
+@blp.arguments(ReleaseSignArgs)
+@blp.response(200, PatchManifestSchema)
+def sign_patch(body: dict[str, Any], filename: str) -> Any:
+    """Store a release manager's signature over the bundle's manifest (made off the server
+    with `nso-repo patch sign`); 422 signature_invalid when it does not verify."""
+    return signing.sign_patch(
+        db_session(),
+        rollouts().bundle(filename),
+        trusted=state().settings.release_public_keys,
+        who=principal(),
+        **body,
     )

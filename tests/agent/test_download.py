@@ -58,7 +58,7 @@ def test_sha256_mismatch_is_refused_and_nothing_is_kept(tmp_path, file_server):
     good = file_server.add(blob(tmp_path))
     wrong = Artifact(good.filename, "0" * 64, good.url, good.size)
     dest = tmp_path / "out" / good.filename
-    with pytest.raises(ChecksumMismatch, match="does not match the announced 0000"):
+    with pytest.raises(ChecksumMismatch, match="sha256 does not match the announced 0000"):
         Downloader(file_server.url, backoff=NO_WAIT).fetch(wrong, dest)
     assert not dest.exists()
     assert not dest.with_name(dest.name + ".part").exists()

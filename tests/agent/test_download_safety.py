@@ -116,3 +116,33 @@ def test_a_step_without_a_size_is_refused():
         Artifact.from_params(params)
     with pytest.raises(DownloadError, match="no valid size"):
         Artifact.from_params({**params, "size": -1})
+
+
+def test_a_step_naming_a_download_on_another_host_is_refused(tmp_path, file_server):
+    """The server names its own blobs; a step pointing at another host (one only this host
+    reaches, say) is refused before any request."""
+    served = file_server.add(_a_file(tmp_path))
+    elsewhere = file_server.url.replace("127.0.0.1", "localhost") + served.url
+    artifact = Artifact(served.filename, served.sha256, elsewhere, served.size)
+    with pytest.raises(DownloadError, match="not from another host"):
+        Downloader(file_server.url, backoff=NO_WAIT).fetch(artifact, tmp_path / "x")
+    assert file_server.requests == []
+
+
+def test_a_checksum_mismatch_never_reports_the_sha256_of_what_came(tmp_path, file_server):
+    """What a redirect fetched may be another host's page: its sha256, told back to the
+    server in the step's failure, would let the server learn it."""
+    path = _a_file(tmp_path)
+    served = file_server.add(path)
+    got = hashlib.sha256(path.read_bytes()).hexdigest()
+    artifact = Artifact(served.filename, "f" * 64, served.url, served.size)
+    with pytest.raises(DownloadError) as refused:
+        Downloader(file_server.url, backoff=NO_WAIT).fetch(artifact, tmp_path / "out" / "x")
+    assert "sha256 does not match the announced ffff" in str(refused.value)
+    assert got not in str(refused.value)
+
+
+def _a_file(tmp_path: Path) -> Path:
+    path = tmp_path / "ncs-6.2-l3vpn-1.0.tar.gz"
+    path.write_bytes(os.urandom(1000))
+    return path

@@ -43,7 +43,7 @@ def test_a_carried_blob_with_another_sha256_is_refused_and_nothing_kept(
     data = os.urandom(5000)
     artifact = Artifact.from_params(ref(data, sha256="ab" * 32))
     dest = tmp_path / "out" / "bundle.tar.gz"
-    with pytest.raises(ChecksumMismatch, match="does not match the announced abab"):
+    with pytest.raises(ChecksumMismatch, match="sha256 does not match the announced abab"):
         Downloader(file_server.url, backoff=NO_WAIT).fetch(artifact, dest)
     assert not dest.exists() and not dest.with_name(dest.name + ".part").exists()
     assert file_server.requests == []  # never "fixed" by a download behind the step's back

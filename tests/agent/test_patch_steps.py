@@ -144,39 +144,72 @@ def test_a_patch_for_another_release_is_refused_before_anything(
     assert folder_state(host) == before
 
 
-def test_an_agent_that_installs_only_signed_releases_refuses_a_patch(
+def _signed(step: dict[str, Any], key: Any, **changes: Any) -> dict[str, Any]:
+    """``step`` with the manifest `nso-repo patch sign` signs for it (``changes``: fields of
+    the manifest made to differ from the step), signed with ``key``."""
+    from repo_server.catalog import release_manifest as signing
+
+    patch = step["patch"]
+    fields: dict[str, Any] = {
+        "filename": patch["filename"],
+        "sha256": patch["sha256"],
+        "size": patch["size"],
+        "nso_version": step["nso_version"],
+        "patch_id": step["patch_id"],
+        "modules": step["modules"],
+        **changes,
+    }
+    text = signing.canonical_bytes(signing.patch_manifest(**fields)).decode("ascii")
+    signature = signing.sign(key, text.encode("ascii"))
+    return {
+        **step,
+        "patch_manifest": text,
+        "patch_signatures": [{"key_id": signing.key_id(key.public_key()), "signature": signature}],
+    }
+
+
+def test_an_agent_that_installs_only_signed_files_applies_only_a_signed_patch(
     make_host, file_server, driver, tmp_path
 ) -> None:
-    """A patch bundle carries no release manager's signature: an agent holding the key
-    refuses it before a byte is fetched (a compromised server could otherwise load any
-    module into NSO), and still takes a patch out."""
+    """With the release manager's key, an agent refuses a bundle that key did not sign, or
+    one that differs from what it signed, before a byte is fetched (a server in other hands
+    could otherwise load any module into NSO); it applies the one signed; removing is not
+    refused."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from repo_server.catalog import release_manifest as signing
+
     host = make_host("6.2", [])
-    key = host.path("/etc/nso-agent/release-signing.pub")
-    key.parent.mkdir(parents=True, exist_ok=True)
-    key.write_text("not read before the refusal\n")
+    key, other = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    pub = host.path("/etc/nso-agent/release-signing.pub")
+    pub.parent.mkdir(parents=True, exist_ok=True)
+    pub.write_text(signing.public_pem(key.public_key()))
     bundle = make_bundle(tmp_path, "6.2", "CSCfix1", "ncs_a")
     step = params(file_server, bundle, "6.2", "CSCfix1", "ncs_a")
-    plain = driver(config_for(host), file_server)
-    assert plain.step("apply_patch", step)["changed"] is True
-    signed_only = Config(
+    trusting = Config(
         **{**vars(config_for(host)), "release_public_key": "/etc/nso-agent/release-signing.pub"}
     )
-    drive = driver(signed_only, file_server)
-    (host.path(PATCHES) / "ncs_a.beam").unlink()
-    host.cli("ncs-state patches load-modules")
+    drive = driver(trusting, file_server)
     before = folder_state(host)
-    file_server.requests.clear()
-    with pytest.raises(StepFailed, match=r"refusing this patch: .*release_public_key"):
-        drive.step("apply_patch", step)
-    assert file_server.requests == []
-    assert folder_state(host) == before
+    refusals = [
+        (step, "it carries no signed manifest"),
+        (_signed(step, other), "it is signed only by key(s)"),
+        (_signed(step, key, sha256="0" * 64), "bundle nso-6.2-patch-CSCfix1.tar.gz: sha256"),
+        (_signed(step, key, modules=["ncs_a", "ncs_b"]), "modules ['ncs_a'] in the step"),
+        (_signed(step, key, patch_id="CSCfix2"), "patch_id CSCfix1 in the step, CSCfix2"),
+        ({**_signed(step, key), "modules": ["ncs_b"]}, "modules ['ncs_b'] in the step"),
+    ]
+    for sent, why in refusals:
+        file_server.requests.clear()
+        with pytest.raises(StepFailed, match=re.escape(why)):
+            drive.step("apply_patch", sent)
+        assert file_server.requests == []
+        assert folder_state(host) == before
     assert "ncs_a" not in listed(host)
-    # Taking a patch out installs nothing: not refused.
-    with tarfile.open(bundle) as tar:
-        member = tar.extractfile("ncs_a.beam")
-        assert member is not None
-        (host.path(PATCHES) / "ncs_a.beam").write_bytes(member.read())
-    host.cli("ncs-state patches load-modules")
+
+    assert drive.step("apply_patch", _signed(step, key))["changed"] is True
+    assert "ncs_a" in listed(host)
+    # Taking a patch out installs nothing: no signature asked for.
     assert drive.step("remove_patch", step)["changed"] is True
 
 

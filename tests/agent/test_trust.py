@@ -325,3 +325,39 @@ def test_read_meta_refuses_dtds_and_entities(tmp_path):
     )
     with pytest.raises(AgentError, match="DTD"):
         pkgs.read_meta(path)
+
+
+def test_reading_a_package_for_its_name_takes_bounded_memory(tmp_path: Path) -> None:
+    """A package whose tar header says it is 200 MiB long (a few hundred KiB on the wire):
+    reading its metadata (every heartbeat, every install) must not take the header into
+    memory, where the root agent beside NSO would take as much as the file says."""
+    import subprocess
+    import sys
+
+    size = 200 << 20
+    bomb = tmp_path / "ncs-6.2-bomb-1.0.tar.gz"
+    header = tarfile.TarInfo("././@PaxHeader")
+    header.type, header.size = tarfile.XHDTYPE, size
+    with gzip.open(bomb, "wb", compresslevel=1) as out:
+        out.write(header.tobuf(format=tarfile.USTAR_FORMAT))
+        chunk = b"x" * (1 << 20)
+        for _ in range(size >> 20):
+            out.write(chunk)
+    probe = (
+        "import resource, sys; from pathlib import Path; from agent import packages\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "try:\n    print(packages.read_meta(Path(sys.argv[1])))\n"
+        "except packages.PackageMetaError as exc:\n    print('refused', exc)\n"
+        "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)\n"
+    )
+    ran = subprocess.run(
+        [sys.executable, "-c", probe, str(bomb)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[2],
+        check=True,
+    )
+    answer, peak_mib = ran.stdout.splitlines()
+    assert answer == "None"  # unreadable: no name from it
+    assert int(peak_mib) < 64, f"reading the package took {peak_mib} MiB more"

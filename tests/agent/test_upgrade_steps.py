@@ -168,7 +168,7 @@ def test_prestage_refuses_a_package_whose_sha256_differs(make_host, artifacts, f
     drive = driver(agent_config(host), file_server)
     p = plan(file_server, artifacts)
     p["packages"][0]["sha256"] = "f" * 64
-    with pytest.raises(StepFailed, match="does not match the announced ffff"):
+    with pytest.raises(StepFailed, match="sha256 does not match the announced ffff"):
         drive.step("prestage", p)
     assert not (host.path("/opt/ncs/packages") / p["packages"][0]["filename"]).exists()
     assert not host.path("/opt/ncs/ncs-6.2").exists()

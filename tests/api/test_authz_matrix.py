@@ -69,6 +69,8 @@ DECISIONS: dict[tuple[str, str], str] = {
     ("GET", "/api/v1/patch-rollouts"): "job:read",
     ("POST", "/api/v1/patch-rollouts"): "job:manage",
     ("GET", "/api/v1/patch-rollouts/<int:rollout_id>"): "job:read",
+    ("GET", "/api/v1/patches/<string:filename>/manifest"): "release:read",
+    ("PUT", "/api/v1/patches/<string:filename>/signature"): "release:manage",
     ("PUT", "/api/v1/nodes/<string:name>/labels"): "node:manage",
     ("PATCH", "/api/v1/nodes/<string:name>/labels"): "node:manage",
     ("GET", "/api/v1/rollouts"): "job:read",

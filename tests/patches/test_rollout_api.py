@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import threading
 import time
 from datetime import timedelta
@@ -151,6 +152,18 @@ def test_all_affected_patches_exactly_the_nodes_on_the_bundles_release(live, bun
         "patch_id": "CSCfix1",
         "nso_version": "6.2",
         "modules": MODULES,
+        # For agents that install only signed files (tests/patches/test_patch_signing.py).
+        "patch_manifest": json.dumps(
+            {
+                "bundle": {"filename": BUNDLE, "sha256": sha, "size": bundle["size"]},
+                "format": "nso-fleet-patch/1",
+                "modules": ["ncs_fix", "ncs_fix2"],
+                "nso_version": "6.2",
+                "patch_id": "CSCfix1",
+            },
+            separators=(",", ":"),
+        ),
+        "patch_signatures": [],
     }
     assert agent.http.get(f"{live.url}/api/v1/blobs/{sha}").status_code == 200
     done = agent.report(
