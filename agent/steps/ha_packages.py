@@ -342,7 +342,7 @@ def ha_verify_packages(ctx: StepContext) -> dict[str, Any]:
     """What this member loads (every package's name, version and oper-status) and its
     read-only mode. Unless ``survey`` (after a failure, so the job can say what each member
     runs), it must load exactly ``packages``, each up, and the primary (``primary``) be as
-    read-only as before the sync."""
+    read-only as the sync left it."""
     loaded = [
         {"name": name, "version": version, "oper_status": status}
         for name, (version, status) in sorted(ctx.nso.package_states().items())
@@ -352,14 +352,18 @@ def ha_verify_packages(ctx: StepContext) -> dict[str, Any]:
     if not trust.flag(ctx.params, "survey"):
         problems = _differences(loaded, dict(_packages(ctx)))
         if trust.flag(ctx.params, "primary"):
-            before = ctx.param("read_only_before")
-            if not isinstance(before, bool):
+            # The mode the sync step ended in and confirmed: the one before it, or a
+            # rollback's read_only_after.
+            ended = ctx.param("read_only")
+            if not isinstance(ended, bool):
+                ended = ctx.param("read_only_before")
+            if not isinstance(ended, bool):
                 problems.append("the sync step recorded no read-only mode to compare with")
-            elif before != read_only:
+            elif ended != read_only:
                 problems.append(
-                    f"read-only mode is {str(read_only).lower()}, it was "
-                    f"{str(before).lower()} before the sync: 'high-availability read-only "
-                    f"mode {str(before).lower()}'"
+                    f"read-only mode is {str(read_only).lower()}, and the sync ended it "
+                    f"{str(ended).lower()}: 'high-availability read-only mode "
+                    f"{str(ended).lower()}'"
                 )
         if problems:
             raise StepFailed(

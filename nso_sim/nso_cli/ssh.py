@@ -161,6 +161,7 @@ class SshServer:
     def _channel(self, server: _Server, chan: paramiko.Channel, peer: str) -> None:
         st = server.state(chan.get_id())
         if not st.ready.wait(30) or server.user is None:
+            st.ran.set()
             chan.close()
             return
         session = CliSession(self.d, self.ha, server.user, peer, "ssh")
@@ -168,9 +169,11 @@ class SshServer:
         session.hang_up = transport.close
         try:
             if st.reply_lost and st.exec_command is not None:
-                for line in st.exec_command.splitlines():
-                    session.execute(line)
-                st.ran.set()
+                try:
+                    for line in st.exec_command.splitlines():
+                        session.execute(line)
+                finally:
+                    st.ran.set()
             elif st.exec_command is not None:
                 self._exec(chan, session, st.exec_command)
             else:

@@ -56,6 +56,11 @@ def patch_sign(
             f"{signing.PATCH_FORMAT} form: it was not signed; check the server's version"
         )
     entry = manifest["bundle"]
+    if entry.get("filename") != bundle:
+        _refuse(
+            f"the server answered for {bundle} with the manifest of {entry.get('filename')}: "
+            "not signed; find out why before signing anything it serves"
+        )
     click.echo(f"patch {manifest['patch_id']} for NSO {manifest['nso_version']}")
     click.echo(f"  {entry['filename']}  sha256 {entry['sha256']}  {entry['size']} bytes")
     click.echo(f"  modules {', '.join(manifest['modules'])}")

@@ -9,6 +9,7 @@ connected secondaries, crypto keys fingerprint, load paths, running version.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -25,7 +26,8 @@ from repo_server.fleet.service import NODE_NAME_CHARS, get_node
 
 MIN_MEMBERS = 2
 MAX_MEMBERS = 8
-HA_ID_CHARS = NODE_NAME_CHARS
+# As the agent takes an HA id (agent/trust.py): one it refuses would fail the job later.
+HA_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", re.ASCII)
 
 
 class GroupRefused(ValidationFailed):
@@ -93,7 +95,7 @@ def _check_shape(name: str, members: list[MemberSpec]) -> None:
                 "secondary",
                 field="members",
             )
-        if not member.ha_id or len(member.ha_id) > 128 or not set(member.ha_id) <= HA_ID_CHARS:
+        if not HA_ID.fullmatch(member.ha_id) or len(member.ha_id) > 128 or ".." in member.ha_id:
             raise ValidationFailed(
                 f"member {member.node}: HA id {member.ha_id!r} is not valid: use the ha-node id "
                 "of NSO's high-availability configuration",

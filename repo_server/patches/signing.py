@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import flag_modified
 
@@ -101,6 +102,13 @@ def sign_patch(
 ) -> dict[str, Any]:
     """Store a release manager's signature over ``bundle``'s manifest (one per key: signing
     again with a key replaces its signature), checked as a release's is."""
+    # Its row locked (PostgreSQL): two signers at once must not drop each other's signature.
+    session.execute(
+        select(Artifact)
+        .where(Artifact.id == bundle.id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
     data = manifest_text(bundle).encode("ascii")
     kid, key, digest = checked_signature(
         data,

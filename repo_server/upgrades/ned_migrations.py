@@ -252,7 +252,8 @@ def _devices_shown(dry: Job) -> list[str]:
 
 
 def _check_request(request: MigrationRequest) -> None:
-    if not NED_ID.fullmatch(request.new_ned_id) or len(request.new_ned_id) > 128:
+    ned_id = request.new_ned_id
+    if not NED_ID.fullmatch(ned_id) or len(ned_id) > 128 or ".." in ned_id:
         raise ValidationFailed(
             f"new_ned_id {request.new_ned_id[:140]!r} is not a ned-id: ASCII letters, digits "
             "and _ . - as NSO shows it (show packages ... ned-id), e.g. router-nc-2.0",

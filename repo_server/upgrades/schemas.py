@@ -87,7 +87,18 @@ class UpgradeArgs(Schema):
 def package_removals() -> fields.List:
     """The ``remove`` argument of a package upgrade, of one node or of an HA group."""
     return fields.List(
-        fields.String(validate=validate.Length(min=1, max=255)),
+        # The package names the agent takes (agent/trust.py): a name it refuses would fail
+        # the job after its backups instead of the request now.
+        fields.String(
+            validate=[
+                validate.Length(min=1, max=128),
+                validate.Regexp(
+                    r"\A(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9_.-]*\Z",
+                    error="a package name is ASCII letters, digits and _ . - (starting with "
+                    "a letter or digit, never '..')",
+                ),
+            ]
+        ),
         load_default=list,
         validate=validate.Length(max=100),
         metadata={

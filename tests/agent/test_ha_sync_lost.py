@@ -260,5 +260,36 @@ def test_a_rollback_sync_ends_in_the_mode_it_is_told(make_cluster, artifacts) ->
 
     assert outcome == {"read_only_before": True, "read_only": False}, outcome
     assert not read_only(primary)
+    # The primary's verification, with the sync's result in its context, takes the mode
+    # the sync ended in.
+    verified = _verify(agent_config(primary), outcome)
+    assert verified["read_only"] is False, verified
     _, refused = _sync(agent_config(primary), {"read_only_after": "no"})
     assert isinstance(refused, StepFailed) and "read_only_after" in str(refused)
+
+
+def _verify(config, context: dict[str, Any]) -> dict[str, Any]:
+    """ha_verify_packages on the primary, as the runner runs it after the sync."""
+    step = {
+        "id": 911,
+        "job_id": 7,
+        "attempt": 1,
+        "name": "ha_verify_packages",
+        "params": {"packages": _loaded_now(config), "primary": True},
+        "context": context,
+        "job": {"id": 7, "kind": "ha_package_rollback"},
+    }
+    journal = Journal(config.journal_file)
+    journal.begin(step)
+    try:
+        return dict(run_step(StepContext(config, step, journal)))
+    finally:
+        journal.clear()
+
+
+def _loaded_now(config) -> list[dict[str, str]]:
+    """Every package the primary loads, at its version: what its verification expects."""
+    from agent.nso import Nso
+
+    states = Nso(config).package_states()
+    return [{"name": n, "version": v} for n, (v, _) in sorted(states.items()) if v]
