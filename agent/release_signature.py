@@ -120,9 +120,16 @@ def signed_manifest(
 
 
 def _verified(
-    key: Ed25519PublicKey, shown: str, text: Any, signatures: Any, what: str, how: str
+    key: Ed25519PublicKey,
+    shown: str,
+    text: Any,
+    signatures: Any,
+    what: str,
+    how: str,
+    noun: str = "the release",
 ) -> dict[str, Any]:
-    """A manifest's JSON, read only once a signature by ``key`` verifies over its bytes."""
+    """A manifest's JSON (of ``noun``), read only once a signature by ``key`` verifies over
+    its bytes."""
     kid = key_id(key)[:16]
     if not isinstance(text, str) or not text:
         raise StepFailed(
@@ -142,10 +149,10 @@ def _verified(
         cause = (
             f"it is signed only by key(s) {', '.join(offered)}"
             if offered and kid not in offered
-            else "no signature verifies over the manifest the server sent (it changed after it "
-            "was signed, or the signature is not this key's)"
+            else f"no signature verifies over the manifest the server sent ({noun} changed "
+            "after it was signed, or the signature is not this key's)"
             if offered
-            else "it is not signed"
+            else f"{noun} is not signed"
         )
         raise StepFailed(
             f"refusing {what}: {cause}; this agent installs only what is signed by key {kid} "
@@ -180,6 +187,7 @@ def check_patch(config: Config, params: dict[str, Any], what: str) -> None:
         params.get("patch_signatures"),
         what,
         how,
+        "the patch bundle",
     )
     if manifest.get("format") != PATCH_FORMAT:
         raise StepFailed(
