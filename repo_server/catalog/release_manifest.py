@@ -162,5 +162,14 @@ def signature_valid(public_key: Ed25519PublicKey, data: bytes, signature: str) -
     return True
 
 
+def stored_valid(public_key_pem: str, data: bytes, signature: str) -> bool:
+    """Whether a signature the server keeps, with the PEM kept beside it, still verifies
+    over ``data`` (today's manifest); False too for a key that no longer loads."""
+    try:
+        return signature_valid(load_public_key(public_key_pem), data, signature)
+    except ValueError:
+        return False
+
+
 def sign(private_key: Ed25519PrivateKey, data: bytes) -> str:
     return base64.b64encode(private_key.sign(data)).decode("ascii")

@@ -187,12 +187,7 @@ def signature_checks(release: Release) -> list[dict[str, Any]]:
     data = signing.canonical_bytes(signing.manifest_of(release))
     checked = []
     for stored in release.signatures:
-        try:
-            valid = signing.signature_valid(
-                signing.load_public_key(stored.public_key), data, stored.signature
-            )
-        except ValueError:
-            valid = False
+        valid = signing.stored_valid(stored.public_key, data, stored.signature)
         checked.append({"signature": stored, "valid": valid})
     return checked
 

@@ -3,7 +3,6 @@ server, for agents that install only what the release manager signed (docs/patch
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 from urllib.parse import quote
@@ -12,19 +11,19 @@ import click
 
 from repo_server.catalog import release_manifest as signing
 from repo_server.cli.common import client_options, handle_errors, make_client
-from repo_server.cli.release_signing_cmds import _private_key, _refuse
+from repo_server.cli.release_signing_cmds import (
+    fetch_manifest,
+    key_option,
+    private_key,
+    refuse,
+    upload_signature,
+)
 from repo_server.client import sha256_file
 
 
 @click.command("sign")
 @click.argument("bundle")
-@click.option(
-    "--key",
-    "key_file",
-    required=True,
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="The release manager's private key (PEM).",
-)
+@key_option
 @click.option(
     "--check-file",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -42,22 +41,13 @@ def patch_sign(
     token: Optional[str],
 ) -> None:
     """Sign patch BUNDLE's manifest here and upload only the signature."""
-    key = _private_key(key_file)
+    key = private_key(key_file)
     client = make_client(url, token)
     path = f"/api/v1/patches/{quote(bundle, safe='')}"
-    answer = client.call("GET", f"{path}/manifest")
-    text = answer["manifest"]
-    manifest = json.loads(text)
-    if signing.canonical_bytes(manifest).decode("ascii") != text or (
-        manifest.get("format") != signing.PATCH_FORMAT
-    ):
-        _refuse(
-            f"the server's manifest of {bundle} is not in the canonical "
-            f"{signing.PATCH_FORMAT} form: it was not signed; check the server's version"
-        )
+    answer, manifest = fetch_manifest(client, path, bundle, signing.PATCH_FORMAT)
     entry = manifest["bundle"]
     if entry.get("filename") != bundle:
-        _refuse(
+        refuse(
             f"the server answered for {bundle} with the manifest of {entry.get('filename')}: "
             "not signed; find out why before signing anything it serves"
         )
@@ -66,19 +56,12 @@ def patch_sign(
     click.echo(f"  modules {', '.join(manifest['modules'])}")
     if check_file is not None:
         if check_file.stat().st_size != entry["size"] or sha256_file(check_file) != entry["sha256"]:
-            _refuse(
+            refuse(
                 f"{check_file} is not the bundle the manifest pins (sha256, size): do not sign "
                 "it until they agree"
             )
         click.echo(f"the bundle matches {check_file}")
     if not yes and not click.confirm("sign exactly this patch bundle?"):
-        _refuse("not signed")
-    client.call(
-        "PUT",
-        f"{path}/signature",
-        json={
-            "signature": signing.sign(key, text.encode("ascii")),
-            "public_key": signing.public_pem(key.public_key()),
-        },
-    )
+        refuse("not signed")
+    upload_signature(client, path, key, answer["manifest"])
     click.echo(f"{entry['filename']} signed with key {signing.key_id(key.public_key())}")

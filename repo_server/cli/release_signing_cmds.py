@@ -30,24 +30,60 @@ check_files_option = click.option(
 )
 
 
-def _refuse(message: str) -> NoReturn:
+# The release manager's private key, for `release sign` and `patch sign`.
+key_option = click.option(
+    "--key",
+    "key_file",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The release manager's private key (PEM).",
+)
+
+
+def refuse(message: str) -> NoReturn:
     fail(message)
     raise SystemExit(1)  # fail() exits; this says so to type checkers
 
 
-def _fetch(client: RepoClient, nso_version: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The server's answer and the manifest it holds, refused unless it is canonical."""
-    answer = client.call("GET", f"/api/v1/releases/{quote(nso_version, safe='')}/manifest")
+def fetch_manifest(
+    client: RepoClient, path: str, what: str, form: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The server's answer at ``path``/manifest and the manifest it holds (of ``what``),
+    refused unless it is canonical and of format ``form``."""
+    answer = client.call("GET", f"{path}/manifest")
     text = answer["manifest"]
     manifest = json.loads(text)
     if signing.canonical_bytes(manifest).decode("ascii") != text or (
-        manifest.get("format") != signing.MANIFEST_FORMAT
+        manifest.get("format") != form
     ):
-        _refuse(
-            f"the server's manifest of release {nso_version} is not in the canonical "
-            f"{signing.MANIFEST_FORMAT} form: it was not signed; check the server's version"
+        refuse(
+            f"the server's manifest of {what} is not in the canonical {form} form: it was "
+            "not signed; check the server's version"
         )
     return answer, manifest
+
+
+def upload_signature(client: RepoClient, path: str, key: Ed25519PrivateKey, text: str) -> None:
+    """Sign ``text`` (the manifest's bytes) here; only the signature and the public key go
+    to ``path``/signature."""
+    client.call(
+        "PUT",
+        f"{path}/signature",
+        json={
+            "signature": signing.sign(key, text.encode("ascii")),
+            "public_key": signing.public_pem(key.public_key()),
+        },
+    )
+
+
+def _fetch(client: RepoClient, nso_version: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    return fetch_manifest(
+        client, _release_path(nso_version), f"release {nso_version}", signing.MANIFEST_FORMAT
+    )
+
+
+def _release_path(nso_version: str) -> str:
+    return f"/api/v1/releases/{quote(nso_version, safe='')}"
 
 
 def _show(manifest: dict[str, Any]) -> None:
@@ -68,11 +104,11 @@ def _check_files(manifest: dict[str, Any], folder: Path) -> None:
         elif path.stat().st_size != entry["size"] or sha256_file(path) != entry["sha256"]:
             problems.append(f"{path} is not the file the manifest pins (sha256, size)")
     if problems:
-        _refuse("; ".join(problems) + ": do not sign or trust this release until they agree")
+        refuse("; ".join(problems) + ": do not sign or trust this release until they agree")
     click.echo(f"every file matches the copy in {folder}")
 
 
-def _private_key(path: Path) -> Ed25519PrivateKey:
+def private_key(path: Path) -> Ed25519PrivateKey:
     data = path.read_bytes()
     try:
         key = serialization.load_pem_private_key(data, password=None)
@@ -81,13 +117,13 @@ def _private_key(path: Path) -> Ed25519PrivateKey:
         try:
             key = serialization.load_pem_private_key(data, password=passphrase.encode())
         except ValueError:
-            _refuse(f"cannot decrypt {path}: wrong passphrase; try again")
+            refuse(f"cannot decrypt {path}: wrong passphrase; try again")
     except ValueError:
-        _refuse(
+        refuse(
             f"{path} is not a PEM private key: use the .pem file 'nso-repo release keygen' wrote"
         )
     if not isinstance(key, Ed25519PrivateKey):
-        _refuse(f"{path} is not an Ed25519 private key: make one with 'nso-repo release keygen'")
+        refuse(f"{path} is not an Ed25519 private key: make one with 'nso-repo release keygen'")
     return key
 
 
@@ -107,7 +143,7 @@ def release_keygen(out_dir: Path, name: str) -> None:
     private, public = out_dir / f"{name}.pem", out_dir / f"{name}.pub"
     for path in (private, public):
         if path.exists():
-            _refuse(f"{path} exists: keep the key you have, or choose another --out or --name")
+            refuse(f"{path} exists: keep the key you have, or choose another --out or --name")
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(
         serialization.Encoding.PEM,
@@ -126,13 +162,7 @@ def release_keygen(out_dir: Path, name: str) -> None:
 
 @click.command("sign")
 @click.argument("nso_version")
-@click.option(
-    "--key",
-    "key_file",
-    required=True,
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="The release manager's private key (PEM).",
-)
+@key_option
 @check_files_option
 @click.option("--yes", is_flag=True, help="Sign without asking (after showing the manifest).")
 @client_options
@@ -146,20 +176,15 @@ def release_sign(
     token: Optional[str],
 ) -> None:
     """Sign release NSO_VERSION's manifest here and upload only the signature."""
-    key = _private_key(key_file)
+    key = private_key(key_file)
     client = make_client(url, token)
     answer, manifest = _fetch(client, nso_version)
     _show(manifest)
     if check_files is not None:
         _check_files(manifest, check_files)
     if not yes and not click.confirm("sign exactly this release?"):
-        _refuse("not signed")
-    signature = signing.sign(key, answer["manifest"].encode("ascii"))
-    client.call(
-        "PUT",
-        f"/api/v1/releases/{quote(answer['nso_version'], safe='')}/signature",
-        json={"signature": signature, "public_key": signing.public_pem(key.public_key())},
-    )
+        refuse("not signed")
+    upload_signature(client, _release_path(answer["nso_version"]), key, answer["manifest"])
     click.echo(
         f"release {answer['nso_version']} signed with key {signing.key_id(key.public_key())}"
     )
@@ -190,7 +215,7 @@ def release_verify(
     try:
         key = signing.load_public_key(public_key_file.read_bytes(), str(public_key_file))
     except ValueError as exc:
-        _refuse(str(exc))
+        refuse(str(exc))
     kid = signing.key_id(key)
     answer, manifest = _fetch(make_client(url, token), nso_version)
     found = [s for s in answer["signatures"] if s["key_id"] == kid]
@@ -202,12 +227,12 @@ def release_verify(
     else:
         _show(manifest)
     if not found:
-        _refuse(
+        refuse(
             f"release {answer['nso_version']} has no signature by key {kid[:16]}: "
             f"sign it with 'nso-repo release sign {answer['nso_version']} --key PRIVATE.pem'"
         )
     if not valid:
-        _refuse(
+        refuse(
             f"the signature by key {kid[:16]} does not verify over release "
             f"{answer['nso_version']}'s manifest: the release changed after it was signed; "
             "find out why before any agent installs it"

@@ -60,14 +60,9 @@ def signature_checks(bundle: Artifact) -> list[dict[str, Any]]:
     data = manifest_text(bundle).encode("ascii")
     checked = []
     for entry in stored(bundle):
-        try:
-            valid = signing.signature_valid(
-                signing.load_public_key(str(entry.get("public_key"))),
-                data,
-                str(entry.get("signature")),
-            )
-        except ValueError:
-            valid = False
+        valid = signing.stored_valid(
+            str(entry.get("public_key")), data, str(entry.get("signature"))
+        )
         checked.append(
             {
                 "key_id": entry.get("key_id"),

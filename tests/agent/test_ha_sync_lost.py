@@ -42,14 +42,36 @@ def _fault(host, name: str, *value: str) -> None:
 def _sync(config, params: dict[str, Any], **facts: Any) -> tuple[StepContext, Any]:
     """Run ha_sync_packages as the runner would, with ``facts`` in its journal (what an
     earlier attempt recorded); the step's context (its log) and its result or StepFailed."""
+    return _run(
+        config,
+        910,
+        "ha_sync_packages",
+        {"sync": "and-reload", "packages": NEW_SERVICE, **params},
+        {},
+        "ha_package_upgrade",
+        facts,
+    )
+
+
+def _run(
+    config,
+    step_id: int,
+    name: str,
+    params: dict[str, Any],
+    context: dict[str, Any],
+    kind: str,
+    facts: dict[str, Any],
+) -> tuple[StepContext, Any]:
+    """Run step ``name`` of job 7 as the runner would: its context and result (or
+    StepFailed)."""
     step = {
-        "id": 910,
+        "id": step_id,
         "job_id": 7,
         "attempt": 1,
-        "name": "ha_sync_packages",
-        "params": {"sync": "and-reload", "packages": NEW_SERVICE, **params},
-        "context": {},
-        "job": {"id": 7, "kind": "ha_package_upgrade"},
+        "name": name,
+        "params": params,
+        "context": context,
+        "job": {"id": 7, "kind": kind},
     }
     journal = Journal(config.journal_file)
     journal.begin(step)
@@ -270,21 +292,10 @@ def test_a_rollback_sync_ends_in_the_mode_it_is_told(make_cluster, artifacts) ->
 
 def _verify(config, context: dict[str, Any]) -> dict[str, Any]:
     """ha_verify_packages on the primary, as the runner runs it after the sync."""
-    step = {
-        "id": 911,
-        "job_id": 7,
-        "attempt": 1,
-        "name": "ha_verify_packages",
-        "params": {"packages": _loaded_now(config), "primary": True},
-        "context": context,
-        "job": {"id": 7, "kind": "ha_package_rollback"},
-    }
-    journal = Journal(config.journal_file)
-    journal.begin(step)
-    try:
-        return dict(run_step(StepContext(config, step, journal)))
-    finally:
-        journal.clear()
+    params = {"packages": _loaded_now(config), "primary": True}
+    _, outcome = _run(config, 911, "ha_verify_packages", params, context, "ha_package_rollback", {})
+    assert isinstance(outcome, dict), outcome
+    return outcome
 
 
 def _loaded_now(config) -> list[dict[str, str]]:
