@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import stat
 import time
 import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -32,6 +34,8 @@ from agent.steps.context import StepContext
 PATCHES = "/opt/ncs/current/lib/ncs/patches"
 # How long the files a failed apply could not put back are kept (docs/patches.md).
 UNDO_KEEP_DAYS = 30
+# The random part of a temporary file's name (tempfile.mkstemp, as write_atomic makes it).
+_TEMPORARY = re.compile(r"[a-z0-9_]{8}")
 
 
 class _Patch:
@@ -114,6 +118,10 @@ class _Patch:
         row = loaded.get(module)
         return row is not None and row.patch_id in (None, self.id)
 
+    def unlisted(self, loaded: dict[str, patch_bundle.LoadedPatch]) -> list[str]:
+        """The patch's modules NSO does not list from this patch."""
+        return [m for m in self.modules if not self.listed(loaded, m)]
+
     def load(
         self, what: str, modules: Optional[list[str]] = None
     ) -> dict[str, patch_bundle.LoadedPatch]:
@@ -152,19 +160,39 @@ def _existing(folder: Path, module: str) -> Optional[bytes]:
 
 
 def apply_patch(ctx: StepContext) -> dict[str, Any]:
-    # An agent that holds the release manager's key loads only a bundle that key signed:
-    # a server in other hands could otherwise load any module into NSO.
-    release_signature.check_patch(ctx.config, ctx.params, "this patch")
-    patch = _Patch(ctx)
-    folder = patch.check_release()
-    _prune_undo_saves(ctx)
-    beams = patch.bundle()
+    # What an earlier attempt of this step did before the agent stopped is this step's
+    # change too: a rerun that fails before it can look (NSO stopped meanwhile, the bundle
+    # pulled) must not call the node unchanged.
+    with _earlier_attempt(ctx, "apply", ctx.journal.fact("patch_changing") is True):
+        # An agent that holds the release manager's key loads only a bundle that key
+        # signed: a server in other hands could otherwise load any module into NSO.
+        release_signature.check_patch(ctx.config, ctx.params, "this patch")
+        patch = _Patch(ctx)
+        folder = patch.check_release()
+        _prune_undo_saves(ctx)
+        _sweep_temporary_files(ctx, folder, patch.modules)
+        beams = patch.bundle()
+    applied = ctx.journal.fact("patch_applied")
+    if isinstance(applied, dict):
+        # The agent stopped after the step succeeded and before its report was saved: the
+        # undo save is gone, so the step must not be worked out again from it (every file
+        # would count as new, and a failure would "put back" no file at all).
+        return _applied_before(ctx, patch, applied.get("changed") is True)
     before = _before_apply(ctx, folder, patch.modules)
     # Decided from what the folder held and NSO listed before the first attempt, not from
     # the folder now: after a crash it holds that attempt's bytes, which NSO may not have
     # loaded yet (or loaded, without the report getting out).
     touched = [m for m in patch.modules if before.files[m] != beams[m]]
     changed = bool(touched) or not all(patch.listed(before.listed or {}, m) for m in patch.modules)
+    for module in touched:
+        row = (before.listed or {}).get(module)
+        if before.files[module] is not None and row is not None and row.patch_id != patch.id:
+            ctx.log(
+                f"{module}.beam replaces the build of patch {row.patch_id or '(no id shown)'}: "
+                f"removing patch {patch.id} later does not bring that one back"
+            )
+    if changed:
+        ctx.journal.update("patch_changing", patch_changing=True)
     ran_load = False
     # From the first write on, any failure (NSO's answer, a lost CLI session, the disk)
     # ends in _undo_apply: the node goes back as it was, or the report says it did not.
@@ -183,7 +211,7 @@ def apply_patch(ctx: StepContext) -> dict[str, Any]:
         else:
             ctx.log(f"every module of patch {patch.id} is there and loaded already: nothing to do")
             loaded = ctx.nso.loaded_patches()
-        missing = [m for m in patch.modules if not patch.listed(loaded, m)]
+        missing = patch.unlisted(loaded)
         if missing:
             raise StepFailed(
                 f"after load-modules NSO does not list {', '.join(missing)} with patch "
@@ -191,14 +219,75 @@ def apply_patch(ctx: StepContext) -> dict[str, Any]:
             )
     except Exception as exc:
         raise _undo_apply(ctx, patch, folder, before, beams, touched, ran_load, exc) from exc
+    # Recorded before the undo save goes: a rerun of this step then reports this outcome.
+    ctx.journal.update("patch_applied", patch_applied={"changed": changed})
     shutil.rmtree(_undo_dir(ctx), ignore_errors=True)
     return {"modules": patch.modules, "changed": changed}
 
 
+def _applied_before(ctx: StepContext, patch: _Patch, changed: bool) -> dict[str, Any]:
+    """A rerun of an apply that had succeeded: NSO must still list every module."""
+    missing = patch.unlisted(ctx.nso.loaded_patches())
+    if missing:
+        raise StepFailed(
+            f"an earlier attempt of this step applied patch {patch.id} (nso-agent stopped "
+            f"before its report), and NSO now does not list {', '.join(missing)} "
+            "('show ncs-state patches'): check ncs.log and the patches folder on the host, "
+            "then roll the patch out again",
+            result={"changed": True},
+        )
+    shutil.rmtree(_undo_dir(ctx), ignore_errors=True)
+    ctx.log(f"an earlier attempt of this step applied patch {patch.id}: nothing left to do")
+    return {"modules": patch.modules, "changed": changed}
+
+
+@contextlib.contextmanager
+def _earlier_attempt(ctx: StepContext, what: str, began: bool) -> Iterator[None]:
+    """Checks before an attempt changes anything: a failure says ``changed`` when an
+    earlier attempt of this step had begun changing the node (``began``)."""
+    try:
+        yield
+    except Exception as exc:
+        if not began:
+            raise
+        raise StepFailed(
+            f"{_reason(ctx, exc)}; an earlier attempt of this step (before nso-agent "
+            f"stopped) had begun to {what} the patch, and this one could not check or finish "
+            "it: NSO may run it in part. Check 'show ncs-state patches' and the patches "
+            "folder on the host"
+            + (
+                f" (the files from before the step are kept in {_undo_dir(ctx)})"
+                if what == "apply"
+                else ""
+            )
+            + ", then roll it out again",
+            result={"changed": True},
+        ) from exc
+
+
+def _sweep_temporary_files(ctx: StepContext, folder: Path, modules: list[str]) -> None:
+    """Take out the temporary files (write_atomic's ``.<module>.beam.XXXXXXXX``) an attempt
+    killed in the middle of a write left beside this patch's modules."""
+    for module in modules:
+        for leftover in folder.glob(f".{module}.beam.*"):
+            suffix = leftover.name[len(module) + 7 :]
+            with contextlib.suppress(FileNotFoundError):
+                if _TEMPORARY.fullmatch(suffix) and stat.S_ISREG(leftover.lstat().st_mode):
+                    leftover.unlink()
+                    ctx.log(f"removed {ctx.paths.host_path(leftover)}, left by a write cut short")
+
+
 def remove_patch(ctx: StepContext) -> dict[str, Any]:
-    patch = _Patch(ctx)
-    folder = patch.check_release()
-    beams = patch.bundle()
+    # What an earlier attempt of this step did before the agent stopped (took files out,
+    # had NSO unload them) is this step's change too: a rerun that finds nothing left to
+    # do, or fails before it can look, must still report it, or the server calls a node it
+    # unpatched unchanged.
+    earlier = ctx.journal.fact("patch_removal_began", False) is True
+    with _earlier_attempt(ctx, "remove", earlier):
+        patch = _Patch(ctx)
+        folder = patch.check_release()
+        _sweep_temporary_files(ctx, folder, patch.modules)
+        beams = patch.bundle()
     before = {m: _existing(folder, m) for m in patch.modules}
     # A file with other bytes is another build of the module (a later patch): not ours.
     kept = [m for m in patch.modules if before[m] is not None and before[m] != beams[m]]
@@ -206,10 +295,6 @@ def remove_patch(ctx: StepContext) -> dict[str, Any]:
         ctx.log(f"{module}.beam holds another build than patch {patch.id}'s: left alone")
     ours = [m for m in patch.modules if m not in kept]
     removed = [m for m in ours if before[m] is not None]
-    # What an earlier attempt of this step did before the agent stopped (took files out,
-    # had NSO unload them) is this step's change too: a rerun that finds nothing left to
-    # do must still report it, or the server calls a node it unpatched unchanged.
-    earlier = ctx.journal.fact("patch_removal_began", False) is True
     gone: list[str] = []
     ran_load = False
     try:

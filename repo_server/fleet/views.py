@@ -9,6 +9,7 @@ from flask import Response, request
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
+from repo_server.auth.roles import roles_for
 from repo_server.catalog.schemas import BEARER
 from repo_server.context import db_session, principal, require, state
 from repo_server.fleet import service
@@ -29,6 +30,7 @@ from repo_server.fleet.schemas import (
 )
 from repo_server.parking import PARK, RESUMED, Parked
 from repo_server.rollouts.status import node_statuses
+from repo_server.upgrades import redaction
 from repo_server.upgrades.inline_blobs import with_inline_blobs
 from repo_server.upgrades.job_states import JOB_ACTIVE
 from repo_server.upgrades.jobs import JobService
@@ -82,8 +84,16 @@ class NodeItem(MethodView):
 
 
 def _with_rollout_status(session: Any, nodes: list[Any]) -> None:
+    # Why a node is not on its release may repeat its job's error: host paths masked for a
+    # role without job:details, as the job shows them (upgrades/redaction.py).
+    details = principal().role in roles_for("job:details")
     for node_id, status in node_statuses(session, nodes).items():
-        next(n for n in nodes if n.id == node_id).rollout = status
+        shown = (
+            status
+            if details or status is None
+            else {**status, "why": redaction.masked(status["why"])}
+        )
+        next(n for n in nodes if n.id == node_id).rollout = shown
 
 
 @blp.route("/nodes/<string:name>/labels")

@@ -10,6 +10,7 @@ from flask import jsonify
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
+from repo_server.auth.roles import roles_for
 from repo_server.catalog.schemas import BEARER
 from repo_server.context import db_session, principal, require, state
 from repo_server.rollouts import windows
@@ -25,6 +26,7 @@ from repo_server.rollouts.schemas import (
     WindowSchema,
 )
 from repo_server.rollouts.service import Rollouts, rollout_dict
+from repo_server.upgrades import redaction
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +51,15 @@ def _shown(rollout_id: int) -> dict[str, Any]:
     state().move_rollout(rollout_id)
     session = db_session()
     session.expire_all()
-    return rollout_dict(_rollouts().get(rollout_id))
+    return _as_seen_by_caller(rollout_dict(_rollouts().get(rollout_id)))
+
+
+def _as_seen_by_caller(shown: dict[str, Any]) -> dict[str, Any]:
+    """A target's reason repeats its job's error: host paths masked for a role without
+    job:details, as the job itself shows them (upgrades/redaction.py)."""
+    if principal().role in roles_for("job:details"):
+        return shown
+    return redaction.fleet_rollout_for_viewer(shown)
 
 
 @blp.route("/rollouts")
@@ -94,7 +104,7 @@ def plan(body: dict[str, Any]) -> Any:
 @blp.response(200, FleetRolloutSchema)
 def get_rollout(rollout_id: int) -> Any:
     """One rollout: its waves, and every target's state and why it is not done yet."""
-    return rollout_dict(_rollouts().get(rollout_id))
+    return _as_seen_by_caller(rollout_dict(_rollouts().get(rollout_id)))
 
 
 def _action(name: str, doc: str) -> None:

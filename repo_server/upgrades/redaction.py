@@ -4,7 +4,8 @@ Such a role does not get a job's context, its steps' results and log tails (READ
 "Roles"). The job's ``error`` and its steps' ``message`` stay readable, since they say what
 happened, but they name files on the hosts too (a member's proven backup, a saved package
 folder, an undo save): those paths are masked here, so a viewer learns what went wrong and
-an operator where things are.
+an operator where things are. So are the words that repeat a job's error elsewhere: a fleet
+rollout target's reason, and a node's rollout status.
 """
 
 from __future__ import annotations
@@ -34,11 +35,16 @@ def rollout_for_viewer(rollout: dict[str, Any]) -> dict[str, Any]:
     return _masked_in(dict(rollout), "nodes")
 
 
-def _masked_in(shown: dict[str, Any], key: str) -> dict[str, Any]:
-    """``shown`` with the ``message`` of each entry of its list ``key`` masked."""
+def fleet_rollout_for_viewer(rollout: dict[str, Any]) -> dict[str, Any]:
+    """A fleet rollout as the API shows it, each target's reason masked: a target that
+    ended names its job's error."""
+    return _masked_in(dict(rollout), "targets", "reason")
+
+
+def _masked_in(shown: dict[str, Any], key: str, field: str = "message") -> dict[str, Any]:
+    """``shown`` with ``field`` of each entry of its list ``key`` masked."""
     if isinstance(shown.get(key), list):
         shown[key] = [
-            {**e, "message": masked(e.get("message"))} if isinstance(e, dict) else e
-            for e in shown[key]
+            {**e, field: masked(e.get(field))} if isinstance(e, dict) else e for e in shown[key]
         ]
     return shown

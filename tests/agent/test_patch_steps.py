@@ -602,14 +602,20 @@ def test_remove_leaves_a_failure_of_a_module_it_keeps_alone(
     assert "ncs_a" not in listed(host)
 
 
-def test_a_removal_that_fails_after_taking_files_out_says_changed(
-    make_host, file_server, driver, tmp_path
-) -> None:
+def patched(make_host, file_server, driver, tmp_path) -> tuple[SimHost, Any, dict]:
+    """A host on 6.2 with patch CSCfix1 (ncs_a) applied: the host, its driver, the step."""
     host = make_host("6.2", [])
     drive = driver(config_for(host), file_server)
     bundle = make_bundle(tmp_path, "6.2", "CSCfix1", "ncs_a")
     step = params(file_server, bundle, "6.2", "CSCfix1", "ncs_a")
     drive.step("apply_patch", step)
+    return host, drive, step
+
+
+def test_a_removal_that_fails_after_taking_files_out_says_changed(
+    make_host, file_server, driver, tmp_path
+) -> None:
+    host, drive, step = patched(make_host, file_server, driver, tmp_path)
     # Another module whose failure NSO reports in a line the agent cannot read.
     odd = unreadable(beam(tmp_path, "6.1", "CSCold", "ncs_z"), "ncs_z")
     (host.path(PATCHES) / "ncs_z.beam").write_bytes(odd)
@@ -652,3 +658,130 @@ def test_a_removal_rerun_after_a_crash_still_says_changed(
     assert sorted(files(host)) == [".keep"]
     # A new removal step (another job) of the same, now absent, patch changes nothing.
     assert drive.step("remove_patch", step)["changed"] is False
+
+
+# -- reruns: the outcome of an earlier attempt is told, and never undone by mistake ---------
+
+
+def _first_attempt(drive: Any, step_id: int, name: str, step: dict) -> Any:
+    """The whole first attempt of step ``step_id``, its journal kept (the agent stopped
+    before the final report was saved): what the step returned."""
+    entry = {"id": step_id, "job_id": 7, "attempt": 1, "name": name, "params": step}
+    journal = Journal(drive.config.journal_file)
+    journal.begin(entry)
+    first = StepContext(drive.config, entry, journal, drive.downloader)
+    try:
+        return getattr(patches, name)(first)
+    finally:
+        first.close()
+
+
+@pytest.mark.parametrize("already", [False, True], ids=["new-patch", "already-there"])
+def test_a_rerun_of_an_apply_that_succeeded_reports_it_and_puts_nothing_back(
+    make_host, file_server, driver, tmp_path, already
+) -> None:
+    """The agent stopped after the apply succeeded (the undo save taken out) and before its
+    report was saved. The rerun says what the first attempt did, runs no load-modules, and
+    a lost CLI session on the rerun cannot make it take out modules that were loaded."""
+    host = make_host("6.2", [])
+    drive = driver(config_for(host), file_server)
+    bundle = make_bundle(tmp_path, "6.2", "CSCfix1", "ncs_a", "ncs_b")
+    step = params(file_server, bundle, "6.2", "CSCfix1", "ncs_a", "ncs_b")
+    if already:
+        drive.step("apply_patch", step)
+    first = _first_attempt(drive, 901, "apply_patch", step)
+    assert first == {"modules": ["ncs_a", "ncs_b"], "changed": not already}
+    there = files(host)
+    sim("fault", "set", "--root", str(host.root), "cli-exec-reply-lost", "load-modules", "--once")
+
+    assert drive.step("apply_patch", step, step_id=901) == first
+    assert drive.last is not None
+    assert "load-modules" not in "\n".join(drive.last.lines)
+    assert files(host) == there
+    shown = listed(host)
+    assert "ncs_a" in shown and "ncs_b" in shown
+    assert undo_saves(drive) == []
+
+
+def test_a_rerun_that_cannot_start_after_an_earlier_attempt_changed_the_node_says_changed(
+    make_host, file_server, driver, tmp_path
+) -> None:
+    """The first apply wrote and loaded, then the agent stopped; NSO was stopped meanwhile.
+    The rerun is refused before it can look, and must not call the node unchanged. A rerun
+    of an apply that changed nothing, refused alike, still says it changed nothing."""
+    host = make_host("6.2", [])
+    drive = driver(config_for(host), file_server)
+    bundle = make_bundle(tmp_path, "6.2", "CSCfix1", "ncs_a")
+    step = params(file_server, bundle, "6.2", "CSCfix1", "ncs_a")
+    assert _first_attempt(drive, 902, "apply_patch", step)["changed"] is True
+    host.stop()
+    with pytest.raises(StepFailed, match="NSO is stopped") as failed:
+        drive.step("apply_patch", step, step_id=902)
+    assert failed.value.result == {"changed": True}
+    assert "an earlier attempt of this step" in str(failed.value)
+
+    other = make_host("6.2", [])
+    drive = driver(config_for(other), file_server)
+    drive.step("apply_patch", step)
+    assert _first_attempt(drive, 903, "apply_patch", step)["changed"] is False
+    other.stop()
+    with pytest.raises(StepFailed, match="NSO is stopped") as failed:
+        drive.step("apply_patch", step, step_id=903)
+    assert not failed.value.result.get("changed")
+
+
+def test_a_removal_rerun_that_cannot_start_says_changed(
+    make_host, file_server, driver, tmp_path
+) -> None:
+    host, drive, step = patched(make_host, file_server, driver, tmp_path)
+    assert _first_attempt(drive, 904, "remove_patch", step)["changed"] is True
+    host.stop()
+    with pytest.raises(StepFailed, match="NSO is stopped") as failed:
+        drive.step("remove_patch", step, step_id=904)
+    assert failed.value.result == {"changed": True}
+
+
+def test_a_temporary_file_of_a_write_cut_short_is_taken_out(
+    make_host, file_server, driver, tmp_path
+) -> None:
+    """An attempt killed in the middle of a write leaves write_atomic's temporary file
+    beside the module; the next apply or removal of the patch takes it out (and nothing of
+    anyone else's)."""
+    host = make_host("6.2", [])
+    drive = driver(config_for(host), file_server)
+    bundle = make_bundle(tmp_path, "6.2", "CSCfix1", "ncs_a")
+    step = params(file_server, bundle, "6.2", "CSCfix1", "ncs_a")
+    folder = host.path(PATCHES)
+    (folder / ".ncs_a.beam.k2x_9q0z").write_bytes(b"half a module")
+    (folder / ".ncs_a.beam.notours").write_bytes(b"someone else's")
+    (folder / ".ncs_zz.beam.k2x_9q0z").write_bytes(b"another patch's")
+    drive.step("apply_patch", step)
+    assert sorted(files(host)) == [
+        ".keep",
+        ".ncs_a.beam.notours",
+        ".ncs_zz.beam.k2x_9q0z",
+        "ncs_a.beam",
+    ]
+    (folder / ".ncs_a.beam.abcdefgh").write_bytes(b"half a module")
+    drive.step("remove_patch", step)
+    assert sorted(files(host)) == [".keep", ".ncs_a.beam.notours", ".ncs_zz.beam.k2x_9q0z"]
+
+
+def test_a_patch_that_replaces_another_patchs_module_says_so(
+    make_host, file_server, driver, tmp_path
+) -> None:
+    """CSCfixB ships ncs_b too: its apply says whose build it replaces, since removing
+    CSCfixB later takes ncs_b out and does not bring CSCfixA's back (docs/patches.md)."""
+    host = make_host("6.2", [])
+    drive = driver(config_for(host), file_server)
+    first = make_bundle(tmp_path, "6.2", "CSCfixA", "ncs_a", "ncs_b")
+    drive.step("apply_patch", params(file_server, first, "6.2", "CSCfixA", "ncs_a", "ncs_b"))
+    second = make_bundle(tmp_path / "b", "6.2", "CSCfixB", "ncs_b")
+    step = params(file_server, second, "6.2", "CSCfixB", "ncs_b")
+    assert drive.step("apply_patch", step)["changed"] is True
+    assert drive.last is not None
+    said = "\n".join(drive.last.lines)
+    assert "ncs_b.beam replaces the build of patch CSCfixA" in said
+    assert "ncs_a.beam replaces" not in said
+    drive.step("remove_patch", step)
+    assert sorted(files(host)) == [".keep", "ncs_a.beam"]

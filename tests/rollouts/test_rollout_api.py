@@ -324,3 +324,33 @@ def test_labels_select_nodes_and_filter_the_fleet(live, fleet) -> None:
     assert planned.status_code == 200, planned.text
     assert [t["name"] for t in planned.json()["targets"]] == ["edge-2", "edge-4"]
     assert live.session("viewer").get(f"{live.url}/api/v1/rollouts").json() == []
+
+
+def test_a_viewer_reads_why_a_target_failed_without_the_host_paths(live, fleet) -> None:
+    """A target that ended repeats its job's error, which may name files on the host: a
+    viewer reads it with those paths masked (as in the job itself), in the API and in the
+    console; an operator reads it whole."""
+    from tests.console.helpers import logged_in
+
+    rid = create(live, select={"nodes": ["edge-2"]}, waves=[100]).json()["id"]
+    step = fleet["edge-2"].next(0)
+    backup = "/var/opt/ncs/backups/ncs-6.1@edge-2.backup.gz"
+    answer = fleet["edge-2"].report(
+        step["id"], "failed", message=f"the proven backup {backup} could not be read"
+    )
+    assert answer.status_code == 200, answer.text
+    whole = live.session("operator").get(f"{live.url}/api/v1/rollouts/{rid}").json()
+    assert backup in targets(whole)["edge-2"]["reason"]
+    assert backup in live.session("operator").get(f"{live.url}/api/v1/nodes/edge-2").text
+
+    seen = targets(get(live, rid))["edge-2"]["reason"]
+    assert backup not in seen and "[a path on the host]" in seen and "could not be read" in seen
+    for path in ("/api/v1/nodes/edge-2", "/api/v1/nodes"):
+        shown = live.session("viewer").get(f"{live.url}{path}")
+        assert shown.status_code == 200 and "could not be read" in shown.text
+        assert backup not in shown.text
+    browser = logged_in(live.url, live.tokens["viewer"])
+    for page in (f"/ui/rollouts/{rid}", "/ui/fleet", "/ui/nodes/edge-2"):
+        shown = browser.get(page)
+        assert shown.status_code == 200 and "could not be read" in shown.text, page
+        assert "backups/ncs-6.1" not in shown.text, page
