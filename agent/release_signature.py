@@ -53,9 +53,12 @@ def load_key(path: Path, shown: str) -> Ed25519PublicKey:
             )
         key = serialization.load_pem_public_key(data)
     except OSError as exc:
+        # The option names a path on the NSO host: under a [host] root other than /, it is
+        # read there, which is not where a user who typed the path looks first.
+        where = "" if str(path) == shown else f" at {path}, under [host] root"
         raise ConfigError(
-            f"{OPTION} = {shown}: cannot read it ({exc.strerror}); copy the release manager's "
-            "public key (.pub) there, or remove the option"
+            f"{OPTION} = {shown}: cannot read it{where} ({exc.strerror}); copy the release "
+            "manager's public key (.pub) there, or remove the option"
         ) from None
     except (ValueError, TypeError, UnsupportedAlgorithm):
         raise ConfigError(

@@ -14,7 +14,12 @@ import base64
 import os
 from typing import Optional
 
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+
+try:  # cryptography >= 47 keeps CFB with the old ciphers; the old place warns, then goes
+    from cryptography.hazmat.decrepit.ciphers.modes import CFB
+except ImportError:  # older cryptography
+    from cryptography.hazmat.primitives.ciphers.modes import CFB
 
 _KEY_NAMES = {"$9$": "AES256CFB128_KEY", "$8$": "AESCFB128_KEY"}
 
@@ -36,7 +41,7 @@ def encrypt(keys: dict[str, str], clear: str) -> str:
     if key is None:
         raise ValueError(f"ncs.crypto_keys holds no usable {_KEY_NAMES[prefix]}")
     iv = os.urandom(16)
-    enc = Cipher(algorithms.AES(key), modes.CFB(iv)).encryptor()
+    enc = Cipher(algorithms.AES(key), CFB(iv)).encryptor()
     body = enc.update(clear.encode()) + enc.finalize()
     return prefix + base64.b64encode(iv + body).decode()
 
@@ -54,5 +59,5 @@ def decrypt(keys: dict[str, str], stored: str) -> Optional[bytes]:
         return None
     if len(raw) < 16:
         return None
-    dec = Cipher(algorithms.AES(key), modes.CFB(raw[:16])).decryptor()
+    dec = Cipher(algorithms.AES(key), CFB(raw[:16])).decryptor()
     return dec.update(raw[16:]) + dec.finalize()

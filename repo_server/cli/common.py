@@ -71,6 +71,11 @@ def handle_errors(f: F) -> F:
                 f"cannot reach {url}: is the server running ('nso-repo serve')? "
                 "Set --url or NSO_REPO_URL to its address"
             )
+        except BrokenPipeError:
+            # The reader went away ('| head'): stop quietly, as cat and grep do. Standard
+            # output points at /dev/null so that the flush at exit does not fail again.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(141)  # 128 + SIGPIPE, the status of a command the pipe ended
         except OSError as exc:
             fail(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "))
         except Exception as exc:

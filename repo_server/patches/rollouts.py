@@ -326,7 +326,15 @@ class PatchRollouts:
 
     def bundle(self, filename: str) -> Artifact:
         bundle = self.session.scalar(select(Artifact).where(Artifact.filename == filename))
-        if bundle is None or bundle.deleted:
+        if bundle is not None and bundle.deleted:
+            # Its name stays reserved: "upload it" alone would be refused (name_reserved).
+            raise NotFound(
+                f"patch bundle {filename} was deleted from the catalog: to roll it (or its "
+                f"removal) out again, an admin frees its name ('nso-repo release-name "
+                f"{filename}'), then upload the same file (docs/patches.md)",
+                patch=filename,
+            )
+        if bundle is None:
             raise NotFound(
                 f"no patch bundle {filename} in the catalog: upload it first "
                 f"('nso-repo upload {filename}'); list bundles with 'nso-repo ls patches'",

@@ -381,13 +381,17 @@ def _preflight(
                 select(Node).where(Node.id.in_(wanted[i : i + 1000])).options(defer(Node.labels))
             )
         )
+    # When each node's last step ended: an inventory sent before is no base for a plan.
+    changed = preflight.last_step_ends(session, [i for t in targets for i in t.node_ids])
     for target in targets:
         if target.kind == "node":
             node = nodes[target.node_ids[0]]
             if same_version(node.running_version, release.nso_version):
                 target.state, target.reason = "succeeded", f"runs {release.nso_version} already"
                 continue
-            verdict = preflight.check(node, release, releases, upgrade_options)
+            verdict = preflight.check(
+                node, release, releases, upgrade_options, changed_at=changed.get(node.id)
+            )
             reasons = [f"{r.message} ({r.remedy})" for r in verdict.reasons]
             target.drops_patches = [{"node": node.name, **p} for p in verdict.drops_patches]
         else:
@@ -398,6 +402,7 @@ def _preflight(
                 options.write_policy,
                 upgrade_options,
                 {},
+                changed,
             )
             if all(
                 same_version(v.source_version, release.nso_version) for v in group_plan.verdicts
@@ -408,7 +413,7 @@ def _preflight(
             target.drops_patches = [
                 {"node": v.node, **p} for v in group_plan.verdicts for p in v.drops_patches
             ]
-        reasons = [r for r in reasons if "is still running on" not in r]
+        reasons = [r for r in reasons if not passing(r)]
         if reasons:
             target.state = "refused"
             target.reasons = reasons
@@ -417,6 +422,17 @@ def _preflight(
                 + reasons[0]
                 + (f" (and {len(reasons) - 1} more)" if len(reasons) > 1 else "")
             )
+
+
+# Refusals that pass by themselves, so that a rollout waits instead of refusing: another
+# job holds the node (preflight's job_active), or the node has not reported since such a
+# job ended (inventory_behind).
+PASSING = ("is still running on", preflight.BEHIND)
+
+
+def passing(reason: str) -> bool:
+    """A preflight reason (its text) that passes by itself: the target waits for it."""
+    return any(words in reason for words in PASSING)
 
 
 def _assign_waves(targets: list[PlannedTarget], options: Options) -> None:

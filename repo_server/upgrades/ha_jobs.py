@@ -8,7 +8,9 @@ all run the same release.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from typing import Any
 
 from repo_server.auth.service import Principal, audit
@@ -148,6 +150,7 @@ def plan_group(
     write_policy: str,
     options: preflight.UpgradeOptions,
     active: dict[int, int],
+    changed: Mapping[int, datetime],
 ) -> GroupPlan:
     """The group's plan from what the caller loaded: its members' nodes, every release,
     the active job of each member node that has one (a fleet rollout's plan checks hundreds
@@ -161,6 +164,7 @@ def plan_group(
             active.get(member.node_id),
             group=group.name,
             member=True,
+            changed_at=changed.get(member.node_id),
         )
         for member in group.members
     ]
@@ -200,8 +204,9 @@ class GroupUpgrades:
             job = self.jobs.active_job(member.node)
             if job is not None:
                 active[member.node_id] = job.id
+        changed = preflight.last_step_ends(self.session, [m.node_id for m in group.members])
         return plan_group(
-            group, release, list_releases(self.session), write_policy, options, active
+            group, release, list_releases(self.session), write_policy, options, active, changed
         )
 
     def start(

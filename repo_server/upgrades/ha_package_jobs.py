@@ -88,13 +88,19 @@ class GroupPackageUpgrades:
         group = get_group(self.session, name)
         artifacts = [live_artifact(self.session, filename) for filename in filenames]
         verdicts = []
+        ended = preflight.last_step_ends(self.session, [m.node_id for m in group.members])
         for member in group.members:
             active = self.jobs.active_job(member.node)
             # As a member: the group's own checks (its heartbeats, then ha_package_check on
             # every member) take the place of the single-node HA refusal.
             verdicts.append(
                 preflight.check_package_upgrade(
-                    member.node, artifacts, active.id if active else None, remove, member=True
+                    member.node,
+                    artifacts,
+                    active.id if active else None,
+                    remove,
+                    member=True,
+                    changed_at=ended.get(member.node_id),
                 )
             )
         before = _versions(group.primary.node)

@@ -82,3 +82,18 @@ def transition(thing: Union[Job, Step], to: str) -> None:
             return
         with session.no_autoflush:
             thing.holds = []  # type: ignore[union-attr]
+
+
+# Steps that change nothing a cancelled job's nodes must be checked for, and after which
+# a node's inventory still holds (they write only the agent's own files).
+READ_ONLY_STEPS = (
+    "prestage",
+    "prestage_packages",
+    "backup",  # a backup file and a copy of the package links: nothing NSO runs
+    "ha_check",
+    "verify",
+    "verify_packages",
+    "ha_verify",
+    "ha_package_check",
+    "ha_verify_packages",
+)

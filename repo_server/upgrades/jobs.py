@@ -45,6 +45,7 @@ from repo_server.upgrades import (
     results,
 )
 from repo_server.upgrades.job_states import (
+    READ_ONLY_STEPS,
     STEP_FINISHED,
     STEP_HANDED_OUT,
     transition,
@@ -53,19 +54,6 @@ from repo_server.upgrades.models import Job, NodeHold, Step, StepReport, job_nod
 from repo_server.upgrades.step_payloads import step_dict
 
 REPORT_STATES = ("running", "succeeded", "failed")
-# Steps that change nothing a cancelled job's nodes must be checked for (they write only
-# the agent's own files).
-READ_ONLY_STEPS = (
-    "prestage",
-    "prestage_packages",
-    "backup",  # a backup file and a copy of the package links: nothing NSO runs
-    "ha_check",
-    "verify",
-    "verify_packages",
-    "ha_verify",
-    "ha_package_check",
-    "ha_verify_packages",
-)
 
 
 class PreflightFailed(AppError):
@@ -134,6 +122,7 @@ class JobService:
             options,
             active.id if active else None,
             group=group.name if group is not None else None,
+            changed_at=preflight.last_step_ends(self.session, [node.id]).get(node.id),
         )
         return verdict, plans.upgrade_steps(verdict, release)
 
@@ -158,7 +147,11 @@ class JobService:
         artifacts = [live_artifact(self.session, name) for name in filenames]
         active = self.active_job(node)
         verdict = preflight.check_package_upgrade(
-            node, artifacts, active.id if active else None, remove
+            node,
+            artifacts,
+            active.id if active else None,
+            remove,
+            changed_at=preflight.last_step_ends(self.session, [node.id]).get(node.id),
         )
         signed = signed_release_containing(self.session, artifacts) if artifacts else None
         return verdict, plans.package_upgrade_steps(artifacts, allow_data_loss, signed, remove)

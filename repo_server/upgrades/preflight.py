@@ -8,13 +8,14 @@ guide's "Preparing for Upgrade" list and DESIGN.md.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Optional
 
 from packaging.version import Version
-from sqlalchemy import select
-from sqlalchemy.orm import object_session
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, object_session
 
 from repo_server.catalog.compatibility import PackageBuild, Refusal, unmet_requirements
 from repo_server.catalog.models import Artifact
@@ -23,6 +24,8 @@ from repo_server.catalog.versions import NsoVersion
 from repo_server.db import utcnow
 from repo_server.fleet.models import Node
 from repo_server.fleet.schemas import inventory_problems
+from repo_server.upgrades.job_states import READ_ONLY_STEPS
+from repo_server.upgrades.models import Step, job_nodes
 
 # ncs.conf elements removed in a release: NSO then refuses to start (exit 21) if present.
 REMOVED_NCS_CONF_ELEMENTS = {"show-log-directory": "5.5", "large-scale": "5.6"}
@@ -123,8 +126,10 @@ def _check_node(
     inv: dict[str, Any],
     active_job: Optional[int],
     member: bool = False,
+    changed_at: Optional[datetime] = None,
 ) -> Optional[NsoVersion]:
-    """Rules every change to a node shares; returns the running version when known."""
+    """Rules every change to a node shares; returns the running version when known.
+    ``changed_at``: when the node's last step ended (last_step_ends)."""
     if active_job is not None:
         verdict.refuse(
             "job_active",
@@ -136,6 +141,16 @@ def _check_node(
             "inventory_stale",
             f"{node.name} has not reported its inventory in the last 5 minutes",
             "check that nso-agent runs on the host ('nso-agent status') and can reach the server",
+        )
+    elif inventory_behind(node.inventory_at, changed_at):
+        # A plan on it would start from what the node ran before that step: a package
+        # upgrade right after another would leave out (and delete) what that one added.
+        verdict.refuse(
+            "inventory_behind",
+            f"{node.name}'s {BEHIND} (at {changed_at:%Y-%m-%d %H:%M:%S} UTC): what it runs "
+            "now is not known yet",
+            "wait for its next heartbeat (nso-agent sends one when a job ends, and at "
+            "least every minute or two), then plan again",
         )
     running = inv.get("running_version")
     source = _loose_version(running) if running else None
@@ -166,10 +181,11 @@ def check(
     active_job: Optional[int] = None,
     group: Optional[str] = None,
     member: bool = False,
+    changed_at: Optional[datetime] = None,
 ) -> Verdict:
     """Whether ``node`` may be upgraded to ``release``. ``group``: the HA group the node
     belongs to, whose members only a group upgrade changes; ``member``: the check is for
-    that group upgrade."""
+    that group upgrade; ``changed_at``: when its last step ended (last_step_ends)."""
     inv: dict[str, Any] = node.inventory or {}
     target = NsoVersion.parse(release.nso_version)
     verdict = Verdict(node=node.name, source_version=None, target_version=str(target))
@@ -188,7 +204,7 @@ def check(
         return verdict
     verdict.source_version = inv.get("running_version")
     verdict.drops_patches = dropped_patches(inv, str(target))
-    source = _check_node(verdict, node, inv, active_job, member)
+    source = _check_node(verdict, node, inv, active_job, member, changed_at)
     if source is not None:
         _check_direction(verdict, source, target)
         _check_path(verdict, source, target, release, releases)
@@ -227,10 +243,11 @@ def check_package_upgrade(
     active_job: Optional[int] = None,
     remove: tuple[str, ...] = (),
     member: bool = False,
+    changed_at: Optional[datetime] = None,
 ) -> Verdict:
     """A package-only upgrade: new builds for the running release, one per package, and
     packages to take out (``remove``, by name: the old NED after a major NED upgrade).
-    ``member``: the node is checked as one member of an HA group's upgrade (`check`)."""
+    ``member``, ``changed_at``: as for `check`."""
     inv: dict[str, Any] = node.inventory or {}
     verdict = Verdict(node=node.name, source_version=None, target_version="", kind="package")
     verdict.packages = list(artifacts)
@@ -240,7 +257,7 @@ def check_package_upgrade(
         return verdict
     running = inv.get("running_version")
     verdict.source_version, verdict.target_version = running, running or ""
-    source = _check_node(verdict, node, inv, active_job, member)
+    source = _check_node(verdict, node, inv, active_job, member, changed_at)
     loaded = _loaded(inv)
     seen: set[str] = set()
     builds: list[PackageBuild] = []
@@ -727,6 +744,40 @@ def _check_disk(
                 f"{path} has {int(have) // MiB} MiB free; the upgrade needs about {need // MiB} MiB",
                 f"free space on {path} (old releases under /opt/ncs, old backups) and try again",
             )
+
+
+# inventory_behind's words, which fleet rollouts read as a wait (rollouts/planning.py).
+BEHIND = "last inventory was sent before its last step ended"
+
+
+def inventory_behind(reported_at: Optional[datetime], changed_at: Optional[datetime]) -> bool:
+    """The node's last inventory was sent before its last step ended (``changed_at``)."""
+    return reported_at is not None and changed_at is not None and reported_at < changed_at
+
+
+def last_step_ends(session: Session, node_ids: Iterable[int]) -> dict[int, datetime]:
+    """Node id -> when the last step that may change it ended: a step of a job the node
+    took part in, on it or on another member (an HA sync on the primary changes every
+    member), READ_ONLY_STEPS aside. Nodes without one are left out. One query per
+    thousand nodes (a fleet rollout's plan checks every node of the fleet)."""
+    ids = sorted(set(node_ids))
+    ends: dict[int, datetime] = {}
+    for i in range(0, len(ids), 1000):
+        ends.update(
+            (node_id, ended)
+            for node_id, ended in session.execute(
+                select(job_nodes.c.node_id, func.max(Step.finished_at))
+                .join(Step, Step.job_id == job_nodes.c.job_id)
+                .where(
+                    job_nodes.c.node_id.in_(ids[i : i + 1000]),
+                    Step.finished_at.is_not(None),
+                    Step.name.not_in(READ_ONLY_STEPS),
+                )
+                .group_by(job_nodes.c.node_id)
+            )
+            if ended is not None
+        )
+    return ends
 
 
 def inventory_stale(reported_at: Optional[datetime], now: Optional[datetime] = None) -> bool:

@@ -227,8 +227,10 @@ def test_the_key_is_read_at_start_and_kept_by_enroll(make_host, release_key, tmp
     cfg = load(conf)  # enroll writes the configuration back: the option must survive
     assert cfg.release_public_key == KEY_ON_HOST
     os.unlink(host.path(KEY_ON_HOST))
-    with pytest.raises(ConfigError, match=r"\[trust\] release_public_key .* cannot read it"):
+    with pytest.raises(ConfigError, match=r"\[trust\] release_public_key .* cannot read it") as e:
         load(conf)
+    # Read under [host] root, where someone who typed the path may not look: said.
+    assert f"at {host.path(KEY_ON_HOST)}, under [host] root" in str(e.value)
     host.path(KEY_ON_HOST).write_text("not a key\n")
     with pytest.raises(ConfigError, match="is not a PEM public key"):
         load(conf)

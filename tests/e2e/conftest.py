@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -315,6 +316,20 @@ class Node:
             message=f"no heartbeat from {self.name}",
             details=lambda: f"agent log:\n{log_tail(self.agent.log)}",
         )
+
+    def wait_reported(self, timeout: float = 30) -> None:
+        """Until the node has reported since its last job ended: a plan refuses a node whose
+        last inventory predates it (preflight's inventory_behind)."""
+        jobs = self.server.api("GET", "/jobs", params={"node": self.name, "limit": 1}).json()
+        ended = jobs[0]["finished_at"] if jobs else None
+        if ended is None:
+            return
+
+        def reported() -> bool:
+            at = self.info().get("inventory_at")
+            return at is not None and datetime.fromisoformat(at) > datetime.fromisoformat(ended)
+
+        wait_until(reported, timeout, 0.1, message=f"{self.name} never reported after its job")
 
     def fault(self, *args: str) -> None:
         sim("fault", "set", "--root", str(self.host.root), *args)

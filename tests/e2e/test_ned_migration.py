@@ -130,6 +130,7 @@ def test_new_ned_beside_the_old_then_dry_run_then_confirmed_migration(
 
 
 def remove_old_ned(node) -> dict:
+    node.wait_reported()  # the migration has just ended
     answer = node.server.api(
         "POST", f"/nodes/{node.name}/package-upgrade", json={"remove": ["router-nc"]}
     )

@@ -670,7 +670,9 @@ def test_a_pulled_bundle_is_taken_off_again_once_it_is_uploaded_again(
     assert agent.report(step["id"], "succeeded", result=result).status_code == 200
     admin = live.session("admin")
     assert admin.delete(f"{live.url}/api/v1/artifacts/{BUNDLE}").status_code == 200
-    assert_error(rollout(live, nodes=["edge-x"], action="remove"), 404, "not_found")
+    refused = assert_error(rollout(live, nodes=["edge-x"], action="remove"), 404, "not_found")
+    # The way out, not "upload it" (its name stays reserved: that upload would be refused).
+    assert f"nso-repo release-name {BUNDLE}" in refused["message"]
     released = admin.post(f"{live.url}/api/v1/artifacts/{BUNDLE}/release-name", json={})
     assert released.status_code == 200, released.text
     again = tmp_path / BUNDLE  # the file the bundle fixture uploaded

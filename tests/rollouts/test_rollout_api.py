@@ -354,3 +354,25 @@ def test_a_viewer_reads_why_a_target_failed_without_the_host_paths(live, fleet) 
         shown = browser.get(page)
         assert shown.status_code == 200 and "could not be read" in shown.text, page
         assert "backups/ncs-6.1" not in shown.text, page
+
+
+def test_a_node_not_reported_since_its_last_job_waits_and_is_not_refused(
+    live, app_state, fleet
+) -> None:
+    """edge-1's upgrade has just ended and its agent has not reported since: a rollout
+    neither refuses it nor plans on what it ran before; it waits, then takes it up."""
+    from tests.upgrades.builders import start_upgrade
+
+    start_upgrade(live, fleet["edge-1"])
+    assert run_job(fleet["edge-1"]) == "succeeded"
+    answer = create(live, select={"nodes": ["edge-1", "edge-2"]}, waves=[100], concurrency=2)
+    assert answer.status_code == 201, answer.text
+    shown = targets(get(live, answer.json()["id"]))
+    assert shown["edge-1"]["state"] == "pending", shown["edge-1"]
+    assert "last inventory was sent before its last step ended" in shown["edge-1"]["reason"]
+    assert shown["edge-2"]["state"] == "running"
+
+    fleet["edge-1"].heartbeat(healthy_inventory("6.2"))
+    app_state.driver.tick()
+    shown = targets(get(live, answer.json()["id"]))
+    assert shown["edge-1"]["state"] == "succeeded", shown["edge-1"]

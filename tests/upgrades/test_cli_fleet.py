@@ -113,3 +113,33 @@ def test_an_agents_words_are_shown_as_text_never_as_markup() -> None:
     text = console.export_text()
     assert text.count(hostile) == 2
     assert "[red]n1" in text
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_reader_that_goes_away_ends_the_command_quietly(live) -> None:
+    """`nso-repo node ls | head -1`: the pipe closes before the command writes; it stops
+    as cat would, without "error: Broken pipe" or a traceback."""
+    import os
+    import subprocess
+    import sys
+
+    for i in range(3):
+        assert (
+            live.session("operator").post(f"{live.url}/api/v1/nodes", json={"name": f"pipe-{i}"}).ok
+        )
+    env = {**os.environ, "NSO_REPO_URL": live.url, "NSO_REPO_TOKEN": live.tokens["viewer"]}
+    reader, writer = os.pipe()
+    os.close(reader)  # the reader has gone before anything is written
+    try:
+        ran = subprocess.run(
+            [sys.executable, "-m", "repo_server.cli", "node", "ls"],
+            stdout=writer,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            timeout=120,
+        )
+    finally:
+        os.close(writer)
+    assert ran.returncode == 141, ran.stderr
+    assert ran.stderr == ""

@@ -567,3 +567,25 @@ def test_the_cli_removes_a_package_from_the_group(live, pair, builds) -> None:
     assert started.returncode == 0, started.stderr
     job = live.session("viewer").get(f"{live.url}/api/v1/jobs/{started.stdout.strip()}").json()
     assert job["options"]["remove"] == ["router-nc"]
+
+
+def test_a_plan_right_after_a_job_waits_for_every_members_inventory(live, pair, builds) -> None:
+    """The reviewer's case: an and-add upgrade succeeds and the next package change is
+    planned at once. The members' last inventories are from before the job (the new NED
+    missing), so the plan would expect, and a removal would leave, the wrong set: refused,
+    naming each member, until each has reported again."""
+    job = _start(live, builds["new-ned"])
+    done, _ = _drive(live, pair, job["id"], _healthy)
+    assert done["state"] == "succeeded", done
+    plan = _plan(live, builds["router"])
+    assert not plan["ok"]
+    behind = [
+        r["message"]
+        for v in plan["members"]
+        for r in v["reasons"]
+        if r["code"] == "inventory_behind"
+    ]
+    assert len(behind) == 2 and "nso-a's last inventory" in " ".join(behind)
+    pair["nso-a"].heartbeat(_inventory("n1", True))
+    pair["nso-b"].heartbeat(_inventory("n2", False))
+    assert _plan(live, builds["router"])["ok"]

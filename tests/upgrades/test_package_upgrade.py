@@ -70,3 +70,26 @@ def test_package_upgrade_preflight(live, enrolled, tmp_path: Path) -> None:
     codes = sorted(r["code"] for r in error["details"]["reasons"])
     assert codes == ["package_release", "package_same", "package_twice", "package_twice"]
     assert_error(_request(live, ["ncs-6.2-nothing-1.0.tar.gz"]), 422, "validation_failed")
+
+
+def test_a_plan_waits_for_the_inventory_after_the_last_job(live, enrolled, tmp_path) -> None:
+    """Right after a package upgrade ends, the node's last inventory is from before it: a
+    plan built on it would start from packages the node no longer runs (and a later
+    package set would leave out, and delete, what the job added). Refused until the next
+    heartbeat, as an NSO upgrade's and an HA group's."""
+    enrolled.heartbeat(healthy_inventory("6.2", {"router-nc": "1.0.2", "l3vpn": "2.1"}))
+    first, second = _publish(live, tmp_path, ("router-nc", "1.0.3", "6.2"), ("l3vpn", "2.2", "6.2"))
+    job = _request(live, [first]).json()
+    while (step := enrolled.next()) is not None:
+        assert enrolled.report(step["id"], "succeeded", result=agent_result(step)).ok
+    done = live.session("viewer").get(f"{live.url}/api/v1/jobs/{job['id']}").json()
+    assert done["state"] == "succeeded"
+
+    error = assert_error(_request(live, [second]), 422, "preflight_failed")
+    (reason,) = error["details"]["reasons"]
+    assert reason["code"] == "inventory_behind"
+    assert "edge-1's last inventory was sent before its last step ended" in reason["message"]
+    assert "wait for its next heartbeat" in reason["remedy"]
+
+    enrolled.heartbeat(healthy_inventory("6.2", {"router-nc": "1.0.3", "l3vpn": "2.1"}))
+    assert _request(live, [second]).status_code == 202
