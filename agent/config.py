@@ -338,5 +338,5 @@ def load(path: Path) -> Config:
     if cfg.release_key_path is not None:
         from agent.release_signature import load_key  # cryptography: only when configured
 
-        load_key(cfg.release_key_path, f"{cfg.release_public_key} ({path})")
+        load_key(cfg.release_key_path, f"{cfg.release_public_key} ({path})", cfg.release_public_key)
     return cfg

@@ -39,8 +39,9 @@ MAX_SIGNATURES = 16
 OPTION = "[trust] release_public_key"
 
 
-def load_key(path: Path, shown: str) -> Ed25519PublicKey:
-    """The release manager's public key from ``path`` (``shown``: its name on the host)."""
+def load_key(path: Path, shown: str, named: Optional[str] = None) -> Ed25519PublicKey:
+    """The release manager's public key from ``path`` (``shown``: its name on the host, for
+    messages; ``named``: the path as the option gives it, when ``shown`` says more)."""
     try:
         data = path.read_bytes()
         # One key per file: with two, the PEM reader would silently trust only the first.
@@ -55,7 +56,7 @@ def load_key(path: Path, shown: str) -> Ed25519PublicKey:
     except OSError as exc:
         # The option names a path on the NSO host: under a [host] root other than /, it is
         # read there, which is not where a user who typed the path looks first.
-        where = "" if str(path) == shown else f" at {path}, under [host] root"
+        where = "" if str(path) == (named or shown) else f" at {path}, under [host] root"
         raise ConfigError(
             f"{OPTION} = {shown}: cannot read it{where} ({exc.strerror}); copy the release "
             "manager's public key (.pub) there, or remove the option"

@@ -160,6 +160,13 @@ def _existing(folder: Path, module: str) -> Optional[bytes]:
 
 
 def apply_patch(ctx: StepContext) -> dict[str, Any]:
+    applied = ctx.journal.fact("patch_applied")
+    if isinstance(applied, dict):
+        # The agent stopped after the step succeeded and before its report was saved: the
+        # undo save is gone, so the step must not be worked out again from it (every file
+        # would count as new, and a failure would "put back" no file at all). Nothing is
+        # fetched or written: only NSO's listing is read.
+        return _applied_before(ctx, _Patch(ctx), applied.get("changed") is True)
     # What an earlier attempt of this step did before the agent stopped is this step's
     # change too: a rerun that fails before it can look (NSO stopped meanwhile, the bundle
     # pulled) must not call the node unchanged.
@@ -172,12 +179,6 @@ def apply_patch(ctx: StepContext) -> dict[str, Any]:
         _prune_undo_saves(ctx)
         _sweep_temporary_files(ctx, folder, patch.modules)
         beams = patch.bundle()
-    applied = ctx.journal.fact("patch_applied")
-    if isinstance(applied, dict):
-        # The agent stopped after the step succeeded and before its report was saved: the
-        # undo save is gone, so the step must not be worked out again from it (every file
-        # would count as new, and a failure would "put back" no file at all).
-        return _applied_before(ctx, patch, applied.get("changed") is True)
     before = _before_apply(ctx, folder, patch.modules)
     # Decided from what the folder held and NSO listed before the first attempt, not from
     # the folder now: after a crash it holds that attempt's bytes, which NSO may not have
@@ -186,9 +187,17 @@ def apply_patch(ctx: StepContext) -> dict[str, Any]:
     changed = bool(touched) or not all(patch.listed(before.listed or {}, m) for m in patch.modules)
     for module in touched:
         row = (before.listed or {}).get(module)
-        if before.files[module] is not None and row is not None and row.patch_id != patch.id:
+        if (
+            before.files[module] is not None
+            and row is not None
+            and row.patch_id
+            not in (
+                None,  # NSO shows no patch ids: whose build it is cannot be told
+                patch.id,
+            )
+        ):
             ctx.log(
-                f"{module}.beam replaces the build of patch {row.patch_id or '(no id shown)'}: "
+                f"{module}.beam replaces the build of patch {row.patch_id}: "
                 f"removing patch {patch.id} later does not bring that one back"
             )
     if changed:
@@ -226,15 +235,26 @@ def apply_patch(ctx: StepContext) -> dict[str, Any]:
 
 
 def _applied_before(ctx: StepContext, patch: _Patch, changed: bool) -> dict[str, Any]:
-    """A rerun of an apply that had succeeded: NSO must still list every module."""
-    missing = patch.unlisted(ctx.nso.loaded_patches())
+    """A rerun of an apply that had succeeded (``changed``: its outcome): NSO must still
+    list every module. A failure says ``changed`` as that attempt did."""
+    earlier = (
+        f"an earlier attempt of this step applied patch {patch.id} (nso-agent stopped "
+        "before its report)"
+    )
+    try:
+        missing = patch.unlisted(ctx.nso.loaded_patches())
+    except Exception as exc:
+        raise StepFailed(
+            f"{_reason(ctx, exc)}; {earlier}, and NSO's listing could not be read to confirm "
+            "it: check 'show ncs-state patches' on the host",
+            result={"changed": changed},
+        ) from exc
     if missing:
         raise StepFailed(
-            f"an earlier attempt of this step applied patch {patch.id} (nso-agent stopped "
-            f"before its report), and NSO now does not list {', '.join(missing)} "
-            "('show ncs-state patches'): check ncs.log and the patches folder on the host, "
-            "then roll the patch out again",
-            result={"changed": True},
+            f"{earlier}, and NSO now does not list {', '.join(missing)} ('show ncs-state "
+            "patches'): check ncs.log and the patches folder on the host, then roll the "
+            "patch out again",
+            result={"changed": changed},
         )
     shutil.rmtree(_undo_dir(ctx), ignore_errors=True)
     ctx.log(f"an earlier attempt of this step applied patch {patch.id}: nothing left to do")

@@ -30,7 +30,7 @@ from repo_server.fleet.models import Node
 from repo_server.fleet.notify import Notifier
 from repo_server.rollouts import windows
 from repo_server.rollouts.models import ROLLOUT_ACTIVE, Rollout, RolloutTarget
-from repo_server.rollouts.planning import Options, passing, same_version
+from repo_server.rollouts.planning import Options, same_version, waits
 from repo_server.rollouts.service import Rollouts, acknowledged
 from repo_server.upgrades.ha_jobs import GroupUpgrades
 from repo_server.upgrades.jobs import JobService, PreflightFailed
@@ -233,7 +233,7 @@ class Driver:
         except PreflightFailed as refused:
             session.rollback()
             reasons = [_reason_text(r) for r in refused.details.get("reasons") or []]
-            if reasons and all(passing(r) for r in reasons):
+            if waits(reasons):
                 skip.add(target_id)  # busy with another job, or just done: a wait
                 self._set(rollout_id, target_id, "pending", f"waiting: {'; '.join(reasons)}")
             else:

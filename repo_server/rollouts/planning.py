@@ -413,7 +413,7 @@ def _preflight(
             target.drops_patches = [
                 {"node": v.node, **p} for v in group_plan.verdicts for p in v.drops_patches
             ]
-        reasons = [r for r in reasons if not passing(r)]
+        reasons = [] if waits(reasons) else [r for r in reasons if not passing(r)]
         if reasons:
             target.state = "refused"
             target.reasons = reasons
@@ -433,6 +433,15 @@ PASSING = ("is still running on", preflight.BEHIND)
 def passing(reason: str) -> bool:
     """A preflight reason (its text) that passes by itself: the target waits for it."""
     return any(words in reason for words in PASSING)
+
+
+def waits(reasons: list[str]) -> bool:
+    """Whether a target refused for ``reasons`` waits instead: each passes by itself, or a
+    node has not reported since its last job (every other reason may come from the
+    inventory it sent before that job ended)."""
+    return bool(reasons) and (
+        all(passing(r) for r in reasons) or any(preflight.BEHIND in r for r in reasons)
+    )
 
 
 def _assign_waves(targets: list[PlannedTarget], options: Options) -> None:

@@ -602,12 +602,18 @@ def test_remove_leaves_a_failure_of_a_module_it_keeps_alone(
     assert "ncs_a" not in listed(host)
 
 
-def patched(make_host, file_server, driver, tmp_path) -> tuple[SimHost, Any, dict]:
-    """A host on 6.2 with patch CSCfix1 (ncs_a) applied: the host, its driver, the step."""
+def unpatched(make_host, file_server, driver, tmp_path) -> tuple[SimHost, Any, dict, Path]:
+    """A host on 6.2 and patch CSCfix1 (ncs_a) served: the host, its driver, the apply
+    step's params, the bundle."""
     host = make_host("6.2", [])
     drive = driver(config_for(host), file_server)
     bundle = make_bundle(tmp_path, "6.2", "CSCfix1", "ncs_a")
-    step = params(file_server, bundle, "6.2", "CSCfix1", "ncs_a")
+    return host, drive, params(file_server, bundle, "6.2", "CSCfix1", "ncs_a"), bundle
+
+
+def patched(make_host, file_server, driver, tmp_path) -> tuple[SimHost, Any, dict]:
+    """As `unpatched`, with the patch applied."""
+    host, drive, step, _ = unpatched(make_host, file_server, driver, tmp_path)
     drive.step("apply_patch", step)
     return host, drive, step
 
@@ -676,6 +682,13 @@ def _first_attempt(drive: Any, step_id: int, name: str, step: dict) -> Any:
         first.close()
 
 
+def rerun_fails(drive: Any, name: str, step: dict, step_id: int, match: str) -> StepFailed:
+    """The rerun of step ``step_id`` (its journal kept), which must fail saying ``match``."""
+    with pytest.raises(StepFailed, match=match) as failed:
+        drive.step(name, step, step_id=step_id)
+    return failed.value
+
+
 @pytest.mark.parametrize("already", [False, True], ids=["new-patch", "already-there"])
 def test_a_rerun_of_an_apply_that_succeeded_reports_it_and_puts_nothing_back(
     make_host, file_server, driver, tmp_path, already
@@ -703,31 +716,39 @@ def test_a_rerun_of_an_apply_that_succeeded_reports_it_and_puts_nothing_back(
     assert undo_saves(drive) == []
 
 
-def test_a_rerun_that_cannot_start_after_an_earlier_attempt_changed_the_node_says_changed(
+def test_a_rerun_of_an_apply_that_succeeded_whose_listing_fails_still_says_changed(
     make_host, file_server, driver, tmp_path
 ) -> None:
-    """The first apply wrote and loaded, then the agent stopped; NSO was stopped meanwhile.
-    The rerun is refused before it can look, and must not call the node unchanged. A rerun
-    of an apply that changed nothing, refused alike, still says it changed nothing."""
-    host = make_host("6.2", [])
-    drive = driver(config_for(host), file_server)
-    bundle = make_bundle(tmp_path, "6.2", "CSCfix1", "ncs_a")
-    step = params(file_server, bundle, "6.2", "CSCfix1", "ncs_a")
-    assert _first_attempt(drive, 902, "apply_patch", step)["changed"] is True
-    host.stop()
-    with pytest.raises(StepFailed, match="NSO is stopped") as failed:
-        drive.step("apply_patch", step, step_id=902)
-    assert failed.value.result == {"changed": True}
-    assert "an earlier attempt of this step" in str(failed.value)
+    host, drive, step, _ = unpatched(make_host, file_server, driver, tmp_path)
+    assert _first_attempt(drive, 905, "apply_patch", step)["changed"] is True
+    lose_listing = ("fault", "set", "--root", str(host.root), "cli-exec-reply-lost")
+    sim(*lose_listing, "ncs-state patches", "--once")
+    failed = rerun_fails(drive, "apply_patch", step, 905, "an earlier attempt of this step applied")
+    assert failed.result == {"changed": True}
+    assert "CSCfix1" in listed(host)  # nothing was undone
+    # An earlier attempt that found the patch in place changed nothing, and says so.
+    assert _first_attempt(drive, 906, "apply_patch", step)["changed"] is False
+    sim(*lose_listing, "ncs-state patches", "--once")
+    failed = rerun_fails(drive, "apply_patch", step, 906, "an earlier attempt of this step applied")
+    assert failed.result == {"changed": False}
 
-    other = make_host("6.2", [])
-    drive = driver(config_for(other), file_server)
-    drive.step("apply_patch", step)
-    assert _first_attempt(drive, 903, "apply_patch", step)["changed"] is False
-    other.stop()
-    with pytest.raises(StepFailed, match="NSO is stopped") as failed:
-        drive.step("apply_patch", step, step_id=903)
-    assert not failed.value.result.get("changed")
+
+def test_a_rerun_that_cannot_look_after_an_earlier_attempt_wrote_says_changed(
+    make_host, file_server, driver, tmp_path
+) -> None:
+    """The first apply wrote its files, then the agent stopped; NSO was stopped meanwhile
+    (a reboot). The rerun is refused before it can look, and must not call the node
+    unchanged."""
+    host, drive, step, bundle = unpatched(make_host, file_server, driver, tmp_path)
+    with tarfile.open(bundle) as tar:
+        member = tar.extractfile("ncs_a.beam")
+        assert member is not None
+        _crash_after_write(drive, host, step, 902, {"ncs_a": member.read()}, load=False)
+    Journal(drive.config.journal_file).update("patch_changing", patch_changing=True)
+    host.stop()
+    failed = rerun_fails(drive, "apply_patch", step, 902, "NSO is stopped")
+    assert failed.result == {"changed": True}
+    assert "an earlier attempt of this step" in str(failed)
 
 
 def test_a_removal_rerun_that_cannot_start_says_changed(
@@ -736,9 +757,8 @@ def test_a_removal_rerun_that_cannot_start_says_changed(
     host, drive, step = patched(make_host, file_server, driver, tmp_path)
     assert _first_attempt(drive, 904, "remove_patch", step)["changed"] is True
     host.stop()
-    with pytest.raises(StepFailed, match="NSO is stopped") as failed:
-        drive.step("remove_patch", step, step_id=904)
-    assert failed.value.result == {"changed": True}
+    failed = rerun_fails(drive, "remove_patch", step, 904, "NSO is stopped")
+    assert failed.result == {"changed": True}
 
 
 def test_a_temporary_file_of_a_write_cut_short_is_taken_out(
@@ -747,10 +767,7 @@ def test_a_temporary_file_of_a_write_cut_short_is_taken_out(
     """An attempt killed in the middle of a write leaves write_atomic's temporary file
     beside the module; the next apply or removal of the patch takes it out (and nothing of
     anyone else's)."""
-    host = make_host("6.2", [])
-    drive = driver(config_for(host), file_server)
-    bundle = make_bundle(tmp_path, "6.2", "CSCfix1", "ncs_a")
-    step = params(file_server, bundle, "6.2", "CSCfix1", "ncs_a")
+    host, drive, step, _ = unpatched(make_host, file_server, driver, tmp_path)
     folder = host.path(PATCHES)
     (folder / ".ncs_a.beam.k2x_9q0z").write_bytes(b"half a module")
     (folder / ".ncs_a.beam.notours").write_bytes(b"someone else's")

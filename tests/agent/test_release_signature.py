@@ -220,6 +220,17 @@ def test_a_package_upgrade_takes_only_builds_of_a_signed_release(trusting_host, 
     assert staged == {"staged_packages": [builds[0]["filename"]]}
 
 
+def test_an_unreadable_key_under_root_slash_names_only_the_option(tmp_path):
+    """With [host] root = / the option's path is where the key was looked for: no "under
+    [host] root" aside then."""
+    conf = tmp_path / "agent.conf"
+    Config(root="/", release_public_key=str(tmp_path / "missing.pub")).save(conf)
+    with pytest.raises(ConfigError, match="cannot read it") as refused:
+        load(conf)
+    assert "under [host] root" not in str(refused.value)
+    assert "cannot read it (No such file or directory)" in str(refused.value)
+
+
 def test_the_key_is_read_at_start_and_kept_by_enroll(make_host, release_key, tmp_path):
     host = make_host("6.1", start=False)
     conf = tmp_path / "agent.conf"

@@ -359,11 +359,13 @@ def test_a_viewer_reads_why_a_target_failed_without_the_host_paths(live, fleet) 
 def test_a_node_not_reported_since_its_last_job_waits_and_is_not_refused(
     live, app_state, fleet
 ) -> None:
-    """edge-1's upgrade has just ended and its agent has not reported since: a rollout
-    neither refuses it nor plans on what it ran before; it waits, then takes it up."""
+    """edge-1's upgrade has just ended and its agent has not reported since (its last
+    heartbeat, mid-job, saw NSO stopped for the switch): a rollout neither refuses it for
+    that old inventory nor plans on it; it waits, then takes it up."""
     from tests.upgrades.builders import start_upgrade
 
     start_upgrade(live, fleet["edge-1"])
+    fleet["edge-1"].heartbeat({**healthy_inventory("6.1"), "status": "stopped"})
     assert run_job(fleet["edge-1"]) == "succeeded"
     answer = create(live, select={"nodes": ["edge-1", "edge-2"]}, waves=[100], concurrency=2)
     assert answer.status_code == 201, answer.text
