@@ -105,8 +105,10 @@ def create_release(
     version = parse_version(nso_version, "nso_version")
     if session.scalar(select(Release.id).where(Release.nso_version == str(version))):
         raise ReleaseExists(
-            f"release {version} is already defined; releases are immutable: "
-            "delete it (if no job used it) and define it again",
+            f"release {version} is already defined, and a release is never changed or "
+            "deleted (jobs and signatures refer to it): newer package builds for it are "
+            "installed by a package-only upgrade ('nso-repo node upgrade-packages', 'nso-repo "
+            "group package-upgrade'), without a new release",
             nso_version=str(version),
         )
     problems: list[str] = []
