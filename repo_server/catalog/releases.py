@@ -108,7 +108,8 @@ def create_release(
             f"release {version} is already defined, and a release is never changed or "
             "deleted (jobs and signatures refer to it): newer package builds for it are "
             "installed by a package-only upgrade ('nso-repo node upgrade-packages', 'nso-repo "
-            "group package-upgrade'), without a new release",
+            "group package-upgrade'), without a new release (agents that install only signed "
+            "releases take only builds a signed release holds: docs/signed-releases.md)",
             nso_version=str(version),
         )
     problems: list[str] = []

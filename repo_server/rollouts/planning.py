@@ -26,6 +26,7 @@ from repo_server.rollouts.models import ROLLOUT_ACTIVE, TARGET_OPEN, Rollout, Ro
 from repo_server.upgrades import preflight
 from repo_server.upgrades.ha_jobs import plan_group
 from repo_server.upgrades.ha_plan import WRITE_POLICIES
+from repo_server.upgrades.models import NodeHold
 
 MAX_NAMES = 10_000
 
@@ -381,8 +382,20 @@ def _preflight(
                 select(Node).where(Node.id.in_(wanted[i : i + 1000])).options(defer(Node.labels))
             )
         )
-    # When each node's last step ended: an inventory sent before is no base for a plan.
-    changed = preflight.last_step_ends(session, [i for t in targets for i in t.node_ids])
+    # When each node's last step ended (an inventory sent before is no base for a plan),
+    # and the job that holds it now, if any (the target waits for it).
+    ids = [i for t in targets for i in t.node_ids]
+    changed = preflight.last_step_ends(session, ids)
+    active: dict[int, int] = {}
+    for i in range(0, len(ids), 1000):
+        active.update(
+            (node_id, job_id)
+            for node_id, job_id in session.execute(
+                select(NodeHold.node_id, NodeHold.job_id).where(
+                    NodeHold.node_id.in_(ids[i : i + 1000])
+                )
+            )
+        )
     for target in targets:
         if target.kind == "node":
             node = nodes[target.node_ids[0]]
@@ -390,7 +403,12 @@ def _preflight(
                 target.state, target.reason = "succeeded", f"runs {release.nso_version} already"
                 continue
             verdict = preflight.check(
-                node, release, releases, upgrade_options, changed_at=changed.get(node.id)
+                node,
+                release,
+                releases,
+                upgrade_options,
+                active.get(node.id),
+                changed_at=changed.get(node.id),
             )
             reasons = [f"{r.message} ({r.remedy})" for r in verdict.reasons]
             target.drops_patches = [{"node": node.name, **p} for p in verdict.drops_patches]
@@ -401,7 +419,7 @@ def _preflight(
                 releases,
                 options.write_policy,
                 upgrade_options,
-                {},
+                active,
                 changed,
             )
             if all(
@@ -409,12 +427,11 @@ def _preflight(
             ):
                 target.state, target.reason = "succeeded", f"runs {release.nso_version} already"
                 continue
-            reasons = [r for r in group_plan.reasons() if "job_active" not in r]
+            reasons = group_plan.reasons()
             target.drops_patches = [
                 {"node": v.node, **p} for v in group_plan.verdicts for p in v.drops_patches
             ]
-        reasons = [] if waits(reasons) else [r for r in reasons if not passing(r)]
-        if reasons:
+        if reasons and not waits(reasons):
             target.state = "refused"
             target.reasons = reasons
             target.reason = (
@@ -436,12 +453,10 @@ def passing(reason: str) -> bool:
 
 
 def waits(reasons: list[str]) -> bool:
-    """Whether a target refused for ``reasons`` waits instead: each passes by itself, or a
-    node has not reported since its last job (every other reason may come from the
-    inventory it sent before that job ended)."""
-    return bool(reasons) and (
-        all(passing(r) for r in reasons) or any(preflight.BEHIND in r for r in reasons)
-    )
+    """Whether a target refused for ``reasons`` waits instead: one of them passes by itself
+    (the others may come from an inventory sent before, or while, a job ran; all are
+    checked again once it passes)."""
+    return any(passing(r) for r in reasons)
 
 
 def _assign_waves(targets: list[PlannedTarget], options: Options) -> None:

@@ -131,26 +131,29 @@ def _check_node(
     """Rules every change to a node shares; returns the running version when known.
     ``changed_at``: when the node's last step ended (last_step_ends)."""
     if active_job is not None:
+        # Its agent is busy with that job (a step may run for many minutes without a
+        # heartbeat): how old its inventory is says nothing until the job has ended.
         verdict.refuse(
             "job_active",
             f"job {active_job} is still running on {node.name}",
             f"wait for it ('nso-repo job watch {active_job}') before starting another",
         )
-    if inventory_stale(node.inventory_at):
-        verdict.refuse(
-            "inventory_stale",
-            f"{node.name} has not reported its inventory in the last 5 minutes",
-            "check that nso-agent runs on the host ('nso-agent status') and can reach the server",
-        )
-    elif inventory_behind(node.inventory_at, changed_at):
+    elif inventory_behind(node.inventory_at, changed_at) and not inventory_stale(changed_at):
         # A plan on it would start from what the node ran before that step: a package
         # upgrade right after another would leave out (and delete) what that one added.
+        # (An agent that has not reported within 5 minutes of the step is stale below.)
         verdict.refuse(
             "inventory_behind",
             f"{node.name}'s {BEHIND} (at {changed_at:%Y-%m-%d %H:%M:%S} UTC): what it runs "
             "now is not known yet",
             "wait for its next heartbeat (nso-agent sends one when a job ends, and at "
             "least every minute or two), then plan again",
+        )
+    elif inventory_stale(node.inventory_at):
+        verdict.refuse(
+            "inventory_stale",
+            f"{node.name} has not reported its inventory in the last 5 minutes",
+            "check that nso-agent runs on the host ('nso-agent status') and can reach the server",
         )
     running = inv.get("running_version")
     source = _loose_version(running) if running else None

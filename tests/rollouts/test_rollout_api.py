@@ -378,3 +378,35 @@ def test_a_node_not_reported_since_its_last_job_waits_and_is_not_refused(
     app_state.driver.tick()
     shown = targets(get(live, answer.json()["id"]))
     assert shown["edge-1"]["state"] == "succeeded", shown["edge-1"]
+
+
+def test_a_node_in_a_long_job_is_waited_for_however_old_its_inventory(
+    live, app_state, fleet
+) -> None:
+    """An operator's job holds edge-1 and one of its steps runs long: the agent sends no
+    heartbeat meanwhile, so the inventory is over 5 minutes old. A rollout waits for the
+    job, at creation and at each pass, and does not refuse the node as silent."""
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from repo_server.db import utcnow
+    from repo_server.fleet.models import Node
+    from tests.upgrades.builders import start_upgrade
+
+    start_upgrade(live, fleet["edge-1"])
+    step = fleet["edge-1"].next(0)
+    assert step is not None  # handed out, and running for a while
+    with app_state.sessions() as session:
+        session.execute(
+            update(Node)
+            .where(Node.name == "edge-1")
+            .values(inventory_at=utcnow() - timedelta(minutes=10))
+        )
+        session.commit()
+    answer = create(live, select={"nodes": ["edge-1"]}, waves=[100])
+    assert answer.status_code == 201, answer.text
+    app_state.driver.tick()
+    (target,) = get(live, answer.json()["id"])["targets"]
+    assert target["state"] == "pending", target
+    assert "is still running on edge-1" in target["reason"]
