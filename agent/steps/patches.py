@@ -238,7 +238,7 @@ def _applied_before(ctx: StepContext, patch: _Patch, changed: bool) -> dict[str,
     """A rerun of an apply that had succeeded (``changed``: its outcome): NSO must still
     list every module. A failure says ``changed`` as that attempt did."""
     earlier = (
-        f"an earlier attempt of this step applied patch {patch.id} (nso-agent stopped "
+        f"an earlier attempt of this step applied patch {patch.id} (the agent stopped "
         "before its report)"
     )
     try:
@@ -271,7 +271,7 @@ def _earlier_attempt(ctx: StepContext, what: str, began: bool) -> Iterator[None]
         if not began:
             raise
         raise StepFailed(
-            f"{_reason(ctx, exc)}; an earlier attempt of this step (before nso-agent "
+            f"{_reason(ctx, exc)}; an earlier attempt of this step (before the agent "
             f"stopped) had begun to {what} the patch, and this one could not check or finish "
             "it: NSO may run it in part. Check 'show ncs-state patches' and the patches "
             "folder on the host"

@@ -146,7 +146,7 @@ def _check_node(
             "inventory_behind",
             f"{node.name}'s {BEHIND} (at {changed_at:%Y-%m-%d %H:%M:%S} UTC): what it runs "
             "now is not known yet",
-            "wait for its next heartbeat (nso-agent sends one when a job ends, and at "
+            "wait for its next heartbeat (the agent sends one when a job ends, and at "
             "least every minute or two), then plan again",
         )
     elif inventory_stale(node.inventory_at):
