@@ -113,6 +113,11 @@ def principal() -> Principal:
     return cast(Principal, g.principal)
 
 
+def may(permission: str) -> bool:
+    """Whether the authenticated caller's role holds ``permission`` (what a view shows)."""
+    return principal().role in roles_for(permission)
+
+
 def require(permission: str) -> Callable[[F], F]:
     """Authenticate the bearer token and check its role may `permission`."""
     allowed = roles_for(permission)

@@ -187,17 +187,11 @@ def apply_patch(ctx: StepContext) -> dict[str, Any]:
     changed = bool(touched) or not all(patch.listed(before.listed or {}, m) for m in patch.modules)
     for module in touched:
         row = (before.listed or {}).get(module)
-        if (
-            before.files[module] is not None
-            and row is not None
-            and row.patch_id
-            not in (
-                None,  # NSO shows no patch ids: whose build it is cannot be told
-                patch.id,
-            )
-        ):
+        # Whose build a file held can be told only when NSO shows patch ids.
+        owner = row.patch_id if row is not None and before.files[module] is not None else None
+        if owner not in (None, patch.id):
             ctx.log(
-                f"{module}.beam replaces the build of patch {row.patch_id}: "
+                f"{module}.beam replaces the build of patch {owner}: "
                 f"removing patch {patch.id} later does not bring that one back"
             )
     if changed:

@@ -9,9 +9,8 @@ from flask import Response, request
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
-from repo_server.auth.roles import roles_for
 from repo_server.catalog.schemas import BEARER
-from repo_server.context import db_session, principal, require, state
+from repo_server.context import db_session, may, principal, require, state
 from repo_server.fleet import service
 from repo_server.fleet.notify import announce_poll
 from repo_server.fleet.schemas import (
@@ -86,7 +85,7 @@ class NodeItem(MethodView):
 def _with_rollout_status(session: Any, nodes: list[Any]) -> None:
     # Why a node is not on its release may repeat its job's error: host paths masked for a
     # role without job:details, as the job shows them (upgrades/redaction.py).
-    details = principal().role in roles_for("job:details")
+    details = may("job:details")
     for node_id, status in node_statuses(session, nodes).items():
         shown = (
             status

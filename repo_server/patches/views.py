@@ -10,10 +10,9 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 from sqlalchemy.exc import SQLAlchemyError
 
-from repo_server.auth.roles import roles_for
 from repo_server.auth.service import audit_refusal
 from repo_server.catalog.schemas import BEARER
-from repo_server.context import db_session, principal, require, state
+from repo_server.context import db_session, may, principal, require, state
 from repo_server.errors import AppError, Forbidden, ValidationFailed
 from repo_server.patches import signing
 from repo_server.patches.rollouts import PatchRollouts
@@ -118,7 +117,7 @@ def get_rollout(rollout_id: int) -> Any:
     what its agent reported (the modules NSO lists with the patch id); the agents' results
     only to roles with job:details, as for jobs."""
     found = rollouts().get(rollout_id)
-    if principal().role in roles_for("job:details"):
+    if may("job:details"):
         return found
     return jsonify(
         redaction.rollout_for_viewer(RolloutSchema(exclude=("nodes.result",)).dump(found))

@@ -10,9 +10,8 @@ from flask import jsonify
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
-from repo_server.auth.roles import roles_for
 from repo_server.catalog.schemas import BEARER
-from repo_server.context import db_session, principal, require, state
+from repo_server.context import db_session, may, principal, require, state
 from repo_server.rollouts import windows
 from repo_server.rollouts.planning import Options, Selection
 from repo_server.rollouts.schemas import (
@@ -57,7 +56,7 @@ def _shown(rollout_id: int) -> dict[str, Any]:
 def _as_seen_by_caller(shown: dict[str, Any]) -> dict[str, Any]:
     """A target's reason repeats its job's error: host paths masked for a role without
     job:details, as the job itself shows them (upgrades/redaction.py)."""
-    if principal().role in roles_for("job:details"):
+    if may("job:details"):
         return shown
     return redaction.fleet_rollout_for_viewer(shown)
 

@@ -9,11 +9,10 @@ from flask import jsonify
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
-from repo_server.auth.roles import roles_for
 from repo_server.catalog import release_manifest as signing
 from repo_server.catalog import releases
 from repo_server.catalog.schemas import BEARER
-from repo_server.context import db_session, principal, require, state
+from repo_server.context import db_session, may, principal, require, state
 from repo_server.upgrades import redaction
 from repo_server.upgrades.jobs import JobService, verdict_dict
 from repo_server.upgrades.preflight import UpgradeOptions
@@ -46,7 +45,7 @@ JOB_DETAILS = ("context", "steps.result", "steps.log_tail")
 def _as_seen_by_caller(found: Any, schema: type[JobSummarySchema], many: bool = False) -> Any:
     """The job(s) as the caller may see them: without their operational details (context,
     step results, log tails) unless the caller's role has job:details."""
-    if principal().role in roles_for("job:details"):
+    if may("job:details"):
         return found
     hidden = [f for f in JOB_DETAILS if schema is JobSchema or "." not in f]
     dumped = schema(many=many, exclude=hidden).dump(found)
