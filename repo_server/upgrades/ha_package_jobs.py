@@ -31,7 +31,7 @@ from repo_server.upgrades.ha_package_plan import (
     verify_step,
 )
 from repo_server.upgrades.ha_recovery import Roles
-from repo_server.upgrades.jobs import JobService, patch_only
+from repo_server.upgrades.jobs import JobService, changed_since, only_looked, patch_only
 from repo_server.upgrades.models import Job, Step
 from repo_server.upgrades.plans import StepSpec, backup_step
 from repo_server.upgrades.step_payloads import node_context
@@ -252,9 +252,7 @@ def _check_nothing_since(jobs: JobService, done: Job) -> None:
             if other.state == "succeeded":
                 raise Conflict(f"job {done.id} was rolled back already, by job {other.id}")
             continue  # a rollback that failed: trying again is the way forward
-        if (other.state == "failed" and other.outcome == "unchanged") or patch_only(other):
+        unchanged = other.state == "failed" and other.outcome == "unchanged"
+        if unchanged or patch_only(other) or only_looked(other):
             continue
-        raise Conflict(
-            f"job {other.id} ({other.kind}, {other.state}) changed {other.node_name} after "
-            f"job {done.id}: roll that back first"
-        )
+        raise changed_since(other, other.node_name, done)

@@ -426,7 +426,12 @@ class JobService:
                 "unchanged",
                 "rolled_back",
             )
-            if other.kind == "rollback" or kept_node_as_it_was or other.id in undone:
+            if (
+                other.kind == "rollback"
+                or kept_node_as_it_was
+                or other.id in undone
+                or only_looked(other)
+            ):
                 continue
             if patch_only(other):
                 # Its release's patches folder: the old release does not load it (a patch
@@ -434,10 +439,7 @@ class JobService:
                 if other.outcome != "unchanged" and other.source_version == done.target_version:
                     patched.append(other.id)
                 continue
-            raise Conflict(
-                f"job {other.id} ({other.kind}, {other.state}) changed {node.name} after job "
-                f"{done.id}: roll that back first"
-            )
+            raise changed_since(other, node.name, done)
         return patched
 
     # -- queries ----------------------------------------------------------------------
@@ -839,6 +841,35 @@ def patch_only(job: Job) -> bool:
     job (an upgrade's rollback leaves the patches, unloaded, in the newer release's folder;
     a package rollback keeps them loaded)."""
     return job.kind == "patch" and not job.active
+
+
+def only_looked(job: Job) -> bool:
+    """A NED migration's dry-run that ended without needing attention: NSO only said what
+    it would change (the agent checks every device's ned-id is as it was), so it does not
+    stand in the way of rolling back an earlier job, as a patch job does not either."""
+    return (
+        job.kind == "ned_migration"
+        and (job.options or {}).get("dry_run") is True
+        and not job.active
+        and job.outcome != "needs_attention"
+    )
+
+
+def changed_since(later: Job, node_name: str, done: Job) -> Conflict:
+    """Why ``done`` cannot be rolled back: ``later`` changed the node since. A NED migration
+    has no rollback of its own, so its words say what to do instead."""
+    if later.kind == "ned_migration":
+        return Conflict(
+            f"job {later.id} (ned_migration, {later.state}) migrated devices of {node_name} "
+            f"after job {done.id}, and a migration is not rolled back: rolling job {done.id} "
+            "back could take away the NED those devices use now. Move forward instead (a "
+            "new package upgrade), or migrate the devices back to their old ned-id and "
+            "restore the backup by hand (docs/upgrades.md)"
+        )
+    return Conflict(
+        f"job {later.id} ({later.kind}, {later.state}) changed {node_name} after job "
+        f"{done.id}: roll that back first"
+    )
 
 
 def _past_start_by(job: Job, now: datetime) -> bool:

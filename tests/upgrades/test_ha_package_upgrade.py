@@ -589,3 +589,47 @@ def test_a_plan_right_after_a_job_waits_for_every_members_inventory(live, pair, 
     pair["nso-a"].heartbeat(_inventory("n1", True))
     pair["nso-b"].heartbeat(_inventory("n2", False))
     assert _plan(live, builds["router"])["ok"]
+
+
+def test_a_ned_dry_run_since_does_not_stand_in_the_way_of_a_rollback(live, pair, builds) -> None:
+    """The guide's order: add the new NED, dry-run the migration, and, reading it, decide
+    against it. The dry-run changed nothing, so the NED's addition can still be rolled
+    back; a real migration since refuses it, saying why and what to do instead."""
+    from tests.upgrades.test_ned_migrations import result_for
+
+    job = _start(live, builds["new-ned"])
+    ended, _ = _drive(live, pair, job["id"], _healthy)
+    assert ended["state"] == "succeeded", ended["error"]
+    operator = live.session("operator")
+
+    def migrate(**options: Any) -> dict[str, Any]:
+        pair["nso-a"].heartbeat(_inventory("n1", True))
+        pair["nso-b"].heartbeat(_inventory("n2", False))
+        body = {"new_ned_id": "sw-1.0", "devices": ["r1"], **options}
+        answer = operator.post(f"{live.url}/api/v1/nodes/nso-a/ned-migrations", json=body)
+        assert answer.status_code == 202, answer.text
+        step = pair["nso-a"].next()
+        result = result_for(step, options["dry_run"])
+        result["ned_migration"]["new_ned_id"] = "sw-1.0"
+        for device in result["ned_migration"]["devices"]:
+            device["new_ned_id"] = "sw-1.0"
+        assert pair["nso-a"].report(step["id"], "succeeded", result=result).status_code == 200
+        done = operator.get(f"{live.url}/api/v1/jobs/{answer.json()['id']}").json()
+        assert done["state"] == "succeeded", done
+        return done
+
+    def rollback() -> Any:
+        return operator.post(f"{live.url}/api/v1/jobs/{job['id']}/rollback", json={})
+
+    migrate(dry_run=True)
+    accepted = rollback()
+    assert accepted.status_code == 202, accepted.text
+    # Before the rollback runs, the operator thinks again: cancelled, it changed nothing.
+    cancelled = operator.post(
+        f"{live.url}/api/v1/jobs/{accepted.json()['id']}/cancel", json={"reason": "migrate"}
+    )
+    assert cancelled.status_code == 200, cancelled.text
+    # A job ran since that dry-run: confirm a fresh one.
+    migrate(dry_run=False, confirm=migrate(dry_run=True)["id"])
+    said = assert_error(rollback(), 409, "conflict")["message"]
+    assert "a migration is not rolled back" in said and "Move forward" in said

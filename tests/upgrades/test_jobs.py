@@ -190,8 +190,10 @@ def test_verify_failing_while_the_new_release_runs_is_not_restored(
     assert recover["params"]["upgraded_to"] == "6.2"
 
 
+DRY, REAL = {"dry_run": True}, {"dry_run": False}
 HISTORIES = {
-    # later jobs after job 1 (an upgrade that succeeded): (kind, state, outcome, rollback_of)
+    # later jobs after job 1 (an upgrade that succeeded): (kind, state, outcome, rollback_of,
+    # and other options if any)
     "a later upgrade needs attention": ([("upgrade", "failed", "needs_attention", None)], 409),
     "a later upgrade was rolled back": ([("upgrade", "failed", "rolled_back", None)], 202),
     "a later upgrade left it unchanged": ([("upgrade", "failed", "unchanged", None)], 202),
@@ -208,6 +210,21 @@ HISTORIES = {
     "a later patch needs attention": ([("patch", "failed", "needs_attention", None)], 202),
     "a later patch, then an upgrade": (
         [("patch", "succeeded", None, None), ("upgrade", "succeeded", None, None)],
+        409,
+    ),
+    # A NED migration's dry-run only reads (the agent checks every ned-id is as it was); a
+    # real migration has no rollback of its own, and the refusal says so.
+    "a later NED dry-run": ([("ned_migration", "succeeded", None, None, DRY)], 202),
+    "a later NED dry-run needs attention": (
+        [("ned_migration", "failed", "needs_attention", None, DRY)],
+        409,
+    ),
+    "a later NED migration": ([("ned_migration", "succeeded", None, None, REAL)], 409),
+    "a later NED dry-run, then a migration": (
+        [
+            ("ned_migration", "succeeded", None, None, DRY),
+            ("ned_migration", "succeeded", None, None, REAL),
+        ],
         409,
     ),
 }
@@ -240,14 +257,14 @@ def test_rollback_only_of_the_last_change_still_in_effect(
         }
         first.context = context
         ids = [first.id]
-        for kind, state, outcome, of in later:
+        for kind, state, outcome, of, *options in later:
             job = Job(
                 nodes=[node],
                 kind=kind,
                 state=state,
                 outcome=outcome,
                 context=context,
-                options={"rollback_of": ids[of - 1]} if of else {},
+                options={**({"rollback_of": ids[of - 1]} if of else {}), **dict(*options)},
                 # A patch of the release the upgrade moved to (the only one it could take).
                 source_version="6.2" if kind == "patch" else None,
                 target_version="6.2" if kind == "patch" else None,
@@ -269,7 +286,11 @@ def test_rollback_only_of_the_last_change_still_in_effect(
     )
     assert answer.status_code == expected, answer.text
     if expected == 409:
-        assert "roll that back first" in answer.text or "rolled back already" in answer.text
+        said = answer.json()["error"]["message"]
+        if later[-1][0] == "ned_migration":
+            assert "a migration is not rolled back" in said and "Move forward" in said
+        else:
+            assert "roll that back first" in said or "rolled back already" in said
 
 
 @pytest.mark.parametrize(
