@@ -47,8 +47,8 @@ def device_name(value: object, what: str, source: str = "the server") -> str:
     return checked(value, what, NAME, f"a device name is {NAME_RULE}", source)
 
 
-def group_name(value: object, what: str) -> str:
-    return checked(value, what, NAME, f"a device group name is {NAME_RULE}", "the server")
+def group_name(value: object, what: str, source: str = "the server") -> str:
+    return checked(value, what, NAME, f"a device group name is {NAME_RULE}", source)
 
 
 def ned_id(value: object, what: str) -> str:
@@ -68,18 +68,26 @@ def device_ned_id(text: str) -> Optional[str]:
     return bare_ned_id(match.group(1).strip('"')) if match else None
 
 
-def group_members(text: str) -> Optional[list[str]]:
-    """The ``device-name`` leaf-list of ``show running-config devices device-group G
-    device-name``: ``[ a b ]`` or one value; None when NSO shows no such group."""
+def group_members(text: str) -> Optional[tuple[list[str], list[str]]]:
+    """The two leaf-lists of ``show running-config devices device-group G``: its devices
+    (``device-name``) and the groups it nests (``device-group``), each ``[ a b ]`` or one
+    value; None when NSO shows no such group."""
     if not re.search(r"^\s*devices device-group\s", text, re.MULTILINE):
         return None
-    match = re.search(r"device-name\s+\[\s*(.*?)\s*\]", text, re.DOTALL)
+    return _leaf_list(text, "device-name"), _leaf_list(text, "device-group")
+
+
+def _leaf_list(text: str, leaf: str) -> list[str]:
+    # The leaf starts its line (indented), or follows the group's name on the first line;
+    # never the `devices device-group G` that opens the group.
+    at = rf"(?:^[ \t]+|^[ \t]*devices device-group \S+[ \t]+){leaf}[ \t]+"
+    match = re.search(at + r"\[\s*(.*?)\s*\]", text, re.DOTALL | re.MULTILINE)
     if match:
         try:  # a name with a space is shown quoted: "a b"
             return shlex.split(match.group(1))
         except ValueError:
             return match.group(1).split()
-    single = re.search(r"device-name\s+(\S+)", text)
+    single = re.search(at + r"(\S+)", text, re.MULTILINE)
     return [single.group(1)] if single else []
 
 

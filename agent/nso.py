@@ -592,12 +592,11 @@ class Nso:
         text = self._cli.run(f"show running-config devices device {device} device-type | nomore")
         return ned.device_ned_id(text)
 
-    def device_group_members(self, group: str) -> Optional[list[str]]:
-        """The devices of device group ``group``; None when NSO has no such group."""
+    def device_group_members(self, group: str) -> Optional[tuple[list[str], list[str]]]:
+        """The devices device group ``group`` names and the groups it nests; None when NSO
+        has no such group."""
         group = ned.group_name(group, "device group")
-        text = self._cli.run(
-            f"show running-config devices device-group {group} device-name | nomore"
-        )
+        text = self._cli.run(f"show running-config devices device-group {group} | nomore")
         return ned.group_members(text)
 
     def migrate_ned(

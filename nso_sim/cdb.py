@@ -82,8 +82,9 @@ _HA = Container(
         ),
     }
 )
-# Real NSO's device-group also nests groups (`device-group [ ... ]`); not simulated.
-_DEVICE_GROUP = Container({"device-name": LeafList()})
+# A device group names devices and other groups (`device-group [ ... ]`): its members are
+# both, nested groups' included (group_devices).
+_DEVICE_GROUP = Container({"device-name": LeafList(), "device-group": LeafList()})
 BUILTIN_TOP = {
     "devices": Container({"device": List(_DEVICE), "device-group": List(_DEVICE_GROUP)}),
     "high-availability": _HA,
@@ -337,3 +338,25 @@ class CdbStore:
         tree, txid, log_len = self.load()
         self.write_snapshot(tree, txid)
         return log_len, self.path.stat().st_size
+
+
+def group_devices(tree: dict[str, Any], name: str) -> Optional[list[str]]:
+    """The devices of device group ``name``, those of the groups it nests (at any depth, each
+    group once) included, sorted; None when there is no such group. A nested group that
+    does not exist adds nothing (real NSO's leafref would not let it be committed)."""
+    found: set[str] = set()
+    seen: set[str] = set()
+    todo = [name]
+    while todo:
+        group = todo.pop()
+        if group in seen:
+            continue
+        seen.add(group)
+        entry = get(tree, ["devices", "device-group", group])
+        if entry is None:
+            if group == name:
+                return None
+            continue
+        found.update(entry.get("device-name") or {})
+        todo.extend(entry.get("device-group") or {})
+    return sorted(found)

@@ -73,9 +73,9 @@ def ned_migrate(ctx: StepContext) -> dict[str, Any]:
         for group in groups:
             # NSO migrates the whole group; a member on the new ned-id already has nothing to do.
             if any(current[d] != target for d in members[group]):
-                for device, found in ctx.nso.migrate_ned(
-                    "device-group", group, new_id, dry_run
-                ).items():
+                answer = ctx.nso.migrate_ned("device-group", group, new_id, dry_run)
+                _only_members(answer, members[group], group, dry_run)
+                for device, found in answer.items():
                     reported.setdefault(device, found)
     except NsoError as exc:
         raise _failed(ctx, exc, new_id, dry_run, before) from None
@@ -94,14 +94,57 @@ def ned_migrate(ctx: StepContext) -> dict[str, Any]:
 
 
 def _members(ctx: StepContext, group: str) -> list[str]:
-    found = ctx.nso.device_group_members(group)
-    if found is None:
+    """The devices NSO's ``migrate`` on ``group`` moves: those it names and, at any depth,
+    those of the groups it nests (each group read once). A nested group's devices left out
+    would be migrated without the operator being shown their changes and lost data."""
+    found: list[str] = []
+    seen: set[str] = set()
+    todo = [group]
+    while todo:
+        name = todo.pop(0)
+        if name in seen:
+            continue
+        seen.add(name)
+        if len(seen) > MAX_TARGETS:
+            raise StepFailed(
+                f"device group {group} nests more than {MAX_TARGETS} groups: nothing was "
+                "migrated; name smaller groups or the devices"
+            )
+        read = ctx.nso.device_group_members(name)
+        if read is None:
+            within = f" (nested in {group})" if name != group else ""
+            raise StepFailed(
+                f"NSO has no device group {name}{within}: nothing was migrated; check the "
+                "name (show running-config devices device-group)"
+            )
+        devices, nested = read
+        # Names NSO gives us go into commands too: the same grammar as the server's.
+        source = f"NSO's device group {name}"
+        found += [ned.device_name(d, f"member of {name}", source) for d in devices]
+        todo += [ned.group_name(g, f"group nested in {name}", source) for g in nested]
+    return list(dict.fromkeys(found))
+
+
+def _only_members(
+    answer: dict[str, ned.Migration], members: list[str], group: str, dry_run: bool
+) -> None:
+    """NSO's answer names only devices the agent found in the group: one it names besides
+    (a kind of membership the agent does not read) was left out of what the operator is
+    shown, and of every check after the migration."""
+    strays = [d for d in answer if d not in members]
+    if strays:
         raise StepFailed(
-            f"NSO has no device group {group}: nothing was migrated; check the name "
-            "(show running-config devices device-group)"
+            f"NSO's answer to migrating device group {group} names "
+            f"{', '.join(strays[:20])}, not found among the group's members "
+            f"({', '.join(members[:20])}): "
+            + (
+                "the dry-run cannot show what the migration would do; "
+                if dry_run
+                else "NSO may have migrated those too: check them by hand; "
+            )
+            + "name the devices to migrate instead of the group",
+            result={"changed": not dry_run},
         )
-    # Names NSO gives us go into commands too: the same grammar as the server's.
-    return [ned.device_name(d, f"member of {group}", f"NSO's device group {group}") for d in found]
 
 
 def _ned_ids(ctx: StepContext, devices: list[str]) -> dict[str, Optional[str]]:

@@ -545,10 +545,10 @@ class CliSession:
             if where == "device":
                 names = [name]
             else:
-                group = cdb.get(self.d.tree, ["devices", "device-group", name])
-                if group is None:
+                members = cdb.group_devices(self.d.tree, name)
+                if members is None:
                     raise CliError(f"Error: device-group {name} does not exist")
-                names = sorted(group.get("device-name") or {})
+                names = members
             infos = self.d.package_infos()
             new_ned = next((i for i in infos if new_id in i.ned_ids), None)
             if new_ned is None:

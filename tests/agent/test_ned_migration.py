@@ -182,3 +182,68 @@ def test_a_group_answer_the_agent_cannot_tie_to_devices_fails_the_dry_run(nso, d
     assert "lost" in str(failed.value) or "modified-path" in str(failed.value)
     assert failed.value.result == {"changed": False}
     assert running_config(nso) == before
+
+
+def test_a_group_nesting_groups_migrates_and_shows_every_device_it_moves(nso, driver):
+    """NSO's migrate on a group moves the devices of the groups it nests too: the dry-run
+    shows them (and their lost data), a confirmed migration expects them, and a cycle of
+    groups is read once."""
+    drive = driver(agent_config(nso))
+    for command in (
+        "config; devices device-group core device-name [ router-nc-1 ]; commit",
+        "config; devices device-group edge device-group [ core ]; commit",
+        "config; devices device-group core device-group [ edge ]; commit",
+    ):
+        out, status = nso.cli(command)
+        assert status == 0, out
+    before = running_config(nso)
+    params = {"new_ned_id": NEW, "device_groups": ["edge"]}
+    dry = drive.step("ned_migrate", {**params, "dry_run": True})["ned_migration"]
+    assert running_config(nso) == before
+    assert [(d["device"], d["groups"]) for d in dry["devices"]] == [
+        ("router-nc-2", ["edge"]),
+        ("router-nc-1", ["edge"]),
+    ]
+    assert dry["lost_data_total"] == 2
+    done = drive.step(
+        "ned_migrate",
+        {**params, "dry_run": False, "expected_devices": ["router-nc-1", "router-nc-2"]},
+    )["ned_migration"]
+    assert sorted((d["device"], d["state"]) for d in done["devices"]) == [
+        ("router-nc-1", "migrated"),
+        ("router-nc-2", "migrated"),
+    ]
+
+
+def test_an_answer_naming_a_device_outside_the_group_fails_the_step() -> None:
+    """Whatever membership the agent did not read: the device NSO names besides was shown to
+    no one. A dry-run changed nothing; a migration may have moved it."""
+    from agent import ned
+    from agent.steps.ned_migration import _only_members
+
+    answer = {"r1": ned.Migration("r1"), "r9": ned.Migration("r9")}
+    _only_members({"r1": answer["r1"]}, ["r1", "r2"], "edge", True)  # fewer is fine
+    for dry_run in (True, False):
+        with pytest.raises(StepFailed) as failed:
+            _only_members(answer, ["r1", "r2"], "edge", dry_run)
+        assert "names r9, not found among the group's members (r1, r2)" in str(failed.value)
+        assert failed.value.result == {"changed": not dry_run}
+
+
+@pytest.mark.parametrize(
+    "shown, members",
+    [
+        (
+            "devices device-group edge\n device-name [ a b ]\n device-group [ core x ]\n!",
+            (["a", "b"], ["core", "x"]),
+        ),
+        ("devices device-group edge\n device-group core\n!", ([], ["core"])),
+        ("devices device-group edge device-name [ a ]\n", (["a"], [])),
+        ("devices device-group device-group\n!", ([], [])),  # a group named so nests none
+        ("% No entries found.", None),
+    ],
+)
+def test_a_groups_two_leaf_lists_are_read_apart(shown, members) -> None:
+    from agent import ned
+
+    assert ned.group_members(shown) == members
