@@ -5,9 +5,9 @@ Run from the repository root:
     python bench/patch_latency.py                                # 1,000 agents, both shapes
     python bench/patch_latency.py --agents 200 --shape embedded  # quick try
 
-Two server shapes, one after the other: `nso-repo serve` as it is deployed for a fleet (4
-gunicorn worker processes, the default on PostgreSQL, on a throwaway PostgreSQL 15 cluster
-with its durable defaults: fsync on), and the embedded default (one worker, SQLite, local
+Two server shapes, one after the other: `nso-repo serve` as it is deployed for a fleet (its
+default on PostgreSQL, a gunicorn worker process per CPU, 2 to 8: 2 on this machine; on a
+throwaway PostgreSQL 15 cluster with its durable defaults: fsync on), and the embedded default (one worker, SQLite, local
 disk). AGENTS light agent clients (tests/support/light_agents.py: asyncio, one keep-alive
 connection each, each from a loopback address of its own as agents on their own hosts)
 enroll, report an inventory on the patch's release, and long-poll
@@ -59,6 +59,7 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from nso_sim import beam  # noqa: E402
+from repo_server.gunicorn_settings import default_workers  # noqa: E402
 from tests.support.abuse import health_seconds  # noqa: E402
 from tests.support.light_agents import (  # noqa: E402
     LightAgent,
@@ -73,7 +74,8 @@ NSO_VERSION = "6.2.3"
 PATCH_ID = "CSCbench01"
 MODULES = ["ncs_cli_bench", "ncs_conf_bench"]
 GOAL_P99_S = 2.0
-WORKERS = 4
+# As `nso-repo serve` runs on PostgreSQL when not told: one worker per CPU (2 to 8).
+WORKERS = default_workers("postgresql")
 WAIT = 30
 
 

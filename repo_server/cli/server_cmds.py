@@ -84,7 +84,9 @@ def local_session() -> Iterator[Session]:
 @click.option("--host", help="Address to listen on (default: from NSO_REPO_BIND, 127.0.0.1).")
 @click.option("--port", type=int, help="Port to listen on (default: from NSO_REPO_BIND, 8420).")
 @click.option(
-    "--workers", type=int, help="Gunicorn worker processes (default 1 on SQLite, 4 on PostgreSQL)."
+    "--workers",
+    type=int,
+    help="Gunicorn worker processes (default 1 on SQLite; on PostgreSQL one per CPU, 2 to 8).",
 )
 @click.option(
     "--tls-cert",

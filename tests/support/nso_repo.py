@@ -27,7 +27,7 @@ class RepoServer:
         self,
         data_dir: Path,
         env: Optional[dict[str, str]] = None,
-        workers: int = 1,
+        workers: Optional[int] = 1,
         *,
         tls: Optional[tuple[Path, Path]] = None,
         ca_file: Optional[Path] = None,
@@ -45,7 +45,8 @@ class RepoServer:
         self.process = ServerProcess(
             [
                 *(sys.executable, "-m", "repo_server.cli", "serve", "--port", str(self.port)),
-                *("--data-dir", str(data_dir), "--workers", str(workers)),
+                *("--data-dir", str(data_dir)),
+                *(("--workers", str(workers)) if workers else ()),  # None: serve's default
                 *serve_tls,
             ],
             data_dir.parent / "serve.log",
