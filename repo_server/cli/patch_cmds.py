@@ -20,7 +20,12 @@ def patch() -> None:
 
 @patch.command("rollout")
 @click.argument("bundle")
-@click.option("--node", "nodes", multiple=True, help="A node to patch (repeat).")
+@click.option(
+    "--node",
+    "nodes",
+    multiple=True,
+    help="A node to patch (repeat); an HA group member goes with all the others, or use --group.",
+)
 @click.option(
     "--group", "groups", multiple=True, help="An HA group: every member, secondaries first."
 )

@@ -80,6 +80,10 @@ class InventoryStale(Conflict):
     code = "inventory_stale"
 
 
+class GroupMember(Conflict):
+    code = "group_member"
+
+
 @dataclass
 class Target:
     """A node the rollout patches, as its last heartbeat describes it."""
@@ -217,6 +221,8 @@ class PatchRollouts:
         # From here on, exactly the nodes locked and read: a node that starts to match the
         # request meanwhile (a heartbeat of another one) is not this rollout's.
         chosen = self._exactly([t.id for t in targets])
+        if not all_affected:
+            self._whole_groups(targets)
         self._check(targets, patch, vsn, now, holds)
         plan = _plan(targets)
         rollout = PatchRollout(
@@ -300,18 +306,7 @@ class PatchRollouts:
             if t.stale(now) and t.reported_at is not None and t.id not in holds
         }
         groups = sorted({t.group for t in targets if t.group is not None})
-        sizes = (
-            dict(
-                self.session.execute(
-                    select(HaGroup.name, func.count(HaGroupMember.node_id))
-                    .join(HaGroupMember, HaGroupMember.group_id == HaGroup.id)
-                    .where(HaGroup.name.in_(groups))
-                    .group_by(HaGroup.name)
-                ).all()
-            )
-            if groups
-            else {}
-        )
+        sizes = self._group_sizes(groups)
         for group in groups:
             members = [t for t in targets if t.group == group]
             if len(members) == sizes.get(group) and not any(m.name in why for m in members):
@@ -323,6 +318,42 @@ class PatchRollouts:
                     f"report: patch the group by name (--group {group}) once all of them run it",
                 )
         return [t for t in targets if t.name not in why], why
+
+    def _group_sizes(self, groups: list[str]) -> dict[str, int]:
+        """HA group name -> how many members it has."""
+        if not groups:
+            return {}
+        return dict(
+            self.session.execute(
+                select(HaGroup.name, func.count(HaGroupMember.node_id))
+                .join(HaGroupMember, HaGroupMember.group_id == HaGroup.id)
+                .where(HaGroup.name.in_(groups))
+                .group_by(HaGroup.name)
+            ).all()
+        )
+
+    def _whole_groups(self, targets: list[Target]) -> None:
+        """Named nodes: an HA group takes a patch, or loses it, on every member or none. A
+        member patched alone leaves the others without the fix (patches are local files,
+        not replicated), and they serve writes without it after a failover; a member
+        named alone would also take it before its secondaries."""
+        groups = sorted({t.group for t in targets if t.group is not None})
+        sizes = self._group_sizes(groups)
+        partial = {
+            group: sorted(t.name for t in targets if t.group == group)
+            for group in groups
+            if sum(t.group == group for t in targets) < sizes.get(group, 0)
+        }
+        if partial:
+            said = [f"{_listed(names)} of HA group {g}" for g, names in partial.items()]
+            raise GroupMember(
+                f"{'; '.join(said)}: a group takes a patch on every member, secondaries "
+                "first, or not at all (a member left without it serves writes without the "
+                "fix after a failover). Name the group instead ("
+                + ", ".join(f"--group {g}" for g in partial)
+                + "); nothing was started",
+                groups={g: names for g, names in partial.items()},
+            )
 
     def bundle(self, filename: str) -> Artifact:
         bundle = self.session.scalar(select(Artifact).where(Artifact.filename == filename))

@@ -216,9 +216,14 @@ def test_a_waiting_agent_gets_its_step_as_the_rollout_commits(live, bundle) -> N
     assert at - began < 2.0
 
 
-def test_an_ha_group_is_one_job_secondaries_first(live, bundle) -> None:
+@pytest.mark.parametrize(
+    "named",
+    [{"groups": ["trio"]}, {"nodes": ["trio-a", "trio-n3", "trio-n2"]}],
+    ids=["the group", "every member"],
+)
+def test_an_ha_group_is_one_job_secondaries_first(live, bundle, named) -> None:
     primary, secondary, third = group_on(live, "trio", 3)
-    answer = rollout(live, groups=["trio"], action="remove")
+    answer = rollout(live, action="remove", **named)
     assert answer.status_code == 201, answer.text
     nodes = answer.json()["nodes"]
     assert {n["group"] for n in nodes} == {"trio"}
@@ -370,6 +375,13 @@ def test_each_refusal_says_why_and_creates_nothing(live, bundle, tmp_path: Path)
     assert_error(rollout(live, all_affected=True, nodes=["edge-62"]), 422, "validation_failed")
     assert_error(rollout(live, action="undo", nodes=["edge-62"]), 422, "validation_failed")
     assert_error(rollout(live, "viewer", nodes=["edge-62"]), 403, "forbidden")
+    # One member of an HA group named alone: the others would serve writes without the fix
+    # after a failover, and it would take the patch before its secondary.
+    error = assert_error(rollout(live, nodes=["mixed-a", "edge-62"]), 409, "group_member")
+    assert "mixed-a of HA group mixed" in error["message"], error
+    assert "--group mixed" in error["message"] and "nothing was started" in error["message"]
+    assert error["details"]["groups"] == {"mixed": ["mixed-a"]}
+    assert_error(rollout(live, nodes=["mixed-n2"], action="remove"), 409, "group_member")
     assert _counts(live) == before
 
     # No node runs 6.3: an empty target set.
@@ -401,6 +413,7 @@ def test_each_refusal_says_why_and_creates_nothing(live, bundle, tmp_path: Path)
     codes = sorted(e["details"]["code"] for e in events)
     assert codes.count("node_busy") == 2 and "release_mismatch" in codes, codes
     assert {"no_heartbeat", "no_targets", "not_found", "validation_failed"} <= set(codes)
+    assert codes.count("group_member") == 2, codes
     [viewer] = [e for e in events if e["actor"].startswith("viewer:")]
     assert viewer["details"]["code"] == "forbidden" and viewer["target"] == f"patch:{BUNDLE}"
     [schema] = [e for e in events if "action" in e["details"].get("fields", [])]
@@ -409,7 +422,7 @@ def test_each_refusal_says_why_and_creates_nothing(live, bundle, tmp_path: Path)
     )
     others = [e for e in events if e is not viewer]
     assert all(e["actor"].startswith("operator:") for e in others), others
-    assert len(events) == 13, codes
+    assert len(events) == 15, codes
 
 
 def _report_aged(app_state, *names: str, minutes: int = 10) -> None:
