@@ -42,6 +42,7 @@ _INSTALLER_VSN = re.compile(rf"{_VSN}(?:\.?[A-Za-z]+[0-9]*)*(?:_[A-Za-z0-9]+)?",
 _PATCH = re.compile(
     rf"nso-(?P<vsn>{_VSN})-patch-(?P<id>[A-Za-z0-9][A-Za-z0-9_.-]*)\.tar\.gz", re.ASCII
 )
+PATCH_ID_MAX = 128  # as patch_rollouts.patch_id stores it and the agent takes it
 _NCS = re.compile(rf"ncs-(?P<vsn>{_VSN})-(?P<rest>.+?)(?P<suffix>\.tar\.gz|\.signed\.bin)")
 # The agent puts <name>-<version> into NSO CLI commands and accepts only these characters.
 _REMAINDER = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*", re.ASCII)
@@ -177,6 +178,12 @@ def parse_filename(filename: str) -> ParsedName:
     _check_safe(filename)
     m = _PATCH.fullmatch(filename)
     if m:
+        if len(m["id"]) > PATCH_ID_MAX:
+            raise InvalidFilename(
+                f"the patch id in {filename!r} is {len(m['id'])} characters long: at most "
+                f"{PATCH_ID_MAX} (agents refuse longer ones); rename the file with the id "
+                "Cisco gave the patch"
+            )
         vsn = _vsn(filename, m["vsn"])
         return ParsedName(
             kind="patch", nso_version=vsn, filename=filename, name=m["id"], version=str(vsn)

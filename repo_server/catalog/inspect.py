@@ -39,6 +39,12 @@ README_MAX_BYTES = 64 << 10
 NCS_PACKAGES_NS = "http://tail-f.com/ns/ncs-packages"
 COMPONENT_TYPES = ("ned", "callback", "application", "upgrade")
 BEAM_MODULE = re.compile(r"[a-z][A-Za-z0-9_]*")
+# What every agent takes of a patch bundle (agent/patch_bundle.py, agent/trust.py): the
+# catalog takes no bundle that all of them would then refuse, mid-emergency.
+PATCH_MAX_MEMBERS = 1000
+PATCH_BEAM_MAX_BYTES = 16 << 20
+PATCH_MAX_BYTES = 64 << 20
+PATCH_MODULE_MAX = 128
 _EXTENDED_HEADERS = (
     tarfile.XHDTYPE,
     tarfile.XGLTYPE,
@@ -540,15 +546,27 @@ def _check_beam(entry: _Entry) -> None:
         )
 
 
+def _beam_module(module: str) -> bool:
+    return len(module) <= PATCH_MODULE_MAX and bool(BEAM_MODULE.fullmatch(module))
+
+
 def inspect_patch_bundle(path: Path, parsed: ParsedName, limits: ArchiveLimits) -> PatchMeta:
     """Check a patch bundle: top-level `<module>.beam` files and an optional README."""
     meta = PatchMeta(patch_id=parsed.name or "", nso_version=str(parsed.nso_version))
     seen: set[str] = set()
-    for entry in _walk(path, limits):
+    total = 0
+    for count, entry in enumerate(_walk(path, limits), start=1):
         info, name = entry.info, entry.path
+        if count > PATCH_MAX_MEMBERS:
+            raise InvalidArtifact(
+                f"the patch bundle has more than {PATCH_MAX_MEMBERS} members: agents take no more"
+            )
         if not entry.parts:
             continue  # the "./" folder entry of `tar -C dir -czf x.tar.gz .`
-        if len(entry.parts) != 1 or not info.isreg():
+        # Spelled as the agent reads it: `X` or `./X`, nothing tar would also resolve to X
+        # (`.//X`, `X/`), which the agent refuses.
+        spelled = info.name in (name, f"./{name}")
+        if len(entry.parts) != 1 or not info.isreg() or not spelled:
             what = "nested in a folder"
             if info.isdir():
                 what = "a folder"
@@ -567,13 +585,22 @@ def inspect_patch_bundle(path: Path, parsed: ParsedName, limits: ArchiveLimits) 
                 meta.readme = entry.read(README_MAX_BYTES, "README").decode("utf-8")
             except UnicodeDecodeError:
                 raise InvalidArtifact("the patch bundle README is not UTF-8 text") from None
-        elif name.endswith(".beam") and BEAM_MODULE.fullmatch(name[: -len(".beam")]):
+        elif name.endswith(".beam") and _beam_module(name[: -len(".beam")]):
+            total += info.size
+            if info.size > PATCH_BEAM_MAX_BYTES or total > PATCH_MAX_BYTES:
+                raise InvalidArtifact(
+                    f"patch bundle member {name!r} makes it too large: agents take .beam "
+                    f"files of at most {PATCH_BEAM_MAX_BYTES >> 20} MiB, "
+                    f"{PATCH_MAX_BYTES >> 20} MiB in all",
+                    member=name,
+                )
             _check_beam(entry)
             meta.modules.append(name[: -len(".beam")])
         else:
             raise InvalidArtifact(
                 f"patch bundle member {name!r} is not allowed: only <module>.beam (module "
-                "matching [a-z][A-Za-z0-9_]*) and README",
+                f"matching [a-z][A-Za-z0-9_]*, at most {PATCH_MODULE_MAX} characters) and "
+                "README",
                 member=name,
             )
     if not meta.modules:
