@@ -6,7 +6,7 @@ Run from the repository root:
     python bench/patch_latency.py --agents 200 --shape embedded  # quick try
 
 Two server shapes, one after the other: `nso-repo serve` as it is deployed for a fleet (its
-default on PostgreSQL, a gunicorn worker process per CPU, 2 to 8: 2 on this machine; on a
+default on PostgreSQL, a gunicorn worker process per CPU, 2 to 4: 2 on this machine; on a
 throwaway PostgreSQL 15 cluster with its durable defaults: fsync on), and the embedded default (one worker, SQLite, local
 disk). AGENTS light agent clients (tests/support/light_agents.py: asyncio, one keep-alive
 connection each, each from a loopback address of its own as agents on their own hosts)
@@ -74,7 +74,7 @@ NSO_VERSION = "6.2.3"
 PATCH_ID = "CSCbench01"
 MODULES = ["ncs_cli_bench", "ncs_conf_bench"]
 GOAL_P99_S = 2.0
-# As `nso-repo serve` runs on PostgreSQL when not told: one worker per CPU (2 to 8).
+# As `nso-repo serve` runs on PostgreSQL when not told: one worker per CPU (2 to 4).
 WORKERS = default_workers("postgresql")
 WAIT = 30
 

@@ -23,13 +23,14 @@ bind = os.environ.get("NSO_REPO_BIND", "127.0.0.1:8420")
 def default_workers(database_url: str) -> int:
     """Worker processes when NSO_REPO_WORKERS does not say. Agents long-poll and are woken
     in-process when the database is SQLite: one process only. PostgreSQL relays wake-ups
-    between processes (LISTEN/NOTIFY); there, one worker per CPU the server may use (2 to
-    8): a fleet's claims and reports are CPU-bound and batched per process, and on 2 CPUs
-    4 workers cost 22% more server CPU per agent than 2, and the p99 from a patch's
+    between processes (LISTEN/NOTIFY); there, one worker per CPU the server may use, 2 to
+    4 (each keeps up to 15 pooled connections and a listener's, and PostgreSQL allows 100
+    by default). A fleet's claims and reports are CPU-bound and batched per process: on 2
+    CPUs 4 workers cost 22% more server CPU per agent than 2, and the p99 from a patch's
     trigger to the reports was 7.8 s against 6.5 s (bench/patch_latency.py, 4 runs each)."""
     if not database_url.startswith("postgresql"):
         return 1
-    return min(8, max(2, len(os.sched_getaffinity(0))))
+    return min(4, max(2, len(os.sched_getaffinity(0))))
 
 
 workers = int(

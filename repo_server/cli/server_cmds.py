@@ -86,7 +86,7 @@ def local_session() -> Iterator[Session]:
 @click.option(
     "--workers",
     type=int,
-    help="Gunicorn worker processes (default 1 on SQLite; on PostgreSQL one per CPU, 2 to 8).",
+    help="Gunicorn worker processes (default 1 on SQLite; on PostgreSQL one per CPU, 2 to 4).",
 )
 @click.option(
     "--tls-cert",

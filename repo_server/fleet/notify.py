@@ -28,6 +28,7 @@ from collections import defaultdict
 from typing import Any, Optional, Union
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
@@ -298,19 +299,31 @@ class PostgresListener(threading.Thread):
                         f"its own ping did not come back within {self.PING_LATE_S:g} s"
                     )
                 if sent is None and now >= due:
-                    self._send_ping()
-                    sent, due = now, now + self.PING_EVERY_S
+                    due = now + self.PING_EVERY_S
+                    if self._send_ping():
+                        sent = now
         finally:
             with contextlib.suppress(Exception):
                 raw.close()
 
-    def _send_ping(self) -> None:
-        with self.engine.connect() as other:
-            other.execute(
-                text("SELECT pg_notify(:channel, :payload)"),
-                {"channel": CHANNEL, "payload": self.ping},
+    def _send_ping(self) -> bool:
+        """Send the ping from a connection of its own; False when that fails. A ping that
+        could not be sent (no connection slot free: `too many clients`) says nothing of
+        the LISTEN connection, which is kept: closed, its slot could go to another client,
+        and every wake-up from other processes would be lost until one came free."""
+        try:
+            with self.engine.connect() as other:
+                other.execute(
+                    text("SELECT pg_notify(:channel, :payload)"),
+                    {"channel": CHANNEL, "payload": self.ping},
+                )
+                other.commit()
+        except SQLAlchemyError as error:
+            log.warning(
+                "the LISTEN connection's ping could not be sent (%s); still listening", error
             )
-            other.commit()
+            return False
+        return True
 
     def _relay(self, payload: Optional[str]) -> None:
         payload = payload or ""

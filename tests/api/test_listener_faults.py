@@ -5,6 +5,7 @@ every poll waiting in the process looks again, since what woke it may have been 
 
 from __future__ import annotations
 
+import secrets
 import socket
 import threading
 import time
@@ -156,3 +157,52 @@ def test_a_listen_connection_gone_quiet_is_noticed_and_replaced(
         listener.stop()
         listener.join(timeout=10)
         proxy.close()
+
+
+def test_a_ping_that_finds_no_connection_slot_keeps_the_listen_connection(
+    pg_url: str, woken: tuple[Notifier, threading.Event]
+) -> None:
+    """PostgreSQL out of connection slots (here: its role may have one, the LISTEN one): the
+    ping cannot be sent, which says nothing of the connection that listens. Closing that
+    one would hand its slot to any other client, and other processes' wake-ups would be
+    lost until a slot came free."""
+    notifier, event = woken
+    role = f"listen_{secrets.token_hex(4)}"
+    admin = create_engine(pg_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(text(f"CREATE ROLE {role} LOGIN CONNECTION LIMIT 1"))
+    listener = PostgresListener(create_engine(make_url(pg_url).set(username=role)), notifier)
+    listener.PING_EVERY_S = 0.3
+    listener.start()
+
+    def listening() -> list[int]:
+        with admin.connect() as c:
+            return list(
+                c.execute(
+                    text(
+                        "SELECT pid FROM pg_stat_activity WHERE usename = :r AND query LIKE 'LISTEN %'"
+                    ),
+                    {"r": role},
+                ).scalars()
+            )
+
+    try:
+        _listening(pg_url)
+        first = listening()
+        time.sleep(2)  # a few pings tried, none could connect
+        assert listening() == first, "the LISTEN connection was closed for a failed ping"
+        event.clear()
+        assert notifier.watch(1, notifier.counter(1), event.set)
+        with admin.connect() as c:
+            c.execute(text("SELECT pg_notify(:c, '1')"), {"c": CHANNEL})
+        assert event.wait(5), "another process's wake-up did not arrive"
+    finally:
+        listener.stop()
+        listener.join(timeout=10)
+        with admin.connect() as c:
+            c.execute(
+                text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = :r"),
+                {"r": role},
+            )
+            c.execute(text(f"DROP ROLE IF EXISTS {role}"))
+        admin.dispose()

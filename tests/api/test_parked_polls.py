@@ -183,9 +183,9 @@ def test_waiting_agents_hold_no_database_connection(tmp_path: Path, postgres_ser
     url = postgres_server.create_database()
     server = _serve(tmp_path, workers=None, NSO_REPO_DATABASE_URL=url)  # as deployed
     try:
-        # On PostgreSQL, unless told: one worker per CPU, 2 to 8.
+        # On PostgreSQL, unless told: one worker per CPU, 2 to 4.
         workers = len(children(server.process.process.pid))
-        assert workers == default_workers(url) == min(8, max(2, len(os.sched_getaffinity(0))))
+        assert workers == default_workers(url) == min(4, max(2, len(os.sched_getaffinity(0))))
 
         async def scenario() -> list[list[tuple[str, str]]]:
             agents = await enroll_many(server.url, server.admin, [f"pg-{i}" for i in range(200)])
