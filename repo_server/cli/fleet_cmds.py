@@ -15,6 +15,7 @@ from rich.text import Text
 from repo_server.cli.common import client_options, fail, handle_errors, make_client, print_json
 from repo_server.cli.patch_cmds import dropped_line
 from repo_server.cli.release_signing_cmds import release_keygen, release_sign, release_verify
+from repo_server.upgrades.results import printable
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 
@@ -398,7 +399,7 @@ def job_cancel(job_id: int, reason: str, url: Optional[str], token: Optional[str
     ended = make_client(url, token).call(
         "POST", f"/api/v1/jobs/{job_id}/cancel", json={"reason": reason}
     )
-    click.echo(f"job {job_id} {ended['state']} ({ended['outcome']}): {ended['error']}")
+    click.echo(f"job {job_id} {ended['state']} ({ended['outcome']}): {printable(ended['error'])}")
 
 
 def _render(data: dict[str, Any]) -> Table:
@@ -460,7 +461,9 @@ def watch_job(client: Any, job_id: int, interval: float = 1.0) -> None:
             time.sleep(interval)
             data = client.call("GET", f"/api/v1/jobs/{job_id}")
     verdict = data["state"] + (f" ({data['outcome']})" if data.get("outcome") else "")
-    click.echo(f"job {job_id} {verdict}" + (f": {data['error']}" if data.get("error") else ""))
+    # The error quotes what agents and NSO said: nothing in it may drive the terminal.
+    said = f": {printable(data['error'])}" if data.get("error") else ""
+    click.echo(f"job {job_id} {verdict}{said}")
     if data.get("windows"):
         click.echo(windows_line(data["windows"]))
     if data["state"] != "succeeded":

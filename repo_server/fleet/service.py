@@ -30,7 +30,7 @@ from repo_server.errors import (
 )
 from repo_server.fleet.models import AGENT_NAME_FORMAT, NODE_NAME_MAX, EnrollmentToken, Node
 from repo_server.pages import Page, paginate
-from repo_server.upgrades.results import printable, printable_tree
+from repo_server.upgrades.results import one_line, printable_tree
 
 ENROLLMENT_PREFIX = "nse_"
 ENROLLMENT_VALID = timedelta(hours=24)
@@ -234,8 +234,8 @@ def enroll(
     )
     node.enrolled_at = now
     node.last_seen_at = now
-    node.hostname = printable(hostname) if hostname else hostname
-    node.agent_version = printable(agent_version) if agent_version else agent_version
+    node.hostname = one_line(hostname) if hostname else hostname
+    node.agent_version = one_line(agent_version) if agent_version else agent_version
     audit(
         session,
         f"agent:{node.name}",
@@ -331,18 +331,23 @@ def touch_many(executor: Union[Session, Connection], agents: Iterable[SeenAgent]
         executor.execute(update(model).where(chosen).values(values))
 
 
+# The inventory's text of several lines (NSO's words); every other string in it is a value
+# shown within a line (`nso-repo node ls`, plan reasons), and keeps no line break.
+MULTI_LINE = frozenset({"cli_error", "errors", "be_secondary_result"})
+
+
 def heartbeat(
     session: Session, node: Node, inventory: dict[str, Any], agent_version: Optional[str]
 ) -> Node:
     now = utcnow()
     # Operators read inventories in a terminal (`nso-repo node ls`, preflight reasons).
-    node.inventory = printable_tree(inventory)
+    node.inventory = printable_tree(inventory, MULTI_LINE)
     node.inventory_checked = True  # the view's HeartbeatSchema checked it
     running = node.inventory.get("running_version")
     node.running_version = running[:64] if isinstance(running, str) and running else None
     node.inventory_at = now
     node.last_seen_at = now
     if agent_version:
-        node.agent_version = printable(agent_version)
+        node.agent_version = one_line(agent_version)
     session.commit()
     return node

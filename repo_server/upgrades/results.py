@@ -46,14 +46,31 @@ def printable(text: str) -> str:
     return _UNPRINTABLE.sub("\ufffd", text.replace("\r\n", "\n"))
 
 
-def printable_tree(value: Any) -> Any:
-    """``value`` (JSON) with ``printable`` applied to every string in it, keys included."""
+def one_line(text: str) -> str:
+    """``printable``, and no line break or tab either: a value shown as one field of a
+    line (`nso-repo node ls`), where a line break would forge a row of its own."""
+    return printable(text).replace("\n", "\ufffd").replace("\t", " ")
+
+
+def printable_tree(value: Any, lines: Optional[frozenset[str]] = None) -> Any:
+    """``value`` (JSON) with ``printable`` applied to every string in it, keys included.
+    With ``lines``, only the strings under those keys keep their line breaks; every other
+    one is made `one_line`."""
+    return _printable(value, lines, lines is None)
+
+
+def _printable(value: Any, lines: Optional[frozenset[str]], keep: bool) -> Any:
     if isinstance(value, str):
-        return printable(value)
+        return printable(value) if keep else one_line(value)
     if isinstance(value, dict):
-        return {printable(str(k)): printable_tree(v) for k, v in value.items()}
+        return {
+            _printable(str(k), lines, keep): _printable(
+                v, lines, keep or (lines is not None and str(k) in lines)
+            )
+            for k, v in value.items()
+        }
     if isinstance(value, list):
-        return [printable_tree(v) for v in value]
+        return [_printable(v, lines, keep) for v in value]
     return value
 
 
@@ -241,7 +258,9 @@ STEP_RESULTS: dict[str, dict[str, Key]] = {
                 fields={
                     "name": text(255, r"[A-Za-z0-9._-]+"),
                     "version": text(64, VERSION.pattern, nullable=True),
-                    "oper_status": text(64, nullable=True),
+                    # One word of `show packages` (visible ASCII): it is quoted in the
+                    # job's error, which operators read in a terminal.
+                    "oper_status": text(64, r"[!-~]+", nullable=True),
                 },
             )
         ),

@@ -23,7 +23,13 @@ from repo_server.fleet.models import EnrollmentToken
 from repo_server.upgrades import results
 from repo_server.upgrades.models import Job
 from tests.api.helpers import assert_error
-from tests.upgrades.builders import Agent, agent_result, healthy_inventory, start_upgrade
+from tests.upgrades.builders import (
+    Agent,
+    agent_result,
+    healthy_inventory,
+    nso_repo,
+    start_upgrade,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -128,11 +134,21 @@ def test_an_agents_text_reaches_operators_without_control_characters(live, relea
     assert enrolled.status_code == 201, enrolled.text
     agent = Agent(live.url, enrolled.json()["token"])
     inventory = healthy_inventory("6.1") | {"cli_error": f"line 1\r\nline 2{ESC}]8;;x\x07"}
+    # A line break in a value shown within a line would forge a row of `node ls`.
+    inventory["status"] = "running\nnso-prod-2 6.2 running"
+    inventory["packages"][0]["version"] = "1.0\tx"
+    inventory["errors"] = ["first\nsecond"]
     assert agent.heartbeat(inventory).status_code == 200
     node = live.session("viewer").get(f"{live.url}/api/v1/nodes/edge-1").json()
     assert node["hostname"] == "edge\ufffd[2J"
     assert node["agent_version"] == "0.1\ufffd1"
     assert node["inventory"]["cli_error"] == "line 1\nline 2\ufffd]8;;x\ufffd"
+    assert node["inventory"]["errors"] == ["first\nsecond"]  # NSO's words keep their lines
+    assert node["inventory"]["status"] == "running\ufffdnso-prod-2 6.2 running"
+    assert node["inventory"]["packages"][0]["version"] == "1.0 x"
+    listed = nso_repo(live, "viewer", "node", "ls")
+    assert listed.returncode == 0 and "edge-1" in listed.stdout, listed
+    assert not any(line.startswith("nso-prod-2") for line in listed.stdout.splitlines())
 
     job = start_upgrade(live, agent)
     step = agent.next()

@@ -101,3 +101,20 @@ def test_a_nul_or_a_huge_result_is_refused() -> None:
         nested = [nested]
     with pytest.raises(results.ResultInvalid):
         results.succeeded_result("prestage", 1, {"staged_packages": nested})
+
+
+@pytest.mark.parametrize(
+    ("status", "ok"),
+    [
+        ("up", True),
+        ("file-load-error", True),
+        (None, True),
+        ("\x1b]0;pwned\x07\x1b[2JALL-GOOD", False),  # quoted in the job's error: a terminal
+        ("up\u202e", False),
+        ("not up", False),
+    ],
+)
+def test_a_surveyed_packages_oper_status_is_one_visible_word(status: Any, ok: bool) -> None:
+    loaded = [{"name": "router-nc", "version": "1.0", "oper_status": status}]
+    spec = results.STEP_RESULTS["ha_verify_packages"]["loaded"]
+    assert spec.accepts(loaded, job_id=1) is ok
