@@ -219,7 +219,15 @@ def _sweep(parent: Path, name: str) -> None:
 
 
 def relink(load_dir: Path, targets: list[Path]) -> bool:
-    """Make ``load_dir`` hold exactly one link per target (named as the target), atomically.
+    """`relink_named` with each link named as its target."""
+    wanted = {t.name: t for t in targets}
+    if len(wanted) != len(targets):
+        raise ValueError("two packages with the same file name in one set")
+    return relink_named(load_dir, wanted)
+
+
+def relink_named(load_dir: Path, links: dict[str, Path]) -> bool:
+    """Make ``load_dir`` hold exactly these links (name -> target), atomically.
 
     Returns False when it already did (nothing changed). When ``load_dir`` is itself a link
     (``/var/opt/ncs`` on another volume, the load path linked elsewhere), the link is kept
@@ -227,9 +235,7 @@ def relink(load_dir: Path, targets: list[Path]) -> bool:
     are not links (a package folder someone put there by hand) are not deleted: the old
     folder is kept beside it as ``<name>.replaced-<n>`` and the caller is told so by the log.
     """
-    wanted = {t.name: str(t) for t in targets}
-    if len(wanted) != len(targets):
-        raise ValueError("two packages with the same file name in one set")
+    wanted = {name: str(target) for name, target in links.items()}
     if current_links(load_dir) == wanted:
         return False
     real = Path(os.path.realpath(load_dir)) if load_dir.is_symlink() else load_dir

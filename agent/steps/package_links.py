@@ -73,22 +73,21 @@ def restore_package_links(ctx: StepContext, extra: Path) -> None:
             continue
         where = f"the target of saved link {name} ({paths.host_path(extra)}/links.json)"
         trust.under_root(paths, host_target, where)
-        target = paths.path(host_target)
-        if target.name != name:
-            raise StepFailed(f"saved link {name} -> {host_target}: names differ, relink by hand")
-        checked.append((name, host_target, target))
-    targets: list[Path] = []
+        # A link may be named unlike its file (the guide: the `ncs-X.Y-` naming "is neither
+        # required nor enforced"): it is put back under its own name.
+        checked.append((name, host_target, paths.path(host_target)))
+    links: dict[str, Path] = {}
     for name, host_target, link_to in checked:
         copy = extra / "packages" / name
         if link_to is None:  # a package folder or file that was no link: put it back as is
             ctx.log(f"note: {name} was not a link; it is restored as a link to the saved copy")
-            targets.append(copy)
+            links[name] = copy
             continue
         if Path(os.path.realpath(link_to.parent)) != store:
             ctx.log(f"note: {name} points outside /opt/ncs/packages ({host_target}): kept as is")
         elif not link_to.exists() and copy.is_file():
             shutil.copy2(copy, link_to)
             ctx.log(f"restored {host_target} from the saved copy")
-        targets.append(link_to)
-    if pkgs.relink(paths.load_dir, targets):
-        ctx.log(f"relinked {paths.host_path(paths.load_dir)} to the {len(targets)} saved links")
+        links[name] = link_to
+    if pkgs.relink_named(paths.load_dir, links):
+        ctx.log(f"relinked {paths.host_path(paths.load_dir)} to the {len(links)} saved links")

@@ -41,6 +41,33 @@ def test_package_upgrade_then_recover_packages(make_host, artifacts, file_server
     )
 
 
+def test_recover_packages_puts_back_a_link_named_unlike_its_file(
+    make_host, artifacts, file_server, driver
+):
+    """The guide: the `ncs-X.Y-` naming "is neither required nor enforced". A load path
+    whose link is named otherwise is put back as it was, under its own name."""
+    host = make_host("6.1")
+    load = host.path("/var/opt/ncs/packages")
+    target = os.readlink(os.path.join(load, "ncs-6.1-l3vpn-1.0.tar.gz"))
+    os.unlink(os.path.join(load, "ncs-6.1-l3vpn-1.0.tar.gz"))
+    os.symlink(target, os.path.join(load, "l3vpn.tar.gz"))
+    before = {name: os.readlink(os.path.join(load, name)) for name in os.listdir(load)}
+    drive = driver(agent_config(host), file_server)
+    new = package_refs(file_server, artifacts, "1.1")
+    drive.step("prestage_packages", {"packages": new})
+    drive.step("backup")
+    drive.step("install_packages", {"packages": new})
+    drive.step("reload_packages", {"allow_data_loss": False})
+    assert "l3vpn.tar.gz" not in os.listdir(load)
+
+    drive.step("recover_packages", {"extra_dir": drive.context["extra_dir"]})
+    assert {name: os.readlink(os.path.join(load, name)) for name in os.listdir(load)} == before
+    host.clients.clear()
+    assert host.cli("show packages package l3vpn package-version")[0].strip() == (
+        "package-version 1.0"
+    )
+
+
 def test_reload_that_would_delete_data_is_refused_verbatim(make_host, artifacts, driver):
     host = make_host("6.1")
     drive = driver(agent_config(host))
