@@ -5,13 +5,18 @@ Its recovery, ``recover_packages``, is in ``recovery.py``."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from agent import release_signature, trust
-from agent.errors import StepFailed
+from agent.errors import CliError, StepFailed
 from agent.nso import ReloadRefusedDataLoss
+from agent.nso_cli import CliLost
 from agent.steps.context import StepContext
 from agent.steps.shared import check_packages, stage_package
+
+# How long a reload whose answer was lost may take to show in what NSO loads.
+RELOAD_SETTLE_S = 60.0
 
 
 def prestage_packages(ctx: StepContext) -> dict[str, Any]:
@@ -71,6 +76,43 @@ def removals(ctx: StepContext) -> list[str]:
 
 
 def reload_packages(ctx: StepContext) -> dict[str, Any]:
+    try:
+        return _reload(ctx)
+    except CliLost as exc:
+        return _reload_answer_lost(ctx, exc)
+
+
+def _reload_answer_lost(ctx: StepContext, lost: CliLost) -> dict[str, Any]:
+    """The CLI went away after ``packages reload`` went out: NSO may have reloaded, and the
+    new builds' upgrade code may have rewritten data already, so the answer nobody got is
+    not taken for a failure (its recovery would put the old builds back over that data).
+    What NSO loads decides, as verify_packages would judge it, once NSO answers again: a
+    step from a server that does not name the packages fails as before."""
+    if ctx.params.get("packages") is None:
+        raise StepFailed(f"{lost}: whether NSO reloaded is unknown") from None
+    expected = [(name, version) for _, name, version in package_refs(ctx)]
+    removed = removals(ctx)
+    problems: list[str] = []
+    deadline = time.monotonic() + RELOAD_SETTLE_S
+    while True:
+        try:
+            problems = check_packages(ctx, expected)
+            still = sorted(set(removed) & ctx.nso.loaded_packages()) if removed else []
+            problems += [f"{name} still loaded" for name in still]
+        except CliError as exc:  # NSO busy with the reload, or the CLI not back yet
+            problems = [str(exc)]
+        if not problems:
+            ctx.log(f"{lost}; NSO loads what the reload was to load: it took effect")
+            return {"reloaded": True}
+        if time.monotonic() >= deadline:
+            raise StepFailed(
+                f"{lost}; {RELOAD_SETTLE_S:g} s later NSO does not load what the reload was "
+                f"to load ({'; '.join(problems)}): it did not take effect, or not yet"
+            ) from None
+        time.sleep(2)
+
+
+def _reload(ctx: StepContext) -> dict[str, Any]:
     allow = trust.flag(ctx.params, "allow_data_loss")
     try:
         reloaded = ctx.nso.packages_reload()

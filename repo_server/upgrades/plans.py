@@ -180,7 +180,8 @@ def package_upgrade_steps(
         ),
         StepSpec(
             "reload_packages",
-            {"allow_data_loss": allow_data_loss},
+            # What the reload is to load: the agent judges by it when the answer is lost.
+            {"allow_data_loss": allow_data_loss, **change},
             "packages reload (refused if NSO would delete data, unless allowed)",
         ),
         StepSpec(

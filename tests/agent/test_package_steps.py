@@ -8,6 +8,7 @@ import shutil
 import pytest
 
 from agent.errors import StepFailed
+from tests.support.sim_hosts import sim
 
 from .conftest import agent_config
 from .test_upgrade_steps import refs
@@ -66,6 +67,39 @@ def test_recover_packages_puts_back_a_link_named_unlike_its_file(
     assert host.cli("show packages package l3vpn package-version")[0].strip() == (
         "package-version 1.0"
     )
+
+
+def test_a_reload_whose_answer_is_lost_is_judged_by_what_nso_loads(
+    make_host, artifacts, file_server, driver
+):
+    """NSO reloaded (the new build's upgrade code rewrote its service data) and the CLI
+    answer was lost: a failure here would have the recovery put 1.0 back over data 1.1
+    wrote, and call that rolled back. The step reads what NSO loads instead."""
+    host = make_host("6.1", extra=("--services", "2"))
+    drive = driver(agent_config(host), file_server)
+    built = artifacts.package("l3vpn", "1.1", "6.1", "--upgrade-set", "qos=gold")
+    new = refs(file_server, [built])
+    new[0].update(name="l3vpn", version="1.1")
+    drive.step("prestage_packages", {"packages": new})
+    drive.step("backup")
+    drive.step("install_packages", {"packages": new})
+    sim(
+        "fault", "set", "--root", str(host.root), "cli-exec-reply-lost", "packages reload", "--once"
+    )
+    done = drive.step("reload_packages", {"allow_data_loss": False, "packages": new})
+    assert done == {"reloaded": True}
+    assert drive.last is not None
+    assert any("it took effect" in line for line in drive.last.lines), list(drive.last.lines)
+    host.clients.clear()
+    assert host.cli("show packages package l3vpn package-version")[0].strip() == (
+        "package-version 1.1"
+    )
+    # A server that does not name the packages: the lost answer fails the step, as before.
+    sim(
+        "fault", "set", "--root", str(host.root), "cli-exec-reply-lost", "packages reload", "--once"
+    )
+    with pytest.raises(StepFailed, match="whether NSO reloaded is unknown"):
+        drive.step("reload_packages", {"allow_data_loss": False})
 
 
 def test_reload_that_would_delete_data_is_refused_verbatim(make_host, artifacts, driver):

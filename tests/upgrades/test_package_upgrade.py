@@ -45,7 +45,11 @@ def test_package_upgrade_steps_and_data_loss_flag(live, enrolled, tmp_path: Path
     assert first["params"]["packages"][0]["version"] == "1.0.3"
     while (step := enrolled.next()) is not None and step["name"] != "reload_packages":
         enrolled.report(step["id"], "succeeded", result=agent_result(step))
-    assert step is not None and step["params"] == {"allow_data_loss": False}
+    assert step is not None and step["params"]["allow_data_loss"] is False
+    # What the reload is to load: the agent judges a reload whose answer was lost by it.
+    assert [(p["name"], p["version"]) for p in step["params"]["packages"]] == [
+        ("router-nc", "1.0.3")
+    ]
     enrolled.report(
         step["id"], "failed", message="Error: The following namespaces will be deleted by upgrade"
     )
