@@ -146,12 +146,14 @@ class JobService:
         node = get_node(self.session, node_name)
         artifacts = [live_artifact(self.session, name) for name in filenames]
         active = self.active_job(node)
+        group = group_of(self.session, node)
         verdict = preflight.check_package_upgrade(
             node,
             artifacts,
             active.id if active else None,
             remove,
             changed_at=preflight.last_step_ends(self.session, [node.id]).get(node.id),
+            group=group.name if group is not None else None,
         )
         signed = signed_release_containing(self.session, artifacts) if artifacts else None
         return verdict, plans.package_upgrade_steps(artifacts, allow_data_loss, signed, remove)
@@ -865,6 +867,14 @@ def changed_since(later: Job, node_name: str, done: Job) -> Conflict:
             "back could take away the NED those devices use now. Move forward instead (a "
             "new package upgrade), or migrate the devices back to their old ned-id and "
             "restore the backup by hand (docs/upgrades.md)"
+        )
+    if later.kind == "package_upgrade":
+        return Conflict(
+            f"job {later.id} (package_upgrade, {later.state}) changed the packages of "
+            f"{node_name} after job {done.id}, and a single node's package upgrade has no "
+            f"rollback of its own: job {done.id} cannot be rolled back by the server any "
+            "more. Move forward (a new package upgrade), or restore its backup by hand "
+            "(docs/upgrades.md)"
         )
     return Conflict(
         f"job {later.id} ({later.kind}, {later.state}) changed {node_name} after job "

@@ -247,13 +247,24 @@ def check_package_upgrade(
     remove: tuple[str, ...] = (),
     member: bool = False,
     changed_at: Optional[datetime] = None,
+    group: Optional[str] = None,
 ) -> Verdict:
     """A package-only upgrade: new builds for the running release, one per package, and
     packages to take out (``remove``, by name: the old NED after a major NED upgrade).
-    ``member``, ``changed_at``: as for `check`."""
+    ``group``, ``member``, ``changed_at``: as for `check`."""
     inv: dict[str, Any] = node.inventory or {}
     verdict = Verdict(node=node.name, source_version=None, target_version="", kind="package")
     verdict.packages = list(artifacts)
+    if group is not None and not member:
+        # Whatever its HA state now (disabled by hand, or after a way back): its packages
+        # would drift from the other members', which a sync then puts back or fails on.
+        verdict.refuse(
+            "group_member",
+            f"{node.name} is a member of HA group {group}: its packages change with the "
+            "group's, on every member",
+            f"upgrade the group's packages: 'nso-repo group package-plan {group} ...', then "
+            "'nso-repo group package-upgrade'",
+        )
     if node.inventory_at is None:
         return _never_reported(verdict, node)
     if _invalid_inventory(verdict, node, inv):

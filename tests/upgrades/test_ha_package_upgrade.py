@@ -633,3 +633,22 @@ def test_a_ned_dry_run_since_does_not_stand_in_the_way_of_a_rollback(live, pair,
     migrate(dry_run=False, confirm=migrate(dry_run=True)["id"])
     said = assert_error(rollback(), 409, "conflict")["message"]
     assert "a migration is not rolled back" in said and "Move forward" in said
+
+
+def test_a_member_takes_no_single_node_package_upgrade_even_with_ha_off(
+    live, pair, tmp_path: Path
+) -> None:
+    """HA disabled by hand, or after a way back: still a member of its group, whose members
+    run the same packages. A single-node change would make them drift."""
+    from tests.upgrades.builders import healthy_inventory, upload_package
+
+    inventory = healthy_inventory("6.2", {"router-nc": "1.0.2", "l3vpn": "2.1"})
+    inventory["ha"] = {"enabled": False, "mode": "none", "current_id": None, "read_only": False}
+    assert pair["nso-b"].heartbeat(inventory).status_code == 200
+    build = upload_package(live, tmp_path, "router-nc", "1.0.3", "6.2")
+    answer = live.session("operator").post(
+        f"{live.url}/api/v1/nodes/nso-b/package-upgrade", json={"packages": [build]}
+    )
+    error = assert_error(answer, 422, "preflight_failed")
+    assert [r["code"] for r in error["details"]["reasons"]] == ["group_member"]
+    assert "group package-plan pair" in error["message"]

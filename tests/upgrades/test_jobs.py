@@ -214,6 +214,8 @@ HISTORIES = {
     ),
     # A NED migration's dry-run only reads (the agent checks every ned-id is as it was); a
     # real migration has no rollback of its own, and the refusal says so.
+    # A single node's package upgrade has no rollback: the refusal says so.
+    "a later package upgrade": ([("package_upgrade", "succeeded", None, None)], 409),
     "a later NED dry-run": ([("ned_migration", "succeeded", None, None, DRY)], 202),
     "a later NED dry-run needs attention": (
         [("ned_migration", "failed", "needs_attention", None, DRY)],
@@ -289,6 +291,8 @@ def test_rollback_only_of_the_last_change_still_in_effect(
         said = answer.json()["error"]["message"]
         if later[-1][0] == "ned_migration":
             assert "a migration is not rolled back" in said and "Move forward" in said
+        elif later[-1][0] == "package_upgrade":
+            assert "has no rollback of its own" in said and "Move forward" in said
         else:
             assert "roll that back first" in said or "rolled back already" in said
 
