@@ -54,7 +54,11 @@ def node_row(node: Node, rollout: Optional[dict[str, Any]] = None) -> dict[str, 
         ],
         "packages_down": sum(1 for p in packages if p.get("oper_status") not in (None, "up")),
         "packages_all_up": bool(packages) and all(p.get("oper_status") == "up" for p in packages),
-        "patches": [p.get("module") for p in patches if p.get("loaded") is not False],
+        # Loaded only when NSO listed it: an agent that could not ask NSO (stopped, its CLI
+        # down) leaves `loaded` out, and those files are shown as such.
+        "patches": [p.get("module") for p in patches if p.get("loaded") is True],
+        "patches_unknown": [p.get("module") for p in patches if p.get("loaded") is None],
+        "patches_unloaded": [p.get("module") for p in patches if p.get("loaded") is False],
         "labels": node.labels or [],
         "rollout": rollout,
     }

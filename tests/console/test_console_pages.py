@@ -55,6 +55,34 @@ def test_fleet_page_shows_each_node_and_filters_by_release(live, fleet) -> None:
     assert refused.status_code == 400 and "filter is not valid" in alert(refused.text)
 
 
+def test_patches_are_called_loaded_only_when_nso_listed_them(live, fleet) -> None:
+    """An agent that could not ask NSO (stopped) leaves `loaded` out: those files are not
+    shown as loaded patches, on the node's page or in the fleet's."""
+    stopped = healthy_inventory("6.1") | {
+        "status": "stopped",
+        "running_version": None,
+        "patches": [
+            {"module": "ncs_fix", "file": "ncs_fix.beam"},
+            {"module": "ncs_old", "file": "ncs_old.beam", "loaded": False},
+        ],
+    }
+    running = healthy_inventory("6.1") | {
+        "patches": [{"module": "ncs_live", "file": "ncs_live.beam", "loaded": True}]
+    }
+    assert fleet["edge-1"].heartbeat(stopped).status_code == 200
+    assert fleet["edge-2"].heartbeat(running).status_code == 200
+    browser = logged_in(live.url, live.tokens["viewer"])
+    page = browser.get("/ui/nodes/edge-1").text
+    loaded = page.split("<h2>Loaded patches</h2>", 1)[1].split("</p>", 1)[0]
+    assert "ncs_fix" not in loaded and "None." in loaded, loaded
+    assert "did not say (not running, or its CLI not answering): ncs_fix" in page
+    assert "NSO does not list as loaded: ncs_old" in page
+    page = browser.get("/ui/nodes/edge-2").text
+    assert "<h2>Loaded patches</h2>\n<p>ncs_live</p>" in page
+    fleet_page = browser.get("/ui/fleet").text
+    assert "files, loaded unknown: ncs_fix" in fleet_page and "<td>ncs_live" in fleet_page
+
+
 def test_an_upgrade_planned_started_and_followed_from_the_console(live, fleet, app_state) -> None:
     browser = logged_in(live.url, live.tokens["operator"])
     plan = browser.get("/ui/nodes/edge-1/plan", params={"to": "6.2"})
