@@ -223,7 +223,7 @@ class PatchRollouts:
         chosen = self._exactly([t.id for t in targets])
         if not all_affected:
             self._whole_groups(targets)
-        self._check(targets, patch, vsn, now, holds)
+        self._check(targets, patch, vsn, now, holds, action)
         plan = _plan(targets)
         rollout = PatchRollout(
             artifact_id=bundle.id,
@@ -467,6 +467,7 @@ class PatchRollouts:
         vsn: str,
         now: datetime,
         holds: dict[int, int],
+        action: str = "apply",
     ) -> None:
         """Refuse the whole request when any target may not take the patch now."""
         silent = [t.name for t in targets if not t.heard]
@@ -485,10 +486,19 @@ class PatchRollouts:
                 else f"{t.name} runs no NSO now (status {t.status or 'unknown'})"
                 for t in other
             ]
+            moved = action == "remove" and all(t.running_version for t in other)
             raise ReleaseMismatch(
-                f"{patch} is built for NSO {vsn} exactly: {_listed(said)}. A patch is loaded "
-                "into the release it was built for only: leave those nodes out (or use "
-                "all_affected), or start NSO first; nothing was started",
+                f"{patch} is built for NSO {vsn} exactly: {_listed(said)}. "
+                + (
+                    f"Its files stay in NSO {vsn}'s own patches folder "
+                    f"(/opt/ncs/ncs-{vsn}/lib/ncs/patches), which the release they run does "
+                    f"not load: they are inert until the node is back on {vsn} (a rollback), "
+                    "when a removal works, or take them out by hand; nothing was started"
+                    if moved
+                    else "A patch is loaded into the release it was built for only: leave "
+                    "those nodes out (or use all_affected), or start NSO first; nothing was "
+                    "started"
+                ),
                 nso_version=vsn,
                 nodes={t.name: t.running_version for t in other},
             )

@@ -366,6 +366,10 @@ def test_each_refusal_says_why_and_creates_nothing(live, bundle, tmp_path: Path)
     error = assert_error(rollout(live, nodes=["edge-62", "edge-61"]), 409, "release_mismatch")
     assert "edge-61 runs NSO 6.1" in error["message"] and "6.2" in error["message"]
     assert error["details"]["nodes"] == {"edge-61": "6.1"}
+    # A removal for a release the node left: its files are inert where they are.
+    error = assert_error(rollout(live, nodes=["edge-61"], action="remove"), 409, "release_mismatch")
+    assert "inert until the node is back on 6.2" in error["message"], error
+    assert "start NSO" not in error["message"]
     error = assert_error(rollout(live, nodes=["edge-down"]), 409, "release_mismatch")
     assert "edge-down runs no NSO now (status stopped)" in error["message"]
     error = assert_error(rollout(live, nodes=["edge-new"]), 409, "no_heartbeat")
@@ -413,7 +417,7 @@ def test_each_refusal_says_why_and_creates_nothing(live, bundle, tmp_path: Path)
     codes = sorted(e["details"]["code"] for e in events)
     assert codes.count("node_busy") == 2 and "release_mismatch" in codes, codes
     assert {"no_heartbeat", "no_targets", "not_found", "validation_failed"} <= set(codes)
-    assert codes.count("group_member") == 2, codes
+    assert codes.count("group_member") == 2 and codes.count("release_mismatch") == 3, codes
     [viewer] = [e for e in events if e["actor"].startswith("viewer:")]
     assert viewer["details"]["code"] == "forbidden" and viewer["target"] == f"patch:{BUNDLE}"
     [schema] = [e for e in events if "action" in e["details"].get("fields", [])]
@@ -422,7 +426,7 @@ def test_each_refusal_says_why_and_creates_nothing(live, bundle, tmp_path: Path)
     )
     others = [e for e in events if e is not viewer]
     assert all(e["actor"].startswith("operator:") for e in others), others
-    assert len(events) == 15, codes
+    assert len(events) == 16, codes
 
 
 def _report_aged(app_state, *names: str, minutes: int = 10) -> None:
