@@ -39,6 +39,7 @@ from repo_server.fleet.models import Node
 from repo_server.fleet.notify import Notifier, announce
 from repo_server.patches import signing
 from repo_server.patches.models import ACTIONS, PatchRollout, patch_rollout_jobs
+from repo_server.rollouts.models import Rollout, RolloutTarget
 from repo_server.upgrades.models import Job, NodeHold, Step, job_nodes
 from repo_server.upgrades.plans import StepSpec, artifact_ref
 from repo_server.upgrades.preflight import INVENTORY_MAX_AGE, inventory_stale
@@ -82,6 +83,10 @@ class InventoryStale(Conflict):
 
 class GroupMember(Conflict):
     code = "group_member"
+
+
+class RolloutPending(Conflict):
+    code = "rollout_pending"
 
 
 @dataclass
@@ -202,8 +207,21 @@ class PatchRollouts:
         now = utcnow()  # one reading of the inventories' age for the whole request
         holds = self._holds(targets)
         left_out: dict[str, str] = {}
+        moving = self._moving(targets, vsn) if action == "apply" else {}
         if all_affected:
             targets, left_out = self._affected(targets, vsn, now, holds)
+            left_out.update({t.name: moving[t.name] for t in targets if t.name in moving})
+            targets = [t for t in targets if t.name not in moving]
+        elif moving:
+            names = sorted(moving)
+            raise RolloutPending(
+                f"{_listed([f'{n} ({moving[n]})' for n in names])}: its upgrade would leave "
+                f"{patch} behind (a patch belongs to its release), and nobody would be told. "
+                "Pause that rollout first ('nso-repo rollout pause ID'), patch, and roll out "
+                "the new release's build of the patch after the upgrade; or leave those nodes "
+                "out; nothing was started",
+                nodes=moving,
+            )
         if not targets and left_out:
             raise NoTargets(
                 f"every node on NSO {vsn}, the release {patch} is built for, was left out: "
@@ -318,6 +336,36 @@ class PatchRollouts:
                     f"report: patch the group by name (--group {group}) once all of them run it",
                 )
         return [t for t in targets if t.name not in why], why
+
+    def _moving(self, targets: list[Target], vsn: str) -> dict[str, str]:
+        """Node name -> why, for each target a running fleet rollout is about to move to
+        another release (its target pending, alone or with its HA group): that upgrade
+        leaves a patch of ``vsn`` behind. A paused rollout moves nothing meanwhile."""
+        if not targets:
+            return {}
+        ids = [t.id for t in targets]
+        groups = sorted({t.group for t in targets if t.group is not None})
+        rows = self.session.execute(
+            select(RolloutTarget.node_id, HaGroup.name, Rollout.id, Rollout.target_version)
+            .join(Rollout, Rollout.id == RolloutTarget.rollout_id)
+            .outerjoin(HaGroup, HaGroup.id == RolloutTarget.group_id)
+            .where(
+                Rollout.state == "running",
+                RolloutTarget.state == "pending",
+                Rollout.target_version != vsn,
+                or_(
+                    among(RolloutTarget.node_id, ids, dialect_of(self.session)),
+                    HaGroup.name.in_(groups),
+                ),
+            )
+        ).all()
+        why: dict[str, str] = {}
+        for node_id, group, rollout_id, version in rows:
+            said = f"waits in fleet rollout {rollout_id} for its upgrade to NSO {version}"
+            for target in targets:
+                if target.id == node_id or (group is not None and target.group == group):
+                    why.setdefault(target.name, said)
+        return why
 
     def _group_sizes(self, groups: list[str]) -> dict[str, int]:
         """HA group name -> how many members it has."""

@@ -146,3 +146,46 @@ def test_a_request_starts_a_bounded_number_of_jobs_and_the_ticker_the_rest(
     assert answer.json()["counts"]["running"] == REQUEST_STARTS
     app_state.driver.tick()
     assert get(live, answer.json()["id"])["counts"]["running"] == REQUEST_STARTS + 2
+
+
+def test_a_patch_for_a_node_a_rollout_is_about_to_move_is_refused_saying_so(
+    live, fleet, tmp_path
+) -> None:
+    """edge-2 waits in a fleet rollout to 6.2: a 6.1 patch applied now would be left behind
+    by that upgrade minutes later, and nobody told. Refused, saying what to do; with the
+    rollout paused the patch goes through; all_affected leaves the node out, saying why."""
+    from tests.api.helpers import put_file
+    from tests.factories import make_patch_bundle
+
+    # Its maintenance window opens in two hours: it waits, pending.
+    _window(live, "edge-2", datetime.now(timezone.utc) + timedelta(hours=2), 180)
+    rid = create(live, select={"nodes": ["edge-2"]}).json()["id"]
+    assert targets(get(live, rid))["edge-2"]["state"] == "pending"
+    path = make_patch_bundle(tmp_path, "6.1", "CSCfix7", ("ncs_fix",))
+    assert put_file(live.session("uploader"), live.url, path).status_code == 201
+    operator = live.session("operator")
+
+    def patch(**body: object) -> object:
+        return operator.post(f"{live.url}/api/v1/patch-rollouts", json={"patch": path.name, **body})
+
+    error = assert_error(patch(nodes=["edge-2"]), 409, "rollout_pending")
+    assert f"edge-2 (waits in fleet rollout {rid} for its upgrade to NSO 6.2)" in error["message"]
+    assert "rollout pause" in error["message"]
+    everywhere = patch(all_affected=True)
+    assert everywhere.status_code == 201, everywhere.text
+    assert sorted(n["node"] for n in everywhere.json()["nodes"]) == [
+        "edge-1",
+        "edge-3",
+        "edge-4",
+        "edge-5",
+    ]
+    left = {n["node"]: n["reason"] for n in everywhere.json()["left_out"]}
+    assert list(left) == ["edge-2"] and "fleet rollout" in left["edge-2"]
+    # Removing a patch before the upgrade is fine: nothing is left behind.
+    assert patch(nodes=["edge-2"], action="remove").status_code == 201
+    for agent in (fleet["edge-2"],):
+        step = agent.next(0)
+        result = {"modules": ["ncs_fix"], "kept": [], "changed": False}
+        assert agent.report(step["id"], "succeeded", result=result).status_code == 200
+    assert act(live, rid, "pause", reason="the patch first").status_code == 200
+    assert patch(nodes=["edge-2"]).status_code == 201
