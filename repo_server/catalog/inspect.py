@@ -13,7 +13,7 @@ import tarfile
 import zlib
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Optional
 
@@ -45,6 +45,7 @@ PATCH_MAX_MEMBERS = 1000
 PATCH_BEAM_MAX_BYTES = 16 << 20
 PATCH_MAX_BYTES = 64 << 20
 PATCH_MODULE_MAX = 128
+PATCH_UNPACKED_MAX = PATCH_MAX_BYTES + MiB  # the whole tar stream, headers and padding too
 _EXTENDED_HEADERS = (
     tarfile.XHDTYPE,
     tarfile.XGLTYPE,
@@ -555,6 +556,7 @@ def inspect_patch_bundle(path: Path, parsed: ParsedName, limits: ArchiveLimits) 
     meta = PatchMeta(patch_id=parsed.name or "", nso_version=str(parsed.nso_version))
     seen: set[str] = set()
     total = 0
+    limits = replace(limits, max_unpacked_bytes=min(limits.max_unpacked_bytes, PATCH_UNPACKED_MAX))
     for count, entry in enumerate(_walk(path, limits), start=1):
         info, name = entry.info, entry.path
         if count > PATCH_MAX_MEMBERS:

@@ -76,6 +76,16 @@ CASES = {
         lambda: [regular(f"ncs_f{i}.beam", beam(14 * MiB, random=True)) for i in range(5)],
     ),
     "no module": (False, lambda: [regular("README", b"fix")]),
+    # 64 MiB of modules, but their long names' extended headers take the tar stream past
+    # what an agent reads of one (64 MiB + 1 MiB).
+    "64 MiB in all and many long names": (
+        False,
+        lambda: [
+            *(regular(f"big{i}.beam", beam(16 * MiB, random=True)) for i in range(3)),
+            regular("big3.beam", beam(16 * MiB - 996 * 64, random=True)),
+            *(regular(f"m{i:03d}" + "a" * 124 + ".beam", beam()) for i in range(996)),
+        ],
+    ),
 }
 
 
