@@ -210,8 +210,17 @@ class PatchRollouts:
         moving = self._moving(targets, vsn) if action == "apply" else {}
         if all_affected:
             targets, left_out = self._affected(targets, vsn, now, holds)
-            left_out.update({t.name: moving[t.name] for t in targets if t.name in moving})
-            targets = [t for t in targets if t.name not in moving]
+            # A moving member takes its whole group out: a group goes whole or not at all.
+            moved = {t.group: moving[t.name] for t in targets if t.name in moving and t.group}
+            for target in targets:
+                why = moving.get(target.name) or moved.get(target.group or "")
+                if why:
+                    left_out[target.name] = (
+                        why
+                        if target.name in moving
+                        else (f"its HA group {target.group} has a member that {why}")
+                    )
+            targets = [t for t in targets if t.name not in left_out]
         elif moving:
             names = sorted(moving)
             raise RolloutPending(
@@ -240,7 +249,7 @@ class PatchRollouts:
         # request meanwhile (a heartbeat of another one) is not this rollout's.
         chosen = self._exactly([t.id for t in targets])
         if not all_affected:
-            self._whole_groups(targets)
+            self._whole_groups(targets, vsn, now)
         self._check(targets, patch, vsn, now, holds, action)
         plan = _plan(targets)
         rollout = PatchRollout(
@@ -380,27 +389,46 @@ class PatchRollouts:
             ).all()
         )
 
-    def _whole_groups(self, targets: list[Target]) -> None:
-        """Named nodes: an HA group takes a patch, or loses it, on every member or none. A
-        member patched alone leaves the others without the fix (patches are local files,
-        not replicated), and they serve writes without it after a failover; a member
-        named alone would also take it before its secondaries."""
+    def _whole_groups(self, targets: list[Target], vsn: str, now: datetime) -> None:
+        """Named nodes: an HA group takes a patch, or loses it, on every member that can
+        (runs its release and reports), or on none. A member patched alone leaves the others
+        without the fix (patches are local files, not replicated), and they serve writes
+        without it after a failover; it would also take it before its secondaries. Members
+        that cannot (left on another release, quiet) do not stop the others."""
+        named = {t.id for t in targets}
         groups = sorted({t.group for t in targets if t.group is not None})
-        sizes = self._group_sizes(groups)
-        partial = {
-            group: sorted(t.name for t in targets if t.group == group)
-            for group in groups
-            if sum(t.group == group for t in targets) < sizes.get(group, 0)
-        }
-        if partial:
-            said = [f"{_listed(names)} of HA group {g}" for g, names in partial.items()]
+        if not groups:
+            return
+        inv = Node.inventory
+        others = self.session.execute(
+            select(
+                HaGroup.name,
+                Node.id,
+                Node.name,
+                Node.inventory_at,
+                inv["running_version"].as_string(),
+            )
+            .join(HaGroupMember, HaGroupMember.group_id == HaGroup.id)
+            .join(Node, Node.id == HaGroupMember.node_id)
+            .where(HaGroup.name.in_(groups))
+        ).all()
+        left = defaultdict(list)
+        for group, node_id, name, heard, running in others:
+            if node_id in named or running != vsn or heard is None:
+                continue
+            if inventory_stale(heard, now):
+                continue
+            left[group].append(name)
+        if left:
+            said = [f"{_listed(sorted(names))} of HA group {g}" for g, names in left.items()]
             raise GroupMember(
-                f"{'; '.join(said)}: a group takes a patch on every member, secondaries "
-                "first, or not at all (a member left without it serves writes without the "
-                "fix after a failover). Name the group instead ("
-                + ", ".join(f"--group {g}" for g in partial)
-                + "); nothing was started",
-                groups={g: names for g, names in partial.items()},
+                f"the request leaves out {'; '.join(said)}, on NSO {vsn} and reporting: a group "
+                "takes a patch on every member that can, secondaries first, or on none (a "
+                "member left without it serves writes without the fix after a failover). Name "
+                "the group instead ("
+                + ", ".join(f"--group {g}" for g in sorted(left))
+                + ") or those members too; nothing was started",
+                groups={g: sorted(names) for g, names in left.items()},
             )
 
     def bundle(self, filename: str) -> Artifact:
