@@ -31,7 +31,13 @@ from repo_server.upgrades.ha_package_plan import (
     verify_step,
 )
 from repo_server.upgrades.ha_recovery import Roles
-from repo_server.upgrades.jobs import JobService, changed_since, only_looked, patch_only
+from repo_server.upgrades.jobs import (
+    ROLLBACKS,
+    JobService,
+    changed_since,
+    only_looked,
+    patch_only,
+)
 from repo_server.upgrades.models import Job, Step
 from repo_server.upgrades.plans import StepSpec, backup_step
 from repo_server.upgrades.step_payloads import node_context
@@ -246,13 +252,23 @@ def _roles_of(roles: Roles, node_id: int) -> dict[str, Any]:
 
 
 def _check_nothing_since(jobs: JobService, done: Job) -> None:
-    """Refuse when a later job changed a member, or ``done`` was rolled back already."""
-    for other in jobs.later_jobs(list(done.nodes), done.id):
-        if other.kind == ROLLBACK and other.options.get("rollback_of") == done.id:
-            if other.state == "succeeded":
-                raise Conflict(f"job {done.id} was rolled back already, by job {other.id}")
-            continue  # a rollback that failed: trying again is the way forward
-        unchanged = other.state == "failed" and other.outcome == "unchanged"
-        if unchanged or patch_only(other) or only_looked(other):
+    """Refuse when a later job changed a member and was not itself rolled back, or ``done``
+    was rolled back already (as JobService._check_nothing_since judges a node)."""
+    later = jobs.later_jobs(list(done.nodes), done.id)
+    undone = {
+        int(j.options.get("rollback_of") or 0): j.id
+        for j in later
+        if j.kind in ROLLBACKS and j.state == "succeeded"
+    }
+    if done.id in undone:
+        raise Conflict(f"job {done.id} was rolled back already, by job {undone[done.id]}")
+    for other in later:
+        # A rollback undid another job (one of ``done`` that failed: trying again is the
+        # way forward); a job rolled back since, or that kept the nodes as they were, left
+        # nothing in the way.
+        kept = other.state == "failed" and other.outcome in ("unchanged", "rolled_back")
+        if other.kind in ROLLBACKS or other.id in undone or kept:
+            continue
+        if patch_only(other) or only_looked(other):
             continue
         raise changed_since(other, other.node_name, done)

@@ -418,7 +418,7 @@ class JobService:
         undone = {
             int(j.options.get("rollback_of") or 0): j.id
             for j in later
-            if j.kind == "rollback" and j.state == "succeeded"
+            if j.kind in ROLLBACKS and j.state == "succeeded"
         }
         if done.id in undone:
             raise Conflict(f"job {done.id} was rolled back already, by job {undone[done.id]}")
@@ -429,7 +429,7 @@ class JobService:
                 "rolled_back",
             )
             if (
-                other.kind == "rollback"
+                other.kind in ROLLBACKS
                 or kept_node_as_it_was
                 or other.id in undone
                 or only_looked(other)
@@ -845,6 +845,13 @@ def patch_only(job: Job) -> bool:
     return job.kind == "patch" and not job.active
 
 
+# The kinds of job a rollback job undoes (`rollback`, ha_package_jobs.py's); the rest have
+# none of their own.
+ROLLED_BACK_BY_THE_SERVER = ("upgrade", ha_package_plan.UPGRADE)
+# The kinds of job that undo another (``options.rollback_of``).
+ROLLBACKS = ("rollback", ha_package_plan.ROLLBACK)
+
+
 def only_looked(job: Job) -> bool:
     """A NED migration's dry-run that ended without needing attention: NSO only said what
     it would change (the agent checks every device's ned-id is as it was), so it does not
@@ -868,13 +875,12 @@ def changed_since(later: Job, node_name: str, done: Job) -> Conflict:
             "new package upgrade), or migrate the devices back to their old ned-id and "
             "restore the backup by hand (docs/upgrades.md)"
         )
-    if later.kind == "package_upgrade":
+    if later.kind not in ROLLED_BACK_BY_THE_SERVER:
         return Conflict(
-            f"job {later.id} (package_upgrade, {later.state}) changed the packages of "
-            f"{node_name} after job {done.id}, and a single node's package upgrade has no "
-            f"rollback of its own: job {done.id} cannot be rolled back by the server any "
-            "more. Move forward (a new package upgrade), or restore its backup by hand "
-            "(docs/upgrades.md)"
+            f"job {later.id} ({later.kind}, {later.state}) changed {node_name} after job "
+            f"{done.id}, and a job of kind {later.kind} has no rollback of its own: job "
+            f"{done.id} cannot be rolled back by the server any more. Move forward (a new "
+            "package upgrade), or restore its backup by hand (docs/upgrades.md)"
         )
     return Conflict(
         f"job {later.id} ({later.kind}, {later.state}) changed {node_name} after job "

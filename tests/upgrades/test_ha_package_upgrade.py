@@ -652,3 +652,24 @@ def test_a_member_takes_no_single_node_package_upgrade_even_with_ha_off(
     error = assert_error(answer, 422, "preflight_failed")
     assert [r["code"] for r in error["details"]["reasons"]] == ["group_member"]
     assert "group package-plan pair" in error["message"]
+
+
+def test_a_later_upgrade_rolled_back_since_leaves_the_way_back_open(live, pair, builds) -> None:
+    """A, then B, then B rolled back: A's rollback is the way back now. B (undone) and its
+    rollback (an undo) do not stand in the way, as they do not for a single node."""
+
+    def done(job_id: int) -> dict[str, Any]:
+        ended, _ = _drive(live, pair, job_id, _healthy)
+        assert ended["state"] == "succeeded", ended["error"]
+        pair["nso-a"].heartbeat(_inventory("n1", True))
+        pair["nso-b"].heartbeat(_inventory("n2", False))
+        return ended
+
+    first = done(_start(live, builds["router"])["id"])
+    second = done(_start(live, builds["new-service"])["id"])
+    operator = live.session("operator")
+    undo = operator.post(f"{live.url}/api/v1/jobs/{second['id']}/rollback", json={})
+    assert undo.status_code == 202, undo.text
+    done(undo.json()["id"])
+    again = operator.post(f"{live.url}/api/v1/jobs/{first['id']}/rollback", json={})
+    assert again.status_code == 202, again.text
