@@ -37,6 +37,7 @@ from repo_server.upgrades.jobs import (
     changed_since,
     only_looked,
     patch_only,
+    rolled_back,
 )
 from repo_server.upgrades.models import Job, Step
 from repo_server.upgrades.plans import StepSpec, backup_step
@@ -255,13 +256,7 @@ def _check_nothing_since(jobs: JobService, done: Job) -> None:
     """Refuse when a later job changed a member and was not itself rolled back, or ``done``
     was rolled back already (as JobService._check_nothing_since judges a node)."""
     later = jobs.later_jobs(list(done.nodes), done.id)
-    undone = {
-        int(j.options.get("rollback_of") or 0): j.id
-        for j in later
-        if j.kind in ROLLBACKS and j.state == "succeeded"
-    }
-    if done.id in undone:
-        raise Conflict(f"job {done.id} was rolled back already, by job {undone[done.id]}")
+    undone = rolled_back(later, done)
     for other in later:
         # A rollback undid another job (one of ``done`` that failed: trying again is the
         # way forward); a job rolled back since, or that kept the nodes as they were, left

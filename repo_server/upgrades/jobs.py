@@ -415,13 +415,7 @@ class JobService:
         rolled back, or when ``done`` was rolled back already. Returns the later patch jobs
         (`patch_only`), whose patches the old release does not load."""
         later = self.later_jobs([node], done.id)
-        undone = {
-            int(j.options.get("rollback_of") or 0): j.id
-            for j in later
-            if j.kind in ROLLBACKS and j.state == "succeeded"
-        }
-        if done.id in undone:
-            raise Conflict(f"job {done.id} was rolled back already, by job {undone[done.id]}")
+        undone = rolled_back(later, done)
         patched = []
         for other in later:
             kept_node_as_it_was = other.state == "failed" and other.outcome in (
@@ -850,6 +844,19 @@ def patch_only(job: Job) -> bool:
 ROLLED_BACK_BY_THE_SERVER = ("upgrade", ha_package_plan.UPGRADE)
 # The kinds of job that undo another (``options.rollback_of``).
 ROLLBACKS = ("rollback", ha_package_plan.ROLLBACK)
+
+
+def rolled_back(later: list[Job], done: Job) -> dict[int, int]:
+    """Job id -> the rollback that undid it, among ``later`` jobs; Conflict when ``done``
+    itself was rolled back already."""
+    undone = {
+        int(j.options.get("rollback_of") or 0): j.id
+        for j in later
+        if j.kind in ROLLBACKS and j.state == "succeeded"
+    }
+    if done.id in undone:
+        raise Conflict(f"job {done.id} was rolled back already, by job {undone[done.id]}")
+    return undone
 
 
 def only_looked(job: Job) -> bool:
