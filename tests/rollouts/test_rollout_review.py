@@ -189,3 +189,38 @@ def test_a_patch_for_a_node_a_rollout_is_about_to_move_is_refused_saying_so(
         assert agent.report(step["id"], "succeeded", result=result).status_code == 200
     assert act(live, rid, "pause", reason="the patch first").status_code == 200
     assert patch(nodes=["edge-2"]).status_code == 201
+
+
+def test_all_affected_leaves_out_the_whole_group_of_a_member_about_to_move(
+    live, fleet, tmp_path
+) -> None:
+    """edge-2 waits alone in a rollout, and has since become the primary of a group with
+    edge-3: a group goes whole or not at all, so edge-3 is left out with it."""
+    from tests.api.helpers import put_file
+    from tests.factories import make_patch_bundle
+    from tests.patches.test_rollout_api import ha
+
+    _window(live, "edge-2", datetime.now(timezone.utc) + timedelta(hours=2), 180)
+    rid = create(live, select={"nodes": ["edge-2"]}).json()["id"]
+    primary = ha("primary", "n1", connected_secondaries=["n2"])
+    assert fleet["edge-2"].heartbeat(healthy_inventory("6.1") | primary).status_code == 200
+    secondary = ha("secondary", "n2", primary_id="n1")
+    assert fleet["edge-3"].heartbeat(healthy_inventory("6.1") | secondary).status_code == 200
+    members = [
+        {"node": "edge-2", "ha_id": "n1", "role": "primary"},
+        {"node": "edge-3", "ha_id": "n2", "role": "secondary", "failover": True},
+    ]
+    added = live.session("operator").post(
+        f"{live.url}/api/v1/groups", json={"name": "late", "members": members}
+    )
+    assert added.status_code == 201, added.text
+    path = make_patch_bundle(tmp_path, "6.1", "CSCfix8", ("ncs_fix",))
+    assert put_file(live.session("uploader"), live.url, path).status_code == 201
+    answer = live.session("operator").post(
+        f"{live.url}/api/v1/patch-rollouts", json={"patch": path.name, "all_affected": True}
+    )
+    assert answer.status_code == 201, answer.text
+    left = {n["node"]: n["reason"] for n in answer.json()["left_out"]}
+    assert left["edge-2"] == f"waits in fleet rollout {rid} for its upgrade to NSO 6.2"
+    assert left["edge-3"].startswith("its HA group late has a member that waits")
+    assert sorted(n["node"] for n in answer.json()["nodes"]) == ["edge-1", "edge-4", "edge-5"]
