@@ -42,7 +42,7 @@ from repo_server.patches.models import ACTIONS, PatchRollout, patch_rollout_jobs
 from repo_server.rollouts.models import Rollout, RolloutTarget
 from repo_server.upgrades.models import Job, NodeHold, Step, job_nodes
 from repo_server.upgrades.plans import StepSpec, artifact_ref
-from repo_server.upgrades.preflight import INVENTORY_MAX_AGE, inventory_stale
+from repo_server.upgrades.preflight import INVENTORY_MAX_AGE, holders, inventory_stale
 
 JOB_KIND = "patch"
 # Names a refused request's audit keeps (the request may name thousands, or be hostile).
@@ -306,13 +306,7 @@ class PatchRollouts:
     def _holds(self, targets: list[Target]) -> dict[int, int]:
         """node id -> the job holding it, of the targets (locked: no hold comes or goes
         meanwhile)."""
-        return dict(
-            self.session.execute(
-                select(NodeHold.node_id, NodeHold.job_id).where(
-                    among(NodeHold.node_id, [t.id for t in targets], dialect_of(self.session))
-                )
-            ).all()
-        )
+        return holders(self.session, [t.id for t in targets])
 
     def _affected(
         self, targets: list[Target], vsn: str, now: datetime, holds: dict[int, int]

@@ -26,7 +26,6 @@ from repo_server.rollouts.models import ROLLOUT_ACTIVE, TARGET_OPEN, Rollout, Ro
 from repo_server.upgrades import preflight
 from repo_server.upgrades.ha_jobs import plan_group
 from repo_server.upgrades.ha_plan import WRITE_POLICIES
-from repo_server.upgrades.models import NodeHold
 
 MAX_NAMES = 10_000
 
@@ -386,16 +385,7 @@ def _preflight(
     # and the job that holds it now, if any (the target waits for it).
     ids = [i for t in targets for i in t.node_ids]
     changed = preflight.last_step_ends(session, ids)
-    active: dict[int, int] = {}
-    for i in range(0, len(ids), 1000):
-        active.update(
-            (node_id, job_id)
-            for node_id, job_id in session.execute(
-                select(NodeHold.node_id, NodeHold.job_id).where(
-                    NodeHold.node_id.in_(ids[i : i + 1000])
-                )
-            )
-        )
+    active = preflight.holders(session, ids)
     for target in targets:
         if target.kind == "node":
             node = nodes[target.node_ids[0]]

@@ -33,7 +33,8 @@ from repo_server.group_commit import ALONE
 from repo_server.storage.base import Storage
 from repo_server.upgrades.inline_blobs import inline, live_blobs
 from repo_server.upgrades.jobs import JobService, claimable, hand_out
-from repo_server.upgrades.models import NodeHold, Step, StepReport
+from repo_server.upgrades.models import Step, StepReport
+from repo_server.upgrades.preflight import holders
 from repo_server.upgrades.step_payloads import step_payload
 
 AGENT_ROLES = roles_for("agent")
@@ -69,16 +70,8 @@ def claim_many(
     """What each woken long-poll (by its token's digest) gets: `Served` with ``{"step":
     ...}`` as `GET /api/v1/agent/next` gives it, or ALONE (no step for it now, or anything
     the full path must say)."""
-    dialect = dialect_of(session)
     agents = _agents(session, token_hashes)
-    held: dict[int, int] = {
-        node_id: job_id
-        for node_id, job_id in session.execute(
-            select(NodeHold.node_id, NodeHold.job_id).where(
-                among(NodeHold.node_id, {a.node_id for a in agents.values()}, dialect)
-            )
-        )
-    }
+    held = holders(session, [a.node_id for a in agents.values()])
     mine = [agents.get(digest) for digest in token_hashes]
     served = [a if a is not None and a.node_id in held else None for a in mine]
     served = _one_per_job(served, [held[a.node_id] if a else 0 for a in served])

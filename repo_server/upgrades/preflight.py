@@ -21,11 +21,11 @@ from repo_server.catalog.compatibility import PackageBuild, Refusal, unmet_requi
 from repo_server.catalog.models import Artifact
 from repo_server.catalog.release_models import Release
 from repo_server.catalog.versions import NsoVersion
-from repo_server.db import utcnow
+from repo_server.db import among, dialect_of, utcnow
 from repo_server.fleet.models import Node
 from repo_server.fleet.schemas import inventory_problems
 from repo_server.upgrades.job_states import READ_ONLY_STEPS
-from repo_server.upgrades.models import Step, job_nodes
+from repo_server.upgrades.models import NodeHold, Step, job_nodes
 
 # ncs.conf elements removed in a release: NSO then refuses to start (exit 21) if present.
 REMOVED_NCS_CONF_ELEMENTS = {"show-log-directory": "5.5", "large-scale": "5.6"}
@@ -792,6 +792,24 @@ def last_step_ends(session: Session, node_ids: Iterable[int]) -> dict[int, datet
             if ended is not None
         )
     return ends
+
+
+def holders(session: Session, node_ids: Iterable[int]) -> dict[int, int]:
+    """Node id -> the job that holds it now; nodes no job holds are left out. One query on
+    PostgreSQL (an array parameter), one per thousand nodes on SQLite."""
+    ids = sorted(set(node_ids))
+    dialect = dialect_of(session)
+    size = max(1, len(ids)) if dialect == "postgresql" else 1000
+    held: dict[int, int] = {}
+    for i in range(0, len(ids), size):
+        held.update(
+            session.execute(
+                select(NodeHold.node_id, NodeHold.job_id).where(
+                    among(NodeHold.node_id, ids[i : i + size], dialect)
+                )
+            ).all()
+        )
+    return held
 
 
 def inventory_stale(reported_at: Optional[datetime], now: Optional[datetime] = None) -> bool:
