@@ -31,14 +31,7 @@ from repo_server.upgrades.ha_package_plan import (
     verify_step,
 )
 from repo_server.upgrades.ha_recovery import Roles
-from repo_server.upgrades.jobs import (
-    ROLLBACKS,
-    JobService,
-    changed_since,
-    only_looked,
-    patch_only,
-    rolled_back,
-)
+from repo_server.upgrades.jobs import JobService
 from repo_server.upgrades.models import Job, Step
 from repo_server.upgrades.plans import StepSpec, backup_step
 from repo_server.upgrades.step_payloads import node_context
@@ -191,7 +184,7 @@ def rollback_packages(jobs: JobService, done: Job, who: Principal) -> Job:
         active = jobs.active_job(node)
         if active is not None:
             raise Conflict(f"job {active.id} is running on {node.name}: wait for it first")
-    _check_nothing_since(jobs, done)
+    jobs.check_nothing_since(done, list(done.nodes))
     before = dict(done.options.get("before") or {})
     members = [primary, *roles.secondaries]
     # A rollback changes every member as the upgrade did: the roles checked again (a
@@ -250,20 +243,3 @@ def _roles_of(roles: Roles, node_id: int) -> dict[str, Any]:
         "ha_id": roles.ha_ids[node_id],
         "secondaries": [roles.ha_ids[i] for i in roles.secondaries] if primary else [],
     }
-
-
-def _check_nothing_since(jobs: JobService, done: Job) -> None:
-    """Refuse when a later job changed a member and was not itself rolled back, or ``done``
-    was rolled back already (as JobService._check_nothing_since judges a node)."""
-    later = jobs.later_jobs(list(done.nodes), done.id)
-    undone = rolled_back(later, done)
-    for other in later:
-        # A rollback undid another job (one of ``done`` that failed: trying again is the
-        # way forward); a job rolled back since, or that kept the nodes as they were, left
-        # nothing in the way.
-        kept = other.state == "failed" and other.outcome in ("unchanged", "rolled_back")
-        if other.kind in ROLLBACKS or other.id in undone or kept:
-            continue
-        if patch_only(other) or only_looked(other):
-            continue
-        raise changed_since(other, other.node_name, done)

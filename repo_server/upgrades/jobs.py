@@ -248,7 +248,7 @@ class JobService:
         active = self.active_job(node)
         if active is not None:
             raise Conflict(f"job {active.id} is running on {node.name}: wait for it first")
-        patched = self._check_nothing_since(done, node)
+        patched = self.check_nothing_since(done, [node])
         recovery = _checked_recovery_context(done)
         if not discard_writes:
             raise DiscardConfirmation(
@@ -410,11 +410,12 @@ class JobService:
             )
         )
 
-    def _check_nothing_since(self, done: Job, node: Node) -> list[int]:
-        """Refuse to roll ``done`` back when a later job changed the node and was not itself
-        rolled back, or when ``done`` was rolled back already. Returns the later patch jobs
-        (`patch_only`), whose patches the old release does not load."""
-        later = self.later_jobs([node], done.id)
+    def check_nothing_since(self, done: Job, nodes: list[Node]) -> list[int]:
+        """Refuse to roll ``done`` back when a later job changed one of its ``nodes`` (one
+        node, or an HA group's members) and was not itself rolled back, or when ``done``
+        was rolled back already. Returns the later patch jobs (`patch_only`), whose patches
+        the old release does not load."""
+        later = self.later_jobs(nodes, done.id)
         undone = rolled_back(later, done)
         patched = []
         for other in later:
@@ -435,7 +436,7 @@ class JobService:
                 if other.outcome != "unchanged" and other.source_version == done.target_version:
                     patched.append(other.id)
                 continue
-            raise changed_since(other, node.name, done)
+            raise changed_since(other, nodes[0].name if len(nodes) == 1 else other.node_name, done)
         return patched
 
     # -- queries ----------------------------------------------------------------------
