@@ -362,12 +362,17 @@ class PatchRollouts:
                 ),
             )
         ).all()
+        by_id = {t.id: t for t in targets}
+        by_group: dict[str, list[Target]] = defaultdict(list)
+        for target in targets:
+            if target.group is not None:
+                by_group[target.group].append(target)
         why: dict[str, str] = {}
         for node_id, group, rollout_id, version in rows:
             said = f"waits in fleet rollout {rollout_id} for its upgrade to NSO {version}"
-            for target in targets:
-                if target.id == node_id or (group is not None and target.group == group):
-                    why.setdefault(target.name, said)
+            alone = [by_id[node_id]] if node_id in by_id else []
+            for target in [*alone, *by_group.get(group or "", [])]:
+                why.setdefault(target.name, said)
         return why
 
     def _group_sizes(self, groups: list[str]) -> dict[str, int]:
