@@ -90,15 +90,12 @@ def _reload_answer_lost(ctx: StepContext, lost: CliLost) -> dict[str, Any]:
     step from a server that does not name the packages fails as before."""
     if ctx.params.get("packages") is None:
         raise StepFailed(f"{lost}: whether NSO reloaded is unknown") from None
-    expected = [(name, version) for _, name, version in package_refs(ctx)]
-    removed = removals(ctx)
+    refs = package_refs(ctx)
     problems: list[str] = []
     deadline = time.monotonic() + RELOAD_SETTLE_S
     while True:
         try:
-            problems = check_packages(ctx, expected)
-            still = sorted(set(removed) & ctx.nso.loaded_packages()) if removed else []
-            problems += [f"{name} still loaded" for name in still]
+            problems = _load_problems(ctx, refs)
         except CliError as exc:  # NSO busy with the reload, or the CLI not back yet
             problems = [str(exc)]
         if not problems:
@@ -132,11 +129,18 @@ def _reload(ctx: StepContext) -> dict[str, Any]:
 
 def verify_packages(ctx: StepContext) -> dict[str, Any]:
     refs = package_refs(ctx)
+    problems = _load_problems(ctx, refs)
+    if problems:
+        raise StepFailed("; ".join(problems))
+    return {"packages": [f"{n}-{v}" for _, n, v in refs]}
+
+
+def _load_problems(ctx: StepContext, refs: list[tuple[str, str, str]]) -> list[str]:
+    """What NSO loads unlike the step says: each named build up at its version, each
+    package to remove gone."""
     problems = check_packages(ctx, [(name, version) for _, name, version in refs])
     removed = removals(ctx)
     still = sorted(set(removed) & ctx.nso.loaded_packages()) if removed else []
     if still:
         problems.append(f"{', '.join(still)} still loaded after the reload")
-    if problems:
-        raise StepFailed("; ".join(problems))
-    return {"packages": [f"{n}-{v}" for _, n, v in refs]}
+    return problems
