@@ -67,22 +67,53 @@ def pg_url(postgres_server: Any) -> str:
     return postgres_server.url("postgres")
 
 
-def _listening(url: str, count: int = 1, within: float = 15) -> None:
-    """Until ``count`` backends LISTEN on the channel."""
-    admin = create_engine(url)
-    deadline = time.monotonic() + within
+@pytest.fixture
+def role(pg_url: str) -> Iterator[str]:
+    """A login role of the test's own. The cluster is shared by the worker's tests, and
+    others may leave LISTEN connections of their own behind: every count and kill here
+    looks only at this role's backends."""
+    name = f"listen_{secrets.token_hex(4)}"
+    admin = create_engine(pg_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(text(f"CREATE ROLE {name} LOGIN"))
     try:
-        while time.monotonic() < deadline:
-            with admin.connect() as c:
-                listening = c.execute(
-                    text("SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN %'")
-                ).scalar_one()
-            if listening >= count:
-                return
-            time.sleep(0.1)
+        yield name
+    finally:
+        with admin.connect() as c:
+            c.execute(
+                text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = :r"),
+                {"r": name},
+            )
+            c.execute(text(f"DROP ROLE IF EXISTS {name}"))
+        admin.dispose()
+
+
+def _listeners(url: str, role: str) -> list[int]:
+    """The pids of the role's backends that LISTEN."""
+    admin = create_engine(url)
+    try:
+        with admin.connect() as c:
+            return list(
+                c.execute(
+                    text(
+                        "SELECT pid FROM pg_stat_activity "
+                        "WHERE usename = :r AND query LIKE 'LISTEN %'"
+                    ),
+                    {"r": role},
+                ).scalars()
+            )
     finally:
         admin.dispose()
-    raise AssertionError(f"fewer than {count} LISTEN connections after {within} s")
+
+
+def _listening(url: str, role: str, within: float = 15) -> list[int]:
+    """Until one of the role's backends LISTENs on the channel; their pids."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if pids := _listeners(url, role):
+            return pids
+        time.sleep(0.1)
+    raise AssertionError(f"no LISTEN connection of {role} after {within} s")
 
 
 @pytest.fixture
@@ -95,13 +126,13 @@ def woken() -> Iterator[tuple[Notifier, threading.Event]]:
 
 
 def test_a_killed_listen_connection_listens_again_and_waiting_polls_look_again(
-    pg_url: str, woken: tuple[Notifier, threading.Event]
+    pg_url: str, role: str, woken: tuple[Notifier, threading.Event]
 ) -> None:
     notifier, event = woken
-    listener = PostgresListener(create_engine(pg_url), notifier)
+    listener = PostgresListener(create_engine(make_url(pg_url).set(username=role)), notifier)
     listener.start()
     try:
-        _listening(pg_url)
+        first = _listening(pg_url, role)
         event.clear()
         assert notifier.watch(1, notifier.counter(1), event.set)
         admin = create_engine(pg_url)
@@ -109,8 +140,9 @@ def test_a_killed_listen_connection_listens_again_and_waiting_polls_look_again(
             killed = c.execute(
                 text(
                     "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                    "WHERE query LIKE 'LISTEN %'"
-                )
+                    "WHERE usename = :r AND query LIKE 'LISTEN %'"
+                ),
+                {"r": role},
             ).scalar_one()
             # Work for node 1 while nobody listens: this NOTIFY is lost.
             c.execute(text("SELECT pg_notify(:c, '1')"), {"c": CHANNEL})
@@ -118,23 +150,23 @@ def test_a_killed_listen_connection_listens_again_and_waiting_polls_look_again(
         admin.dispose()
         assert killed == 1
         assert event.wait(15), "the waiting poll was never told to look again"
-        _listening(pg_url)
+        assert set(_listening(pg_url, role)).isdisjoint(first)
     finally:
         listener.stop()
         listener.join(timeout=10)
 
 
 def test_a_listen_connection_gone_quiet_is_noticed_and_replaced(
-    postgres_server: Any, pg_url: str, woken: tuple[Notifier, threading.Event]
+    postgres_server: Any, pg_url: str, role: str, woken: tuple[Notifier, threading.Event]
 ) -> None:
     notifier, event = woken
     proxy = StallingProxy(postgres_server.host, postgres_server.port)
-    through = make_url(pg_url).set(host="127.0.0.1", port=proxy.port)
+    through = make_url(pg_url).set(host="127.0.0.1", port=proxy.port, username=role)
     listener = PostgresListener(create_engine(through), notifier)
     listener.PING_EVERY_S, listener.PING_LATE_S = 0.5, 1.0
     listener.start()
     try:
-        _listening(pg_url)
+        _listening(pg_url, role)
         event.clear()
         assert notifier.watch(1, notifier.counter(1), event.set)
         time.sleep(1.5)  # pings come back: nothing happens
@@ -160,37 +192,25 @@ def test_a_listen_connection_gone_quiet_is_noticed_and_replaced(
 
 
 def test_a_ping_that_finds_no_connection_slot_keeps_the_listen_connection(
-    pg_url: str, woken: tuple[Notifier, threading.Event]
+    pg_url: str, role: str, woken: tuple[Notifier, threading.Event]
 ) -> None:
     """PostgreSQL out of connection slots (here: its role may have one, the LISTEN one): the
     ping cannot be sent, which says nothing of the connection that listens. Closing that
     one would hand its slot to any other client, and other processes' wake-ups would be
     lost until a slot came free."""
     notifier, event = woken
-    role = f"listen_{secrets.token_hex(4)}"
     admin = create_engine(pg_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as c:
-        c.execute(text(f"CREATE ROLE {role} LOGIN CONNECTION LIMIT 1"))
+        c.execute(text(f"ALTER ROLE {role} CONNECTION LIMIT 1"))
     listener = PostgresListener(create_engine(make_url(pg_url).set(username=role)), notifier)
     listener.PING_EVERY_S = 0.3
     listener.start()
-
-    def listening() -> list[int]:
-        with admin.connect() as c:
-            return list(
-                c.execute(
-                    text(
-                        "SELECT pid FROM pg_stat_activity WHERE usename = :r AND query LIKE 'LISTEN %'"
-                    ),
-                    {"r": role},
-                ).scalars()
-            )
-
     try:
-        _listening(pg_url)
-        first = listening()
+        first = _listening(pg_url, role)
         time.sleep(2)  # a few pings tried, none could connect
-        assert listening() == first, "the LISTEN connection was closed for a failed ping"
+        assert _listeners(pg_url, role) == first, (
+            "the LISTEN connection was closed for a failed ping"
+        )
         event.clear()
         assert notifier.watch(1, notifier.counter(1), event.set)
         with admin.connect() as c:
@@ -199,10 +219,4 @@ def test_a_ping_that_finds_no_connection_slot_keeps_the_listen_connection(
     finally:
         listener.stop()
         listener.join(timeout=10)
-        with admin.connect() as c:
-            c.execute(
-                text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = :r"),
-                {"r": role},
-            )
-            c.execute(text(f"DROP ROLE IF EXISTS {role}"))
         admin.dispose()
