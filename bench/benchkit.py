@@ -74,6 +74,19 @@ def process_tree(pid: int) -> list[int]:
     return seen
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User and system CPU seconds the processes (and their reaped children) used so far."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += sum(int(v) for v in fields[11:15]) / ticks  # utime stime cutime cstime
+    return total
+
+
 @dataclass
 class Started:
     """A process this script started, in its own process group, with its log file."""

@@ -49,6 +49,7 @@ sys.path.insert(0, str(REPO))
 
 from benchkit import (  # noqa: E402
     BenchError,
+    cpu_seconds,
     loadavg,
     process_tree,
     run_benchmark,
@@ -225,19 +226,6 @@ def settled(pids: list[int], within: float = 30.0) -> None:
         if now - before < 0.025:
             return
         before = now
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    """User and system CPU seconds the processes (and their reaped children) used so far."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += sum(int(v) for v in fields[11:15]) / ticks  # utime stime cutime cstime
-    return total
 
 
 def pg_connections(url: str) -> dict[str, int]:

@@ -312,6 +312,7 @@ def remove_patch(ctx: StepContext) -> dict[str, Any]:
     gone: list[str] = []
     ran_load = False
     try:
+        _refuse_kept_but_running(ctx, patch, kept)
         if removed:
             ctx.journal.update("patch_removal", patch_removal_began=True)
         for module in removed:
@@ -340,6 +341,26 @@ def remove_patch(ctx: StepContext) -> dict[str, Any]:
     except Exception as exc:
         raise _removal_failed(ctx, patch, gone, ran_load, earlier, exc) from exc
     return {"modules": ours, "kept": kept, "changed": changed}
+
+
+def _refuse_kept_but_running(ctx: StepContext, patch: _Patch, kept: list[str]) -> None:
+    """Before anything is taken out: a module whose file holds another build but which NSO
+    still runs from this patch (by the patch id NSO prints) would stay loaded, and the
+    removal would say the patch is off. Its file is not ours to delete, and load-modules
+    would load that other build, which nobody asked for: the step stops and says so."""
+    if not kept:
+        return
+    loaded = ctx.nso.loaded_patches()
+    running = [m for m in kept if (row := loaded.get(m)) is not None and row.patch_id == patch.id]
+    if running:
+        names = ", ".join(f"{m}.beam" for m in running)
+        raise StepFailed(
+            f"NSO still runs {', '.join(running)} of patch {patch.id}, but {names} in the "
+            "patches folder holds another build, not loaded yet (a later patch cut short, "
+            "or a file copied by hand); load-modules would load that build. Find which "
+            "patch it belongs to ('show ncs-state patches' and the folder on the host): "
+            "roll that patch out, or take its file out, then roll this removal out again"
+        )
 
 
 def _removal_failed(

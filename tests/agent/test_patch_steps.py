@@ -588,14 +588,16 @@ def test_a_rerun_after_a_crash_loads_the_new_build_and_says_changed(
 def test_remove_leaves_a_failure_of_a_module_it_keeps_alone(
     make_host, file_server, driver, tmp_path
 ) -> None:
-    """ncs_b's file is another build (a later patch) that NSO refuses: the removal keeps
-    it, so its failure at load-modules is not the removal's."""
+    """ncs_b is a later patch's now (CSCfix3, loaded), and its file yet another build that
+    NSO refuses: the removal keeps it, so its failure at load-modules is not the removal's."""
     host = make_host("6.2", [])
     drive = driver(config_for(host), file_server)
     bundle = make_bundle(tmp_path, "6.2", "CSCfix1", "ncs_a", "ncs_b")
     step = params(file_server, bundle, "6.2", "CSCfix1", "ncs_a", "ncs_b")
     drive.step("apply_patch", step)
-    (host.path(PATCHES) / "ncs_b.beam").write_bytes(beam(tmp_path, "6.1", "CSCfix3", "ncs_b"))
+    later = make_bundle(tmp_path, "6.2", "CSCfix3", "ncs_b")
+    drive.step("apply_patch", params(file_server, later, "6.2", "CSCfix3", "ncs_b"))
+    (host.path(PATCHES) / "ncs_b.beam").write_bytes(beam(tmp_path, "6.1", "CSCfix4", "ncs_b"))
     removed = drive.step("remove_patch", step)
     assert removed == {"modules": ["ncs_a"], "kept": ["ncs_b"], "changed": True}
     assert sorted(files(host)) == [".keep", "ncs_b.beam"]
@@ -664,6 +666,25 @@ def test_a_removal_rerun_after_a_crash_still_says_changed(
     assert sorted(files(host)) == [".keep"]
     # A new removal step (another job) of the same, now absent, patch changes nothing.
     assert drive.step("remove_patch", step)["changed"] is False
+
+
+def test_a_removal_stops_when_nso_runs_the_patch_from_a_file_since_replaced(
+    make_host, file_server, driver, tmp_path
+) -> None:
+    """The file of the patch's module holds another build, written but not loaded (a later
+    patch cut short): NSO still runs CSCfix1's ncs_a. The removal must not say the patch is
+    off, nor load a build nobody asked for; it changes nothing and says what to do."""
+    host, drive, step = patched(make_host, file_server, driver, tmp_path)
+    other = beam(tmp_path, "6.2", "CSCfix9", "ncs_a")
+    (host.path(PATCHES) / "ncs_a.beam").write_bytes(other)
+    with pytest.raises(StepFailed, match="NSO still runs ncs_a of patch CSCfix1") as failed:
+        drive.step("remove_patch", step)
+    assert failed.value.result == {"changed": False}
+    assert "CSCfix1" in listed(host) and files(host)["ncs_a.beam"] == other
+    # Once that file is dealt with (taken out here), the removal unloads the patch.
+    (host.path(PATCHES) / "ncs_a.beam").unlink()
+    assert drive.step("remove_patch", step)["changed"] is True
+    assert "ncs_a" not in listed(host)
 
 
 # -- reruns: the outcome of an earlier attempt is told, and never undone by mistake ---------
