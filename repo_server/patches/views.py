@@ -73,23 +73,23 @@ class Rollouts(MethodView):
 @blp.after_request
 def audit_refused_trigger(response: Response) -> Response:
     """A trigger refused before the service saw it is audited too, with who sent it: a role
-    that may not start rollouts (403), a body the schema refuses (422). An emergency change
-    that was refused is part of the incident's story (PatchRollouts.start audits the rest).
-    Without a token there is no one to name: failed authentication is counted elsewhere."""
+    that may not start rollouts (403), a body the schema refuses (422), one that is not
+    JSON or cut short (400), one too large (413): any refusal once the caller is known. An
+    emergency change that was refused is part of the incident's story (PatchRollouts.start
+    audits the rest). Without a token there is no one to name: failed authentication is
+    counted elsewhere."""
     if (
         request.method != "POST"
         or request.endpoint != "patches.Rollouts"
-        or response.status_code not in (403, 422)
+        or not 400 <= response.status_code < 500
         or g.get("refusal_audited")
         or not g.get("actor")
     ):
         return response
-    body = request.get_json(silent=True)
+    body = request.get_json(silent=True) if response.status_code != 413 else None
     body = body if isinstance(body, dict) else {}
     error = (response.get_json(silent=True) or {}).get("error") or {}
-    refused = (Forbidden if response.status_code == 403 else ValidationFailed)(
-        str(error.get("message") or "refused")
-    )
+    refused = _refusal(response.status_code, error)
     patch = body.get("patch")
     session = db_session()
     try:
@@ -149,3 +149,13 @@ def sign_patch(body: dict[str, Any], filename: str) -> Any:
         who=principal(),
         **body,
     )
+
+
+def _refusal(status: int, error: dict[str, Any]) -> AppError:
+    """The refusal a response carries, as an AppError whose code is the one the caller got."""
+    base = Forbidden if status == 403 else ValidationFailed if status == 422 else AppError
+    refused = base(str(error.get("message") or "refused"))
+    code = error.get("code")
+    if isinstance(code, str) and code.isascii() and code.replace("_", "").isalnum():
+        refused.code = code[:64]  # type: ignore[misc]
+    return refused

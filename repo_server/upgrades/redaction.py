@@ -25,9 +25,22 @@ def masked(text: Any) -> Any:
 
 
 def job_for_viewer(job: dict[str, Any]) -> dict[str, Any]:
-    """A dumped job (a summary or the whole job) with its error and step messages masked."""
+    """A dumped job (a summary or the whole job) with its error, step messages and options
+    masked: options carry host paths too (an HA package rollback names the backups of the
+    upgrade it undoes)."""
     shown = {**job, "error": masked(job.get("error"))} if "error" in job else dict(job)
+    if "options" in shown:
+        shown["options"] = _masked_tree(shown["options"])
     return _masked_in(shown, "steps")
+
+
+def _masked_tree(value: Any) -> Any:
+    """``value`` with every string in it, at any depth, masked."""
+    if isinstance(value, dict):
+        return {k: _masked_tree(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_masked_tree(v) for v in value]
+    return masked(value)
 
 
 def rollout_for_viewer(rollout: dict[str, Any]) -> dict[str, Any]:

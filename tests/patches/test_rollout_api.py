@@ -439,6 +439,24 @@ def test_each_refusal_says_why_and_creates_nothing(live, bundle, tmp_path: Path)
     assert len(events) == 16, codes
 
 
+def test_a_trigger_whose_body_is_not_json_is_audited_with_its_caller(live, bundle) -> None:
+    """Refused before any schema could read it (cut short: 400), the emergency trigger is
+    still part of the incident's story, with who sent it and the code they got."""
+    cut = live.session("operator").post(
+        f"{live.url}/api/v1/patch-rollouts",
+        data=json.dumps({"patch": BUNDLE, "all_affected": True})[:-1],
+        headers={"Content-Type": "application/json"},
+    )
+    assert 400 <= cut.status_code < 500, cut.text
+    refused = live.session("admin").get(
+        f"{live.url}/api/v1/audit", params={"action": "patch.rollout_refused"}
+    )
+    assert refused.status_code == 200, refused.text
+    [event] = refused.json()
+    assert event["actor"].startswith("operator:")
+    assert event["details"]["code"] == cut.json()["error"]["code"]
+
+
 def _report_aged(app_state, *names: str, minutes: int = 10) -> None:
     """The nodes' last inventory arrived ``minutes`` ago (their agents went quiet)."""
     with app_state.sessions() as session:

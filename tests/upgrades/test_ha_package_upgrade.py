@@ -4,6 +4,7 @@ and simulated hosts run it in tests/e2e/test_ha_package_upgrade.py."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -217,6 +218,11 @@ def test_a_failed_sync_reads_every_member_and_says_the_way_back(live, pair, buil
     assert answer.status_code == 202, answer.text
     rollback = answer.json()
     assert rollback["kind"] == "ha_package_rollback"
+    # Nor anywhere in the rollback, which names the upgrade's backups (options.backups).
+    for path in (f"/api/v1/jobs/{rollback['id']}", "/api/v1/jobs"):
+        seen = live.session("viewer").get(f"{live.url}{path}")
+        assert seen.status_code == 200 and "/var/opt/ncs" not in seen.text, seen.text
+    assert "/var/opt/ncs/backups" in json.dumps(rollback["options"])  # an operator sees them
     # Each member's role checked again and a fresh proven backup of each, before the sync.
     shape = [(s["node"], s["name"]) for s in rollback["steps"]]
     assert shape == [
