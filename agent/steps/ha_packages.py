@@ -225,7 +225,7 @@ def _lost_sync(ctx: StepContext, sync: Sync, how: str) -> str:
     while True:
         looks += 1
         try:
-            verdict = _verdict(ctx, expected, sync.before)
+            verdict = _verdict(ctx, expected, sync.before, whole=not sync.targets)
             last = "NSO still holds this primary read-only, or it does not load them yet"
         except AgentError as exc:  # NSO restarting, the CLI away: look again
             verdict, last = None, f"NSO could not be read: {exc}"
@@ -244,16 +244,26 @@ def _lost_sync(ctx: StepContext, sync: Sync, how: str) -> str:
     return ""
 
 
-def _verdict(ctx: StepContext, expected: dict[str, str], before: bool) -> Optional[list[str]]:
+def _verdict(
+    ctx: StepContext, expected: dict[str, str], before: bool, whole: bool
+) -> Optional[list[str]]:
     """What a sync NSO has ended did to this primary (what is wrong; empty: it succeeded),
     or None while it may still run. NSO holds the primary read-only while it syncs, puts
-    the mode before back when it succeeds and leaves it read-write when it fails."""
+    the mode before back when it succeeds and leaves it read-write when it fails.
+
+    ``whole``: ``expected`` is every package of the load path (a sync that names none),
+    so a package loaded beside them is one the sync has still to take out. Read-only as
+    before, with every expected package up, is then no proof the sync ended: the rollback
+    of an upgrade that added a package, or an upgrade that only removes one, starts from a
+    primary that loads all of them already."""
     held = ctx.nso.ha_read_only_mode()
     if held and not before:
         return None
     missing = _missing(ctx, expected)
     if held and missing:
         return None  # read-only as before: a sync still running looks the same
+    if held and whole and set(ctx.nso.package_states()) - set(expected):
+        return None  # it still loads what the sync takes out
     return _wrong(expected, missing, before, held)
 
 

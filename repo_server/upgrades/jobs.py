@@ -419,7 +419,8 @@ class JobService:
         undone = rolled_back(later, done)
         patched = []
         for other in later:
-            kept_node_as_it_was = other.state == "failed" and other.outcome in (
+            # Failed or cancelled, a job that left the node as it was changed nothing.
+            kept_node_as_it_was = other.state in ("failed", "cancelled") and other.outcome in (
                 "unchanged",
                 "rolled_back",
             )

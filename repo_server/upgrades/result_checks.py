@@ -112,15 +112,34 @@ def _packages_verified(job: Job, step: Step, result: dict[str, Any]) -> Optional
     return _refused(step, "it reports " + "; ".join(problems[:SHOWN]))
 
 
-def _synced(_job: Job, step: Step, result: dict[str, Any]) -> Optional[str]:
-    """A sync told the mode to end in (a rollback's) ends in it."""
+def _synced(job: Job, step: Step, result: dict[str, Any]) -> Optional[str]:
+    """A sync ends in the mode it is told (a rollback's ``read_only_after``), else in the
+    mode the primary had before it: the one its agent read just before the sync, which is
+    the one the job's check of the primary read. An agent's word that it left another is no
+    success: the primary would stay read-only (or read-write) and nobody be told."""
     wanted = step.params.get("read_only_after")
-    if not isinstance(wanted, bool) or result.get("read_only") is wanted:
+    if isinstance(wanted, bool):
+        if result.get("read_only") is wanted:
+            return None
+        return _refused(
+            step,
+            f"it left the primary read-only {result.get('read_only')!s} and the step ends it "
+            f"{wanted!s}, the mode before the upgrade",
+        )
+    before = result.get("read_only_before")
+    checked = node_context(job, step.node_id).get("read_only")
+    if isinstance(checked, bool) and before is not checked:
+        return _refused(
+            step,
+            f"it says the primary was read-only {before!s} before the sync, and the job's "
+            f"check read it {checked!s}",
+        )
+    if isinstance(before, bool) and result.get("read_only") is before:
         return None
     return _refused(
         step,
-        f"it left the primary read-only {result.get('read_only')!s} and the step ends it "
-        f"{wanted!s}, the mode before the upgrade",
+        f"it left the primary read-only {result.get('read_only')!s}, and it was "
+        f"{before!s} before the sync",
     )
 
 

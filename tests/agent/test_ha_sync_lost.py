@@ -304,3 +304,38 @@ def _loaded_now(config) -> list[dict[str, str]]:
 
     states = Nso(config).package_states()
     return [{"name": n, "version": v} for n, (v, _) in sorted(states.items()) if v]
+
+
+def test_a_lost_sync_that_takes_a_package_out_is_waited_for_though_read_only_as_before(
+    make_cluster, artifacts
+) -> None:
+    """A sync that only takes a package out (the rollback of an upgrade that added one):
+    the primary, read-only before, loads every package of its load path already while
+    NSO still syncs. That is no proof the sync ended: the step waits until NSO no longer
+    loads the package taken out, and sets the mode it was told only then."""
+    primary, _ = _pair(make_cluster, artifacts)
+    # A service with no data yet, added to both members, then taken out of the load path.
+    extra = artifacts.service("6.2", "1.0", name="audit-svc")
+    shutil.copy(extra, primary.path("/opt/ncs/packages"))
+    assert primary.cli("software packages install package audit-svc-1.0")[1] == 0
+    assert primary.cli(SYNC)[1] == 0
+    assert _version(primary, "audit-svc") == "package-version 1.0"
+    (primary.path("/var/opt/ncs/packages") / extra.name).unlink()
+    primary.cli("high-availability read-only mode true")
+    # The first attempt sent the sync, then the agent restarted: the sync runs on in NSO.
+    _fault(primary, "ha-sync-cli-lost", str(HOLD))
+    began, sent_at = time.monotonic(), time.time()
+    assert primary.cli(SYNC, primary.ssh()) == ("", -1)
+
+    ctx, outcome = _sync(
+        agent_config(primary),
+        {"packages": [], "sync_timeout": 60, "read_only_after": False},
+        read_only_before=True,
+        sync_sent=True,
+        sync_sent_at=sent_at,
+    )
+
+    assert outcome == {"read_only_before": True, "read_only": False}, outcome
+    assert time.monotonic() - began >= HELD_S, "judged ended while NSO still synced"
+    assert "1.0" not in _version(primary, "audit-svc")
+    assert not read_only(primary) and SET_MODE in _step_log(ctx)  # set once NSO had ended

@@ -679,3 +679,59 @@ def test_a_later_upgrade_rolled_back_since_leaves_the_way_back_open(live, pair, 
     done(undo.json()["id"])
     again = operator.post(f"{live.url}/api/v1/jobs/{first['id']}/rollback", json={})
     assert again.status_code == 202, again.text
+
+
+def test_a_later_job_cancelled_before_it_changed_anything_leaves_the_rollback_open(
+    live, pair, builds
+) -> None:
+    """A later job cancelled before any member took a step (cancelled, unchanged) left the
+    group as it was: it has no rollback of its own, so it must not stand in the way of
+    the earlier job's."""
+    first = _start(live, builds["router"])
+    done, _ = _drive(live, pair, first["id"], _healthy)
+    assert done["state"] == "succeeded", done["error"]
+    pair["nso-a"].heartbeat(_inventory("n1", True))
+    pair["nso-b"].heartbeat(_inventory("n2", False))
+    second = _start(live, builds["new-service"])
+    operator = live.session("operator")
+    cancelled = operator.post(
+        f"{live.url}/api/v1/jobs/{second['id']}/cancel", json={"reason": "wrong package"}
+    )
+    assert (cancelled.json()["state"], cancelled.json()["outcome"]) == ("cancelled", "unchanged")
+    refused = operator.post(f"{live.url}/api/v1/jobs/{second['id']}/rollback", json={})
+    assert_error(refused, 409, "conflict")
+    back = operator.post(f"{live.url}/api/v1/jobs/{first['id']}/rollback", json={})
+    assert back.status_code == 202, back.text
+
+
+@pytest.mark.parametrize(
+    "said",
+    [
+        {"read_only_before": False, "read_only": True},  # left read-only, and says so
+        {"read_only_before": True, "read_only": True},  # says it found it read-only
+    ],
+    ids=["left-another-mode", "before-unlike-the-check"],
+)
+def test_a_sync_that_ends_in_another_mode_than_before_is_no_success(
+    live, pair, builds, said
+) -> None:
+    """The primary was read-write before (its check read it so). A sync whose agent says it
+    left the primary read-only is not taken for a success, however the verification that
+    follows agrees with it: the group would stay read-only and nobody be told."""
+    job = _start(live, builds["router"])
+
+    def left_read_only(node: str, step: dict[str, Any]) -> Outcome:
+        state, result, message = _healthy(node, step)
+        if step["name"] == "ha_sync_packages":
+            result = dict(said)
+        if step["params"].get("survey"):
+            result = {"loaded": _loaded(LOADED), "read_only": node == "nso-a"}
+        elif step["name"] == "ha_verify_packages" and node == "nso-a":
+            result = {**result, "read_only": True}
+        return state, result, message
+
+    ended, _ = _drive(live, pair, job["id"], left_read_only)
+    assert (ended["state"], ended["outcome"]) == ("failed", "needs_attention"), ended
+    sync = next(s for s in ended["steps"] if s["name"] == "ha_sync_packages")
+    assert sync["state"] == "failed" and "before the sync" in sync["message"], sync
+    assert "read-only true" in ended["error"], ended["error"]
