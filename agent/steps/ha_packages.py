@@ -38,6 +38,9 @@ SYNC_POLL_S = 2.0  # how often that wait reads NSO, at most
 # was sent (at most a quarter of its bound), however steady.
 SYNC_SETTLE_S = 600.0
 
+# Package name -> (package-version, oper-status), as `show packages` gives them.
+PackageStates = dict[str, tuple[Optional[str], Optional[str]]]
+
 
 def _packages(ctx: StepContext) -> list[tuple[str, str]]:
     """(name, version) of each entry of the ``packages`` param, both checked."""
@@ -170,21 +173,20 @@ def _unlike_success(ctx: StepContext, sync: Sync) -> str:
     (what the sync prints is not documented: the answer alone is not taken): it loads what
     the step expects, each up, and NSO did not leave it read-write when it was read-only
     before. What is wrong, for the failure; empty when nothing is."""
-    expected, judged_by = _expected(ctx, sync.targets)
+    goal = _expected(ctx, sync.targets)
     try:
         # Read only when it was read-only before: only then does the mode say anything.
         held = ctx.nso.ha_read_only_mode() if sync.before else False
-        wrong = _wrong(expected, _missing(ctx, expected), sync.before, held)
+        wrong = _wrong(goal, ctx.nso.package_states(), sync.before, held)
     except AgentError as exc:
         wrong = [f"what this primary loads could not be read ({exc})"]
     if not wrong:
         return ""
-    return f"NSO's answer named no failure, but {'; '.join(wrong)} ({judged_by})"
+    return f"NSO's answer named no failure, but {'; '.join(wrong)} ({goal.judged_by})"
 
 
-def _missing(ctx: StepContext, expected: dict[str, str]) -> list[str]:
+def _missing(loaded: PackageStates, expected: dict[str, str]) -> list[str]:
     """The expected packages this node does not load at their version, up."""
-    loaded = ctx.nso.package_states()
     return [
         f"{name} {version} up (loaded: {_shown(loaded.get(name))})"
         for name, version in sorted(expected.items())
@@ -215,7 +217,7 @@ def _lost_sync(ctx: StepContext, sync: Sync, how: str) -> str:
     NSO has ended it. Raises StepFailed, read-only untouched, when NSO has not by the
     sync's deadline: the step must not turn read-only off under a sync, nor call it back
     while NSO may still leave the primary read-write."""
-    expected, judged_by = _expected(ctx, sync.targets)
+    goal = _expected(ctx, sync.targets)
     poll = min(SYNC_POLL_S, sync.bound / 10)
     # A verdict counts once two looks in a row agree: the first may catch NSO between
     # two of its own steps. Two looks at least, even past the deadline.
@@ -225,7 +227,7 @@ def _lost_sync(ctx: StepContext, sync: Sync, how: str) -> str:
     while True:
         looks += 1
         try:
-            verdict = _verdict(ctx, expected, sync.before, whole=not sync.targets)
+            verdict = _verdict(ctx, goal, sync.before)
             last = "NSO still holds this primary read-only, or it does not load them yet"
         except AgentError as exc:  # NSO restarting, the CLI away: look again
             verdict, last = None, f"NSO could not be read: {exc}"
@@ -239,42 +241,46 @@ def _lost_sync(ctx: StepContext, sync: Sync, how: str) -> str:
             raise StepFailed(_unknown(ctx, sync, how, last))
         time.sleep(poll)
     if verdict:
-        return f"{how}. Once NSO had settled: {'; '.join(verdict)} ({judged_by})"
-    ctx.log(f"the sync succeeded: this primary loads {judged_by}, each up")
+        return f"{how}. Once NSO had settled: {'; '.join(verdict)} ({goal.judged_by})"
+    ctx.log(f"the sync succeeded: this primary loads {goal.judged_by}, each up")
     return ""
 
 
-def _verdict(
-    ctx: StepContext, expected: dict[str, str], before: bool, whole: bool
-) -> Optional[list[str]]:
+def _verdict(ctx: StepContext, goal: Goal, before: bool) -> Optional[list[str]]:
     """What a sync NSO has ended did to this primary (what is wrong; empty: it succeeded),
     or None while it may still run. NSO holds the primary read-only while it syncs, puts
     the mode before back when it succeeds and leaves it read-write when it fails.
 
-    ``whole``: ``expected`` is every package of the load path (a sync that names none),
-    so a package loaded beside them is one the sync has still to take out. Read-only as
-    before, with every expected package up, is then no proof the sync ended: the rollback
-    of an upgrade that added a package, or an upgrade that only removes one, starts from a
-    primary that loads all of them already."""
+    Read-only as before, with every expected package up, is no proof the sync ended when
+    the goal is the whole load path: the rollback of an upgrade that added a package, or
+    an upgrade that only removes one, starts from a primary that loads all of them
+    already. Until NSO no longer loads the packages the sync takes out, it may still run."""
     held = ctx.nso.ha_read_only_mode()
     if held and not before:
         return None
-    missing = _missing(ctx, expected)
-    if held and missing:
+    loaded = ctx.nso.package_states()
+    if held and (_missing(loaded, goal.packages) or _beside(loaded, goal)):
         return None  # read-only as before: a sync still running looks the same
-    if held and whole and set(ctx.nso.package_states()) - set(expected):
-        return None  # it still loads what the sync takes out
-    return _wrong(expected, missing, before, held)
+    return _wrong(goal, loaded, before, held)
 
 
-def _wrong(expected: dict[str, str], missing: list[str], before: bool, held: bool) -> list[str]:
+def _wrong(goal: Goal, loaded: PackageStates, before: bool, held: bool) -> list[str]:
     """What is wrong with a sync NSO has ended, seen on this primary (empty: nothing)."""
+    missing = _missing(loaded, goal.packages)
     wrong = [f"this primary does not load {', '.join(missing)}"] if missing else []
-    if not expected:
+    beside = _beside(loaded, goal)
+    if beside:
+        wrong.append(f"this primary still loads {', '.join(beside)}, which the sync takes out")
+    if not goal.packages and not goal.whole:
         wrong.append("there is nothing to judge the sync by, so it is not taken as succeeded")
     if before and not held:
         wrong.append("NSO left this primary read-write, as it does when the sync fails")
     return wrong
+
+
+def _beside(loaded: PackageStates, goal: Goal) -> list[str]:
+    """Packages loaded beside the goal's, when the goal is every package to load."""
+    return sorted(set(loaded) - set(goal.packages)) if goal.whole else []
 
 
 def _shown(state: Optional[tuple[Optional[str], Optional[str]]]) -> str:
@@ -283,20 +289,32 @@ def _shown(state: Optional[tuple[Optional[str], Optional[str]]]) -> str:
     return f"{state[0] or '(no version)'}, {state[1] or 'no oper-status'}"
 
 
-def _expected(ctx: StepContext, targets: list[tuple[str, str]]) -> tuple[dict[str, str], str]:
-    """What this primary loads, each up, when the sync succeeded, and how the step knows:
-    the step's packages, else (a rollback's sync names none) those in the load path."""
+@dataclass(frozen=True)
+class Goal:
+    """What this primary loads, each up, once the sync succeeded: ``packages`` by name,
+    and ``whole`` when they are every package it is to load (the load path's: nothing
+    else stays loaded); ``judged_by`` says how the step knows."""
+
+    packages: dict[str, str]
+    whole: bool
+    judged_by: str
+
+
+def _expected(ctx: StepContext, targets: list[tuple[str, str]]) -> Goal:
+    """The step's packages, else (a rollback's sync, or one that only removes packages,
+    names none) every package in the load path: none at all when it holds none. A load
+    path that cannot be read gives nothing to judge by."""
     if targets:
-        return dict(targets), "the step's packages"
+        return Goal(dict(targets), False, "the step's packages")
     load_dir = ctx.paths.load_dir
+    where = ctx.paths.host_path(load_dir)
     try:
         entries = sorted(load_dir.iterdir())
-    except OSError:
-        entries = []
+    except OSError as exc:
+        return Goal({}, False, f"{where} could not be read: {exc.strerror or exc}")
     found = dict(pkgs.package_identity(entry) for entry in entries)
     found = {name: version for name, version in found.items() if version}
-    where = ctx.paths.host_path(load_dir)
-    return found, f"judged by the packages in {where}, as the step names none"
+    return Goal(found, True, f"judged by the packages in {where}, as the step names none")
 
 
 def _unknown(ctx: StepContext, sync: Sync, how: str, last: str) -> str:

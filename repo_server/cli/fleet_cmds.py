@@ -320,6 +320,18 @@ def node_upgrade_packages(
         watch_job(client, created["id"])
 
 
+# The group's command is `group package-upgrade`: the same words work for a node, unlisted.
+node.add_command(
+    click.Command(
+        "package-upgrade",
+        params=node_upgrade_packages.params,
+        callback=node_upgrade_packages.callback,
+        help=node_upgrade_packages.help,
+        hidden=True,
+    )
+)
+
+
 @click.group()
 def job() -> None:
     """Jobs: list, show, watch, roll back, cancel."""

@@ -228,10 +228,12 @@ class JobService:
             from repo_server.upgrades.ha_package_jobs import rollback_packages
 
             return rollback_packages(self, done, who)
+        if done.kind != "upgrade":
+            raise no_rollback_of(done)
         rollbackable = done.state == "succeeded" or (
             done.state == "failed" and done.outcome == "needs_attention"
         )
-        if done.kind != "upgrade" or not rollbackable:
+        if not rollbackable:
             raise Conflict(
                 f"job {job_id} is a {done.state} {done.kind}"
                 + (f" ({done.outcome})" if done.outcome else "")
@@ -871,6 +873,24 @@ def only_looked(job: Job) -> bool:
         and not job.active
         and job.outcome != "needs_attention"
     )
+
+
+def no_rollback_of(done: Job) -> Conflict:
+    """Why ``done``, of a kind the server does not roll back, is not: what to do instead."""
+    instead = {
+        "package_upgrade": "a single node's package upgrade has no rollback: move forward "
+        "with a new package upgrade to the builds it had ('nso-repo node upgrade-packages "
+        "NODE --package FILE'), or restore the job's proven backup by hand (docs/upgrades.md)",
+        "ned_migration": "a NED migration is not rolled back: migrate the devices back to "
+        "their old ned-id, or restore the backup by hand (docs/upgrades.md)",
+        "patch": "a patch job is undone by rolling the patch's removal out "
+        "('nso-repo patch rollout BUNDLE --remove --node NODE')",
+    }.get(
+        done.kind,
+        f"a job of kind {done.kind} has no rollback of its own; only an upgrade or an HA "
+        "group's package upgrade is rolled back",
+    )
+    return Conflict(f"job {done.id} is a {done.state} {done.kind}: {instead}")
 
 
 def changed_since(later: Job, node_name: str, done: Job) -> Conflict:

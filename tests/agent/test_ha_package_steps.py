@@ -128,3 +128,27 @@ def test_a_sync_nso_answers_as_a_success_is_checked_on_the_primary(
     assert "this primary does not load l3vpn 1.1 up (loaded: 1.0, up)" in message
     assert f"Read-only mode is back to {str(before).lower()}" in message
     assert read_only(primary) is before
+
+
+def test_a_sync_that_leaves_the_group_no_package_is_judged_by_its_empty_load_path(
+    make_cluster, artifacts, driver
+) -> None:
+    """The rollback of the only package's addition, or its removal: the load path holds
+    none, so the sync succeeded when NSO loads none. That is something to judge by, not
+    "nothing": the step succeeds, and fails while a package stays loaded."""
+    primary, secondary = make_cluster("6.2", packages=[])
+    secondary.wait_for("show high-availability status mode", "secondary")
+    d1 = driver(agent_config(primary))
+    service = artifacts.service("6.2", "1.0", name="audit-svc")
+    shutil.copy(service, primary.path("/opt/ncs/packages"))
+    assert primary.cli("software packages install package audit-svc-1.0")[1] == 0
+    added = [{"name": "audit-svc", "version": "1.0"}]
+    assert d1.step("ha_sync_packages", {"sync": "and-add", "packages": added})["read_only"] is False
+    assert "1.0" in primary.cli("show packages package audit-svc package-version")[0]
+
+    (primary.path("/var/opt/ncs/packages") / service.name).unlink()
+    synced = d1.step("ha_sync_packages", {"sync": "and-reload", "packages": []})
+
+    assert synced == {"read_only_before": False, "read_only": False}
+    for host in (primary, secondary):
+        assert "audit-svc" not in host.cli("show packages package oper-status")[0]

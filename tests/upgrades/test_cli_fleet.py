@@ -143,3 +143,16 @@ def test_a_reader_that_goes_away_ends_the_command_quietly(live) -> None:
         os.close(writer)
     assert ran.returncode == 141, ran.stderr
     assert ran.stderr == ""
+
+
+def test_a_nodes_package_upgrade_answers_to_the_groups_words_too(live) -> None:
+    """`group package-upgrade` has a node twin named `node upgrade-packages`: typing the
+    group's words for a node reaches the same command (unlisted), not "did you mean
+    'upgrade'"."""
+    said = [
+        nso_repo(live, "operator", "node", name, "no-such-node", "--remove", "router-nc")
+        for name in ("upgrade-packages", "package-upgrade")
+    ]
+    assert [s.returncode for s in said] == [1, 1], said
+    assert said[0].stderr == said[1].stderr and "no-such-node" in said[0].stderr, said
+    assert "package-upgrade" not in nso_repo(live, "viewer", "node", "--help").stdout

@@ -232,6 +232,36 @@ HISTORIES = {
 }
 
 
+@pytest.mark.parametrize(
+    ("kind", "words"),
+    [
+        ("package_upgrade", "a single node's package upgrade has no rollback"),
+        ("ned_migration", "a NED migration is not rolled back"),
+        ("patch", "--remove --node NODE"),
+    ],
+)
+def test_a_job_the_server_does_not_roll_back_says_what_to_do_instead(
+    live, enrolled, app_state, kind, words
+) -> None:
+    """Asked to roll back a job of a kind with no rollback, the answer says so and the way
+    forward, not that only a succeeded job can be rolled back (of a job that succeeded)."""
+    from repo_server.fleet.models import Node
+    from repo_server.upgrades.models import Job
+
+    with app_state.sessions() as session:
+        node = session.query(Node).filter_by(name="edge-1").one()
+        job = Job(nodes=[node], kind=kind, state="succeeded", created_by="test")
+        session.add(job)
+        session.commit()
+        job_id = job.id
+    answer = live.session("operator").post(
+        f"{live.url}/api/v1/jobs/{job_id}/rollback", json={"discard_writes": True}
+    )
+    said = assert_error(answer, 409, "conflict")["message"]
+    assert words in said and f"job {job_id} is a succeeded {kind}:" in said, said
+    assert "only an upgrade that succeeded" not in said
+
+
 @pytest.mark.parametrize("history", HISTORIES, ids=list(HISTORIES))
 def test_rollback_only_of_the_last_change_still_in_effect(
     live, enrolled, releases, app_state, history
