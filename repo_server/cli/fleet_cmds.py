@@ -227,6 +227,11 @@ def node_plan(
         f"{plan['node']}: {plan['source_version']} -> {plan['target_version']} "
         f"({plan['kind'] or 'unknown'} upgrade): {verdict}"
     )
+    _print_plan(plan)
+
+
+def _print_plan(plan: dict[str, Any]) -> None:
+    """A plan's reasons and steps, after its headline; exits 1 when it would be refused."""
     for reason in plan["reasons"]:
         click.echo(f"  - {reason['message']}\n    what to do: {reason['remedy']}")
     dropped = dropped_line(plan.get("drops_patches") or [])
@@ -287,6 +292,42 @@ def package_change(packages: tuple[str, ...], removals: tuple[str, ...]) -> dict
     if not packages and not removals:
         raise click.UsageError("name packages to install (--package) or remove (--remove)")
     return {"packages": [Path(p).name for p in packages], "remove": list(removals)}
+
+
+@node.command("package-plan")
+@click.argument("name")
+@package_files
+@package_removals
+@click.option("--allow-data-loss", is_flag=True, help="Reload with force if NSO would delete data.")
+@click.option("--json", "as_json", is_flag=True)
+@client_options
+@handle_errors
+def node_package_plan(
+    name: str,
+    packages: tuple[str, ...],
+    removals: tuple[str, ...],
+    allow_data_loss: bool,
+    as_json: bool,
+    url: Optional[str],
+    token: Optional[str],
+) -> None:
+    """Show what replacing, adding or removing packages on NAME would do, without starting
+    it: the verdict with reasons and the steps; exits 1 when it would be refused."""
+    plan = make_client(url, token).call(
+        "GET",
+        f"/api/v1/nodes/{name}/package-plan",
+        params={
+            **package_change(packages, removals),
+            "allow_data_loss": str(allow_data_loss).lower(),
+        },
+    )
+    if as_json:
+        print_json(plan)
+        return
+    change = [*plan["packages"], *(f"remove {n}" for n in plan.get("remove") or [])]
+    verdict = "may proceed" if plan["ok"] else "REFUSED"
+    click.echo(f"{plan['node']}: {', '.join(change)}: {verdict}")
+    _print_plan(plan)
 
 
 @node.command("upgrade-packages")

@@ -163,6 +163,9 @@ class PlanSchema(Schema):
     path = fields.List(fields.String())
     reasons = fields.List(fields.Nested(ReasonSchema))
     packages = fields.List(fields.String())
+    remove = fields.List(
+        fields.String(), metadata={"description": "A package plan's packages to take out"}
+    )
     remove_ncs_conf = fields.List(fields.String())
     drops_patches = fields.List(
         fields.Dict(),

@@ -15,6 +15,7 @@ from repo_server.catalog.schemas import BEARER
 from repo_server.context import db_session, may, principal, require, state
 from repo_server.upgrades import redaction
 from repo_server.upgrades.jobs import JobService, verdict_dict
+from repo_server.upgrades.plans import StepSpec
 from repo_server.upgrades.preflight import UpgradeOptions
 from repo_server.upgrades.schemas import (
     CancelArgs,
@@ -132,7 +133,26 @@ def sign_release(body: dict[str, Any], nso_version: str) -> Any:
 def plan(args: dict[str, Any], name: str) -> Any:
     """What an upgrade of this node would do: the preflight verdict and the ordered steps."""
     verdict, steps = jobs().plan(name, args["to"], upgrade_options(args))
-    answer = verdict_dict(verdict)
+    return _planned(verdict_dict(verdict), steps)
+
+
+@blp.route("/nodes/<string:name>/package-plan")
+@require("job:read")
+@blp.doc(security=BEARER)
+@blp.arguments(PackageUpgradeArgs, location="query")
+@blp.response(200, PlanSchema)
+def package_plan(args: dict[str, Any], name: str) -> Any:
+    """What a package upgrade of this node would do, without starting it: the preflight
+    verdict (every reason `POST .../package-upgrade` would refuse with) and the steps."""
+    remove = tuple(args["remove"])
+    verdict, steps = jobs().plan_package_upgrade(
+        name, args["packages"], args["allow_data_loss"], remove
+    )
+    return _planned({**verdict_dict(verdict), "remove": list(remove)}, steps)
+
+
+def _planned(answer: dict[str, Any], steps: list[StepSpec]) -> dict[str, Any]:
+    """A plan's answer with its ordered steps."""
     answer["steps"] = [
         {"seq": i, "name": s.name, "title": s.title, "params": s.params}
         for i, s in enumerate(steps, start=1)

@@ -45,6 +45,7 @@ DECISIONS: dict[tuple[str, str], str] = {
     ("POST", "/api/v1/nodes/<string:name>/enrollment-token"): "node:manage",
     ("GET", "/api/v1/nodes/<string:name>/plan"): "job:read",
     ("POST", "/api/v1/nodes/<string:name>/upgrade"): "job:manage",
+    ("GET", "/api/v1/nodes/<string:name>/package-plan"): "job:read",
     ("POST", "/api/v1/nodes/<string:name>/package-upgrade"): "job:manage",
     ("POST", "/api/v1/nodes/<string:name>/ned-migrations"): "job:manage",
     ("GET", "/api/v1/jobs"): "job:read",

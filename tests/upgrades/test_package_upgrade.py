@@ -6,7 +6,7 @@ from pathlib import Path
 
 from tests.api.helpers import assert_error, put_file
 from tests.factories import make_package
-from tests.upgrades.builders import BACKUP_FILE, agent_result, healthy_inventory
+from tests.upgrades.builders import BACKUP_FILE, agent_result, healthy_inventory, nso_repo
 
 
 def _publish(live, tmp_path: Path, *specs: tuple[str, str, str]) -> list[str]:
@@ -97,3 +97,41 @@ def test_a_plan_waits_for_the_inventory_after_the_last_job(live, enrolled, tmp_p
 
     enrolled.heartbeat(healthy_inventory("6.2", {"router-nc": "1.0.3", "l3vpn": "2.1"}))
     assert _request(live, [second]).status_code == 202
+
+
+def test_a_package_plan_shows_what_the_upgrade_would_do_and_starts_nothing(
+    live, enrolled, tmp_path: Path
+) -> None:
+    """`GET /nodes/NAME/package-plan` (and `nso-repo node package-plan`): the verdict the
+    upgrade would meet, with the same reasons, and its steps; no job, no hold."""
+    enrolled.heartbeat(healthy_inventory("6.2", {"router-nc": "1.0.2"}))
+    new_build, wrong_release = _publish(
+        live, tmp_path, ("router-nc", "1.0.3", "6.2"), ("router-nc", "1.0.4", "6.1")
+    )
+    viewer = live.session("viewer")
+    plan = viewer.get(
+        f"{live.url}/api/v1/nodes/edge-1/package-plan",
+        params={"packages": [new_build], "allow_data_loss": "true"},
+    )
+    assert plan.status_code == 200, plan.text
+    shown = plan.json()
+    assert shown["ok"] is True and shown["packages"] == [new_build] and shown["remove"] == []
+    names = [s["name"] for s in shown["steps"]]
+    assert names[-3:] == ["install_packages", "reload_packages", "verify_packages"]
+    assert shown["steps"][names.index("reload_packages")]["params"]["allow_data_loss"] is True
+
+    refused = viewer.get(
+        f"{live.url}/api/v1/nodes/edge-1/package-plan", params={"packages": [wrong_release]}
+    ).json()
+    error = assert_error(_request(live, [wrong_release]), 422, "preflight_failed")
+    assert refused["ok"] is False
+    assert refused["reasons"] == error["details"]["reasons"]
+    assert live.session("viewer").get(f"{live.url}/api/v1/jobs").json() == []
+
+    printed = nso_repo(live, "viewer", "node", "package-plan", "edge-1", "--package", new_build)
+    assert printed.returncode == 0, printed.stderr
+    assert f"edge-1: {new_build}: may proceed" in printed.stdout
+    assert "reload_packages" in printed.stdout
+    printed = nso_repo(live, "viewer", "node", "package-plan", "edge-1", "--remove", "router-nc")
+    assert printed.returncode in (0, 1) and "edge-1: remove router-nc:" in printed.stdout
+    assert live.session("viewer").get(f"{live.url}/api/v1/jobs").json() == []
