@@ -118,7 +118,8 @@ def _reload(ctx: StepContext) -> dict[str, Any]:
             raise StepFailed(
                 "NSO refused the reload because it would delete data; NSO said:\n"
                 + exc.output
-                + "\nPlan the upgrade with allow_data_loss only if that loss is intended"
+                + "\nStart the upgrade again with allow_data_loss (nso-repo: --allow-data-loss) "
+                "only if that loss is intended"
             ) from None
         ctx.log("NSO would delete namespaces and the job allows data loss: packages reload force")
         reloaded = ctx.nso.packages_reload(force=True)

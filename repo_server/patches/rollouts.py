@@ -190,14 +190,14 @@ class PatchRollouts:
             )
         if all_affected and (nodes or groups):
             raise ValidationFailed(
-                "all_affected patches every node that runs the bundle's release: name nodes "
-                "and groups without it, or use it alone",
+                "all_affected (--all-affected) patches every node that runs the bundle's "
+                "release: name nodes and groups without it, or use it alone",
                 field="all_affected",
             )
         if not all_affected and not nodes and not groups:
             raise ValidationFailed(
-                "name the nodes to patch (nodes, groups), or ask for every node that runs "
-                "the bundle's release (all_affected)",
+                "name the nodes to patch (nodes, groups; --node, --group), or ask for every "
+                "node that runs the bundle's release (all_affected; --all-affected)",
                 field="nodes",
             )
         bundle = self.bundle(patch)
@@ -571,8 +571,8 @@ class PatchRollouts:
                     "when a removal works, or take them out by hand; nothing was started"
                     if moved
                     else "A patch is loaded into the release it was built for only: leave "
-                    "those nodes out (or use all_affected), or start NSO first; nothing was "
-                    "started"
+                    "those nodes out (or use all_affected, --all-affected), or start NSO first; "
+                    "nothing was started"
                 ),
                 nso_version=vsn,
                 nodes={t.name: t.running_version for t in other},

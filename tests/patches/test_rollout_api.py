@@ -634,6 +634,10 @@ def test_a_group_plan_says_which_patches_each_member_drops(live, tmp_path: Path)
 
 def test_the_cli_rolls_out_lists_and_shows(live, bundle) -> None:
     agent = node_on(live, "edge-cli", "6.2")
+    # Without a target, the refusal names the options to give, not only the API's fields.
+    nowhere = nso_repo(live, "operator", "patch", "rollout", BUNDLE)
+    assert nowhere.returncode == 1 and "--node, --group" in nowhere.stderr, nowhere.stderr
+    assert "--all-affected" in nowhere.stderr
     started = nso_repo(live, "operator", "patch", "rollout", BUNDLE, "--node", "edge-cli")
     assert started.returncode == 0, started.stderr
     rollout_id = started.stdout.strip()
