@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Optional
 
 from agent import packages as pkgs
@@ -108,6 +109,10 @@ def ha_sync_packages(ctx: StepContext) -> dict[str, Any]:
     else:
         if saved is not None:
             ctx.progress(10, "putting back the package links saved at the backup")
+            if ctx.journal.fact("links_before_restore") is None:
+                # What the load path linked before: NSO loads it until a sync succeeds.
+                links = pkgs.current_links(ctx.paths.load_dir)
+                ctx.journal.update("links_recorded", links_before_restore=links)
             restore_package_links(ctx, saved)
         ctx.progress(
             30, f"packages ha sync {variant} (read-only mode {str(before).lower()} before)"
@@ -123,6 +128,8 @@ def ha_sync_packages(ctx: StepContext) -> dict[str, Any]:
             said = _lost_sync(ctx, sync, f"{exc}. It was not sent again")
         except CliError as exc:
             said = _nso_said(exc.output or str(exc))
+    if said and saved is not None:
+        said += _links_after_failure(ctx)
     if said:
         raise StepFailed(
             f"packages ha sync {variant} failed; {said}\n"
@@ -334,6 +341,45 @@ def _unknown(ctx: StepContext, sync: Sync, how: str, last: str) -> str:
         "ended the sync, set the mode back with 'high-availability read-only mode "
         f"{word}'. 'nso-repo job show {ctx.job_id}' says what each member loads and the "
         "way back"
+    )
+
+
+def _links_after_failure(ctx: StepContext) -> str:
+    """The load path after a sync that failed (NSO has ended it) once this step had put the
+    saved links back. When NSO loads just what the load path linked before the step (it
+    reloaded nothing), those links go back: the load path again links what NSO loads, else
+    a restart, and every plan built on the heartbeats, would take the saved set for what
+    runs. When it loads anything else, NSO reloaded some of it: the links stay, said."""
+    load_dir = ctx.paths.load_dir
+    where = ctx.paths.host_path(load_dir)
+    recorded = ctx.journal.fact("links_before_restore")
+    kept = (
+        f"\n{where} holds the links saved at the backup, which this step put back before the "
+        "sync: a restart of NSO loads them. Roll back again once the cause is fixed, or "
+        "relink it by hand to what NSO loads."
+    )
+    if not isinstance(recorded, dict) or not all(recorded.values()):
+        return kept  # not recorded (an older attempt), or an entry that was no link
+    links = {str(name): Path(str(target)) for name, target in recorded.items()}
+    try:
+        linked = dict(pkgs.package_identity(target) for target in links.values())
+        loads = {n: v for n, (v, _) in ctx.nso.package_states().items() if v}
+    except (AgentError, OSError) as exc:
+        return kept + f" (what NSO loads could not be compared: {exc})"
+    if loads != linked:
+        return kept
+    try:
+        pkgs.relink_named(load_dir, links)
+    except (OSError, ValueError) as exc:
+        return (
+            f"\nThe links saved at the backup, which this step had put in {where}, could NOT "
+            f"be taken out again ({exc}): {where} differs from what NSO loads; relink it by "
+            "hand before NSO restarts."
+        )
+    ctx.log(f"relinked {where} to the {len(links)} links it held before this step")
+    return (
+        f"\nNSO reloaded nothing: the links this step had put in {where} (those saved at the "
+        "backup) were taken out again, and it links what NSO loads, as before the step."
     )
 
 

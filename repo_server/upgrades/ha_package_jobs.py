@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from sqlalchemy import select
+
 from repo_server.auth.service import Principal
 from repo_server.catalog.releases import live_artifact, signed_release_containing
 from repo_server.errors import Conflict
@@ -21,6 +23,7 @@ from repo_server.fleet.models import Node
 from repo_server.upgrades import preflight, results
 from repo_server.upgrades.ha_jobs import GroupPlan, create_group_job, role_options
 from repo_server.upgrades.ha_package_plan import (
+    KINDS,
     ROLLBACK,
     UPGRADE,
     check_step,
@@ -32,7 +35,7 @@ from repo_server.upgrades.ha_package_plan import (
 )
 from repo_server.upgrades.ha_recovery import Roles
 from repo_server.upgrades.jobs import JobService
-from repo_server.upgrades.models import Job, Step
+from repo_server.upgrades.models import Job, Step, job_nodes
 from repo_server.upgrades.plans import StepSpec, backup_step
 from repo_server.upgrades.step_payloads import node_context
 
@@ -109,7 +112,7 @@ class GroupPackageUpgrades:
             "",
             "",
             verdicts,
-            heartbeat_problems(group) + _load_paths_unknown(group),
+            heartbeat_problems(group) + _load_paths_unknown(group) + self._left_read_only(group),
             packages=[a.filename for a in artifacts],
             remove=list(remove),
             sync=sync_variant(artifacts, before, remove),
@@ -123,6 +126,34 @@ class GroupPackageUpgrades:
                 group, artifacts, signed, planned.after, planned.sync, remove
             )
         return planned
+
+    def _left_read_only(self, group: HaGroup) -> list[str]:
+        """The group's last job on its members needs attention and its primary, read-write
+        before it, reports read-only now: a sync that job lost may still hold it, or left it
+        so. A new change would take that mode for the one to keep (its check reads it as
+        the mode before) and close the way back that ends read-write: the old job's
+        rollback."""
+        primary = group.primary.node
+        ha = (primary.inventory or {}).get("ha")
+        if not isinstance(ha, dict) or ha.get("read_only") is not True:
+            return []
+        on_them = select(job_nodes.c.job_id).where(
+            job_nodes.c.node_id.in_([m.node_id for m in group.members])
+        )
+        job = self.session.scalar(
+            select(Job).where(Job.id.in_(on_them)).order_by(Job.id.desc()).limit(1)
+        )
+        if job is None or job.kind not in KINDS or job.outcome != "needs_attention":
+            return []
+        if read_only_before(job, primary.id) is not False:
+            return []
+        return [
+            f"job {job.id} ({job.kind}) needs attention and left {primary.name} read-only, "
+            "read-write before it: NSO may still hold it for that job's sync. Roll job "
+            f"{job.id} back ('nso-repo job rollback {job.id}': it ends read-write), or, sure "
+            f"that no sync runs, set 'high-availability read-only mode false' on "
+            f"{primary.name}; then plan again"
+        ]
 
     def start(
         self, name: str, filenames: list[str], who: Principal, remove: tuple[str, ...] = ()

@@ -181,3 +181,38 @@ def test_a_removed_ned_leaves_every_member_and_the_rollback_brings_it_back(pair,
     back = primary.wait_job(int(answer.json()["id"]), timeout=120)
     assert back["state"] == "succeeded", back.get("error")
     assert _loads(primary, "switch-nc") == _loads(secondary, "switch-nc") == "1.0 up"
+
+
+def test_a_rollback_nso_refuses_leaves_the_load_path_linking_what_nso_loads(
+    pair, artifacts
+) -> None:
+    """The rollback of a NED's addition once a device uses it: NSO refuses the sync (it
+    would delete the NED's namespace), so every member still loads the NED. The step had
+    put the saved links back first; they go out again, or the primary's load path (and the
+    heartbeat every later plan reads) would leave the NED out, and the next package
+    upgrade would plan it away unasked."""
+    primary, secondary = pair.nodes
+    ned = _upload(pair, artifacts.package("switch-nc", "1.0", "6.2", "--ned-id", "switch-nc-1.0"))
+    added = primary.wait_job(_start(pair, ned), timeout=120)
+    assert added["state"] == "succeeded", added.get("error")
+    _reported(pair, "switch-nc", "1.0")
+    linked = sorted(p.name for p in primary.host.path("/var/opt/ncs/packages").iterdir())
+    out, status = primary.host.cli(
+        "config\n"
+        "devices device sw-1 address 192.0.2.7 port 830 device-type netconf ned-id switch-nc-1.0\n"
+        "devices device sw-1 config hostname sw-1\n"
+        "commit"
+    )
+    assert status == 0, out
+
+    answer = pair.server.api("POST", f"/jobs/{added['id']}/rollback", json={})
+    assert answer.status_code == 202, answer.text
+    back = primary.wait_job(int(answer.json()["id"]), timeout=180)
+
+    assert (back["state"], back["outcome"]) == ("failed", "needs_attention"), back
+    assert "namespaces will be deleted" in back["error"]
+    assert "NSO reloaded nothing: the links this step had put in" in back["error"]
+    assert _loads(primary, "switch-nc") == _loads(secondary, "switch-nc") == "1.0 up"
+    assert sorted(p.name for p in primary.host.path("/var/opt/ncs/packages").iterdir()) == linked
+    assert read_only(primary) is False
+    _reported(pair, "switch-nc", "1.0")  # the heartbeat still says the NED is there

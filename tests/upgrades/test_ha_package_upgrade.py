@@ -106,6 +106,16 @@ def _healthy(node: str, step: dict[str, Any]) -> Outcome:
     return "succeeded", result, ""
 
 
+def _sync_unknown(node: str, step: dict[str, Any]) -> Outcome:
+    """As _healthy, but the sync's outcome is unknown, and the survey finds the primary
+    read-only (NSO may still hold it for the sync)."""
+    if step["name"] == "ha_sync_packages":
+        return "failed", {}, "packages ha sync and-reload: the outcome is UNKNOWN"
+    if step["params"].get("survey"):
+        return "succeeded", {"loaded": _loaded(LOADED), "read_only": node == "nso-a"}, ""
+    return _healthy(node, step)
+
+
 def _backup_fails(node: str, step: dict[str, Any]) -> Outcome:
     """As _healthy, but nso-b's backup fails (a full disk)."""
     if step["name"] == "backup" and node == "nso-b":
@@ -255,14 +265,7 @@ def test_a_rollback_ends_in_the_mode_the_group_had_before_the_upgrade(live, pair
     sync that leaves another is not a success."""
     job = _start(live, builds["router"])
 
-    def sync_unknown(node: str, step: dict[str, Any]) -> Outcome:
-        if step["name"] == "ha_sync_packages":
-            return "failed", {}, "packages ha sync and-reload: the outcome is UNKNOWN"
-        if step["params"].get("survey"):
-            return "succeeded", {"loaded": _loaded(LOADED), "read_only": node == "nso-a"}, ""
-        return _healthy(node, step)
-
-    ended, _ = _drive(live, pair, job["id"], sync_unknown)
+    ended, _ = _drive(live, pair, job["id"], _sync_unknown)
     assert (ended["state"], ended["outcome"]) == ("failed", "needs_attention")
     answer = live.session("operator").post(f"{live.url}/api/v1/jobs/{job['id']}/rollback", json={})
     assert answer.status_code == 202, answer.text
@@ -735,3 +738,41 @@ def test_a_sync_that_ends_in_another_mode_than_before_is_no_success(
     sync = next(s for s in ended["steps"] if s["name"] == "ha_sync_packages")
     assert sync["state"] == "failed" and "before the sync" in sync["message"], sync
     assert "read-only true" in ended["error"], ended["error"]
+
+
+def test_a_primary_left_read_only_by_a_job_that_needs_attention_is_no_mode_to_keep(
+    live, pair, builds
+) -> None:
+    """A sync whose outcome is unknown left the primary read-only (read-write before). A
+    new package change would read that mode as the one before it, keep it, succeed, and
+    close the way back that ends read-write (the old job's rollback): it is refused until
+    the old job is rolled back or the mode is set by hand."""
+    job = _start(live, builds["router"])
+
+    first, _ = _drive(live, pair, job["id"], _sync_unknown)
+    assert first["outcome"] == "needs_attention", first
+    pair["nso-a"].heartbeat(_inventory("n1", True, read_only=True))
+    pair["nso-b"].heartbeat(_inventory("n2", False))
+    operator = live.session("operator")
+    plan = operator.get(
+        f"{live.url}/api/v1/groups/pair/package-plan", params={"packages": [builds["router"]]}
+    ).json()
+    assert plan["ok"] is False
+    assert any(
+        f"job {job['id']} (ha_package_upgrade) needs attention and left nso-a read-only" in p
+        for p in plan["problems"]
+    ), plan["problems"]
+    again = operator.post(
+        f"{live.url}/api/v1/groups/pair/package-upgrade", json={"packages": [builds["router"]]}
+    )
+    assert (
+        f"'nso-repo job rollback {job['id']}'"
+        in assert_error(again, 422, "preflight_failed")["message"]
+    )
+
+    # Set read-write by hand: the next heartbeat says so, and the group may change again.
+    pair["nso-a"].heartbeat(_inventory("n1", True))
+    plan = operator.get(
+        f"{live.url}/api/v1/groups/pair/package-plan", params={"packages": [builds["router"]]}
+    ).json()
+    assert plan["ok"] is True, plan
