@@ -12,6 +12,7 @@ sync: never while NSO may still hold it read-only for the sync.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from agent.nso_cli import CliLost
 from agent.steps.context import StepContext
 from agent.steps.ha import _describe, check_role
 from agent.steps.package_links import EXTRA_DIR, restore_package_links
+from agent.steps.packages import removals
 
 NSO_SAID_MAX = 1200  # characters of NSO's output a failure message quotes (the end of it)
 # How long the sync may run, counted from when it was sent: the CLI's wait for its answer,
@@ -259,9 +261,9 @@ def _verdict(ctx: StepContext, goal: Goal, before: bool) -> Optional[list[str]]:
     the mode before back when it succeeds and leaves it read-write when it fails.
 
     Read-only as before, with every expected package up, is no proof the sync ended when
-    the goal is the whole load path: the rollback of an upgrade that added a package, or
-    an upgrade that only removes one, starts from a primary that loads all of them
-    already. Until NSO no longer loads the packages the sync takes out, it may still run."""
+    it takes packages out: the rollback of an upgrade that added one, or an upgrade that
+    only removes one, starts from a primary that loads all the others already. Until NSO
+    no longer loads those it takes out, it may still run."""
     held = ctx.nso.ha_read_only_mode()
     if held and not before:
         return None
@@ -286,8 +288,8 @@ def _wrong(goal: Goal, loaded: PackageStates, before: bool, held: bool) -> list[
 
 
 def _beside(loaded: PackageStates, goal: Goal) -> list[str]:
-    """Packages loaded beside the goal's, when the goal is every package to load."""
-    return sorted(set(loaded) - set(goal.packages)) if goal.whole else []
+    """The packages the sync takes out that this primary still loads."""
+    return sorted(set(loaded) & goal.taken_out)
 
 
 def _shown(state: Optional[tuple[Optional[str], Optional[str]]]) -> str:
@@ -299,20 +301,29 @@ def _shown(state: Optional[tuple[Optional[str], Optional[str]]]) -> str:
 @dataclass(frozen=True)
 class Goal:
     """What this primary loads, each up, once the sync succeeded: ``packages`` by name,
-    and ``whole`` when they are every package it is to load (the load path's: nothing
-    else stays loaded); ``judged_by`` says how the step knows."""
+    ``whole`` when they are every package of the load path (an empty one: none at all), and
+    ``taken_out``, the packages it loads no more; ``judged_by`` says how the step knows."""
 
     packages: dict[str, str]
     whole: bool
     judged_by: str
+    taken_out: frozenset[str] = frozenset()
 
 
 def _expected(ctx: StepContext, targets: list[tuple[str, str]]) -> Goal:
     """The step's packages, else (a rollback's sync, or one that only removes packages,
-    names none) every package in the load path: none at all when it holds none. A load
+    names none) every package in the load path. Taken out: the step's ``remove``, and what
+    the load path linked before this step put the saved links back (a rollback's). A load
     path that cannot be read gives nothing to judge by."""
+    out = set(removals(ctx))
+    recorded = ctx.journal.fact("links_before_restore")
+    for target in recorded.values() if isinstance(recorded, dict) else ():
+        if target:
+            with contextlib.suppress(OSError):
+                out.add(pkgs.package_identity(Path(str(target)))[0])
     if targets:
-        return Goal(dict(targets), False, "the step's packages")
+        goal = dict(targets)
+        return Goal(goal, False, "the step's packages", frozenset(out - set(goal)))
     load_dir = ctx.paths.load_dir
     where = ctx.paths.host_path(load_dir)
     try:
@@ -321,7 +332,8 @@ def _expected(ctx: StepContext, targets: list[tuple[str, str]]) -> Goal:
         return Goal({}, False, f"{where} could not be read: {exc.strerror or exc}")
     found = dict(pkgs.package_identity(entry) for entry in entries)
     found = {name: version for name, version in found.items() if version}
-    return Goal(found, True, f"judged by the packages in {where}, as the step names none")
+    judged_by = f"judged by the packages in {where}, as the step names none"
+    return Goal(found, True, judged_by, frozenset(out - set(found)))
 
 
 def _unknown(ctx: StepContext, sync: Sync, how: str, last: str) -> str:

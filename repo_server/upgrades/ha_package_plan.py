@@ -125,7 +125,9 @@ def package_steps(
         for member in members:
             plan.add(member, single["backup"], "1 backups")
     plan.add(primary, single["install_packages"], "2 install on the primary")
-    plan.add(primary, sync_step(variant, {a.name: a.version for a in artifacts}), "3 sync")
+    # What it takes out too: the agent waits for those to go when it lost track of the sync.
+    out = {"remove": list(remove)} if remove else {}
+    plan.add(primary, sync_step(variant, {a.name: a.version for a in artifacts}, **out), "3 sync")
     for member in members:
         plan.add(member, verify_step(after, member is primary), "4 verify")
     return plan

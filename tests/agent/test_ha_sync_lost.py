@@ -309,10 +309,10 @@ def _loaded_now(config) -> list[dict[str, str]]:
 def test_a_lost_sync_that_takes_a_package_out_is_waited_for_though_read_only_as_before(
     make_cluster, artifacts
 ) -> None:
-    """A sync that only takes a package out (the rollback of an upgrade that added one):
-    the primary, read-only before, loads every package of its load path already while
-    NSO still syncs. That is no proof the sync ended: the step waits until NSO no longer
-    loads the package taken out, and sets the mode it was told only then."""
+    """A sync that only takes a package out (an upgrade that removes it: the step names it
+    in ``remove``): the primary, read-only before, loads every package of its load path
+    already while NSO still syncs. That is no proof the sync ended: the step waits until
+    NSO no longer loads the package taken out, and sets the mode it was told only then."""
     primary, _ = _pair(make_cluster, artifacts)
     # A service with no data yet, added to both members, then taken out of the load path.
     extra = artifacts.service("6.2", "1.0", name="audit-svc")
@@ -329,7 +329,7 @@ def test_a_lost_sync_that_takes_a_package_out_is_waited_for_though_read_only_as_
 
     ctx, outcome = _sync(
         agent_config(primary),
-        {"packages": [], "sync_timeout": 60, "read_only_after": False},
+        {"packages": [], "remove": ["audit-svc"], "sync_timeout": 60, "read_only_after": False},
         read_only_before=True,
         sync_sent=True,
         sync_sent_at=sent_at,
