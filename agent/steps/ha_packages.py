@@ -319,8 +319,8 @@ def _expected(ctx: StepContext, targets: list[tuple[str, str]]) -> Goal:
     recorded = ctx.journal.fact("links_before_restore")
     for target in recorded.values() if isinstance(recorded, dict) else ():
         if target:
-            with contextlib.suppress(OSError):
-                out.add(pkgs.package_identity(Path(str(target)))[0])
+            with contextlib.suppress(OSError):  # a relative link points from the load path
+                out.add(pkgs.package_identity(ctx.paths.load_dir / str(target))[0])
     if targets:
         goal = dict(targets)
         return Goal(goal, False, "the step's packages", frozenset(out - set(goal)))
@@ -374,7 +374,7 @@ def _links_after_failure(ctx: StepContext) -> str:
         return kept  # not recorded (an older attempt), or an entry that was no link
     links = {str(name): Path(str(target)) for name, target in recorded.items()}
     try:
-        linked = dict(pkgs.package_identity(target) for target in links.values())
+        linked = dict(pkgs.package_identity(load_dir / target) for target in links.values())
         loads = {n: v for n, (v, _) in ctx.nso.package_states().items() if v}
     except (AgentError, OSError) as exc:
         return kept + f" (what NSO loads could not be compared: {exc})"
