@@ -147,11 +147,14 @@ class GroupPackageUpgrades:
             return []
         if read_only_before(job, primary.id) is not False:
             return []
+        # A rollback is not rolled back: the upgrade it undoes is, again.
+        undo = int(job.options.get("rollback_of") or 0) if job.kind == ROLLBACK else job.id
+        again = " again" if job.kind == ROLLBACK else ""
         return [
             f"job {job.id} ({job.kind}) needs attention and left {primary.name} read-only, "
             "read-write before it: NSO may still hold it for that job's sync. Roll job "
-            f"{job.id} back ('nso-repo job rollback {job.id}': it ends read-write), or, sure "
-            f"that no sync runs, set 'high-availability read-only mode false' on "
+            f"{undo} back{again} ('nso-repo job rollback {undo}': it ends read-write), or, "
+            f"sure that no sync runs, set 'high-availability read-only mode false' on "
             f"{primary.name}; then plan again"
         ]
 

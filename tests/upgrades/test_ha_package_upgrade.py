@@ -777,3 +777,30 @@ def test_a_primary_left_read_only_by_a_job_that_needs_attention_is_no_mode_to_ke
         f"{live.url}/api/v1/groups/pair/package-plan", params={"packages": [builds["router"]]}
     ).json()
     assert plan["ok"] is True, plan
+
+
+def test_a_rollback_that_left_the_primary_read_only_points_at_the_upgrade_to_roll_back(
+    live, pair, builds
+) -> None:
+    """The same, when the job that left the primary read-only is a rollback (read-write
+    when it began, its sync's outcome unknown): a rollback has no rollback, so the plan
+    names the upgrade it undoes, to roll back again."""
+    job = _start(live, builds["router"])
+    ended, _ = _drive(live, pair, job["id"], _sync_unknown)
+    assert ended["outcome"] == "needs_attention"
+    answer = live.session("operator").post(f"{live.url}/api/v1/jobs/{job['id']}/rollback", json={})
+    assert answer.status_code == 202, answer.text
+    back, _ = _drive(live, pair, answer.json()["id"], _sync_unknown)
+    assert back["outcome"] == "needs_attention", back
+    pair["nso-a"].heartbeat(_inventory("n1", True, read_only=True))
+    pair["nso-b"].heartbeat(_inventory("n2", False))
+    plan = (
+        live.session("operator")
+        .get(f"{live.url}/api/v1/groups/pair/package-plan", params={"packages": [builds["router"]]})
+        .json()
+    )
+    [said] = [p for p in plan["problems"] if "needs attention and left nso-a read-only" in p]
+    assert f"job {back['id']} (ha_package_rollback)" in said
+    assert f"Roll job {job['id']} back again ('nso-repo job rollback {job['id']}'" in said
+    again = live.session("operator").post(f"{live.url}/api/v1/jobs/{job['id']}/rollback", json={})
+    assert again.status_code == 202, again.text
