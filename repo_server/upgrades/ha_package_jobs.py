@@ -12,8 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from sqlalchemy import select
-
 from repo_server.auth.service import Principal
 from repo_server.catalog.releases import live_artifact, signed_release_containing
 from repo_server.errors import Conflict
@@ -35,7 +33,7 @@ from repo_server.upgrades.ha_package_plan import (
 )
 from repo_server.upgrades.ha_recovery import Roles
 from repo_server.upgrades.jobs import JobService
-from repo_server.upgrades.models import Job, Step, job_nodes
+from repo_server.upgrades.models import Job, Step
 from repo_server.upgrades.plans import StepSpec, backup_step
 from repo_server.upgrades.step_payloads import node_context
 
@@ -137,12 +135,7 @@ class GroupPackageUpgrades:
         ha = (primary.inventory or {}).get("ha")
         if not isinstance(ha, dict) or ha.get("read_only") is not True:
             return []
-        on_them = select(job_nodes.c.job_id).where(
-            job_nodes.c.node_id.in_([m.node_id for m in group.members])
-        )
-        job = self.session.scalar(
-            select(Job).where(Job.id.in_(on_them)).order_by(Job.id.desc()).limit(1)
-        )
+        job = self.jobs.last_job([m.node for m in group.members])
         if job is None or job.kind not in KINDS or job.outcome != "needs_attention":
             return []
         if read_only_before(job, primary.id) is not False:

@@ -405,11 +405,16 @@ class JobService:
     def later_jobs(self, nodes: list[Node], after: int) -> list[Job]:
         """The jobs on any of ``nodes`` created after job ``after``, oldest first: what may
         have changed them since (each caller decides which of them count)."""
-        on_them = select(job_nodes.c.job_id).where(job_nodes.c.node_id.in_([n.id for n in nodes]))
         return list(
             self.session.scalars(
-                select(Job).where(Job.id.in_(on_them), Job.id > after).order_by(Job.id)
+                select(Job).where(Job.id.in_(_on(nodes)), Job.id > after).order_by(Job.id)
             )
+        )
+
+    def last_job(self, nodes: list[Node]) -> Optional[Job]:
+        """The newest job on any of ``nodes``."""
+        return self.session.scalar(
+            select(Job).where(Job.id.in_(_on(nodes))).order_by(Job.id.desc()).limit(1)
         )
 
     def check_nothing_since(self, done: Job, nodes: list[Node]) -> list[int]:
@@ -873,6 +878,11 @@ def only_looked(job: Job) -> bool:
         and not job.active
         and job.outcome != "needs_attention"
     )
+
+
+def _on(nodes: list[Node]) -> Any:
+    """The ids of the jobs on any of ``nodes``, as a subquery."""
+    return select(job_nodes.c.job_id).where(job_nodes.c.node_id.in_([n.id for n in nodes]))
 
 
 def no_rollback_of(done: Job) -> Conflict:
