@@ -65,7 +65,17 @@ def device_ned_id(text: str) -> Optional[str]:
     """The ned-id of ``show running-config devices device D device-type`` (None: no such
     device, or none shown)."""
     match = re.search(r"device-type\s+\S+.*?\bned-id\s+(\S+)", text)
-    return bare_ned_id(match.group(1).strip('"')) if match else None
+    if not match:
+        return None
+    found = bare_ned_id(match.group(1).strip('"'))
+    # It goes into the result the server keeps, and is compared with the step's ned-id.
+    if len(found) > MAX_NAME or ".." in found or not NED_ID.fullmatch(found):
+        raise NsoError(
+            f"NSO shows a device on ned-id {found[:140]!r}, which the agent cannot read as a "
+            f"ned-id ({NED_ID_RULE}): check the device's device-type by hand",
+            text,
+        )
+    return found
 
 
 def group_members(text: str) -> Optional[tuple[list[str], list[str]]]:

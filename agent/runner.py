@@ -98,7 +98,7 @@ class Runner:
                 "progress": 100,
                 "message": f"the step ended, but the server refused its result: {exc}"[:2000],
                 "log_tail": entry.final_report.get("log_tail", ""),
-                "result": {},
+                "result": {"changed": True} if _changed(entry.final_report) else {},
             }
             entry.final_report = refused
             self.journal.save()
@@ -247,3 +247,19 @@ class Runner:
                 # The client retried already; wait a little and keep serving.
                 log.error("%s", exc)
                 self.sleep(min(60.0, max(1.0, float(self.config.poll_wait))))
+
+
+def _changed(report: dict[str, Any]) -> bool:
+    """Whether a success the server refused had changed the node: a patch applied or
+    removed (``changed``), a real NED migration. The failure sent instead says so, or the
+    job would end as if nothing had happened to it."""
+    result = report.get("result")
+    if not isinstance(result, dict):
+        return False
+    migration = result.get("ned_migration")
+    if isinstance(migration, dict) and migration.get("dry_run") is not True:
+        devices = migration.get("devices")
+        shown = devices if isinstance(devices, list) else []
+        moved = any(not isinstance(d, dict) or d.get("state") != "already" for d in shown)
+        return moved or migration.get("truncated") is not False
+    return result.get("changed") is True

@@ -14,7 +14,8 @@ import json
 from typing import Any, Optional
 
 from agent import ned, trust
-from agent.errors import NsoError, StepFailed
+from agent.errors import AgentError, NsoError, StepFailed
+from agent.nso_cli import CliLost
 from agent.steps.context import StepContext
 
 MAX_TARGETS = 1000  # devices plus device groups one step may name
@@ -24,15 +25,27 @@ MAX_TARGETS = 1000  # devices plus device groups one step may name
 TEXT_MAX = 512
 ITEMS_MAX = 100
 RESULT_BUDGET = 120_000
+NOTHING = "nothing was migrated"  # what a refusal before any migrate says
 
 
 def ned_migrate(ctx: StepContext) -> dict[str, Any]:
     params = ctx.params
     new_id = ned.ned_id(params.get("new_ned_id"), "new_ned_id")
+    dry_run = trust.boolean(params.get("dry_run"), "dry_run")
+    try:
+        return _migrate(ctx, params, new_id, dry_run)
+    except (StepFailed, NsoError) as exc:
+        if dry_run:
+            raise
+        raise _said_with_earlier_moves(ctx, exc, new_id) from None
+
+
+def _migrate(
+    ctx: StepContext, params: dict[str, Any], new_id: str, dry_run: bool
+) -> dict[str, Any]:
     # A device's ned-id reads back bare (`router-nc-2.0`), whether the request named it so
     # or prefixed (`x:router-nc-2.0`): compare with the bare one.
     target = ned.bare_ned_id(new_id)
-    dry_run = trust.boolean(params.get("dry_run"), "dry_run")
     devices = [
         ned.device_name(v, f"devices[{i}]")
         for i, v in enumerate(trust.listed(params, "devices", "device names"))
@@ -60,8 +73,9 @@ def ned_migrate(ctx: StepContext) -> dict[str, Any]:
         raise StepFailed(
             f"NSO has no device {', '.join(missing[:20])}"
             + (f" (and {len(missing) - 20} more)" if len(missing) > 20 else "")
-            + ": nothing was migrated; check the names (show running-config devices device)"
+            + f": {NOTHING}; check the names (show running-config devices device)"
         )
+    _check_ned_ids_as_dry_run(params, before)
     ctx.progress(10, f"{len(targets)} device(s) to {new_id}" + (" (dry-run)" if dry_run else ""))
 
     reported: dict[str, ned.Migration] = {}
@@ -77,10 +91,29 @@ def ned_migrate(ctx: StepContext) -> dict[str, Any]:
                 _only_members(answer, members[group], group, dry_run)
                 for device, found in answer.items():
                     reported.setdefault(device, found)
+    except CliLost as exc:
+        if dry_run:
+            raise
+        # NSO may have run the command, and may be running it still: what a read-back
+        # shows now is not how it ends.
+        raise StepFailed(
+            f"lost the NSO CLI while it migrated devices to {new_id}: {exc}; NSO may have "
+            "migrated some or all of them, and may still be at it: check each device's "
+            "ned-id by hand (show running-config devices device D device-type) before "
+            "running the migration again",
+            result={"changed": True},
+        ) from None
     except NsoError as exc:
         raise _failed(ctx, exc, new_id, dry_run, before) from None
 
-    after = _ned_ids(ctx, targets)
+    try:
+        after = _ned_ids(ctx, targets)
+    except NsoError as exc:
+        raise StepFailed(
+            f"the {'dry-run' if dry_run else 'migration'} to {new_id} ran, but reading the "
+            f"devices' ned-ids back failed: {exc}; check them by hand",
+            result={"changed": not dry_run},
+        ) from None
     wrong = [d for d in targets if after[d] != (before[d] if dry_run else target)]
     if wrong:
         raise StepFailed(
@@ -172,8 +205,34 @@ def _check_as_dry_run(params: dict[str, Any], targets: list[str]) -> None:
         raise StepFailed(
             "the devices to migrate differ from those the confirmed dry-run showed ("
             + "; ".join(said)
-            + "): a device group changed since; nothing was migrated. Run the dry-run again, "
+            + f"): a device group changed since; {NOTHING}. Run the dry-run again, "
             "read it, and confirm that one"
+        )
+
+
+def _check_ned_ids_as_dry_run(params: dict[str, Any], before: dict[str, Optional[str]]) -> None:
+    """A confirmed migration moves each device from the ned-id its dry-run showed
+    (``expected_ned_ids``): a device moved since, through NSO (one the dry-run showed
+    ``already`` on the new ned-id, now back on the old one), would change in ways nobody
+    read. ``before`` is each device's ned-id before this step's first attempt."""
+    raw = params.get("expected_ned_ids")
+    if raw is None:
+        return  # a dry-run, or a server that does not say
+    if not isinstance(raw, dict) or len(raw) > MAX_TARGETS:
+        raise trust.refuse("expected_ned_ids", type(raw).__name__, "a map of device to ned-id")
+    shown = {
+        ned.device_name(d, "expected_ned_ids"): None
+        if v is None
+        else ned.bare_ned_id(ned.ned_id(v, f"expected_ned_ids[{d}]"))
+        for d, v in raw.items()
+    }
+    moved = [d for d in before if d in shown and before[d] != shown[d]]
+    if moved:
+        raise StepFailed(
+            "since the confirmed dry-run, "
+            + ", ".join(f"{d} moved from {shown[d]} to {before[d]}" for d in moved[:20])
+            + f": its changes and lost data were not shown; {NOTHING}. Run the dry-run "
+            "again, read it, and confirm that one"
         )
 
 
@@ -205,8 +264,14 @@ def _failed(
     if not dry_run:
         try:
             after = _ned_ids(ctx, list(before))
-        except NsoError:
-            after = {}
+        except NsoError as read:
+            # Not known which devices moved: say so, never "none".
+            return StepFailed(
+                f"NSO refused the {what} to {new_id}: {exc}; reading the devices' ned-ids "
+                f"back then failed too ({read}): some may have been migrated, check them "
+                "by hand before running the migration again",
+                result={"changed": True},
+            )
         target = ned.bare_ned_id(new_id)
         moved = [d for d, was in before.items() if was != target and after.get(d) == target]
     done = (
@@ -218,6 +283,37 @@ def _failed(
         f"NSO refused the {what} to {new_id}: {exc}{done}; fix the cause and run the "
         "migration again (a dry-run first): devices already on the new ned-id are skipped",
         result={"changed": bool(moved)},
+    )
+
+
+def _said_with_earlier_moves(ctx: StepContext, exc: AgentError, new_id: str) -> StepFailed:
+    """A real migration's failure, with what this step's attempts migrated: a failure
+    that decided nothing about it (a check before any migrate, in an attempt after a
+    crash that had migrated devices) must not say nothing was. The ned-ids read before
+    the first attempt are in the journal; none there: no attempt got to migrate."""
+    result = dict(exc.result) if isinstance(exc, StepFailed) else {}
+    saved = ctx.journal.fact("ned_ids_before")
+    if "changed" in result or not isinstance(saved, dict):
+        return exc if isinstance(exc, StepFailed) else StepFailed(str(exc))
+    target = ned.bare_ned_id(new_id)
+    devices = [d for d, was in saved.items() if isinstance(d, str) and was != target]
+    try:
+        moved = [d for d in devices if ctx.nso.device_ned_id(d) == target]
+    except AgentError as read:
+        return StepFailed(
+            f"{str(exc).replace(NOTHING, 'this attempt migrated nothing')}; an earlier "
+            f"attempt of this step may have migrated devices, and reading them back failed "
+            f"({read}): check them by hand",
+            result={**result, "changed": True},
+        )
+    if not moved:
+        return exc if isinstance(exc, StepFailed) else StepFailed(str(exc))
+    return StepFailed(
+        f"{str(exc).replace(NOTHING, 'this attempt migrated nothing')}; an earlier attempt "
+        f"of this step had migrated {', '.join(moved[:20])}"
+        + (" ..." if len(moved) > 20 else "")
+        + f" to {new_id} (read back now)",
+        result={**result, "changed": True},
     )
 
 
@@ -254,6 +350,7 @@ def _fields(block: dict[str, str]) -> dict[str, str]:
 
 
 def _cut(text: str) -> str:
+    text = text.replace("\x00", "")  # the server keeps no NUL (repo_server/upgrades/results.py)
     return text if len(text) <= TEXT_MAX else text[: TEXT_MAX - 3] + "..."
 
 

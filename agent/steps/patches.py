@@ -489,6 +489,9 @@ def _undo_apply(
         shown = None
     now = None if shown is None else {m: shown[m] for m in patch.modules if m in shown}
     if not problems and files_back and before.listed is not None and now == before.listed:
+        # Said in the journal before the save goes: a rerun (the agent killed before its
+        # report was kept) reads the folder, as it is again, not an empty save.
+        ctx.journal.update("patch_undone", patch_undo_saved=False, patch_changing=False)
         shutil.rmtree(_undo_dir(ctx), ignore_errors=True)
         done = (
             "the files it replaced were put back and loaded" if restored else "nothing to put back"

@@ -688,7 +688,7 @@ class JobService:
             differs = result_checks.contradiction(job, step, result)
             if differs is not None:
                 state, step.message = "failed", differs
-                if job.kind == "patch":
+                if job.kind in ("patch", "ned_migration"):
                     # Whatever the agent did, the node is not known to be as it was.
                     result = {**result, "changed": True}
         if state == "succeeded":

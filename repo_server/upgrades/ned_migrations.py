@@ -26,7 +26,7 @@ from repo_server.errors import AppError, Conflict, ValidationFailed
 from repo_server.fleet.models import Node
 from repo_server.fleet.notify import Notifier, announce
 from repo_server.fleet.service import get_node
-from repo_server.upgrades.jobs import JobService
+from repo_server.upgrades.jobs import JobService, only_looked
 from repo_server.upgrades.models import Job, Step
 from repo_server.upgrades.plans import StepSpec
 from repo_server.upgrades.preflight import inventory_stale
@@ -113,7 +113,7 @@ class NedMigrationService:
         running = _check_node(node)
         _check_ned_id_loaded(self.session, node, request.new_ned_id)
         start_by: dict[str, str] = {}
-        shown: Optional[list[str]] = None
+        shown: Optional[dict[str, Optional[str]]] = None
         if not request.dry_run:
             dry = self._check_confirmation(node, request)
             shown = _devices_shown(dry)
@@ -192,7 +192,9 @@ class NedMigrationService:
                     f"({other.state}): {again}",
                     confirm=dry.id,
                 )
-            if not (other.kind == KIND and other.options.get("dry_run") is True):
+            # A later dry-run that may have changed the node (it needs attention) voids
+            # this one's result, as any other job does.
+            if not only_looked(other):
                 raise DryRunRequired(
                     f"job {other.id} ({other.kind}) ran on {node.name} after dry-run job "
                     f"{dry.id}, whose result may no longer hold: {again}",
@@ -201,13 +203,17 @@ class NedMigrationService:
         return dry
 
 
-def migrate_step(request: MigrationRequest, shown: Optional[list[str]] = None) -> StepSpec:
+def migrate_step(
+    request: MigrationRequest, shown: Optional[dict[str, Optional[str]]] = None
+) -> StepSpec:
     """The job's one step: the agent's ``ned_migrate`` (docs/agent-protocol.md); a confirmed
     migration names the devices its dry-run showed (``expected_devices``), which the agent
-    checks its device groups still resolve to before it migrates anything."""
+    checks its device groups still resolve to, and the ned-id each was on then
+    (``expected_ned_ids``), which the agent checks each is still on, before it migrates
+    anything."""
     what = "dry-run of the migration" if request.dry_run else "migration"
     named = ", ".join([*request.devices, *(f"group {g}" for g in request.device_groups)])
-    expected = {} if shown is None else {"expected_devices": shown}
+    expected = {} if shown is None else {"expected_devices": list(shown), "expected_ned_ids": shown}
     return StepSpec(
         STEP,
         {**request.targets(), "dry_run": request.dry_run, **expected},
@@ -215,9 +221,10 @@ def migrate_step(request: MigrationRequest, shown: Optional[list[str]] = None) -
     )
 
 
-def _devices_shown(dry: Job) -> list[str]:
-    """The devices the dry-run's result showed the operator, every one of them; refused
-    when the result is not a whole dry-run (what an agent reported is checked here too)."""
+def _devices_shown(dry: Job) -> dict[str, Optional[str]]:
+    """The devices the dry-run's result showed the operator, every one of them, each with
+    the ned-id it was on; refused when the result is not a whole dry-run (what an agent
+    reported is checked here too)."""
     result = next((s.result for s in dry.steps if s.name == STEP), None) or {}
     found = result.get("ned_migration")
     entries = found.get("devices") if isinstance(found, dict) else None
@@ -238,8 +245,16 @@ def _devices_shown(dry: Job) -> list[str]:
             confirm=dry.id,
         )
     names = [e.get("device") if isinstance(e, dict) else None for e in entries]
-    if len(names) != found.get("devices_total") or not all(
-        isinstance(n, str) and NAME.fullmatch(n) for n in names
+    olds = [e.get("old_ned_id") if isinstance(e, dict) else None for e in entries]
+    if not all(o is None or (isinstance(o, str) and _known_ned_id(o)) for o in olds):
+        raise DryRunRequired(
+            f"dry-run job {dry.id}'s result names a device's ned-id that is not one: {again}",
+            confirm=dry.id,
+        )
+    if (
+        len(set(names)) != len(names)
+        or len(names) != found.get("devices_total")
+        or not all(isinstance(n, str) and NAME.fullmatch(n) for n in names)
     ):
         raise DryRunRequired(
             f"dry-run job {dry.id}'s result does not list every device it covers (it shows "
@@ -248,7 +263,11 @@ def _devices_shown(dry: Job) -> list[str]:
             f"devices or groups each) and {again}",
             confirm=dry.id,
         )
-    return [str(n) for n in names]
+    return {str(n): o for n, o in zip(names, olds)}
+
+
+def _known_ned_id(value: str) -> bool:
+    return len(value) <= 128 and ".." not in value and NED_ID.fullmatch(value) is not None
 
 
 def _check_request(request: MigrationRequest) -> None:

@@ -143,9 +143,55 @@ def _synced(job: Job, step: Step, result: dict[str, Any]) -> Optional[str]:
     )
 
 
+def _ned_migrated(_job: Job, step: Step, result: dict[str, Any]) -> Optional[str]:
+    """The migration the step asked for: a dry-run or not as asked, to its ned-id, of the
+    devices it names (a confirmed one: exactly those its dry-run showed), each in a state
+    that kind of run may leave it in."""
+    params, found = step.params, result.get("ned_migration")
+    if not isinstance(found, dict):
+        return _refused(step, "its result has no ned_migration")
+    dry = params.get("dry_run") is True
+    asked = "a dry-run" if dry else "a migration"
+    if found.get("dry_run") is not dry:
+        return _refused(
+            step, f"it reports dry_run {found.get('dry_run')!s} and the step is {asked}"
+        )
+    if found.get("new_ned_id") != params.get("new_ned_id"):
+        return _refused(
+            step,
+            f"it reports a move to {found.get('new_ned_id')!s} and the step's ned-id is "
+            f"{params.get('new_ned_id')}",
+        )
+    entries = [e for e in found.get("devices") or [] if isinstance(e, dict)]
+    states = {"dry_run", "already"} if dry else {"migrated", "already"}
+    odd = {
+        str(e.get("device"))
+        for e in entries
+        if e.get("state") not in states or e.get("new_ned_id") != params.get("new_ned_id")
+    }
+    if odd:
+        return _refused(
+            step, f"it reports {_listed(odd)} in a state {asked} does not leave a device in"
+        )
+    said, expected = {str(e.get("device")) for e in entries}, params.get("expected_devices")
+    whole = found.get("truncated") is not True
+    if isinstance(expected, list):
+        wanted = _names(expected)
+        if said - wanted or found.get("devices_total") != len(wanted) or (whole and said != wanted):
+            return _refused(
+                step,
+                f"it reports the devices {_listed(said)} and its dry-run showed {_listed(wanted)}",
+            )
+    missing = _names(params.get("devices")) - said
+    if whole and missing:
+        return _refused(step, f"it reports nothing of {_listed(missing)}, which the step names")
+    return None
+
+
 _CHECKS: dict[str, Check] = {
     "apply_patch": _patch_applied,
     "remove_patch": _patch_removed,
     "ha_sync_packages": _synced,
     "ha_verify_packages": _packages_verified,
+    "ned_migrate": _ned_migrated,
 }

@@ -15,7 +15,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import pytest
 
@@ -155,6 +155,8 @@ class Driver:
     context: dict[str, Any] = field(default_factory=dict)
     seq: int = 0
     last: Optional[StepContext] = None
+    # Told each step's progress, as the runner is: a test can act at a point of a step.
+    on_progress: Optional[Callable[[int, str], None]] = None
 
     def step(
         self, name: str, params: Optional[dict[str, Any]] = None, step_id: Optional[int] = None
@@ -172,7 +174,7 @@ class Driver:
         }
         journal = Journal(self.config.journal_file)
         journal.begin(step)
-        ctx = StepContext(self.config, step, journal, self.downloader)
+        ctx = StepContext(self.config, step, journal, self.downloader, self.on_progress)
         self.last = ctx
         result = run_step(ctx)
         journal.clear()

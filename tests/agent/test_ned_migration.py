@@ -4,6 +4,7 @@ hostile names from the server (or from NSO) refused before any command runs."""
 
 from __future__ import annotations
 
+import re
 import shutil
 
 import pytest
@@ -247,3 +248,117 @@ def test_a_groups_two_leaf_lists_are_read_apart(shown, members) -> None:
     from agent import ned
 
     assert ned.group_members(shown) == members
+
+
+def _ned_id_of(host, device: str) -> str:
+    shown = host.cli(f"show running-config devices device {device} device-type")[0]
+    return NEW if f"ned-id {NEW}" in shown else "old"
+
+
+def lose_reply_once(sim, host, command_text: str) -> None:
+    """The CLI's connection drops once, after NSO ran a command holding ``command_text``."""
+    sim("fault", "set", "--once", "--root", str(host.root), "cli-exec-reply-lost", command_text)
+
+
+def test_a_cli_lost_while_nso_migrates_says_the_node_may_have_changed(nso, driver, sim):
+    """The connection drops once NSO has run the migrate: NSO may have moved the device
+    and may still be at it, so the step never says nothing was migrated."""
+    drive = driver(agent_config(nso))
+    lose_reply_once(sim, nso, "migrate new-ned-id")
+    params = {"new_ned_id": NEW, "devices": ["router-nc-1"], "dry_run": False}
+    with pytest.raises(StepFailed, match="may still be at it") as failed:
+        drive.step("ned_migrate", params)
+    assert failed.value.result == {"changed": True}
+    assert _ned_id_of(nso, "router-nc-1") == NEW  # it had: the report must not say otherwise
+
+
+def test_a_read_back_that_fails_after_the_migration_says_the_node_changed(nso, driver, sim):
+    """Every migrate went through, then reading the devices back fails: the devices moved,
+    and the failure says the node changed (else the job would end `unchanged`)."""
+    drive = driver(agent_config(nso))
+
+    def lose_the_read_back(_percent: int, message: str) -> None:
+        if message == "router-nc-2 done":
+            lose_reply_once(sim, nso, "device-type")
+
+    drive.on_progress = lose_the_read_back
+    params = {"new_ned_id": NEW, "devices": ["router-nc-1", "router-nc-2"], "dry_run": False}
+    with pytest.raises(StepFailed, match="reading the devices' ned-ids back failed") as failed:
+        drive.step("ned_migrate", params)
+    assert failed.value.result == {"changed": True}
+    assert {_ned_id_of(nso, d) for d in ("router-nc-1", "router-nc-2")} == {NEW}
+
+
+def test_a_rerun_refused_before_migrating_says_what_the_first_attempt_moved(nso, driver):
+    """The first attempt moved router-nc-1 and the agent died; meanwhile the group gained a
+    device, so the rerun refuses before any migrate. It must not say nothing was migrated:
+    router-nc-1 was, by this step."""
+    config = agent_config(nso)
+    drive = driver(config)
+    journal = Journal(config.journal_file)
+    journal.begin({"id": 556, "job_id": 7, "name": "ned_migrate", "attempt": 1})
+    journal.update(
+        "ned_ids_read",
+        ned_ids_before={"router-nc-1": "router-nc-1.0", "router-nc-2": "router-nc-1.0"},
+    )
+    for command in (
+        f"devices device router-nc-1 migrate new-ned-id {NEW}",
+        "config; devices device-group edge device-name [ router-nc-1 ]; commit",
+    ):
+        out, status = nso.cli(command)
+        assert status == 0, out
+    params = {
+        "new_ned_id": NEW,
+        "device_groups": ["edge"],
+        "dry_run": False,
+        "expected_devices": ["router-nc-2"],
+    }
+    with pytest.raises(StepFailed, match="now also router-nc-1") as failed:
+        drive.step("ned_migrate", params, step_id=556)
+    assert "nothing was migrated" not in str(failed.value)
+    assert "earlier attempt of this step had migrated router-nc-1" in str(failed.value)
+    assert failed.value.result == {"changed": True}
+    assert _ned_id_of(nso, "router-nc-2") == "old"
+
+
+def test_a_device_moved_since_the_dry_run_is_not_migrated_unseen(nso, driver):
+    """The dry-run showed router-nc-1 already on the new ned-id (nothing to change, no
+    data lost); since then it went back to the old one. Confirming that dry-run must not
+    migrate it: its changes and lost data were never shown."""
+    drive = driver(agent_config(nso))
+    out, status = nso.cli(f"devices device router-nc-1 migrate new-ned-id {NEW}")
+    assert status == 0, out
+    dry = drive.step(
+        "ned_migrate", {"new_ned_id": NEW, "devices": ["router-nc-1"], "dry_run": True}
+    )
+    (entry,) = dry["ned_migration"]["devices"]
+    assert (entry["state"], entry["old_ned_id"]) == ("already", NEW)
+    out, status = nso.cli("devices device router-nc-1 migrate new-ned-id router-nc-1.0")
+    assert status == 0, out
+    confirmed = {
+        "new_ned_id": NEW,
+        "devices": ["router-nc-1"],
+        "dry_run": False,
+        "expected_devices": ["router-nc-1"],
+        "expected_ned_ids": {"router-nc-1": entry["old_ned_id"]},
+    }
+    with pytest.raises(
+        StepFailed, match=re.escape("router-nc-1 moved from router-nc-2.0 to router-nc-1.0")
+    ):
+        drive.step("ned_migrate", confirmed)
+    assert _ned_id_of(nso, "router-nc-1") == "old"
+
+
+def test_what_nso_prints_reaches_the_result_without_a_nul() -> None:
+    """NSO's text goes into the result the server keeps, which holds no NUL character; a
+    ned-id NSO shows that is not one is refused, not passed on."""
+    from agent import ned
+    from agent.errors import NsoError
+    from agent.steps.ned_migration import _fields
+
+    assert _fields({"path": "/a", "value": "a\x00b"}) == {"path": "/a", "value": "ab"}
+    shown = "devices device r1\n device-type netconf ned-id {}\n!"
+    assert ned.device_ned_id(shown.format("router-nc-1.0")) == "router-nc-1.0"
+    for odd in ("x" * 200, "a\x00b", "r..1"):
+        with pytest.raises(NsoError, match="cannot read as a ned-id"):
+            ned.device_ned_id(shown.format(odd))

@@ -823,3 +823,30 @@ def test_a_patch_that_replaces_another_patchs_module_says_so(
     assert "ncs_a.beam replaces" not in said
     drive.step("remove_patch", step)
     assert sorted(files(host)) == [".keep", "ncs_a.beam"]
+
+
+def test_a_rerun_after_a_failed_apply_was_put_back_keeps_the_earlier_patch(
+    make_host, file_server, driver, tmp_path
+) -> None:
+    """An apply NSO refuses puts the folder back and drops its undo save; the agent dies
+    before its failed report is kept, and the server hands the same step out again. The
+    rerun must read the folder as it is (CSCfix1's ncs_a.beam), not the dropped save as
+    "no file before": that would delete CSCfix1's module and unload it from NSO."""
+    host = make_host("6.2", [])
+    drive = driver(config_for(host), file_server)
+    good = make_bundle(tmp_path, "6.2", "CSCfix1", "ncs_a")
+    drive.step("apply_patch", params(file_server, good, "6.2", "CSCfix1", "ncs_a"))
+    before = files(host)
+    wrong = make_bundle(tmp_path / "wrong", "6.1", "CSCfix2", "ncs_a")
+    renamed = wrong.rename(wrong.with_name("nso-6.2-patch-CSCfix2.tar.gz"))
+    bad = params(file_server, renamed, "6.2", "CSCfix2", "ncs_a")
+    with pytest.raises(StepFailed, match="put back and loaded") as first:
+        drive.step("apply_patch", bad, step_id=555)
+    assert first.value.result == {"changed": False}
+    assert files(host) == before
+    # Driver.step leaves the journal as a killed runner would (no final report kept).
+    with pytest.raises(StepFailed) as rerun:
+        drive.step("apply_patch", bad, step_id=555)
+    assert rerun.value.result == {"changed": False}, rerun.value
+    assert files(host) == before
+    assert "CSCfix1" in listed(host)

@@ -199,3 +199,23 @@ def test_a_result_the_server_refuses_becomes_a_failure_not_an_endless_resend(
     assert (job["state"], job["outcome"]) == ("failed", "unchanged")
     assert "refused its result" in job["steps"][0]["message"]
     assert "rootkit" in job["steps"][0]["message"]
+
+
+def test_a_refused_success_that_changed_the_node_is_reported_as_changed() -> None:
+    """The failure sent for a success the server refused says whether the step had changed
+    the node: a real NED migration that moved devices, a patch applied; not a dry-run, not
+    a migration that found every device there already."""
+    from agent.runner import _changed
+
+    def migration(dry_run: bool, *states: str, truncated: bool = False) -> dict:
+        devices = [{"device": f"r{i}", "state": s} for i, s in enumerate(states)]
+        shown = {"dry_run": dry_run, "devices": devices, "truncated": truncated}
+        return {"result": {"ned_migration": shown}}
+
+    assert _changed(migration(False, "already", "migrated"))
+    assert _changed(migration(False, "already", truncated=True))
+    assert not _changed(migration(False, "already", "already"))
+    assert not _changed(migration(True, "dry_run"))
+    assert _changed({"result": {"modules": ["ncs_a"], "changed": True}})
+    assert not _changed({"result": {"installed_release": "6.2"}})
+    assert not _changed({"result": None})

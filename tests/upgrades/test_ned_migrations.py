@@ -350,3 +350,56 @@ def test_a_dry_run_naming_a_dry_run_to_confirm_is_refused(live, nedded) -> None:
     assert nedded.next() is None
     done = run_job(live, nedded, migrate(live, dry_run=False, confirm=dry["id"]))
     assert done["state"] == "succeeded", done.get("error")
+
+
+def test_a_success_that_contradicts_its_step_is_not_taken(live, nedded) -> None:
+    """The agent says a confirmed migration left r1 as a dry-run leaves it and moved r7,
+    never asked about, to another ned-id: the step fails, and the job says the node may
+    have changed (it needs attention, and stands in the way of rollbacks)."""
+    dry = run_job(live, nedded, migrate(live, devices=["r1"]))
+    answer = migrate(live, devices=["r1"], dry_run=False, confirm=dry["id"])
+    assert answer.status_code == 202, answer.text
+    step = nedded.next()
+    assert step["params"]["expected_devices"] == ["r1"]
+    assert step["params"]["expected_ned_ids"] == {"r1": "router-nc-1.0"}
+    bogus = result_for({"params": {"devices": ["r1", "r7"]}}, True)
+    bogus["ned_migration"]["dry_run"] = False
+    bogus["ned_migration"]["devices"][1].update(state="migrated", new_ned_id="other-9.9")
+    assert nedded.report(step["id"], "succeeded", result=bogus).status_code == 200
+    job = live.session("operator").get(f"{live.url}/api/v1/jobs/{answer.json()['id']}").json()
+    assert (job["state"], job["outcome"]) == ("failed", "needs_attention"), job
+    assert "not taken as a success" in job["steps"][0]["message"]
+
+
+@pytest.mark.parametrize(
+    "spoil, why",
+    [
+        (lambda m: m.update(dry_run=True), "reports dry_run True"),
+        (lambda m: m.update(new_ned_id="router-nc-3.0"), "a move to router-nc-3.0"),
+        (lambda m: m["devices"][0].update(state="dry_run"), "in a state a migration"),
+        (lambda m: m.update(devices=[], devices_total=0), "its dry-run showed r1"),
+    ],
+)
+def test_each_way_a_migration_result_can_disagree_fails_the_step(live, nedded, spoil, why):
+    dry = run_job(live, nedded, migrate(live, devices=["r1"]))
+    answer = migrate(live, devices=["r1"], dry_run=False, confirm=dry["id"])
+    step = nedded.next()
+    said = result_for(step, False)
+    spoil(said["ned_migration"])
+    assert nedded.report(step["id"], "succeeded", result=said).status_code == 200
+    job = live.session("operator").get(f"{live.url}/api/v1/jobs/{answer.json()['id']}").json()
+    assert job["state"] == "failed" and why in job["steps"][0]["message"], job["steps"][0]
+
+
+def test_a_later_dry_run_that_may_have_changed_the_node_voids_the_earlier_one(live, nedded) -> None:
+    first = run_job(live, nedded, migrate(live, devices=["r1"]))
+    answer = migrate(live, devices=["r9"])
+    step = nedded.next()
+    said = "after the dry-run NSO shows r9 on router-nc-2.0; expected no change"
+    failed = nedded.report(step["id"], "failed", message=said, result={"changed": True})
+    assert failed.status_code == 200, failed.text
+    later = live.session("operator").get(f"{live.url}/api/v1/jobs/{answer.json()['id']}").json()
+    assert later["outcome"] == "needs_attention"
+    confirmed = migrate(live, devices=["r1"], dry_run=False, confirm=first["id"])
+    assert confirmed.status_code == 409, confirmed.json()
+    assert f"job {later['id']}" in confirmed.json()["error"]["message"]
