@@ -169,6 +169,7 @@ class PendingConn(TConn):
         self.park: Optional[Parked] = None
         self.resumed: Optional[Parked] = None
         self.wake: Optional[Callable[[], None]] = None
+        self.half_closed = False  # the client ended its side: its request may not park
 
     def close(self, graceful: bool = False) -> None:
         # gthread closes gracefully from its event loop: a blocking drain of up to 2 s, so
@@ -670,12 +671,20 @@ class GuardedThreadWorker(ThreadWorker):
 
     def _parked_readable(self, conn: PendingConn, _sock: Any) -> None:
         try:
-            if conn.sock.recv(1):
-                self.log.debug("a parked request's client sent more: closing")
+            more = conn.sock.recv(1)
         except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
             return  # TLS records only: still parked
         except OSError:
-            pass
+            more = None  # reset: gone
+        if more == b"" and self.parked.get(conn) is not None:
+            # End of what the client sends, its request whole: a half-close (shutdown of
+            # its writing side) still waits for the answer, as in a thread. It cannot stay
+            # parked (its socket is readable for good): it is answered now, told to retry.
+            conn.half_closed = True
+            self._resume(conn)
+            return
+        if more:
+            self.log.debug("a parked request's client sent more: closing")
         if self._unpark(conn) is not None:
             self.nr_conns -= 1
             conn.close()
@@ -700,7 +709,12 @@ class GuardedThreadWorker(ThreadWorker):
             parks: list[Parked] = []
             # A request that cannot park (not a plain GET, a body, pipelined bytes, a large
             # head) is told there is no room: it must never wait in a thread here.
-            room = conn.replay is not None and self.alive and len(self.parked) < self.max_parked
+            room = (
+                conn.replay is not None
+                and self.alive
+                and not conn.half_closed
+                and len(self.parked) < self.max_parked
+            )
 
             def park(parked: Parked) -> None:
                 parks.append(parked)

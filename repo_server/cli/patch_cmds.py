@@ -157,7 +157,12 @@ def dropped_line(patches: list[dict[str, Any]]) -> Optional[str]:
     plan`: None when the move leaves no patch behind."""
     if not patches:
         return None
-    named = ", ".join(f"{p['module']} ({p.get('patch_id') or 'patch id unknown'})" for p in patches)
+    named = ", ".join(
+        f"{p['module']} ({p.get('patch_id') or 'patch id unknown'}"
+        + (f", being applied by job {p['job']}" if p.get("job") else "")
+        + ")"
+        for p in patches
+    )
     return (
         f"drops patches: {named}; they belong to the release it leaves "
         "(roll out the target release's build of each afterwards, if there is one)"

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import secrets
 import threading
 import time
@@ -51,7 +52,18 @@ class Notifier:
         # Parked long-polls: per node, each one's wake-up and its (seen, ticket, limit).
         self._watchers: defaultdict[int, dict[Wake, tuple[int, int, int]]] = defaultdict(dict)
         # Tells this process's own poll announcements apart from other processes' ones.
-        self.tag = secrets.token_hex(8)
+        self._tag = (os.getpid(), secrets.token_hex(8))
+
+    @property
+    def tag(self) -> str:
+        """This process's tag. A process forked after the app was made (gunicorn's
+        --preload) makes its own: with its parent's, each worker would take the others'
+        wake-ups for its own, and skip them."""
+        pid, tag = self._tag
+        if pid != os.getpid():
+            self._tag = pid_tag = (os.getpid(), secrets.token_hex(8))
+            return pid_tag[1]
+        return tag
 
     def counter(self, node_id: int) -> int:
         with self._cond:

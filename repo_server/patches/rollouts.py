@@ -805,8 +805,15 @@ def _plan(targets: list[Target]) -> Plan:
         else:
             grouped[target.group].append(target)
     for group, members in sorted(grouped.items()):
-        secondaries = [m for m in members if not m.primary]
-        primaries = [m for m in members if m.primary]
+        claimed = [m for m in members if m.ha_mode == "primary"]
+        if len(claimed) > 1:
+            # Members that contradict each other (one's heartbeat lies, or a split brain):
+            # every one that says it serves writes goes after the others, and the group's
+            # nominal primary last, so no member's word puts the real writer first.
+            primaries = sorted(claimed, key=lambda m: (m.nominal_role == "primary", m.name))
+        else:
+            primaries = [m for m in members if m.primary]
+        secondaries = [m for m in members if m not in primaries]
         # A batch of one is no batch: a lone secondary's step runs alone anyway.
         batched = len(secondaries) if len(secondaries) > 1 else 0
         plan.jobs.append((group, secondaries + primaries, batched))

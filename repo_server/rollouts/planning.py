@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, defer, selectinload
 from repo_server.catalog.release_models import Release
 from repo_server.catalog.releases import get_release, list_releases
 from repo_server.catalog.versions import NsoVersion
+from repo_server.db import among, dialect_of
 from repo_server.errors import Conflict, NotFound, ValidationFailed
 from repo_server.fleet.group_models import HaGroup, HaGroupMember
 from repo_server.fleet.models import Node
@@ -26,6 +27,7 @@ from repo_server.rollouts.models import ROLLOUT_ACTIVE, TARGET_OPEN, Rollout, Ro
 from repo_server.upgrades import preflight
 from repo_server.upgrades.ha_jobs import plan_group
 from repo_server.upgrades.ha_plan import WRITE_POLICIES
+from repo_server.upgrades.models import Job, Step
 
 MAX_NAMES = 10_000
 
@@ -386,6 +388,7 @@ def _preflight(
     ids = [i for t in targets for i in t.node_ids]
     changed = preflight.last_step_ends(session, ids)
     active = preflight.holders(session, ids)
+    pending = _patches_underway(session, active, release.nso_version)
     for target in targets:
         if target.kind == "node":
             node = nodes[target.node_ids[0]]
@@ -402,6 +405,7 @@ def _preflight(
             )
             reasons = [f"{r.message} ({r.remedy})" for r in verdict.reasons]
             target.drops_patches = [{"node": node.name, **p} for p in verdict.drops_patches]
+            names = {node.id: node.name}
         else:
             group_plan = plan_group(
                 cast(HaGroup, target.group),  # _targets sets it on every group target
@@ -421,6 +425,8 @@ def _preflight(
             target.drops_patches = [
                 {"node": v.node, **p} for v in group_plan.verdicts for p in v.drops_patches
             ]
+            names = {m.node.id: m.node.name for m in cast(HaGroup, target.group).members}
+        target.drops_patches += _not_listed(target.drops_patches, names, pending)
         if reasons and not waits(reasons):
             target.state = "refused"
             target.reasons = reasons
@@ -429,6 +435,53 @@ def _preflight(
                 + reasons[0]
                 + (f" (and {len(reasons) - 1} more)" if len(reasons) > 1 else "")
             )
+
+
+def _patches_underway(
+    session: Session, active: dict[int, int], version: str
+) -> dict[int, list[dict[str, Any]]]:
+    """Node id -> the patches that a patch job holding it now applies for another release
+    than ``version``: the target waits for that job, then leaves them behind, and no
+    heartbeat shows them yet."""
+    jobs = {
+        job_id
+        for job_id, options, release in session.execute(
+            select(Job.id, Job.options, Job.target_version).where(
+                among(Job.id, set(active.values()), dialect_of(session)), Job.kind == "patch"
+            )
+        )
+        if (options or {}).get("action") == "apply" and not same_version(release, version)
+    }
+    found: dict[int, list[dict[str, Any]]] = {}
+    if not jobs:
+        return found
+    for job_id, node_id, params in session.execute(
+        select(Step.job_id, Step.node_id, Step.params).where(
+            among(Step.job_id, jobs, dialect_of(session))
+        )
+    ):
+        if active.get(node_id) == job_id and isinstance(params, dict):
+            found[node_id] = [
+                {"module": str(m), "patch_id": params.get("patch_id"), "job": job_id}
+                for m in params.get("modules") or []
+            ]
+    return found
+
+
+def _not_listed(
+    listed: list[dict[str, Any]],
+    names: dict[int, str],
+    pending: dict[int, list[dict[str, Any]]],
+) -> list[dict[str, Any]]:
+    """The patches underway on these nodes (`_patches_underway`) their heartbeats do not
+    list already."""
+    seen = {(d.get("node"), d.get("module")) for d in listed}
+    return [
+        {"node": name, **p}
+        for node_id, name in names.items()
+        for p in pending.get(node_id, [])
+        if (name, p["module"]) not in seen
+    ]
 
 
 # Refusals that pass by themselves, so that a rollout waits instead of refusing: another

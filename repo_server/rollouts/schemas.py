@@ -161,7 +161,8 @@ class PlannedTargetSchema(Schema):
         fields.Dict(),
         metadata={
             "description": "The loaded patches the move to the release leaves behind, by "
-            "their nodes' last heartbeats: {node, module, patch_id}"
+            "their nodes' last heartbeats: {node, module, patch_id}; and those a patch job "
+            "holding the node applies now: {node, module, patch_id, job}"
         },
     )
 

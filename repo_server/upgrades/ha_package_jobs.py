@@ -63,6 +63,36 @@ def _versions(node: Node) -> dict[str, str]:
     }
 
 
+def _packages_differ(group: HaGroup) -> list[str]:
+    """Members that load other packages than the primary: the change is planned from the
+    primary's packages, and ``packages ha sync`` gives every secondary the primary's, so a
+    package only a secondary loads would go unsaid, and one it loads at another version
+    would be replaced where the plan says added (``and-add`` reloads nothing)."""
+    primary = group.primary.node
+    theirs = _versions(primary)
+    problems = []
+    for member in group.members:
+        node = member.node
+        if node.id == primary.id or node.inventory_at is None or primary.inventory_at is None:
+            continue  # a member that never reported: heartbeat_problems says so
+        mine = _versions(node)
+        differs = sorted(
+            f"{name} {mine.get(name) or '(none)'} (the primary: {theirs.get(name) or 'none'})"
+            for name in set(mine) | set(theirs)
+            if mine.get(name) != theirs.get(name)
+        )
+        if differs:
+            problems.append(
+                f"{node.name} loads other packages than the primary {primary.name}: "
+                + ", ".join(differs[:5])
+                + (f" and {len(differs) - 5} more" if len(differs) > 5 else "")
+                + ": a sync would give it the primary's unsaid; make the members load the "
+                "same packages first ('packages ha sync and-reload' on the primary gives "
+                "every secondary the primary's), then plan again"
+            )
+    return problems
+
+
 def _load_paths_unknown(group: HaGroup) -> list[str]:
     """Members whose load paths nobody knows: whether ``packages ha sync`` would refuse
     them (it does when they differ) cannot be told."""
@@ -110,7 +140,10 @@ class GroupPackageUpgrades:
             "",
             "",
             verdicts,
-            heartbeat_problems(group) + _load_paths_unknown(group) + self._left_read_only(group),
+            heartbeat_problems(group)
+            + _load_paths_unknown(group)
+            + _packages_differ(group)
+            + self._left_read_only(group),
             packages=[a.filename for a in artifacts],
             remove=list(remove),
             sync=sync_variant(artifacts, before, remove),
@@ -126,16 +159,17 @@ class GroupPackageUpgrades:
         return planned
 
     def _left_read_only(self, group: HaGroup) -> list[str]:
-        """The group's last job on its members needs attention and its primary, read-write
-        before it, reports read-only now: a sync that job lost may still hold it, or left it
-        so. A new change would take that mode for the one to keep (its check reads it as
-        the mode before) and close the way back that ends read-write: the old job's
-        rollback."""
+        """The group's last job on its members (patch jobs aside) needs attention and its
+        primary, read-write before it, reports read-only now: a sync that job lost may still
+        hold it, or left it so. A new change would take that mode for the one to keep (its
+        check reads it as the mode before) and close the way back that ends read-write: the
+        old job's rollback."""
         primary = group.primary.node
         ha = (primary.inventory or {}).get("ha")
         if not isinstance(ha, dict) or ha.get("read_only") is not True:
             return []
-        job = self.jobs.last_job([m.node for m in group.members])
+        # A patch rolled out since changed no mode and no package: it must not hide this.
+        job = self.jobs.last_change([m.node for m in group.members])
         if job is None or job.kind not in KINDS or job.outcome != "needs_attention":
             return []
         if read_only_before(job, primary.id) is not False:

@@ -37,9 +37,10 @@ MEMBERS_NOW = "What each member loads now:"
 
 
 def is_ned(artifact: Artifact) -> bool:
-    """A NED package: one with a NED component (its ned-ids, read at upload), or a signed
-    NED file."""
-    return artifact.kind == "ned" or bool((artifact.meta or {}).get("ned_ids"))
+    """A NED package: one with a NED component, its ned-ids read from its package metadata
+    at upload. A signed NED file's content is not read there (only its name says NED):
+    it is not taken for one, so its change is an ``and-reload``, right whatever it holds."""
+    return bool((artifact.meta or {}).get("ned_ids"))
 
 
 def sync_variant(

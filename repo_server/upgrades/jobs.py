@@ -411,11 +411,22 @@ class JobService:
             )
         )
 
-    def last_job(self, nodes: list[Node]) -> Optional[Job]:
-        """The newest job on any of ``nodes``."""
-        return self.session.scalar(
-            select(Job).where(Job.id.in_(_on(nodes))).order_by(Job.id.desc()).limit(1)
-        )
+    def last_change(self, nodes: list[Node]) -> Optional[Job]:
+        """The newest job on any of ``nodes`` that may have changed more than patches: an
+        ended patch job (`patch_only`) or a NED dry-run that only looked is passed over, as
+        a rollback passes over them (`check_nothing_since`)."""
+        older_than: Optional[int] = None
+        while True:  # a page at a time: the one wanted is most often the first
+            page = select(Job).where(Job.id.in_(_on(nodes))).order_by(Job.id.desc()).limit(16)
+            if older_than is not None:
+                page = page.where(Job.id < older_than)
+            jobs = list(self.session.scalars(page))
+            for job in jobs:
+                if not (patch_only(job) or only_looked(job)):
+                    return job
+            if len(jobs) < 16:
+                return None
+            older_than = jobs[-1].id
 
     def check_nothing_since(self, done: Job, nodes: list[Node]) -> list[int]:
         """Refuse to roll ``done`` back when a later job changed one of its ``nodes`` (one
@@ -675,7 +686,10 @@ class JobService:
         step.progress = max(0, min(100, int(body.get("progress") or step.progress or 0)))
         # Operators read these in a terminal: no escape sequence of the agent's reaches it.
         if body.get("message"):
-            step.message = results.printable(str(body["message"]))[: results.MESSAGE_MAX]
+            # One line, as the protocol has it: a line break in it would start a row of
+            # its own where a table shows it ('nso-repo patch show': another node's row).
+            message = " ".join(results.printable(str(body["message"])).splitlines())
+            step.message = message[: results.MESSAGE_MAX]
         if body.get("log_tail") is not None:
             step.log_tail = results.printable(str(body["log_tail"]))[-results.LOG_TAIL_MAX :]
         if body.get("nso_seconds") is not None:
@@ -830,14 +844,37 @@ class JobService:
             if job.kind == "patch":
                 # A failed node puts back what it had, unless its report says `changed`: it
                 # could not (the files or NSO not as before). Another may have taken it.
-                took = any(
-                    s.state == "succeeded"
-                    or (s.state == "failed" and (s.result or {}).get("changed"))
+                took = [
+                    s
                     for s in job.steps
-                )
+                    if s.state == "succeeded"
+                    or (s.state == "failed" and (s.result or {}).get("changed"))
+                ]
                 job.outcome = "needs_attention" if took else "unchanged"
+                if took:
+                    job.error = f"{job.error}; {_patch_left_on(job, took)}"
         else:
             transition(job, "succeeded")
+
+
+def _patch_left_on(job: Job, took: list[Step]) -> str:
+    """Which members of a failed patch job changed (or may have), and the rollout that
+    undoes it: an HA group's members are named by the group (a rollout naming some of
+    them is refused, group_member)."""
+    names = {n.id: n.name for n in job.nodes}
+    changed = ", ".join(sorted({names.get(s.node_id, f"node {s.node_id}") for s in took}))
+    options = job.options or {}
+    where = f"--group {options['group']}" if options.get("group") else f"--node {changed}"
+    patch = options.get("patch") or "BUNDLE"
+    if options.get("action") == "remove":
+        return (
+            f"the patch is (or may be) off {changed}: roll it out again to put it back "
+            f"('nso-repo patch rollout {patch} {where}'), or its removal once fixed"
+        )
+    return (
+        f"the patch is (or may be) on {changed}: take it off with 'nso-repo patch rollout "
+        f"{patch} --remove {where}', or roll it out again once the cause is fixed"
+    )
 
 
 def patch_only(job: Job) -> bool:
@@ -887,6 +924,8 @@ def _on(nodes: list[Node]) -> Any:
 
 def no_rollback_of(done: Job) -> Conflict:
     """Why ``done``, of a kind the server does not roll back, is not: what to do instead."""
+    options = done.options or {}
+    patch, group = options.get("patch") or "BUNDLE", options.get("group")
     instead = {
         "package_upgrade": "a single node's package upgrade has no rollback: move forward "
         "with a new package upgrade to the builds it had ('nso-repo node upgrade-packages "
@@ -894,7 +933,11 @@ def no_rollback_of(done: Job) -> Conflict:
         "ned_migration": "a NED migration is not rolled back: migrate the devices back to "
         "their old ned-id, or restore the backup by hand (docs/upgrades.md)",
         "patch": "a patch job is undone by rolling the patch's removal out "
-        "('nso-repo patch rollout BUNDLE --remove --node NODE')",
+        + (
+            f"to its group ('nso-repo patch rollout {patch} --remove --group {group}')"
+            if group
+            else f"('nso-repo patch rollout {patch} --remove --node {done.node_name}')"
+        ),
     }.get(
         done.kind,
         f"a job of kind {done.kind} has no rollback of its own; only an upgrade or an HA "

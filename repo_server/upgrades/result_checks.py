@@ -24,10 +24,29 @@ Check = Callable[[Job, Step, dict[str, Any]], Optional[str]]
 def contradiction(job: Job, step: Step, result: dict[str, Any]) -> Optional[str]:
     """Why a succeeded ``result`` of ``step`` cannot be taken as a success; None when it
     agrees with the step (or the step's result says nothing the server can hold it to)."""
+    released = _release_differs(step, result)
+    if released is not None:
+        return released
     if job.kind == "ha_upgrade":
         return ha_recovery.data_differs(job, step, result)
     check = _CHECKS.get(step.name)
     return check(job, step, result) if check is not None else None
+
+
+# The steps that leave a node on their ``target_version``, and the key of their result
+# that names the release it runs then.
+_RELEASE_KEYS = {"switch_current": "current", "verify": "version", "ha_verify": "version"}
+
+
+def _release_differs(step: Step, result: dict[str, Any]) -> Optional[str]:
+    """A step that names the release the node runs afterwards, and another than its own:
+    an upgrade's verify saying 6.1 after an upgrade to 6.2 is no success."""
+    key, wanted = _RELEASE_KEYS.get(step.name), step.params.get("target_version")
+    if key is None or key not in result or not isinstance(wanted, str):
+        return None
+    if result[key] == wanted:
+        return None
+    return _refused(step, f"it says the node is on {result[key]!s} and the step's is {wanted}")
 
 
 def _names(values: Any) -> set[str]:

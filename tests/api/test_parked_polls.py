@@ -269,3 +269,57 @@ def test_a_rollout_on_one_process_wakes_agents_parked_on_the_others(
     assert len(parked) == 2 and all(count > 0 for count in parked.values()), parked
     assert sorted(a.done[0][0] for a in agents) == ["apply_patch"] * len(agents)
     assert len(started["nodes"]) == len(agents)
+
+
+def _asked_then_half_closed(port: int, raw: bytes) -> bytes:
+    """Send ``raw``, end the sending side (as `nc -N` and some proxies do), read the answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=15) as sock:
+        sock.sendall(raw)
+        sock.shutdown(socket.SHUT_WR)
+        got = b""
+        while chunk := sock.recv(65536):
+            got += chunk
+    return got
+
+
+def test_a_poll_whose_client_half_closes_is_still_answered(tmp_path: Path) -> None:
+    """A client that sends its whole poll and then shuts its writing side still waits for
+    the answer: a poll that would park is answered at once, told when to ask again, as a
+    poll served in a thread is answered; never a connection closed without a word."""
+    server = _serve(tmp_path)
+    try:
+        (agent,) = asyncio.run(enroll_many(server.url, server.admin, ["half"]))
+        head = (
+            "GET /api/v1/agent/next?wait={wait} HTTP/1.1\r\nHost: x\r\n"
+            f"Authorization: Bearer {agent.token}\r\n\r\n"
+        )
+        now = _asked_then_half_closed(server.port, head.format(wait=0).encode())
+        assert now.startswith(b"HTTP/1.1 204"), now
+        began = time.monotonic()
+        parked = _asked_then_half_closed(server.port, head.format(wait=20).encode())
+        assert parked.startswith(b"HTTP/1.1 204") and b"Retry-After:" in parked, parked
+        assert time.monotonic() - began < 10
+        assert requests.get(f"{server.url}/api/v1/health", timeout=10).status_code == 200
+    finally:
+        server.stop()
+
+
+def test_each_forked_process_tells_its_own_wake_ups_apart() -> None:
+    """Under gunicorn's --preload the app (and its notifier) is made before the workers
+    fork: each worker still needs a tag of its own, or it skips the others' wake-ups."""
+    from repo_server.fleet.notify import Notifier
+
+    notifier = Notifier()
+    mine = notifier.tag
+    assert notifier.tag == mine
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child's answer is read below
+        os.write(write, notifier.tag.encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(child, 0)
+    with os.fdopen(read) as pipe:
+        theirs = pipe.read()
+    assert theirs and theirs != mine
+    assert notifier.tag == mine

@@ -733,3 +733,53 @@ def test_a_pulled_bundle_is_taken_off_again_once_it_is_uploaded_again(
     assert step["params"]["modules"] == MODULES
     assert step["params"]["patch"]["sha256"] == bundle["sha256"]  # the same bytes as applied
     assert started["nodes"][0]["job_id"] != removal.json()["nodes"][0]["job_id"]
+
+
+def test_a_member_falsely_saying_primary_does_not_put_the_writer_first(live, bundle) -> None:
+    """A secondary whose heartbeat says primary (a lie, or a split brain) while the real
+    primary says so too: the group's nominal primary, which serves writes, is still
+    patched last."""
+    _primary, _secondary, third = group_on(live, "trio", 3)
+    assert third.heartbeat(inventory("6.2", **ha("primary", "n3"))).status_code == 200
+    answer = rollout(live, groups=["trio"])
+    assert answer.status_code == 201, answer.text
+    [job_id] = {n["job_id"] for n in answer.json()["nodes"]}
+    steps = get(live, f"/jobs/{job_id}")["steps"]
+    order = [s["node"] for s in steps]
+    assert order == ["trio-n2", "trio-n3", "trio-a"], [(s["node"], s["batch"]) for s in steps]
+
+
+def test_a_failed_group_patch_job_names_the_members_that_have_it(live, bundle) -> None:
+    """n2 took the patch, n3 failed, the primary was skipped: the job's error names n2 and
+    the rollout that takes the patch off the group."""
+    _primary, n2, n3 = group_on(live, "trio", 3)
+    started = rollout(live, groups=["trio"])
+    assert started.status_code == 201, started.text
+    s2, s3 = n2.next(), n3.next()
+    took = {"modules": MODULES, "changed": True}
+    assert n2.report(s2["id"], "succeeded", result=took).status_code == 200
+    refused = n3.report(
+        s3["id"], "failed", message="load-modules refused", result={"changed": False}
+    )
+    assert refused.status_code == 200
+    job = get(live, f"/jobs/{started.json()['nodes'][0]['job_id']}")
+    assert (job["state"], job["outcome"]) == ("failed", "needs_attention")
+    assert "the patch is (or may be) on trio-n2" in job["error"], job["error"]
+    assert f"patch rollout {BUNDLE} --remove --group trio" in job["error"]
+
+
+def test_the_way_forward_a_group_patch_jobs_rollback_names_works(live, bundle) -> None:
+    primary, n2 = group_on(live, "pair", 2)
+    started = rollout(live, groups=["pair"]).json()
+    for agent in (n2, primary):
+        step = agent.next()
+        done = {"modules": MODULES, "changed": True}
+        assert agent.report(step["id"], "succeeded", result=done).status_code == 200
+    job_id = started["nodes"][0]["job_id"]
+    refused = live.session("operator").post(
+        f"{live.url}/api/v1/jobs/{job_id}/rollback", json={"discard_writes": True}
+    )
+    assert refused.status_code == 409
+    message = refused.json()["error"]["message"]
+    assert f"patch rollout {BUNDLE} --remove --group pair" in message, message
+    assert rollout(live, action="remove", groups=["pair"]).status_code == 201

@@ -410,3 +410,36 @@ def test_a_node_in_a_long_job_is_waited_for_however_old_its_inventory(
     (target,) = get(live, answer.json()["id"])["targets"]
     assert target["state"] == "pending", target
     assert "is still running on edge-1" in target["reason"]
+
+
+def test_a_rollout_plan_over_a_node_being_patched_says_the_patch_goes(live, tmp_path) -> None:
+    """A patch job for 6.1 holds the node: the rollout to 6.2 waits for it, then leaves
+    the patch behind; no heartbeat lists it yet, so the plan says so from the job."""
+    from tests.api.helpers import put_file
+    from tests.factories import make_patch_bundle
+
+    packages = {"router-nc": "1.0.2", "l3vpn": "2.1"}
+    publish_release(live, tmp_path, "6.1", packages)
+    publish_release(live, tmp_path, "6.2", packages)
+    agent = enroll_node(live, "edge-p")
+    assert agent.heartbeat(healthy_inventory("6.1")).status_code == 200
+    bundle = make_patch_bundle(tmp_path, "6.1", "CSCfix1", ("ncs_fix",))
+    assert put_file(live.session("uploader"), live.url, bundle).status_code == 201
+    patched = live.session("operator").post(
+        f"{live.url}/api/v1/patch-rollouts", json={"patch": bundle.name, "nodes": ["edge-p"]}
+    )
+    assert patched.status_code == 201, patched.text
+    job_id = patched.json()["nodes"][0]["job_id"]
+    plan = live.session("viewer").post(
+        f"{live.url}/api/v1/rollouts/plan",
+        json={"release": "6.2", "select": {"nodes": ["edge-p"]}},
+    )
+    assert plan.status_code == 200, plan.text
+    [target] = plan.json()["targets"]
+    assert target["drops_patches"] == [
+        {"node": "edge-p", "module": "ncs_fix", "patch_id": "CSCfix1", "job": job_id}
+    ], target
+    shown = nso_repo(
+        live, "viewer", "rollout", "plan", "--release", "6.2", "--select", "node:edge-p"
+    )
+    assert f"ncs_fix (CSCfix1, being applied by job {job_id})" in shown.stdout, shown.stdout

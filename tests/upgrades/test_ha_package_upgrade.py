@@ -804,3 +804,82 @@ def test_a_rollback_that_left_the_primary_read_only_points_at_the_upgrade_to_rol
     assert f"Roll job {job['id']} back again ('nso-repo job rollback {job['id']}'" in said
     again = live.session("operator").post(f"{live.url}/api/v1/jobs/{job['id']}/rollback", json={})
     assert again.status_code == 202, again.text
+
+
+def test_a_patch_job_since_does_not_hide_a_primary_left_read_only(
+    live, pair, builds, tmp_path: Path
+) -> None:
+    """A package upgrade left the primary read-only (its sync lost); a patch rolled out to
+    the group since is the newest job on the members, but changed no mode: the plan of a
+    new package change still names the package job and refuses."""
+    from tests.api.helpers import put_file
+    from tests.factories import make_patch_bundle
+
+    job = _start(live, builds["router"])
+    first, _ = _drive(live, pair, job["id"], _sync_unknown)
+    assert first["outcome"] == "needs_attention", first
+
+    def beat() -> None:
+        pair["nso-a"].heartbeat(_inventory("n1", True, read_only=True))
+        pair["nso-b"].heartbeat(_inventory("n2", False))
+
+    beat()
+    bundle = make_patch_bundle(tmp_path, "6.2", "CSCfix1", ("ncs_fix",))
+    assert put_file(live.session("uploader"), live.url, bundle).status_code == 201
+    operator = live.session("operator")
+    started = operator.post(
+        f"{live.url}/api/v1/patch-rollouts", json={"patch": bundle.name, "groups": ["pair"]}
+    )
+    assert started.status_code == 201, started.text
+    for name in ("nso-b", "nso-a"):
+        step = pair[name].next()
+        assert step is not None and step["name"] == "apply_patch", (name, step)
+        done = {"modules": ["ncs_fix"], "changed": True}
+        assert pair[name].report(step["id"], "succeeded", result=done).status_code == 200
+    beat()
+    plan = operator.get(
+        f"{live.url}/api/v1/groups/pair/package-plan", params={"packages": [builds["router"]]}
+    ).json()
+    assert plan["ok"] is False, plan
+    left = f"job {job['id']} (ha_package_upgrade) needs attention and left nso-a read-only"
+    assert any(left in p for p in plan["problems"]), plan["problems"]
+
+
+def test_a_read_only_primary_is_planned_not_refused_by_a_server_error(live, pair, builds) -> None:
+    """An operator holds the group read-only: the plan and the start still answer (the
+    check for a primary left read-only by a failed job reads the members' jobs)."""
+    pair["nso-a"].heartbeat(_inventory("n1", True, read_only=True))
+    assert _plan(live, builds["router"])["ok"] is True
+    _start(live, builds["router"])
+
+
+def test_members_loading_other_packages_are_refused_naming_the_difference(
+    live, pair, builds
+) -> None:
+    """A secondary loads switch-nc 0.9, which the primary does not: adding switch-nc 1.0 is
+    no addition there (and-add would reload nothing), and any sync would give it the
+    primary's packages unsaid. The plan refuses, naming the difference."""
+    pair["nso-b"].heartbeat(
+        _inventory("n2", False, packages=_loaded({**LOADED, "switch-nc": "0.9"}))
+    )
+    plan = _plan(live, builds["new-ned"])
+    assert plan["ok"] is False, plan
+    said = " ".join(plan["problems"])
+    assert "nso-b loads other packages than the primary nso-a: switch-nc 0.9" in said, said
+    refused = live.session("operator").post(
+        f"{live.url}/api/v1/groups/pair/package-upgrade", json={"packages": [builds["new-ned"]]}
+    )
+    assert refused.status_code == 422, refused.text
+    assert live.session("operator").get(f"{live.url}/api/v1/jobs").json() == []
+
+
+def test_a_signed_file_named_like_a_ned_gets_the_full_reload(live, pair, tmp_path) -> None:
+    """A signed NED file's content is not read at upload: only its name says NED. Its
+    change is planned with and-reload, right whatever it holds, not the lighter and-add."""
+    path = tmp_path / "ncs-6.2-l2vpn-1.0.signed.bin"
+    path.write_bytes(b"not a NED at all")
+    with path.open("rb") as body:
+        put = live.session("uploader").put(f"{live.url}/api/v1/artifacts/{path.name}", data=body)
+    assert put.status_code == 201, put.text
+    plan = _plan(live, path.name)
+    assert plan["sync"] == "and-reload", plan

@@ -237,7 +237,7 @@ HISTORIES = {
     [
         ("package_upgrade", "a single node's package upgrade has no rollback"),
         ("ned_migration", "a NED migration is not rolled back"),
-        ("patch", "--remove --node NODE"),
+        ("patch", "patch rollout BUNDLE --remove --node edge-1"),
     ],
 )
 def test_a_job_the_server_does_not_roll_back_says_what_to_do_instead(

@@ -271,3 +271,30 @@ def test_progress_is_a_whole_percentage(live, enrolled, releases, progress: Any)
     answer = enrolled.report(step["id"], "running", progress=progress)
     error = assert_error(answer, 422, "validation_failed")
     assert "progress" in error["details"]["fields"]["json"]
+
+
+@pytest.mark.parametrize("name, key", [("switch_current", "current"), ("verify", "version")])
+def test_a_step_saying_the_node_is_on_another_release_is_no_success(
+    live, enrolled, releases, name, key
+) -> None:
+    """An upgrade to 6.2 whose switch or verify says the node is on 6.1: the step fails
+    with why, and the job does not end `succeeded` (a fleet rollout would go on)."""
+    job = start_upgrade(live, enrolled)
+    step = _run_until(enrolled, name)
+    said = enrolled.report(step["id"], "succeeded", result={key: "6.1"})
+    assert said.status_code == 200, said.text
+    final = _job(live, job["id"])
+    mine = next(s for s in final["steps"] if s["id"] == step["id"])
+    assert mine["state"] == "failed" and "on 6.1 and the step's is 6.2" in mine["message"]
+    assert final["state"] != "succeeded"
+
+
+def test_a_step_message_stays_one_line(live, enrolled, releases) -> None:
+    """A line break in an agent's message would start a row of its own where a table
+    shows it (`nso-repo patch show`: a forged row for another node)."""
+    job = start_upgrade(live, enrolled)
+    step = enrolled.next()
+    forged = "NSO refused\n  edge-99      job 77     succeeded\u2028more"
+    assert enrolled.report(step["id"], "failed", message=forged).status_code == 200
+    (shown,) = (s for s in _job(live, job["id"])["steps"] if s["id"] == step["id"])
+    assert shown["message"] == "NSO refused   edge-99      job 77     succeeded more"
