@@ -76,6 +76,8 @@ FD_PAUSE = 0.5  # seconds without accept() after running out of file descriptors
 # requests keep stays small.
 MAX_PARKED_HEAD = 8 << 10
 PARKED = object()  # a thread's result when its request parked
+# What a parked long-poll whose client ended its side is told: no work now, ask again.
+HALF_CLOSED_ANSWER = b"HTTP/1.1 204 No Content\r\nRetry-After: 1\r\nConnection: close\r\n\r\n"
 
 
 class Park(Exception):
@@ -169,7 +171,6 @@ class PendingConn(TConn):
         self.park: Optional[Parked] = None
         self.resumed: Optional[Parked] = None
         self.wake: Optional[Callable[[], None]] = None
-        self.half_closed = False  # the client ended its side: its request may not park
 
     def close(self, graceful: bool = False) -> None:
         # gthread closes gracefully from its event loop: a blocking drain of up to 2 s, so
@@ -676,12 +677,18 @@ class GuardedThreadWorker(ThreadWorker):
             return  # TLS records only: still parked
         except OSError:
             more = None  # reset: gone
-        if more == b"" and self.parked.get(conn) is not None:
+        if more == b"" and self._unpark(conn) is not None:
             # End of what the client sends, its request whole: a half-close (shutdown of
-            # its writing side) still waits for the answer, as in a thread. It cannot stay
-            # parked (its socket is readable for good): it is answered now, told to retry.
-            conn.half_closed = True
-            self._resume(conn)
+            # its writing side) still waits for the answer, as in a thread, or the client
+            # is gone (a restarting agent): the two look the same. It cannot stay parked
+            # (its socket is readable for good), and is not run again (a step handed to a
+            # client that is gone would count as an attempt): no work now, ask again.
+            with contextlib.suppress(OSError, ValueError):  # best effort: it must not block
+                conn.sock.send(HALF_CLOSED_ANSWER)
+            self.nr_conns -= 1
+            conn.close(graceful=True)
+            conn.replay = conn.parser = None
+            conn.data = bytearray()
             return
         if more:
             self.log.debug("a parked request's client sent more: closing")
@@ -709,12 +716,7 @@ class GuardedThreadWorker(ThreadWorker):
             parks: list[Parked] = []
             # A request that cannot park (not a plain GET, a body, pipelined bytes, a large
             # head) is told there is no room: it must never wait in a thread here.
-            room = (
-                conn.replay is not None
-                and self.alive
-                and not conn.half_closed
-                and len(self.parked) < self.max_parked
-            )
+            room = conn.replay is not None and self.alive and len(self.parked) < self.max_parked
 
             def park(parked: Parked) -> None:
                 parks.append(parked)

@@ -78,6 +78,9 @@ def _migrate(
     _check_ned_ids_as_dry_run(params, before)
     ctx.progress(10, f"{len(targets)} device(s) to {new_id}" + (" (dry-run)" if dry_run else ""))
 
+    if not dry_run:
+        # From here NSO may move devices: a rerun's refusal says what this attempt moved.
+        ctx.journal.update("migrating", migrate_sent=True)
     reported: dict[str, ned.Migration] = {}
     try:
         for i, device in enumerate(devices):
@@ -290,10 +293,11 @@ def _said_with_earlier_moves(ctx: StepContext, exc: AgentError, new_id: str) -> 
     """A real migration's failure, with what this step's attempts migrated: a failure
     that decided nothing about it (a check before any migrate, in an attempt after a
     crash that had migrated devices) must not say nothing was. The ned-ids read before
-    the first attempt are in the journal; none there: no attempt got to migrate."""
+    the first attempt are in the journal, and whether an attempt got to migrate."""
     result = dict(exc.result) if isinstance(exc, StepFailed) else {}
     saved = ctx.journal.fact("ned_ids_before")
-    if "changed" in result or not isinstance(saved, dict):
+    began = ctx.journal.fact("migrate_sent") is True
+    if "changed" in result or not began or not isinstance(saved, dict):
         return exc if isinstance(exc, StepFailed) else StepFailed(str(exc))
     target = ned.bare_ned_id(new_id)
     devices = [d for d, was in saved.items() if isinstance(d, str) and was != target]

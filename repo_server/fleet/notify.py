@@ -59,11 +59,10 @@ class Notifier:
         """This process's tag. A process forked after the app was made (gunicorn's
         --preload) makes its own: with its parent's, each worker would take the others'
         wake-ups for its own, and skip them."""
-        pid, tag = self._tag
-        if pid != os.getpid():
-            self._tag = pid_tag = (os.getpid(), secrets.token_hex(8))
-            return pid_tag[1]
-        return tag
+        with self._cond:  # two threads of a fresh fork make one tag, not two
+            if self._tag[0] != os.getpid():
+                self._tag = (os.getpid(), secrets.token_hex(8))
+            return self._tag[1]
 
     def counter(self, node_id: int) -> int:
         with self._cond:

@@ -63,21 +63,25 @@ def _versions(node: Node) -> dict[str, str]:
     }
 
 
-def _packages_differ(group: HaGroup) -> list[str]:
+def _packages_differ(group: HaGroup, settled: bool) -> list[str]:
     """Members that load other packages than the primary: the change is planned from the
     primary's packages, and ``packages ha sync`` gives every secondary the primary's, so a
     package only a secondary loads would go unsaid, and one it loads at another version
-    would be replaced where the plan says added (``and-add`` reloads nothing)."""
+    would be replaced where the plan says added (``and-add`` reloads nothing). Only when
+    ``settled``: no job holds a member and each has reported since its last step ended
+    (else the members' own refusals say to wait; their heartbeats differ only in time)."""
     primary = group.primary.node
     theirs = _versions(primary)
     problems = []
     for member in group.members:
         node = member.node
-        if node.id == primary.id or node.inventory_at is None or primary.inventory_at is None:
+        if not settled or node.id == primary.id:
+            continue
+        if node.inventory_at is None or primary.inventory_at is None:
             continue  # a member that never reported: heartbeat_problems says so
         mine = _versions(node)
         differs = sorted(
-            f"{name} {mine.get(name) or '(none)'} (the primary: {theirs.get(name) or 'none'})"
+            f"{name} {_version_shown(mine, name)} (the primary: {_version_shown(theirs, name)})"
             for name in set(mine) | set(theirs)
             if mine.get(name) != theirs.get(name)
         )
@@ -91,6 +95,12 @@ def _packages_differ(group: HaGroup) -> list[str]:
                 "every secondary the primary's), then plan again"
             )
     return problems
+
+
+def _version_shown(versions: dict[str, str], name: str) -> str:
+    if name not in versions:
+        return "not loaded"
+    return versions[name] or "version unknown"
 
 
 def _load_paths_unknown(group: HaGroup) -> list[str]:
@@ -120,8 +130,16 @@ class GroupPackageUpgrades:
         artifacts = [live_artifact(self.session, filename) for filename in filenames]
         verdicts = []
         ended = preflight.last_step_ends(self.session, [m.node_id for m in group.members])
+        settled = True
         for member in group.members:
             active = self.jobs.active_job(member.node)
+            settled = (
+                settled
+                and active is None
+                and not preflight.inventory_behind(
+                    member.node.inventory_at, ended.get(member.node_id)
+                )
+            )
             # As a member: the group's own checks (its heartbeats, then ha_package_check on
             # every member) take the place of the single-node HA refusal.
             verdicts.append(
@@ -142,7 +160,7 @@ class GroupPackageUpgrades:
             verdicts,
             heartbeat_problems(group)
             + _load_paths_unknown(group)
-            + _packages_differ(group)
+            + _packages_differ(group, settled)
             + self._left_read_only(group),
             packages=[a.filename for a in artifacts],
             remove=list(remove),

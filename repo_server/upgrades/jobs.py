@@ -413,8 +413,9 @@ class JobService:
 
     def last_change(self, nodes: list[Node]) -> Optional[Job]:
         """The newest job on any of ``nodes`` that may have changed more than patches: an
-        ended patch job (`patch_only`) or a NED dry-run that only looked is passed over, as
-        a rollback passes over them (`check_nothing_since`)."""
+        ended patch job (`patch_only`), a NED dry-run that only looked, and a job that
+        failed or was cancelled leaving the nodes as they were are passed over, as a
+        rollback passes over them (`check_nothing_since`)."""
         older_than: Optional[int] = None
         while True:  # a page at a time: the one wanted is most often the first
             page = select(Job).where(Job.id.in_(_on(nodes))).order_by(Job.id.desc()).limit(16)
@@ -422,7 +423,7 @@ class JobService:
                 page = page.where(Job.id < older_than)
             jobs = list(self.session.scalars(page))
             for job in jobs:
-                if not (patch_only(job) or only_looked(job)):
+                if not (patch_only(job) or only_looked(job) or left_as_it_was(job)):
                     return job
             if len(jobs) < 16:
                 return None
@@ -437,14 +438,9 @@ class JobService:
         undone = rolled_back(later, done)
         patched = []
         for other in later:
-            # Failed or cancelled, a job that left the node as it was changed nothing.
-            kept_node_as_it_was = other.state in ("failed", "cancelled") and other.outcome in (
-                "unchanged",
-                "rolled_back",
-            )
             if (
                 other.kind in ROLLBACKS
-                or kept_node_as_it_was
+                or left_as_it_was(other)
                 or other.id in undone
                 or only_looked(other)
             ):
@@ -875,6 +871,11 @@ def _patch_left_on(job: Job, took: list[Step]) -> str:
         f"the patch is (or may be) on {changed}: take it off with 'nso-repo patch rollout "
         f"{patch} --remove {where}', or roll it out again once the cause is fixed"
     )
+
+
+def left_as_it_was(job: Job) -> bool:
+    """Failed or cancelled, a job that left its nodes as they were: it changed nothing."""
+    return job.state in ("failed", "cancelled") and job.outcome in ("unchanged", "rolled_back")
 
 
 def patch_only(job: Job) -> bool:

@@ -301,6 +301,7 @@ def test_a_rerun_refused_before_migrating_says_what_the_first_attempt_moved(nso,
         "ned_ids_read",
         ned_ids_before={"router-nc-1": "router-nc-1.0", "router-nc-2": "router-nc-1.0"},
     )
+    journal.update("migrating", migrate_sent=True)
     for command in (
         f"devices device router-nc-1 migrate new-ned-id {NEW}",
         "config; devices device-group edge device-name [ router-nc-1 ]; commit",
@@ -362,3 +363,25 @@ def test_what_nso_prints_reaches_the_result_without_a_nul() -> None:
     for odd in ("x" * 200, "a\x00b", "r..1"):
         with pytest.raises(NsoError, match="cannot read as a ned-id"):
             ned.device_ned_id(shown.format(odd))
+
+
+def test_a_first_attempt_refused_credits_no_earlier_attempt(nso, driver):
+    """The dry-run showed router-nc-1 on the old ned-id; someone moved it through NSO
+    since. The confirmed migration refuses, and says nothing of an earlier attempt of the
+    step: there was none."""
+    drive = driver(agent_config(nso))
+    out, status = nso.cli(f"devices device router-nc-1 migrate new-ned-id {NEW}")
+    assert status == 0, out
+    confirmed = {
+        "new_ned_id": NEW,
+        "devices": ["router-nc-1"],
+        "dry_run": False,
+        "expected_devices": ["router-nc-1"],
+        "expected_ned_ids": {"router-nc-1": "router-nc-1.0"},
+    }
+    with pytest.raises(
+        StepFailed, match=re.escape("moved from router-nc-1.0 to router-nc-2.0")
+    ) as failed:
+        drive.step("ned_migrate", confirmed)
+    assert "earlier attempt" not in str(failed.value)
+    assert failed.value.result == {}

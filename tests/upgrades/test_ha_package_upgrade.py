@@ -883,3 +883,51 @@ def test_a_signed_file_named_like_a_ned_gets_the_full_reload(live, pair, tmp_pat
     assert put.status_code == 201, put.text
     plan = _plan(live, path.name)
     assert plan["sync"] == "and-reload", plan
+
+
+def test_members_differing_only_in_time_during_a_job_are_not_told_to_sync(
+    live, pair, builds
+) -> None:
+    """While a job holds the members (the primary reported its new build, the secondary
+    not yet), the plan says to wait for that job, not to run a sync by hand."""
+    _start(live, builds["router"])
+    pair["nso-a"].heartbeat(
+        _inventory("n1", True, packages=_loaded({**LOADED, "router-nc": "1.0.3"}))
+    )
+    plan = _plan(live, builds["new-service"])
+    assert plan["ok"] is False
+    said = json.dumps(plan)
+    assert "is still running on" in said and "loads other packages" not in said, said
+
+
+def test_a_later_job_that_changed_nothing_does_not_hide_a_primary_left_read_only(
+    live, pair, builds, app_state
+) -> None:
+    """After the package job that left the primary read-only, a job failed having changed
+    nothing (NSO refused a NED migration on the read-only node): the plan still names the
+    package job."""
+    from repo_server.fleet.models import Node
+    from repo_server.upgrades.models import Job
+
+    job = _start(live, builds["router"])
+    first, _ = _drive(live, pair, job["id"], _sync_unknown)
+    assert first["outcome"] == "needs_attention", first
+    with app_state.sessions() as session:
+        node = session.query(Node).filter_by(name="nso-a").one()
+        session.add(
+            Job(
+                nodes=[node],
+                kind="ned_migration",
+                state="failed",
+                outcome="unchanged",
+                created_by="test",
+            )
+        )
+        session.commit()
+    pair["nso-a"].heartbeat(_inventory("n1", True, read_only=True))
+    pair["nso-b"].heartbeat(_inventory("n2", False))
+    plan = _plan(live, builds["router"])
+    assert plan["ok"] is False, plan
+    assert any(
+        f"job {job['id']} (ha_package_upgrade) needs attention" in p for p in plan["problems"]
+    )
