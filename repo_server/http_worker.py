@@ -677,7 +677,9 @@ class GuardedThreadWorker(ThreadWorker):
             return  # TLS records only: still parked
         except OSError:
             more = None  # reset: gone
-        if more == b"" and self._unpark(conn) is not None:
+        if self._unpark(conn) is None:
+            return
+        if more == b"":
             # End of what the client sends, its request whole: a half-close (shutdown of
             # its writing side) still waits for the answer, as in a thread, or the client
             # is gone (a restarting agent): the two look the same. It cannot stay parked
@@ -685,19 +687,13 @@ class GuardedThreadWorker(ThreadWorker):
             # client that is gone would count as an attempt): no work now, ask again.
             with contextlib.suppress(OSError, ValueError):  # best effort: it must not block
                 conn.sock.send(HALF_CLOSED_ANSWER)
-            self.nr_conns -= 1
-            conn.close(graceful=True)
-            conn.replay = conn.parser = None
-            conn.data = bytearray()
-            return
-        if more:
+        elif more:
             self.log.debug("a parked request's client sent more: closing")
-        if self._unpark(conn) is not None:
-            self.nr_conns -= 1
-            conn.close()
-            # Its deadline entry stays in the heap until due: keep nothing big alive by it.
-            conn.replay = conn.parser = None
-            conn.data = bytearray()
+        self.nr_conns -= 1
+        conn.close(graceful=more == b"")
+        # Its deadline entry stays in the heap until due: keep nothing big alive by it.
+        conn.replay = conn.parser = None
+        conn.data = bytearray()
 
     # -- in a thread ---------------------------------------------------------------------
 

@@ -266,7 +266,7 @@ def _failed(
     moved: list[str] = []
     if not dry_run:
         try:
-            after = _ned_ids(ctx, list(before))
+            moved = _moved_since(ctx, before, ned.bare_ned_id(new_id))
         except NsoError as read:
             # Not known which devices moved: say so, never "none".
             return StepFailed(
@@ -275,8 +275,6 @@ def _failed(
                 "by hand before running the migration again",
                 result={"changed": True},
             )
-        target = ned.bare_ned_id(new_id)
-        moved = [d for d, was in before.items() if was != target and after.get(d) == target]
     done = (
         f"; already on {new_id}: {', '.join(moved[:20])}" + (" ..." if len(moved) > 20 else "")
         if moved
@@ -289,6 +287,13 @@ def _failed(
     )
 
 
+def _moved_since(ctx: StepContext, before: dict[str, Any], target: str) -> list[str]:
+    """The devices on ``target`` now that were on another ned-id ``before`` (read back from
+    NSO: raises as `_ned_ids` does)."""
+    after = _ned_ids(ctx, [d for d, was in before.items() if was != target])
+    return [d for d, now in after.items() if now == target]
+
+
 def _said_with_earlier_moves(ctx: StepContext, exc: AgentError, new_id: str) -> StepFailed:
     """A real migration's failure, with what this step's attempts migrated: a failure
     that decided nothing about it (a check before any migrate, in an attempt after a
@@ -297,12 +302,12 @@ def _said_with_earlier_moves(ctx: StepContext, exc: AgentError, new_id: str) -> 
     result = dict(exc.result) if isinstance(exc, StepFailed) else {}
     saved = ctx.journal.fact("ned_ids_before")
     began = ctx.journal.fact("migrate_sent") is True
+    plain = exc if isinstance(exc, StepFailed) else StepFailed(str(exc))
     if "changed" in result or not began or not isinstance(saved, dict):
-        return exc if isinstance(exc, StepFailed) else StepFailed(str(exc))
-    target = ned.bare_ned_id(new_id)
-    devices = [d for d, was in saved.items() if isinstance(d, str) and was != target]
+        return plain
     try:
-        moved = [d for d in devices if ctx.nso.device_ned_id(d) == target]
+        first = {d: v for d, v in saved.items() if isinstance(d, str)}
+        moved = _moved_since(ctx, first, ned.bare_ned_id(new_id))
     except AgentError as read:
         return StepFailed(
             f"{str(exc).replace(NOTHING, 'this attempt migrated nothing')}; an earlier "
@@ -311,7 +316,7 @@ def _said_with_earlier_moves(ctx: StepContext, exc: AgentError, new_id: str) -> 
             result={**result, "changed": True},
         )
     if not moved:
-        return exc if isinstance(exc, StepFailed) else StepFailed(str(exc))
+        return plain
     return StepFailed(
         f"{str(exc).replace(NOTHING, 'this attempt migrated nothing')}; an earlier attempt "
         f"of this step had migrated {', '.join(moved[:20])}"

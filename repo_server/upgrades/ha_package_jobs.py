@@ -63,15 +63,15 @@ def _versions(node: Node) -> dict[str, str]:
     }
 
 
-def _packages_differ(group: HaGroup, settled: bool) -> list[str]:
+def _packages_differ(group: HaGroup, theirs: dict[str, str], settled: bool) -> list[str]:
     """Members that load other packages than the primary: the change is planned from the
     primary's packages, and ``packages ha sync`` gives every secondary the primary's, so a
     package only a secondary loads would go unsaid, and one it loads at another version
     would be replaced where the plan says added (``and-add`` reloads nothing). Only when
     ``settled``: no job holds a member and each has reported since its last step ended
-    (else the members' own refusals say to wait; their heartbeats differ only in time)."""
+    (else the members' own refusals say to wait; their heartbeats differ only in time).
+    ``theirs``: the primary's packages (`_versions`)."""
     primary = group.primary.node
-    theirs = _versions(primary)
     problems = []
     for member in group.members:
         node = member.node
@@ -160,7 +160,7 @@ class GroupPackageUpgrades:
             verdicts,
             heartbeat_problems(group)
             + _load_paths_unknown(group)
-            + _packages_differ(group, settled)
+            + _packages_differ(group, before, settled)
             + self._left_read_only(group),
             packages=[a.filename for a in artifacts],
             remove=list(remove),

@@ -272,7 +272,7 @@ def _known_ned_id(value: str) -> bool:
 
 def _check_request(request: MigrationRequest) -> None:
     ned_id = request.new_ned_id
-    if not NED_ID.fullmatch(ned_id) or len(ned_id) > 128 or ".." in ned_id:
+    if not _known_ned_id(ned_id):
         raise ValidationFailed(
             f"new_ned_id {request.new_ned_id[:140]!r} is not a ned-id: ASCII letters, digits "
             "and _ . - as NSO shows it (show packages ... ned-id), e.g. router-nc-2.0",
