@@ -149,12 +149,14 @@ def read_bundle(bundle: Path) -> dict[str, bytes]:
 
 @dataclass(frozen=True)
 class LoadedPatch:
-    """A row of ``show ncs-state patches``: the release it names and, when NSO prints the
-    column, the patch id."""
+    """A row of ``show ncs-state patches``: the release it names, when NSO prints the
+    column the patch id, and the rest of the row (the compile time), which tells two builds
+    of one module apart."""
 
     module: str
     version: Optional[str]
     patch_id: Optional[str]
+    built: Optional[str] = None
 
 
 def _heading(line: str) -> bool:
@@ -183,10 +185,12 @@ def patches_table(text: str) -> dict[str, LoadedPatch]:
             break
         if set(line.strip()) == {"-"}:
             continue  # the rule under the heading
+        rest = cells[3:] if with_id else cells[2:]
         rows[cells[0]] = LoadedPatch(
             cells[0],
             cells[1] if len(cells) > 1 else None,
             cells[2] if with_id and len(cells) > 2 else None,
+            " ".join(rest) or None,
         )
     return rows
 

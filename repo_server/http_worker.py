@@ -70,6 +70,8 @@ Answer = tuple[int, str, str, str, Optional[dict[str, Any]]]
 # File descriptors a worker keeps for its own files, database and listener connections
 # beyond the parked requests' sockets.
 FD_RESERVE = 256
+# Sockets draining after their answer at most (_linger): half the reserve.
+LINGER_MAX = FD_RESERVE // 2
 FD_PAUSE = 0.5  # seconds without accept() after running out of file descriptors
 # A parked request is run again from its bytes: an agent's poll is a few hundred. A larger
 # head does not park (its client waits for a `Retry-After` instead), so what parked
@@ -77,6 +79,13 @@ FD_PAUSE = 0.5  # seconds without accept() after running out of file descriptors
 MAX_PARKED_HEAD = 8 << 10
 PARKED = object()  # a thread's result when its request parked
 # What a parked long-poll whose client ended its side is told: no work now, ask again.
+HEAD_TOO_LARGE: Answer = (
+    431,
+    "Request Header Fields Too Large",
+    "headers_too_large",
+    f"the request head is over {MAX_HEAD_BYTES} bytes: send fewer or shorter headers",
+    None,
+)
 HALF_CLOSED_ANSWER = b"HTTP/1.1 204 No Content\r\nRetry-After: 1\r\nConnection: close\r\n\r\n"
 
 
@@ -335,7 +344,15 @@ class GuardedThreadWorker(ThreadWorker):
     def _linger(self, sock: socket.socket) -> None:
         """Close ``sock`` after its answer: send FIN, then drain what the client still
         sends, in the event loop, until it closes, LINGER_SECONDS pass or LINGER_BYTES came
-        (closing with unread bytes would reset the connection and could cut the answer)."""
+        (closing with unread bytes would reset the connection and could cut the answer).
+        A lingering socket still holds a file descriptor, so it counts among the worker's
+        connections until it goes (a client that never closes its end would otherwise take
+        descriptors past the limit the accept gate keeps); past LINGER_MAX of them, the
+        socket is closed at once."""
+        if len(self.lingering) >= LINGER_MAX:
+            with contextlib.suppress(OSError):
+                sock.close()
+            return
         try:
             sock.shutdown(socket.SHUT_WR)
             sock.setblocking(False)
@@ -345,6 +362,7 @@ class GuardedThreadWorker(ThreadWorker):
                 sock.close()
             return
         self.lingering[sock] = time.monotonic() + LINGER_SECONDS
+        self.nr_conns += 1
         self._drain(sock)
 
     def _drain(self, sock: socket.socket, *_args: Any) -> None:
@@ -364,7 +382,8 @@ class GuardedThreadWorker(ThreadWorker):
                 return
 
     def _unlinger(self, sock: socket.socket) -> None:
-        self.lingering.pop(sock, None)
+        if self.lingering.pop(sock, None) is not None:
+            self.nr_conns -= 1
         with contextlib.suppress(KeyError, ValueError, OSError):
             self.poller.unregister(sock)
         with contextlib.suppress(OSError):
@@ -400,17 +419,7 @@ class GuardedThreadWorker(ThreadWorker):
             if self._settled(conn):
                 return
             if not conn.head_end and len(conn.data) > MAX_HEAD_BYTES:
-                self._close(
-                    conn,
-                    (
-                        431,
-                        "Request Header Fields Too Large",
-                        "headers_too_large",
-                        f"the request head is over {MAX_HEAD_BYTES} bytes: send fewer or "
-                        "shorter headers",
-                        None,
-                    ),
-                )
+                self._close(conn, HEAD_TOO_LARGE)
                 return
 
     def _settled(self, conn: PendingConn) -> bool:
@@ -453,6 +462,8 @@ class GuardedThreadWorker(ThreadWorker):
             conn.scanned = len(conn.data)
             if end < 0:
                 return False
+            if end + 4 > MAX_HEAD_BYTES:  # one that came whole in a read or two as well
+                raise Refused(HEAD_TOO_LARGE)
             self._plan_body(conn, end)
         if conn.chunk_at >= 0:
             return self._chunked_complete(conn)
@@ -688,9 +699,14 @@ class GuardedThreadWorker(ThreadWorker):
             with contextlib.suppress(OSError, ValueError):  # best effort: it must not block
                 conn.sock.send(HALF_CLOSED_ANSWER)
         elif more:
-            self.log.debug("a parked request's client sent more: closing")
+            # A request pipelined behind the parked one (HTTP/1.1 allows it): the parked one
+            # gets its "no work now" and the connection closes (Connection: close), which
+            # tells the client to send the unanswered one again; never a bare reset.
+            self.log.debug("a parked request's client sent more: answered, closing")
+            with contextlib.suppress(OSError, ValueError):
+                conn.sock.send(HALF_CLOSED_ANSWER)
         self.nr_conns -= 1
-        conn.close(graceful=more == b"")
+        conn.close(graceful=more is not None)
         # Its deadline entry stays in the heap until due: keep nothing big alive by it.
         conn.replay = conn.parser = None
         conn.data = bytearray()

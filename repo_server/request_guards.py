@@ -23,7 +23,7 @@ from werkzeug.routing import IntegerConverter, Map
 
 from repo_server.config import Settings
 from repo_server.db import MAX_ID
-from repo_server.errors import BadRequest, PayloadTooLarge
+from repo_server.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 
 # (endpoint, method) of the routes that take a file's bytes as their body.
 UPLOAD_ENDPOINTS = frozenset(
@@ -88,6 +88,13 @@ def install(app: Flask, settings: Settings) -> None:
 
 
 def _check_request(settings: Settings) -> None:
+    encoding = request.headers.get("Content-Encoding", "").strip().lower()
+    if encoding not in ("", "identity"):
+        # Bodies are read as they come: one labelled gzip would be taken as its raw bytes.
+        raise UnsupportedMediaType(
+            f"the request body is sent with Content-Encoding {encoding[:32]!r}, which this "
+            "server does not decode: send it without Content-Encoding"
+        )
     upload = (request.endpoint, request.method) in UPLOAD_ENDPOINTS
     limit = settings.max_json_bytes
     if not upload:

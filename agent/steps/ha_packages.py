@@ -13,6 +13,7 @@ sync: never while NSO may still hold it read-only for the sync.
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -208,6 +209,16 @@ def _mode_after_success(ctx: StepContext, sync: Sync) -> bool:
     (it has ended the sync, so the mode is the step's to set); or the step's
     ``read_only_after``."""
     wanted = sync.before if sync.after is None else sync.after
+    moved = _failed_over(ctx)
+    if moved is not None:
+        word = str(wanted).lower()
+        raise StepFailed(
+            f"packages ha sync {sync.variant} ended as it should on this node, but {moved}. "
+            f"Read-only mode was NOT touched; the primary was to end read-only {word}: on the "
+            "node that serves writes now check the roles and the mode ('show "
+            f"high-availability status'; 'high-availability read-only mode {word}'). "
+            f"'nso-repo job show {ctx.job_id}' says what each member loads and its HA mode"
+        )
     try:
         return ctx.nso.ensure_ha_read_only(wanted)
     except AgentError as exc:
@@ -296,6 +307,10 @@ def _shown(state: Optional[tuple[Optional[str], Optional[str]]]) -> str:
     if state is None:
         return "none"
     return f"{state[0] or '(no version)'}, {state[1] or 'no oper-status'}"
+
+
+# An HA node id as the server takes it in a result (repo_server/upgrades/results.py).
+_HA_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
 
 @dataclass(frozen=True)
@@ -395,9 +410,37 @@ def _links_after_failure(ctx: StepContext) -> str:
     )
 
 
+def _failed_over(ctx: StepContext) -> Optional[str]:
+    """Why this node is no longer the HA primary it was when the step began (a failover
+    during the sync: NSO restarted, the node joined the new primary), in words; None while
+    it is primary, or when its HA status cannot be read (its read-only mode is then still
+    the step's to put back)."""
+    try:
+        st = ctx.nso.show_ha_status()
+    except AgentError:
+        return None
+    if st["enabled"] and st["mode"] == "primary":
+        return None
+    acting = st["primary_id"]
+    return (
+        f"this node is no longer the HA primary ({_describe(st)}): the cluster failed over "
+        "during the sync" + (f", and {acting} serves writes now" if acting else "")
+    )
+
+
 def _read_only_back(ctx: StepContext, before: bool) -> str:
-    """Read-only mode put back to ``before`` (NSO leaves it off after a failed sync)."""
+    """Read-only mode put back to ``before`` (NSO leaves it off after a failed sync), on
+    this node while it is the primary; after a failover the writer is another node, whose
+    mode is said, not set: the roles are the operator's to look at first."""
     word = str(before).lower()
+    moved = _failed_over(ctx)
+    if moved is not None:
+        return (
+            f"Read-only mode was NOT touched: {moved}. The primary was read-only {word} "
+            f"before the sync: on the node that serves writes now check it ('show "
+            f"high-availability status') and set it with 'high-availability read-only mode "
+            f"{word}'"
+        )
     try:
         ctx.nso.ensure_ha_read_only(before)
     except AgentError as exc:
@@ -434,9 +477,17 @@ def ha_verify_packages(ctx: StepContext) -> dict[str, Any]:
         for name, (version, status) in sorted(ctx.nso.package_states().items())
         if status is not None
     ]
-    read_only = ctx.nso.ha_read_only_mode()
+    st = ctx.nso.show_ha_status()
+    read_only = st["read_only"]
+    mode = st["mode"] if st["enabled"] and st["mode"] in ("primary", "secondary") else "none"
     if not trust.flag(ctx.params, "survey"):
         problems = _differences(loaded, dict(_packages(ctx)))
+        role = "primary" if trust.flag(ctx.params, "primary") else "secondary"
+        if mode != role:
+            problems.append(
+                f"HA mode is {mode}, and the group makes this member {role} ({_describe(st)}): "
+                "the cluster failed over, or this member left it"
+            )
         if trust.flag(ctx.params, "primary"):
             # The mode the sync step ended in and confirmed: the one before it, or a
             # rollback's read_only_after.
@@ -459,7 +510,10 @@ def ha_verify_packages(ctx: StepContext) -> dict[str, Any]:
                 "the way back",
                 {"nso_running": True},
             )
-    return {"loaded": loaded, "read_only": read_only}
+    found: dict[str, Any] = {"loaded": loaded, "read_only": read_only, "ha_mode": mode}
+    if st["primary_id"] and _HA_ID.fullmatch(st["primary_id"]):
+        found["primary_id"] = st["primary_id"]
+    return found
 
 
 def _differences(loaded: list[dict[str, Any]], expected: dict[str, str]) -> list[str]:

@@ -5,8 +5,9 @@ runs: the server's word on the version is checked, never trusted.
 
 Each step ends in the same state when run again: a file that already holds the bundle's
 bytes is not written, and ``load-modules`` runs only when the step changes a file (judged
-against what the folder held before its first attempt, saved with NSO's listing then) or
-NSO does not list the modules as the step wants them. Either way NSO's own listing confirms
+against what the folder held before its first attempt, saved with NSO's listing then), NSO
+does not list the modules as the step wants them, or the agent cannot tell that NSO runs
+these very bytes (the ledger of what it loaded: NSO lists no checksum). Either way NSO's own listing confirms
 the end. An apply that fails after its first write puts the files back and checks NSO's
 listing against the one saved; its failure says ``changed`` unless the node is as it was.
 """
@@ -14,6 +15,8 @@ listing against the one saved; its failure says ``changed`` unless the node is a
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import re
 import shutil
@@ -28,10 +31,14 @@ from typing import Any, Optional
 from agent import patch_bundle, release_signature, trust
 from agent.errors import AgentError, StepFailed
 from agent.fsutil import fsync_dir, write_atomic
+from agent.journal import write_json_atomic
 from agent.nso import STARTED
 from agent.steps.context import StepContext
 
 PATCHES = "/opt/ncs/current/lib/ncs/patches"
+# Under the agent's state folder: the bytes of each module NSO was seen running after a load
+# this agent ran (`_loaded_by_us`).
+LOADED_LEDGER = "patches-loaded.json"
 # How long the files a failed apply could not put back are kept (docs/patches.md).
 UNDO_KEEP_DAYS = 30
 # The random part of a temporary file's name (tempfile.mkstemp, as write_atomic makes it).
@@ -208,12 +215,25 @@ def apply_patch(ctx: StepContext) -> dict[str, Any]:
             like = dest if before.files[module] is not None else None
             write_atomic(dest, beams[module], mode=0o644, like=like)
             ctx.log(f"wrote {ctx.paths.host_path(dest)} ({len(beams[module])} bytes)")
-        if changed:
+        # NSO lists a module by name, release and compile time, not by its bytes: another
+        # build of it in the folder (copied by hand, or written by a cancelled attempt that
+        # never loaded it) looks loaded, and without a patch id column any build does. So
+        # the folder is loaded unless this agent loaded these very bytes and NSO still lists
+        # them as it did then; a row that moves then says NSO ran another build.
+        if changed or not _loaded_by_us(ctx, before.listed or {}, beams):
             ran_load = True
             loaded = patch.load(f"patch {patch.id}")
         else:
-            ctx.log(f"every module of patch {patch.id} is there and loaded already: nothing to do")
             loaded = ctx.nso.loaded_patches()
+        if not changed:
+            moved = [m for m in patch.modules if loaded.get(m) != (before.listed or {}).get(m)]
+            changed = bool(moved)
+            ctx.log(
+                f"NSO ran another build of {', '.join(moved)} than the patches folder holds: "
+                "it loads this patch's now"
+                if moved
+                else f"every module of patch {patch.id} is there and loaded already: nothing to do"
+            )
         missing = patch.unlisted(loaded)
         if missing:
             raise StepFailed(
@@ -224,8 +244,54 @@ def apply_patch(ctx: StepContext) -> dict[str, Any]:
         raise _undo_apply(ctx, patch, folder, before, beams, touched, ran_load, exc) from exc
     # Recorded before the undo save goes: a rerun of this step then reports this outcome.
     ctx.journal.update("patch_applied", patch_applied={"changed": changed})
+    _note_loaded(ctx, loaded, beams)
     shutil.rmtree(_undo_dir(ctx), ignore_errors=True)
     return {"modules": patch.modules, "changed": changed}
+
+
+def _ledger_path(ctx: StepContext) -> Path:
+    return ctx.config.state_path / LOADED_LEDGER
+
+
+def _ledger_entry(data: bytes, row: patch_bundle.LoadedPatch) -> dict[str, Any]:
+    return {
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "row": [row.version, row.patch_id, row.built],
+    }
+
+
+def _loaded_by_us(
+    ctx: StepContext, listed: dict[str, patch_bundle.LoadedPatch], beams: dict[str, bytes]
+) -> bool:
+    """Whether this agent had NSO load each of ``beams`` and NSO lists each as it did then
+    (the ledger `_note_loaded` keeps); False when unsure (no ledger, an unreadable one)."""
+    try:
+        ledger = json.loads(_ledger_path(ctx).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(ledger, dict) and all(
+        m in listed and ledger.get(m) == _ledger_entry(data, listed[m]) for m, data in beams.items()
+    )
+
+
+def _note_loaded(
+    ctx: StepContext, loaded: dict[str, patch_bundle.LoadedPatch], beams: dict[str, bytes]
+) -> None:
+    """Keep, across steps, which bytes of each module NSO was seen running and the row it
+    listed them with (`_loaded_by_us`). Losing it costs one load-modules, so a failure to
+    write it is logged, not raised: the patch is on."""
+    path = _ledger_path(ctx)
+    try:
+        ledger = json.loads(path.read_text())
+    except (OSError, ValueError):
+        ledger = {}
+    if not isinstance(ledger, dict):
+        ledger = {}
+    ledger.update({m: _ledger_entry(data, loaded[m]) for m, data in beams.items() if m in loaded})
+    try:
+        write_json_atomic(path, ledger)
+    except OSError as exc:
+        ctx.log(f"could not keep {path} ({exc}): the next apply of these modules loads them again")
 
 
 def _applied_before(ctx: StepContext, patch: _Patch, changed: bool) -> dict[str, Any]:
@@ -454,7 +520,7 @@ def _before_apply(ctx: StepContext, folder: Path, modules: list[str]) -> _Before
         if data is not None:
             write_atomic(saved / f"{module}.beam", data, mode=0o600)
     fsync_dir(saved)
-    rows = {m: [row.version, row.patch_id] for m, row in listed.items()}
+    rows = {m: [row.version, row.patch_id, row.built] for m, row in listed.items()}
     ctx.journal.update("patch_undo_saved", patch_undo_saved=True, patch_listed_before=rows)
     return _Before(files, listed)
 
@@ -585,6 +651,8 @@ def _listing(rows: Optional[dict[str, patch_bundle.LoadedPatch]], modules: list[
     if not rows:
         return f"none of {', '.join(modules)}"
     return ", ".join(
-        " ".join(c for c in (m, rows[m].version, rows[m].patch_id) if c) if m in rows else f"no {m}"
+        " ".join(c for c in (m, rows[m].version, rows[m].patch_id, rows[m].built) if c)
+        if m in rows
+        else f"no {m}"
         for m in modules
     )

@@ -48,6 +48,22 @@ def make_client(url: Optional[str], token: Optional[str]) -> RepoClient:
     return RepoClient(url, token)
 
 
+def _field_problems(fields: Any, where: str = "") -> list[str]:
+    """``details.fields`` of a refusal as ``field: problem`` lines (the location the server
+    names first, json or query, left out)."""
+    if isinstance(fields, list):
+        return [
+            f"{where or 'request'}: {problem}" for problem in fields if isinstance(problem, str)
+        ]
+    if not isinstance(fields, dict):
+        return []
+    lines: list[str] = []
+    for key, value in fields.items():
+        top = not where and key in ("json", "query", "form", "headers", "files")
+        lines += _field_problems(value, "" if top else f"{where}.{key}" if where else str(key))
+    return lines[:20]
+
+
 def handle_errors(f: F) -> F:
     """Turn known failures into one clear line on stderr and exit status 1."""
 
@@ -56,7 +72,10 @@ def handle_errors(f: F) -> F:
         try:
             return f(*args, **kwargs)
         except ApiError as exc:
-            fail(f"{exc.message} [{exc.code}]")
+            said = _field_problems(
+                exc.details.get("fields") if isinstance(exc.details, dict) else None
+            )
+            fail(f"{exc.message} [{exc.code}]" + "".join(f"\n  {line}" for line in said))
         except AppError as exc:
             fail(exc.message)
         except requests.exceptions.SSLError as exc:

@@ -161,10 +161,37 @@ def node_ls(
             f"{item['name']:<20} {inv.get('running_version') or '-':<10} "
             f"{inv.get('status') or 'unknown':<8} last seen {item['last_seen_at'] or 'never'}"
         )
+        patches = _patches_line(inv.get("patches"))
+        if patches:
+            click.echo(f"{'':<20} {patches}")
         assigned = item.get("assigned_version")
         if assigned and assigned != inv.get("running_version"):
             why = (item.get("rollout") or {}).get("why") or "no rollout drives it"
             click.echo(f"{'':<20} assigned {assigned}: {why}")
+
+
+def _patches_line(patches: Any) -> str:
+    """The node's patch modules by what NSO says of them: loaded (listed by `show
+    ncs-state patches`), files NSO does not list, files whose loading is unknown."""
+    rows = [p for p in patches if isinstance(p, dict)] if isinstance(patches, list) else []
+
+    def named(loaded: Optional[bool]) -> str:
+        return ", ".join(
+            str(p.get("module")) + (f" ({p['patch_id']})" if p.get("patch_id") else "")
+            for p in rows
+            if p.get("loaded") is loaded
+        )
+
+    said = [
+        f"{label}: {names}"
+        for label, names in (
+            ("patches loaded", named(True)),
+            ("patch files not loaded", named(False)),
+            ("patch files, loading unknown", named(None)),
+        )
+        if names
+    ]
+    return "; ".join(said)
 
 
 @node.command("label")

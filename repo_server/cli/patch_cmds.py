@@ -4,6 +4,7 @@ show one (docs/patches.md)."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any, Optional
 
 import click
@@ -57,7 +58,8 @@ def patch_rollout(
         "POST",
         "/api/v1/patch-rollouts",
         json={
-            "patch": bundle,
+            # As `nso-repo upload` names it in the catalog: by its file name.
+            "patch": Path(bundle).name,
             "action": "remove" if remove else "apply",
             "nodes": list(nodes),
             "groups": list(groups),
@@ -67,11 +69,12 @@ def patch_rollout(
     if as_json and not watch:
         print_json(started)
         return
-    click.echo(started["id"])
+    # With --json, standard output carries the JSON alone: the progress goes to stderr.
+    click.echo(started["id"], err=as_json)
     for item in started.get("left_out") or []:
         click.echo(f"left out: {item['node']}: {item['reason']}", err=True)
     if watch:
-        watch_rollout(client, started["id"])
+        watch_rollout(client, started["id"], as_json=as_json)
 
 
 @patch.command("ls")
@@ -105,20 +108,24 @@ def patch_show(rollout_id: int, as_json: bool, url: Optional[str], token: Option
         click.echo(_node_line(node))
 
 
-def watch_rollout(client: Any, rollout_id: int, interval: float = 1.0) -> None:
-    """Print each node's state as it changes until none is queued or running; exit 1 unless
-    every node succeeded."""
+def watch_rollout(
+    client: Any, rollout_id: int, interval: float = 1.0, as_json: bool = False
+) -> None:
+    """Print each node's state as it changes until none is queued or running (``as_json``:
+    on stderr, then the rollout as JSON on stdout); exit 1 unless every node succeeded."""
     shown: dict[str, str] = {}
     while True:
         item = client.call("GET", f"/api/v1/patch-rollouts/{rollout_id}")
         for node in item["nodes"]:
             if shown.get(node["node"]) != node["state"]:
                 shown[node["node"]] = node["state"]
-                click.echo(_node_line(node))
+                click.echo(_node_line(node), err=as_json)
         if item["state"] not in ACTIVE:
             break
         time.sleep(interval)
-    click.echo(f"rollout {rollout_id} {item['state']}: {_counts(item['counts'])}")
+    click.echo(f"rollout {rollout_id} {item['state']}: {_counts(item['counts'])}", err=as_json)
+    if as_json:
+        print_json(item)
     if item["state"] != "succeeded":
         fail(
             f"rollout {rollout_id} did not succeed on every node ('nso-repo patch show {rollout_id}')"

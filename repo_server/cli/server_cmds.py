@@ -162,6 +162,7 @@ def gunicorn_options(
             "timeout",
             "graceful_timeout",
             "keepalive",
+            "limit_request_line",
             "accesslog",
             "errorlog",
             "loglevel",

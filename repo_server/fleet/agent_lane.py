@@ -33,6 +33,7 @@ from repo_server.context import AppState
 from repo_server.db import MAX_ID
 from repo_server.errors import AppError
 from repo_server.fleet.idle_polls import bearer_digest, plain_poll
+from repo_server.fleet.notify import Notifier, overtaken
 from repo_server.fleet.schemas import StepReportSchema
 from repo_server.group_commit import ALONE, GroupCommit
 from repo_server.observability import batch_sized, note_request
@@ -86,7 +87,7 @@ def middleware(app: WsgiApp, state: AppState, dumps: Callable[[Any], str]) -> Ws
         started = time.monotonic()
         method, path = environ.get("REQUEST_METHOD"), environ.get("PATH_INFO", "")
         if method == "GET" and path == NEXT:
-            digest = _woken_poll(environ)
+            digest = _woken_poll(environ, state.notifier)
             answer = claims.submit(digest) if digest else ALONE
             route = NEXT
         elif method == "POST" and (match := REPORT_PATH.fullmatch(path)):
@@ -116,12 +117,14 @@ def middleware(app: WsgiApp, state: AppState, dumps: Callable[[Any], str]) -> Ws
     return lane
 
 
-def _woken_poll(environ: dict[str, Any]) -> Optional[str]:
+def _woken_poll(environ: dict[str, Any], notifier: Notifier) -> Optional[str]:
     """The token digest of a parked poll run again, as the full view would take it; None
     for anything else."""
     resumed: Optional[Parked] = environ.get(RESUMED)
     if resumed is None or resumed.state.get("deadline", 0.0) <= time.monotonic():
         return None  # not woken, or its wait ended: most often nothing came (idle_polls.py)
+    if overtaken(notifier, resumed.state):
+        return None  # a newer poll of its node takes the step; idle_polls.py answers 204
     plain = plain_poll(environ)
     return plain[1] if plain is not None else None
 
@@ -138,6 +141,7 @@ def _report(
     if (
         environ.get("QUERY_STRING")
         or "HTTP_TRANSFER_ENCODING" in environ
+        or "HTTP_CONTENT_ENCODING" in environ  # the view refuses what it does not decode
         or not (length.isascii() and length.isdigit() and len(length) <= 12)
         or not 0 < int(length) <= limit
         or not is_json(mimetype)

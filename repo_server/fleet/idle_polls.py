@@ -39,7 +39,7 @@ from repo_server.auth.service import hash_token
 from repo_server.context import AppState
 from repo_server.db import among
 from repo_server.fleet.models import Node
-from repo_server.fleet.notify import notify_polls
+from repo_server.fleet.notify import notify_polls, overtaken
 from repo_server.fleet.schemas import POLL_WAIT_DEFAULT, POLL_WAIT_MAX
 from repo_server.fleet.service import SeenAgent, touch_many
 from repo_server.fleet.views import BUSY_RETRY_SECONDS
@@ -122,6 +122,11 @@ def middleware(app: WsgiApp, state: AppState) -> WsgiApp:
     def idle_polls(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         if environ.get("REQUEST_METHOD") != "GET" or environ.get("PATH_INFO") != PATH:
             return app(environ, start_response)
+        resumed: Optional[Parked] = environ.get(RESUMED)
+        if resumed is not None and overtaken(state.notifier, resumed.state):
+            # Woken with a newer poll of its node, which takes the step: this one gets none.
+            start_response("204 NO CONTENT", _no_work(0, busy=False))
+            return [b""]
         try:
             answered = _idle(state, environ, together)
         except SQLAlchemyError:
@@ -181,6 +186,7 @@ def _idle(
         else {
             "deadline": time.monotonic() + wait,
             "ticket": found.ticket,
+            "node_id": node_id,
         }
     )
     limit = state.settings.max_polls_per_node

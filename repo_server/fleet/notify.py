@@ -157,6 +157,16 @@ class Notifier:
             return True
 
 
+def overtaken(notifier: Notifier, poll: dict[str, Any]) -> bool:
+    """Whether a newer long-poll of the node started after this parked one (its `Parked`
+    state, with the ``node_id`` and ``ticket`` it was parked with). One wake-up wakes every
+    parked poll of the node; only the newest may take the step then, and the older ones (a
+    restarted agent's previous poll, most often a client gone) answer 204: a step is handed
+    to one poll, not to each."""
+    node_id = poll.get("node_id")
+    return node_id is not None and notifier.superseded(node_id, poll.get("ticket", 0), 1)
+
+
 def announce(session: Session, notifier: Notifier, node_id: int) -> None:
     """Call inside the transaction that made work for `node_id`; waiters wake at its commit.
 

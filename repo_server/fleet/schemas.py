@@ -125,7 +125,7 @@ def _count(**kwargs: Any) -> fields.Integer:
     return fields.Integer(strict=True, validate=validate.Range(0, COUNT_MAX), **kwargs)
 
 
-class _Flag(fields.Boolean):
+class JsonBool(fields.Boolean):
     """true or false only: not 1, "yes" or "on"."""
 
     def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> Any:
@@ -156,16 +156,16 @@ class InventoryPackageSchema(_Open):
 class InventoryPatchSchema(_Open):
     module = _text(255)
     file = _text(255, allow_none=True, metadata={"description": "null: loaded, no file"})
-    loaded = _Flag(metadata={"description": "Listed by NSO; absent: unknown"})
+    loaded = JsonBool(metadata={"description": "Listed by NSO; absent: unknown"})
     patch_id = _text(128, allow_none=True)
     nso_version = _text(64, allow_none=True)
 
 
 class InventoryHaSchema(_Open):
-    enabled = _Flag()
+    enabled = JsonBool()
     mode = _text(32, allow_none=True)
     current_id = _text(255, allow_none=True)
-    read_only = _Flag()
+    read_only = JsonBool()
     assigned_role = _text(32, allow_none=True)
     connected_secondaries = _list(_text(255), 64)
     primary_id = _text(255, allow_none=True)

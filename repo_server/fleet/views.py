@@ -12,7 +12,7 @@ from flask_smorest import Blueprint
 from repo_server.catalog.schemas import BEARER
 from repo_server.context import db_session, may, principal, require, state
 from repo_server.fleet import service
-from repo_server.fleet.notify import announce_poll
+from repo_server.fleet.notify import announce_poll, overtaken
 from repo_server.fleet.schemas import (
     EnrollAnswerSchema,
     EnrollRequestSchema,
@@ -177,11 +177,14 @@ def next_step(args: dict[str, Any]) -> Any:
     resumed: Optional[Parked] = request.environ.get(RESUMED)
     if resumed is not None:  # the worker runs a parked poll again: it started before
         poll = resumed.state
+        if overtaken(app.notifier, poll):
+            session.rollback()
+            return _no_work(args["wait"], busy=False)
     elif not args["wait"] or park is None:
         poll = {"deadline": 0.0, "ticket": 0}
     else:
         ticket = announce_poll(session, app.notifier, node_id)
-        poll = {"deadline": time.monotonic() + args["wait"], "ticket": ticket}
+        poll = {"deadline": time.monotonic() + args["wait"], "ticket": ticket, "node_id": node_id}
     session.commit()
     limit = app.settings.max_polls_per_node
     seen = app.notifier.counter(node_id)
@@ -231,6 +234,8 @@ def _wait_in_thread(wait: int, node: Any) -> Any:
             session.rollback()
             if not app.notifier.wait(node_id, seen, deadline - time.monotonic(), ticket, limit):
                 break
+            if app.notifier.superseded(node_id, ticket, 1):
+                break  # a newer poll of the node takes what woke it (notify.overtaken)
             seen = app.notifier.counter(node_id)
             service.still_active(session, principal())
             step = jobs.claim_next(node)

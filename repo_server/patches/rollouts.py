@@ -19,6 +19,7 @@ from typing import Any, Optional, cast
 
 from sqlalchemy import (
     ColumnElement,
+    and_,
     func,
     insert,
     literal,
@@ -42,7 +43,12 @@ from repo_server.patches.models import ACTIONS, PatchRollout, patch_rollout_jobs
 from repo_server.rollouts.models import Rollout, RolloutTarget
 from repo_server.upgrades.models import Job, NodeHold, Step, job_nodes
 from repo_server.upgrades.plans import StepSpec, artifact_ref
-from repo_server.upgrades.preflight import INVENTORY_MAX_AGE, holders, inventory_stale
+from repo_server.upgrades.preflight import (
+    INVENTORY_MAX_AGE,
+    holders,
+    inventory_behind,
+    inventory_stale,
+)
 
 JOB_KIND = "patch"
 # Names a refused request's audit keeps (the request may name thousands, or be hostile).
@@ -81,6 +87,10 @@ class InventoryStale(Conflict):
     code = "inventory_stale"
 
 
+class InventoryBehind(Conflict):
+    code = "inventory_behind"
+
+
 class GroupMember(Conflict):
     code = "group_member"
 
@@ -101,6 +111,13 @@ class Target:
     ha_mode: Optional[str]
     group: Optional[str] = None
     nominal_role: Optional[str] = None
+    moved_at: Optional[datetime] = None  # when its last job that moves releases ended
+
+    @property
+    def behind(self) -> bool:
+        """Its last inventory predates the end of its last upgrade or rollback: the release
+        it names may be the one the node has left (its agent heartbeats after each job)."""
+        return inventory_behind(self.reported_at, self.moved_at)
 
     @property
     def heard(self) -> bool:
@@ -126,6 +143,26 @@ class Plan:
     """The jobs of a rollout: (group or None, targets in step order, how many batch)."""
 
     jobs: list[tuple[Optional[str], list[Target], int]] = field(default_factory=list)
+
+
+# A job that may move a node to another release: an upgrade, an HA upgrade, a rollback of
+# one (package jobs, NED migrations and patches keep the release: source == target).
+_MOVES_RELEASE = and_(
+    Job.source_version.is_not(None),
+    Job.target_version.is_not(None),
+    Job.target_version != "",
+    Job.source_version != Job.target_version,
+)
+
+
+def _behind_reason(target: Target) -> str:
+    moved = target.moved_at
+    return (
+        f"{target.name}'s last inventory (NSO {target.running_version or 'not running'}) "
+        f"was sent before its last upgrade or rollback ended"
+        + (f" ({moved:%Y-%m-%d %H:%M:%S} UTC)" if moved else "")
+        + ", so what it runs now is unknown until its agent's next heartbeat"
+    )
 
 
 def _listed(names: list[str]) -> str:
@@ -326,17 +363,24 @@ class PatchRollouts:
             for t in targets
             if t.stale(now) and t.reported_at is not None and t.id not in holds
         }
+        for t in targets:
+            if t.behind and t.name not in why:
+                why[t.name] = _behind_reason(t) + "; patch it by name after that heartbeat"
         groups = sorted({t.group for t in targets if t.group is not None})
         sizes = self._group_sizes(groups)
         for group in groups:
             members = [t for t in targets if t.group == group]
             if len(members) == sizes.get(group) and not any(m.name in why for m in members):
                 continue
+            ready = [m.name for m in members if m.name not in why]
             for member in members:
                 why.setdefault(
                     member.name,
                     f"HA group {group} has members that do not run NSO {vsn} now or do not "
-                    f"report: patch the group by name (--group {group}) once all of them run it",
+                    f"report: patch the group by name (--group {group}) once all of them run "
+                    "it, or the members that do now by name ("
+                    + " ".join(f"--node {n}" for n in ready)
+                    + ")",
                 )
         return [t for t in targets if t.name not in why], why
 
@@ -461,7 +505,19 @@ class PatchRollouts:
         joins on it, so none carries a list of a thousand ids); NotFound naming every
         unknown node and group."""
         if all_affected:
-            return Node.inventory["running_version"].as_string() == vsn
+            # Also the nodes whose inventory predates their last upgrade's end: one may run
+            # the bundle's release now, and is listed as left out rather than not at all.
+            moved_since = (
+                select(job_nodes.c.node_id)
+                .join(Job, Job.id == job_nodes.c.job_id)
+                .where(
+                    job_nodes.c.node_id == Node.id,
+                    Job.finished_at > Node.inventory_at,
+                    _MOVES_RELEASE,
+                )
+                .exists()
+            )
+            return or_(Node.inventory["running_version"].as_string() == vsn, moved_since)
         found = self._ids(Node, nodes)
         known_groups = self._ids(HaGroup, groups)
         unknown_nodes = [n for n in nodes if n not in found]
@@ -495,6 +551,13 @@ class PatchRollouts:
         find a node free. Two queries, whatever the number of nodes; no inventory is loaded
         whole."""
         inv = Node.inventory
+        moved_at = (
+            select(func.max(Job.finished_at))
+            .join(job_nodes, job_nodes.c.job_id == Job.id)
+            .where(job_nodes.c.node_id == Node.id, _MOVES_RELEASE)
+            .correlate(Node)
+            .scalar_subquery()
+        )
         query = select(
             Node.id,
             Node.name,
@@ -502,6 +565,7 @@ class PatchRollouts:
             inv["running_version"].as_string(),
             inv["status"].as_string(),
             inv[("ha", "mode")].as_string(),
+            moved_at,
         ).where(chosen)
         if self.session.get_bind().dialect.name == "postgresql":
             # In id order, so two rollouts over overlapping sets wait rather than deadlock.
@@ -514,8 +578,8 @@ class PatchRollouts:
             )
         targets = sorted(
             (
-                Target(i, name, heard, running, status, mode)
-                for i, name, heard, running, status, mode in self.session.execute(query)
+                Target(i, name, heard, running, status, mode, moved_at=moved)
+                for i, name, heard, running, status, mode, moved in self.session.execute(query)
             ),
             key=lambda t: t.name,
         )
@@ -553,6 +617,14 @@ class PatchRollouts:
                 "was started",
                 nodes=silent,
             )
+        behind = [t for t in targets if t.behind and t.id not in holds]
+        if behind:
+            raise InventoryBehind(
+                f"{_listed([_behind_reason(t) for t in behind])}: wait for "
+                f"{'its' if len(behind) == 1 else 'their'} agents' next heartbeat ('nso-repo "
+                "node ls' shows it) and try again; nothing was started",
+                nodes=[t.name for t in behind],
+            )
         other = [t for t in targets if t.running_version != vsn]
         if other:
             said = [
@@ -562,6 +634,18 @@ class PatchRollouts:
                 for t in other
             ]
             moved = action == "remove" and all(t.running_version for t in other)
+            # Members reached through their group: the ones on the release go by name.
+            grouped = {t.group for t in other if t.group}
+            on_it = [t.name for t in targets if t.group in grouped and t.running_version == vsn]
+            by_name = (
+                " (the members on NSO "
+                + vsn
+                + " alone: "
+                + " ".join(f"--node {n}" for n in on_it)
+                + ")"
+                if on_it
+                else ""
+            )
             raise ReleaseMismatch(
                 f"{patch} is built for NSO {vsn} exactly: {_listed(said)}. "
                 + (
@@ -571,8 +655,8 @@ class PatchRollouts:
                     "when a removal works, or take them out by hand; nothing was started"
                     if moved
                     else "A patch is loaded into the release it was built for only: leave "
-                    "those nodes out (or use all_affected, --all-affected), or start NSO first; "
-                    "nothing was started"
+                    f"those nodes out{by_name} (or use all_affected, --all-affected), or start "
+                    "NSO first; nothing was started"
                 ),
                 nso_version=vsn,
                 nodes={t.name: t.running_version for t in other},

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from marshmallow import Schema, fields, validate
 
+from repo_server.fleet.schemas import JsonBool
 from repo_server.patches.models import ACTIONS
 
 # Far above a real fleet; a bound keeps one request's IN lists and messages finite.
@@ -35,7 +36,7 @@ class RolloutArgs(Schema):
         validate=validate.Length(max=MAX_TARGETS),
         metadata={"description": "HA groups whose every member is patched, secondaries first"},
     )
-    all_affected = fields.Boolean(
+    all_affected = JsonBool(
         load_default=False,
         metadata={
             "description": "Every node whose last heartbeat says it runs the bundle's NSO "

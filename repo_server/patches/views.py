@@ -49,11 +49,18 @@ class Rollouts(MethodView):
     @blp.doc(security=BEARER)
     @blp.arguments(RolloutArgs)
     @blp.response(201, RolloutSchema)
+    @blp.alt_response(404, response="DEFAULT_ERROR", description="Unknown bundle, node or group")
+    @blp.alt_response(
+        409,
+        response="DEFAULT_ERROR",
+        description="release_mismatch, node_busy, no_heartbeat, no_targets, inventory_stale, "
+        "inventory_behind, rollout_pending, group_member: nothing was started",
+    )
     def post(self, body: dict[str, Any]) -> Any:
         """Apply (or remove) a patch bundle on every node that runs its release
         (all_affected) or on the named nodes and groups; the agents get it at once. 404 for
         an unknown bundle, node or group; 409 release_mismatch, node_busy, no_heartbeat,
-        no_targets, inventory_stale; nothing is created when refused. all_affected leaves out
+        no_targets, inventory_stale, inventory_behind; nothing is created when refused. all_affected leaves out
         (and lists) nodes whose inventory is stale and HA groups not all on the release."""
         try:
             started = rollouts().start(

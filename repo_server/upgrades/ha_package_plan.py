@@ -246,8 +246,17 @@ def _member(job: Job, node_id: int, roles: Roles, changed: list[str]) -> str:
     down = [d for d in down if not d.endswith(" up")]
     if down:
         text += f", not up: {', '.join(down)}"
-    if primary:
-        now, was = survey.result.get("read_only"), read_only_before(job, node_id)
+    mode = survey.result.get("ha_mode")  # None: an older nso-agent did not say
+    role = "primary" if primary else "secondary"
+    if isinstance(mode, str) and mode != role:
+        follows = survey.result.get("primary_id")
+        text += f", HA mode {mode} where the group makes it {role}" + (
+            f" (it follows {follows})" if follows else ""
+        )
+    # The writer's read-only mode against the primary's before the job: after a failover
+    # the writer is a member the group calls secondary.
+    if mode == "primary" or (mode is None and primary):
+        now, was = survey.result.get("read_only"), read_only_before(job, roles.primary)
         shown = str(now).lower()
         text += f", read-only {shown}" + (
             ", as before the job"

@@ -112,6 +112,9 @@ def _packages_verified(job: Job, step: Step, result: dict[str, Any]) -> Optional
     extra = set(loaded) - set(wanted)
     if extra:
         problems.append(f"{_listed(extra)} loaded, which the job does not expect")
+    role = "primary" if step.params.get("primary") else "secondary"
+    if result.get("ha_mode", role) != role:  # an older nso-agent does not say
+        problems.append(f"its HA mode is {result.get('ha_mode')}, where the group makes it {role}")
     if step.params.get("primary"):
         # The mode the sync ended in, confirmed by its step: the mode before it, or the
         # one a rollback's sync was told to end in (read_only_after).

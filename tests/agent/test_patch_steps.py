@@ -470,7 +470,10 @@ def test_a_put_back_that_fails_says_both_errors_and_that_the_node_changed(
     assert "load-modules after putting the files back failed" in message
     assert "did not say result ok" in message
     assert "the patches folder holds ncs_a.beam as before" in message
-    assert "NSO lists ncs_a 6.2 CSCfix1 (before the step: none of ncs_a)" in message
+    assert (
+        "NSO lists ncs_a 6.2 CSCfix1 2024-01-21T10:00:00 (before the step: none of ncs_a)"
+        in message
+    )
     assert failed.value.result == {"changed": True}
     assert files(host) == before
     # The files from before stay where the message says, for the operator.
@@ -520,9 +523,66 @@ def test_the_put_back_is_checked_against_what_nso_listed_before(
         drive.step("apply_patch", params(file_server, wrong, "6.2", "CSCfix2", "ncs_a"))
     message = str(failed.value)
     assert "the node is not as it was before the step" in message
-    assert "NSO lists ncs_a 6.2 CSCfix0 (before the step: ncs_a 6.2 CSCfix1)" in message
+    assert (
+        "NSO lists ncs_a 6.2 CSCfix0 2024-01-21T10:00:00 (before the step: ncs_a 6.2 CSCfix1 "
+        "2024-01-21T10:00:00)"
+    ) in message
     assert failed.value.result == {"changed": True}
     assert files(host) == before
+
+
+def test_a_put_back_that_loads_another_build_than_nso_ran_says_changed(
+    make_host, file_server, driver, tmp_path
+) -> None:
+    """NSO ran one build of CSCfix1's ncs_a while the folder held another of the same patch,
+    never loaded. A failed apply puts that file back and loads it: NSO now runs the other
+    build (its compile time tells them apart), so the node is not as it was."""
+    host = make_host("6.2", [])
+    drive = driver(config_for(host), file_server)
+    good = make_bundle(tmp_path, "6.2", "CSCfix1", "ncs_a")
+    drive.step("apply_patch", params(file_server, good, "6.2", "CSCfix1", "ncs_a"))
+    folder = host.path(PATCHES)
+    (folder / "ncs_a.beam").write_bytes(rebuilt((folder / "ncs_a.beam").read_bytes()))
+    before = files(host)
+    wrong = bundle_of(
+        tmp_path / "wrong", "6.2", "CSCfix2", {"ncs_a": beam(tmp_path, "6.1", "CSCfix2", "ncs_a")}
+    )
+    with pytest.raises(StepFailed) as failed:
+        drive.step("apply_patch", params(file_server, wrong, "6.2", "CSCfix2", "ncs_a"))
+    assert failed.value.result == {"changed": True}, str(failed.value)
+    assert "2024-02-22T11:00:00" in str(failed.value)
+    assert "(before the step: ncs_a 6.2 CSCfix1 2024-01-21T10:00:00)" in str(failed.value)
+    assert files(host) == before and "2024-02-22T11:00:00" in listed(host)
+
+
+def _patched_then_rebuilt(
+    make_host: Any, file_server: Any, driver: Any, tmp_path: Path
+) -> tuple[SimHost, Any, dict[str, bytes], dict]:
+    """A host running CSCfix1's ncs_a, its agent, a rebuild of that module (same patch id,
+    another compile time) and the step that applies the rebuild."""
+    host = make_host("6.2", [])
+    drive = driver(config_for(host), file_server)
+    first = make_bundle(tmp_path, "6.2", "CSCfix1", "ncs_a")
+    drive.step("apply_patch", params(file_server, first, "6.2", "CSCfix1", "ncs_a"))
+    assert "2024-01-21T10:00:00" in listed(host)
+    new = {"ncs_a": rebuilt((host.path(PATCHES) / "ncs_a.beam").read_bytes())}
+    step = params(
+        file_server, bundle_of(tmp_path / "new", "6.2", "CSCfix1", new), "6.2", "CSCfix1", "ncs_a"
+    )
+    return host, drive, new, step
+
+
+def test_an_apply_loads_the_folder_when_nso_runs_another_build_of_it(
+    make_host, file_server, driver, tmp_path
+) -> None:
+    """The folder already holds the bundle's build of ncs_a and NSO lists ncs_a of this
+    patch, but runs another build of it (the file was copied after the last load): the
+    apply loads it and says changed; a second apply then finds nothing to do."""
+    host, drive, new, step = _patched_then_rebuilt(make_host, file_server, driver, tmp_path)
+    (host.path(PATCHES) / "ncs_a.beam").write_bytes(new["ncs_a"])
+    assert drive.step("apply_patch", step) == {"modules": ["ncs_a"], "changed": True}
+    assert "2024-02-22T11:00:00" in listed(host)
+    assert drive.step("apply_patch", step) == {"modules": ["ncs_a"], "changed": False}
 
 
 def test_another_patch_module_nso_refuses_does_not_spoil_the_put_back(
@@ -568,16 +628,7 @@ def test_a_rerun_after_a_crash_loads_the_new_build_and_says_changed(
     """A rebuild of CSCfix1 (same patch id, NSO lists it alike) replaces the running build.
     The agent dies after writing it (before or after load-modules): the rerun finds the
     folder as it wants it and must still have NSO load it, and say it changed the node."""
-    host = make_host("6.2", [])
-    drive = driver(config_for(host), file_server)
-    old = make_bundle(tmp_path, "6.2", "CSCfix1", "ncs_a")
-    drive.step("apply_patch", params(file_server, old, "6.2", "CSCfix1", "ncs_a"))
-    assert "2024-01-21T10:00:00" in listed(host)
-    new = {"ncs_a": rebuilt((host.path(PATCHES) / "ncs_a.beam").read_bytes())}
-    step = params(
-        file_server, bundle_of(tmp_path / "new", "6.2", "CSCfix1", new), "6.2", "CSCfix1", "ncs_a"
-    )
-
+    host, drive, new, step = _patched_then_rebuilt(make_host, file_server, driver, tmp_path)
     _crash_after_write(drive, host, step, 556, new, load=loaded)
     assert drive.step("apply_patch", step, step_id=556) == {"modules": ["ncs_a"], "changed": True}
     assert "2024-02-22T11:00:00" in listed(host)

@@ -75,6 +75,12 @@ def test_a_report_served_before_flask_answers_as_the_view_and_is_remembered(live
         (lambda s: (s, body(), {"headers": {"Content-Type": "application/json\xa0"}}), 422, None),
         (lambda s: (s, body(), {"headers": {"Content-Type": "application/json\x85"}}), 422, None),
         (lambda s: (s, body(result={"modules": 3}), {}), 422, "result_invalid"),
+        # A body labelled compressed is not decoded: refused, not read as its raw bytes.
+        (
+            lambda s: (s, body(), {"headers": {"Content-Encoding": "gzip"}}),
+            415,
+            "unsupported_media_type",
+        ),
         (lambda s: (MAX_ID + 1, body(), {}), 404, "not_found"),
         (lambda s: (s + 10_000, body(), {}), 404, "not_found"),
         (lambda s: (f"{s}?x=1", body(), {}), None, None),

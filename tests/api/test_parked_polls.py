@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import socket
 import time
@@ -271,6 +272,65 @@ def test_a_rollout_on_one_process_wakes_agents_parked_on_the_others(
     assert len(started["nodes"]) == len(agents)
 
 
+def _answer(sock: socket.socket) -> tuple[bytes, bytes]:
+    """The status line and body of one HTTP answer read from ``sock``."""
+    sock.settimeout(20)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, data
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    length = next(
+        (int(line.split(b":")[1]) for line in lines if line.lower().startswith(b"content-length:")),
+        0,
+    )
+    while len(body) < length:
+        body += sock.recv(65536)
+    return lines[0], body
+
+
+def test_one_wake_up_hands_a_step_to_the_newest_poll_of_a_node_only(tmp_path: Path) -> None:
+    """An agent restarted while the server still holds its previous poll has two polls
+    parked: the work that wakes them goes to the newer one, once (attempt 1), and the older
+    is answered 204, not handed the same step as well."""
+    server = _serve(tmp_path)
+    bundle = beam.make_patch("6.2.3", "CSCdup1", ["ncs_dup"], tmp_path)[0]
+    admin = requests.Session()
+    admin.headers["Authorization"] = f"Bearer {server.admin}"
+    try:
+        put = admin.put(f"{server.url}/api/v1/artifacts/{bundle.name}", data=bundle.read_bytes())
+        assert put.status_code == 201, put.text
+        (agent,) = asyncio.run(enroll_many(server.url, server.admin, ["dup"]))
+        asyncio.run(beat_all([agent], healthy_inventory("6.2.3")))
+        poll = (
+            "GET /api/v1/agent/next?wait=30 HTTP/1.1\r\nHost: x\r\n"
+            f"Authorization: Bearer {agent.token}\r\n\r\n"
+        ).encode()
+        with (
+            socket.create_connection(("127.0.0.1", server.port)) as old,
+            socket.create_connection(("127.0.0.1", server.port)) as new,
+        ):
+            old.sendall(poll)
+            time.sleep(1)
+            new.sendall(poll)  # the restarted agent's
+            time.sleep(1)
+            started = admin.post(
+                f"{server.url}/api/v1/patch-rollouts",
+                json={"patch": bundle.name, "all_affected": True},
+            )
+            assert started.status_code == 201, started.text
+            old_status, _ = _answer(old)
+            new_status, body = _answer(new)
+    finally:
+        server.stop()
+    assert old_status.startswith(b"HTTP/1.1 204"), old_status
+    assert new_status.startswith(b"HTTP/1.1 200"), new_status
+    step = json.loads(body)["step"]
+    assert (step["name"], step["attempt"]) == ("apply_patch", 1)
+
+
 def _asked_then_half_closed(port: int, raw: bytes) -> bytes:
     """Send ``raw``, end the sending side (as `nc -N` and some proxies do), read the answer."""
     with socket.create_connection(("127.0.0.1", port), timeout=15) as sock:
@@ -300,6 +360,16 @@ def test_a_poll_whose_client_half_closes_is_still_answered(tmp_path: Path) -> No
         assert parked.startswith(b"HTTP/1.1 204") and b"Retry-After:" in parked, parked
         assert time.monotonic() - began < 10
         assert requests.get(f"{server.url}/api/v1/health", timeout=10).status_code == 200
+        # A request pipelined behind a parked poll: the poll is answered and the connection
+        # closed (the client sends the other again), not reset without a word.
+        with socket.create_connection(("127.0.0.1", server.port), timeout=15) as sock:
+            sock.sendall(head.format(wait=20).encode())
+            time.sleep(1.5)
+            sock.sendall(b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\n\r\n")
+            got = b""
+            while chunk := sock.recv(65536):
+                got += chunk
+        assert got.startswith(b"HTTP/1.1 204") and b"Connection: close" in got, got
     finally:
         server.stop()
 

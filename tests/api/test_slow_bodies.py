@@ -15,6 +15,7 @@ itself: 40 clients that kept sending after their answer stopped the server for a
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import threading
 import time
@@ -22,11 +23,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import requests
 
 from tests.factories import make_installer
 from tests.support.abuse import (
     ENROLL_HEAD,
     SLOW_SENDS,
+    SlowClients,
     chunked,
     health_during,
     send_request,
@@ -38,6 +41,7 @@ BOUND = 5.0  # seconds /health may take meanwhile (it took over 15 s: no answer 
 CONNECTIONS = 40  # more than the worker's 32 threads
 ABUSE_SECONDS = 6
 LIMIT = 64 << 10  # NSO_REPO_MAX_JSON_SIZE here
+LOW_NOFILE = 1024  # the usual soft limit, here the hard one too
 
 HEADS = {
     "chunked": SLOW_SENDS["slow_chunked"],
@@ -213,3 +217,62 @@ def test_uploads_still_stream_chunked_and_after_100_continue(
     )
     assert answer.status == 201, answer.body[:300]
     assert answer.json()["size"] == len(data)
+
+
+def test_sockets_closing_after_their_answer_count_against_the_open_file_limit(
+    tmp_path: Path,
+) -> None:
+    """Under a limit of 1,024 open files, with hundreds of slow heads held open, clients
+    that ask with `Connection: close` and never close their end (each socket drains for up
+    to 2 s after its answer) must not take the worker past its limit: uploads and /health
+    go on being answered, never a 500 for a file it cannot open nor a 503."""
+    server = RepoServer(tmp_path / "data", env=clean_env(PYTHONPATH=str(REPO)), nofile=LOW_NOFILE)
+    server.start()
+    held: list[socket.socket] = []
+    stop = threading.Event()
+    ask = b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+
+    def never_closing(index: int) -> None:
+        while not stop.is_set():
+            with contextlib.suppress(OSError):
+                sock = socket.socket()
+                sock.bind((f"127.0.{10 + index}.1", 0))
+                sock.settimeout(5)
+                sock.connect(("127.0.0.1", server.port))
+                sock.sendall(ask)
+                sock.recv(4096)  # the answer; then the socket stays open
+                held.append(sock)
+
+    answers: list[int] = []
+    try:
+        with contextlib.ExitStack() as slow:
+            for i in range(11):  # 60 per address at most
+                slow.enter_context(SlowClients(server.port, 60, source=f"127.0.50.{i + 1}"))
+            time.sleep(2)
+            threads = [threading.Thread(target=never_closing, args=(i,)) for i in range(16)]
+            for thread in threads:
+                thread.start()
+            try:
+                until = time.monotonic() + 15
+                while time.monotonic() < until:
+                    # Not a package: refused (400), after the upload's temporary file.
+                    put = requests.put(
+                        f"{server.url}/api/v1/artifacts/ncs-6.2-pkg{len(answers)}-1.0.tar.gz",
+                        data=os.urandom(2000),
+                        headers={"Authorization": f"Bearer {server.admin}"},
+                        timeout=30,
+                    )
+                    health = requests.get(f"{server.url}/api/v1/health", timeout=30)
+                    answers += [put.status_code, health.status_code]
+                    time.sleep(0.3)
+            finally:
+                stop.set()
+                for thread in threads:
+                    thread.join()
+    finally:
+        for sock in held:
+            sock.close()
+        log = server.process.log.read_text(errors="replace")
+        server.stop()
+    assert answers and all(code < 500 for code in answers), answers
+    assert "out of file descriptors" not in log and "Too many open files" not in log

@@ -13,7 +13,7 @@ import pytest
 from tests.support.waiting import wait_until
 
 from .conftest import Node, running_config
-from .ha_groups import Group, make_group, read_only
+from .ha_groups import Group, ha_mode, make_group, read_only
 
 RELOAD_FAILS = "schema upgrade failed"
 
@@ -154,6 +154,41 @@ def test_a_reload_that_fails_on_the_secondary_puts_read_only_back(pair, artifact
     assert read_only(primary) is True
     assert "Read-only mode is back to true" in job["error"]
     assert "read-only true, as before the job" in job["error"]
+
+
+def _fresh(node: Node) -> Node:
+    """``node`` with its CLI sessions dropped: its NSO restarted under them."""
+    for client in node.host.clients:
+        client.close()
+    node.host.clients.clear()
+    return node
+
+
+def test_a_failover_during_the_sync_is_said_and_read_only_is_not_set_on_a_secondary(
+    pair, artifacts
+) -> None:
+    """The operator holds the cluster read-only; the primary's NSO restarts in the middle of
+    the sync and comes back as the secondary of the failover node. The agent does not set
+    read-only on that secondary as if it were the writer, and the job says the roles moved
+    and that the node serving writes now is read-write where the primary was read-only."""
+    primary, secondary = pair.nodes
+    router = _upload(pair, artifacts.ned("6.2", "1.0.1"))
+    primary.host.cli("high-availability read-only mode true")
+    primary.fault("ha-sync-cli-lost", "300", "--once")  # a sync that lasts a few seconds
+    job_id = _start(pair, router)
+    primary.wait_step(job_id, "ha_sync_packages", ("running",), timeout=120)
+    primary.host.stop()
+    primary.host.start()
+    job = primary.wait_job(job_id, timeout=900)
+    assert (job["state"], job["outcome"]) == ("failed", "needs_attention"), job
+    assert ha_mode(_fresh(primary)) == "secondary" and ha_mode(secondary) == "primary"
+    error = job["error"]
+    assert "Read-only mode was NOT touched: this node is no longer the HA primary" in error
+    assert f"{primary.name} (primary) " in error
+    assert "HA mode secondary where the group makes it primary" in error
+    assert "HA mode primary where the group makes it secondary" in error
+    writer = f"read-only {str(read_only(secondary)).lower()} (before the job: true;"
+    assert read_only(secondary) is False and writer in error
 
 
 def test_a_removed_ned_leaves_every_member_and_the_rollback_brings_it_back(pair, artifacts) -> None:

@@ -7,6 +7,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from datetime import timedelta
@@ -23,11 +26,13 @@ from tests.console.helpers import logged_in
 from tests.factories import make_package, make_patch_bundle
 from tests.upgrades.builders import (
     Agent,
+    agent_result,
     enroll_node,
     healthy_inventory,
     inventory,
     nso_repo,
     publish_release,
+    start_upgrade,
 )
 
 BUNDLE = "nso-6.2-patch-CSCfix1.tar.gz"
@@ -638,7 +643,11 @@ def test_the_cli_rolls_out_lists_and_shows(live, bundle) -> None:
     nowhere = nso_repo(live, "operator", "patch", "rollout", BUNDLE)
     assert nowhere.returncode == 1 and "--node, --group" in nowhere.stderr, nowhere.stderr
     assert "--all-affected" in nowhere.stderr
-    started = nso_repo(live, "operator", "patch", "rollout", BUNDLE, "--node", "edge-cli")
+    empty = nso_repo(live, "operator", "patch", "rollout", BUNDLE, "--node", "")
+    assert empty.returncode == 1 and "[validation_failed]" in empty.stderr, empty.stderr
+    assert "\n  nodes.0: " in empty.stderr, empty.stderr  # which field, and what is wrong
+    # Named by the path it was uploaded from: the catalog knows it by its file name.
+    started = nso_repo(live, "operator", "patch", "rollout", f"dist/{BUNDLE}", "--node", "edge-cli")
     assert started.returncode == 0, started.stderr
     rollout_id = started.stdout.strip()
     step = agent.next()
@@ -783,3 +792,98 @@ def test_the_way_forward_a_group_patch_jobs_rollback_names_works(live, bundle) -
     message = refused.json()["error"]["message"]
     assert f"patch rollout {BUNDLE} --remove --group pair" in message, message
     assert rollout(live, action="remove", groups=["pair"]).status_code == 201
+
+
+def test_a_node_whose_inventory_predates_its_last_upgrade_waits_for_its_heartbeat(
+    live, bundle, tmp_path: Path
+) -> None:
+    """A node just upgraded onto the bundle's release, whose agent has not sent its
+    inventory since: named, it is refused (the release its inventory names is the one it
+    left); with all_affected, it is listed as left out, not skipped unsaid. Its next
+    heartbeat lifts both."""
+    pkgs = {"router-nc": "1.0.2", "l3vpn": "2.1"}
+    publish_release(live, tmp_path, "6.1", pkgs)
+    publish_release(live, tmp_path, "6.2", pkgs)
+    agent = enroll_node(live, "edge-up")
+    job = start_upgrade(live, agent, "edge-up", "6.2")
+    while (step := agent.next()) is not None:
+        done = agent.report(step["id"], "succeeded", result=agent_result(step), progress=100)
+        assert done.status_code == 200, done.text
+    assert get(live, f"/jobs/{job['id']}")["state"] == "succeeded"
+    node_on(live, "edge-other", "6.2")
+    named = rollout(live, nodes=["edge-up"])
+    assert_error(named, 409, "inventory_behind")
+    assert "edge-up's last inventory (NSO 6.1)" in named.json()["error"]["message"]
+    every = rollout(live, all_affected=True)
+    assert every.status_code == 201, every.text
+    assert [n["node"] for n in every.json()["nodes"]] == ["edge-other"]
+    (left,) = every.json()["left_out"]
+    assert left["node"] == "edge-up" and "next heartbeat" in left["reason"]
+    beat = agent.heartbeat(healthy_inventory("6.2"))
+    assert beat.status_code == 200, beat.text
+    again = rollout(live, nodes=["edge-up"])
+    assert again.status_code == 201, again.text
+
+
+@pytest.mark.parametrize("flag", ["on", "yes", 1, "1", "true"])
+def test_all_affected_is_a_json_boolean_only(live, bundle, flag: Any) -> None:
+    """The fleet-wide trigger is taken from ``true`` alone, not from a word or a number."""
+    node_on(live, "edge-flag", "6.2")
+    answer = rollout(live, all_affected=flag)
+    assert_error(answer, 422, "validation_failed")
+    assert get(live, "/patch-rollouts") == []
+
+
+def test_a_group_with_a_member_on_another_release_is_told_how_to_patch_the_rest(
+    live, bundle
+) -> None:
+    """Both refusals name what works: the members on the release, by name."""
+    agents = group_on(live, "half", 3)
+    agents[2].heartbeat(inventory("6.1", **ha("secondary", "n3", primary_id="n1")))
+    by_group = rollout(live, groups=["half"])
+    assert_error(by_group, 409, "release_mismatch")
+    assert "--node half-a --node half-n2" in by_group.json()["error"]["message"]
+    by_all = rollout(live, all_affected=True)
+    assert_error(by_all, 409, "no_targets")
+    assert "(--node half-a --node half-n2)" in by_all.json()["error"]["message"]
+    assert rollout(live, nodes=["half-a", "half-n2"]).status_code == 201
+
+
+def test_the_cli_watching_with_json_prints_the_rollout_as_json(live, bundle) -> None:
+    """--json --watch: the progress on stderr, the finished rollout as JSON on stdout."""
+    agent = node_on(live, "edge-json", "6.2")
+    env = {**os.environ, "NSO_REPO_URL": live.url, "NSO_REPO_TOKEN": live.tokens["operator"]}
+    command = ["patch", "rollout", BUNDLE, "--node", "edge-json", "--json", "--watch"]
+    with subprocess.Popen(
+        [sys.executable, "-m", "repo_server.cli", *command],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    ) as watching:
+        deadline = time.monotonic() + 60
+        while (step := agent.next()) is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert step is not None
+        agent.report(step["id"], "succeeded", result={"modules": MODULES, "changed": True})
+        out, err = watching.communicate(timeout=60)
+    assert watching.returncode == 0, err
+    shown = json.loads(out)
+    assert shown["state"] == "succeeded" and [n["node"] for n in shown["nodes"]] == ["edge-json"]
+    assert "succeeded" in err
+
+
+def test_node_ls_says_which_patch_modules_nso_loads(live) -> None:
+    """The inventory's patches by what NSO says of them, not only the files."""
+    patches = [
+        {"module": "ncs_fix", "file": "ncs_fix.beam", "loaded": True, "patch_id": "CSCfix1"},
+        {"module": "ncs_fix2", "file": "ncs_fix2.beam", "loaded": False},
+        {"module": "ncs_old", "file": "ncs_old.beam"},
+    ]
+    node_on(live, "edge-patched", "6.2", patches=patches)
+    listed = nso_repo(live, "viewer", "node", "ls")
+    assert listed.returncode == 0, listed.stderr
+    assert (
+        "patches loaded: ncs_fix (CSCfix1); patch files not loaded: ncs_fix2; "
+        "patch files, loading unknown: ncs_old"
+    ) in listed.stdout

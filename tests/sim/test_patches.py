@@ -71,3 +71,24 @@ def test_load_modules_unloads_a_patch_whose_file_was_removed(make_host, tmp_path
     out, _ = host.cli("ncs-state patches load-modules")
     assert "module ncs_b unloaded" in out
     assert host.cli("show ncs-state patches")[0].strip() == "% No entries found."
+
+
+def test_a_file_never_loads_as_another_module_and_a_bad_entry_fails_alone(make_host, tmp_path):
+    """As Erlang's loader: ncs_x.beam holding module ncs_y is refused, not loaded as ncs_y;
+    an entry named like a module that is no file fails that entry, and the rest load."""
+    host = make_host("6.2", [])
+    patches = host.path("/opt/ncs/current/lib/ncs/patches")
+    beams = [("P1", "ncs_good"), ("P2", "ncs_y")]
+    for patch_id, module in beams:
+        out = tmp_path / module
+        sim("make-patch", "6.2", patch_id, "--module", module, "--beam-only", "--out", str(out))
+    (patches / "ncs_good.beam").write_bytes((tmp_path / "ncs_good" / "ncs_good.beam").read_bytes())
+    (patches / "ncs_x.beam").write_bytes((tmp_path / "ncs_y" / "ncs_y.beam").read_bytes())
+    (patches / "ncs_a_dir.beam").mkdir()
+    out, status = host.cli("ncs-state patches load-modules")
+    assert status == 1, out
+    assert "module ncs_good loaded" in out
+    assert "ncs_x.beam holds module ncs_y, not ncs_x" in out
+    assert "ncs_a_dir" in out and "failed" in out
+    listing = host.cli("show ncs-state patches")[0]
+    assert "ncs_good" in listing and "ncs_y" not in listing and "ncs_x" not in listing

@@ -21,7 +21,8 @@ class RepoServer:
 
     With ``tls=(cert, key)`` it serves https (``--tls-cert``/``--tls-key``) at
     ``https://<url_host>:<port>`` (the name the certificate was issued for), and this
-    fixture's own requests trust ``ca_file``."""
+    fixture's own requests trust ``ca_file``. With ``nofile`` it runs under that limit of
+    open files."""
 
     def __init__(
         self,
@@ -32,6 +33,7 @@ class RepoServer:
         tls: Optional[tuple[Path, Path]] = None,
         ca_file: Optional[Path] = None,
         url_host: str = "127.0.0.1",
+        nofile: Optional[int] = None,
     ) -> None:
         self.data_dir = data_dir
         self.port = free_port()
@@ -42,8 +44,11 @@ class RepoServer:
         if env is None:
             access_log = str(data_dir.parent / "access.log")
             env = clean_env(PYTHONPATH=str(REPO), NSO_REPO_ACCESS_LOG=access_log)
+        # ``nofile``: the server runs under that open-file limit, soft and hard (prlimit).
+        limit = ("prlimit", f"--nofile={nofile}:{nofile}", "--") if nofile else ()
         self.process = ServerProcess(
             [
+                *limit,
                 *(sys.executable, "-m", "repo_server.cli", "serve", "--port", str(self.port)),
                 *("--data-dir", str(data_dir)),
                 *(("--workers", str(workers)) if workers else ()),  # None: serve's default

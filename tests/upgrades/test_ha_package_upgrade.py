@@ -321,11 +321,11 @@ def test_a_rollback_whose_fresh_backup_fails_changes_nothing(live, pair, builds)
     assert again.status_code == 202, again.text
 
 
-@pytest.mark.parametrize("lie", ["old-build", "extra-package", "down", "read-only"])
+@pytest.mark.parametrize("lie", ["old-build", "extra-package", "down", "read-only", "failed-over"])
 def test_a_verification_that_contradicts_the_job_is_a_failure(live, pair, builds, lie) -> None:
     """A member's agent says ha_verify_packages succeeded while its own result shows the
-    old build, a package the job does not expect, one not up, or the primary's read-only
-    mode changed: the server does not take the success."""
+    old build, a package the job does not expect, one not up, the primary's read-only
+    mode changed, or the primary in another HA mode: the server does not take the success."""
     job = _start(live, builds["router"])
 
     def verify_lies(node: str, step: dict[str, Any]) -> Outcome:
@@ -339,7 +339,8 @@ def test_a_verification_that_contradicts_the_job_is_a_failure(live, pair, builds
             loaded.append({"name": "stray", "version": "1.0", "oper_status": "up"})
         elif lie == "down":
             loaded = [{**p, "oper_status": "down"} for p in loaded]
-        return state, {**result, "loaded": loaded, "read_only": lie == "read-only"}, message
+        mode = {"ha_mode": "secondary"} if lie == "failed-over" else {}
+        return state, {**result, "loaded": loaded, "read_only": lie == "read-only", **mode}, message
 
     ended, _ = _drive(live, pair, job["id"], verify_lies)
     assert (ended["state"], ended["outcome"]) == ("failed", "needs_attention")
