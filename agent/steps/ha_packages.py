@@ -478,7 +478,8 @@ def ha_verify_packages(ctx: StepContext) -> dict[str, Any]:
         if status is not None
     ]
     st = ctx.nso.show_ha_status()
-    read_only = st["read_only"]
+    # Read on its own: unknown is not read-write (show_ha_status takes a missing line so).
+    read_only = ctx.nso.ha_read_only_mode()
     mode = st["mode"] if st["enabled"] and st["mode"] in ("primary", "secondary") else "none"
     if not trust.flag(ctx.params, "survey"):
         problems = _differences(loaded, dict(_packages(ctx)))
@@ -510,10 +511,13 @@ def ha_verify_packages(ctx: StepContext) -> dict[str, Any]:
                 "the way back",
                 {"nso_running": True},
             )
-    found: dict[str, Any] = {"loaded": loaded, "read_only": read_only, "ha_mode": mode}
-    if st["primary_id"] and _HA_ID.fullmatch(st["primary_id"]):
-        found["primary_id"] = st["primary_id"]
-    return found
+    follows = st["primary_id"]
+    return {
+        "loaded": loaded,
+        "read_only": read_only,
+        "ha_mode": mode,
+        "primary_id": follows if follows and _HA_ID.fullmatch(follows) else None,
+    }
 
 
 def _differences(loaded: list[dict[str, Any]], expected: dict[str, str]) -> list[str]:

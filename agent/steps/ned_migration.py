@@ -11,6 +11,7 @@ Running the step again is safe: a device already on the new ned-id is not migrat
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any, Optional
 
 from agent import ned, trust
@@ -78,22 +79,13 @@ def _migrate(
     _check_ned_ids_as_dry_run(params, before)
     ctx.progress(10, f"{len(targets)} device(s) to {new_id}" + (" (dry-run)" if dry_run else ""))
 
+    run = _Run(devices, groups, members, current, target, new_id)
     if not dry_run:
+        _check_loss_as_dry_run(ctx, params, run)
         # From here NSO may move devices: a rerun's refusal says what this attempt moved.
         ctx.journal.update("migrating", migrate_sent=True)
-    reported: dict[str, ned.Migration] = {}
     try:
-        for i, device in enumerate(devices):
-            if current[device] != target:
-                reported.update(ctx.nso.migrate_ned("device", device, new_id, dry_run))
-            ctx.progress(10 + 80 * (i + 1) // (len(devices) + len(groups)), f"{device} done")
-        for group in groups:
-            # NSO migrates the whole group; a member on the new ned-id already has nothing to do.
-            if any(current[d] != target for d in members[group]):
-                answer = ctx.nso.migrate_ned("device-group", group, new_id, dry_run)
-                _only_members(answer, members[group], group, dry_run)
-                for device, found in answer.items():
-                    reported.setdefault(device, found)
+        reported = _send(ctx, run, dry_run)
     except CliLost as exc:
         if dry_run:
             raise
@@ -127,6 +119,99 @@ def _migrate(
         )
     entries = [_entry(d, before[d], new_id, dry_run, reported.get(d), members) for d in targets]
     return {"ned_migration": _bounded(new_id, dry_run, entries)}
+
+
+@dataclass(frozen=True)
+class _Run:
+    """What one step migrates: the devices and groups it names, each group's devices, and
+    each device's ned-id now."""
+
+    devices: list[str]
+    groups: list[str]
+    members: dict[str, list[str]]
+    current: dict[str, Optional[str]]
+    target: str  # the new ned-id, bare
+    new_id: str  # as the step names it
+
+
+def _send(ctx: StepContext, run: _Run, dry_run: bool) -> dict[str, ned.Migration]:
+    """``migrate`` for each device and group of ``run`` that has a device to move: what NSO
+    printed, by device."""
+    reported: dict[str, ned.Migration] = {}
+    steps = len(run.devices) + len(run.groups)
+    for i, device in enumerate(run.devices):
+        if run.current[device] != run.target:
+            reported.update(ctx.nso.migrate_ned("device", device, run.new_id, dry_run))
+        ctx.progress(10 + 80 * (i + 1) // steps, f"{device} done")
+    for group in run.groups:
+        # NSO migrates the whole group; a member on the new ned-id already has nothing to do.
+        if any(run.current[d] != run.target for d in run.members[group]):
+            answer = ctx.nso.migrate_ned("device-group", group, run.new_id, dry_run)
+            _only_members(answer, run.members[group], group, dry_run)
+            for device, found in answer.items():
+                reported.setdefault(device, found)
+    return reported
+
+
+def _check_loss_as_dry_run(ctx: StepContext, params: dict[str, Any], run: _Run) -> None:
+    """A confirmed migration loses no data its dry-run did not show (``expected_lost_data``:
+    by device, the lost-data blocks shown and how many there were). Config written through
+    NSO since (a leaf the new NED does not model) would be deleted unread: the same
+    migration runs again as a dry-run right before, and nothing is migrated when it would
+    lose more, or other, data than the operator read."""
+    raw = params.get("expected_lost_data")
+    if raw is None:
+        return  # a dry-run, or a server that does not say
+    shown = _shown_loss(raw)
+    ctx.progress(8, "the dry-run again: the data it loses must be what was confirmed")
+    try:
+        fresh = _send(ctx, run, True)
+    except NsoError as exc:
+        raise StepFailed(
+            f"the dry-run that checks the migration against the confirmed one failed: {exc}; "
+            f"{NOTHING}"
+        ) from None
+    unseen: list[str] = []
+    for device, found in sorted(fresh.items()):
+        total, blocks = shown.get(device, (0, []))
+        now = [_fields(b) for b in found.lost_data]
+        whole = len(blocks) == total  # the confirmed result listed every block
+        new = [b for b in now if b not in blocks] if whole else []
+        if len(now) > total or new:
+            what = "; ".join(" ".join(b.values()) for b in (new or now)[:5])
+            unseen.append(f"{device} would lose {len(now)} (shown: {total}): {what}")
+    if unseen:
+        raise StepFailed(
+            "since the confirmed dry-run, the migration would lose data it did not show ("
+            + "; ".join(unseen[:20])
+            + f"): the devices' config changed; {NOTHING}. Run the dry-run again, read it, "
+            "and confirm that one"
+        )
+
+
+def _shown_loss(raw: Any) -> dict[str, tuple[int, list[dict[str, str]]]]:
+    """``expected_lost_data`` checked: device -> (how many blocks, the blocks shown)."""
+    if not isinstance(raw, dict) or len(raw) > MAX_TARGETS:
+        raise trust.refuse("expected_lost_data", type(raw).__name__, "a map of device to loss")
+    shown: dict[str, tuple[int, list[dict[str, str]]]] = {}
+    for device, loss in raw.items():
+        name = ned.device_name(device, "expected_lost_data")
+        total = loss.get("total") if isinstance(loss, dict) else None
+        blocks = loss.get("blocks") if isinstance(loss, dict) else None
+        if (
+            not isinstance(total, int)
+            or isinstance(total, bool)
+            or not isinstance(blocks, list)
+            or not 0 <= len(blocks) <= total
+            or not all(
+                isinstance(b, dict) and all(isinstance(v, str) for v in b.values()) for b in blocks
+            )
+        ):
+            raise trust.refuse(
+                f"expected_lost_data[{name}]", type(loss).__name__, "{total, blocks}"
+            )
+        shown[name] = (total, [_fields(b) for b in blocks])
+    return shown
 
 
 def _members(ctx: StepContext, group: str) -> list[str]:

@@ -115,11 +115,23 @@ def _reload(ctx: StepContext) -> dict[str, Any]:
         reloaded = ctx.nso.packages_reload()
     except ReloadRefusedDataLoss as exc:
         if not allow:
+            removed = removals(ctx)
+            # Removing a NED some devices still use would delete their whole configuration:
+            # the way forward is their migration, not the override.
+            advice = (
+                f"\nThis change removes {', '.join(removed)}: when one is a NED that devices "
+                "still use (their ned-id), migrate them to the new ned-id first ('nso-repo "
+                "ned migrate NODE --to NED-ID --device D --dry-run', then confirm it; "
+                "docs/upgrades.md, 'Major NED upgrade') and remove it after. allow_data_loss "
+                "(--allow-data-loss) would delete those devices' configuration"
+                if removed
+                else "\nStart the upgrade again with allow_data_loss (nso-repo: "
+                "--allow-data-loss) only if that loss is intended"
+            )
             raise StepFailed(
                 "NSO refused the reload because it would delete data; NSO said:\n"
                 + exc.output
-                + "\nStart the upgrade again with allow_data_loss (nso-repo: --allow-data-loss) "
-                "only if that loss is intended"
+                + advice
             ) from None
         ctx.log("NSO would delete namespaces and the job allows data loss: packages reload force")
         reloaded = ctx.nso.packages_reload(force=True)

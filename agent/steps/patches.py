@@ -15,6 +15,7 @@ listing against the one saved; its failure says ``changed`` unless the node is a
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -221,12 +222,16 @@ def apply_patch(ctx: StepContext) -> dict[str, Any]:
         # the folder is loaded unless this agent loaded these very bytes and NSO still lists
         # them as it did then; a row that moves then says NSO ran another build.
         if changed or not _loaded_by_us(ctx, before.listed or {}, beams):
+            if not changed:
+                # NSO may run another build after this load: a rerun that cannot look must
+                # not call the node unchanged.
+                ctx.journal.update("patch_changing", patch_changing=True)
             ran_load = True
             loaded = patch.load(f"patch {patch.id}")
         else:
             loaded = ctx.nso.loaded_patches()
         if not changed:
-            moved = [m for m in patch.modules if loaded.get(m) != (before.listed or {}).get(m)]
+            moved = [m for m in patch.modules if not _same_row(loaded, before.listed or {}, m)]
             changed = bool(moved)
             ctx.log(
                 f"NSO ran another build of {', '.join(moved)} than the patches folder holds: "
@@ -247,6 +252,17 @@ def apply_patch(ctx: StepContext) -> dict[str, Any]:
     _note_loaded(ctx, loaded, beams)
     shutil.rmtree(_undo_dir(ctx), ignore_errors=True)
     return {"modules": patch.modules, "changed": changed}
+
+
+def _same_row(
+    now: dict[str, patch_bundle.LoadedPatch], before: dict[str, patch_bundle.LoadedPatch], m: str
+) -> bool:
+    """NSO lists ``m`` now as it did before: the same row, the compile time aside when the
+    row saved before has none (kept by an older nso-agent)."""
+    was, row = before.get(m), now.get(m)
+    if was is None or row is None:
+        return was is row
+    return row == was or (was.built is None and dataclasses.replace(row, built=None) == was)
 
 
 def _ledger_path(ctx: StepContext) -> Path:
@@ -554,7 +570,13 @@ def _undo_apply(
         problems.append(f"NSO's listing could not be read: {_reason(ctx, listing_exc)}")
         shown = None
     now = None if shown is None else {m: shown[m] for m in patch.modules if m in shown}
-    if not problems and files_back and before.listed is not None and now == before.listed:
+    back = (
+        now is not None
+        and before.listed is not None
+        and set(now) == set(before.listed)
+        and all(_same_row(now, before.listed, m) for m in now)
+    )
+    if not problems and files_back and back:
         # Said in the journal before the save goes: a rerun (the agent killed before its
         # report was kept) reads the folder, as it is again, not an empty save.
         ctx.journal.update("patch_undone", patch_undo_saved=False, patch_changing=False)

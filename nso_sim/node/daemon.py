@@ -426,13 +426,13 @@ class Daemon:
                 # One entry it cannot read (a folder named x.beam) fails that module only.
                 results.append((path.stem, False, str(exc)))
                 continue
-            present.add(info.module)
             if info.module != path.stem:
                 # Erlang's code loader refuses a file whose module is not its name (the
                 # words here are INVENTED): a file never loads as another module.
                 msg = f"{path.name} holds module {info.module}, not {path.stem}"
                 results.append((info.module, False, msg))
                 continue
+            present.add(info.module)
             if info.nso_version not in ("?", self.version):
                 msg = f"built for NSO {info.nso_version}, running {self.version}"
                 results.append((info.module, False, msg))

@@ -125,6 +125,7 @@ def middleware(app: WsgiApp, state: AppState) -> WsgiApp:
         resumed: Optional[Parked] = environ.get(RESUMED)
         if resumed is not None and overtaken(state.notifier, resumed.state):
             # Woken with a newer poll of its node, which takes the step: this one gets none.
+            record(lambda m: m.idle_polls.inc())
             start_response("204 NO CONTENT", _no_work(0, busy=False))
             return [b""]
         try:

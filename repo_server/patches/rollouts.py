@@ -155,6 +155,18 @@ _MOVES_RELEASE = and_(
 )
 
 
+def _moved_at() -> Any:
+    """When the node's last job that moves releases ended (a correlated scalar subquery on
+    ``nodes``; NULL without one)."""
+    return (
+        select(func.max(Job.finished_at))
+        .join(job_nodes, job_nodes.c.job_id == Job.id)
+        .where(job_nodes.c.node_id == Node.id, _MOVES_RELEASE)
+        .correlate(Node)
+        .scalar_subquery()
+    )
+
+
 def _behind_reason(target: Target) -> str:
     moved = target.moved_at
     return (
@@ -373,14 +385,21 @@ class PatchRollouts:
             if len(members) == sizes.get(group) and not any(m.name in why for m in members):
                 continue
             ready = [m.name for m in members if m.name not in why]
+            # By name only when no member may have moved onto the release unsaid.
+            by_name = ready and not any(m.behind for m in members)
             for member in members:
                 why.setdefault(
                     member.name,
                     f"HA group {group} has members that do not run NSO {vsn} now or do not "
                     f"report: patch the group by name (--group {group}) once all of them run "
-                    "it, or the members that do now by name ("
-                    + " ".join(f"--node {n}" for n in ready)
-                    + ")",
+                    "it"
+                    + (
+                        ", or the members that do now by name ("
+                        + " ".join(f"--node {n}" for n in ready)
+                        + ")"
+                        if by_name
+                        else ""
+                    ),
                 )
         return [t for t in targets if t.name not in why], why
 
@@ -450,13 +469,30 @@ class PatchRollouts:
                 Node.name,
                 Node.inventory_at,
                 inv["running_version"].as_string(),
+                _moved_at(),
             )
             .join(HaGroupMember, HaGroupMember.group_id == HaGroup.id)
             .join(Node, Node.id == HaGroupMember.node_id)
             .where(HaGroup.name.in_(groups))
         ).all()
         left = defaultdict(list)
-        for group, node_id, name, heard, running in others:
+        # A member whose inventory predates its last upgrade may run the release now: the
+        # group is not to be patched in part until it reports.
+        behind = [
+            _behind_reason(Target(node_id, name, heard, running, None, None, moved_at=moved))
+            for _, node_id, name, heard, running, moved in others
+            if node_id not in named and inventory_behind(heard, moved)
+        ]
+        if behind:
+            raise InventoryBehind(
+                f"{_listed(behind)}: a group takes a patch on every member that can or on "
+                "none, so wait for that heartbeat ('nso-repo node ls' shows it) and name the "
+                "group; nothing was started",
+                nodes=[
+                    name for _, _, name, heard, _, moved in others if inventory_behind(heard, moved)
+                ],
+            )
+        for group, node_id, name, heard, running, _ in others:
             if node_id in named or running != vsn or heard is None:
                 continue
             if inventory_stale(heard, now):
@@ -513,6 +549,7 @@ class PatchRollouts:
                 .where(
                     job_nodes.c.node_id == Node.id,
                     Job.finished_at > Node.inventory_at,
+                    Job.target_version == vsn,
                     _MOVES_RELEASE,
                 )
                 .exists()
@@ -551,13 +588,6 @@ class PatchRollouts:
         find a node free. Two queries, whatever the number of nodes; no inventory is loaded
         whole."""
         inv = Node.inventory
-        moved_at = (
-            select(func.max(Job.finished_at))
-            .join(job_nodes, job_nodes.c.job_id == Job.id)
-            .where(job_nodes.c.node_id == Node.id, _MOVES_RELEASE)
-            .correlate(Node)
-            .scalar_subquery()
-        )
         query = select(
             Node.id,
             Node.name,
@@ -565,7 +595,7 @@ class PatchRollouts:
             inv["running_version"].as_string(),
             inv["status"].as_string(),
             inv[("ha", "mode")].as_string(),
-            moved_at,
+            _moved_at(),
         ).where(chosen)
         if self.session.get_bind().dialect.name == "postgresql":
             # In id order, so two rollouts over overlapping sets wait rather than deadlock.

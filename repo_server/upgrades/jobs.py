@@ -22,7 +22,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
-from repo_server.auth.service import Principal, audit
+from repo_server.auth.service import Principal, audit, audit_refusal
 from repo_server.catalog.releases import (
     get_release,
     list_releases,
@@ -95,6 +95,9 @@ class JobService:
         # Called with every job this service creates, in its transaction, once the job has
         # its id (a rollout links its target to the job: rollouts/driver.py).
         self.on_hold: Optional[Callable[[Job], None]] = None
+        # An operator's request refused by preflight is audited; a fleet rollout's driver,
+        # which asks again every pass while a target waits, records its own refusals.
+        self.audit_refusals = True
         # Every step state change and job outcome below is audited as it is flushed.
         from repo_server.auth.audit_events import audit_state_changes
 
@@ -184,13 +187,26 @@ class JobService:
     ) -> Job:
         """Refuse with every reason, or queue the job and wake the node's agent."""
         if not verdict.ok:
-            self.session.rollback()
-            raise PreflightFailed(
+            refused = PreflightFailed(
                 f"preflight refused the {kind.replace('_', ' ')} of {verdict.node}: "
                 + "; ".join(f"{r.message} ({r.remedy})" for r in verdict.reasons),
                 reasons=[asdict(r) for r in verdict.reasons],
                 path=verdict.path,
             )
+            self.session.rollback()
+            if not self.audit_refusals:
+                raise refused
+            # Who tried, and why not: in a transaction of its own, nothing else kept.
+            audit_refusal(
+                self.session,
+                who.actor,
+                "job.create_refused",
+                f"node:{verdict.node[:200]}",
+                refused,
+                kind=kind,
+                reasons=sorted({r.code for r in verdict.reasons}),
+            )
+            raise refused
         node = get_node(self.session, verdict.node)
         job = Job(
             kind=kind,
@@ -322,11 +338,9 @@ class JobService:
                 f"job {job_id} is {state} already: only a queued or running job can be cancelled"
             )
         now = utcnow()
-        changed = [s for s in job.steps if s.state == "succeeded" and s.name not in READ_ONLY_STEPS]
+        changed = [s for s in job.steps if s.state == "succeeded" and _may_change(s)]
         # A step handed out may have run, whole or in part, before its agent went away.
-        running = [
-            s for s in job.steps if s.state in STEP_HANDED_OUT and s.name not in READ_ONLY_STEPS
-        ]
+        running = [s for s in job.steps if s.state in STEP_HANDED_OUT and _may_change(s)]
         for step in job.steps:
             if step.state in STEP_HANDED_OUT:
                 transition(step, "failed")
@@ -904,6 +918,13 @@ def rolled_back(later: list[Job], done: Job) -> dict[int, int]:
     if done.id in undone:
         raise Conflict(f"job {done.id} was rolled back already, by job {undone[done.id]}")
     return undone
+
+
+def _may_change(step: Step) -> bool:
+    """Whether the step may change its node: not a read-only step, nor a NED migration's
+    dry-run (NSO only says what it would change)."""
+    dry_run = step.name == "ned_migrate" and (step.params or {}).get("dry_run") is True
+    return step.name not in READ_ONLY_STEPS and not dry_run
 
 
 def only_looked(job: Job) -> bool:

@@ -114,19 +114,23 @@ class NedMigrationService:
         _check_ned_id_loaded(self.session, node, request.new_ned_id)
         start_by: dict[str, str] = {}
         shown: Optional[dict[str, Optional[str]]] = None
+        loss: Optional[dict[str, Any]] = None
         if not request.dry_run:
             dry = self._check_confirmation(node, request)
             shown = _devices_shown(dry)
+            loss = _loss_shown(dry)
             # The dry-run's result holds until then, also for an agent that asks late.
             limit = (dry.finished_at or dry.created_at) + timedelta(seconds=self.dry_run_max_age)
             start_by = {"start_by": limit.isoformat()}
-        spec = migrate_step(request, shown)
+        spec = migrate_step(request, shown, loss)
+        # What the dry-run showed lost rides in the step only: the plan says which job.
+        planned = {k: v for k, v in spec.params.items() if k != "expected_lost_data"}
         job = Job(
             kind=KIND,
             source_version=running,
             target_version=running,
-            options={**spec.params, "confirm": request.confirm, **start_by},
-            plan={"node": node.name, **spec.params, "confirms": request.confirm},
+            options={**planned, "confirm": request.confirm, **start_by},
+            plan={"node": node.name, **planned, "confirms": request.confirm},
             created_by=who.actor,
         )
         job.steps = [
@@ -192,6 +196,21 @@ class NedMigrationService:
                     f"({other.state}): {again}",
                     confirm=dry.id,
                 )
+            newer = (
+                other.kind == KIND
+                and other.state == "succeeded"
+                and other.options.get("dry_run") is True
+                and {k: other.options.get(k) for k in ("new_ned_id", "devices", "device_groups")}
+                == request.targets()
+            )
+            if newer:
+                # Its result is what the devices would lose now; the older one's may not be.
+                raise DryRunRequired(
+                    f"dry-run job {other.id}, of the same migration, ran after dry-run job "
+                    f"{dry.id}: read its result ('nso-repo ned show {other.id}') and confirm "
+                    "that one",
+                    confirm=other.id,
+                )
             # A later dry-run that may have changed the node (it needs attention) voids
             # this one's result, as any other job does.
             if not only_looked(other):
@@ -204,16 +223,23 @@ class NedMigrationService:
 
 
 def migrate_step(
-    request: MigrationRequest, shown: Optional[dict[str, Optional[str]]] = None
+    request: MigrationRequest,
+    shown: Optional[dict[str, Optional[str]]] = None,
+    loss: Optional[dict[str, Any]] = None,
 ) -> StepSpec:
     """The job's one step: the agent's ``ned_migrate`` (docs/agent-protocol.md); a confirmed
     migration names the devices its dry-run showed (``expected_devices``), which the agent
-    checks its device groups still resolve to, and the ned-id each was on then
-    (``expected_ned_ids``), which the agent checks each is still on, before it migrates
-    anything."""
+    checks its device groups still resolve to, the ned-id each was on then
+    (``expected_ned_ids``), which the agent checks each is still on, and the data each
+    would lose (``expected_lost_data``), which a dry-run the agent runs right before must
+    not exceed, before it migrates anything."""
     what = "dry-run of the migration" if request.dry_run else "migration"
     named = ", ".join([*request.devices, *(f"group {g}" for g in request.device_groups)])
-    expected = {} if shown is None else {"expected_devices": list(shown), "expected_ned_ids": shown}
+    expected: dict[str, Any] = (
+        {} if shown is None else {"expected_devices": list(shown), "expected_ned_ids": shown}
+    )
+    if loss is not None:
+        expected["expected_lost_data"] = loss
     return StepSpec(
         STEP,
         {**request.targets(), "dry_run": request.dry_run, **expected},
@@ -264,6 +290,26 @@ def _devices_shown(dry: Job) -> dict[str, Optional[str]]:
             confirm=dry.id,
         )
     return {str(n): o for n, o in zip(names, olds)}
+
+
+def _loss_shown(dry: Job) -> dict[str, Any]:
+    """By device, the data the dry-run showed its migration loses: how many lost-data
+    blocks NSO printed and those the result carries (all of them unless it was cut short),
+    each ``path``, ``info`` and ``value`` as the agent reported them. `_devices_shown` has
+    checked the result is a whole dry-run."""
+    result = next((s.result for s in dry.steps if s.name == STEP), None) or {}
+    entries = (result.get("ned_migration") or {}).get("devices") or []
+    loss: dict[str, Any] = {}
+    for entry in entries:
+        blocks = [
+            {k: v for k, v in b.items() if k in ("path", "info", "value") and isinstance(v, str)}
+            for b in entry.get("lost_data") or []
+            if isinstance(b, dict)
+        ]
+        total = entry.get("lost_data_total")
+        total = total if isinstance(total, int) and not isinstance(total, bool) else len(blocks)
+        loss[str(entry.get("device"))] = {"total": max(total, len(blocks)), "blocks": blocks}
+    return loss
 
 
 def _known_ned_id(value: str) -> bool:

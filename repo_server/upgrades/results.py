@@ -268,7 +268,7 @@ STEP_RESULTS: dict[str, dict[str, Key]] = {
         # The member's HA mode and, on a secondary, the node it follows: a failover during
         # the job shows in what the job says of each member.
         "ha_mode": HA_MODE,
-        "primary_id": text(128, r"[A-Za-z0-9._-]+"),
+        "primary_id": text(128, r"[A-Za-z0-9._-]+", nullable=True),
     },
     # Emergency patches (docs/patches.md): the modules NSO lists with the patch id after
     # the step (apply), or no longer lists with it (remove); kept: modules of the bundle

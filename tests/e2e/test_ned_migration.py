@@ -118,6 +118,10 @@ def test_new_ned_beside_the_old_then_dry_run_then_confirmed_migration(
     early = remove_old_ned(node)
     assert (early["state"], early["outcome"]) == ("failed", "rolled_back"), early
     assert "namespaces will be deleted" in early["error"], early["error"]
+    # The way forward it names is the devices' migration, not the data-deleting override.
+    assert "This change removes router-nc: when one is a NED" in early["error"]
+    assert "nso-repo ned migrate" in early["error"]
+    assert "only if that loss is intended" not in early["error"]
     dry2 = node.wait_job(migrate(node, devices=["router-nc-2"]).json()["id"])
     real2 = migrate(node, devices=["router-nc-2"], dry_run=False, confirm=dry2["id"])
     assert node.wait_job(real2.json()["id"])["state"] == "succeeded"
@@ -136,3 +140,49 @@ def remove_old_ned(node) -> dict:
     )
     assert answer.status_code == 202, answer.text
     return node.wait_job(answer.json()["id"])
+
+
+def test_config_written_after_the_dry_run_that_the_migration_would_lose_stops_it(
+    shared_server, make_node, artifacts
+):
+    """The dry-run showed no data lost. Then a leaf the new NED does not model is written to
+    the device through NSO, and the dry-run is confirmed: the agent's dry-run right before
+    the migration finds that leaf would be lost, unread, and migrates nothing."""
+    node = make_node(shared_server, "6.2")
+    new_ned = artifacts.package(
+        # Another file than the other tests' router-nc2 2.0 (the server is shared).
+        "router-nc2",
+        "2.0.1",
+        "6.2",
+        "--ned-id",
+        NEW,
+        "--ned-leaf",
+        "hostname",
+        "--ned-leaf",
+        "mtu",
+    )
+    with new_ned.open("rb") as fh:
+        put = shared_server.http.put(
+            f"{shared_server.url}/api/v1/artifacts/{new_ned.name}", data=fh
+        )
+    assert put.status_code in (200, 201), put.text
+    added = shared_server.api(
+        "POST", f"/nodes/{node.name}/package-upgrade", json={"packages": [new_ned.name]}
+    )
+    assert added.status_code == 202, added.text
+    assert node.wait_job(added.json()["id"])["state"] == "succeeded"
+    node.wait_reported()
+    dry = node.wait_job(migrate(node).json()["id"])
+    assert dry["state"] == "succeeded", dry
+    assert dry["steps"][0]["result"]["ned_migration"]["lost_data_total"] == 0
+    out, status = node.host.cli(
+        "config\ndevices device router-nc-1 config snmp-community s3cret\ncommit"
+    )
+    assert status == 0, out
+    before = device(node, "router-nc-1")
+    real = migrate(node, dry_run=False, confirm=dry["id"])
+    assert real.status_code == 202, real.text
+    job = node.wait_job(real.json()["id"])
+    assert (job["state"], job["outcome"]) == ("failed", "unchanged"), job
+    assert "would lose data it did not show" in job["error"] and "s3cret" in job["error"]
+    assert device(node, "router-nc-1") == before  # nothing migrated, the leaf kept

@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Any, Optional
 
 import pytest
-from sqlalchemy import event, update
+from sqlalchemy import event, select, update
 
 from repo_server.db import utcnow
 from repo_server.fleet.models import Node
+from repo_server.upgrades.models import Job, job_nodes
 from tests.api.helpers import assert_error, put_file
 from tests.console.helpers import logged_in
 from tests.factories import make_package, make_patch_bundle
@@ -887,3 +888,35 @@ def test_node_ls_says_which_patch_modules_nso_loads(live) -> None:
         "patches loaded: ncs_fix (CSCfix1); patch files not loaded: ncs_fix2; "
         "patch files, loading unknown: ncs_old"
     ) in listed.stdout
+
+
+def test_a_group_member_behind_its_upgrade_keeps_the_group_whole(live, bundle, app_state) -> None:
+    """Group pair has just been upgraded to 6.2: pair-a reported since, pair-n2 not yet
+    (its inventory still names 6.1). Neither all_affected's advice nor a request naming
+    pair-a alone patches half the group, the primary first."""
+    agents = group_on(live, "pair", 2, version="6.1")
+    with app_state.sessions() as session:
+        ids = dict(session.execute(select(Node.name, Node.id)).all())
+        job = Job(
+            kind="ha_upgrade",
+            source_version="6.1",
+            target_version="6.2",
+            state="succeeded",
+            finished_at=utcnow(),
+            created_by="test",
+        )
+        session.add(job)
+        session.flush()
+        session.execute(job_nodes.insert(), [{"job_id": job.id, "node_id": ids[n]} for n in ids])
+        session.commit()
+    beat = agents[0].heartbeat(
+        inventory("6.2", **ha("primary", "n1", connected_secondaries=["n2"]))
+    )
+    assert beat.status_code == 200, beat.text
+    every = rollout(live, all_affected=True)
+    assert_error(every, 409, "no_targets")
+    assert "--node" not in every.json()["error"]["message"]
+    named = rollout(live, nodes=["pair-a"])
+    assert_error(named, 409, "inventory_behind")
+    assert "pair-n2's last inventory (NSO 6.1)" in named.json()["error"]["message"]
+    assert get(live, "/patch-rollouts") == []

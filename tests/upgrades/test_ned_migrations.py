@@ -311,13 +311,33 @@ def dry_run_reporting(live, agent: Agent, result: dict[str, Any]) -> int:
 def test_a_confirmed_migration_carries_the_devices_its_dry_run_showed(live, nedded) -> None:
     # The group edge resolved to r2 and r3 on the host: the dry-run shows r1, r2, r3.
     shown = result_for({"params": {"devices": ["r1", "r2", "r3"]}}, True)
+    lost = {"path": "/ncs:devices/device{r2}/config/snmp-community", "value": "public"}
+    shown["ned_migration"]["devices"][1].update(lost_data=[lost], lost_data_total=1)
+    shown["ned_migration"]["lost_data_total"] = 1
     dry = dry_run_reporting(live, nedded, shown)
     answer = migrate(live, devices=["r1"], device_groups=["edge"], dry_run=False, confirm=dry)
     assert answer.status_code == 202, answer.text
     step = nedded.next()
     assert step is not None and step["params"]["dry_run"] is False
-    # The agent migrates nothing unless the group still resolves to what was shown.
+    # The agent migrates nothing unless the group still resolves to what was shown, and a
+    # dry-run right before loses no more than this one showed.
     assert step["params"]["expected_devices"] == ["r1", "r2", "r3"]
+    assert step["params"]["expected_lost_data"] == {
+        "r1": {"total": 0, "blocks": []},
+        "r2": {"total": 1, "blocks": [lost]},
+        "r3": {"total": 0, "blocks": []},
+    }
+    assert "expected_lost_data" not in answer.json()["plan"]
+
+
+def test_only_the_newest_dry_run_of_a_migration_is_confirmed(live, nedded) -> None:
+    """Two dry-runs of the same migration: the older one's result may no longer hold (the
+    newer may show more data lost), so only the newer is confirmed."""
+    older = run_job(live, nedded, migrate(live))
+    newer = run_job(live, nedded, migrate(live))
+    error = assert_error(migrate(live, dry_run=False, confirm=older["id"]), 409, "dry_run_required")
+    assert f"dry-run job {newer['id']}, of the same migration, ran after" in error["message"]
+    assert migrate(live, dry_run=False, confirm=newer["id"]).status_code == 202
 
 
 @pytest.mark.parametrize(
@@ -403,3 +423,34 @@ def test_a_later_dry_run_that_may_have_changed_the_node_voids_the_earlier_one(li
     confirmed = migrate(live, devices=["r1"], dry_run=False, confirm=first["id"])
     assert confirmed.status_code == 409, confirmed.json()
     assert f"job {later['id']}" in confirmed.json()["error"]["message"]
+
+
+def test_a_dry_run_cancelled_while_its_agent_had_it_changed_nothing(live, nedded) -> None:
+    """A dry-run handed out, then cancelled (its agent went away): NSO only said what it
+    would change, so the job ends unchanged, and an earlier dry-run still holds."""
+    first = run_job(live, nedded, migrate(live))
+    answer = migrate(live, devices=["r9"])
+    assert answer.status_code == 202, answer.text
+    assert nedded.next() is not None  # handed out, never reported
+    cancelled = live.session("operator").post(
+        f"{live.url}/api/v1/jobs/{answer.json()['id']}/cancel", json={"reason": "agent gone"}
+    )
+    assert cancelled.status_code == 200, cancelled.text
+    assert (cancelled.json()["state"], cancelled.json()["outcome"]) == ("cancelled", "unchanged")
+    assert migrate(live, dry_run=False, confirm=first["id"]).status_code == 202
+
+
+def test_a_refused_package_upgrade_is_audited_with_who_asked(live, nedded) -> None:
+    """Refused by preflight (a NED migration holds the node): nothing is created, and the
+    audit log says who tried and why."""
+    held = migrate(live)
+    assert held.status_code == 202, held.text
+    refused = live.session("operator").post(
+        f"{live.url}/api/v1/nodes/edge-1/package-upgrade", json={"remove": ["router-nc"]}
+    )
+    assert_error(refused, 422, "preflight_failed")
+    (event,) = audit(live, "job.create_refused")
+    assert event["actor"] == "operator:test-operator" and event["target"] == "node:edge-1"
+    assert event["details"]["kind"] == "package_upgrade"
+    assert "job_active" in event["details"]["reasons"]
+    assert len(jobs(live)) == 1
