@@ -58,6 +58,8 @@ def _reported(group: Group, package: str, version: str) -> None:
             )
 
         wait_until(shows, 30, 0.2, message=f"{node.name} never reported {package} {version}")
+        # And sent since the job's last step ended: a plan refuses an older inventory.
+        node.wait_reported()
 
 
 def _load_paths(node: Node, count: int) -> None:

@@ -37,6 +37,20 @@ def migrate(node, **body):
     return node.server.api("POST", f"/nodes/{node.name}/ned-migrations", json=body)
 
 
+def add_package(node, package) -> dict:
+    """Upload ``package`` and add it to the node with a package upgrade: the job."""
+    with package.open("rb") as fh:
+        uploaded = node.server.http.put(
+            f"{node.server.url}/api/v1/artifacts/{package.name}", data=fh
+        )
+    assert uploaded.status_code in (200, 201), uploaded.text
+    added = node.server.api(
+        "POST", f"/nodes/{node.name}/package-upgrade", json={"packages": [package.name]}
+    )
+    assert added.status_code == 202, added.text
+    return dict(node.wait_job(added.json()["id"]))
+
+
 def device(node, name: str) -> str:
     out, status = node.host.cli(f"show running-config devices device {name}")
     assert status == 0, out
@@ -51,17 +65,7 @@ def test_new_ned_beside_the_old_then_dry_run_then_confirmed_migration(
     assert "router-nc-1.0" in refused["message"], refused
 
     # (a) The new NED beside the old one: an ordinary package upgrade that adds a package.
-    new_ned = artifacts.package("router-nc2", "2.0", "6.2", "--ned-id", NEW)
-    with new_ned.open("rb") as fh:
-        uploaded = shared_server.http.put(
-            f"{shared_server.url}/api/v1/artifacts/{new_ned.name}", data=fh
-        )
-    assert uploaded.status_code in (200, 201), uploaded.text
-    added = shared_server.api(
-        "POST", f"/nodes/{node.name}/package-upgrade", json={"packages": [new_ned.name]}
-    )
-    assert added.status_code == 202, added.text
-    job = node.wait_job(added.json()["id"])
+    job = add_package(node, artifacts.package("router-nc2", "2.0", "6.2", "--ned-id", NEW))
     assert job["state"] == "succeeded", job
     shown, _ = node.host.cli("show packages")
     assert "ned-id router-nc-1.0" in shown and f"ned-id {NEW}" in shown, shown
@@ -151,26 +155,10 @@ def test_config_written_after_the_dry_run_that_the_migration_would_lose_stops_it
     node = make_node(shared_server, "6.2")
     new_ned = artifacts.package(
         # Another file than the other tests' router-nc2 2.0 (the server is shared).
-        "router-nc2",
-        "2.0.1",
-        "6.2",
-        "--ned-id",
-        NEW,
-        "--ned-leaf",
-        "hostname",
-        "--ned-leaf",
-        "mtu",
+        *("router-nc2", "2.0.1", "6.2", "--ned-id", NEW),
+        *("--ned-leaf", "hostname", "--ned-leaf", "mtu"),
     )
-    with new_ned.open("rb") as fh:
-        put = shared_server.http.put(
-            f"{shared_server.url}/api/v1/artifacts/{new_ned.name}", data=fh
-        )
-    assert put.status_code in (200, 201), put.text
-    added = shared_server.api(
-        "POST", f"/nodes/{node.name}/package-upgrade", json={"packages": [new_ned.name]}
-    )
-    assert added.status_code == 202, added.text
-    assert node.wait_job(added.json()["id"])["state"] == "succeeded"
+    assert add_package(node, new_ned)["state"] == "succeeded"
     node.wait_reported()
     dry = node.wait_job(migrate(node).json()["id"])
     assert dry["state"] == "succeeded", dry
