@@ -117,6 +117,17 @@ def _migrate(
             + f"; expected {'no change' if dry_run else new_id}: check them by hand",
             result={"changed": any(after[d] != before[d] for d in targets)},
         )
+    if not dry_run and params.get("expected_lost_data") is not None:
+        # What NSO says the migration itself lost, against what the operator confirmed:
+        # config written between the check's dry-run and the migrate.
+        lost = _unseen_loss(_shown_loss(params["expected_lost_data"]), reported)
+        if lost:
+            raise StepFailed(
+                f"the devices were migrated to {new_id}, but NSO says they lost data the "
+                f"confirmed dry-run did not show ({'; '.join(lost[:20])}): it was written "
+                "while the migration ran; restore it from the device or from the backup",
+                result={"changed": True},
+            )
     entries = [_entry(d, before[d], new_id, dry_run, reported.get(d), members) for d in targets]
     return {"ned_migration": _bounded(new_id, dry_run, entries)}
 
@@ -166,20 +177,13 @@ def _check_loss_as_dry_run(ctx: StepContext, params: dict[str, Any], run: _Run) 
     ctx.progress(8, "the dry-run again: the data it loses must be what was confirmed")
     try:
         fresh = _send(ctx, run, True)
-    except NsoError as exc:
+    except (NsoError, StepFailed) as exc:
+        # Said without `changed`: a rerun's failure then reads back what moved before.
         raise StepFailed(
             f"the dry-run that checks the migration against the confirmed one failed: {exc}; "
             f"{NOTHING}"
         ) from None
-    unseen: list[str] = []
-    for device, found in sorted(fresh.items()):
-        total, blocks = shown.get(device, (0, []))
-        now = [_fields(b) for b in found.lost_data]
-        whole = len(blocks) == total  # the confirmed result listed every block
-        new = [b for b in now if b not in blocks] if whole else []
-        if len(now) > total or new:
-            what = "; ".join(" ".join(b.values()) for b in (new or now)[:5])
-            unseen.append(f"{device} would lose {len(now)} (shown: {total}): {what}")
+    unseen = _unseen_loss(shown, fresh)
     if unseen:
         raise StepFailed(
             "since the confirmed dry-run, the migration would lose data it did not show ("
@@ -187,6 +191,22 @@ def _check_loss_as_dry_run(ctx: StepContext, params: dict[str, Any], run: _Run) 
             + f"): the devices' config changed; {NOTHING}. Run the dry-run again, read it, "
             "and confirm that one"
         )
+
+
+def _unseen_loss(
+    shown: dict[str, tuple[int, list[dict[str, str]]]], reported: dict[str, ned.Migration]
+) -> list[str]:
+    """Each device that loses more data, or other data, than ``shown``, in words."""
+    unseen: list[str] = []
+    for device, found in sorted(reported.items()):
+        total, blocks = shown.get(device, (0, []))
+        now = [_fields(b) for b in found.lost_data]
+        whole = len(blocks) == total  # the confirmed result listed every block
+        new = [b for b in now if b not in blocks] if whole else []
+        if len(now) > total or new:
+            what = "; ".join(" ".join(b.values()) for b in (new or now)[:5])
+            unseen.append(f"{device} would lose {len(now)} (shown: {total}): {what}")
+    return unseen
 
 
 def _shown_loss(raw: Any) -> dict[str, tuple[int, list[dict[str, str]]]]:

@@ -118,15 +118,19 @@ def _reload(ctx: StepContext) -> dict[str, Any]:
             removed = removals(ctx)
             # Removing a NED some devices still use would delete their whole configuration:
             # the way forward is their migration, not the override.
+            last = (
+                "\nStart the upgrade again with allow_data_loss (nso-repo: "
+                "--allow-data-loss) only if that loss is intended"
+            )
             advice = (
                 f"\nThis change removes {', '.join(removed)}: when one is a NED that devices "
-                "still use (their ned-id), migrate them to the new ned-id first ('nso-repo "
-                "ned migrate NODE --to NED-ID --device D --dry-run', then confirm it; "
-                "docs/upgrades.md, 'Major NED upgrade') and remove it after. allow_data_loss "
-                "(--allow-data-loss) would delete those devices' configuration"
+                "still use (their ned-id), add the new NED first (a package upgrade without "
+                "--remove), migrate the devices to its ned-id ('nso-repo ned migrate NODE "
+                "--to NED-ID --device D --dry-run', then confirm it; docs/upgrades.md, "
+                "'Major NED upgrade'), and remove the old one after: allow_data_loss would "
+                "delete those devices' configuration." + last
                 if removed
-                else "\nStart the upgrade again with allow_data_loss (nso-repo: "
-                "--allow-data-loss) only if that loss is intended"
+                else last
             )
             raise StepFailed(
                 "NSO refused the reload because it would delete data; NSO said:\n"

@@ -386,7 +386,7 @@ class PatchRollouts:
                 continue
             ready = [m.name for m in members if m.name not in why]
             # By name only when no member may have moved onto the release unsaid.
-            by_name = ready and not any(m.behind for m in members)
+            by_name = ready and not any(m.behind and not m.stale(now) for m in members)
             for member in members:
                 why.setdefault(
                     member.name,
@@ -478,19 +478,20 @@ class PatchRollouts:
         left = defaultdict(list)
         # A member whose inventory predates its last upgrade may run the release now: the
         # group is not to be patched in part until it reports.
+        # A quiet one (its agent down) does not stop the others, as below.
         behind = [
-            _behind_reason(Target(node_id, name, heard, running, None, None, moved_at=moved))
+            Target(node_id, name, heard, running, None, None, moved_at=moved)
             for _, node_id, name, heard, running, moved in others
-            if node_id not in named and inventory_behind(heard, moved)
+            if node_id not in named
+            and inventory_behind(heard, moved)
+            and not inventory_stale(heard, now)
         ]
         if behind:
             raise InventoryBehind(
-                f"{_listed(behind)}: a group takes a patch on every member that can or on "
-                "none, so wait for that heartbeat ('nso-repo node ls' shows it) and name the "
-                "group; nothing was started",
-                nodes=[
-                    name for _, _, name, heard, _, moved in others if inventory_behind(heard, moved)
-                ],
+                f"{_listed([_behind_reason(t) for t in behind])}: a group takes a patch on "
+                "every member that can or on none, so wait for that heartbeat ('nso-repo "
+                "node ls' shows it) and name the group; nothing was started",
+                nodes=[t.name for t in behind],
             )
         for group, node_id, name, heard, running, _ in others:
             if node_id in named or running != vsn or heard is None:

@@ -125,7 +125,7 @@ def test_new_ned_beside_the_old_then_dry_run_then_confirmed_migration(
     # The way forward it names is the devices' migration, not the data-deleting override.
     assert "This change removes router-nc: when one is a NED" in early["error"]
     assert "nso-repo ned migrate" in early["error"]
-    assert "only if that loss is intended" not in early["error"]
+    assert "add the new NED first (a package upgrade without --remove)" in early["error"]
     dry2 = node.wait_job(migrate(node, devices=["router-nc-2"]).json()["id"])
     real2 = migrate(node, devices=["router-nc-2"], dry_run=False, confirm=dry2["id"])
     assert node.wait_job(real2.json()["id"])["state"] == "succeeded"

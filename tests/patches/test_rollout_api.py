@@ -920,3 +920,10 @@ def test_a_group_member_behind_its_upgrade_keeps_the_group_whole(live, bundle, a
     assert_error(named, 409, "inventory_behind")
     assert "pair-n2's last inventory (NSO 6.1)" in named.json()["error"]["message"]
     assert get(live, "/patch-rollouts") == []
+    # Its agent down for good (no inventory for 30 minutes): a quiet member does not stop
+    # the others, behind or not.
+    with app_state.sessions() as session:
+        quiet = utcnow() - timedelta(minutes=30)
+        session.execute(update(Node).where(Node.name == "pair-n2").values(inventory_at=quiet))
+        session.commit()
+    assert rollout(live, nodes=["pair-a"]).status_code == 201
