@@ -78,7 +78,6 @@ FD_PAUSE = 0.5  # seconds without accept() after running out of file descriptors
 # requests keep stays small.
 MAX_PARKED_HEAD = 8 << 10
 PARKED = object()  # a thread's result when its request parked
-# What a parked long-poll whose client ended its side is told: no work now, ask again.
 HEAD_TOO_LARGE: Answer = (
     431,
     "Request Header Fields Too Large",
@@ -86,6 +85,8 @@ HEAD_TOO_LARGE: Answer = (
     f"the request head is over {MAX_HEAD_BYTES} bytes: send fewer or shorter headers",
     None,
 )
+# What a parked long-poll whose client ended its side, or sent more, is told: no work now,
+# ask again.
 HALF_CLOSED_ANSWER = b"HTTP/1.1 204 No Content\r\nRetry-After: 1\r\nConnection: close\r\n\r\n"
 
 

@@ -155,16 +155,21 @@ _MOVES_RELEASE = and_(
 )
 
 
-def _moved_at() -> Any:
-    """When the node's last job that moves releases ended (a correlated scalar subquery on
-    ``nodes``; NULL without one)."""
+def _moved_at(*where: Any) -> Any:
+    """When the node's last job that moves releases (and matches ``where``) ended: a
+    correlated scalar subquery on ``nodes``, NULL without one."""
     return (
         select(func.max(Job.finished_at))
         .join(job_nodes, job_nodes.c.job_id == Job.id)
-        .where(job_nodes.c.node_id == Node.id, _MOVES_RELEASE)
+        .where(job_nodes.c.node_id == Node.id, _MOVES_RELEASE, *where)
         .correlate(Node)
         .scalar_subquery()
     )
+
+
+def _by_node(names: list[str]) -> str:
+    """The CLI options that name ``names`` one by one."""
+    return " ".join(f"--node {n}" for n in names)
 
 
 def _behind_reason(target: Target) -> str:
@@ -394,9 +399,7 @@ class PatchRollouts:
                     f"report: patch the group by name (--group {group}) once all of them run "
                     "it"
                     + (
-                        ", or the members that do now by name ("
-                        + " ".join(f"--node {n}" for n in ready)
-                        + ")"
+                        f", or the members that do now by name ({_by_node(ready)})"
                         if by_name
                         else ""
                     ),
@@ -477,8 +480,8 @@ class PatchRollouts:
         ).all()
         left = defaultdict(list)
         # A member whose inventory predates its last upgrade may run the release now: the
-        # group is not to be patched in part until it reports.
-        # A quiet one (its agent down) does not stop the others, as below.
+        # group is not to be patched in part until it reports. A quiet one (its agent
+        # down) does not stop the others, as below.
         behind = [
             Target(node_id, name, heard, running, None, None, moved_at=moved)
             for _, node_id, name, heard, running, moved in others
@@ -544,17 +547,7 @@ class PatchRollouts:
         if all_affected:
             # Also the nodes whose inventory predates their last upgrade's end: one may run
             # the bundle's release now, and is listed as left out rather than not at all.
-            moved_since = (
-                select(job_nodes.c.node_id)
-                .join(Job, Job.id == job_nodes.c.job_id)
-                .where(
-                    job_nodes.c.node_id == Node.id,
-                    Job.finished_at > Node.inventory_at,
-                    Job.target_version == vsn,
-                    _MOVES_RELEASE,
-                )
-                .exists()
-            )
+            moved_since = _moved_at(Job.target_version == vsn) > Node.inventory_at
             return or_(Node.inventory["running_version"].as_string() == vsn, moved_since)
         found = self._ids(Node, nodes)
         known_groups = self._ids(HaGroup, groups)
@@ -668,15 +661,7 @@ class PatchRollouts:
             # Members reached through their group: the ones on the release go by name.
             grouped = {t.group for t in other if t.group}
             on_it = [t.name for t in targets if t.group in grouped and t.running_version == vsn]
-            by_name = (
-                " (the members on NSO "
-                + vsn
-                + " alone: "
-                + " ".join(f"--node {n}" for n in on_it)
-                + ")"
-                if on_it
-                else ""
-            )
+            by_name = f" (the members on NSO {vsn} alone: {_by_node(on_it)})" if on_it else ""
             raise ReleaseMismatch(
                 f"{patch} is built for NSO {vsn} exactly: {_listed(said)}. "
                 + (
