@@ -306,9 +306,48 @@ def check_package_upgrade(
             "no_change", "no package was named", "name builds to install or packages to remove"
         )
     _check_removals(verdict, node, inv, seen, remove)
+    _check_ned_ids_kept(verdict, node, inv, artifacts)
     _check_resulting_set(verdict, node, inv, builds, set(remove))
     _check_disk(verdict, inv, sum(a.size for a in artifacts), None)
     return verdict
+
+
+def _ned_ids(artifact: Artifact) -> set[str]:
+    return {str(n) for n in (artifact.meta or {}).get("ned_ids") or []}
+
+
+def _check_ned_ids_kept(
+    verdict: Verdict, node: Node, inv: dict[str, Any], artifacts: list[Artifact]
+) -> None:
+    """A NED build that replaces the loaded one provides the ned-ids it did. A new ned-id
+    is a major NED upgrade, and the upgrade guide's words are that it cannot simply replace
+    the package: the devices on the old ned-id would be left without their NED, which NSO's
+    reload refuses (or, allowed to lose data, deletes their config). Only what the catalog
+    read at upload is compared; a build whose ned-ids it did not read is left to NSO."""
+    new = {a.name: a for a in artifacts if _ned_ids(a)}
+    files = {
+        p["file"]: p["name"]
+        for p in _packages(inv)
+        if isinstance(p.get("file"), str) and p.get("name") in new
+    }
+    session = object_session(node)
+    if session is None or not files:
+        return
+    for old in session.scalars(select(Artifact).where(Artifact.filename.in_(files))):
+        build = new[files[old.filename]]
+        dropped = sorted(_ned_ids(old) - _ned_ids(build))
+        if old.name != build.name or not dropped:
+            continue
+        verdict.refuse(
+            "ned_id_changed",
+            f"{build.filename} provides ned-id {', '.join(sorted(_ned_ids(build)))}, not "
+            f"{', '.join(dropped)} of the {build.name} {old.version} {node.name} runs: a new "
+            "ned-id is a major NED upgrade, which cannot replace the package (the devices "
+            "on the old ned-id would lose their NED)",
+            "build the new NED as a package of another name and add it beside the old one, "
+            "migrate the devices to its ned-id ('nso-repo ned migrate'), then remove the old "
+            'package in a later package upgrade (docs/upgrades.md, "Major NED upgrade")',
+        )
 
 
 def _check_removals(

@@ -385,3 +385,41 @@ def test_a_first_attempt_refused_credits_no_earlier_attempt(nso, driver):
         drive.step("ned_migrate", confirmed)
     assert "earlier attempt" not in str(failed.value)
     assert failed.value.result == {}
+
+
+def test_data_written_while_the_migration_runs_fails_the_step_after_it(nso, driver):
+    """The dry-run right before the migrate loses only what the operator confirmed; then,
+    before the migrate itself, a commit gives the device a value the new NED drops. The
+    migrate loses it: the step fails after it, says the devices moved and what was lost."""
+    drive = driver(agent_config(nso))
+    dry = drive.step(
+        "ned_migrate", {"new_ned_id": NEW, "devices": ["router-nc-1"], "dry_run": True}
+    )
+    (entry,) = dry["ned_migration"]["devices"]
+    assert entry["lost_data"], "the old NED's mtu is lost: the check has something to match"
+    written: list[str] = []
+
+    def commit_between_the_dry_run_and_the_migrate(_percent: int, message: str) -> None:
+        # The check's dry-run reports "router-nc-1 done" first; the migrate comes next.
+        if message == "router-nc-1 done" and not written:
+            out, status = nso.cli("config; devices device router-nc-1 config mtu 9000; commit")
+            assert status == 0, out
+            written.append(out)
+
+    drive.on_progress = commit_between_the_dry_run_and_the_migrate
+    confirmed = {
+        "new_ned_id": NEW,
+        "devices": ["router-nc-1"],
+        "dry_run": False,
+        "expected_devices": ["router-nc-1"],
+        "expected_ned_ids": {"router-nc-1": entry["old_ned_id"]},
+        "expected_lost_data": {
+            "router-nc-1": {"total": len(entry["lost_data"]), "blocks": entry["lost_data"]}
+        },
+    }
+    with pytest.raises(StepFailed, match="lost data the confirmed dry-run did not show") as failed:
+        drive.step("ned_migrate", confirmed)
+    assert written, "the commit ran between the check and the migrate"
+    assert "9000" in str(failed.value)
+    assert failed.value.result == {"changed": True}
+    assert _ned_id_of(nso, "router-nc-1") == NEW

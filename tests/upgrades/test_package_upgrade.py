@@ -135,3 +135,37 @@ def test_a_package_plan_shows_what_the_upgrade_would_do_and_starts_nothing(
     printed = nso_repo(live, "viewer", "node", "package-plan", "edge-1", "--remove", "router-nc")
     assert printed.returncode in (0, 1) and "edge-1: remove router-nc:" in printed.stdout
     assert live.session("viewer").get(f"{live.url}/api/v1/jobs").json() == []
+
+
+def test_a_ned_build_with_a_new_ned_id_does_not_replace_the_loaded_one(
+    live, enrolled, tmp_path: Path
+) -> None:
+    """router-nc 1.0.2 provides ned-id router-nc-1.0. A 2.0 build of the same package with
+    ned-id router-nc-2.0 would leave the devices without their NED: refused, with the way
+    (beside, migrate, remove). A build keeping the ned-id, and the new NED under its own
+    name, may proceed."""
+    builds = {}
+    for name, version, ned_id in (
+        ("router-nc", "1.0.2", "router-nc-1.0"),
+        ("router-nc", "2.0", "router-nc-2.0"),
+        ("router-nc", "1.0.3", "router-nc-1.0"),
+        ("router-nc2", "2.0", "router-nc-2.0"),
+    ):
+        folder = tmp_path / f"{name}-{version}"
+        folder.mkdir()
+        path = make_package(folder, name, version, "6.2", ned_id=ned_id)
+        assert put_file(live.session("uploader"), live.url, path).status_code == 201
+        builds[(name, version)] = path.name
+    enrolled.heartbeat(healthy_inventory("6.2", {"router-nc": "1.0.2"}))
+
+    error = assert_error(_request(live, [builds["router-nc", "2.0"]]), 422, "preflight_failed")
+    (reason,) = [r for r in error["details"]["reasons"] if r["code"] == "ned_id_changed"]
+    assert "router-nc-1.0" in reason["message"] and "router-nc-2.0" in reason["message"]
+    assert "beside" in reason["remedy"] and "nso-repo ned migrate" in reason["remedy"]
+    viewer = live.session("viewer")
+    assert viewer.get(f"{live.url}/api/v1/jobs").json() == []
+
+    for kept in (builds["router-nc", "1.0.3"], builds["router-nc2", "2.0"]):
+        plan = viewer.get(f"{live.url}/api/v1/nodes/edge-1/package-plan", params={"packages": kept})
+        assert plan.status_code == 200, plan.text
+        assert plan.json()["ok"] is True, plan.json()["reasons"]
