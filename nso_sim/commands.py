@@ -375,7 +375,10 @@ def fault_group() -> None:
 @click.argument("name", type=click.Choice(sorted(faults.FAULTS)))
 @click.argument("value", required=False)
 @click.option("--once", is_flag=True, help="disarm after firing once")
-def fault_set(root: str, name: str, value: Optional[str], once: bool) -> None:
+@click.option(
+    "--skip", type=click.IntRange(min=0), default=0, help="let the first N occasions pass"
+)
+def fault_set(root: str, name: str, value: Optional[str], once: bool, skip: int) -> None:
     """Arm fault NAME (VALUE: an exit code, seconds or a message)."""
     parsed: object = True
     if value is not None:
@@ -383,7 +386,7 @@ def fault_set(root: str, name: str, value: Optional[str], once: bool) -> None:
             parsed = json.loads(value)
         except ValueError:
             parsed = value
-    faults.set_fault(HostLayout.at(root), name, parsed, once)
+    faults.set_fault(HostLayout.at(root), name, parsed, once, skip)
 
 
 @fault_group.command("clear")

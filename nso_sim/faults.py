@@ -1,7 +1,9 @@
 """Per-host fault injection, kept in ``<root>/.nso-sim/faults.json``.
 
-Each fault is ``{"value": ..., "once": bool}``. A ``once`` fault disarms itself the first
-time it fires, so a test can script "the first start fails, the retry works".
+Each fault is ``{"value": ..., "once": bool}``, and ``"skip": N`` when set. A ``once``
+fault disarms itself the first time it fires, so a test can script "the first start fails,
+the retry works"; one with ``skip`` lets its first N occasions pass, so a test can fail the
+second of two identical commands.
 """
 
 from __future__ import annotations
@@ -66,11 +68,13 @@ def list_faults(layout: HostLayout) -> dict[str, Any]:
     return _read(layout)
 
 
-def set_fault(layout: HostLayout, name: str, value: Any = True, once: bool = False) -> None:
+def set_fault(
+    layout: HostLayout, name: str, value: Any = True, once: bool = False, skip: int = 0
+) -> None:
     if name not in FAULTS:
         raise ValueError(f"unknown fault {name!r}; known: {', '.join(sorted(FAULTS))}")
     data = _read(layout)
-    data[name] = {"value": value, "once": once}
+    data[name] = {"value": value, "once": once, **({"skip": skip} if skip > 0 else {})}
     write_json_atomic(layout.faults_file, data)
 
 
@@ -90,10 +94,16 @@ def active(layout: HostLayout, name: str) -> Optional[Any]:
 
 
 def fire(layout: HostLayout, name: str) -> Optional[Any]:
-    """Like ``active`` but disarms a ``once`` fault: call where the fault takes effect."""
+    """Like ``active`` but disarms a ``once`` fault: call where the fault takes effect.
+    None, and one occasion fewer to skip, while the fault skips occasions."""
     data = _read(layout)
     entry = data.get(name)
     if entry is None:
+        return None
+    skip = entry.get("skip", 0)
+    if isinstance(skip, int) and skip > 0:
+        entry["skip"] = skip - 1
+        write_json_atomic(layout.faults_file, data)
         return None
     if entry.get("once"):
         data.pop(name)

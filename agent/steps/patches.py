@@ -515,6 +515,14 @@ def _before_apply(ctx: StepContext, folder: Path, modules: list[str]) -> _Before
     wrote and NSO may run it."""
     saved = _undo_dir(ctx)
     if ctx.journal.fact("patch_undo_saved"):
+        if not saved.is_dir():
+            # Without it, what the folder held before is not known: "no file" would make
+            # a put-back delete a module the node ran before the step.
+            raise StepFailed(
+                f"this step's undo save ({saved}) is gone, so what the patches folder held "
+                "before its first attempt is not known: this attempt changed nothing, an "
+                f"earlier one may have; check {folder} and 'show ncs-state patches' by hand"
+            )
         files = {
             m: (saved / f"{m}.beam").read_bytes() if (saved / f"{m}.beam").exists() else None
             for m in modules
@@ -558,6 +566,9 @@ def _undo_apply(
     reason = _reason(ctx, exc)
     if not touched and not ran_load:
         # No attempt of this step had a file to write or had NSO load: nothing to undo.
+        # Said in the journal before the save goes, as below: a rerun would read a save
+        # the journal still names, and gone, as "no file before" and delete the patch.
+        ctx.journal.update("patch_undone", patch_undo_saved=False, patch_changing=False)
         shutil.rmtree(_undo_dir(ctx), ignore_errors=True)
         return StepFailed(f"{reason}; nothing was changed", result={"changed": False})
     restored, problems = _restore_files(ctx, folder, before.files)

@@ -94,8 +94,7 @@ class _Server(paramiko.ServerInterface):
         st.exec_command = command.decode(errors="replace")
         wanted = faults.active(self.d.layout, "cli-exec-reply-lost")
         if isinstance(wanted, str) and wanted in st.exec_command:
-            faults.fire(self.d.layout, "cli-exec-reply-lost")
-            st.reply_lost = True
+            st.reply_lost = faults.fire(self.d.layout, "cli-exec-reply-lost") is not None
         st.ready.set()
         if not st.reply_lost:
             return True

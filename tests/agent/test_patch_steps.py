@@ -10,6 +10,7 @@ import io
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -901,3 +902,38 @@ def test_a_rerun_after_a_failed_apply_was_put_back_keeps_the_earlier_patch(
     assert rerun.value.result == {"changed": False}, rerun.value
     assert files(host) == before
     assert "CSCfix1" in listed(host)
+
+
+def test_a_rerun_after_a_failure_with_nothing_to_undo_keeps_the_applied_patch(
+    make_host, file_server, driver, tmp_path
+) -> None:
+    """The patch rolled out again to a node that runs it: nothing to write, and the listing
+    after fails, so the step fails with nothing to undo and its undo save goes. The agent
+    dies before that report is kept. The rerun must not read the save, gone, as "no file
+    before": it would write the module again and say changed (or, failing, delete it)."""
+    host, drive, step = patched(make_host, file_server, driver, tmp_path)
+    there = files(host)
+    # The step's first listing (what the node runs before it) answers; the second is lost.
+    lose = ("fault", "set", "--root", str(host.root), "--once", "--skip", "1")
+    sim(*lose, "cli-exec-reply-lost", "ncs-state patches")
+    rerun_fails(drive, "apply_patch", step, 557, "nothing was changed")
+    assert undo_saves(drive) == []
+    assert drive.step("apply_patch", step, step_id=557) == {"modules": ["ncs_a"], "changed": False}
+    assert files(host) == there
+    assert "CSCfix1" in listed(host)
+
+
+def test_a_rerun_whose_undo_save_is_gone_stops_and_touches_nothing(
+    make_host, file_server, driver, tmp_path
+) -> None:
+    """The first attempt saved what the folder held (CSCfix1's ncs_a.beam), wrote the
+    rebuild and died; the save was then removed by hand. Without it a put-back would take
+    the module out: the rerun stops before writing, and never says the node is unchanged."""
+    host, drive, new, step = _patched_then_rebuilt(make_host, file_server, driver, tmp_path)
+    _crash_after_write(drive, host, step, 558, new, load=False)
+    there = files(host)
+    (save,) = undo_saves(drive)
+    shutil.rmtree(drive.config.state_path / "patch-undo" / save)
+    failed = rerun_fails(drive, "apply_patch", step, 558, "undo save .* is gone")
+    assert failed.result.get("changed") is not False
+    assert files(host) == there
