@@ -212,14 +212,18 @@ class Runner:
         return final
 
     def run_forever(self, should_stop: Callable[[], bool] = lambda: False) -> None:
-        self.flush_pending()
-        self.heartbeat()
         # in_job: the job of the step this agent ran last is still active and may hand it
         # another soon (an HA group's members take turns); just_ran: that step has just
-        # ended.
-        in_job = just_ran = False
+        # ended; started: a final report a crash kept is sent, and the node reported.
+        in_job = just_ran = started = False
         while not should_stop():
             try:
+                if not started:
+                    # In the loop: with the server away, the service waits and tries again
+                    # rather than exit, and be restarted, until it is back.
+                    self.flush_pending()
+                    self.heartbeat()
+                    started = True
                 self.heartbeat_if_due()
                 # Right after a step, ask for the next one without waiting. While the job
                 # goes on, keep listening rather than collect the inventory at once (about

@@ -103,7 +103,15 @@ def ha_sync_packages(ctx: StepContext) -> dict[str, Any]:
             )
         before = st["read_only"]
         ctx.journal.update("read_only_recorded", read_only_before=before)
-    if ctx.journal.fact("sync_sent"):
+    judged = ctx.journal.fact("sync_said")
+    if ctx.journal.fact("sync_sent") and isinstance(judged, str):
+        # An earlier attempt judged the ended sync, then stopped in what follows (links,
+        # read-only mode), which changes what a new look would judge by: its verdict
+        # stands, and only what follows it runs again (each part may run twice).
+        sync = Sync(str(variant), targets, before, bound, time.monotonic(), after)
+        ctx.progress(60, "an earlier attempt saw the sync end: finishing after it")
+        said = judged
+    elif ctx.journal.fact("sync_sent"):
         # An earlier attempt sent the sync and the agent lost track (restarted, or the CLI
         # went away): never send it twice. Wait for NSO to settle, then judge what it did.
         sync = Sync(str(variant), targets, before, bound, _earlier_deadline(ctx, bound), after)
@@ -131,6 +139,9 @@ def ha_sync_packages(ctx: StepContext) -> dict[str, Any]:
             said = _lost_sync(ctx, sync, f"{exc}. It was not sent again")
         except CliError as exc:
             said = _nso_said(exc.output or str(exc))
+    # Kept before the links or the mode change: a rerun judging again would read them as
+    # the sync's doing (a success whose mode was set read-write taken for a failure).
+    ctx.journal.update("sync_judged", sync_said=said)
     if said and saved is not None:
         said += _links_after_failure(ctx)
     if said:

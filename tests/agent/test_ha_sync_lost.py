@@ -11,9 +11,12 @@ import shutil
 import time
 from typing import Any, Union
 
+import pytest
+
 from agent.errors import StepFailed
 from agent.journal import Journal
 from agent.steps.context import StepContext
+from agent.steps.package_links import save_package_links
 from agent.steps.registry import run_step
 from tests.support.sim_hosts import TIME_SCALE, sim
 
@@ -39,9 +42,12 @@ def _fault(host, name: str, *value: str) -> None:
     sim("fault", "set", "--root", str(host.root), name, *value, "--once")
 
 
-def _sync(config, params: dict[str, Any], **facts: Any) -> tuple[StepContext, Any]:
+def _sync(
+    config, params: dict[str, Any], keep: bool = False, **facts: Any
+) -> tuple[StepContext, Any]:
     """Run ha_sync_packages as the runner would, with ``facts`` in its journal (what an
-    earlier attempt recorded); the step's context (its log) and its result or StepFailed."""
+    earlier attempt recorded); the step's context (its log) and its result or StepFailed.
+    ``keep``: the journal stays as the agent left it when it died before its report."""
     return _run(
         config,
         910,
@@ -50,6 +56,7 @@ def _sync(config, params: dict[str, Any], **facts: Any) -> tuple[StepContext, An
         {},
         "ha_package_upgrade",
         facts,
+        keep,
     )
 
 
@@ -61,6 +68,7 @@ def _run(
     context: dict[str, Any],
     kind: str,
     facts: dict[str, Any],
+    keep: bool = False,
 ) -> tuple[StepContext, Any]:
     """Run step ``name`` of job 7 as the runner would: its context and result (or
     StepFailed)."""
@@ -83,7 +91,8 @@ def _run(
         outcome = run_step(ctx)
     except StepFailed as exc:
         outcome = exc
-    journal.clear()
+    if not keep:
+        journal.clear()
     return ctx, outcome
 
 
@@ -339,3 +348,81 @@ def test_a_lost_sync_that_takes_a_package_out_is_waited_for_though_read_only_as_
     assert time.monotonic() - began >= HELD_S, "judged ended while NSO still synced"
     assert "1.0" not in _version(primary, "audit-svc")
     assert not read_only(primary) and SET_MODE in _step_log(ctx)  # set once NSO had ended
+
+
+@pytest.mark.parametrize("before", [True, False], ids=["read-only-before", "read-write-before"])
+def test_a_rerun_after_the_mode_was_set_keeps_the_verdict_of_the_first_attempt(
+    make_cluster, artifacts, before
+) -> None:
+    """A rollback's sync succeeds and the step sets the mode it was told (the opposite of
+    the one before); the agent dies before its report is kept. The rerun must not judge
+    the sync again from a mode the first attempt set: read-write after read-only is how a
+    failed sync looks, read-only after read-write how one still running looks."""
+    primary, _ = _pair(make_cluster, artifacts)
+    primary.cli(f"high-availability read-only mode {str(before).lower()}")
+    params = {"sync_timeout": 60, "read_only_after": not before}
+    wanted = {"read_only_before": before, "read_only": not before}
+    config = agent_config(primary)
+    _, first = _sync(config, params, keep=True)
+    assert first == wanted, first
+    began = time.monotonic()
+    ctx, rerun = _sync(config, params)
+    assert rerun == wanted, rerun
+    assert read_only(primary) is (not before)
+    assert SYNC not in _step_log(ctx)  # never sent twice
+    assert time.monotonic() - began < 20  # no wait for a sync that ended
+
+
+def test_a_rerun_after_a_failed_sync_put_read_only_back_says_failed(
+    make_cluster, artifacts
+) -> None:
+    """The sync fails on the secondary; the step puts the primary's read-only mode back
+    (NSO left it read-write) and the agent dies before its report is kept. Read-only with
+    the old packages is how a sync still running looks: the rerun must say failed at once,
+    not wait for the sync's bound and call it unknown."""
+    primary, secondary = _pair(make_cluster, artifacts)
+    primary.cli("high-availability read-only mode true")
+    _fault(secondary, "ha-sync-reload-fails")
+    config = agent_config(primary)
+    _, first = _sync(config, {"sync_timeout": 60}, keep=True)
+    assert isinstance(first, StepFailed) and "failed" in str(first), first
+    began = time.monotonic()
+    _, rerun = _sync(config, {"sync_timeout": 60})
+    assert isinstance(rerun, StepFailed), rerun
+    assert "UNKNOWN" not in str(rerun) and "Read-only mode is back to true" in str(rerun)
+    assert read_only(primary) is True
+    assert time.monotonic() - began < 20
+
+
+def test_a_rerun_after_a_failed_rollback_sync_relinked_still_says_failed(
+    make_cluster, artifacts
+) -> None:
+    """A rollback's sync (the links saved at the backup, l3vpn 1.0) fails on the secondary:
+    NSO reloaded nothing, so the step links the load path back to what NSO loads (1.1)
+    and dies before its report is kept. The load path now matches what NSO loads: the
+    rerun must not judge the sync by it and call the rollback a success."""
+    primary, secondary = make_cluster("6.2")
+    secondary.wait_for("show high-availability status mode", "secondary")
+    config = agent_config(primary)
+    saved = primary.path("/var/opt/ncs/backups") / "nso-agent-job-7" / "package-links"
+    saved.parent.mkdir(parents=True, exist_ok=True)
+    journal = Journal(config.journal_file)
+    save_package_links(
+        StepContext(config, {"id": 1, "job_id": 7, "name": "backup"}, journal), saved
+    )
+    journal.clear()
+    shutil.copy(artifacts.service("6.2", "1.1"), primary.path("/opt/ncs/packages"))
+    assert primary.cli("software packages install package l3vpn-1.1 replace-existing")[1] == 0
+    assert primary.cli(SYNC)[1] == 0
+    _fault(secondary, "ha-sync-reload-fails")
+    rollback = {
+        "packages": [],
+        "restore_links": "/var/opt/ncs/backups/nso-agent-job-7/package-links",
+        "sync_timeout": 60,
+        "read_only_after": False,
+    }
+    _, first = _sync(config, rollback, keep=True)
+    assert isinstance(first, StepFailed) and "NSO reloaded nothing" in str(first), first
+    _, rerun = _sync(config, rollback)
+    assert isinstance(rerun, StepFailed), f"a failed rollback reported as {rerun}"
+    assert _version(primary, "l3vpn") == "package-version 1.1"

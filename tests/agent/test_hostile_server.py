@@ -308,3 +308,24 @@ def test_a_retry_after_is_bounded_before_the_agent_sleeps_on_it(header, seconds)
     from agent.client import retry_seconds
 
     assert retry_seconds(header) == seconds
+
+
+def test_a_kept_final_report_the_server_cannot_take_yet_is_retried_not_fatal(tmp_path, crafted):
+    """Restarted with a final report a crash kept from the server, the service finds the
+    server answering 503: it keeps the report and tries again, instead of exiting (and
+    being restarted by systemd, in a loop) with a traceback; it asks for no new work
+    before the report is in."""
+    runner = Runner(enrolled(tmp_path, crafted.url), client=quick_client(crafted.url))
+    runner.sleep = lambda _seconds: None
+    step = {"id": 41, "job_id": 7, "attempt": 1, "name": "backup"}
+    entry = runner.journal.begin(step)
+    entry.final_report = {"report_id": entry.report_id("final"), "state": "succeeded"}
+    runner.journal.save()
+    crafted.answers["/api/v1/agent/steps/41"] = (503, b"{}")
+    polls = iter(range(3))
+    runner.run_forever(lambda: next(polls, None) is None)
+    sent = [r for r in crafted.requests if r.startswith("POST /api/v1/agent/steps/41")]
+    assert len(sent) >= 3  # tried again at each turn of the loop
+    assert not any(r.startswith("GET /api/v1/agent/next") for r in crafted.requests)
+    kept = runner.journal.entry
+    assert kept is not None and kept.final_report is not None
