@@ -6,12 +6,15 @@ import hashlib
 import os
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Optional
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import requests
 
 DEFAULT_URL = "http://127.0.0.1:8420"
 CHUNK = 1 << 20
+
+
+_NOT_JSON = object()  # an answer whose body is not JSON
 
 
 class ApiError(Exception):
@@ -55,23 +58,45 @@ def sha256_file(path: Path, advance: Optional[Callable[[int], None]] = None) -> 
 class RepoClient:
     def __init__(self, url: Optional[str] = None, token: Optional[str] = None) -> None:
         self.url = (url or os.environ.get("NSO_REPO_URL") or DEFAULT_URL).rstrip("/")
+        parts = urlsplit(self.url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ApiError(
+                0,
+                "bad_url",
+                f"{self.url!r} is not a server's address: give --url or NSO_REPO_URL as "
+                f"http(s)://HOST:PORT, the server's root (e.g. {DEFAULT_URL})",
+            )
         self.token = token or os.environ.get("NSO_REPO_TOKEN")
         self.http = requests.Session()
         if self.token:
             self.http.headers["Authorization"] = f"Bearer {self.token}"
 
     def _check(self, response: requests.Response) -> Any:
-        if response.status_code < 400:
-            return response.json() if response.content else None
         try:
-            error = response.json()["error"]
+            answer = response.json() if response.content else None
+        except ValueError:
+            answer = _NOT_JSON
+        if response.status_code < 400 and answer is not _NOT_JSON:
+            return answer
+        error = answer.get("error") if isinstance(answer, dict) else None
+        if isinstance(error, dict) and isinstance(error.get("code"), str):
             raise ApiError(
-                response.status_code, error["code"], error["message"], error.get("details")
+                response.status_code,
+                error["code"],
+                str(error.get("message", "")),
+                error.get("details"),
             )
-        except (ValueError, KeyError, TypeError):
+        if answer is _NOT_JSON:
+            # Another web server (or a proxy's page) at that address: say where to look,
+            # not its HTML.
+            kind = response.headers.get("Content-Type", "no content type").split(";")[0]
             raise ApiError(
-                response.status_code, "http_error", response.text[:200] or response.reason
-            ) from None
+                response.status_code,
+                "not_nso_repo",
+                f"{self.url} did not answer as nso-repo does (HTTP {response.status_code}, "
+                f"{kind}): check --url or NSO_REPO_URL, the server's root (e.g. {DEFAULT_URL})",
+            )
+        raise ApiError(response.status_code, "http_error", response.text[:200] or response.reason)
 
     def upload(
         self,

@@ -7,6 +7,7 @@ from typing import Optional
 
 from alembic import command
 from alembic.config import Config
+from alembic.script import ScriptDirectory
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ProgrammingError, SQLAlchemyError
@@ -35,12 +36,31 @@ INSUFFICIENT_PRIVILEGE = "42501"
 
 
 def upgrade(url: str, revision: str = "head") -> None:
+    config = alembic_config(url)
+    _check_known(url, config)
     try:
-        command.upgrade(alembic_config(url), revision)
+        command.upgrade(config, revision)
     except ProgrammingError as exc:
         if getattr(exc.orig, "sqlstate", None) != INSUFFICIENT_PRIVILEGE:
             raise
         raise MigrationRefused(_no_privilege(url, exc)) from None
+
+
+def _check_known(url: str, config: Config) -> None:
+    """Refuse a database a newer nso-repo migrated (this one went back to an older release
+    without the database): Alembic would stop on a revision it cannot locate."""
+    current = current_revision(url)
+    if current is None:
+        return
+    script = ScriptDirectory.from_config(config)
+    if current in {r.revision for r in script.walk_revisions()}:
+        return
+    raise MigrationRefused(
+        f"the database is at schema revision {current}, which this nso-repo does not know "
+        f"(it knows up to {script.get_current_head()}): a newer nso-repo migrated it. Run "
+        "that release again, or restore the database from the backup taken before the "
+        'upgrade (docs/production.md, "Upgrading the server")'
+    )
 
 
 def _no_privilege(url: str, exc: ProgrammingError) -> str:

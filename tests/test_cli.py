@@ -207,3 +207,44 @@ def test_token_commands_away_from_the_servers_database_refuse_and_create_nothing
         timeout=10,
     )
     assert answer.status_code == 200, answer.text
+
+
+def test_a_url_that_is_not_an_nso_repo_gets_told_where_to_look(tmp_path: Path) -> None:
+    """`--url` without a scheme, and a web server that is not nso-repo (HTML answers, 200
+    or an error): one line that names the URL to fix, never the page or a traceback."""
+    import http.server
+    import threading
+
+    class Page(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def answer(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            body = b"<!DOCTYPE html><html><body>welcome</body></html>"
+            self.send_response(200 if self.command == "GET" else 501)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = answer
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    other = f"http://127.0.0.1:{httpd.server_address[1]}"
+    env = clean_env(NSO_REPO_TOKEN="nsr_" + "x" * 43)
+    try:
+        for url, command in (
+            (other, ("ls",)),  # 200 with HTML
+            (other, ("patch", "rollout", "nso-6.2.3-patch-CSC1.tar.gz", "--node", "a")),  # 501
+            ("127.0.0.1:8420", ("ls",)),
+            ("ftp://127.0.0.1:8420", ("ls",)),
+        ):
+            ran = run(*command, env={**env, "NSO_REPO_URL": url}, check=False)
+            assert ran.returncode == 1, (url, command, ran.stdout)
+            assert "NSO_REPO_URL" in ran.stderr and "Traceback" not in ran.stderr, ran.stderr
+            assert "DOCTYPE" not in ran.stderr and "welcome" not in ran.stderr, ran.stderr
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

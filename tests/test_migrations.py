@@ -256,3 +256,38 @@ def test_hosts_starting_at_once_on_a_new_database_migrate_once(
         ]
     assert [code for code, _ in results] == [0, 0, 0], results
     assert migrate.current_revision(url) is not None
+
+
+def test_a_database_a_newer_release_migrated_is_refused_with_the_way_back(
+    database_url: str, tmp_path: Any
+) -> None:
+    """A server gone back to an older release on a database a newer one migrated: not
+    Alembic's traceback, but what happened and what to do; `serve` never says it listens."""
+    import subprocess
+    import sys
+
+    from tests.support.processes import clean_env
+
+    engine = make_engine(database_url)
+    with engine.begin() as connection:
+        connection.execute(text("UPDATE alembic_version SET version_num = '0999'"))
+    engine.dispose()
+    env = clean_env(NSO_REPO_DATABASE_URL=database_url, NSO_REPO_DATA_DIR=str(tmp_path / "d"))
+    head = ScriptDirectory.from_config(migrate.alembic_config(database_url)).get_current_head()
+    for words in (["db", "upgrade"], ["serve", "--port", "1"]):
+        ran = subprocess.run(
+            [sys.executable, "-m", "repo_server.cli", *words],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
+        assert ran.returncode == 1, ran.stdout
+        said = ran.stdout + ran.stderr
+        assert (
+            f"schema revision 0999, which this nso-repo does not know (it knows up to {head})"
+            in said
+        )
+        assert "restore the database from the backup" in said
+        assert "Traceback" not in said and "listening" not in said
+    assert migrate.current_revision(database_url) == "0999"  # left as it was

@@ -16,6 +16,13 @@ from repo_server.catalog.versions import NsoVersion
 from repo_server.errors import InvalidFilename
 
 KINDS = ("installer", "package", "ned", "patch")
+
+
+def a_kind(kind: str) -> str:
+    """The kind with its article, as a message says it: "an installer", "a package"."""
+    return f"{'an' if kind[:1] in 'aeio' else 'a'} {kind}"
+
+
 ARCHES = ("x86_64", "arm64")
 MAX_NAME_BYTES = 255  # the usual file-system limit for one path component
 

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from repo_server.auth.service import Principal, audit
 from repo_server.catalog import release_manifest as signing
 from repo_server.catalog.compatibility import PackageBuild, unmet_requirements
+from repo_server.catalog.filenames import a_kind
 from repo_server.catalog.models import Artifact
 from repo_server.catalog.release_models import Release, ReleaseSignature
 from repo_server.catalog.versions import NsoVersion
@@ -115,7 +116,7 @@ def create_release(
     problems: list[str] = []
     installer_artifact = live_artifact(session, installer)
     if installer_artifact.kind != "installer":
-        problems.append(f"{installer} is a {installer_artifact.kind}, not an installer")
+        problems.append(f"{installer} is {a_kind(installer_artifact.kind)}, not an installer")
     elif NsoVersion.parse(installer_artifact.nso_version) != version:
         problems.append(f"{installer} installs NSO {installer_artifact.nso_version}, not {version}")
     chosen: list[Artifact] = []
@@ -123,7 +124,7 @@ def create_release(
     for filename in packages:
         artifact = live_artifact(session, filename)
         if artifact.kind not in ("package", "ned"):
-            problems.append(f"{filename} is a {artifact.kind}, not a package")
+            problems.append(f"{filename} is {a_kind(artifact.kind)}, not a package")
             continue
         refusal = PackageBuild.of(artifact).load_refusal(version)
         if refusal is not None:

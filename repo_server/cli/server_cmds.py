@@ -140,10 +140,13 @@ def serve(
         return app
 
     scheme = "https" if tls_cert else "http"
-    click.echo(
-        f"nso-repo listening on {scheme}://{options['bind']} (data: {load_settings().data_dir})"
-    )
-    run_gunicorn(options, load)
+    data_dir = load_settings().data_dir
+
+    def when_ready(_server: Any) -> None:
+        # Said once the database is migrated and the socket bound, not before a refusal.
+        click.echo(f"nso-repo listening on {scheme}://{options['bind']} (data: {data_dir})")
+
+    run_gunicorn({**options, "when_ready": when_ready}, load)
 
 
 def gunicorn_options(

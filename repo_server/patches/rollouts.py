@@ -32,6 +32,7 @@ from sqlalchemy.orm import Session
 
 from repo_server.auth.audit_events import audit_state_changes
 from repo_server.auth.service import Principal, audit, audit_refusal
+from repo_server.catalog.filenames import a_kind
 from repo_server.catalog.models import Artifact
 from repo_server.db import among, dialect_of, utcnow
 from repo_server.errors import AppError, Conflict, NotFound, ValidationFailed
@@ -532,7 +533,7 @@ class PatchRollouts:
             )
         if bundle.kind != "patch":
             raise ValidationFailed(
-                f"{filename} is a {bundle.kind}, not a patch bundle "
+                f"{filename} is {a_kind(bundle.kind)}, not a patch bundle "
                 "(nso-<VSN>-patch-<ID>.tar.gz): name the bundle to roll out",
                 field="patch",
             )

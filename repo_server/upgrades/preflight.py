@@ -18,6 +18,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, object_session
 
 from repo_server.catalog.compatibility import PackageBuild, Refusal, unmet_requirements
+from repo_server.catalog.filenames import a_kind
 from repo_server.catalog.models import Artifact
 from repo_server.catalog.release_models import Release
 from repo_server.catalog.versions import NsoVersion
@@ -279,7 +280,7 @@ def check_package_upgrade(
         if artifact.kind not in ("package", "ned"):
             verdict.refuse(
                 "not_a_package",
-                f"{artifact.filename} is a {artifact.kind}",
+                f"{artifact.filename} is {a_kind(artifact.kind)}",
                 "name package files only",
             )
             continue
