@@ -386,7 +386,10 @@ def fault_set(root: str, name: str, value: Optional[str], once: bool, skip: int)
             parsed = json.loads(value)
         except ValueError:
             parsed = value
-    faults.set_fault(HostLayout.at(root), name, parsed, once, skip)
+    try:
+        faults.set_fault(HostLayout.at(root), name, parsed, once, skip)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 @fault_group.command("clear")

@@ -68,11 +68,17 @@ def list_faults(layout: HostLayout) -> dict[str, Any]:
     return _read(layout)
 
 
+# Faults that hold while armed (read, never fired): no occasion to skip or to count.
+STATES = frozenset({"ha-link-down"})
+
+
 def set_fault(
     layout: HostLayout, name: str, value: Any = True, once: bool = False, skip: int = 0
 ) -> None:
     if name not in FAULTS:
         raise ValueError(f"unknown fault {name!r}; known: {', '.join(sorted(FAULTS))}")
+    if name in STATES and (skip or once):
+        raise ValueError(f"{name} holds while it is armed: clear it instead of --once or --skip")
     data = _read(layout)
     data[name] = {"value": value, "once": once, **({"skip": skip} if skip > 0 else {})}
     write_json_atomic(layout.faults_file, data)

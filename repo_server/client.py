@@ -86,15 +86,25 @@ class RepoClient:
                 str(error.get("message", "")),
                 error.get("details"),
             )
-        if answer is _NOT_JSON:
-            # Another web server (or a proxy's page) at that address: say where to look,
-            # not its HTML.
+        status = response.status_code
+        if answer is _NOT_JSON and (status < 400 or status in (404, 405, 501)):
+            # Another web server at that address (nso-repo answers these in JSON): say
+            # where to look, not its HTML.
             kind = response.headers.get("Content-Type", "no content type").split(";")[0]
             raise ApiError(
-                response.status_code,
+                status,
                 "not_nso_repo",
-                f"{self.url} did not answer as nso-repo does (HTTP {response.status_code}, "
-                f"{kind}): check --url or NSO_REPO_URL, the server's root (e.g. {DEFAULT_URL})",
+                f"{self.url} did not answer as nso-repo does (HTTP {status}, {kind}): check "
+                f"--url or NSO_REPO_URL, the server's root (e.g. {DEFAULT_URL})",
+            )
+        if answer is _NOT_JSON:
+            # A proxy's own page (502, 413...): the status is the news, not the page.
+            raise ApiError(
+                status,
+                "http_error",
+                f"HTTP {status} {response.reason} from {self.url}, not from nso-repo: a proxy "
+                "or web server in front of it answered (nso-repo down behind it, or a limit "
+                "of the proxy's; docs/deployment.md)",
             )
         raise ApiError(response.status_code, "http_error", response.text[:200] or response.reason)
 

@@ -37,8 +37,8 @@ INSUFFICIENT_PRIVILEGE = "42501"
 
 def upgrade(url: str, revision: str = "head") -> None:
     config = alembic_config(url)
-    _check_known(url, config)
     try:
+        _check_known(url, config)
         command.upgrade(config, revision)
     except ProgrammingError as exc:
         if getattr(exc.orig, "sqlstate", None) != INSUFFICIENT_PRIVILEGE:

@@ -222,7 +222,9 @@ def test_a_url_that_is_not_an_nso_repo_gets_told_where_to_look(tmp_path: Path) -
         def answer(self) -> None:
             self.rfile.read(int(self.headers.get("Content-Length") or 0))
             body = b"<!DOCTYPE html><html><body>welcome</body></html>"
-            self.send_response(200 if self.command == "GET" else 501)
+            # A proxy's error page for one route: nso-repo down behind it.
+            status = 502 if "patch-rollouts" in self.path else 200
+            self.send_response(status if self.command == "GET" else 501)
             self.send_header("Content-Type", "text/html")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
@@ -240,11 +242,16 @@ def test_a_url_that_is_not_an_nso_repo_gets_told_where_to_look(tmp_path: Path) -
             (other, ("patch", "rollout", "nso-6.2.3-patch-CSC1.tar.gz", "--node", "a")),  # 501
             ("127.0.0.1:8420", ("ls",)),
             ("ftp://127.0.0.1:8420", ("ls",)),
+            (other, ("patch", "ls")),  # 502: the proxy's page, not a wrong URL
         ):
             ran = run(*command, env={**env, "NSO_REPO_URL": url}, check=False)
             assert ran.returncode == 1, (url, command, ran.stdout)
-            assert "NSO_REPO_URL" in ran.stderr and "Traceback" not in ran.stderr, ran.stderr
+            assert "Traceback" not in ran.stderr, ran.stderr
             assert "DOCTYPE" not in ran.stderr and "welcome" not in ran.stderr, ran.stderr
+            if command == ("patch", "ls"):
+                assert "HTTP 502" in ran.stderr and "proxy" in ran.stderr, ran.stderr
+            else:
+                assert "NSO_REPO_URL" in ran.stderr, ran.stderr
     finally:
         httpd.shutdown()
         httpd.server_close()

@@ -291,3 +291,34 @@ def test_a_database_a_newer_release_migrated_is_refused_with_the_way_back(
         assert "restore the database from the backup" in said
         assert "Traceback" not in said and "listening" not in said
     assert migrate.current_revision(database_url) == "0999"  # left as it was
+
+
+def test_a_role_that_does_not_own_the_tables_is_told_what_to_reassign(
+    postgres_server: Any, tmp_path: Any
+) -> None:
+    """The tables were made by another role (a superuser's first start): a server role
+    that may not even read the schema's revision gets the REASSIGN to ask for, not a bare
+    'permission denied'."""
+    import subprocess
+    import sys
+    import uuid
+
+    from tests.support.processes import clean_env
+
+    name, role = f"t_{uuid.uuid4().hex[:12]}", f"r_{uuid.uuid4().hex[:8]}"
+    postgres_server.create_database(name)
+    migrate.upgrade(postgres_server.url(name))  # as the superuser: its tables
+    postgres_server._admin(f'CREATE ROLE "{role}" LOGIN')
+    url = postgres_server.url(name).replace("postgres@", f"{role}@", 1)
+    env = clean_env(NSO_REPO_DATABASE_URL=url, NSO_REPO_DATA_DIR=str(tmp_path / "data"))
+    ran = subprocess.run(
+        [sys.executable, "-m", "repo_server.cli", "db", "upgrade"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert ran.returncode == 1, ran.stdout
+    assert f"the role {role} in NSO_REPO_DATABASE_URL does not own them" in ran.stderr
+    assert f'REASSIGN OWNED BY <that role> TO "{role}";' in ran.stderr
+    assert "Traceback" not in ran.stderr

@@ -343,11 +343,13 @@ def _check_ned_ids_kept(
             "ned_id_changed",
             f"{build.filename} provides ned-id {', '.join(sorted(_ned_ids(build)))}, not "
             f"{', '.join(dropped)} of the {build.name} {old.version} {node.name} runs: a new "
-            "ned-id is a major NED upgrade, which cannot replace the package (the devices "
-            "on the old ned-id would lose their NED)",
+            "ned-id is a major NED upgrade, which cannot replace the package (devices on the "
+            "old ned-id, if any, would lose their NED)",
             "build the new NED as a package of another name and add it beside the old one, "
             "migrate the devices to its ned-id ('nso-repo ned migrate'), then remove the old "
-            'package in a later package upgrade (docs/upgrades.md, "Major NED upgrade")',
+            'package in a later package upgrade (docs/upgrades.md, "Major NED upgrade"). '
+            f"When no device uses {', '.join(dropped)}: remove {build.name} in one package "
+            "upgrade, and install the new build in the next",
         )
 
 

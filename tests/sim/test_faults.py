@@ -83,3 +83,20 @@ def test_fault_list_names_every_knob(make_host):
     ):
         assert name in listing
     assert "ARMED" in listing.split("start-slow")[1].splitlines()[0]
+
+
+def test_skip_lets_the_first_occasions_pass(make_host, artifacts):
+    """`--skip 1`: the first install runs, the second fails, the third (`--once`) runs."""
+    host = make_host("6.1", [], start=False)
+    _fault(host, "installer-fail", "checksum mismatch", "--once", "--skip", "1")
+    install = ("sh", artifacts.installer("6.2"), "--system-install", "--non-interactive")
+    outcomes = [run(*install, cwd=host.root).returncode for _ in range(3)]
+    assert outcomes == [0, 1, 0]
+
+
+def test_a_fault_that_holds_while_armed_takes_no_skip_or_once(make_host):
+    host = make_host("6.1", [], start=False)
+    for extra in (("--skip", "1"), ("--once",)):
+        refused = sim("fault", "set", "--root", str(host.root), "ha-link-down", *extra, check=False)
+        assert refused.returncode == 2 and "clear it instead" in refused.stderr
+    assert "ARMED" not in sim("fault", "list", "--root", str(host.root)).stdout
