@@ -566,9 +566,10 @@ def _undo_apply(
     reason = _reason(ctx, exc)
     if not touched and not ran_load:
         # No attempt of this step had a file to write or had NSO load: nothing to undo.
-        # Said in the journal before the save goes, as below: a rerun would read a save
-        # the journal still names, and gone, as "no file before" and delete the patch.
-        ctx.journal.update("patch_undone", patch_undo_saved=False, patch_changing=False)
+        # Said in the journal before the save goes: a rerun would read a save the journal
+        # still names, and gone, as "no file before" and delete the patch. Whether an
+        # earlier attempt had NSO load (patch_changing) stays as it was.
+        ctx.journal.update("patch_undo_dropped", patch_undo_saved=False)
         shutil.rmtree(_undo_dir(ctx), ignore_errors=True)
         return StepFailed(f"{reason}; nothing was changed", result={"changed": False})
     restored, problems = _restore_files(ctx, folder, before.files)
