@@ -20,7 +20,7 @@ KINDS = ("installer", "package", "ned", "patch")
 
 def a_kind(kind: str) -> str:
     """The kind with its article, as a message says it: "an installer", "a package"."""
-    return f"{'an' if kind[:1] in 'aeio' else 'a'} {kind}"
+    return f"{'an' if kind[:1] and kind[0] in 'aeiou' else 'a'} {kind}"
 
 
 ARCHES = ("x86_64", "arm64")
