@@ -103,7 +103,7 @@ class RepoClient:
                 status,
                 "http_error",
                 f"HTTP {status} {response.reason} from {self.url}, not from nso-repo: a proxy "
-                "or web server in front of it answered (nso-repo down behind it, or a limit "
+                "or web server in front of it answered (the server behind it down, or a limit "
                 "of the proxy's; docs/deployment.md)",
             )
         raise ApiError(response.status_code, "http_error", response.text[:200] or response.reason)
