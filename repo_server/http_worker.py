@@ -29,7 +29,9 @@ gunicorn's TLS).
 A request may also *park* (repo_server/parking.py): an agent's long-poll with no work yet
 gives its thread back and waits here, in the event loop, until it is woken or its deadline
 passes; then the same request runs again in a thread. A thousand waiting agents cost a
-thousand sockets, not a thousand threads, database connections or transactions.
+thousand sockets, not a thousand threads, database connections or transactions. And
+while every thread is taken, an agent's fresh poll waits here too, before it has a thread
+(`_may_wait`), so that it does not queue before the claims and reports of a fleet.
 """
 
 from __future__ import annotations
@@ -39,13 +41,14 @@ import errno
 import heapq
 import itertools
 import json
+import re
 import resource
 import selectors
 import socket
 import ssl
 import threading
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from functools import partial
 from typing import Any, Callable, Optional
 from urllib.parse import unquote_to_bytes
@@ -85,6 +88,10 @@ HEAD_TOO_LARGE: Answer = (
     f"the request head is over {MAX_HEAD_BYTES} bytes: send fewer or shorter headers",
     None,
 )
+# How long an agent's fresh poll may be held back while every thread is taken (_may_wait).
+DEFER_SECONDS = 5.0
+# An agent's long-poll: no query (the default wait) or a wait that is not zero.
+LONG_POLL = re.compile(rb"GET /api/v1/agent/next(\?wait=0*[1-9][0-9]*)? HTTP/1\.[01]\r\n")
 # What a parked long-poll whose client ended its side, or sent more, is told: no work now,
 # ask again.
 HALF_CLOSED_ANSWER = b"HTTP/1.1 204 No Content\r\nRetry-After: 1\r\nConnection: close\r\n\r\n"
@@ -219,6 +226,10 @@ class GuardedThreadWorker(ThreadWorker):
         self.parks = itertools.count()
         self.max_parked = settings.max_waiting_polls
         self.thread_conn = threading.local()  # the connection a thread serves
+        # Requests given to the threads and not finished (running or queued), and the
+        # agents' fresh polls held back meanwhile, oldest first, with their time limits.
+        self.in_threads = 0
+        self.held_back: deque[tuple[float, PendingConn]] = deque()
         self.accept_paused_until = 0.0  # no accept() before this time.monotonic()
 
     @classmethod
@@ -298,11 +309,52 @@ class GuardedThreadWorker(ThreadWorker):
         for one holding read-ahead bytes: read its next request here first."""
         if conn.ready:
             conn.ready = False
-            super().enqueue_req(conn)
+            if self._may_wait(conn):
+                self.held_back.append((time.monotonic() + DEFER_SECONDS, conn))
+            else:
+                self._to_thread(conn)
             return
         if conn.parser is not None:
             conn.data.extend(conn.parser.unreader.take_buffered())
         self._start_reading(conn)
+
+    # -- agents' fresh polls wait while the threads are taken ------------------------------
+
+    def _may_wait(self, conn: PendingConn) -> bool:
+        """Whether to hold back a request that is whole, while every thread is taken.
+
+        When a patch reaches a fleet, each agent reports and then waits for more work with a
+        long-poll at once; in the threads' queue those polls stood between the other agents'
+        claims and reports (the work an operator waits for) and pushed them back by a fifth
+        (bench/patch_latency.py). A fresh long-poll (an agent's GET /api/v1/agent/next with
+        a wait, which has not parked yet) therefore waits here, about DEFER_SECONDS at most,
+        until most threads are free (_let_through); behind the polls held before it, so none
+        is overtaken. A woken poll (it claims its step) never waits, nor does a poll with
+        ``wait=0`` (an agent asking for its job's next step right after a report), nor any
+        other request."""
+        return (
+            self.alive
+            and (self.in_threads >= self.cfg.threads or bool(self.held_back))
+            and conn.resumed is None
+            and conn.replay is not None
+            and LONG_POLL.match(conn.replay) is not None
+        )
+
+    def _to_thread(self, conn: PendingConn) -> None:
+        self.in_threads += 1
+        super().enqueue_req(conn)
+
+    def _let_through(self) -> None:
+        """Give the held-back polls to the threads once the rush is over (a quarter of the
+        threads busy at most: a few requests a moment apart are no rush), those past their
+        time limit at once, and all of them when the worker stops."""
+        now = time.monotonic()
+        while self.held_back and (
+            self.in_threads <= self.cfg.threads // 4
+            or self.held_back[0][0] <= now
+            or not self.alive
+        ):
+            self._to_thread(self.held_back.popleft()[1])
 
     def _start_reading(self, conn: PendingConn) -> None:
         conn.sock.setblocking(False)
@@ -601,6 +653,7 @@ class GuardedThreadWorker(ThreadWorker):
         """Runs every turn of the event loop (at least once a second): close the requests
         that did not arrive in time, and every one still coming when the worker stops."""
         super().murder_pending()
+        self._let_through()
         now = time.monotonic()
         while self.deadlines and (self.deadlines[0][0] <= now or not self.alive):
             _, _, conn, parked = heapq.heappop(self.deadlines)
@@ -631,10 +684,12 @@ class GuardedThreadWorker(ThreadWorker):
     # -- parked requests -----------------------------------------------------------------
 
     def finish_request(self, conn: Any, fs: Any) -> None:
+        self.in_threads -= 1
         if not fs.cancelled() and fs.exception() is None and fs.result() is PARKED:
             self._park(conn)
-            return
-        super().finish_request(conn, fs)
+        else:
+            super().finish_request(conn, fs)
+        self._let_through()
 
     def _park(self, conn: PendingConn) -> None:
         """Keep the connection of a parked request here until it is woken or due."""

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import os
+import select
 import socket
 import time
 import urllib.request
@@ -393,3 +394,75 @@ def test_each_forked_process_tells_its_own_wake_ups_apart() -> None:
         theirs = pipe.read()
     assert theirs and theirs != mine
     assert notifier.tag == mine
+
+
+def _slow_upload(port: int, admin: str) -> socket.socket:
+    """An operator's upload whose chunked body has begun and stops: it takes a thread until
+    its last chunk is sent (b"0\\r\\n\\r\\n")."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=20)
+    sock.sendall(
+        b"PUT /api/v1/artifacts/nso-6.9.linux.x86_64.installer.bin HTTP/1.1\r\nHost: x\r\n"
+        + f"Authorization: Bearer {admin}\r\n".encode()
+        + b"Transfer-Encoding: chunked\r\n\r\n1\r\na\r\n"
+    )
+    return sock
+
+
+def _readable(sock: socket.socket, within: float) -> bool:
+    return bool(select.select([sock], [], [], within)[0])
+
+
+def _poll(port: int, token: str, wait: int) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=20)
+    sock.sendall(
+        f"GET /api/v1/agent/next?wait={wait} HTTP/1.1\r\nHost: x\r\n".encode()
+        + f"Authorization: Bearer {token}\r\n\r\n".encode()
+    )
+    return sock
+
+
+def test_an_agents_fresh_long_poll_waits_while_every_thread_is_taken(tmp_path: Path) -> None:
+    """When a patch reaches a fleet, each agent that reported long-polls again at once:
+    those polls must not queue for the threads before the other agents' claims and reports.
+    With every thread taken, a fresh long-poll waits until the threads are free: here a
+    second upload that arrived after it is served first. A poll with wait=0 (an agent
+    asking for its job's next step right after a report) keeps its place in the queue."""
+    server = RepoServer(
+        tmp_path / "data",
+        env=clean_env(
+            PYTHONPATH=str(REPO),
+            NSO_REPO_THREADS="1",
+            NSO_REPO_IO_TIMEOUT="30",
+            NSO_REPO_MAX_WAITING_POLLS="1",
+        ),
+    )
+    server.start()
+    try:
+        parked, long, now = asyncio.run(enroll_many(server.url, server.admin, ["h0", "h1", "h2"]))
+        # The one poll the worker parks: a long-poll run now is answered 204 at once.
+        kept = _poll(server.port, parked.token, 60)
+        time.sleep(0.5)
+        first = _slow_upload(server.port, server.admin)
+        time.sleep(0.5)  # the only thread reads its body
+        waiting = _poll(server.port, long.token, 30)
+        time.sleep(0.3)
+        asking = _poll(server.port, now.token, 0)
+        time.sleep(0.3)
+        second = _slow_upload(server.port, server.admin)
+        time.sleep(0.3)
+        assert not _readable(waiting, 0) and not _readable(asking, 0)
+        first.sendall(b"0\r\n\r\n")
+        assert _answer(first)[0].split(b" ")[1].startswith(b"4")  # "a" is no installer
+        # The wait=0 poll had its turn; the thread then went to the second upload, which
+        # came after the long-poll (that would have been answered at once: no room to park).
+        assert _answer(asking)[0].split(b" ")[1] == b"204"
+        assert not _readable(waiting, 2.5), "the long-poll took the thread before the upload"
+        second.sendall(b"0\r\n\r\n")
+        assert _answer(second)[0].split(b" ")[1].startswith(b"4")
+        assert _answer(waiting)[0].split(b" ")[1] == b"204"
+        assert not _readable(kept, 0)  # still parked: nothing else was held up
+        for sock in (first, second, waiting, asking, kept):
+            sock.close()
+        assert health_seconds(server.url, 10) < BOUND
+    finally:
+        server.stop()
