@@ -81,6 +81,7 @@ FD_PAUSE = 0.5  # seconds without accept() after running out of file descriptors
 # requests keep stays small.
 MAX_PARKED_HEAD = 8 << 10
 PARKED = object()  # a thread's result when its request parked
+READ_NOTHING = object()  # a waiting client's socket was readable for TLS records only
 HEAD_TOO_LARGE: Answer = (
     431,
     "Request Header Fields Too Large",
@@ -311,6 +312,10 @@ class GuardedThreadWorker(ThreadWorker):
             conn.ready = False
             if self._may_wait(conn):
                 self.held_back.append((time.monotonic() + DEFER_SECONDS, conn))
+                # Readable while held back: the client closed (or sent more), as when parked.
+                self.poller.register(
+                    conn.sock, selectors.EVENT_READ, partial(self._held_readable, conn)
+                )
             else:
                 self._to_thread(conn)
             return
@@ -354,7 +359,19 @@ class GuardedThreadWorker(ThreadWorker):
             or self.held_back[0][0] <= now
             or not self.alive
         ):
-            self._to_thread(self.held_back.popleft()[1])
+            conn = self.held_back.popleft()[1]
+            with contextlib.suppress(KeyError, ValueError, OSError):
+                self.poller.unregister(conn.sock)
+            self._to_thread(conn)
+
+    def _held_readable(self, conn: PendingConn, _sock: Any) -> None:
+        more = self._peek(conn)
+        if more is READ_NOTHING:
+            return
+        with contextlib.suppress(KeyError, ValueError, OSError):
+            self.poller.unregister(conn.sock)
+        self.held_back = deque(entry for entry in self.held_back if entry[1] is not conn)
+        self._end_waiting(conn, more)
 
     def _start_reading(self, conn: PendingConn) -> None:
         conn.sock.setblocking(False)
@@ -738,14 +755,24 @@ class GuardedThreadWorker(ThreadWorker):
         self._dispatch(conn)
 
     def _parked_readable(self, conn: PendingConn, _sock: Any) -> None:
+        more = self._peek(conn)
+        if more is not READ_NOTHING and self._unpark(conn) is not None:
+            self._end_waiting(conn, more)
+
+    @staticmethod
+    def _peek(conn: PendingConn) -> Any:
+        """What a waiting request's client sent: b"" (it ended its side), more bytes, None
+        (reset), or READ_NOTHING (TLS records only: it still waits)."""
         try:
-            more = conn.sock.recv(1)
+            return conn.sock.recv(1)
         except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
-            return  # TLS records only: still parked
+            return READ_NOTHING
         except OSError:
-            more = None  # reset: gone
-        if self._unpark(conn) is None:
-            return
+            return None
+
+    def _end_waiting(self, conn: PendingConn, more: Optional[bytes]) -> None:
+        """Answer and close a parked or held-back request whose client ended its side, sent
+        more, or is gone."""
         if more == b"":
             # End of what the client sends, its request whole: a half-close (shutdown of
             # its writing side) still waits for the answer, as in a thread, or the client

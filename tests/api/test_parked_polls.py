@@ -466,3 +466,35 @@ def test_an_agents_fresh_long_poll_waits_while_every_thread_is_taken(tmp_path: P
         assert health_seconds(server.url, 10) < BOUND
     finally:
         server.stop()
+
+
+def test_a_held_back_poll_whose_client_closes_is_answered_without_a_thread(
+    tmp_path: Path,
+) -> None:
+    """A long-poll held back while the only thread is taken, whose client then ends its
+    side (or goes away), is answered "no work now" at once and closed, as a parked one is:
+    never run later for a client that left (a step handed out to it would count as an
+    attempt)."""
+    server = RepoServer(
+        tmp_path / "data",
+        env=clean_env(PYTHONPATH=str(REPO), NSO_REPO_THREADS="1", NSO_REPO_IO_TIMEOUT="30"),
+    )
+    server.start()
+    try:
+        (agent,) = asyncio.run(enroll_many(server.url, server.admin, ["gone"]))
+        upload = _slow_upload(server.port, server.admin)
+        time.sleep(0.5)  # the only thread reads its body
+        began = time.monotonic()
+        got = _asked_then_half_closed(
+            server.port,
+            b"GET /api/v1/agent/next?wait=30 HTTP/1.1\r\nHost: x\r\n"
+            + f"Authorization: Bearer {agent.token}\r\n\r\n".encode(),
+        )
+        assert got.startswith(b"HTTP/1.1 204") and b"Connection: close" in got, got
+        assert time.monotonic() - began < 3  # the upload still holds the only thread
+        assert not _readable(upload, 0)
+        upload.sendall(b"0\r\n\r\n")
+        assert _answer(upload)[0].split(b" ")[1].startswith(b"4")
+        upload.close()
+    finally:
+        server.stop()
