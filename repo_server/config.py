@@ -36,7 +36,8 @@ def _size(text: str) -> int:
 
 # Long-polls one process keeps waiting at once by default: parked, each costs a socket.
 MAX_PARKED_POLLS = 10_000
-# Threads of a worker when NSO_REPO_THREADS is unset (repo_server/gunicorn_settings.py).
+# Threads of a worker when NSO_REPO_THREADS is unset, on SQLite (PostgreSQL:
+# repo_server/gunicorn_settings.py, default_threads).
 DEFAULT_THREADS = 32
 
 

@@ -13,6 +13,8 @@ import json
 import os
 import select
 import socket
+import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -177,6 +179,38 @@ def test_a_parked_poll_that_asked_to_close_the_connection_is_answered(
         assert answer.status == 204
         assert answer.headers["Connection"].lower() == "close"
     assert 1.5 < time.monotonic() - began < 10
+
+
+@pytest.mark.parametrize(
+    ("env", "threads"),
+    [
+        ({"NSO_REPO_DATABASE_URL": "postgresql+psycopg://u@127.0.0.1:5/db"}, 64),
+        ({}, 32),
+        (
+            {
+                "NSO_REPO_DATABASE_URL": "postgresql+psycopg://u@127.0.0.1:5/db",
+                "NSO_REPO_THREADS": "8",
+            },
+            8,
+        ),
+    ],
+)
+def test_serve_gives_each_worker_its_databases_threads(env: dict[str, str], threads: int) -> None:
+    """`nso-repo serve`'s gunicorn settings, as a fresh process reads its environment: on
+    PostgreSQL 64 threads unless told (bigger batches of claims and reports), 32 on SQLite."""
+    code = (
+        "from repo_server.cli.server_cmds import gunicorn_options;"
+        "print(gunicorn_options(None, None, None)['threads'])"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code],
+        env=clean_env(PYTHONPATH=str(REPO), **env),
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    assert int(run.stdout.strip()) == threads
 
 
 def test_waiting_agents_hold_no_database_connection(tmp_path: Path, postgres_server) -> None:
