@@ -365,6 +365,8 @@ class GuardedThreadWorker(ThreadWorker):
             self._to_thread(conn)
 
     def _held_readable(self, conn: PendingConn, _sock: Any) -> None:
+        if all(held is not conn for _, held in self.held_back):
+            return  # let through earlier in this turn of the event loop: a thread's now
         more = self._peek(conn)
         if more is READ_NOTHING:
             return
@@ -755,6 +757,10 @@ class GuardedThreadWorker(ThreadWorker):
         self._dispatch(conn)
 
     def _parked_readable(self, conn: PendingConn, _sock: Any) -> None:
+        if conn not in self.parked:
+            # Resumed earlier in this turn of the event loop, whose events were read before:
+            # its socket is a thread's now, and not a byte of it is ours to read.
+            return
         more = self._peek(conn)
         if more is not READ_NOTHING and self._unpark(conn) is not None:
             self._end_waiting(conn, more)
@@ -785,7 +791,7 @@ class GuardedThreadWorker(ThreadWorker):
             # A request pipelined behind the parked one (HTTP/1.1 allows it): the parked one
             # gets its "no work now" and the connection closes (Connection: close), which
             # tells the client to send the unanswered one again; never a bare reset.
-            self.log.debug("a parked request's client sent more: answered, closing")
+            self.log.debug("a waiting request's client sent more: answered, closing")
             with contextlib.suppress(OSError, ValueError):
                 conn.sock.send(HALF_CLOSED_ANSWER)
         self.nr_conns -= 1
