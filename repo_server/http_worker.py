@@ -48,7 +48,7 @@ import socket
 import ssl
 import threading
 import time
-from collections import defaultdict, deque
+from collections import defaultdict
 from functools import partial
 from typing import Any, Callable, Optional
 from urllib.parse import unquote_to_bytes
@@ -228,9 +228,10 @@ class GuardedThreadWorker(ThreadWorker):
         self.max_parked = settings.max_waiting_polls
         self.thread_conn = threading.local()  # the connection a thread serves
         # Requests given to the threads and not finished (running or queued), and the
-        # agents' fresh polls held back meanwhile, oldest first, with their time limits.
+        # agents' fresh polls held back meanwhile with their time limits, oldest first
+        # (dicts keep insertion order, and every limit is arrival + DEFER_SECONDS).
         self.in_threads = 0
-        self.held_back: deque[tuple[float, PendingConn]] = deque()
+        self.held_back: dict[PendingConn, float] = {}
         self.accept_paused_until = 0.0  # no accept() before this time.monotonic()
 
     @classmethod
@@ -311,7 +312,7 @@ class GuardedThreadWorker(ThreadWorker):
         if conn.ready:
             conn.ready = False
             if self._may_wait(conn):
-                self.held_back.append((time.monotonic() + DEFER_SECONDS, conn))
+                self.held_back[conn] = time.monotonic() + DEFER_SECONDS
                 # Readable while held back: the client closed (or sent more), as when parked.
                 self.poller.register(
                     conn.sock, selectors.EVENT_READ, partial(self._held_readable, conn)
@@ -354,26 +355,29 @@ class GuardedThreadWorker(ThreadWorker):
         threads busy at most: a few requests a moment apart are no rush), those past their
         time limit at once, and all of them when the worker stops."""
         now = time.monotonic()
-        while self.held_back and (
-            self.in_threads <= self.cfg.threads // 4
-            or self.held_back[0][0] <= now
-            or not self.alive
-        ):
-            conn = self.held_back.popleft()[1]
-            with contextlib.suppress(KeyError, ValueError, OSError):
-                self.poller.unregister(conn.sock)
+        while self.held_back:
+            conn, until = next(iter(self.held_back.items()))
+            if self.in_threads > self.cfg.threads // 4 and until > now and self.alive:
+                break
+            del self.held_back[conn]
+            self._unwatch(conn.sock)
             self._to_thread(conn)
 
     def _held_readable(self, conn: PendingConn, _sock: Any) -> None:
-        if all(held is not conn for _, held in self.held_back):
+        if conn not in self.held_back:
             return  # let through earlier in this turn of the event loop: a thread's now
         more = self._peek(conn)
         if more is READ_NOTHING:
             return
-        with contextlib.suppress(KeyError, ValueError, OSError):
-            self.poller.unregister(conn.sock)
-        self.held_back = deque(entry for entry in self.held_back if entry[1] is not conn)
+        del self.held_back[conn]
+        self._unwatch(conn.sock)
         self._end_waiting(conn, more)
+
+    def _unwatch(self, sock: socket.socket) -> None:
+        """Take the socket off the event loop's watch; a socket it does not watch (never
+        registered, already taken off) or one closed is no error."""
+        with contextlib.suppress(KeyError, ValueError, OSError):
+            self.poller.unregister(sock)
 
     def _start_reading(self, conn: PendingConn) -> None:
         conn.sock.setblocking(False)
@@ -393,8 +397,7 @@ class GuardedThreadWorker(ThreadWorker):
             if not mine:
                 del self.reading_from[conn.address]
         # Not registered when dispatched from read-ahead, or already gone.
-        with contextlib.suppress(KeyError, ValueError, OSError):
-            self.poller.unregister(conn.sock)
+        self._unwatch(conn.sock)
 
     def _close(self, conn: PendingConn, answer: Optional[Answer] = None) -> None:
         self._forget(conn)
@@ -456,8 +459,7 @@ class GuardedThreadWorker(ThreadWorker):
     def _unlinger(self, sock: socket.socket) -> None:
         if self.lingering.pop(sock, None) is not None:
             self.nr_conns -= 1
-        with contextlib.suppress(KeyError, ValueError, OSError):
-            self.poller.unregister(sock)
+        self._unwatch(sock)
         with contextlib.suppress(OSError):
             sock.close()
 
@@ -742,8 +744,7 @@ class GuardedThreadWorker(ThreadWorker):
             record(lambda m: m.waiting.set(len(self.parked)))
             if conn.wake is not None:
                 parked.unwatch(conn.wake)
-        with contextlib.suppress(KeyError, ValueError, OSError):
-            self.poller.unregister(conn.sock)
+        self._unwatch(conn.sock)
         return parked
 
     def _resume(self, conn: PendingConn) -> None:

@@ -44,10 +44,12 @@ THREADS = "4"
 BOUND = 5.0  # seconds /health may take while the agents wait (tests/api/test_starvation.py)
 
 
-def _serve(folder: Path, workers: Optional[int] = 1, **env: str) -> RepoServer:
+def _serve(
+    folder: Path, workers: Optional[int] = 1, threads: str = THREADS, **env: str
+) -> RepoServer:
     server = RepoServer(
         folder / "data",
-        env=clean_env(PYTHONPATH=str(REPO), NSO_REPO_THREADS=THREADS, **env),
+        env=clean_env(PYTHONPATH=str(REPO), NSO_REPO_THREADS=threads, **env),
         workers=workers,
     )
     server.start()
@@ -461,16 +463,7 @@ def test_an_agents_fresh_long_poll_waits_while_every_thread_is_taken(tmp_path: P
     With every thread taken, a fresh long-poll waits until the threads are free: here a
     second upload that arrived after it is served first. A poll with wait=0 (an agent
     asking for its job's next step right after a report) keeps its place in the queue."""
-    server = RepoServer(
-        tmp_path / "data",
-        env=clean_env(
-            PYTHONPATH=str(REPO),
-            NSO_REPO_THREADS="1",
-            NSO_REPO_IO_TIMEOUT="30",
-            NSO_REPO_MAX_WAITING_POLLS="1",
-        ),
-    )
-    server.start()
+    server = _serve(tmp_path, threads="1", NSO_REPO_IO_TIMEOUT="30", NSO_REPO_MAX_WAITING_POLLS="1")
     try:
         parked, long, now = asyncio.run(enroll_many(server.url, server.admin, ["h0", "h1", "h2"]))
         # The one poll the worker parks: a long-poll run now is answered 204 at once.
@@ -509,11 +502,7 @@ def test_a_held_back_poll_whose_client_closes_is_answered_without_a_thread(
     side (or goes away), is answered "no work now" at once and closed, as a parked one is:
     never run later for a client that left (a step handed out to it would count as an
     attempt)."""
-    server = RepoServer(
-        tmp_path / "data",
-        env=clean_env(PYTHONPATH=str(REPO), NSO_REPO_THREADS="1", NSO_REPO_IO_TIMEOUT="30"),
-    )
-    server.start()
+    server = _serve(tmp_path, threads="1", NSO_REPO_IO_TIMEOUT="30")
     try:
         (agent,) = asyncio.run(enroll_many(server.url, server.admin, ["gone"]))
         upload = _slow_upload(server.port, server.admin)
