@@ -6,6 +6,7 @@ threaded worker keeps one slow upload from blocking every other request.
 
 from __future__ import annotations
 
+import gc
 import os
 import ssl
 import sys
@@ -178,3 +179,17 @@ def child_exit(server: Any, worker: Any) -> None:
     from repo_server.observability import forget_worker
 
     forget_worker(worker.pid)
+
+
+def post_worker_init(worker: Any) -> None:
+    """In each worker, once the app is loaded: what it loaded is left out of the cyclic
+    garbage collector's full passes.
+
+    The app's modules, SQLAlchemy's compiled statements and the like are some 160,000
+    objects that live as long as the worker. A full collection walked all of them: about
+    0.2 s with the GIL held, in whichever request's allocation set it off, several times
+    when a patch reached a fleet (bench/patch_latency.py: 0.7 s of each worker's CPU before,
+    0.06-0.12 s after). Frozen, they are never walked again; what requests make is
+    collected as before."""
+    gc.collect()  # nothing that is already garbage is kept for the worker's life
+    gc.freeze()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any, Optional
 
@@ -140,20 +141,14 @@ def _addresses_this_minute(session: Session, minute: datetime) -> int:
     )
 
 
-# session.info key: {job id: actor} of a session that changes jobs for several callers.
-JOB_ACTORS = "job_actors"
-# session.info key: {node id: name} the session knows already (no node loaded to name it).
-NODE_NAMES = "node_names"
-
-
 def audit_state_changes(session: Session) -> None:
     """Audit, in ``session``, every step state change (``step.<state>``) and every job
     outcome (``job.succeeded``, ``job.failed``, ``job.cancelled``) when it is flushed.
 
     The actor is ``session.info["actor"]`` (set by ``require`` for the request's caller),
-    else ``system``; a session serving many agents at once (upgrades/batched.py) names
-    each job's in ``session.info[JOB_ACTORS]``. Calling it again on the same session
-    changes nothing.
+    else ``system``. Calling it again on the same session changes nothing. (Batches of
+    agents change their jobs outside the session and audit them with
+    `state_change_events`: upgrades/detached.py.)
     """
     if session.info.get(_TRACKING):
         return
@@ -172,47 +167,57 @@ def _state_change(obj: Any) -> Optional[tuple[Optional[str], str]]:
 
 
 def _audit_flushed_states(session: Session, _context: Any, _instances: Any) -> None:
-    default = str(session.info.get("actor") or "system")
-    actors = session.info.get(JOB_ACTORS) or {}
-    names = session.info.get(NODE_NAMES) or {}
     # Session.dirty is worked out anew at each read, over every object the session holds
     # (a batch of agents holds hundreds): read once.
     dirty = session.dirty
     steps = sorted((o for o in dirty if isinstance(o, Step)), key=lambda s: s.seq)
     jobs = [o for o in dirty if isinstance(o, Job)]
+    actor = str(session.info.get("actor") or "system")
+    actors = {job_id: actor for job_id in {s.job_id for s in steps} | {j.id for j in jobs}}
+    session.add_all(AuditEvent(**row) for row in state_change_events(steps, jobs, actors))
+
+
+def state_change_events(
+    steps: Iterable[Step],
+    jobs: Iterable[Job],
+    actors: dict[int, str],
+) -> list[dict[str, Any]]:
+    """The audit rows (as ``audit_events`` rows) of the state changes of ``steps``, in
+    their order, then of the outcomes of ``jobs``: by the actor of each job (``actors``, by
+    job id)."""
+    rows: list[dict[str, Any]] = []
     for step in steps:
         if change := _state_change(step):
             before, after = change
             job = step.job
-            session.add(
-                AuditEvent(
-                    actor=actors.get(job.id, default),
-                    action=f"step.{after}",
-                    target=f"job:{job.id}",
-                    details={
-                        "job": job.id,
-                        "node": names.get(step.node_id) or step.node.name,
-                        "step": step.name,
-                        "seq": step.seq,
-                        "attempt": step.attempt,
-                        "from": before,
-                    },
-                )
-            )
+            details = {
+                "job": job.id,
+                "node": step.node.name,
+                "step": step.name,
+                "seq": step.seq,
+                "attempt": step.attempt,
+                "from": before,
+            }
+            rows.append(_event(actors[job.id], f"step.{after}", job.id, details))
     for job in jobs:
         if (change := _state_change(job)) and change[1] in JOB_OUTCOMES:
             before, after = change
-            session.add(
-                AuditEvent(
-                    actor=actors.get(job.id, default),
-                    action=f"job.{after}",
-                    target=f"job:{job.id}",
-                    details={
-                        "node": job.node_name,
-                        "kind": job.kind,
-                        "from": before,
-                        "outcome": job.outcome,
-                        "error": (job.error or "")[:500] or None,
-                    },
-                )
-            )
+            details = {
+                "node": job.node_name,
+                "kind": job.kind,
+                "from": before,
+                "outcome": job.outcome,
+                "error": (job.error or "")[:500] or None,
+            }
+            rows.append(_event(actors[job.id], f"job.{after}", job.id, details))
+    return rows
+
+
+def _event(actor: str, action: str, job_id: int, details: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "at": utcnow(),
+        "actor": actor,
+        "action": action,
+        "target": f"job:{job_id}",
+        "details": details,
+    }

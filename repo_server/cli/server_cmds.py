@@ -171,6 +171,7 @@ def gunicorn_options(
             "loglevel",
             "on_starting",
             "child_exit",
+            "post_worker_init",
             "control_socket_disable",
         )
     }

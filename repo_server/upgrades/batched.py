@@ -1,9 +1,9 @@
 """Claims and reports of many agents in one transaction (repo_server/group_commit.py).
 
 The same rules as one agent's `next` and report (jobs.py: `claimable`, `hand_out`,
-`JobService.check` and `apply_checked`), on every job of the batch locked and loaded at
-once: a few statements and one commit for the batch instead of a dozen statements and a
-commit per agent.
+`JobService.check` and `applied`), on every job of the batch locked and loaded at once,
+outside the session (detached.py): a few statements and one commit for the batch instead
+of a dozen statements and a commit per agent.
 
 Only the common case is served here: a known, unrevoked agent token of an existing node, a
 step it may take or a new report it may make. Anything else, and any doubt, is answered
@@ -21,7 +21,6 @@ from typing import Any, Optional
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from repo_server.auth.audit_events import JOB_ACTORS, NODE_NAMES
 from repo_server.auth.models import ApiToken
 from repo_server.auth.roles import roles_for
 from repo_server.db import among, dialect_of, utcnow
@@ -31,9 +30,10 @@ from repo_server.fleet.notify import Notifier
 from repo_server.fleet.service import SeenAgent, touch_many
 from repo_server.group_commit import ALONE
 from repo_server.storage.base import Storage
+from repo_server.upgrades import detached
 from repo_server.upgrades.inline_blobs import inline, live_blobs
-from repo_server.upgrades.jobs import JobService, claimable, hand_out
-from repo_server.upgrades.models import Step, StepReport
+from repo_server.upgrades.jobs import JobService, claimable, hand_out, lock_rows
+from repo_server.upgrades.models import Job, Step, StepReport
 from repo_server.upgrades.preflight import holders
 from repo_server.upgrades.step_payloads import step_payload
 
@@ -78,20 +78,19 @@ def claim_many(
     if not any(served):
         session.rollback()
         return [ALONE] * len(token_hashes)
-    jobs = JobService(session, notifier)
     touch_many(session, [a for a in served if a is not None])
-    # Each step's audit names its node (auth/audit_events.py): from here, not a load.
-    session.info[NODE_NAMES] = {a.node_id: a.node_name for a in served if a is not None}
-    locked = jobs.lock_jobs([held[a.node_id] for a in served if a is not None], lean=True)
+    locked = _locked(session, [held[a.node_id] for a in served if a is not None])
     now = utcnow()
     steps: list[Optional[Step]] = []
+    actors: dict[int, str] = {}
     for agent in served:
         job = locked.get(held[agent.node_id]) if agent is not None else None
         step = claimable(job, agent.node_id, now) if job is not None and agent else None
         if step is not None and job is not None and agent is not None:
-            session.info.setdefault(JOB_ACTORS, {})[job.id] = agent.actor
+            actors[job.id] = agent.actor
             hand_out(job, step, now)
         steps.append(step)
+    detached.write(session, [locked[job_id] for job_id in actors], actors)
     payloads = [step_payload(step) for step in steps if step is not None]
     live = live_blobs(session, payloads)  # before the commit: nothing after it can fail
     session.commit()
@@ -132,11 +131,8 @@ def report_many(session: Session, notifier: Notifier, reports: list[Report]) -> 
         return [ALONE] * len(reports)
     jobs = JobService(session, notifier)
     touch_many(session, [a for a in served if a is not None])
-    locked = jobs.lock_jobs(
-        [steps[r.step_id][1] for r, a in zip(reports, served) if a is not None],
-        with_nodes=True,
-        with_holds=True,
-        lean=True,
+    locked = _locked(
+        session, [steps[r.step_id][1] for r, a in zip(reports, served) if a is not None]
     )
     # Looked up under the jobs' locks, as the full path does: a report_id another process
     # has just stored for the same job is seen here, and its report goes to the view.
@@ -146,6 +142,8 @@ def report_many(session: Session, notifier: Notifier, reports: list[Report]) -> 
         )
     )
     answers: list[object] = []
+    actors: dict[int, str] = {}
+    remembered: list[dict[str, Any]] = []
     for report, agent, report_id in zip(reports, served, report_ids):
         if report_id in seen:
             agent = None  # sent before: the view answers from what it remembered
@@ -157,14 +155,27 @@ def report_many(session: Session, notifier: Notifier, reports: list[Report]) -> 
         state = report.body["state"]
         try:
             result = jobs.check(job, step, state, report.body)
+            answer, remember = jobs.applied(job, step, state, report.body, result)
         except AppError:
             answers.append(ALONE)  # refused, having changed nothing: the view says why
             continue
-        session.info.setdefault(JOB_ACTORS, {})[job.id] = agent.actor
-        answer = jobs.apply_checked(job, step, state, report_id, report.body, result)
+        if not detached.writable(job):
+            # A recovery step added: this job's objects are dropped unwritten, and the full
+            # path serves the report.
+            answers.append(ALONE)
+            continue
+        actors[job.id] = agent.actor
+        if remember:
+            remembered.append({"report_id": report_id, "step_id": step.id, "answer": answer})
         answers.append(Served(answer, agent.actor))
+    detached.write(session, [locked[job_id] for job_id in actors], actors, remembered)
     session.commit()
     return answers
+
+
+def _locked(session: Session, job_ids: list[int]) -> dict[int, Job]:
+    """The jobs, locked, as objects of no session (detached.py)."""
+    return detached.load(session, lock_rows(session, job_ids))
 
 
 def _inlined(payload: dict[str, Any], live: set[str], storage: Storage) -> dict[str, Any]:

@@ -492,35 +492,15 @@ class JobService:
         per poll and per report of every agent."""
         return self.lock_jobs([job_id], with_nodes).get(job_id)
 
-    def lock_jobs(
-        self,
-        job_ids: Iterable[int],
-        with_nodes: bool = False,
-        with_holds: bool = False,
-        lean: bool = False,
-    ) -> dict[int, Job]:
-        """`_locked` of several jobs in one transaction (upgrades/batched.py), by id; with
-        their holds too when many may end (a job that ends lets go of them). ``lean``: of
-        the nodes only their ids and names, and no step's log tail, which is all a batch
-        reads of them (anything else loads if it is read)."""
-        ids = sorted(set(job_ids))
-        dialect = dialect_of(self.session)
-        if len(ids) > 1 and dialect == "postgresql":
-            # Rows in id order, as every batch takes them: two batches sharing jobs (the
-            # members of one HA group, served by two processes) wait, never deadlock.
-            self.session.execute(
-                select(Job.id).where(among(Job.id, ids, dialect)).order_by(Job.id).with_for_update()
-            )
-        self.session.execute(
-            update(Job).where(among(Job.id, ids, dialect)).values(revision=Job.revision + 1)
-        )
+    def lock_jobs(self, job_ids: Iterable[int], with_nodes: bool = False) -> dict[int, Job]:
+        """`_locked` of several jobs in one transaction, by id."""
+        ids = lock_rows(self.session, job_ids)
         jobs = self.session.scalars(
             select(Job)
-            .where(among(Job.id, ids, dialect))
+            .where(among(Job.id, ids, dialect_of(self.session)))
             .options(
-                selectinload(Job.steps).defer(Step.log_tail) if lean else selectinload(Job.steps),
-                *([_nodes(lean)] if with_nodes else []),
-                *([selectinload(Job.holds)] if with_holds else []),
+                selectinload(Job.steps),
+                *([selectinload(Job.nodes).defer(Node.inventory)] if with_nodes else []),
             )
             .execution_options(populate_existing=True)
         )
@@ -647,6 +627,21 @@ class JobService:
         result: Optional[dict[str, Any]],
     ) -> dict[str, Any]:
         """`settle` after `check` passed, with what it gave."""
+        answer, remember = self.applied(job, step, state, body, result)
+        if remember:
+            self.session.add(StepReport(report_id=report_id, step_id=step.id, answer=answer))
+        return answer
+
+    def applied(
+        self,
+        job: Job,
+        step: Step,
+        state: str,
+        body: dict[str, Any],
+        result: Optional[dict[str, Any]],
+    ) -> tuple[dict[str, Any], bool]:
+        """`apply_checked` but the step report: the answer, and whether to remember it by
+        its report_id."""
         # Only the report that finishes a step is remembered by its report_id: that is the
         # one an agent resends after a crash. A progress report applied twice only sets
         # progress and message again; a finished step reported again changes nothing. So a
@@ -658,14 +653,12 @@ class JobService:
             "step": step_dict(step),
             "job": {"id": job.id, "state": job.state, "outcome": job.outcome},
         }
-        if remember:
-            self.session.add(StepReport(report_id=report_id, step_id=step.id, answer=answer))
         if state in ("succeeded", "failed") and job.active:
             # The next step may be another node's: wake them all. A job that ended has
             # work for no one.
             for member in job.nodes:
                 announce(self.session, self.notifier, member.id)
-        return answer
+        return answer, remember
 
     def _check_handed_out(self, job: Job, step: Step) -> None:
         """The step is the one this node runs now: handed out, the job's first unfinished
@@ -1019,9 +1012,21 @@ def _append(job: Job, node_id: int, spec: plans.StepSpec) -> None:
     )
 
 
-def _nodes(lean: bool) -> Any:
-    loading = selectinload(Job.nodes)
-    return loading.load_only(Node.id, Node.name) if lean else loading.defer(Node.inventory)
+def lock_rows(session: Session, job_ids: Iterable[int]) -> list[int]:
+    """Lock jobs ``job_ids`` (bump their revision) before any of them is read; their ids,
+    in order."""
+    ids = sorted(set(job_ids))
+    dialect = dialect_of(session)
+    if len(ids) > 1 and dialect == "postgresql":
+        # Rows in id order, as every batch takes them: two batches sharing jobs (the
+        # members of one HA group, served by two processes) wait, never deadlock.
+        session.execute(
+            select(Job.id).where(among(Job.id, ids, dialect)).order_by(Job.id).with_for_update()
+        )
+    session.execute(
+        update(Job).where(among(Job.id, ids, dialect)).values(revision=Job.revision + 1)
+    )
+    return ids
 
 
 def hand_out(job: Job, step: Step, now: datetime) -> None:

@@ -215,6 +215,30 @@ def test_serve_gives_each_worker_its_databases_threads(env: dict[str, str], thre
     assert int(run.stdout.strip()) == threads
 
 
+def test_serve_and_gunicorn_conf_freeze_what_each_worker_loaded() -> None:
+    """Both entries hand gunicorn the hook that leaves what a worker loaded out of the
+    garbage collector's full passes (gunicorn_settings.post_worker_init)."""
+    code = (
+        "import gc, runpy;"
+        "from repo_server.cli.server_cmds import gunicorn_options;"
+        "hook = gunicorn_options(None, None, None)['post_worker_init'];"
+        "conf = runpy.run_path('gunicorn.conf.py')['post_worker_init'];"
+        "before = gc.get_freeze_count(); hook(None);"
+        "print(conf is hook, before, gc.get_freeze_count())"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code],
+        env=clean_env(PYTHONPATH=str(REPO)),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    same, before, after = run.stdout.split()
+    assert same == "True" and int(before) == 0 and int(after) > 10_000, run.stdout
+
+
 def test_waiting_agents_hold_no_database_connection(tmp_path: Path, postgres_server) -> None:
     from repo_server.gunicorn_settings import default_workers
 

@@ -10,15 +10,31 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
+from repo_server.auth.models import AuditEvent
 from repo_server.auth.service import hash_token
+from repo_server.fleet.models import Node
 from repo_server.fleet.schemas import StepReportSchema
 from repo_server.group_commit import ALONE
 from repo_server.upgrades.batched import Report, Served, claim_many, report_many
+from repo_server.upgrades.jobs import JobService
+from repo_server.upgrades.models import Job, NodeHold, Step, StepReport
 from repo_server.upgrades.step_payloads import artifact_refs
-from tests.upgrades.builders import Agent, enroll_node, healthy_inventory, start_patch_rollout
+from tests.upgrades.builders import (
+    Agent,
+    agent_result,
+    enroll_node,
+    healthy_inventory,
+    start_patch_rollout,
+    start_upgrade,
+)
 
 NAMES = ("b-1", "b-2", "b-3")
+STEP_KEYS = (
+    *("seq", "name", "state", "attempt", "progress", "message"),
+    *("log_tail", "result", "nso_seconds", "params"),
+)
 DONE = {"modules": ["ncs_batch"], "changed": True}
 
 
@@ -149,3 +165,85 @@ def test_what_the_full_path_must_answer_is_left_to_it(live, app_state, fleet) ->
     ]["state"] == ("succeeded")
     stolen = two.report(third["id"], "succeeded", result=DONE)
     assert stolen.status_code == 404, stolen.text
+
+
+def _rows(app_state, job_id: int) -> dict[str, Any]:
+    """What the database holds of job ``job_id``: its row, its steps', its step reports',
+    its holds and its audit rows, without what differs from job to job (ids, times,
+    names)."""
+    with app_state.sessions() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        steps = session.scalars(select(Step).where(Step.job_id == job_id)).all()
+        assert all(s.started_at and s.finished_at for s in steps) and job.finished_at
+        reports = session.scalars(
+            select(StepReport).where(StepReport.step_id.in_([s.id for s in steps]))
+        ).all()
+        holds = session.scalars(select(NodeHold).where(NodeHold.job_id == job_id)).all()
+        events = session.scalars(
+            select(AuditEvent).where(AuditEvent.target == f"job:{job_id}").order_by(AuditEvent.id)
+        ).all()
+        same = ("state", "outcome", "context", "error", "source_version", "target_version")
+        return {
+            "job": {key: getattr(job, key) for key in same},
+            "steps": [{key: getattr(s, key) for key in STEP_KEYS} for s in steps],
+            "answers": [
+                {**r.answer, "step": {**r.answer["step"], "id": 0, "job_id": 0}, "job": None}
+                for r in reports
+            ],
+            "holds": len(holds),
+            "events": [
+                (e.action, {k: v for k, v in e.details.items() if k not in ("job", "node")})
+                for e in events
+            ],
+        }
+
+
+def test_a_batch_writes_what_one_agents_report_writes(live, app_state, fleet) -> None:
+    """The batch changes its jobs outside the session (detached.py): the rows it leaves
+    are the ones the full path leaves for the same report, audit rows included."""
+    one, two, _ = fleet.values()
+    first, second = one.next(), two.next()
+    assert first is not None and second is not None
+    fields = {
+        "progress": 40,
+        "message": "loaded\nall",
+        "log_tail": "t\x1b[31ml",
+        "nso_seconds": 0.5,
+    }
+    with app_state.sessions() as session:
+        node = session.scalar(select(Node).where(Node.name == "b-1"))
+        assert node is not None
+        body = StepReportSchema().load({**succeeded(), **fields})
+        JobService(session, app_state.notifier).report(node, first["id"], body)
+    (served,) = report(app_state, (two, second["id"], {**succeeded(), **fields}))
+    assert isinstance(served, Served)
+    alone, batched = _rows(app_state, first["job_id"]), _rows(app_state, second["job_id"])
+    assert batched == alone
+    assert batched["job"]["state"] == "succeeded" and batched["holds"] == 0
+    tail = batched["steps"][0]["log_tail"]
+    assert tail.startswith("t") and tail.endswith("[31ml") and "\x1b" not in tail
+    assert [action for action, _ in batched["events"]][-2:] == ["step.succeeded", "job.succeeded"]
+
+
+def test_a_report_that_adds_a_recovery_step_goes_alone_having_changed_nothing(
+    live, app_state, enrolled, releases
+) -> None:
+    """A failure past the point of no return adds a recovery step, which the batch does not
+    write: the report goes to the full path, and the batch changed nothing of its job."""
+    start_upgrade(live, enrolled)
+    while (step := enrolled.next())["name"] != "start":
+        assert enrolled.report(step["id"], "succeeded", result=agent_result(step)).ok
+    failed = {"report_id": uuid.uuid4().hex, "state": "failed", "message": "status=13"}
+    before = _step_states(app_state, step["job_id"])
+    assert report(app_state, (enrolled, step["id"], failed)) == [ALONE]
+    assert _step_states(app_state, step["job_id"]) == before
+    answer = enrolled.report(step["id"], "failed", report_id=failed["report_id"])
+    assert answer.status_code == 200, answer.text
+    assert enrolled.next()["name"] == "recover"
+
+
+def _step_states(app_state, job_id: int) -> list[tuple[str, str]]:
+    with app_state.sessions() as session:
+        steps = session.scalars(select(Step).where(Step.job_id == job_id).order_by(Step.seq))
+        return [(s.name, s.state) for s in steps]
