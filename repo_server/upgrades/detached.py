@@ -17,6 +17,7 @@ before anything is written (`writable`): its request then goes alone, on the ful
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -144,23 +145,28 @@ def _update(session: Session, table: Table, things: list[Any]) -> None:
             groups.setdefault(changed, []).append(thing)
     postgresql = dialect_of(session) == "postgresql"
     for keys, group in groups.items():
+        statement = _update_statement(table, keys, postgresql)
         if postgresql:
             # One statement and one parameter per column, whatever the number of rows: an
-            # executemany sends and waits for a statement per row (psycopg's pipeline),
-            # a tenth of a batch's time.
-            session.execute(_update_from_arrays(table, keys), _arrays(group, keys))
+            # executemany sends and waits for a statement per row (psycopg's pipeline).
+            session.execute(statement, _arrays(group, keys))
         else:
             rows = [{f"v_{key}": getattr(thing, key) for key in ("id", *keys)} for thing in group]
-            statement = (
-                update(table)
-                .where(table.c.id == bindparam("v_id"))
-                .values({key: bindparam(f"v_{key}", type_=table.c[key].type) for key in keys})
-            )
             session.execute(statement, rows)
 
 
-def _update_from_arrays(table: Table, keys: tuple[str, ...]) -> Any:
-    """``UPDATE table SET key = v.key... FROM unnest(...) AS v WHERE table.id = v.id`` (PostgreSQL)."""
+@functools.lru_cache(maxsize=256)
+def _update_statement(table: Table, keys: tuple[str, ...], postgresql: bool) -> Any:
+    """UPDATE of columns ``keys`` by id: on PostgreSQL ``UPDATE table SET key = v.key... FROM
+    (SELECT unnest(:v_id) AS id, unnest(:v_key)...) AS v WHERE table.id = v.id``, one row
+    per array element; elsewhere one row per parameter set. Made once per table and keys:
+    a batch builds no statement."""
+    if not postgresql:
+        return (
+            update(table)
+            .where(table.c.id == bindparam("v_id"))
+            .values({key: bindparam(f"v_{key}", type_=table.c[key].type) for key in keys})
+        )
     rows = select(
         *(
             cast(
