@@ -352,12 +352,16 @@ class GuardedThreadWorker(ThreadWorker):
 
     def _let_through(self) -> None:
         """Give the held-back polls to the threads once the rush is over (a quarter of the
-        threads busy at most: a few requests a moment apart are no rush), those past their
-        time limit at once, and all of them when the worker stops."""
+        threads busy at most: a few requests a moment apart are no rush), as many as there
+        are threads free, those past their time limit at once, and all of them when the
+        worker stops. Let through together, they meet in one batch (fleet/idle_polls.py):
+        a trickle of them made batches of a few polls, each paying a batch's statements."""
         now = time.monotonic()
+        over = self.in_threads <= self.cfg.threads // 4 or not self.alive
         while self.held_back:
             conn, until = next(iter(self.held_back.items()))
-            if self.in_threads > self.cfg.threads // 4 and until > now and self.alive:
+            free = over and (self.in_threads < self.cfg.threads or not self.alive)
+            if not free and until > now:
                 break
             del self.held_back[conn]
             self._unwatch(conn.sock)

@@ -173,7 +173,7 @@ def _audit_flushed_states(session: Session, _context: Any, _instances: Any) -> N
     steps = sorted((o for o in dirty if isinstance(o, Step)), key=lambda s: s.seq)
     jobs = [o for o in dirty if isinstance(o, Job)]
     actor = str(session.info.get("actor") or "system")
-    actors = {job_id: actor for job_id in {s.job_id for s in steps} | {j.id for j in jobs}}
+    actors = {job_id: actor for job_id in {s.job.id for s in steps} | {j.id for j in jobs}}
     session.add_all(AuditEvent(**row) for row in state_change_events(steps, jobs, actors))
 
 

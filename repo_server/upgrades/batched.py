@@ -1,7 +1,7 @@
 """Claims and reports of many agents in one transaction (repo_server/group_commit.py).
 
 The same rules as one agent's `next` and report (jobs.py: `claimable`, `hand_out`,
-`JobService.check` and `applied`), on every job of the batch locked and loaded at once,
+`JobService.check`, `applied` and `wake_members`), on every job of the batch locked and loaded at once,
 outside the session (detached.py): a few statements and one commit for the batch instead
 of a dozen statements and a commit per agent.
 
@@ -160,10 +160,11 @@ def report_many(session: Session, notifier: Notifier, reports: list[Report]) -> 
             answers.append(ALONE)  # refused, having changed nothing: the view says why
             continue
         if not detached.writable(job):
-            # A recovery step added: this job's objects are dropped unwritten, and the full
-            # path serves the report.
+            # A recovery step added: this job's objects are dropped unwritten (and its nodes
+            # not woken), and the full path serves the report.
             answers.append(ALONE)
             continue
+        jobs.wake_members(job, state)
         actors[job.id] = agent.actor
         if remember:
             remembered.append({"report_id": report_id, "step_id": step.id, "answer": answer})

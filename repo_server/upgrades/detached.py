@@ -18,10 +18,24 @@ before anything is written (`writable`): its request then goes alone, on the ful
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from sqlalchemy import ARRAY, Table, bindparam, cast, delete, func, insert, select, update
+from sqlalchemy import (
+    ARRAY,
+    JSON,
+    String,
+    Table,
+    Text,
+    bindparam,
+    cast,
+    delete,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import instance_dict, instance_state, set_committed_value
@@ -149,7 +163,7 @@ def _update(session: Session, table: Table, things: list[Any]) -> None:
         if postgresql:
             # One statement and one parameter per column, whatever the number of rows: an
             # executemany sends and waits for a statement per row (psycopg's pipeline).
-            session.execute(statement, _arrays(group, keys))
+            session.execute(statement, _arrays(table, group, keys))
         else:
             rows = [{f"v_{key}": getattr(thing, key) for key in ("id", *keys)} for thing in group]
             session.execute(statement, rows)
@@ -167,17 +181,28 @@ def _update_statement(table: Table, keys: tuple[str, ...], postgresql: bool) -> 
             .where(table.c.id == bindparam("v_id"))
             .values({key: bindparam(f"v_{key}", type_=table.c[key].type) for key in keys})
         )
-    rows = select(
-        *(
-            cast(
-                func.unnest(bindparam(f"v_{key}", type_=ARRAY(table.c[key].type))),
-                table.c[key].type,
-            ).label(key)
-            for key in ("id", *keys)
-        )
-    ).subquery("v")
+    rows = select(*(_unnested(table.c[key]).label(key) for key in ("id", *keys))).subquery("v")
     return update(table).where(table.c.id == rows.c.id).values({key: rows.c[key] for key in keys})
 
 
-def _arrays(things: list[Any], keys: tuple[str, ...]) -> dict[str, list[Any]]:
-    return {f"v_{key}": [getattr(thing, key) for thing in things] for key in ("id", *keys)}
+def _unnested(column: Any) -> Any:
+    """``unnest(:v_<column>)``, of the column's type. JSON goes as text (`_arrays`): an
+    array of JSON values whose first is a list would be taken for an array of arrays.
+    Strings go as text too, so the column's own length is checked as the ORM's UPDATE has
+    it (a cast to ``VARCHAR(n)`` would cut a longer value without a word)."""
+    texts = isinstance(column.type, (JSON, String))
+    unnested = func.unnest(
+        bindparam(f"v_{column.key}", type_=ARRAY(Text() if texts else column.type))
+    )
+    return cast(unnested, column.type) if isinstance(column.type, JSON) else unnested
+
+
+def _arrays(table: Table, things: list[Any], keys: tuple[str, ...]) -> dict[str, list[Any]]:
+    """Each column's new values, in the order of ``things`` (JSON as its text)."""
+    arrays: dict[str, list[Any]] = {}
+    for key in ("id", *keys):
+        values = [getattr(thing, key) for thing in things]
+        if isinstance(table.c[key].type, JSON):
+            values = [json.dumps(value) for value in values]
+        arrays[f"v_{key}"] = values
+    return arrays

@@ -630,6 +630,7 @@ class JobService:
         answer, remember = self.applied(job, step, state, body, result)
         if remember:
             self.session.add(StepReport(report_id=report_id, step_id=step.id, answer=answer))
+        self.wake_members(job, state)
         return answer
 
     def applied(
@@ -640,8 +641,8 @@ class JobService:
         body: dict[str, Any],
         result: Optional[dict[str, Any]],
     ) -> tuple[dict[str, Any], bool]:
-        """`apply_checked` but the step report: the answer, and whether to remember it by
-        its report_id."""
+        """`apply_checked` but the step report and the wake-up (`wake_members`): the answer,
+        and whether to remember it by its report_id."""
         # Only the report that finishes a step is remembered by its report_id: that is the
         # one an agent resends after a crash. A progress report applied twice only sets
         # progress and message again; a finished step reported again changes nothing. So a
@@ -653,12 +654,15 @@ class JobService:
             "step": step_dict(step),
             "job": {"id": job.id, "state": job.state, "outcome": job.outcome},
         }
+        return answer, remember
+
+    def wake_members(self, job: Job, state: str) -> None:
+        """After a report of ``state`` applied to ``job``: the next step may be another
+        node's, so a finished step wakes them all at the commit. A job that ended has work
+        for no one."""
         if state in ("succeeded", "failed") and job.active:
-            # The next step may be another node's: wake them all. A job that ended has
-            # work for no one.
             for member in job.nodes:
                 announce(self.session, self.notifier, member.id)
-        return answer, remember
 
     def _check_handed_out(self, job: Job, step: Step) -> None:
         """The step is the one this node runs now: handed out, the job's first unfinished

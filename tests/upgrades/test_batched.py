@@ -230,14 +230,19 @@ def test_a_report_that_adds_a_recovery_step_goes_alone_having_changed_nothing(
     live, app_state, enrolled, releases
 ) -> None:
     """A failure past the point of no return adds a recovery step, which the batch does not
-    write: the report goes to the full path, and the batch changed nothing of its job."""
+    write: the report goes to the full path, and the batch changed nothing of its job, nor
+    woke its node."""
     start_upgrade(live, enrolled)
     while (step := enrolled.next())["name"] != "start":
         assert enrolled.report(step["id"], "succeeded", result=agent_result(step)).ok
     failed = {"report_id": uuid.uuid4().hex, "state": "failed", "message": "status=13"}
     before = _step_states(app_state, step["job_id"])
+    with app_state.sessions() as session:
+        node_id = session.scalar(select(Node.id).where(Node.name == "edge-1"))
+    woken = app_state.notifier.counter(node_id)
     assert report(app_state, (enrolled, step["id"], failed)) == [ALONE]
     assert _step_states(app_state, step["job_id"]) == before
+    assert app_state.notifier.counter(node_id) == woken  # no wake-up for what was not written
     answer = enrolled.report(step["id"], "failed", report_id=failed["report_id"])
     assert answer.status_code == 200, answer.text
     assert enrolled.next()["name"] == "recover"
