@@ -1,9 +1,9 @@
 """Claims and reports of many agents in one transaction (repo_server/group_commit.py).
 
 The same rules as one agent's `next` and report (jobs.py: `claimable`, `hand_out`,
-`JobService.check`, `applied` and `wake_members`), on every job of the batch locked and loaded at once,
-outside the session (detached.py): a few statements and one commit for the batch instead
-of a dozen statements and a commit per agent.
+`JobService.check`, `applied` and `wake_members`), on every job of the batch locked and
+loaded at once, outside the session (detached.py): a few statements and one commit for the
+batch instead of a dozen statements and a commit per agent.
 
 Only the common case is served here: a known, unrevoked agent token of an existing node, a
 step it may take or a new report it may make. Anything else, and any doubt, is answered

@@ -53,7 +53,7 @@ _STEP_COLUMNS = [c for c in Step.__table__.c if c.key != "log_tail"]
 
 
 def load(session: Session, job_ids: Iterable[int]) -> dict[int, Job]:
-    """Jobs ``job_ids`` (already locked, `JobService.lock_rows`), by id, with their steps
+    """Jobs ``job_ids`` (already locked: jobs.py `lock_rows`), by id, with their steps
     and their nodes' ids and names: objects of no session."""
     ids = sorted(set(job_ids))
     # Core on the session's connection: rows, not the ORM's result machinery.
