@@ -490,21 +490,16 @@ class JobService:
         nodes, without their inventories): the state the rest of the transaction works on.
         Locking a loaded job and refreshing it took one more statement, and lazy loads more,
         per poll and per report of every agent."""
-        return self.lock_jobs([job_id], with_nodes).get(job_id)
-
-    def lock_jobs(self, job_ids: Iterable[int], with_nodes: bool = False) -> dict[int, Job]:
-        """`_locked` of several jobs in one transaction, by id."""
-        ids = lock_rows(self.session, job_ids)
-        jobs = self.session.scalars(
+        lock_rows(self.session, [job_id])
+        return self.session.scalar(
             select(Job)
-            .where(among(Job.id, ids, dialect_of(self.session)))
+            .where(Job.id == job_id)
             .options(
                 selectinload(Job.steps),
                 *([selectinload(Job.nodes).defer(Node.inventory)] if with_nodes else []),
             )
             .execution_options(populate_existing=True)
         )
-        return {job.id: job for job in jobs}
 
     def claim_next(self, node: Node) -> Optional[Step]:
         """The step this node should run now, marked dispatched; None when there is none
