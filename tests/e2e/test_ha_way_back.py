@@ -10,6 +10,7 @@ import time
 import pytest
 
 from tests.support.sim_hosts import sim
+from tests.support.waiting import wait_until
 
 from .conftest import KillRule
 from .ha_groups import Group, assert_group_on, lost_on, make_group, read_only, report
@@ -146,12 +147,32 @@ def test_a_secondary_that_fails_to_start_leaves_the_job_saying_what_to_do(group_
 def test_an_ha_link_that_drops_while_the_secondary_joins_heals(group_of, builds):
     group = group_of(2)
     primary, secondary = group.nodes
+    # A node that fails to join retries reconnect-attempts times, reconnect-interval apart
+    # (3 x 10 s by default), then keeps role none. At the simulator's time scale that is
+    # 0.3 s of the 4 s this link stays down: the join would give up before the heal (CI
+    # saw it). Enough attempts for the drop to be one NSO's own retries ride out.
+    out, status = primary.host.cli(
+        "config\nhigh-availability settings reconnect-attempts 1000\ncommit"
+    )
+    assert status == 0, out
+    secondary.host.wait_for(
+        "show running-config high-availability settings reconnect-attempts", "1000"
+    )
+
+    def joining(job_id: int) -> bool:
+        steps = group.server.job(job_id)["steps"]
+        return any(
+            s["name"] == "ha_enable" and s["node"] == secondary.name and s["state"] == "running"
+            for s in steps
+        )
 
     def drop_the_link(job_id: int) -> None:
         primary.wait_step(job_id, "switch_current", ("succeeded",), timeout=120)
         secondary.fault("ha-link-down")
 
         def heal() -> None:
+            # Down while the secondary joins, whatever the pace of the machine.
+            wait_until(lambda: joining(job_id), 120, 0.05, message="the secondary never joined")
             time.sleep(4)
             sim("fault", "clear", "--root", str(secondary.host.root), "ha-link-down")
 
