@@ -287,13 +287,9 @@ class Node:
     def wait_step(
         self, job_id: int, name: str, states: tuple[str, ...], timeout: float = 60
     ) -> None:
-        """Until this node's first step called ``name`` is in one of ``states``."""
-
         def reached() -> bool:
             job = self.server.job(job_id)
-            step = next(
-                (s for s in job["steps"] if s["name"] == name and s["node"] == self.name), None
-            )
+            step = next((s for s in job["steps"] if s["name"] == name), None)
             if step is not None and step["state"] in states:
                 return True
             if job["state"] in FINISHED:

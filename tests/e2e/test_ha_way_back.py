@@ -10,6 +10,7 @@ import time
 import pytest
 
 from tests.support.sim_hosts import sim
+from tests.support.waiting import wait_until
 
 from .conftest import KillRule
 from .ha_groups import Group, assert_group_on, lost_on, make_group, read_only, report
@@ -158,13 +159,20 @@ def test_an_ha_link_that_drops_while_the_secondary_joins_heals(group_of, builds)
         "show running-config high-availability settings reconnect-attempts", "1000"
     )
 
+    def joining(job_id: int) -> bool:
+        steps = group.server.job(job_id)["steps"]
+        return any(
+            s["name"] == "ha_enable" and s["node"] == secondary.name and s["state"] == "running"
+            for s in steps
+        )
+
     def drop_the_link(job_id: int) -> None:
         primary.wait_step(job_id, "switch_current", ("succeeded",), timeout=120)
         secondary.fault("ha-link-down")
 
         def heal() -> None:
             # Down while the secondary joins, whatever the pace of the machine.
-            secondary.wait_step(job_id, "ha_enable", ("running",), timeout=120)
+            wait_until(lambda: joining(job_id), 120, 0.05, message="the secondary never joined")
             time.sleep(4)
             sim("fault", "clear", "--root", str(secondary.host.root), "ha-link-down")
 
